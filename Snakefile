@@ -1,0 +1,23 @@
+# Layer-by-layer interpretability pipeline. Experiment 001: layers and logits.
+#
+#   snakemake --cores 1 results/001/evaluation-cross-model.md   # the whole chain up to the comparison
+#   snakemake --cores 1                                         # everything, meta-evaluation included
+#   snakemake -n                                                # what is stale, and why
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/lens.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

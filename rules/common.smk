@@ -1,0 +1,84 @@
+# Config validation, wildcard constraints and input functions shared by all rules.
+import json
+import os
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from workflow.config import check_config, describe_validation_error, model_entry
+from workflow.errors import UserError
+from workflow.models import PREPARED_SOURCES
+from workflow.provenance import code_version
+
+CONFIGFILE = "config/config.yaml"
+EXPERIMENT = "results/001"
+
+try:
+    validate(config, schema="../config/schema.yaml")
+    check_config(config, CONFIGFILE)
+except WorkflowError as e:
+    cause = next((a for a in e.args if hasattr(a, "absolute_path")), None)
+    if cause is None:
+        raise
+    raise WorkflowError(describe_validation_error(cause, CONFIGFILE)) from None
+except UserError as e:
+    raise WorkflowError(str(e)) from None
+
+MODELS = list(config["models"])
+
+
+wildcard_constraints:
+    # Any key-like name; unknown keys get a clear error from the input functions.
+    model=r"(?!cross-model$|meta$)[A-Za-z0-9][A-Za-z0-9._-]*",
+
+
+def get_final_output():
+    return [
+        *expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
+        f"{EXPERIMENT}/evaluation-cross-model.md",
+        f"{EXPERIMENT}/evaluation-meta.md",
+    ]
+
+
+def get_model(wildcards):
+    try:
+        return model_entry(config, wildcards.model)
+    except UserError as e:
+        raise WorkflowError(str(e)) from None
+
+
+def get_gguf_input(wildcards):
+    """A GGUF path on disk is an input, so a missing file is caught before running."""
+    entry = get_model(wildcards)
+    if entry["source"] == "gguf":
+        if not os.path.isfile(os.path.expanduser(entry["path"])):
+            raise WorkflowError(
+                f"model {wildcards.model!r}: GGUF file {entry['path']!r} does not exist "
+                f"(config key models.{wildcards.model}.path in {CONFIGFILE}); fix the path or download the file"
+            )
+        return [os.path.expanduser(entry["path"])]
+    if entry["source"] != "package":
+        raise WorkflowError(f"model {wildcards.model!r}: source {entry['source']!r} needs no preparation")
+    return []
+
+
+def get_lens_model_input(wildcards):
+    """Prepared weights for GGUF/package sources; the directory itself for local ones."""
+    entry = get_model(wildcards)
+    if entry["source"] in PREPARED_SOURCES:
+        return {"prepared": f"resources/models/{wildcards.model}"}
+    if entry["source"] == "local":
+        return {"local": os.path.expanduser(entry["path"])}
+    return {}
+
+
+def get_lens_settings(wildcards):
+    return config["lens"]
+
+
+def get_model_outputs(wildcards):
+    """Every model's JSON summary and records CSV."""
+    return {
+        "outputs": expand(f"{EXPERIMENT}/output-{{model}}.json", model=MODELS),
+        "records": expand(f"{EXPERIMENT}/output-{{model}}-records.csv", model=MODELS),
+    }

@@ -1,0 +1,49 @@
+# Evaluations: per model, across models, and a critique of the method.
+
+
+rule evaluate_model:
+    input:
+        summary=f"{EXPERIMENT}/output-{{model}}.json",
+        records=f"{EXPERIMENT}/output-{{model}}-records.csv",
+        template="prompts/single-model-evaluation.md",
+    output:
+        f"{EXPERIMENT}/evaluation-{{model}}.md",
+    log:
+        "logs/001/evaluate_model-{model}.log",
+    params:
+        evaluation=config["evaluation"],
+        code=code_version("evaluate"),
+    script:
+        "../scripts/evaluate_model.py"
+
+
+rule evaluate_cross:
+    input:
+        unpack(get_model_outputs),
+        evaluations=expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
+        template="prompts/cross-model-evaluation.md",
+    output:
+        f"{EXPERIMENT}/evaluation-cross-model.md",
+    log:
+        "logs/001/evaluate_cross.log",
+    params:
+        evaluation=config["evaluation"],
+        code=code_version("evaluate"),
+    script:
+        "../scripts/evaluate_cross.py"
+
+
+rule evaluate_meta:
+    input:
+        unpack(get_model_outputs),
+        cross=f"{EXPERIMENT}/evaluation-cross-model.md",
+        template="prompts/meta-evaluation.md",
+    output:
+        f"{EXPERIMENT}/evaluation-meta.md",
+    log:
+        "logs/001/evaluate_meta.log",
+    params:
+        evaluation=config["evaluation"],
+        code=code_version("evaluate"),
+    script:
+        "../scripts/evaluate_meta.py"

@@ -1,0 +1,22 @@
+# Experiment 001: the normalised logit lens at every layer of every model.
+
+
+rule run_lens:
+    input:
+        unpack(get_lens_model_input),
+    output:
+        summary=f"{EXPERIMENT}/output-{{model}}.json",
+        records=f"{EXPERIMENT}/output-{{model}}-records.csv",
+    log:
+        "logs/001/run_lens-{model}.log",
+    benchmark:
+        "benchmarks/001/run_lens-{model}.tsv"
+    params:
+        entry=get_model,
+        device=config["device"],
+        dtype=config["dtype"],
+        lens=get_lens_settings,
+        probes=config["probes"],
+        code=code_version("lens"),
+    script:
+        "../scripts/run_lens.py"

@@ -1,0 +1,17 @@
+# Dequantise GGUF and packaged models once into resources/models/{model}/.
+
+
+rule prepare_model:
+    input:
+        get_gguf_input,
+    output:
+        directory("resources/models/{model}"),
+    log:
+        "logs/models/prepare_model-{model}.log",
+    benchmark:
+        "benchmarks/models/prepare_model-{model}.tsv"
+    params:
+        entry=get_model,
+        code=code_version("prepare"),
+    script:
+        "../scripts/prepare_model.py"

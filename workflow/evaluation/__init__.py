@@ -1,0 +1,1 @@
+"""Evaluations: templates, digests of the outputs, providers and the offline analyst."""

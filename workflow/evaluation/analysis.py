@@ -1,0 +1,195 @@
+"""Figures computed from experiment 001's outputs, shared by digests and the offline analyst.
+
+Everything here is a deterministic function of ``output-{model}.json`` and its
+records CSV (logit-lens rows, last position unless stated otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workflow.records import read_records
+
+BANDS = ("early", "middle", "late")
+CONFIDENT_NATS = 1.0  # a distribution with entropy below this is "collapsed"
+NEAR_FINAL_NATS = 1.0  # KL to final below this counts as "close to the final answer"
+
+
+def band_of(layer: int, n_layers: int) -> str:
+    """early: relative depth < 1/3; middle: < 2/3; late: the rest."""
+    depth = layer / n_layers
+    return "early" if depth < 1 / 3 else "middle" if depth < 2 / 3 else "late"
+
+
+@dataclass
+class ProbeFacts:
+    id: str
+    prompt: str
+    answer: str
+    style: str
+    reverse_of: str | None
+    n_tokens: int
+    final_top1: str
+    final_top1_prob: float
+    final_answer_prob: float
+    final_answer_rank: int
+    correct: bool
+    first_top1_layer: int | None
+    stable_top1_layer: int | None
+    entropy_layer0: float
+    entropy_final: float
+    collapse_layer: int  # layer after the largest one-layer entropy drop
+    collapse_drop: float
+    first_confident_layer: int | None  # first layer after the embedding with entropy < CONFIDENT_NATS
+    near_final_layer: int | None  # first layer from which KL to final stays < NEAR_FINAL_NATS
+    best_rank: int
+    best_rank_layer: int
+    trajectory: list[dict[str, Any]] = field(default_factory=list)  # last position, per layer
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelFacts:
+    model: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    dtype: str
+    device: str
+    source: dict[str, Any]
+    lens: dict[str, Any]
+    identity_max_prob_diff: float
+    probes: list[ProbeFacts]
+    middle_tokens: list[tuple[str, int]]  # most frequent top-1 tokens in the middle band, last position
+    copy_rate: dict[str, float]  # per band: share of rows whose top-1 repeats the input token
+    answer_rate: dict[str, float]  # per band: share of (probe, layer) whose top-1 is the answer
+
+    @property
+    def n_correct(self) -> int:
+        return sum(p.correct for p in self.probes)
+
+    def probe(self, probe_id: str) -> ProbeFacts | None:
+        return next((p for p in self.probes if p.id == probe_id), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stays_below(values: list[float], threshold: float) -> int | None:
+    start = None
+    for layer in range(len(values) - 1, -1, -1):
+        if values[layer] >= threshold:
+            break
+        start = layer
+    return start
+
+
+def probe_facts(summary: dict[str, Any], rows: pd.DataFrame) -> ProbeFacts:
+    last = rows[rows["position"] == rows["position"].max()].sort_values("layer")
+    entropy = last["entropy"].tolist()
+    drops = [entropy[i - 1] - entropy[i] for i in range(1, len(entropy))] or [0.0]
+    collapse = max(range(len(drops)), key=lambda i: (drops[i], -i))
+    ranks = last["answer_rank"].tolist()
+    best = min(range(len(ranks)), key=lambda i: (ranks[i], i))
+    # Layer 0 is skipped: with tied embeddings it decodes to the input token itself.
+    confident = next((i for i, e in enumerate(entropy) if i > 0 and e < CONFIDENT_NATS), None)
+    trajectory = [
+        {
+            "layer": int(r.layer),
+            "top1": r.top1_token,
+            "top1_prob": float(r.top1_prob),
+            "topk": list(zip(r.topk_tokens, r.topk_probs)),
+            "entropy": float(r.entropy),
+            "answer_prob": float(r.answer_prob),
+            "answer_rank": int(r.answer_rank),
+            "kl_to_final": float(r.kl_to_final),
+        }
+        for r in last.itertuples()
+    ]
+    return ProbeFacts(
+        id=summary["id"],
+        prompt=summary["prompt"],
+        answer=summary["answer"],
+        style=summary.get("style") or "plain",
+        reverse_of=summary.get("reverse_of"),
+        n_tokens=len(summary["input_ids"]),
+        final_top1=summary["final_top1_token"],
+        final_top1_prob=summary["final_top1_prob"],
+        final_answer_prob=summary["final_answer_prob"],
+        final_answer_rank=summary["final_answer_rank"],
+        correct=summary["final_top1_token"] == summary["answer_token"],
+        first_top1_layer=summary["first_top1_layer"],
+        stable_top1_layer=summary["stable_top1_layer"],
+        entropy_layer0=entropy[0],
+        entropy_final=entropy[-1],
+        collapse_layer=collapse + 1,
+        collapse_drop=drops[collapse],
+        first_confident_layer=confident,
+        near_final_layer=_stays_below(last["kl_to_final"].tolist(), NEAR_FINAL_NATS),
+        best_rank=int(ranks[best]),
+        best_rank_layer=best,
+        trajectory=trajectory,
+        warnings=list(summary.get("warnings", [])),
+    )
+
+
+def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFacts:
+    summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    records = read_records(records_path)
+    records = records[records["lens"] == "logit"]
+    n_layers = int(summary["n_layers"])
+    probes = [probe_facts(p, records[records["probe"] == p["id"]]) for p in summary["probes"]]
+
+    bands = records["layer"].map(lambda layer: band_of(int(layer), n_layers))
+    copies = records["top1_token"] == records["input_token"]
+    copy_rate = {b: float(copies[bands == b].mean()) if (bands == b).any() else 0.0 for b in BANDS}
+    answer_rate: dict[str, float] = {}
+    middle: Counter[str] = Counter()
+    for band in BANDS:
+        hits = total = 0
+        for p in probes:
+            for step in p.trajectory:
+                if band_of(step["layer"], n_layers) == band:
+                    total += 1
+                    hits += step["answer_rank"] == 1
+                    if band == "middle":
+                        middle[step["top1"]] += 1
+        answer_rate[band] = hits / total if total else 0.0
+    return ModelFacts(
+        model=summary["model"],
+        architecture=summary["architecture"],
+        n_layers=n_layers,
+        d_model=int(summary["d_model"]),
+        vocab_size=int(summary["vocab_size"]),
+        dtype=summary["dtype"],
+        device=summary["device"],
+        source=summary["source"],
+        lens=summary["lens"],
+        identity_max_prob_diff=float(summary["identity_check"]["max_abs_prob_diff"]),
+        probes=probes,
+        middle_tokens=sorted(middle.items(), key=lambda kv: (-kv[1], kv[0]))[:8],
+        copy_rate=copy_rate,
+        answer_rate=answer_rate,
+    )
+
+
+def reverse_pairs(facts: ModelFacts) -> list[tuple[ProbeFacts, ProbeFacts]]:
+    """(forward, reverse) probe pairs declared with ``reverse_of``."""
+    pairs = []
+    for probe in facts.probes:
+        if probe.reverse_of:
+            forward = facts.probe(probe.reverse_of)
+            if forward is not None:
+                pairs.append((forward, probe))
+    return pairs
+
+
+def relative(layer: int | None, n_layers: int) -> float | None:
+    return None if layer is None else layer / n_layers

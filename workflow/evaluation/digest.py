@@ -1,0 +1,67 @@
+"""Compact text digests of a model's outputs, sized to fit an LLM's prompt.
+
+Per probe, at the last position: for each layer the top tokens with their
+probabilities, the entropy, the answer's rank and probability, and KL to the
+final distribution; plus the model's metadata. When the digest exceeds
+``max_chars``, layers are thinned evenly (layer 0 and the last layer always
+stay) until it fits, and the digest says so.
+"""
+
+from __future__ import annotations
+
+from workflow.evaluation.analysis import ModelFacts, ProbeFacts
+
+DEFAULT_MAX_CHARS = 24_000
+TOP_TOKENS = 3
+
+
+def _layer_line(step: dict) -> str:
+    tops = ", ".join(f"{tok!r} {prob:.3f}" for tok, prob in step["topk"][:TOP_TOKENS])
+    return (
+        f"{step['layer']:>3} | {tops} | {step['entropy']:.2f} | {step['answer_rank']} | "
+        f"{step['answer_prob']:.3g} | {step['kl_to_final']:.2f}"
+    )
+
+
+def _probe_block(probe: ProbeFacts, n_layers: int, stride: int) -> str:
+    head = (
+        f"### probe {probe.id} ({probe.style})\n"
+        f"prompt {probe.prompt!r} -> expected {probe.answer!r}; {probe.n_tokens} tokens\n"
+        f"final top-1 {probe.final_top1!r} ({probe.final_top1_prob:.3f}); answer probability "
+        f"{probe.final_answer_prob:.3g}, rank {probe.final_answer_rank}; answer first top-1 at layer "
+        f"{probe.first_top1_layer}, stays top-1 from layer {probe.stable_top1_layer}"
+    )
+    if probe.reverse_of:
+        head += f"\nreverse of probe {probe.reverse_of}"
+    for warning in probe.warnings:
+        head += f"\nwarning: {warning}"
+    layers = [s for s in probe.trajectory if s["layer"] % stride == 0 or s["layer"] == n_layers]
+    table = "layer | top tokens (prob) | entropy (nats) | answer rank | answer prob | KL to final (nats)"
+    return head + "\n" + table + "\n" + "\n".join(_layer_line(s) for s in layers)
+
+
+def model_digest(facts: ModelFacts, max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """The digest of one model, no longer than ``max_chars`` where thinning allows."""
+    header = (
+        f"## model {facts.model}\n"
+        f"{facts.architecture}, {facts.n_layers} layers, d_model {facts.d_model}, vocabulary "
+        f"{facts.vocab_size}, {facts.dtype} on {facts.device}; source {facts.source}\n"
+        f"lens settings {facts.lens}; largest lens-vs-model probability difference at the last layer "
+        f"{facts.identity_max_prob_diff:.2g}\n"
+        f"answer is the final top-1 on {facts.n_correct} of {len(facts.probes)} probes\n"
+        f"share of rows whose top-1 repeats the input token, by band (early/middle/late): "
+        + ", ".join(f"{facts.copy_rate[b]:.2f}" for b in ("early", "middle", "late"))
+        + "\nmost frequent middle-layer top-1 tokens at the last position: "
+        + ", ".join(f"{tok!r} x{n}" for tok, n in facts.middle_tokens)
+    )
+    stride = 1
+    while True:
+        blocks = [_probe_block(p, facts.n_layers, stride) for p in facts.probes]
+        note = "" if stride == 1 else f"\n(every {stride}th layer shown, to fit the size budget)"
+        text = header + note + "\n\n" + "\n\n".join(blocks) + "\n"
+        if len(text) <= max_chars or stride >= facts.n_layers:
+            break
+        stride += 1
+    if len(text) > max_chars:
+        text = text[: max_chars - 40].rsplit("\n", 1)[0] + "\n(digest truncated to fit the size budget)\n"
+    return text

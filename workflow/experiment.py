@@ -1,0 +1,323 @@
+"""Experiment 001, layers and logits: the normalised logit lens at every layer.
+
+``run_lens`` runs every probe through a loaded model, captures the residual
+stream with hooks (layer 0 = entering block 0, layer k = after block k), decodes
+each layer through the model's own final norm and unembedding, and checks at run
+time that the lens at the last layer reproduces the model's own logits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from workflow.atomic import atomic_paths, dumps_json
+from workflow.errors import UserError
+from workflow.lens import LensHead, lens_statistics, logit_postprocessor
+from workflow.models import LoadedModel, dtype_name
+from workflow.records import write_records
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "transformers", "transformer-lens", "tokenizers", "safetensors", "gguf", "numpy", "pandas")
+HALF_TOLERANCE = 2e-2
+FLOAT32_TOLERANCE = 1e-4
+
+
+class LensIdentityError(RuntimeError):
+    """The lens at the last layer does not reproduce the model's own output."""
+
+
+@dataclass(frozen=True)
+class LensSettings:
+    use_norm_lens: bool = True
+    use_fp32_unembed: bool = True
+    positions: str = "all"
+    top_k: int = 5
+    identity_tolerance: float | None = None
+    working_memory_mb: int = 256
+
+    @classmethod
+    def from_config(cls, lens: dict[str, Any]) -> LensSettings:
+        known = {k: lens[k] for k in cls.__dataclass_fields__ if k in lens}
+        return cls(**known)
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        if self.identity_tolerance is not None:
+            return float(self.identity_tolerance)
+        return FLOAT32_TOLERANCE if dtype == torch.float32 else HALF_TOLERANCE
+
+    def recorded(self) -> dict[str, Any]:
+        return {
+            "use_norm_lens": self.use_norm_lens,
+            "use_fp32_unembed": self.use_fp32_unembed,
+            "positions": self.positions,
+            "top_k": self.top_k,
+        }
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class TokenNames:
+    """Decodes single token ids to readable strings, caching each once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        name = self.cache.get(token_id)
+        if name is None:
+            name = self.tokenizer.decode([token_id])
+            self.cache[token_id] = name
+        return name
+
+
+def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], int, list[str]]:
+    """Token ids of the prompt (as the model's tokenizer makes them), the answer id, warnings."""
+    warnings: list[str] = []
+    if not probe["prompt"].strip():
+        raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
+    ids = tokenizer(probe["prompt"], add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise UserError(f"probe {probe['id']!r}: the prompt tokenises to nothing")
+    answer_ids = tokenizer(probe["answer"], add_special_tokens=False)["input_ids"]
+    if not answer_ids:
+        raise UserError(f"probe {probe['id']!r}: the answer {probe['answer']!r} tokenises to nothing")
+    if len(answer_ids) > 1:
+        pieces = [tokenizer.decode([i]) for i in answer_ids]
+        warnings.append(
+            f"answer {probe['answer']!r} tokenises into {len(answer_ids)} tokens {pieces}; "
+            f"the first, {pieces[0]!r}, is used"
+        )
+    return list(ids), int(answer_ids[0]), warnings
+
+
+def capture_residuals(bridge, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual stream at every layer [L+1, T', d] and the model's logits [T', V].
+
+    Hooks keep only the requested positions, so nothing larger than that is cached.
+    """
+    n_layers = int(bridge.cfg.n_layers)
+    keep = slice(-1, None) if positions == "last" else slice(None)
+    captured: list[torch.Tensor | None] = [None] * (n_layers + 1)
+
+    def store(layer: int):
+        def hook(tensor, hook):
+            captured[layer] = tensor[0, keep].detach().clone()
+            return tensor
+
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", store(0))]
+    hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(n_layers)]
+    device = next(bridge.original_model.parameters()).device
+    tokens = torch.tensor([input_ids], device=device)
+    with torch.no_grad():
+        logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+    missing = [i for i, t in enumerate(captured) if t is None]
+    if missing:
+        raise RuntimeError(f"residual hooks did not fire for layers {missing}")
+    return torch.stack(captured), logits[0, keep]  # type: ignore[arg-type]
+
+
+def lens_heads(model: LoadedModel, settings: LensSettings) -> tuple[LensHead, LensHead]:
+    """The recorded lens head, and the model-faithful head used for KL and the identity check."""
+    bridge = model.bridge
+    postprocess = logit_postprocessor(model.hf_config)
+    reference = LensHead.from_modules(
+        bridge.ln_final, bridge.unembed, postprocess, model.dtype, True, settings.use_fp32_unembed
+    )
+    if settings.use_norm_lens:
+        return reference, reference
+    return LensHead(None, reference.unembed, postprocess, reference.compute_dtype), reference
+
+
+def identity_deviation(reference: LensHead, last_layer: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
+    """Largest differences between the lens at layer L and the model's own output."""
+    lens_logits = reference.logits(last_layer)
+    model_logits = model_logits.float()
+    return {
+        "max_abs_logit_diff": float((lens_logits - model_logits).abs().max()),
+        "max_abs_prob_diff": float((lens_logits.softmax(-1) - model_logits.softmax(-1)).abs().max()),
+    }
+
+
+def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int | None]:
+    """First layer where the answer is top-1, and the layer from which it stays top-1."""
+    first = next((layer for layer, t in enumerate(top1_ids) if t == answer_id), None)
+    stable = None
+    for layer in range(len(top1_ids) - 1, -1, -1):
+        if top1_ids[layer] != answer_id:
+            break
+        stable = layer
+    return first, stable
+
+
+def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings):
+    """Run every probe; return (summary for the JSON, list of record rows)."""
+    names = TokenNames(model.tokenizer)
+    head, reference = lens_heads(model, settings)
+    tolerance = settings.tolerance(model.dtype)
+    n_layers = model.n_layers
+    rows: list[dict[str, Any]] = []
+    probe_summaries = []
+    worst = 0.0
+    for index, probe in enumerate(probes, start=1):
+        started = time.perf_counter()
+        input_ids, answer_id, warnings = tokenize_probe(model.tokenizer, probe)
+        residuals, model_logits = capture_residuals(model.bridge, input_ids, settings.positions)
+        forward_seconds = time.perf_counter() - started
+        deviation = identity_deviation(reference, residuals[-1], model_logits)
+        worst = max(worst, deviation["max_abs_prob_diff"])
+        if deviation["max_abs_prob_diff"] > tolerance:
+            raise LensIdentityError(
+                f"model {model.key!r}, probe {probe['id']!r}: the lens at layer {n_layers} differs from the "
+                f"model's own probabilities by {deviation['max_abs_prob_diff']:.3g} (tolerance {tolerance:g}) on "
+                f"{model.device}/{dtype_name(model.dtype)}. The device may compute wrong results, or the "
+                "architecture has a step after the unembedding that the lens misses. Try device: cpu and "
+                "dtype: float32; nothing was written."
+            )
+        first_position = len(input_ids) - residuals.shape[1]
+        answer_token = names(answer_id)
+        last_top1: list[int] = []
+        for stats in lens_statistics(
+            residuals, head, reference, answer_id, settings.top_k, model.vocab_size, settings.working_memory_mb
+        ):
+            position = first_position + stats.position
+            topk_tokens = [names(t) for t in stats.topk_ids]
+            rows.append(
+                {
+                    "model": model.key,
+                    "probe": probe["id"],
+                    "lens": "logit",
+                    "layer": stats.layer,
+                    "position": position,
+                    "input_token": names(input_ids[position]),
+                    "top1_token": topk_tokens[0],
+                    "top1_prob": stats.topk_probs[0],
+                    "topk_tokens": topk_tokens,
+                    "topk_probs": stats.topk_probs,
+                    "entropy": stats.entropy,
+                    "answer_token": answer_token,
+                    "answer_prob": stats.answer_prob,
+                    "answer_rank": stats.answer_rank,
+                    "kl_to_final": stats.kl_to_final,
+                }
+            )
+            if position == len(input_ids) - 1:
+                last_top1.append(stats.topk_ids[0])
+        first, stable = answer_layers(last_top1, answer_id)
+        model_probs = torch.softmax(model_logits[-1].float(), -1)
+        final_top1 = int(model_probs.argmax())
+        probe_summaries.append(
+            {
+                "id": probe["id"],
+                "prompt": probe["prompt"],
+                "answer": probe["answer"],
+                "answer_token": answer_token,
+                "answer_token_id": answer_id,
+                "reverse_of": probe.get("reverse_of"),
+                "style": probe.get("style", "plain"),
+                "input_ids": input_ids,
+                "input_tokens": [names(i) for i in input_ids],
+                "final_top1_token": names(final_top1),
+                "final_top1_prob": float(model_probs[final_top1]),
+                "final_answer_prob": float(model_probs[answer_id]),
+                "final_answer_rank": int((model_probs > model_probs[answer_id]).sum()) + 1,
+                "first_top1_layer": first,
+                "stable_top1_layer": stable,
+                "identity_check": deviation,
+                "warnings": warnings,
+                "seconds": {"forward": round(forward_seconds, 3), "total": round(time.perf_counter() - started, 3)},
+            }
+        )
+        log.info(
+            "probe %d/%d %s: %d tokens, final top-1 %r (%.2f), answer %r top-1 from layer %s (%.1f s)",
+            index, len(probes), probe["id"], len(input_ids), names(final_top1), float(model_probs[final_top1]),
+            answer_token, stable, time.perf_counter() - started,
+        )
+    order = {p["id"]: i for i, p in enumerate(probes)}
+    rows.sort(key=lambda r: (order[r["probe"]], r["lens"], r["layer"], r["position"]))
+    summary = {
+        "lens": settings.recorded(),
+        "identity_check": {"max_abs_prob_diff": worst, "tolerance": tolerance},
+        "probes": probe_summaries,
+    }
+    return summary, rows
+
+
+def model_metadata(model: LoadedModel) -> dict[str, Any]:
+    """What the JSON records about the model and where it ran."""
+    config = model.hf_config
+    norm = getattr(model.bridge.ln_final, "original_component", None) or model.bridge.ln_final
+    return {
+        "model": model.key,
+        **model.info,
+        "architecture": (config.architectures or [type(model.bridge.original_model).__name__])[0],
+        "model_type": config.model_type,
+        "n_layers": model.n_layers,
+        "d_model": model.d_model,
+        "vocab_size": model.vocab_size,
+        "norm_type": type(norm).__name__,
+        "final_logit_softcapping": getattr(getattr(config, "text_config", None) or config, "final_logit_softcapping", None),
+        "backend": "transformer_bridge",
+        "device": model.device,
+        "dtype": dtype_name(model.dtype),
+        "packages": package_versions(),
+    }
+
+
+def write_lens_outputs(
+    model_key: str,
+    entry: dict[str, Any],
+    prepared_dir: str | None,
+    device: str,
+    dtype: str,
+    lens: dict[str, Any],
+    probes: list[dict[str, Any]],
+    summary_path: str,
+    records_path: str,
+) -> dict[str, Any]:
+    """Load ``model_key``, run every probe and write its JSON summary and records CSV.
+
+    Both files appear together or not at all.
+    """
+    from workflow.models import load_model
+
+    started = time.perf_counter()
+    settings = LensSettings.from_config(lens)
+    for probe in probes:
+        if not probe["prompt"].strip():
+            raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
+    model = load_model(model_key, entry, prepared_dir, device, dtype)
+    load_seconds = time.perf_counter() - started
+    summary, rows = run_lens(model, probes, settings)
+    document = {
+        **model_metadata(model),
+        **summary,
+        "timings": {
+            "load_seconds": round(load_seconds, 2),
+            "lens_seconds": round(time.perf_counter() - started - load_seconds, 2),
+            "total_seconds": round(time.perf_counter() - started, 2),
+        },
+    }
+    with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
+        summary_tmp.write_text(dumps_json(document), encoding="utf-8")
+        with open(records_tmp, "w", encoding="utf-8", newline="") as fh:
+            count = write_records(fh, rows)
+    log.info("wrote %d records for %d probes (%.1f s)", count, len(probes), time.perf_counter() - started)
+    return document

@@ -1,0 +1,39 @@
+"""Logging for rule scripts: to the rule's log file and, briefly, to the console."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from workflow.errors import UserError
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(log_path: str | None) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    if log_path:
+        file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(file_handler)
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", "transformer_lens"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
+    """Run a rule script's ``main`` with logging; user errors end it with their message only."""
+    log_path = snakemake.log[0] if len(snakemake.log) else None
+    setup_logging(log_path)
+    try:
+        main(snakemake)
+    except UserError as error:
+        logging.getLogger("workflow").error("error: %s", error)
+        sys.exit(1)

