@@ -5,7 +5,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from workflow.config import check_config, describe_validation_error, model_entry
+from workflow.config import check_config, describe_validation_error, model_entry, schema_violation
 from workflow.errors import UserError
 from workflow.models import PREPARED_SOURCES
 from workflow.provenance import code_version
@@ -17,7 +17,7 @@ try:
     validate(config, schema="../config/schema.yaml")
     check_config(config, CONFIGFILE)
 except WorkflowError as e:
-    cause = next((a for a in e.args if hasattr(a, "absolute_path")), None)
+    cause = schema_violation(e)
     if cause is None:
         raise
     raise WorkflowError(describe_validation_error(cause, CONFIGFILE)) from None

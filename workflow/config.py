@@ -15,6 +15,14 @@ def config_path_of(error) -> str:
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 
+def schema_violation(error: BaseException):
+    """The jsonschema ValidationError behind snakemake.utils.validate's WorkflowError, if any."""
+    from jsonschema.exceptions import ValidationError
+
+    cause = error.__cause__ or error.__context__
+    return cause if isinstance(cause, ValidationError) else None
+
+
 def describe_validation_error(error, configfile: str) -> str:
     """One readable sentence naming the file, the key and what is wrong."""
     from jsonschema.exceptions import best_match

@@ -1,0 +1,40 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import make_model_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Saved tiny random models, one per architecture family, in Hugging Face format."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: make_model_dir(root / arch, arch, seed=i) for i, arch in enumerate(["llama", "gemma3"])}
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_dirs):
+    """The tiny models loaded through the pipeline's own loader (float32, cpu)."""
+    from workflow.models import load_model
+
+    return {
+        arch: load_model(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32")
+        for arch, path in tiny_dirs.items()
+    }
+
+
+PROBES = [
+    {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"},
+    {"id": "capital-reverse", "prompt": "Berlin is the capital of", "answer": " Germany", "reverse_of": "capital"},
+    {"id": "instruction", "prompt": "Give the city name only, plain text. The capital of France is", "answer": " Paris", "style": "instruction"},
+]
+
+
+@pytest.fixture
+def probes():
+    return [dict(p) for p in PROBES]

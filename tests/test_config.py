@@ -1,0 +1,79 @@
+"""The config schema and the checks around it."""
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from conftest import REPO
+from workflow.config import check_config, describe_validation_error, model_entry, schema_violation
+from workflow.errors import UserError
+
+SCHEMA = str(REPO / "config" / "schema.yaml")
+
+
+def default_config():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_gets_defaults():
+    config = default_config()
+    validate(config, SCHEMA)
+    check_config(config, "config.yaml")
+    assert set(config["models"]) == {"smollm2-135m-instruct", "gemma-3-270m"}
+    assert config["lens"]["top_k"] == 5
+    assert config["evaluation"]["provider"] == "offline"
+    assert len(config["probes"]) >= 6
+    ids = {p["id"] for p in config["probes"]}
+    assert {"capital-germany", "capital-germany-reverse", "capital-germany-instruction"} <= ids
+    assert sum(1 for p in config["probes"] if p.get("reverse_of")) >= 3
+
+
+def schema_error(config):
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError) as info:
+        validate(config, SCHEMA)
+    cause = schema_violation(info.value)
+    assert cause is not None
+    return describe_validation_error(cause, "config/config.yaml")
+
+
+@pytest.mark.parametrize(
+    "edit, key, words",
+    [
+        (lambda c: c["models"]["gemma-3-270m"].update(source="ftp"), "models.gemma-3-270m.source", "is not one of"),
+        (lambda c: c["probes"][1].update(prompt="  "), "probes[1].prompt", "blank"),
+        (lambda c: c["lens"].update(positions="first"), "lens.positions", "is not one of"),
+        (lambda c: c["lens"].update(top_k=0), "lens.top_k", "less than the minimum"),
+        (lambda c: c["lens"].update(use_norm_lense=True), "lens", "unknown key"),
+        (lambda c: c["models"]["gemma-3-270m"].update(pth="x"), "models.gemma-3-270m", "unknown key"),
+        (lambda c: c["models"].update(x={"source": "gguf"}), "models.x", "'path' is a required property"),
+    ],
+)
+def test_schema_errors_name_the_key(edit, key, words):
+    config = copy.deepcopy(default_config())
+    edit(config)
+    message = schema_error(config)
+    assert message.startswith("config/config.yaml: invalid value at key ")
+    assert repr(key) in message
+    assert words in message
+
+
+def test_cross_field_checks():
+    config = default_config()
+    validate(config, SCHEMA)
+    bad = copy.deepcopy(config)
+    bad["probes"].append(dict(bad["probes"][0]))
+    with pytest.raises(UserError, match="repeated: capital-germany"):
+        check_config(bad, "c.yaml")
+    bad = copy.deepcopy(config)
+    bad["probes"][1]["reverse_of"] = "nowhere"
+    with pytest.raises(UserError, match="reverse_of 'nowhere'"):
+        check_config(bad, "c.yaml")
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(UserError, match="unknown model 'gpt5'.*smollm2-135m-instruct, gemma-3-270m"):
+        model_entry(default_config(), "gpt5")

@@ -1,0 +1,171 @@
+"""The lens against independent computations on tiny Llama and Gemma-3 models.
+
+The reference is plain transformers: the saved model loaded afresh,
+``output_hidden_states=True``, its final norm applied to every hidden state but
+the last (which transformers has already normalised), its lm_head, and the
+architecture's soft-capping.
+"""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from workflow.errors import UserError
+from workflow.experiment import LensIdentityError, LensSettings, capture_residuals, lens_heads, run_lens
+
+ARCHS = ["llama", "gemma3"]
+
+
+def reference_layers(model_dir, prompt):
+    """Per-layer float32 logits [L+1, T, V] computed with plain transformers."""
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = hf(ids, output_hidden_states=True)
+        hidden = out.hidden_states
+        layers = []
+        for i, h in enumerate(hidden):
+            normed = h if i == len(hidden) - 1 else hf.model.norm(h)
+            logits = hf.lm_head(normed)
+            cap = getattr(hf.config, "final_logit_softcapping", None)
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            layers.append(logits[0])
+    return torch.stack(layers), out.logits[0], ids[0].tolist()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_last_layer_reproduces_model_logits(arch, loaded, tiny_dirs):
+    model = loaded[arch]
+    prompt = "The capital of Germany is"
+    _, hf_logits, ids = reference_layers(tiny_dirs[arch], prompt)
+    residuals, model_logits = capture_residuals(model.bridge, ids, "all")
+    head, reference = lens_heads(model, LensSettings())
+    lens_logits = head.logits(residuals[-1])
+    assert residuals.shape[0] == model.n_layers + 1
+    assert (lens_logits - hf_logits).abs().max().item() <= 1e-4
+    assert (model_logits - hf_logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_records_match_independent_computation_at_every_layer(arch, loaded, tiny_dirs, probes):
+    model = loaded[arch]
+    summary, rows = run_lens(model, probes[:1], LensSettings(top_k=3))
+    layers, hf_logits, ids = reference_layers(tiny_dirs[arch], probes[0]["prompt"])
+    probs = layers.softmax(-1)
+    final_lp = hf_logits.log_softmax(-1)
+    answer = summary["probes"][0]["answer_token_id"]
+    assert summary["probes"][0]["input_ids"] == ids
+    assert len(rows) == len(layers) * len(ids)
+    for row in rows:
+        p = probs[row["layer"], row["position"]]
+        lp = p.log()
+        assert row["top1_prob"] == pytest.approx(p.max().item(), abs=1e-5)
+        assert row["answer_prob"] == pytest.approx(p[answer].item(), abs=1e-5)
+        assert row["answer_rank"] == int((p > p[answer]).sum()) + 1
+        assert row["entropy"] == pytest.approx(-(p * lp).sum().item(), abs=1e-4)
+        kl = (final_lp.exp()[row["position"]] * (final_lp[row["position"]] - lp)).sum().item()
+        assert row["kl_to_final"] == pytest.approx(max(kl, 0.0), abs=1e-4)
+    last = [r for r in rows if r["layer"] == model.n_layers and r["position"] == len(ids) - 1][0]
+    final = hf_logits[-1].softmax(-1)
+    assert last["top1_prob"] == pytest.approx(final.max().item(), abs=1e-5)
+    assert summary["probes"][0]["final_top1_prob"] == pytest.approx(final.max().item(), abs=1e-5)
+    assert summary["probes"][0]["final_answer_prob"] == pytest.approx(final[answer].item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lens_uses_the_norm_module_itself(arch, loaded):
+    """Perturbing the model's final norm weight must change what the lens reads."""
+    model = copy.deepcopy(loaded[arch])
+    ids = model.tokenizer("The capital of Germany is")["input_ids"]
+    residuals, _ = capture_residuals(model.bridge, ids, "all")
+    middle = residuals[1]
+    before = lens_heads(model, LensSettings())[0].logits(middle)
+    norm = model.bridge.original_model.model.norm
+    with torch.no_grad():
+        norm.weight.mul_(torch.linspace(0.1, 3.0, norm.weight.numel()))
+    after = lens_heads(model, LensSettings())[0].logits(middle)
+    assert (after - before).abs().max().item() > 1e-2
+    # ... and what it reads then is exactly that perturbed module's output.
+    with torch.no_grad():
+        expected = model.bridge.original_model.lm_head(norm(middle))
+    cap = getattr(model.hf_config, "final_logit_softcapping", None)
+    if cap:
+        expected = torch.tanh(expected / cap) * cap
+    assert (after - expected).abs().max().item() <= 1e-5
+
+
+def test_without_norm_lens_raw_residual_is_unembedded(loaded, probes):
+    model = loaded["llama"]
+    _, rows = run_lens(model, probes[:1], LensSettings(use_norm_lens=False, positions="last"))
+    ids = model.tokenizer(probes[0]["prompt"])["input_ids"]
+    residuals, _ = capture_residuals(model.bridge, ids, "last")
+    with torch.no_grad():
+        raw = model.bridge.original_model.lm_head(residuals[1, 0]).softmax(-1)
+    row = [r for r in rows if r["layer"] == 1][0]
+    assert row["top1_prob"] == pytest.approx(raw.max().item(), abs=1e-5)
+
+
+def test_positions_last_records_only_the_last_position(loaded, probes):
+    model = loaded["gemma3"]
+    summary, rows = run_lens(model, probes, LensSettings(positions="last"))
+    for probe in summary["probes"]:
+        mine = [r for r in rows if r["probe"] == probe["id"]]
+        assert {r["position"] for r in mine} == {len(probe["input_ids"]) - 1}
+        assert sorted(r["layer"] for r in mine) == list(range(model.n_layers + 1))
+
+
+def test_block_rows_follows_the_budget():
+    from workflow.lens import block_rows
+
+    assert block_rows(262144, 256) == 64  # 1 MiB per float32 row, four such tensors alive
+    assert block_rows(262144, 1) == 1
+    assert block_rows(320, 256) > 10_000
+
+
+def test_one_row_blocks_give_the_same_records(loaded, probes, monkeypatch):
+    """Blocking over positions and layers changes no number beyond float rounding."""
+    from workflow import lens
+
+    model = loaded["gemma3"]
+    _, whole = run_lens(model, probes, LensSettings())
+    monkeypatch.setattr(lens, "block_rows", lambda vocab, mb: 1)
+    _, blocked = run_lens(model, probes, LensSettings())
+    assert len(whole) == len(blocked)
+    for a, b in zip(whole, blocked):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], (float, list)) and key != "topk_tokens":
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+            else:
+                assert a[key] == b[key], key
+
+
+def test_multi_token_answer_uses_first_token_and_warns(loaded):
+    model = loaded["llama"]
+    probe = {"id": "multi", "prompt": "The capital of Germany is", "answer": " Berlinzz Köln"}
+    pieces = model.tokenizer(probe["answer"], add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1
+    summary, rows = run_lens(model, [probe], LensSettings(positions="last"))
+    record = summary["probes"][0]
+    assert record["answer_token_id"] == pieces[0]
+    assert len(record["warnings"]) == 1 and "tokenises into" in record["warnings"][0]
+    assert {r["answer_token"] for r in rows} == {model.tokenizer.decode([pieces[0]])}
+
+
+def test_empty_prompt_is_refused(loaded):
+    with pytest.raises(UserError, match="prompt is empty"):
+        run_lens(loaded["llama"], [{"id": "blank", "prompt": "   ", "answer": " x"}], LensSettings())
+
+
+def test_identity_check_fails_loudly_when_the_lens_misses_a_step(loaded, probes, monkeypatch):
+    """A lens that forgot soft-capping must stop the run instead of writing records."""
+    model = loaded["gemma3"]
+    from workflow import experiment
+
+    monkeypatch.setattr(experiment, "logit_postprocessor", lambda config: (lambda logits: logits))
+    with pytest.raises(LensIdentityError, match="differs from the model's own probabilities"):
+        run_lens(model, probes[:1], LensSettings())

@@ -1,0 +1,132 @@
+"""The Snakemake workflow end to end on tiny random models, and its handling of bad input."""
+
+import json
+
+import pytest
+
+from conftest import PROBES
+from pipeline import files_under, said, scratch_copy, snakemake
+from workflow.evaluation.templates import heading_problems, load_template
+from workflow.records import read_records
+
+
+
+def tiny_config(tiny_dirs, **overrides):
+    config = {
+        "device": "cpu",
+        "dtype": "float32",
+        "models": {f"tiny-{arch}": {"source": "local", "path": str(path)} for arch, path in tiny_dirs.items()},
+        "lens": {"top_k": 3},
+        "probes": [dict(p) for p in PROBES],
+        "evaluation": {"provider": "offline"},
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dirs, tmp_path_factory):
+    """A scratch workflow run to completion on the tiny models."""
+    workdir = scratch_copy(tmp_path_factory.mktemp("pipeline"), tiny_config(tiny_dirs))
+    result = snakemake(workdir, "results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md")
+    assert result.returncode == 0, said(result)[-4000:]
+    return workdir
+
+
+def test_full_run_writes_all_five_kinds_of_file(finished):
+    results = finished / "results" / "001"
+    for arch in ("llama", "gemma3"):
+        summary = json.loads((results / f"output-tiny-{arch}.json").read_text())
+        assert summary["n_layers"] == 3 and summary["lens"]["top_k"] == 3
+        assert [p["id"] for p in summary["probes"]] == [p["id"] for p in PROBES]
+        assert summary["identity_check"]["max_abs_prob_diff"] <= 1e-4
+        for key in ("source", "architecture", "d_model", "vocab_size", "norm_type", "device", "dtype", "packages", "timings"):
+            assert key in summary, key
+        records = read_records(results / f"output-tiny-{arch}-records.csv")
+        assert set(records["layer"]) == set(range(4))
+        assert records["topk_tokens"].map(len).eq(3).all()
+        template = load_template(finished / "prompts" / "single-model-evaluation.md")
+        text = (results / f"evaluation-tiny-{arch}.md").read_text()
+        assert heading_problems(text, template.headings) == []
+        assert "No LLM was used" in text
+    for stage, name in (("cross-model", "evaluation-cross-model.md"), ("meta", "evaluation-meta.md")):
+        template = load_template(finished / "prompts" / f"{stage}-evaluation.md")
+        text = (results / name).read_text()
+        assert heading_problems(text, template.headings) == []
+        assert "tiny-llama" in text and "tiny-gemma3" in text
+    logs = files_under(finished / "logs")
+    assert "001/run_lens-tiny-llama.log" in logs and "001/evaluate_meta.log" in logs
+
+
+def test_nothing_left_to_do_after_a_full_run(finished):
+    result = snakemake(finished, "-n", "results/001/evaluation-meta.md")
+    assert result.returncode == 0
+    assert "Nothing to be done" in said(result)
+
+
+def test_evaluations_are_reproducible(finished):
+    results = finished / "results" / "001"
+    before = {p.name: p.read_bytes() for p in results.glob("evaluation-*.md")}
+    result = snakemake(finished, "--forcerun", "evaluate_model", "evaluate_cross", "evaluate_meta", "all")
+    assert result.returncode == 0, said(result)[-3000:]
+    after = {p.name: p.read_bytes() for p in results.glob("evaluation-*.md")}
+    assert before == after
+
+
+def test_unknown_model_in_target(finished):
+    result = snakemake(finished, "results/001/output-nosuchmodel.json")
+    assert result.returncode != 0
+    assert "unknown model 'nosuchmodel'" in said(result)
+    assert "tiny-llama, tiny-gemma3" in said(result)
+    assert not (finished / "results" / "001" / "output-nosuchmodel.json").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda c: c["lens"].update(positions="middle"), "key 'lens.positions'"),
+        (lambda c: c["probes"][0].update(prompt=""), "key 'probes[0].prompt'"),
+        (lambda c: c["models"]["tiny-llama"].update(source="s3"), "key 'models.tiny-llama.source'"),
+    ],
+)
+def test_config_that_fails_the_schema(tiny_dirs, tmp_path, edit, expected):
+    config = tiny_config(tiny_dirs)
+    edit(config)
+    workdir = scratch_copy(tmp_path, config)
+    result = snakemake(workdir, "-n")
+    assert result.returncode != 0
+    assert "config/config.yaml: invalid value at " + expected in said(result)
+    assert files_under(workdir / "results") == []
+
+
+def test_missing_gguf_path(tiny_dirs, tmp_path):
+    config = tiny_config(tiny_dirs)
+    config["models"] = {"lost": {"source": "gguf", "path": str(tmp_path / "nowhere.gguf")}}
+    workdir = scratch_copy(tmp_path / "wd", config)
+    result = snakemake(workdir, "results/001/evaluation-cross-model.md")
+    assert result.returncode != 0
+    assert "model 'lost': GGUF file" in said(result) and "does not exist" in said(result)
+    assert "models.lost.path" in said(result)
+    assert files_under(workdir / "results") == [] and files_under(workdir / "resources") == []
+
+
+def test_failed_lens_job_leaves_no_partial_output(tiny_dirs, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama", "hidden_size": "not a number"}')
+    config = tiny_config(tiny_dirs)
+    config["models"] = {"broken": {"source": "local", "path": str(broken)}}
+    workdir = scratch_copy(tmp_path / "wd", config)
+    result = snakemake(workdir, "results/001/output-broken.json")
+    assert result.returncode != 0
+    assert files_under(workdir / "results") == []
+
+
+def test_multi_token_answer_is_a_recorded_warning(tiny_dirs, tmp_path):
+    config = tiny_config(tiny_dirs, probes=[{"id": "multi", "prompt": "The capital of Germany is", "answer": " Berlinzz Köln"}])
+    config["models"] = {"tiny-llama": config["models"]["tiny-llama"]}
+    workdir = scratch_copy(tmp_path, config)
+    result = snakemake(workdir, "results/001/output-tiny-llama.json")
+    assert result.returncode == 0, said(result)[-3000:]
+    summary = json.loads((workdir / "results/001/output-tiny-llama.json").read_text())
+    assert "tokenises into" in summary["probes"][0]["warnings"][0]

@@ -1,0 +1,56 @@
+"""Prompt templates: front matter, rendering and the heading contract."""
+
+import pytest
+
+from workflow.errors import UserError
+from workflow.evaluation.templates import heading_problems, load_template
+from conftest import REPO
+
+TEMPLATES = ["single-model-evaluation.md", "cross-model-evaluation.md", "meta-evaluation.md"]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_shipped_templates_declare_headings(name):
+    template = load_template(REPO / "prompts" / name)
+    assert template.headings[0] == "Summary"
+    assert len(template.headings) >= 5
+    assert template.system
+
+
+def test_render_fills_variables_and_headings(tmp_path):
+    path = tmp_path / "t.md"
+    path.write_text("---\nheadings: [One, Two]\n---\nModel ${model} costs $$5.\n${headings}\n")
+    text = load_template(path).render({"model": "m"})
+    assert text == "Model m costs $5.\n## One\n## Two\n"
+
+
+def test_unknown_variable_names_the_template_and_variable(tmp_path):
+    path = tmp_path / "t.md"
+    path.write_text("---\nheadings: [One]\n---\n${nope}\n")
+    with pytest.raises(UserError, match=r"t\.md: unknown variable \$\{nope\}"):
+        load_template(path).render({"model": "m"})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("no front matter", "YAML front matter"),
+        ("---\nheadings: []\n---\nbody", "headings"),
+        ("---\nheadings: [a\n---\nbody", "not valid YAML"),
+    ],
+)
+def test_bad_templates_are_refused(tmp_path, text, message):
+    path = tmp_path / "bad.md"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_template(path)
+
+
+def test_heading_contract():
+    required = ("Summary", "Details", "Caveats")
+    good = "# Title\n\n## Summary\ntext\n## Details\n### sub\n## Caveats\n"
+    assert heading_problems(good, required) == []
+    assert heading_problems("## summary\n## DETAILS\n## Caveats ##\n", required) == []
+    assert heading_problems("## Summary\n## Caveats\n", required) == ["heading '## Details' is missing"]
+    assert heading_problems("## Summary\n## Caveats\n## Details\n", required) == ["heading '## Caveats' is out of order"]
+    assert heading_problems("Summary\nDetails\n", required)[0] == "heading '## Summary' is missing"

@@ -1,0 +1,79 @@
+"""Tiny random models and a tiny tokenizer, built offline from configs in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "The capital of Germany is Berlin. Berlin is the capital of Germany.",
+    "The capital of France is Paris. Paris is the capital of France.",
+    "Give the city name only, plain text. The capital of Japan is Tokyo.",
+    "Tokyo, Canberra, Rome and Madrid are capitals; \"quoted\" text, commas, and newlines\nmatter.",
+    "Ünïcödé tëxt: naïve café, Köln, Zürich, 東京.",
+]
+SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def make_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer trained on CORPUS that prepends <bos> like Llama's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def _config(arch: str, vocab: int, tokenizer):
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common, tie_word_embeddings=False)
+    if arch == "gemma3":
+        # Soft-capping is on so the identity tests cover a post-unembedding step.
+        return Gemma3TextConfig(
+            **common, head_dim=16, sliding_window=8, final_logit_softcapping=8.0, tie_word_embeddings=True
+        )
+    raise ValueError(arch)
+
+
+def make_model_dir(path: Path, arch: str, seed: int = 0) -> Path:
+    """Save a tiny random ``arch`` model with the tiny tokenizer under ``path``."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    config = _config(arch, len(tokenizer), tokenizer)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        # Non-trivial norm weights: a lens that skipped or copied the norm would show.
+        for module in model.modules():
+            if "RMSNorm" in type(module).__name__:
+                module.weight.normal_(0.5, 0.3)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
