@@ -1,0 +1,65 @@
+"""The real default pipeline on the two embedded models, from an empty results/.
+
+Slow (a few minutes: both models are dequantised from their GGUF files first).
+The final top-1 of every probe is checked against a plain transformers forward
+pass of the same GGUF file, loaded independently of the pipeline.
+"""
+
+import json
+
+import pytest
+import torch
+
+from pipeline import REPO, files_under, said, scratch_copy, snakemake
+from workflow.models import locate_gguf
+
+pytestmark = pytest.mark.e2e
+
+KINDS = [
+    "evaluation-cross-model.md",
+    "evaluation-gemma-3-270m.md",
+    "evaluation-meta.md",
+    "evaluation-smollm2-135m-instruct.md",
+    "output-gemma-3-270m-records.csv",
+    "output-gemma-3-270m.json",
+    "output-smollm2-135m-instruct-records.csv",
+    "output-smollm2-135m-instruct.json",
+]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    import yaml
+
+    workdir = scratch_copy(tmp_path_factory.mktemp("e2e"))
+    assert files_under(workdir / "results") == []
+    result = snakemake(workdir, "results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md", timeout=1800)
+    assert result.returncode == 0, said(result)[-5000:]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return workdir, config
+
+
+def test_all_five_kinds_of_file(default_run):
+    workdir, _ = default_run
+    assert files_under(workdir / "results" / "001") == KINDS
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_final_top1_matches_plain_transformers(default_run, model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    workdir, config = default_run
+    summary = json.loads((workdir / "results" / "001" / f"output-{model}.json").read_text())
+    gguf = locate_gguf(model, config["models"][model], tmp_path)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    assert summary["identity_check"]["max_abs_prob_diff"] <= 1e-4
+    for probe in summary["probes"]:
+        ids = tok(probe["prompt"], return_tensors="pt").input_ids
+        assert ids[0].tolist() == probe["input_ids"], probe["id"]
+        with torch.no_grad():
+            probs = hf(ids).logits[0, -1].float().softmax(-1)
+        top1 = int(probs.argmax())
+        assert probe["final_top1_token"] == tok.decode([top1]), probe["id"]
+        assert probe["final_top1_prob"] == pytest.approx(float(probs[top1]), abs=1e-4), probe["id"]
+        assert probe["final_answer_prob"] == pytest.approx(float(probs[probe["answer_token_id"]]), abs=1e-4)
