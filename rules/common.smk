@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from workflow.config import check_config, describe_validation_error, model_entry, schema_violation
 from workflow.errors import UserError
+from workflow.evaluation.providers import stage_settings
 from workflow.models import PREPARED_SOURCES
 from workflow.provenance import code_version
 

@@ -11,7 +11,7 @@ rule evaluate_model:
     log:
         "logs/001/evaluate_model-{model}.log",
     params:
-        evaluation=config["evaluation"],
+        evaluation=stage_settings(config["evaluation"], "single-model"),
         code=code_version("evaluate"),
     script:
         "../scripts/evaluate_model.py"
@@ -27,7 +27,7 @@ rule evaluate_cross:
     log:
         "logs/001/evaluate_cross.log",
     params:
-        evaluation=config["evaluation"],
+        evaluation=stage_settings(config["evaluation"], "cross-model"),
         code=code_version("evaluate"),
     script:
         "../scripts/evaluate_cross.py"
@@ -43,7 +43,7 @@ rule evaluate_meta:
     log:
         "logs/001/evaluate_meta.log",
     params:
-        evaluation=config["evaluation"],
+        evaluation=stage_settings(config["evaluation"], "meta"),
         code=code_version("evaluate"),
     script:
         "../scripts/evaluate_meta.py"

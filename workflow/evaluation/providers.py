@@ -2,16 +2,35 @@
 
 A provider turns an ``EvaluationRequest`` (the rendered prompt, the headings the
 template requires, and the computed facts) into markdown. The rules never see
-which provider runs: ``make_provider`` picks it from ``evaluation.provider``.
+which provider runs: ``make_provider`` picks it from the stage's evaluation
+settings.
+
+- ``offline``: the deterministic analyst (no network, no LLM).
+- ``openai``: the official ``openai`` SDK, Chat Completions; with ``base_url`` it
+  talks to any OpenAI-compatible server (llama.cpp, vLLM, Ollama).
+- ``anthropic``: the official ``anthropic`` SDK, Messages API.
+
+API keys come from the environment only (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``)
+and are never recorded: ``describe()`` lists what determines the output, not
+credentials.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from workflow.errors import UserError
 from workflow.evaluation import offline
+from workflow.evaluation.cache import DEFAULT_CACHE_DIR, ResponseCache, cache_key
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = ("offline", "openai", "anthropic")
+KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+STAGES = ("single-model", "cross-model", "meta")
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,10 @@ class EvaluationRequest:
     facts: Any = field(compare=False, repr=False)
 
 
+class ProviderError(UserError):
+    """An API call that failed for good (after the SDK's bounded retries)."""
+
+
 class Provider(Protocol):
     name: str
 
@@ -32,6 +55,9 @@ class Provider(Protocol):
 
     def complete(self, request: EvaluationRequest) -> str:
         """The markdown for ``request``."""
+
+    def repair(self, request: EvaluationRequest, draft: str, problems: list[str]) -> str | None:
+        """A second attempt after ``draft`` broke the heading contract; None if not possible."""
 
 
 class OfflineProvider:
@@ -45,9 +71,162 @@ class OfflineProvider:
     def complete(self, request: EvaluationRequest) -> str:
         return offline.write(request.stage, request.title, request.headings, request.facts)
 
+    def repair(self, request: EvaluationRequest, draft: str, problems: list[str]) -> str | None:
+        return None  # its output is fixed by its rules; a broken contract is a bug
+
+
+def repair_instruction(request: EvaluationRequest, problems: list[str]) -> str:
+    headings = "\n".join(f"## {h}" for h in request.headings)
+    return (
+        "Your answer does not meet the required structure: "
+        + "; ".join(problems)
+        + ". Rewrite the whole evaluation in markdown with exactly these level-2 headings, in this order, "
+        "and keep its content:\n" + headings
+    )
+
+
+class ChatProvider:
+    """Shared logic of the LLM providers: settings, key, cache, repair conversation."""
+
+    name = "chat"
+
+    def __init__(self, settings: dict[str, Any]):
+        variable = KEY_VARIABLES[self.name]
+        key = os.environ.get(variable, "")
+        if not key:
+            raise UserError(
+                f"evaluation.provider is {self.name!r} but the environment variable {variable} is not set; "
+                f"export it (for a local OpenAI-compatible server any non-empty value works), "
+                "or use --config evaluation='{provider: offline}'"
+            )
+        self._api_key = key
+        self.model = settings.get("model")
+        if not self.model:
+            raise UserError(
+                f"evaluation.model is required for provider {self.name!r}: name the model to ask "
+                "(see README, 'Evaluations written by an LLM')"
+            )
+        self.temperature = settings.get("temperature")
+        self.max_tokens = int(settings.get("max_tokens", 4096))
+        self.seed = settings.get("seed")
+        self.timeout = float(settings.get("timeout", 300))
+        self.max_retries = int(settings.get("max_retries", 4))
+        self.base_url = settings.get("base_url")
+        self.cache = ResponseCache(settings.get("cache_dir") or DEFAULT_CACHE_DIR)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "provider": self.name,
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "base_url": self.base_url,
+        }
+
+    def complete(self, request: EvaluationRequest) -> str:
+        return self.chat(request.system, [{"role": "user", "content": request.prompt}])
+
+    def repair(self, request: EvaluationRequest, draft: str, problems: list[str]) -> str | None:
+        log.warning("%s evaluation misses required headings (%s); asking once for a repair", request.stage, "; ".join(problems))
+        messages = [
+            {"role": "user", "content": request.prompt},
+            {"role": "assistant", "content": draft},
+            {"role": "user", "content": repair_instruction(request, problems)},
+        ]
+        return self.chat(request.system, messages)
+
+    def chat(self, system: str, messages: list[dict[str, str]]) -> str:
+        request = {**self.describe(), "system": system, "messages": messages}
+        key = cache_key(request)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        text, usage = self._call(system, messages)
+        log.info("%s %s answered: %d characters, usage %s", self.name, self.model, len(text), usage)
+        self.cache.put(key, request, text, usage)
+        return text
+
+    def _failure(self, error: Exception) -> ProviderError:
+        status = getattr(error, "status_code", None)
+        where = self.base_url or f"the {self.name} API"
+        what = f"HTTP {status}" if status else type(error).__name__
+        return ProviderError(
+            f"{self.name} request to {where} (model {self.model!r}) failed with {what} after up to "
+            f"{self.max_retries} retries: {error}. Nothing was written; re-run when the service is back "
+            "(responses already received are cached)."
+        )
+
+    def _call(self, system: str, messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+
+class OpenAIProvider(ChatProvider):
+    name = "openai"
+
+    def _call(self, system, messages):
+        import openai
+
+        client = openai.OpenAI(
+            api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+        )
+        kwargs: dict[str, Any] = {"model": self.model}
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        # The official API takes max_completion_tokens (max_tokens is deprecated there);
+        # compatible servers (llama.cpp, vLLM, Ollama) take max_tokens.
+        kwargs["max_tokens" if self.base_url else "max_completion_tokens"] = self.max_tokens
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        chat = [{"role": "system", "content": system}] if system else []
+        try:
+            response = client.chat.completions.create(messages=chat + messages, **kwargs)
+        except openai.APIError as error:
+            raise self._failure(error) from None
+        text = response.choices[0].message.content or ""
+        usage = response.usage.model_dump() if response.usage else {}
+        return text, {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
+
+
+class AnthropicProvider(ChatProvider):
+    name = "anthropic"
+
+    def _call(self, system, messages):
+        import anthropic
+
+        client = anthropic.Anthropic(
+            api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+        )
+        kwargs: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
+        if system:
+            kwargs["system"] = system
+        if self.temperature is not None:
+            # SDK 1.0 dropped sampling parameters from the signature; the API still takes
+            # them on models that support them (the newest accept only the default).
+            kwargs["extra_body"] = {"temperature": self.temperature}
+        try:
+            response = client.messages.create(messages=messages, **kwargs)
+        except anthropic.APIError as error:
+            raise self._failure(error) from None
+        text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
+        usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
+        return text, usage
+
+
+def stage_settings(evaluation: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The evaluation settings for one stage: the base settings with that stage's overrides."""
+    if stage not in STAGES:
+        raise ValueError(stage)
+    base = {k: v for k, v in evaluation.items() if k != "stages"}
+    return {**base, **(evaluation.get("stages") or {}).get(stage, {})}
+
 
 def make_provider(settings: dict[str, Any]) -> Provider:
     name = settings.get("provider", "offline")
     if name == "offline":
         return OfflineProvider()
-    raise UserError(f"evaluation.provider {name!r} is not available; use one of: offline")
+    if name == "openai":
+        return OpenAIProvider(settings)
+    if name == "anthropic":
+        return AnthropicProvider(settings)
+    raise UserError(f"evaluation.provider {name!r} is not available; use one of: {', '.join(PROVIDERS)}")

@@ -18,8 +18,8 @@ from workflow.evaluation.templates import PromptTemplate, heading_problems, load
 log = logging.getLogger(__name__)
 
 
-class EvaluationError(RuntimeError):
-    """The provider's output does not meet the template's contract."""
+class EvaluationError(UserError):
+    """The provider's output does not meet the template's contract, even after one repair."""
 
 
 def _sha(text: str) -> str:
@@ -36,13 +36,18 @@ def footer(template: PromptTemplate, prompt: str, provider: Provider) -> str:
 
 
 def complete(request: EvaluationRequest, provider: Provider) -> str:
+    """The provider's text, repaired once if it breaks the heading contract."""
     text = provider.complete(request)
     problems = heading_problems(text, request.headings)
     if problems:
+        repaired = provider.repair(request, text, problems)
+        if repaired is not None:
+            text = repaired
+            problems = heading_problems(text, request.headings)
+    if problems:
         raise EvaluationError(
-            f"{provider.name} wrote a {request.stage} evaluation that breaks the template's heading contract: "
-            + "; ".join(problems)
-            + ". Nothing was written."
+            f"{provider.name} wrote a {request.stage} evaluation that breaks the template's heading contract "
+            "(after one repair request where the provider allows it): " + "; ".join(problems) + ". Nothing was written."
         )
     return text
 

@@ -1,0 +1,131 @@
+"""A local test server that speaks the OpenAI Chat Completions and Anthropic Messages wire formats.
+
+Real HTTP on 127.0.0.1, so the real SDKs talk to it through ``base_url``. Its
+answer is markdown with every level-2 heading found in the last user message
+(the rendered ``${headings}`` list, or a repair request's list), so a normal
+answer meets the template's contract. Behaviours for failure tests are set on
+the instance; every request is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HEADING = re.compile(r"^## (.+)$", re.MULTILINE)
+MARKER = "SERVER-TEXT"
+
+
+class LLMServer:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.statuses: list[int] = []  # served in order before normal answers
+        self.always_status: int | None = None
+        self.fail_when_prompt_contains: str | None = None
+        self.drop_last_heading: int = 0  # how many answers in a row lack their last heading
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LLMServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.statuses.clear()
+            self.always_status = None
+            self.fail_when_prompt_contains = None
+            self.drop_last_heading = 0
+
+    def answer(self, last_user: str) -> str:
+        headings = HEADING.findall(last_user)
+        if self.drop_last_heading > 0 and headings:
+            self.drop_last_heading -= 1
+            headings = headings[:-1]
+        return "\n\n".join(f"## {h}\n\n{MARKER}: the test server's text under '{h}'." for h in headings) + "\n"
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: dict, headers: dict | None = None):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+                kind = "openai" if self.path.endswith("/chat/completions") else "anthropic" if self.path.endswith("/messages") else None
+                with server.lock:
+                    server.requests.append({"path": self.path, "kind": kind, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    status = server.statuses.pop(0) if server.statuses else server.always_status
+                    messages = body.get("messages", [])
+                    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+                    if isinstance(last_user, list):
+                        last_user = "".join(part.get("text", "") for part in last_user)
+                    first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
+                    if server.fail_when_prompt_contains and server.fail_when_prompt_contains in str(first_user):
+                        status = 500
+                    text = None if status else server.answer(last_user)
+                if kind is None:
+                    return self._send(404, {"error": {"message": "unknown path"}})
+                if status:
+                    retry = {"retry-after-ms": "5"}
+                    if kind == "openai":
+                        return self._send(status, {"error": {"message": f"test error {status}", "type": "test"}}, retry)
+                    return self._send(status, {"type": "error", "error": {"type": "api_error", "message": f"test error {status}"}}, retry)
+                if kind == "openai":
+                    return self._send(
+                        200,
+                        {
+                            "id": "chatcmpl-test",
+                            "object": "chat.completion",
+                            "created": 0,
+                            "model": body.get("model"),
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33},
+                        },
+                    )
+                return self._send(
+                    200,
+                    {
+                        "id": "msg_test",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": body.get("model"),
+                        "content": [{"type": "text", "text": text}],
+                        "stop_reason": "end_turn",
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 11, "output_tokens": 22},
+                    },
+                )
+
+        return Handler

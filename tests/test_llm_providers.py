@@ -1,0 +1,228 @@
+"""OpenAI and Anthropic providers through their real SDKs against a local test server."""
+
+import shutil
+
+import pytest
+
+from conftest import PROBES
+from llm_server import MARKER, LLMServer
+from pipeline import files_under, said, scratch_copy, snakemake, write_config
+from workflow.errors import UserError
+from workflow.evaluation.providers import EvaluationRequest, ProviderError, make_provider
+from workflow.evaluation.run import EvaluationError, complete
+from workflow.evaluation.templates import heading_problems, load_template
+
+KEY = "sk-test-4f9a1c0e-never-write-me"
+PROVIDERS = ["openai", "anthropic"]
+EVALUATIONS = ["evaluation-cross-model.md", "evaluation-meta.md", "evaluation-tiny-gemma3.md", "evaluation-tiny-llama.md"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = LLMServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def llm(server, monkeypatch):
+    server.reset()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return server
+
+
+def settings(server, provider, tmp_path, **extra):
+    url = server.openai_url if provider == "openai" else server.anthropic_url
+    return {
+        "provider": provider,
+        "model": "test-model",
+        "base_url": url,
+        "max_retries": 2,
+        "timeout": 20,
+        "cache_dir": str(tmp_path / "cache"),
+        "temperature": 0.0,
+        **extra,
+    }
+
+
+REQUEST = EvaluationRequest(
+    stage="single-model",
+    title="t",
+    system="be precise",
+    prompt="Evaluate.\n## Summary\n## Details\n## Caveats\n",
+    headings=("Summary", "Details", "Caveats"),
+    facts=None,
+)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_answer_goes_through_the_real_sdk(llm, provider, tmp_path):
+    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path)))
+    assert MARKER in text and heading_problems(text, REQUEST.headings) == []
+    (request,) = llm.requests
+    assert request["kind"] == provider
+    body = request["body"]
+    assert body["model"] == "test-model" and body["temperature"] == 0.0
+    if provider == "openai":
+        assert body["messages"][0] == {"role": "system", "content": "be precise"}
+        assert body["max_tokens"] == 4096  # compatible servers take max_tokens
+        assert request["headers"]["authorization"] == f"Bearer {KEY}"
+    else:
+        assert body["system"] == "be precise" and body["max_tokens"] == 4096
+        headers = request["headers"]
+        assert headers.get("x-api-key") == KEY or headers.get("authorization") == f"Bearer {KEY}"
+        assert "anthropic-version" in headers
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_rate_limit_then_success_is_retried(llm, provider, tmp_path):
+    llm.statuses = [429]
+    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path)))
+    assert MARKER in text
+    assert len(llm.requests) == 2
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_persistent_server_error_fails_cleanly(llm, provider, tmp_path):
+    llm.always_status = 500
+    with pytest.raises(ProviderError, match="HTTP 500") as info:
+        complete(REQUEST, make_provider(settings(llm, provider, tmp_path, max_retries=1)))
+    assert len(llm.requests) == 2  # the first try and one bounded retry
+    assert KEY not in str(info.value)
+    assert files_under(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_missing_heading_triggers_exactly_one_repair(llm, provider, tmp_path):
+    llm.drop_last_heading = 1
+    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path)))
+    assert heading_problems(text, REQUEST.headings) == []
+    assert len(llm.requests) == 2
+    repair = [m for m in llm.requests[1]["body"]["messages"] if m["role"] != "system"]
+    assert [m["role"] for m in repair] == ["user", "assistant", "user"]
+    assert "'## Caveats' is missing" in repair[-1]["content"]
+
+
+def test_failed_repair_is_an_error(llm, tmp_path):
+    llm.drop_last_heading = 2
+    with pytest.raises(EvaluationError, match="heading '## Caveats' is missing"):
+        complete(REQUEST, make_provider(settings(llm, "openai", tmp_path)))
+    assert len(llm.requests) == 2
+
+
+def test_model_is_required(llm, tmp_path):
+    with pytest.raises(UserError, match="evaluation.model is required"):
+        make_provider(settings(llm, "anthropic", tmp_path, model=None))
+
+
+def test_temperature_is_left_out_unless_set(llm, tmp_path):
+    for provider in PROVIDERS:
+        complete(REQUEST, make_provider(settings(llm, provider, tmp_path, temperature=None)))
+    assert [("temperature" in r["body"]) for r in llm.requests] == [False, False]
+
+
+@pytest.mark.parametrize("provider, variable", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])
+def test_missing_key_fails_before_any_request(llm, provider, variable, tmp_path, monkeypatch):
+    monkeypatch.delenv(variable)
+    with pytest.raises(UserError, match=variable):
+        make_provider(settings(llm, provider, tmp_path))
+    assert llm.requests == []
+
+
+def test_cache_answers_the_second_call(llm, tmp_path):
+    provider = make_provider(settings(llm, "anthropic", tmp_path))
+    first = complete(REQUEST, provider)
+    again = complete(REQUEST, make_provider(settings(llm, "anthropic", tmp_path)))
+    assert first == again and len(llm.requests) == 1
+    changed = make_provider(settings(llm, "anthropic", tmp_path, temperature=0.5))
+    complete(REQUEST, changed)
+    assert len(llm.requests) == 2  # a different parameter is a different key
+
+
+# ---------------------------------------------------------------- through Snakemake
+
+
+@pytest.fixture(scope="module")
+def lens_done(tiny_dirs, tmp_path_factory):
+    """A scratch workflow whose lens outputs exist; tests copy it and run the evaluations."""
+    config = {
+        "device": "cpu",
+        "dtype": "float32",
+        "models": {f"tiny-{arch}": {"source": "local", "path": str(path)} for arch, path in tiny_dirs.items()},
+        "probes": [dict(p) for p in PROBES],
+    }
+    workdir = scratch_copy(tmp_path_factory.mktemp("llm-pipeline"), config)
+    result = snakemake(workdir, "results/001/output-tiny-llama.json", "results/001/output-tiny-gemma3.json")
+    assert result.returncode == 0, said(result)[-3000:]
+    return workdir, config
+
+
+def workflow_with(lens_done, tmp_path, evaluation):
+    base, config = lens_done
+    workdir = tmp_path / "wd"
+    shutil.copytree(base, workdir, symlinks=True)
+    write_config(workdir, {**config, "evaluation": evaluation})
+    return workdir
+
+
+def evaluations(workdir):
+    return {name: (workdir / "results" / "001" / name).read_bytes() for name in EVALUATIONS}
+
+
+def no_file_holds_the_key(workdir):
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_evaluation_rules_against_the_server(llm, lens_done, tmp_path, provider):
+    evaluation = {"provider": provider, "model": "test-model", "base_url": settings(llm, provider, tmp_path)["base_url"], "max_retries": 1}
+    workdir = workflow_with(lens_done, tmp_path, evaluation)
+    result = snakemake(workdir, "results/001/evaluation-meta.md")
+    assert result.returncode == 0, said(result)[-3000:]
+    assert len(llm.requests) == 4 and {r["kind"] for r in llm.requests} == {provider}
+    first = evaluations(workdir)
+    for name, data in first.items():
+        text = data.decode()
+        assert MARKER in text
+        stage = "single-model" if name.startswith("evaluation-tiny") else name[len("evaluation-") : -len(".md")]
+        template = load_template(workdir / "prompts" / f"{stage}-evaluation.md")
+        assert heading_problems(text, template.headings) == [], name
+        assert f"provider {provider}" in text
+    cache = files_under(workdir / "results" / "cache")
+    assert len(cache) == 4
+    # A forced re-run with unchanged inputs: no request, byte-identical files.
+    result = snakemake(workdir, "--forcerun", "evaluate_model", "evaluate_cross", "evaluate_meta", "--", "results/001/evaluation-meta.md")
+    assert result.returncode == 0, said(result)[-3000:]
+    assert len(llm.requests) == 4
+    assert evaluations(workdir) == first
+    assert "cache hit" in (workdir / "logs" / "001" / "evaluate_meta.log").read_text()
+    no_file_holds_the_key(workdir)
+
+
+def test_server_failure_keeps_other_evaluations_going(llm, lens_done, tmp_path):
+    llm.fail_when_prompt_contains = "for the model `tiny-gemma3`"
+    evaluation = {"provider": "openai", "model": "test-model", "base_url": llm.openai_url, "max_retries": 1}
+    workdir = workflow_with(lens_done, tmp_path, evaluation)
+    result = snakemake(workdir, "--keep-going", "results/001/evaluation-tiny-llama.md", "results/001/evaluation-tiny-gemma3.md")
+    assert result.returncode != 0
+    out = workdir / "results" / "001"
+    assert (out / "evaluation-tiny-llama.md").is_file()
+    assert not (out / "evaluation-tiny-gemma3.md").exists()
+    assert "HTTP 500" in (workdir / "logs" / "001" / "evaluate_model-tiny-gemma3.log").read_text()
+    assert [p for p in out.iterdir() if p.name.startswith(".")] == []
+    no_file_holds_the_key(workdir)
+
+
+def test_missing_key_fails_the_job_before_any_request(llm, lens_done, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    evaluation = {"provider": "openai", "base_url": llm.openai_url}
+    workdir = workflow_with(lens_done, tmp_path, evaluation)
+    result = snakemake(workdir, "results/001/evaluation-tiny-llama.md")
+    assert result.returncode != 0
+    assert "OPENAI_API_KEY is not set" in said(result) + (workdir / "logs/001/evaluate_model-tiny-llama.log").read_text()
+    assert llm.requests == []
+    assert not (workdir / "results/001/evaluation-tiny-llama.md").exists()
