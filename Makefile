@@ -8,7 +8,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean-results
+.PHONY: setup demo test check lint clean-results
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Is every result under results/ current? (see README)
+check: setup
+	$(BIN)/python -m workflow.provenance check
 
 lint: setup
 	$(BIN)/snakemake --lint

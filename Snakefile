@@ -3,9 +3,14 @@
 #   snakemake --cores 1 results/001/evaluation-cross-model.md   # the whole chain up to the comparison
 #   snakemake --cores 1                                         # everything, meta-evaluation included
 #   snakemake -n                                                # what is stale, and why
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The repository's own library, whether or not it is pip-installed.
+sys.path.insert(0, workflow.basedir)
 
 
 configfile: "config/config.yaml"

@@ -7,7 +7,8 @@ rule evaluate_model:
         records=f"{EXPERIMENT}/output-{{model}}-records.csv",
         template="prompts/single-model-evaluation.md",
     output:
-        f"{EXPERIMENT}/evaluation-{{model}}.md",
+        evaluation=f"{EXPERIMENT}/evaluation-{{model}}.md",
+        provenance=f"{EXPERIMENT}/provenance/evaluation-{{model}}.prov.json",
     log:
         "logs/001/evaluate_model-{model}.log",
     params:
@@ -23,7 +24,8 @@ rule evaluate_cross:
         evaluations=expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
         template="prompts/cross-model-evaluation.md",
     output:
-        f"{EXPERIMENT}/evaluation-cross-model.md",
+        evaluation=f"{EXPERIMENT}/evaluation-cross-model.md",
+        provenance=f"{EXPERIMENT}/provenance/evaluation-cross-model.prov.json",
     log:
         "logs/001/evaluate_cross.log",
     params:
@@ -39,7 +41,8 @@ rule evaluate_meta:
         cross=f"{EXPERIMENT}/evaluation-cross-model.md",
         template="prompts/meta-evaluation.md",
     output:
-        f"{EXPERIMENT}/evaluation-meta.md",
+        evaluation=f"{EXPERIMENT}/evaluation-meta.md",
+        provenance=f"{EXPERIMENT}/provenance/evaluation-meta.prov.json",
     log:
         "logs/001/evaluate_meta.log",
     params:

@@ -7,6 +7,7 @@ rule run_lens:
     output:
         summary=f"{EXPERIMENT}/output-{{model}}.json",
         records=f"{EXPERIMENT}/output-{{model}}-records.csv",
+        provenance=f"{EXPERIMENT}/provenance/output-{{model}}.prov.json",
     log:
         "logs/001/run_lens-{model}.log",
     benchmark:

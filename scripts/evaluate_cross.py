@@ -1,18 +1,25 @@
 """Rule evaluate_cross: the comparison of all models."""
 
-from workflow.evaluation.run import evaluate_cross
-from workflow.logs import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.evaluation.run import evaluate_cross  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    evaluate_cross(
+    made = evaluate_cross(
         list(sm.input.outputs),
         list(sm.input.records),
         list(sm.input.evaluations),
         sm.input.template,
         sm.params.evaluation,
-        sm.output[0],
+        sm.output.evaluation,
     )
+    record_rule(sm, "evaluate", [sm.output.evaluation], made.provenance())
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

@@ -1,13 +1,25 @@
 """Rule evaluate_meta: the critique of the method, with next probes."""
 
-from workflow.evaluation.run import evaluate_meta
-from workflow.logs import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.evaluation.run import evaluate_meta  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    evaluate_meta(
-        list(sm.input.outputs), list(sm.input.records), sm.input.cross, sm.input.template, sm.params.evaluation, sm.output[0]
+    made = evaluate_meta(
+        list(sm.input.outputs),
+        list(sm.input.records),
+        sm.input.cross,
+        sm.input.template,
+        sm.params.evaluation,
+        sm.output.evaluation,
     )
+    record_rule(sm, "evaluate", [sm.output.evaluation], made.provenance())
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

@@ -1,11 +1,18 @@
 """Rule evaluate_model: the evaluation of one model's outputs."""
 
-from workflow.evaluation.run import evaluate_model
-from workflow.logs import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.evaluation.run import evaluate_model  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    evaluate_model(sm.input.summary, sm.input.records, sm.input.template, sm.params.evaluation, sm.output[0])
+    made = evaluate_model(sm.input.summary, sm.input.records, sm.input.template, sm.params.evaluation, sm.output.evaluation)
+    record_rule(sm, "evaluate", [sm.output.evaluation], made.provenance())
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

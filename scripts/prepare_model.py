@@ -1,7 +1,12 @@
 """Rule prepare_model: dequantise a GGUF or packaged model once."""
 
-from workflow.logs import run_script
-from workflow.models import prepare_model
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.logs import run_script  # noqa: E402
+from workflow.models import prepare_model  # noqa: E402
 
 
 def main(sm):

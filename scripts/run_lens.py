@@ -1,11 +1,17 @@
 """Rule run_lens: decode every layer of one model on every probe."""
 
-from workflow.experiment import write_lens_outputs
-from workflow.logs import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.experiment import write_lens_outputs  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    write_lens_outputs(
+    document = write_lens_outputs(
         model_key=sm.wildcards.model,
         entry=sm.params.entry,
         prepared_dir=sm.input.get("prepared"),
@@ -16,6 +22,8 @@ def main(sm):
         summary_path=sm.output.summary,
         records_path=sm.output.records,
     )
+    source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
+    record_rule(sm, "lens", [sm.output.summary, sm.output.records], {"model_source": source})
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

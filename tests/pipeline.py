@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "prompts", "config"]
+WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "prompts", "config", "workflow"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -21,7 +23,7 @@ def scratch_copy(dest: Path, config: dict | None = None) -> Path:
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, dirs_exist_ok=True)
+            shutil.copytree(src, dest / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dest / name)
     if config is not None:
@@ -49,6 +51,23 @@ def files_under(path: Path) -> list[str]:
     if not path.exists():
         return []
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".snakemake_timestamp" not in p.name)
+
+
+def planned_jobs(dry_run_output: str) -> Counter:
+    """(rule, model wildcard or None) of every job a dry run plans, with counts; `all` left out."""
+    jobs: Counter = Counter()
+    rule = None
+    model = None
+    for line in dry_run_output.splitlines() + ["rule end:"]:
+        match = re.match(r"^(?:local)?rule (\w+):", line)
+        if match:
+            if rule and rule not in ("all", "end"):
+                jobs[(rule, model)] += 1
+            rule, model = match.group(1), None
+        wildcard = re.match(r"^\s+wildcards: .*model=([^,\s]+)", line)
+        if wildcard:
+            model = wildcard.group(1)
+    return jobs
 
 
 def said(result: subprocess.CompletedProcess) -> str:

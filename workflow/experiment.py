@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import torch
@@ -20,11 +19,11 @@ from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
 from workflow.lens import LensHead, lens_statistics, logit_postprocessor
 from workflow.models import LoadedModel, dtype_name
+from workflow.provenance import package_versions
 from workflow.records import write_records
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "transformers", "transformer-lens", "tokenizers", "safetensors", "gguf", "numpy", "pandas")
 HALF_TOLERANCE = 2e-2
 FLOAT32_TOLERANCE = 1e-4
 
@@ -59,16 +58,6 @@ class LensSettings:
             "positions": self.positions,
             "top_k": self.top_k,
         }
-
-
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 class TokenNames:

@@ -113,6 +113,7 @@ class ChatProvider:
         self.max_retries = int(settings.get("max_retries", 4))
         self.base_url = settings.get("base_url")
         self.cache = ResponseCache(settings.get("cache_dir") or DEFAULT_CACHE_DIR)
+        self.cache_keys: list[str] = []  # every request of this run, for provenance
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -139,6 +140,7 @@ class ChatProvider:
     def chat(self, system: str, messages: list[dict[str, str]]) -> str:
         request = {**self.describe(), "system": system, "messages": messages}
         key = cache_key(request)
+        self.cache_keys.append(key)
         cached = self.cache.get(key)
         if cached is not None:
             return cached

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,25 @@ log = logging.getLogger(__name__)
 
 class EvaluationError(UserError):
     """The provider's output does not meet the template's contract, even after one repair."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """A written evaluation and what made it."""
+
+    text: str
+    template_sha256: str
+    prompt_sha256: str
+    evaluator: dict[str, Any]
+    cache_keys: tuple[str, ...]
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "template_sha256": self.template_sha256,
+            "prompt_sha256": self.prompt_sha256,
+            "evaluator": self.evaluator,
+            "cache_keys": list(self.cache_keys),
+        }
 
 
 def _sha(text: str) -> str:
@@ -60,7 +80,7 @@ def _write(
     facts: Any,
     settings: dict[str, Any],
     output_path: str,
-) -> str:
+) -> Written:
     template = load_template(template_path)
     provider = make_provider(settings)
     prompt = template.render(variables)
@@ -69,7 +89,8 @@ def _write(
     text = complete(request, provider).rstrip("\n") + "\n" + footer(template, prompt, provider)
     write_text(output_path, text)
     log.info("wrote %s", output_path)
-    return text
+    keys = tuple(getattr(provider, "cache_keys", ()))
+    return Written(text, template.sha256, _sha(prompt), provider.describe(), keys)
 
 
 def _facts(summary_paths: list[str], records_paths: list[str]) -> list[ModelFacts]:
@@ -83,7 +104,7 @@ def _digests(facts: list[ModelFacts], settings: dict[str, Any]) -> str:
     return "\n\n".join(model_digest(f, budget) for f in facts)
 
 
-def evaluate_model(summary: str, records: str, template: str, settings: dict[str, Any], output: str) -> str:
+def evaluate_model(summary: str, records: str, template: str, settings: dict[str, Any], output: str) -> Written:
     (facts,) = _facts([summary], [records])
     metadata = json.loads(Path(summary).read_text(encoding="utf-8"))
     metadata = {k: v for k, v in metadata.items() if k not in ("probes", "timings", "packages")}
@@ -98,7 +119,7 @@ def evaluate_model(summary: str, records: str, template: str, settings: dict[str
 
 def evaluate_cross(
     summaries: list[str], records: list[str], evaluations: list[str], template: str, settings: dict[str, Any], output: str
-) -> str:
+) -> Written:
     facts = _facts(summaries, records)
     variables = {
         "models": ", ".join(f.model for f in facts),
@@ -110,7 +131,7 @@ def evaluate_cross(
 
 def evaluate_meta(
     summaries: list[str], records: list[str], cross: str, template: str, settings: dict[str, Any], output: str
-) -> str:
+) -> Written:
     facts = _facts(summaries, records)
     probes = [{k: p[k] for k in ("id", "prompt", "answer")} for p in json.loads(Path(summaries[0]).read_text())["probes"]]
     variables = {

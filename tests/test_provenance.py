@@ -1,0 +1,145 @@
+"""Dry runs that tell the truth, re-running only what a change invalidates; the provenance check."""
+
+import shutil
+
+import pytest
+import yaml
+
+from conftest import PROBES
+from pipeline import planned_jobs, said, scratch_copy, snakemake
+
+MODELS = ["tiny-llama", "tiny-gemma3"]
+LENS = {("run_lens", m) for m in MODELS}
+PER_MODEL_EVALS = {("evaluate_model", m) for m in MODELS}
+CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None)}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dirs, tmp_path_factory):
+    config = {
+        "device": "cpu",
+        "dtype": "float32",
+        "models": {f"tiny-{arch}": {"source": "local", "path": str(path)} for arch, path in tiny_dirs.items()},
+        "lens": {"top_k": 3},
+        "probes": [dict(p) for p in PROBES],
+    }
+    workdir = scratch_copy(tmp_path_factory.mktemp("provenance"), config)
+    result = snakemake(workdir)
+    assert result.returncode == 0, said(result)[-4000:]
+    return workdir
+
+
+@pytest.fixture
+def workdir(built, tmp_path):
+    """A private copy of the finished workflow (mtimes and Snakemake metadata kept)."""
+    copy = tmp_path / "wd"
+    shutil.copytree(built, copy, symlinks=True)
+    return copy
+
+
+def plan(workdir):
+    result = snakemake(workdir, "-n")
+    assert result.returncode == 0, said(result)[-3000:]
+    return set(planned_jobs(said(result)))
+
+
+def edit_config(workdir, change):
+    path = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def provenance_check(workdir):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "workflow.provenance", "check"], cwd=workdir, capture_output=True, text=True, timeout=300
+    )
+
+
+def statuses(result):
+    lines = [line.split() for line in result.stdout.splitlines()[:-1]]
+    return {parts[1]: parts[0] for parts in lines}
+
+
+def test_nothing_to_be_done_after_a_full_run(workdir):
+    result = snakemake(workdir, "-n")
+    assert "Nothing to be done" in said(result)
+
+
+def test_check_passes_on_fresh_results(workdir):
+    result = provenance_check(workdir)
+    assert result.returncode == 0, result.stdout
+    found = statuses(result)
+    assert set(found.values()) == {"ok"}
+    assert "results/001/output-tiny-llama-records.csv" in found and "results/001/evaluation-meta.md" in found
+
+
+def test_cross_template_edit_plans_cross_and_meta_only(workdir):
+    with open(workdir / "prompts" / "cross-model-evaluation.md", "a") as fh:
+        fh.write("\nBe brief.\n")
+    assert plan(workdir) == CROSS_AND_META
+    result = provenance_check(workdir)
+    assert result.returncode != 0
+    found = statuses(result)
+    assert found["results/001/evaluation-cross-model.md"] == "stale"
+    assert "prompts/cross-model-evaluation.md changed" in result.stdout
+    assert found["results/001/evaluation-tiny-llama.md"] == "ok"
+
+
+def test_single_model_template_edit_plans_evaluations_not_lens(workdir):
+    with open(workdir / "prompts" / "single-model-evaluation.md", "a") as fh:
+        fh.write("\nBe brief.\n")
+    assert plan(workdir) == PER_MODEL_EVALS | CROSS_AND_META
+
+
+def test_lens_flag_plans_every_lens_job_and_downstream(workdir):
+    edit_config(workdir, lambda c: c["lens"].update(top_k=4))
+    assert plan(workdir) == LENS | PER_MODEL_EVALS | CROSS_AND_META
+
+
+def test_new_probe_plans_every_lens_job(workdir):
+    edit_config(workdir, lambda c: c["probes"].append({"id": "extra", "prompt": "Paris is in", "answer": " France"}))
+    assert LENS <= plan(workdir)
+
+
+def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
+    edit_config(workdir, lambda c: c["models"].update({"tiny-extra": {"source": "local", "path": str(tiny_dirs["llama"])}}))
+    assert plan(workdir) == {("run_lens", "tiny-extra"), ("evaluate_model", "tiny-extra")} | CROSS_AND_META
+
+
+def test_lens_code_edit_plans_the_lens_jobs(workdir):
+    with open(workdir / "workflow" / "lens.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    planned = plan(workdir)
+    assert LENS <= planned and not any(rule == "prepare_model" for rule, _ in planned)
+    result = provenance_check(workdir)
+    assert statuses(result)["results/001/output-tiny-llama.json"] == "stale"
+    assert "the lens code in workflow/ changed" in result.stdout
+
+
+def test_evaluator_change_plans_the_evaluations_only(workdir):
+    edit_config(workdir, lambda c: c.setdefault("evaluation", {}).update(model="another-analyst"))
+    assert plan(workdir) == PER_MODEL_EVALS | CROSS_AND_META
+
+
+def test_meta_only_override_plans_meta_only(workdir):
+    edit_config(workdir, lambda c: c.setdefault("evaluation", {}).update(stages={"meta": {"model": "stronger"}}))
+    assert plan(workdir) == {("evaluate_meta", None)}
+
+
+def test_hand_edit_is_reported_as_modified(workdir):
+    path = workdir / "results" / "001" / "evaluation-tiny-gemma3.md"
+    path.write_text(path.read_text().replace("Summary", "Summary (edited)", 1))
+    result = provenance_check(workdir)
+    assert result.returncode != 0
+    assert statuses(result)["results/001/evaluation-tiny-gemma3.md"] == "modified"
+
+
+def test_unrecorded_file_is_reported(workdir):
+    (workdir / "results" / "001" / "notes.md").write_text("my notes\n")
+    result = provenance_check(workdir)
+    assert result.returncode != 0
+    assert statuses(result)["results/001/notes.md"] == "unrecorded"
