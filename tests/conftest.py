@@ -38,3 +38,17 @@ PROBES = [
 @pytest.fixture
 def probes():
     return [dict(p) for p in PROBES]
+
+
+def tiny_config(tiny_dirs, **overrides):
+    """A pipeline config running the tiny models on PROBES (float32, cpu, top_k 3)."""
+    config = {
+        "device": "cpu",
+        "dtype": "float32",
+        "models": {f"tiny-{arch}": {"source": "local", "path": str(path)} for arch, path in tiny_dirs.items()},
+        "lens": {"top_k": 3},
+        "probes": [dict(p) for p in PROBES],
+        "evaluation": {"provider": "offline"},
+    }
+    config.update(overrides)
+    return config

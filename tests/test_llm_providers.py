@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import PROBES
+from conftest import tiny_config
 from llm_server import MARKER, LLMServer
 from pipeline import files_under, said, scratch_copy, snakemake, write_config
 from workflow.errors import UserError
@@ -147,12 +147,7 @@ def test_cache_answers_the_second_call(llm, tmp_path):
 @pytest.fixture(scope="module")
 def lens_done(tiny_dirs, tmp_path_factory):
     """A scratch workflow whose lens outputs exist; tests copy it and run the evaluations."""
-    config = {
-        "device": "cpu",
-        "dtype": "float32",
-        "models": {f"tiny-{arch}": {"source": "local", "path": str(path)} for arch, path in tiny_dirs.items()},
-        "probes": [dict(p) for p in PROBES],
-    }
+    config = tiny_config(tiny_dirs)
     workdir = scratch_copy(tmp_path_factory.mktemp("llm-pipeline"), config)
     result = snakemake(workdir, "results/001/output-tiny-llama.json", "results/001/output-tiny-gemma3.json")
     assert result.returncode == 0, said(result)[-3000:]

@@ -4,24 +4,11 @@ import json
 
 import pytest
 
-from conftest import PROBES
+from conftest import PROBES, tiny_config
 from pipeline import files_under, said, scratch_copy, snakemake
 from workflow.evaluation.templates import heading_problems, load_template
 from workflow.records import read_records
 
-
-
-def tiny_config(tiny_dirs, **overrides):
-    config = {
-        "device": "cpu",
-        "dtype": "float32",
-        "models": {f"tiny-{arch}": {"source": "local", "path": str(path)} for arch, path in tiny_dirs.items()},
-        "lens": {"top_k": 3},
-        "probes": [dict(p) for p in PROBES],
-        "evaluation": {"provider": "offline"},
-    }
-    config.update(overrides)
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import yaml
 
-from conftest import PROBES
+from conftest import tiny_config
 from pipeline import planned_jobs, said, scratch_copy, snakemake
 
 MODELS = ["tiny-llama", "tiny-gemma3"]
@@ -16,14 +16,7 @@ CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None)}
 
 @pytest.fixture(scope="module")
 def built(tiny_dirs, tmp_path_factory):
-    config = {
-        "device": "cpu",
-        "dtype": "float32",
-        "models": {f"tiny-{arch}": {"source": "local", "path": str(path)} for arch, path in tiny_dirs.items()},
-        "lens": {"top_k": 3},
-        "probes": [dict(p) for p in PROBES],
-    }
-    workdir = scratch_copy(tmp_path_factory.mktemp("provenance"), config)
+    workdir = scratch_copy(tmp_path_factory.mktemp("provenance"), tiny_config(tiny_dirs))
     result = snakemake(workdir)
     assert result.returncode == 0, said(result)[-4000:]
     return workdir
