@@ -16,6 +16,7 @@ rule run_lens:
         entry=get_model,
         device=config["device"],
         dtype=config["dtype"],
+        backend=config["backend"],
         lens=get_lens_settings,
         probes=config["probes"],
         code=code_version("lens"),

@@ -17,6 +17,7 @@ def main(sm):
         prepared_dir=sm.input.get("prepared"),
         device=sm.params.device,
         dtype=sm.params.dtype,
+        backend=sm.params.backend,
         lens=sm.params.lens,
         probes=sm.params.probes,
         summary_path=sm.output.summary,

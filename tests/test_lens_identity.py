@@ -10,31 +10,12 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from reference import reference_layers
 from workflow.errors import UserError
-from workflow.experiment import LensIdentityError, LensSettings, capture_residuals, lens_heads, run_lens
+from workflow.experiment import LensIdentityError, LensSettings, lens_heads, run_lens
 
 ARCHS = ["llama", "gemma3"]
-
-
-def reference_layers(model_dir, prompt):
-    """Per-layer float32 logits [L+1, T, V] computed with plain transformers."""
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = tok(prompt, return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = hf(ids, output_hidden_states=True)
-        hidden = out.hidden_states
-        layers = []
-        for i, h in enumerate(hidden):
-            normed = h if i == len(hidden) - 1 else hf.model.norm(h)
-            logits = hf.lm_head(normed)
-            cap = getattr(hf.config, "final_logit_softcapping", None)
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            layers.append(logits[0])
-    return torch.stack(layers), out.logits[0], ids[0].tolist()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -42,7 +23,7 @@ def test_last_layer_reproduces_model_logits(arch, loaded, tiny_dirs):
     model = loaded[arch]
     prompt = "The capital of Germany is"
     _, hf_logits, ids = reference_layers(tiny_dirs[arch], prompt)
-    residuals, model_logits = capture_residuals(model.bridge, ids, "all")
+    residuals, model_logits = model.backend.capture(ids, "all")
     head, reference = lens_heads(model, LensSettings())
     lens_logits = head.logits(residuals[-1])
     assert residuals.shape[0] == model.n_layers + 1
@@ -81,17 +62,17 @@ def test_lens_uses_the_norm_module_itself(arch, loaded):
     """Perturbing the model's final norm weight must change what the lens reads."""
     model = copy.deepcopy(loaded[arch])
     ids = model.tokenizer("The capital of Germany is")["input_ids"]
-    residuals, _ = capture_residuals(model.bridge, ids, "all")
+    residuals, _ = model.backend.capture(ids, "all")
     middle = residuals[1]
     before = lens_heads(model, LensSettings())[0].logits(middle)
-    norm = model.bridge.original_model.model.norm
+    norm = model.backend.hf_model.model.norm
     with torch.no_grad():
         norm.weight.mul_(torch.linspace(0.1, 3.0, norm.weight.numel()))
     after = lens_heads(model, LensSettings())[0].logits(middle)
     assert (after - before).abs().max().item() > 1e-2
     # ... and what it reads then is exactly that perturbed module's output.
     with torch.no_grad():
-        expected = model.bridge.original_model.lm_head(norm(middle))
+        expected = model.backend.hf_model.lm_head(norm(middle))
     cap = getattr(model.hf_config, "final_logit_softcapping", None)
     if cap:
         expected = torch.tanh(expected / cap) * cap
@@ -102,9 +83,9 @@ def test_without_norm_lens_raw_residual_is_unembedded(loaded, probes):
     model = loaded["llama"]
     _, rows = run_lens(model, probes[:1], LensSettings(use_norm_lens=False, positions="last"))
     ids = model.tokenizer(probes[0]["prompt"])["input_ids"]
-    residuals, _ = capture_residuals(model.bridge, ids, "last")
+    residuals, _ = model.backend.capture(ids, "last")
     with torch.no_grad():
-        raw = model.bridge.original_model.lm_head(residuals[1, 0]).softmax(-1)
+        raw = model.backend.hf_model.lm_head(residuals[1, 0]).softmax(-1)
     row = [r for r in rows if r["layer"] == 1][0]
     assert row["top1_prob"] == pytest.approx(raw.max().item(), abs=1e-5)
 

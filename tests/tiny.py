@@ -77,3 +77,52 @@ def make_model_dir(path: Path, arch: str, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def architecture_configs(tokenizer) -> dict:
+    """Tiny configs of the conformance suite's architectures (3 layers, width 64)."""
+    import transformers as T
+
+    v = len(tokenizer)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    decoder = dict(vocab_size=v, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, **ids)
+    gpt = dict(vocab_size=v, n_embd=64, n_layer=3, n_head=4, n_positions=256, **ids)
+    return {
+        "gpt2": T.GPT2Config(**gpt),
+        "gptj": T.GPTJConfig(**gpt, rotary_dim=8),
+        "gpt_neox": T.GPTNeoXConfig(**{k: v_ for k, v_ in decoder.items()}, max_position_embeddings=256),
+        "opt": T.OPTConfig(
+            vocab_size=v, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, ffn_dim=128,
+            max_position_embeddings=256, word_embed_proj_dim=64, **ids,
+        ),
+        "llama": T.LlamaConfig(**decoder, num_key_value_heads=2),
+        "mistral": T.MistralConfig(**decoder, num_key_value_heads=2),
+        "qwen2": T.Qwen2Config(**decoder, num_key_value_heads=2),
+        "qwen3": T.Qwen3Config(**decoder, num_key_value_heads=2, head_dim=16),
+        "gemma": T.GemmaConfig(**decoder, num_key_value_heads=1, head_dim=16),
+        "gemma2": T.Gemma2Config(**decoder, num_key_value_heads=2, head_dim=16, final_logit_softcapping=5.0, sliding_window=8),
+        "gemma3": T.Gemma3TextConfig(**decoder, num_key_value_heads=2, head_dim=16, sliding_window=8),
+        "phi3": T.Phi3Config(**decoder, num_key_value_heads=2),
+        "llama4": T.Llama4TextConfig(
+            **decoder, intermediate_size_mlp=128, num_key_value_heads=2, head_dim=16, num_local_experts=2
+        ),
+    }
+
+
+def save_random(path: Path, config, tokenizer, seed: int = 0) -> Path:
+    """A random model of ``config`` with peaked distributions and non-trivial norms."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config.initializer_range = 0.3
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for module in model.modules():
+            kind = type(module).__name__
+            if "Norm" in kind and getattr(module, "weight", None) is not None:
+                module.weight.normal_(0.5, 0.3)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.normal_(0.0, 0.3)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -95,40 +95,12 @@ def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], int, li
     return list(ids), int(answer_ids[0]), warnings
 
 
-def capture_residuals(bridge, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual stream at every layer [L+1, T', d] and the model's logits [T', V].
-
-    Hooks keep only the requested positions, so nothing larger than that is cached.
-    """
-    n_layers = int(bridge.cfg.n_layers)
-    keep = slice(-1, None) if positions == "last" else slice(None)
-    captured: list[torch.Tensor | None] = [None] * (n_layers + 1)
-
-    def store(layer: int):
-        def hook(tensor, hook):
-            captured[layer] = tensor[0, keep].detach().clone()
-            return tensor
-
-        return hook
-
-    hooks = [("blocks.0.hook_resid_pre", store(0))]
-    hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(n_layers)]
-    device = next(bridge.original_model.parameters()).device
-    tokens = torch.tensor([input_ids], device=device)
-    with torch.no_grad():
-        logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-    missing = [i for i, t in enumerate(captured) if t is None]
-    if missing:
-        raise RuntimeError(f"residual hooks did not fire for layers {missing}")
-    return torch.stack(captured), logits[0, keep]  # type: ignore[arg-type]
-
-
 def lens_heads(model: LoadedModel, settings: LensSettings) -> tuple[LensHead, LensHead]:
     """The recorded lens head, and the model-faithful head used for KL and the identity check."""
-    bridge = model.bridge
+    backend = model.backend
     postprocess = logit_postprocessor(model.hf_config)
     reference = LensHead.from_modules(
-        bridge.ln_final, bridge.unembed, postprocess, model.dtype, True, settings.use_fp32_unembed
+        backend.final_norm, backend.unembed, postprocess, model.dtype, True, settings.use_fp32_unembed
     )
     if settings.use_norm_lens:
         return reference, reference
@@ -168,7 +140,7 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     for index, probe in enumerate(probes, start=1):
         started = time.perf_counter()
         input_ids, answer_id, warnings = tokenize_probe(model.tokenizer, probe)
-        residuals, model_logits = capture_residuals(model.bridge, input_ids, settings.positions)
+        residuals, model_logits = model.backend.capture(input_ids, settings.positions)
         forward_seconds = time.perf_counter() - started
         deviation = identity_deviation(reference, residuals[-1], model_logits)
         worst = max(worst, deviation["max_abs_prob_diff"])
@@ -252,18 +224,18 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
 def model_metadata(model: LoadedModel) -> dict[str, Any]:
     """What the JSON records about the model and where it ran."""
     config = model.hf_config
-    norm = getattr(model.bridge.ln_final, "original_component", None) or model.bridge.ln_final
+    norm = getattr(model.backend.final_norm, "original_component", None) or model.backend.final_norm
     return {
         "model": model.key,
         **model.info,
-        "architecture": (config.architectures or [type(model.bridge.original_model).__name__])[0],
+        "architecture": (config.architectures or [type(model.backend.hf_model).__name__])[0],
         "model_type": config.model_type,
         "n_layers": model.n_layers,
         "d_model": model.d_model,
         "vocab_size": model.vocab_size,
         "norm_type": type(norm).__name__,
         "final_logit_softcapping": getattr(getattr(config, "text_config", None) or config, "final_logit_softcapping", None),
-        "backend": "transformer_bridge",
+        "backend": model.backend.name,
         "device": model.device,
         "dtype": dtype_name(model.dtype),
         "packages": package_versions(),
@@ -280,6 +252,7 @@ def write_lens_outputs(
     probes: list[dict[str, Any]],
     summary_path: str,
     records_path: str,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Load ``model_key``, run every probe and write its JSON summary and records CSV.
 
@@ -292,7 +265,7 @@ def write_lens_outputs(
     for probe in probes:
         if not probe["prompt"].strip():
             raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
-    model = load_model(model_key, entry, prepared_dir, device, dtype)
+    model = load_model(model_key, entry, prepared_dir, device, dtype, backend)
     load_seconds = time.perf_counter() - started
     summary, rows = run_lens(model, probes, settings)
     document = {

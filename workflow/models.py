@@ -205,7 +205,7 @@ def load_location(key: str, entry: dict[str, Any], prepared_dir: str | os.PathLi
 @dataclass
 class LoadedModel:
     key: str
-    bridge: Any  # transformer_lens TransformerBridge
+    backend: Any  # workflow.backends.Backend
     tokenizer: Any
     hf_config: Any
     device: str
@@ -214,15 +214,15 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        return int(self.bridge.cfg.n_layers)
+        return self.backend.n_layers
 
     @property
     def d_model(self) -> int:
-        return int(self.bridge.cfg.d_model)
+        return self.backend.d_model
 
     @property
     def vocab_size(self) -> int:
-        return int(self.bridge.cfg.d_vocab)
+        return self.backend.vocab_size
 
 
 def load_tokenizer(location: str, kwargs: dict[str, Any]):
@@ -232,32 +232,64 @@ def load_tokenizer(location: str, kwargs: dict[str, Any]):
     return AutoTokenizer.from_pretrained(location, **kw)
 
 
+def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from workflow.backends import BridgeBackend
+
+    # The bridge may adjust the tokenizer it is given (padding, BOS handling); the
+    # lens tokenises with its own untouched copy so the ids are the model's own.
+    bridge = TransformerBridge.boot_transformers(
+        location, device=device, dtype=dtype, tokenizer=load_tokenizer(location, kwargs), **kwargs
+    )
+    bridge.eval()
+    return BridgeBackend(bridge)
+
+
+def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, probe_ids: list[int]):
+    from transformers import AutoModelForCausalLM
+
+    from workflow.backends import HooksBackend
+
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs).to(device)
+    model.eval()
+    return HooksBackend(model, probe_ids)
+
+
 def load_model(
     key: str,
     entry: dict[str, Any],
     prepared_dir: str | os.PathLike[str] | None,
     device: str = "auto",
     dtype: str = "auto",
+    backend: str = "auto",
 ) -> LoadedModel:
-    """Load a model through TransformerLens 4's TransformerBridge."""
-    from transformer_lens.model_bridge import TransformerBridge
+    """Load a model through TransformerLens 4's TransformerBridge, or plain hooks.
 
+    ``backend: auto`` uses the bridge and falls back to forward hooks on the
+    transformers model when the bridge does not support the architecture.
+    """
     device_name = resolve_device(entry.get("device", device))
     torch_dtype = resolve_dtype(entry.get("dtype", dtype), device_name)
+    choice = entry.get("backend", backend)
     location, kwargs = load_location(key, entry, prepared_dir)
     started = time.perf_counter()
-    # The bridge may adjust the tokenizer it is given (padding, BOS handling); the
-    # lens tokenises with an untouched copy so the ids are the model's own.
     tokenizer = load_tokenizer(location, kwargs)
-    bridge = TransformerBridge.boot_transformers(
-        location,
-        device=device_name,
-        dtype=torch_dtype,
-        tokenizer=load_tokenizer(location, kwargs),
-        **kwargs,
-    )
-    bridge.eval()
-    hf_config = bridge.original_model.config
+    probe_ids = tokenizer("The", add_special_tokens=True)["input_ids"] or [0]
+    if choice == "hooks":
+        loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, probe_ids)
+    else:
+        try:
+            loaded = _boot_bridge(location, kwargs, device_name, torch_dtype)
+        except Exception as error:  # the bridge's own errors differ by version and architecture
+            if choice == "bridge":
+                raise
+            log.warning(
+                "TransformerBridge cannot load %s (%s: %s); falling back to forward hooks",
+                key, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+            )
+            loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, probe_ids)
+    hf_config = loaded.hf_model.config
     info: dict[str, Any] = {"source": source_description(entry)}
     commit = getattr(hf_config, "_commit_hash", None)
     if entry["source"] == "hf" and commit:
@@ -265,5 +297,8 @@ def load_model(
     if prepared_dir is not None and (Path(prepared_dir) / MANIFEST).is_file():
         manifest = json.loads((Path(prepared_dir) / MANIFEST).read_text())
         info["source_sha256"] = manifest["gguf_sha256"]
-    log.info("loaded %s on %s as %s (%.1f s)", key, device_name, dtype_name(torch_dtype), time.perf_counter() - started)
-    return LoadedModel(key, bridge, tokenizer, hf_config, device_name, torch_dtype, info)
+    log.info(
+        "loaded %s on %s as %s with %s (%.1f s)",
+        key, device_name, dtype_name(torch_dtype), loaded.name, time.perf_counter() - started,
+    )
+    return LoadedModel(key, loaded, tokenizer, hf_config, device_name, torch_dtype, info)

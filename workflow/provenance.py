@@ -39,7 +39,7 @@ COMMON = ("__init__.py", "atomic.py", "errors.py", "logs.py")
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "prepare": COMMON + ("models.py",),
     # provenance.py writes these stages' records, which are outputs of their rules.
-    "lens": COMMON + ("provenance.py", "models.py", "lens.py", "experiment.py", "records.py"),
+    "lens": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "experiment.py", "records.py"),
     "evaluate": COMMON
     + (
         "provenance.py",

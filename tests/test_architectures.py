@@ -1,0 +1,94 @@
+"""Architecture conformance: every family in the project's notes, as a tiny random model.
+
+Each is saved as a ``local`` model and run through the pipeline's loader and lens.
+At the last layer the records must equal the model's own softmax; at every layer
+they must equal the independent reference (tests/reference.py).
+"""
+
+import pytest
+
+from reference import reference_layers
+from tiny import architecture_configs, make_tokenizer, save_random
+from workflow.experiment import LensSettings, lens_heads, run_lens
+from workflow.lens import LensHead
+from workflow.models import load_model
+
+ARCHITECTURES = list(architecture_configs(make_tokenizer()))
+PROBE = {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"}
+
+
+@pytest.fixture(scope="module")
+def arch_dirs(tmp_path_factory):
+    tokenizer = make_tokenizer()
+    root = tmp_path_factory.mktemp("architectures")
+    return {
+        name: save_random(root / name, config, tokenizer, seed=i)
+        for i, (name, config) in enumerate(architecture_configs(tokenizer).items())
+    }
+
+
+def lens_rows(path, backend="auto"):
+    model = load_model("m", {"source": "local", "path": str(path)}, None, "cpu", "float32", backend)
+    summary, rows = run_lens(model, [PROBE], LensSettings(top_k=3))
+    return model, summary, rows
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lens_equals_reference_at_every_layer(arch, arch_dirs):
+    model, summary, rows = lens_rows(arch_dirs[arch])
+    assert summary["probes"][0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
+    layers, hf_logits, ids = reference_layers(arch_dirs[arch], PROBE["prompt"])
+    assert model.n_layers + 1 == layers.shape[0]
+    assert summary["probes"][0]["input_ids"] == ids
+    answer = summary["probes"][0]["answer_token_id"]
+    probs = layers.softmax(-1)
+    final = hf_logits.softmax(-1)
+    assert len(rows) == layers.shape[0] * len(ids)
+    for row in rows:
+        p = probs[row["layer"], row["position"]]
+        if row["layer"] == model.n_layers:
+            own = final[row["position"]]
+            assert row["top1_token"] == model.tokenizer.decode([int(own.argmax())])
+            assert row["top1_prob"] == pytest.approx(own.max().item(), abs=1e-5)
+            assert row["answer_prob"] == pytest.approx(own[answer].item(), abs=1e-5)
+        assert row["top1_prob"] == pytest.approx(p.max().item(), abs=1e-5), (arch, row["layer"])
+        assert row["answer_prob"] == pytest.approx(p[answer].item(), abs=1e-5), (arch, row["layer"])
+    # The distributions are far from uniform, so agreement above is not trivial.
+    assert max(r["top1_prob"] for r in rows) > 10 / model.vocab_size
+
+
+def test_gemma2_soft_capping_is_applied_at_every_layer(arch_dirs):
+    model = load_model("m", {"source": "local", "path": str(arch_dirs["gemma2"])}, None, "cpu", "float32")
+    head, _ = lens_heads(model, LensSettings())
+    uncapped = LensHead(head.norm, head.unembed, lambda z: z, head.compute_dtype)
+    residuals, _ = model.backend.capture(model.tokenizer(PROBE["prompt"])["input_ids"], "all")
+    cap = model.hf_config.final_logit_softcapping
+    for layer in range(model.n_layers + 1):
+        assert head.logits(residuals[layer]).abs().max().item() < cap
+    # Without the cap some layer's logits exceed it, so the cap really acts.
+    assert max(uncapped.logits(residuals[layer]).abs().max().item() for layer in range(model.n_layers + 1)) > cap
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2", "opt"])
+def test_forward_hooks_backend_matches_the_bridge(arch, arch_dirs):
+    bridge_model, bridge_summary, bridge_rows = lens_rows(arch_dirs[arch], "bridge")
+    hooks_model, hooks_summary, hooks_rows = lens_rows(arch_dirs[arch], "hooks")
+    assert bridge_model.backend.name == "transformer_bridge" and hooks_model.backend.name == "forward_hooks"
+    assert hooks_summary["probes"][0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
+    assert len(bridge_rows) == len(hooks_rows)
+    for a, b in zip(bridge_rows, hooks_rows):
+        assert (a["layer"], a["position"], a["top1_token"]) == (b["layer"], b["position"], b["top1_token"])
+        for key in ("top1_prob", "answer_prob", "entropy", "kl_to_final"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), (arch, key, a["layer"])
+
+
+def test_unsupported_architecture_falls_back_to_hooks(arch_dirs, monkeypatch):
+    from workflow import models
+
+    def refuse(*args, **kwargs):
+        raise ValueError("architecture not supported by TransformerBridge")
+
+    monkeypatch.setattr(models, "_boot_bridge", refuse)
+    model, summary, _ = lens_rows(arch_dirs["qwen3"])
+    assert model.backend.name == "forward_hooks"
+    assert summary["probes"][0]["identity_check"]["max_abs_prob_diff"] <= 1e-5

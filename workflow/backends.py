@@ -1,0 +1,178 @@
+"""Ways to read the residual stream of a model, behind one small interface.
+
+- ``BridgeBackend``: TransformerLens 4's ``TransformerBridge``, whose hook names
+  (``blocks.{i}.hook_resid_pre/post``, ``ln_final``, ``unembed``) are uniform across
+  the architectures it supports. The default.
+- ``HooksBackend``: plain PyTorch forward hooks on a transformers model, for an
+  architecture the bridge does not support. It finds the decoder layers (the
+  ModuleList with one entry per layer) and the final norm by data flow, not by
+  name: the final norm is the module whose output is exactly what the output
+  embedding receives. No per-architecture table.
+
+Both give the residual stream at layers 0..L (0 entering the first block, k after
+block k), the model's own logits, its final norm module and its unembedding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "bridge", "hooks")
+
+
+class Backend(Protocol):
+    name: str
+    hf_model: nn.Module
+    final_norm: nn.Module
+    unembed: nn.Module
+    n_layers: int
+    d_model: int
+    vocab_size: int
+
+    def capture(self, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals [L+1, T', d] and the model's logits [T', V] at the kept positions."""
+
+
+def _keep(positions: str) -> slice:
+    return slice(-1, None) if positions == "last" else slice(None)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class BridgeBackend:
+    name = "transformer_bridge"
+
+    def __init__(self, bridge: Any):
+        self.bridge = bridge
+        self.hf_model = bridge.original_model
+        self.final_norm = bridge.ln_final
+        self.unembed = bridge.unembed
+        self.n_layers = int(bridge.cfg.n_layers)
+        self.d_model = int(bridge.cfg.d_model)
+        self.vocab_size = int(bridge.cfg.d_vocab)
+
+    def capture(self, input_ids, positions):
+        keep = _keep(positions)
+        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
+
+        def store(layer: int):
+            def hook(tensor, hook):
+                captured[layer] = tensor[0, keep].detach().clone()
+                return tensor
+
+            return hook
+
+        hooks = [("blocks.0.hook_resid_pre", store(0))]
+        hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(self.n_layers)]
+        tokens = torch.tensor([input_ids], device=_device(self.hf_model))
+        with torch.no_grad():
+            logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        return _stacked(captured), logits[0, keep]
+
+
+def _stacked(captured: list[torch.Tensor | None]) -> torch.Tensor:
+    missing = [i for i, t in enumerate(captured) if t is None]
+    if missing:
+        raise RuntimeError(f"residual hooks did not fire for layers {missing}")
+    return torch.stack(captured)  # type: ignore[arg-type]
+
+
+def _hidden(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def find_decoder_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The outermost ModuleList with exactly one module per layer."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            log.info("decoder layers: %s (%d x %s)", name, n_layers, type(module[0]).__name__)
+            return module
+    raise RuntimeError(f"{type(model).__name__}: no ModuleList of {n_layers} decoder layers found")
+
+
+def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int]) -> nn.Module:
+    """The module whose output is exactly what the output embedding receives.
+
+    Found by running the model once and comparing each module's output with the
+    output embedding's input; the first such module in execution order (outside the
+    decoder layers) is the final norm (a dropout after it would match too). If the output embedding reads the last
+    layer's output unchanged, the model has no final norm (Identity).
+    """
+    unembed = model.get_output_embeddings()
+    inside = {id(m) for m in layers.modules()} | {id(m) for m in unembed.modules()}
+    outputs: list[tuple[nn.Module, torch.Tensor]] = []
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(module):
+        def hook(mod, args, output):
+            if isinstance(output, torch.Tensor):
+                outputs.append((module, output.detach()))
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(record(m))
+        for m in model.modules()
+        if id(m) not in inside and m is not model and not list(m.children())
+    ]
+    handles.append(unembed.register_forward_pre_hook(lambda mod, args: seen.setdefault("input", args[0].detach())))
+    handles.append(layers[-1].register_forward_hook(lambda mod, args, out: seen.setdefault("last", _hidden(out).detach())))
+    try:
+        with torch.no_grad():
+            model(torch.tensor([probe_ids], device=_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    target = seen["input"]
+    matches = [m for m, out in outputs if out.shape == target.shape and torch.equal(out, target)]
+    if matches:
+        return matches[0]
+    if torch.equal(seen["last"], target):
+        return nn.Identity()
+    raise RuntimeError(f"{type(model).__name__}: cannot find the module that feeds the output embedding")
+
+
+class HooksBackend:
+    name = "forward_hooks"
+
+    def __init__(self, hf_model: nn.Module, probe_ids: list[int]):
+        config = hf_model.config.get_text_config()
+        self.hf_model = hf_model
+        self.n_layers = int(config.num_hidden_layers)
+        self.layers = find_decoder_layers(hf_model, self.n_layers)
+        self.unembed = hf_model.get_output_embeddings()
+        self.final_norm = find_final_norm(hf_model, self.layers, probe_ids)
+        self.d_model = int(config.hidden_size)
+        self.vocab_size = int(self.unembed.weight.shape[0])
+
+    def capture(self, input_ids, positions):
+        keep = _keep(positions)
+        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
+
+        def entering(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[0] = hidden[0, keep].detach().clone()
+
+        def leaving(layer: int):
+            def hook(module, args, output):
+                captured[layer] = _hidden(output)[0, keep].detach().clone()
+
+            return hook
+
+        handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
+        handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
+        try:
+            with torch.no_grad():
+                logits = self.hf_model(torch.tensor([input_ids], device=_device(self.hf_model))).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+        return _stacked(captured), logits[0, keep]
