@@ -132,7 +132,8 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
         for handle in handles:
             handle.remove()
     target = seen["input"]
-    matches = [m for m, out in outputs if out.shape == target.shape and torch.equal(out, target)]
+    # Compared by value: some models flatten the batch before the norm (GPT-J).
+    matches = [m for m, out in outputs if out.numel() == target.numel() and torch.equal(out.reshape(target.shape), target)]
     if matches:
         return matches[0]
     if torch.equal(seen["last"], target):

@@ -265,7 +265,9 @@ def write_lens_outputs(
     for probe in probes:
         if not probe["prompt"].strip():
             raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
-    model = load_model(model_key, entry, prepared_dir, device, dtype, backend)
+    model = load_model(
+        model_key, entry, prepared_dir, device, dtype, backend, settings.use_fp32_unembed, settings.working_memory_mb
+    )
     load_seconds = time.perf_counter() - started
     summary, rows = run_lens(model, probes, settings)
     document = {

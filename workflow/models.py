@@ -202,6 +202,68 @@ def load_location(key: str, entry: dict[str, Any], prepared_dir: str | os.PathLi
     return str(prepared_dir), {}
 
 
+BYTES_PER = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+# Activations, the tokenizer, library code and the lens's working block, beyond the weights.
+OVERHEAD_BYTES = 1 * 2**30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    parameters: int
+    weights_bytes: int
+    fp32_head_bytes: int  # float32 copies of the final norm and unembedding, when needed
+    total_bytes: int
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "parameters": self.parameters,
+            "weights_gb": round(self.weights_bytes / 1e9, 3),
+            "total_gb": round(self.total_bytes / 1e9, 3),
+        }
+
+
+def estimate_memory(config, dtype: torch.dtype, fp32_head: bool = True, working_memory_mb: int = 256) -> MemoryEstimate:
+    """Memory to run a model of ``config``: parameters x dtype, built on the meta device (no weights)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    unique = {id(p): p for p in model.parameters()}
+    parameters = sum(p.numel() for p in unique.values())
+    weights = parameters * BYTES_PER[dtype]
+    head = 0
+    if fp32_head and dtype != torch.float32:
+        out = model.get_output_embeddings()
+        head = out.weight.numel() * 4 if out is not None else 0
+    total = weights + head + working_memory_mb * 2**20 + OVERHEAD_BYTES
+    return MemoryEstimate(parameters, weights, head, total)
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for the model on ``device`` (system memory for cpu and mps)."""
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def parameter_count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+
+def check_fits(key: str, estimate: MemoryEstimate, device: str, dtype: torch.dtype) -> None:
+    """Fail before loading, with what to do, instead of being killed by the OS."""
+    free = available_memory(device)
+    if estimate.total_bytes > free:
+        raise UserError(
+            f"model {key!r} needs about {estimate.total_bytes / 1e9:.1f} GB ({parameter_count(estimate.parameters)} "
+            f"parameters in {dtype_name(dtype)}, plus working memory) but only {free / 1e9:.1f} GB is free on "
+            f"{device}. Use a half-precision dtype (dtype: bfloat16), a larger device, or a smaller model."
+        )
+
+
 @dataclass
 class LoadedModel:
     key: str
@@ -263,6 +325,8 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     backend: str = "auto",
+    fp32_head: bool = True,
+    working_memory_mb: int = 256,
 ) -> LoadedModel:
     """Load a model through TransformerLens 4's TransformerBridge, or plain hooks.
 
@@ -274,6 +338,15 @@ def load_model(
     choice = entry.get("backend", backend)
     location, kwargs = load_location(key, entry, prepared_dir)
     started = time.perf_counter()
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, **kwargs)
+    estimate = estimate_memory(config, torch_dtype, fp32_head, working_memory_mb)
+    log.info(
+        "%s: %s parameters, about %.1f GB to run in %s",
+        key, parameter_count(estimate.parameters), estimate.total_bytes / 1e9, dtype_name(torch_dtype),
+    )
+    check_fits(key, estimate, device_name, torch_dtype)
     tokenizer = load_tokenizer(location, kwargs)
     probe_ids = tokenizer("The", add_special_tokens=True)["input_ids"] or [0]
     if choice == "hooks":
@@ -290,7 +363,7 @@ def load_model(
             )
             loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, probe_ids)
     hf_config = loaded.hf_model.config
-    info: dict[str, Any] = {"source": source_description(entry)}
+    info: dict[str, Any] = {"source": source_description(entry), "memory_estimate": estimate.describe()}
     commit = getattr(hf_config, "_commit_hash", None)
     if entry["source"] == "hf" and commit:
         info["source_commit"] = commit
