@@ -26,6 +26,15 @@ KINDS = [
     "output-smollm2-135m-instruct.json",
 ]
 
+PROVENANCE = [
+    "evaluation-cross-model.prov.json",
+    "evaluation-gemma-3-270m.prov.json",
+    "evaluation-meta.prov.json",
+    "evaluation-smollm2-135m-instruct.prov.json",
+    "output-gemma-3-270m.prov.json",
+    "output-smollm2-135m-instruct.prov.json",
+]
+
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
@@ -41,7 +50,19 @@ def default_run(tmp_path_factory):
 
 def test_all_five_kinds_of_file(default_run):
     workdir, _ = default_run
-    assert files_under(workdir / "results" / "001") == KINDS
+    results = workdir / "results" / "001"
+    assert sorted(p.name for p in results.iterdir() if p.is_file()) == KINDS
+    assert files_under(results / "provenance") == PROVENANCE
+
+
+def test_provenance_check_passes_on_the_fresh_run(default_run):
+    import subprocess
+    import sys
+
+    workdir, _ = default_run
+    check = subprocess.run([sys.executable, "-m", "workflow.provenance", "check"], cwd=workdir, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    assert check.stdout.strip().endswith("8 ok, 0 not ok")
 
 
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])

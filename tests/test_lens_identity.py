@@ -28,7 +28,8 @@ def test_last_layer_reproduces_model_logits(arch, loaded, tiny_dirs):
     lens_logits = head.logits(residuals[-1])
     assert residuals.shape[0] == model.n_layers + 1
     assert (lens_logits - hf_logits).abs().max().item() <= 1e-4
-    assert (model_logits - hf_logits).abs().max().item() <= 1e-4
+    assert model_logits.shape == (1, hf_logits.shape[-1])  # only the last position is computed
+    assert (model_logits - hf_logits[-1:]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -102,7 +103,7 @@ def test_positions_last_records_only_the_last_position(loaded, probes):
 def test_block_rows_follows_the_budget():
     from workflow.lens import block_rows
 
-    assert block_rows(262144, 256) == 64  # 1 MiB per float32 row, four such tensors alive
+    assert block_rows(262144, 192) == 32  # 1 MiB per float32 row, six such tensors alive
     assert block_rows(262144, 1) == 1
     assert block_rows(320, 256) > 10_000
 

@@ -36,11 +36,25 @@ class Backend(Protocol):
     vocab_size: int
 
     def capture(self, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Residuals [L+1, T', d] and the model's logits [T', V] at the kept positions."""
+        """Residuals [L+1, T', d] at the kept positions, and the model's logits [1, V] at the last one."""
 
 
 def _keep(positions: str) -> slice:
     return slice(-1, None) if positions == "last" else slice(None)
+
+
+def last_logits(forward, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's logits at the last position only, [1, V].
+
+    ``logits_to_keep=1`` spares the [T, V] logits tensor (537 MB for 512 tokens of a
+    262k vocabulary); models that do not take it compute all and are sliced.
+    """
+    with torch.no_grad():
+        try:
+            logits = forward(tokens, logits_to_keep=1)
+        except TypeError:
+            logits = forward(tokens)
+    return logits[0, -1:]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -73,9 +87,8 @@ class BridgeBackend:
         hooks = [("blocks.0.hook_resid_pre", store(0))]
         hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(self.n_layers)]
         tokens = torch.tensor([input_ids], device=_device(self.hf_model))
-        with torch.no_grad():
-            logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-        return _stacked(captured), logits[0, keep]
+        logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, **kw), tokens)
+        return _stacked(captured), logits
 
 
 def _stacked(captured: list[torch.Tensor | None]) -> torch.Tensor:
@@ -170,10 +183,10 @@ class HooksBackend:
 
         handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
         handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
+        tokens = torch.tensor([input_ids], device=_device(self.hf_model))
         try:
-            with torch.no_grad():
-                logits = self.hf_model(torch.tensor([input_ids], device=_device(self.hf_model))).logits
+            logits = last_logits(lambda t, **kw: self.hf_model(t, **kw).logits, tokens)
         finally:
             for handle in handles:
                 handle.remove()
-        return _stacked(captured), logits[0, keep]
+        return _stacked(captured), logits

@@ -142,7 +142,8 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
         input_ids, answer_id, warnings = tokenize_probe(model.tokenizer, probe)
         residuals, model_logits = model.backend.capture(input_ids, settings.positions)
         forward_seconds = time.perf_counter() - started
-        deviation = identity_deviation(reference, residuals[-1], model_logits)
+        # The model's own output at the last position, against the lens at layer L there.
+        deviation = identity_deviation(reference, residuals[-1, -1:], model_logits)
         worst = max(worst, deviation["max_abs_prob_diff"])
         if deviation["max_abs_prob_diff"] > tolerance:
             raise LensIdentityError(

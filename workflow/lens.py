@@ -16,8 +16,9 @@ import torch
 
 FLOAT32_BYTES = 4
 # Full-vocabulary float32 tensors alive at once while reducing one block of rows
-# (logits, log-probs, probs, and a product); sizes the block from the budget.
-LIVE_VOCAB_TENSORS = 4
+# (logits, log-probs, probs, the entropy and KL products and the KL difference, as
+# measured with bench/lens_memory.py); sizes the block from the budget.
+LIVE_VOCAB_TENSORS = 6
 
 
 def logit_postprocessor(hf_config) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -299,23 +299,26 @@ def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torc
 
     from workflow.backends import BridgeBackend
 
-    # The bridge may adjust the tokenizer it is given (padding, BOS handling); the
-    # lens tokenises with its own untouched copy so the ids are the model's own.
+    # The bridge adjusts the tokenizer it is given (it may even reload it with
+    # add_bos_token=True); the lens tokenises with its own untouched one, loaded
+    # after this one is dropped so that a large vocabulary is not held twice.
     bridge = TransformerBridge.boot_transformers(
         location, device=device, dtype=dtype, tokenizer=load_tokenizer(location, kwargs), **kwargs
     )
+    bridge.tokenizer = None
     bridge.eval()
     return BridgeBackend(bridge)
 
 
-def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, probe_ids: list[int]):
+def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     from workflow.backends import HooksBackend
 
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs).to(device)
     model.eval()
-    return HooksBackend(model, probe_ids)
+    # Any valid ids do to trace which module feeds the output embedding.
+    return HooksBackend(model, probe_ids=[0, 1, 2])
 
 
 def load_model(
@@ -347,10 +350,8 @@ def load_model(
         key, parameter_count(estimate.parameters), estimate.total_bytes / 1e9, dtype_name(torch_dtype),
     )
     check_fits(key, estimate, device_name, torch_dtype)
-    tokenizer = load_tokenizer(location, kwargs)
-    probe_ids = tokenizer("The", add_special_tokens=True)["input_ids"] or [0]
     if choice == "hooks":
-        loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, probe_ids)
+        loaded = _boot_hooks(location, kwargs, device_name, torch_dtype)
     else:
         try:
             loaded = _boot_bridge(location, kwargs, device_name, torch_dtype)
@@ -361,7 +362,8 @@ def load_model(
                 "TransformerBridge cannot load %s (%s: %s); falling back to forward hooks",
                 key, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
             )
-            loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, probe_ids)
+            loaded = _boot_hooks(location, kwargs, device_name, torch_dtype)
+    tokenizer = load_tokenizer(location, kwargs)
     hf_config = loaded.hf_model.config
     info: dict[str, Any] = {"source": source_description(entry), "memory_estimate": estimate.describe()}
     commit = getattr(hf_config, "_commit_hash", None)
