@@ -118,3 +118,24 @@ def test_a_model_too_big_for_the_machine_fails_before_loading(arch_dirs, monkeyp
     monkeypatch.setattr(models, "load_tokenizer", lambda *a: pytest.fail("loaded although it cannot fit"))
     with pytest.raises(UserError, match=r"model 'm' needs about .* GB .* but only 0\.0 GB is free on cpu"):
         load_model("m", {"source": "local", "path": str(arch_dirs["llama"])}, None, "cpu", "float32")
+
+
+def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
+    import gguf
+    import numpy as np
+
+    from workflow.errors import UserError
+    from workflow.models import prepare_model
+
+    path = tmp_path / "scout.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama4")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "prepared"
+    with pytest.raises(UserError, match=r"model 'scout': transformers cannot read GGUF architecture 'llama4' \(it reads: .*llama.*\)\. Use the original safetensors checkpoint"):
+        prepare_model("scout", {"source": "gguf", "path": str(path)}, out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["scout.gguf"]

@@ -125,10 +125,11 @@ def check_gguf_supported(key: str, path: Path) -> str:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     arch = gguf_architecture(path)
-    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+    readable = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # mapping sections, not models
+    if arch not in readable:
         raise UserError(
             f"model {key!r}: transformers cannot read GGUF architecture {arch!r} "
-            f"(it reads: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}). "
+            f"(it reads: {', '.join(readable)}). "
             "Use the original safetensors checkpoint instead (source: hf or local)."
         )
     return arch
