@@ -394,7 +394,8 @@ def _meta_summary(models: list[ModelFacts]) -> str:
         f"Experiment 001 decodes every layer of {len(models)} model(s) through each model's own final norm and "
         f"unembedding on {len(models[0].probes)} factual probes. The method is exact at the last layer (checked at "
         f"run time) and increasingly approximate towards the embedding: the median KL from the final distribution "
-        f"to the layer-0 reading is {early_kl:.1f} nats. The findings below are best read as 'when does the final "
+        f"to the layer-0 reading is {early_kl:.1f} nats (the layer-0 reading is close to a point mass on the input "
+        "token, so the tokens the model finally predicts sit far down its log-probabilities). The findings below are best read as 'when does the final "
         "readout become available', not 'when does the model know'."
     )
 
