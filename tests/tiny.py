@@ -126,3 +126,16 @@ def save_random(path: Path, config, tokenizer, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def make_qwen2_dir(path: Path, seed: int = 0) -> Path:
+    """A tiny random Qwen2 (attention biases, untied head) with the tiny tokenizer."""
+    from transformers import Qwen2Config
+
+    tokenizer = make_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return save_random(path, config, tokenizer, seed)

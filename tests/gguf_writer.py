@@ -1,0 +1,86 @@
+"""Write a tiny transformers model as a GGUF file with the `gguf` package (F32 tensors).
+
+Follows llama.cpp's conventions, which transformers' GGUF reader undoes: tensor
+names (``blk.N.attn_q.weight``, …), the Llama Q/K head permutation, and a GPT-2
+style BPE tokenizer in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _permute(x: np.ndarray, heads: int) -> np.ndarray:
+    return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+
+def _tensor_names(arch: str, n_layers: int) -> dict[str, str]:
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    parts = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "self_attn.q_proj.weight": "attn_q.weight",
+        "self_attn.k_proj.weight": "attn_k.weight",
+        "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }
+    if arch == "qwen2":
+        parts.update({f"self_attn.{p}_proj.bias": f"attn_{p}.bias" for p in "qkv"})
+    for i in range(n_layers):
+        names.update({f"model.layers.{i}.{hf}": f"blk.{i}.{g}" for hf, g in parts.items()})
+    return names
+
+
+def write_gguf(model_dir: Path, out: Path, arch: str) -> Path:
+    """GGUF (``arch``: llama or qwen2) of the tiny model saved in ``model_dir``."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    c = model.config
+    spec = json.loads((Path(model_dir) / "tokenizer.json").read_text())
+    tokens = [""] * len(spec["model"]["vocab"])
+    for token, index in spec["model"]["vocab"].items():
+        tokens[index] = token
+    special = {t["id"] for t in spec["added_tokens"]}
+    merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    writer.add_vocab_size(c.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(c.bos_token_id)
+    writer.add_eos_token_id(c.eos_token_id)
+    writer.add_pad_token_id(c.pad_token_id)
+    writer.add_add_bos_token(True)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    for hf, name in _tensor_names(arch, c.num_hidden_layers).items():
+        x = state[hf]
+        if arch == "llama" and hf.endswith("q_proj.weight"):
+            x = _permute(x, c.num_attention_heads)
+        if arch == "llama" and hf.endswith("k_proj.weight"):
+            x = _permute(x, c.num_key_value_heads)
+        writer.add_tensor(name, np.ascontiguousarray(x))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
