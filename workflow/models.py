@@ -9,7 +9,6 @@ Sources (see config/schema.yaml):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import importlib
 import importlib.util
@@ -25,20 +24,13 @@ import torch
 
 from workflow.atomic import atomic_directory, dumps_json
 from workflow.errors import UserError
+from workflow.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
 PREPARED_SOURCES = ("gguf", "package")
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_device(requested: str = "auto") -> str:

@@ -37,8 +37,8 @@ DIRECTORY_CONTENT_LIMIT = 64 * 2**20
 
 COMMON = ("__init__.py", "atomic.py", "errors.py", "logs.py")
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "prepare": COMMON + ("models.py",),
-    # provenance.py writes these stages' records, which are outputs of their rules.
+    "prepare": COMMON + ("provenance.py", "models.py"),  # models.py hashes files with provenance.py
+    # provenance.py also writes these stages' records, which are outputs of their rules.
     "lens": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "experiment.py", "records.py"),
     "evaluate": COMMON
     + (
