@@ -1,8 +1,8 @@
 """Write a tiny transformers model as a GGUF file with the `gguf` package (F32 tensors).
 
 Follows llama.cpp's conventions, which transformers' GGUF reader undoes: tensor
-names (``blk.N.attn_q.weight``, …), the Llama Q/K head permutation, and a GPT-2
-style BPE tokenizer in the metadata.
+names (``blk.N.attn_q.weight``, …), the Llama Q/K head permutation, Gemma's norm
+weights stored as 1 + w, and a GPT-2 style BPE tokenizer in the metadata.
 """
 
 from __future__ import annotations
@@ -32,13 +32,24 @@ def _tensor_names(arch: str, n_layers: int) -> dict[str, str]:
     }
     if arch == "qwen2":
         parts.update({f"self_attn.{p}_proj.bias": f"attn_{p}.bias" for p in "qkv"})
+    if arch == "gemma3":
+        del names["lm_head.weight"]  # tied to the embedding
+        parts.update(
+            {
+                "post_attention_layernorm.weight": "post_attention_norm.weight",
+                "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+                "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+                "self_attn.q_norm.weight": "attn_q_norm.weight",
+                "self_attn.k_norm.weight": "attn_k_norm.weight",
+            }
+        )
     for i in range(n_layers):
         names.update({f"model.layers.{i}.{hf}": f"blk.{i}.{g}" for hf, g in parts.items()})
     return names
 
 
 def write_gguf(model_dir: Path, out: Path, arch: str) -> Path:
-    """GGUF (``arch``: llama or qwen2) of the tiny model saved in ``model_dir``."""
+    """GGUF (``arch``: llama, qwen2 or gemma3) of the tiny model saved in ``model_dir``."""
     import gguf
     import torch
     from transformers import AutoModelForCausalLM
@@ -60,7 +71,12 @@ def write_gguf(model_dir: Path, out: Path, arch: str) -> Path:
     writer.add_head_count(c.num_attention_heads)
     writer.add_head_count_kv(c.num_key_value_heads)
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)
+    writer.add_rope_freq_base(rope["rope_theta"])
+    if arch == "gemma3":
+        writer.add_key_length(c.head_dim)
+        writer.add_value_length(c.head_dim)
+        writer.add_sliding_window(c.sliding_window)
     writer.add_vocab_size(c.vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
@@ -70,6 +86,7 @@ def write_gguf(model_dir: Path, out: Path, arch: str) -> Path:
     writer.add_bos_token_id(c.bos_token_id)
     writer.add_eos_token_id(c.eos_token_id)
     writer.add_pad_token_id(c.pad_token_id)
+    writer.add_unk_token_id(spec["model"]["vocab"]["<unk>"])
     writer.add_add_bos_token(True)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     for hf, name in _tensor_names(arch, c.num_hidden_layers).items():
@@ -78,6 +95,8 @@ def write_gguf(model_dir: Path, out: Path, arch: str) -> Path:
             x = _permute(x, c.num_attention_heads)
         if arch == "llama" and hf.endswith("k_proj.weight"):
             x = _permute(x, c.num_key_value_heads)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            x = x + 1  # llama.cpp multiplies by the stored weight; Gemma's norm is x * (1 + w)
         writer.add_tensor(name, np.ascontiguousarray(x))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

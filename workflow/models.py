@@ -287,29 +287,34 @@ def load_tokenizer(location: str, kwargs: dict[str, Any]):
     return AutoTokenizer.from_pretrained(location, **kw)
 
 
+def _load_hf(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, **extra):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs, **extra).to(device)
+    return model.eval()
+
+
 def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype):
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     from workflow.backends import BridgeBackend
 
-    # The bridge adjusts the tokenizer it is given (it may even reload it with
-    # add_bos_token=True); the lens tokenises with its own untouched one, loaded
-    # after this one is dropped so that a large vocabulary is not held twice.
-    bridge = TransformerBridge.boot_transformers(
-        location, device=device, dtype=dtype, tokenizer=load_tokenizer(location, kwargs), **kwargs
+    # The bridge is built around a model we load, without a tokenizer: the bridge would
+    # adjust one (even reload it with add_bos_token=True), and the lens tokenises with
+    # the model's own, untouched. Eager attention, as the bridge's own loader uses.
+    model = _load_hf(location, kwargs, device, dtype, attn_implementation="eager")
+    architecture = (model.config.architectures or [type(model).__name__])[0]
+    bridge = build_bridge_from_module(
+        model, architecture, hf_config=model.config, dtype=dtype, device=device, model_name=location
     )
-    bridge.tokenizer = None
     bridge.eval()
     return BridgeBackend(bridge)
 
 
 def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
     from workflow.backends import HooksBackend
 
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs).to(device)
-    model.eval()
+    model = _load_hf(location, kwargs, device, dtype)
     # Any valid ids do to trace which module feeds the output embedding.
     return HooksBackend(model, probe_ids=[0, 1, 2])
 
