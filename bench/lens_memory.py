@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--positions", default="all", help=argparse.SUPPRESS)
-    parser.add_argument("--budget", type=int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=int, default=128, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="bridge", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -82,8 +82,8 @@ def main() -> None:
     print(f"model {args.model}, prompt of {args.tokens} tokens, CPU float32, one child process per row\n")
     print(f"{'backend':<8} {'positions':<10} {'budget MB':>9} {'tokens':>6} {'rows':>6} {'lens s':>7} {'peak RSS GB':>11} {'fp32 weights GB':>15} {'peak / weights':>14}")
     for backend, positions, budget in (
-        ("bridge", "all", 64), ("bridge", "all", 256), ("bridge", "all", 1024), ("bridge", "last", 256),
-        ("hooks", "all", 64), ("hooks", "all", 256),
+        ("bridge", "all", 64), ("bridge", "all", 128), ("bridge", "all", 256), ("bridge", "all", 1024),
+        ("bridge", "last", 128), ("hooks", "all", 128),
     ):
         command = [sys.executable, __file__, "--child", "--path", str(path), "--model", args.model, "--backend", backend,
                    "--tokens", str(args.tokens), "--positions", positions, "--budget", str(budget)]

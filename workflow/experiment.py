@@ -39,7 +39,7 @@ class LensSettings:
     positions: str = "all"
     top_k: int = 5
     identity_tolerance: float | None = None
-    working_memory_mb: int = 256
+    working_memory_mb: int = 128
 
     @classmethod
     def from_config(cls, lens: dict[str, Any]) -> LensSettings:

@@ -215,7 +215,7 @@ class MemoryEstimate:
         }
 
 
-def estimate_memory(config, dtype: torch.dtype, fp32_head: bool = True, working_memory_mb: int = 256) -> MemoryEstimate:
+def estimate_memory(config, dtype: torch.dtype, fp32_head: bool = True, working_memory_mb: int = 128) -> MemoryEstimate:
     """Memory to run a model of ``config``: parameters x dtype, built on the meta device (no weights)."""
     from transformers import AutoModelForCausalLM
 
@@ -327,7 +327,7 @@ def load_model(
     dtype: str = "auto",
     backend: str = "auto",
     fp32_head: bool = True,
-    working_memory_mb: int = 256,
+    working_memory_mb: int = 128,
 ) -> LoadedModel:
     """Load a model through TransformerLens 4's TransformerBridge, or plain hooks.
 
