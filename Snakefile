@@ -19,6 +19,7 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/lens.smk"
+include: "rules/plots.smk"
 include: "rules/evaluate.smk"
 
 

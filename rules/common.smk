@@ -26,6 +26,7 @@ except UserError as e:
     raise WorkflowError(str(e)) from None
 
 MODELS = list(config["models"])
+PROBE_IDS = [p["id"] for p in config["probes"]]
 
 
 wildcard_constraints:
@@ -35,6 +36,8 @@ wildcard_constraints:
 
 def get_final_output():
     return [
+        *expand(f"{EXPERIMENT}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=PROBE_IDS),
+        f"{EXPERIMENT}/plots/cross-model-trajectories.png",
         *expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
         f"{EXPERIMENT}/evaluation-cross-model.md",
         f"{EXPERIMENT}/evaluation-meta.md",

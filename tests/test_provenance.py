@@ -12,6 +12,7 @@ MODELS = ["tiny-llama", "tiny-gemma3"]
 LENS = {("run_lens", m) for m in MODELS}
 PER_MODEL_EVALS = {("evaluate_model", m) for m in MODELS}
 CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None)}
+PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_cross", None)}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_single_model_template_edit_plans_evaluations_not_lens(workdir):
 
 def test_lens_flag_plans_every_lens_job_and_downstream(workdir):
     edit_config(workdir, lambda c: c["lens"].update(top_k=4))
-    assert plan(workdir) == LENS | PER_MODEL_EVALS | CROSS_AND_META
+    assert plan(workdir) == LENS | PER_MODEL_EVALS | CROSS_AND_META | PLOTS
 
 
 def test_new_probe_plans_every_lens_job(workdir):
@@ -100,7 +101,12 @@ def test_new_probe_plans_every_lens_job(workdir):
 
 def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
     edit_config(workdir, lambda c: c["models"].update({"tiny-extra": {"source": "local", "path": str(tiny_dirs["llama"])}}))
-    assert plan(workdir) == {("run_lens", "tiny-extra"), ("evaluate_model", "tiny-extra")} | CROSS_AND_META
+    assert plan(workdir) == {
+        ("run_lens", "tiny-extra"),
+        ("evaluate_model", "tiny-extra"),
+        ("plot_heatmaps", "tiny-extra"),
+        ("plot_cross", None),
+    } | CROSS_AND_META
 
 
 def test_lens_code_edit_plans_the_lens_jobs(workdir):

@@ -1,0 +1,19 @@
+"""Rule plot_heatmaps: one logit-lens heatmap per probe of one model."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.logs import run_script  # noqa: E402
+from workflow.plots import heatmap_data, plot_heatmap  # noqa: E402
+from workflow.records import read_records  # noqa: E402
+
+
+def main(sm):
+    records = read_records(sm.input.records)
+    for probe, path in zip(sm.params.probes, sm.output.heatmaps):
+        plot_heatmap(heatmap_data(records, sm.wildcards.model, probe), path)
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

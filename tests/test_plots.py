@@ -1,0 +1,71 @@
+"""Pictures: what the heatmap shows equals the records; files are valid, sized and deterministic."""
+
+import matplotlib.image
+import pytest
+
+from conftest import PROBES
+from workflow.evaluation.analysis import model_facts
+from workflow.experiment import write_lens_outputs
+from workflow.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure, visible
+from workflow.records import read_records
+
+
+@pytest.fixture(scope="module")
+def outputs(tiny_dirs, tmp_path_factory):
+    root = tmp_path_factory.mktemp("plot-outputs")
+    paths = {}
+    for arch, path in tiny_dirs.items():
+        summary, records = root / f"output-{arch}.json", root / f"output-{arch}-records.csv"
+        write_lens_outputs(
+            f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32", {"top_k": 3},
+            [dict(p) for p in PROBES], str(summary), str(records),
+        )
+        paths[arch] = (summary, records)
+    return paths
+
+
+def test_heatmap_cells_are_the_records_top1_tokens(outputs):
+    records = read_records(outputs["llama"][1])
+    for probe in PROBES:
+        data = heatmap_data(records, "tiny-llama", probe["id"])
+        rows = records[records["probe"] == probe["id"]]
+        assert data.layers == list(range(4))
+        assert data.value.shape == (4, rows["position"].nunique())
+        for i, layer in enumerate(data.layers):
+            for j, position in enumerate(sorted(rows["position"].unique())):
+                row = rows[(rows["layer"] == layer) & (rows["position"] == position)].iloc[0]
+                assert data.top1[i][j] == row["top1_token"]
+                assert data.value[i, j] == pytest.approx(row["top1_prob"])
+        assert data.input_tokens == rows[rows["layer"] == 0].sort_values("position")["input_token"].tolist()
+
+
+def test_heatmap_png_is_valid_readable_and_deterministic(outputs, tmp_path):
+    records = read_records(outputs["gemma3"][1])
+    data = heatmap_data(records, "tiny-gemma3", "instruction")
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    plot_heatmap(data, first)
+    plot_heatmap(data, second)
+    image = matplotlib.image.imread(first)
+    height, width = image.shape[:2]
+    assert width >= 600 and height >= 400
+    assert width > height  # one column per position, 13 positions wide
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_cross_model_trajectories_have_one_panel_per_metric_and_probe(outputs, tmp_path):
+    facts = [model_facts(*outputs[arch]) for arch in ("llama", "gemma3")]
+    figure = trajectory_figure(facts)
+    axes = figure.get_axes()
+    assert len(axes) == len(TRAJECTORY_METRICS) * len(PROBES)
+    assert all(len(ax.get_lines()) == 2 for ax in axes)  # one line per model
+    assert [ax.get_title() for ax in axes[: len(PROBES)]] == [p["id"] for p in PROBES]
+    path = tmp_path / "cross.png"
+    plot_trajectories(facts, path)
+    assert matplotlib.image.imread(path).shape[1] >= 800
+
+
+def test_whitespace_is_visible():
+    assert visible(" Berlin") == "␣Berlin"
+    assert visible("\n\n") == "\\n\\n"
+    assert visible("") == "∅"
+    assert visible("a" * 30).endswith("…") and len(visible("a" * 30)) == 10

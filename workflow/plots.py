@@ -1,0 +1,137 @@
+"""Pictures of experiment 001: the logit-lens heatmap and cross-model trajectories.
+
+Data preparation (``heatmap_data``, ``trajectories``) is separate from drawing, so
+tests can check what a picture shows against the records. Drawing uses
+matplotlib's Agg backend and writes PNGs without time or version metadata, so the
+same records give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from workflow.atomic import atomic_paths  # noqa: E402
+from workflow.evaluation.analysis import ModelFacts  # noqa: E402
+
+PNG_METADATA = {"Software": None}
+# Tokens from any script end up in cells; the default font lacks some glyphs, which then
+# render as boxes. That is expected, not worth a warning per glyph in the logs.
+warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+VISIBLE = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣"}
+MAX_LABEL = 10
+
+
+def visible(token: str) -> str:
+    """A token with whitespace made visible (`␣`, `\\n`), shortened for a cell."""
+    text = "".join(VISIBLE.get(ch, ch) for ch in token) or "∅"
+    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
+
+
+@dataclass
+class HeatmapData:
+    model: str
+    probe: str
+    layers: list[int]  # rows, 0..L
+    input_tokens: list[str]  # column labels, one per recorded position
+    top1: list[list[str]]  # [layer][position] top-1 token
+    value: np.ndarray  # [layer, position] top-1 probability (or entropy)
+    value_name: str
+
+
+def heatmap_data(records: pd.DataFrame, model: str, probe: str, value: str = "top1_prob") -> HeatmapData:
+    """The layers x positions grid of one probe's logit-lens records."""
+    rows = records[(records["probe"] == probe) & (records["lens"] == "logit")]
+    if rows.empty:
+        raise ValueError(f"no logit-lens records for probe {probe!r}")
+    layers = sorted(rows["layer"].unique().tolist())
+    positions = sorted(rows["position"].unique().tolist())
+    grid = rows.set_index(["layer", "position"])
+    top1 = [[grid.loc[(layer, pos), "top1_token"] for pos in positions] for layer in layers]
+    values = np.array([[float(grid.loc[(layer, pos), value]) for pos in positions] for layer in layers])
+    inputs = [grid.loc[(layers[0], pos), "input_token"] for pos in positions]
+    return HeatmapData(model, probe, layers, inputs, top1, values, value)
+
+
+def plot_heatmap(data: HeatmapData, path: str | os.PathLike[str]) -> None:
+    """Rows = layers (0 at the bottom), columns = input positions, cell text = top-1 token."""
+    n_layers, n_pos = data.value.shape
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.85 * n_pos + 2.5), max(4.0, 0.32 * n_layers + 1.8)))
+    vmax = 1.0 if data.value_name == "top1_prob" else float(data.value.max() or 1.0)
+    image = ax.imshow(data.value, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax)
+    for i in range(n_layers):
+        for j in range(n_pos):
+            shade = data.value[i, j] / vmax
+            ax.text(j, i, visible(data.top1[i][j]), ha="center", va="center", fontsize=7,
+                    color="black" if shade > 0.55 else "white")
+    ax.set_xticks(range(n_pos), [visible(t) for t in data.input_tokens], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n_layers), [str(layer) for layer in data.layers], fontsize=7)
+    ax.set_xlabel("input position (token)")
+    ax.set_ylabel("layer (0 = embedding)")
+    ax.set_title(f"{data.model} · {data.probe}: top-1 token per layer and position")
+    fig.colorbar(image, ax=ax, label="top-1 probability" if data.value_name == "top1_prob" else data.value_name)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+TRAJECTORY_METRICS = (
+    ("answer_prob", "answer probability", False),
+    ("answer_rank", "answer rank", True),
+    ("entropy", "entropy (nats)", False),
+    ("kl_to_final", "KL to final (nats)", False),
+)
+
+
+def trajectories(facts: list[ModelFacts], metric: str) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """probe -> model -> (relative depths, metric values) at the last position."""
+    out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for f in facts:
+        for p in f.probes:
+            depth = [step["layer"] / f.n_layers for step in p.trajectory]
+            out.setdefault(p.id, {})[f.model] = (depth, [float(step[metric]) for step in p.trajectory])
+    return out
+
+
+def plot_trajectories(facts: list[ModelFacts], path: str | os.PathLike[str]) -> None:
+    _save(trajectory_figure(facts), path)
+
+
+def trajectory_figure(facts: list[ModelFacts]):
+    """One row of panels per metric, one column per probe, one line per model."""
+    probes = list(trajectories(facts, "answer_prob"))
+    fig, axes = plt.subplots(len(TRAJECTORY_METRICS), len(probes), figsize=(2.6 * len(probes) + 1, 2.2 * len(TRAJECTORY_METRICS)),
+                             squeeze=False, sharex=True)
+    for row, (metric, label, log) in enumerate(TRAJECTORY_METRICS):
+        data = trajectories(facts, metric)
+        for col, probe in enumerate(probes):
+            ax = axes[row][col]
+            for model, (x, y) in data[probe].items():
+                ax.plot(x, y, marker=".", linewidth=1, label=model)
+            if log:
+                ax.set_yscale("log")
+            if row == 0:
+                ax.set_title(probe, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if row == len(TRAJECTORY_METRICS) - 1:
+                ax.set_xlabel("relative depth", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Last position, by relative depth (layer / number of layers)")
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: str | os.PathLike[str]) -> None:
+    with atomic_paths(path) as (tmp,):
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
+    plt.close(fig)
