@@ -5,6 +5,7 @@ rule evaluate_model:
     input:
         summary=f"{EXPERIMENT}/output-{{model}}.json",
         records=f"{EXPERIMENT}/output-{{model}}-records.csv",
+        heatmaps=expand(f"{EXPERIMENT}/plots/{{{{model}}}}/heatmap-{{probe}}.png", probe=PROBE_IDS),
         template="prompts/single-model-evaluation.md",
     output:
         evaluation=f"{EXPERIMENT}/evaluation-{{model}}.md",
@@ -22,6 +23,7 @@ rule evaluate_cross:
     input:
         unpack(get_model_outputs),
         evaluations=expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
+        trajectories=f"{EXPERIMENT}/plots/cross-model-trajectories.png",
         template="prompts/cross-model-evaluation.md",
     output:
         evaluation=f"{EXPERIMENT}/evaluation-cross-model.md",

@@ -18,6 +18,7 @@ def main(sm):
         sm.input.template,
         sm.params.evaluation,
         sm.output.evaluation,
+        figures=[sm.input.trajectories],
     )
     record_rule(sm, "evaluate", [sm.output.evaluation], made.provenance())
 

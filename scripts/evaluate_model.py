@@ -11,7 +11,14 @@ from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    made = evaluate_model(sm.input.summary, sm.input.records, sm.input.template, sm.params.evaluation, sm.output.evaluation)
+    made = evaluate_model(
+        sm.input.summary,
+        sm.input.records,
+        sm.input.template,
+        sm.params.evaluation,
+        sm.output.evaluation,
+        figures=list(sm.input.heatmaps),
+    )
     record_rule(sm, "evaluate", [sm.output.evaluation], made.provenance())
 
 

@@ -36,11 +36,15 @@ def test_full_run_writes_all_five_kinds_of_file(finished):
         text = (results / f"evaluation-tiny-{arch}.md").read_text()
         assert heading_problems(text, template.headings) == []
         assert "No LLM was used" in text
+        # The heatmaps are linked relative to the document, and the links resolve.
+        link = f"](plots/tiny-{arch}/heatmap-capital.png)"
+        assert link in text and (results / f"plots/tiny-{arch}/heatmap-capital.png").is_file()
     for stage, name in (("cross-model", "evaluation-cross-model.md"), ("meta", "evaluation-meta.md")):
         template = load_template(finished / "prompts" / f"{stage}-evaluation.md")
         text = (results / name).read_text()
         assert heading_problems(text, template.headings) == []
         assert "tiny-llama" in text and "tiny-gemma3" in text
+    assert "](plots/cross-model-trajectories.png)" in (results / "evaluation-cross-model.md").read_text()
     logs = files_under(finished / "logs")
     assert "001/run_lens-tiny-llama.log" in logs and "001/evaluate_meta.log" in logs
 

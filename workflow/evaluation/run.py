@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,22 @@ def footer(template: PromptTemplate, prompt: str, provider: Provider) -> str:
     )
 
 
+def figures_section(figures: list[str], output_path: str) -> str:
+    """Links to the plots, relative to the document so they render on GitHub.
+
+    Added by the pipeline after the provider's text (whatever the provider), under a
+    heading of its own after the template's required ones.
+    """
+    if not figures:
+        return ""
+    base = Path(output_path).parent
+    lines = ["## Figures", ""]
+    for figure in figures:
+        name = Path(figure).stem.removeprefix("heatmap-")
+        lines += [f"**{name}**", "", f"![{name}]({Path(os.path.relpath(figure, base)).as_posix()})", ""]
+    return "\n" + "\n".join(lines)
+
+
 def complete(request: EvaluationRequest, provider: Provider) -> str:
     """The provider's text, repaired once if it breaks the heading contract."""
     text = provider.complete(request)
@@ -80,13 +97,19 @@ def _write(
     facts: Any,
     settings: dict[str, Any],
     output_path: str,
+    figures: list[str] | None = None,
 ) -> Written:
     template = load_template(template_path)
     provider = make_provider(settings)
     prompt = template.render(variables)
     request = EvaluationRequest(stage, title, template.system, prompt, template.headings, facts)
     log.info("writing the %s evaluation with %s (prompt %d characters)", stage, provider.name, len(prompt))
-    text = complete(request, provider).rstrip("\n") + "\n" + footer(template, prompt, provider)
+    text = (
+        complete(request, provider).rstrip("\n")
+        + "\n"
+        + figures_section(figures or [], output_path)
+        + footer(template, prompt, provider)
+    )
     write_text(output_path, text)
     log.info("wrote %s", output_path)
     keys = tuple(getattr(provider, "cache_keys", ()))
@@ -104,7 +127,9 @@ def _digests(facts: list[ModelFacts], settings: dict[str, Any]) -> str:
     return "\n\n".join(model_digest(f, budget) for f in facts)
 
 
-def evaluate_model(summary: str, records: str, template: str, settings: dict[str, Any], output: str) -> Written:
+def evaluate_model(
+    summary: str, records: str, template: str, settings: dict[str, Any], output: str, figures: list[str] | None = None
+) -> Written:
     (facts,) = _facts([summary], [records])
     metadata = json.loads(Path(summary).read_text(encoding="utf-8"))
     metadata = {k: v for k, v in metadata.items() if k not in ("probes", "timings", "packages")}
@@ -114,11 +139,17 @@ def evaluate_model(summary: str, records: str, template: str, settings: dict[str
         "digest": _digests([facts], settings),
     }
     title = f"{facts.model}: layers and logits (experiment 001)"
-    return _write("single-model", title, template, variables, facts, settings, output)
+    return _write("single-model", title, template, variables, facts, settings, output, figures)
 
 
 def evaluate_cross(
-    summaries: list[str], records: list[str], evaluations: list[str], template: str, settings: dict[str, Any], output: str
+    summaries: list[str],
+    records: list[str],
+    evaluations: list[str],
+    template: str,
+    settings: dict[str, Any],
+    output: str,
+    figures: list[str] | None = None,
 ) -> Written:
     facts = _facts(summaries, records)
     variables = {
@@ -126,7 +157,7 @@ def evaluate_cross(
         "digests": _digests(facts, settings),
         "evaluations": "\n\n".join(Path(p).read_text(encoding="utf-8") for p in evaluations),
     }
-    return _write("cross-model", "Cross-model comparison (experiment 001)", template, variables, facts, settings, output)
+    return _write("cross-model", "Cross-model comparison (experiment 001)", template, variables, facts, settings, output, figures)
 
 
 def evaluate_meta(
