@@ -65,7 +65,7 @@ def heatmap_data(records: pd.DataFrame, model: str, probe: str, value: str = "to
 def plot_heatmap(data: HeatmapData, path: str | os.PathLike[str]) -> None:
     """Rows = layers (0 at the bottom), columns = input positions, cell text = top-1 token."""
     n_layers, n_pos = data.value.shape
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.85 * n_pos + 2.5), max(4.0, 0.32 * n_layers + 1.8)))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.85 * n_pos + 2.5), max(4.0, 0.32 * n_layers + 1.8)))
     vmax = 1.0 if data.value_name == "top1_prob" else float(data.value.max() or 1.0)
     image = ax.imshow(data.value, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax)
     for i in range(n_layers):
@@ -77,7 +77,8 @@ def plot_heatmap(data: HeatmapData, path: str | os.PathLike[str]) -> None:
     ax.set_yticks(range(n_layers), [str(layer) for layer in data.layers], fontsize=7)
     ax.set_xlabel("input position (token)")
     ax.set_ylabel("layer (0 = embedding)")
-    ax.set_title(f"{data.model} · {data.probe}: top-1 token per layer and position")
+    # Two lines, so the title fits over a prompt of a few tokens too.
+    ax.set_title(f"{data.model} · {data.probe}\ntop-1 token per layer and position", fontsize=10)
     fig.colorbar(image, ax=ax, label="top-1 probability" if data.value_name == "top1_prob" else data.value_name)
     fig.tight_layout()
     _save(fig, path)
