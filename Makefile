@@ -1,5 +1,5 @@
 # Two commands for a fresh clone (see README):
-#   make demo   set up .venv with everything, then build experiment 001
+#   make demo   set up .venv with everything, build experiment 001, write report.html
 #   make test   set up .venv with everything, then run the full test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) results/001/evaluation-cross-model.md results/001/evaluation-meta.md
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report report.html
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -36,4 +37,4 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 clean-results:
-	rm -rf results/001/*.json results/001/*.csv results/001/*.md
+	rm -rf results/001/*.json results/001/*.csv results/001/*.md results/001/plots results/001/html results/001/provenance

@@ -3,6 +3,7 @@
 #   snakemake --cores 1 results/001/evaluation-cross-model.md   # the whole chain up to the comparison
 #   snakemake --cores 1                                         # everything, meta-evaluation included
 #   snakemake -n                                                # what is stale, and why
+#   snakemake --report report.html                              # one self-contained HTML file: plots, captions, evaluations
 import sys
 
 from snakemake.utils import min_version
@@ -16,11 +17,16 @@ sys.path.insert(0, workflow.basedir)
 configfile: "config/config.yaml"
 
 
+# The description at the top of `snakemake --report report.html`.
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/lens.smk"
 include: "rules/plots.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -10,6 +10,7 @@ from workflow.errors import UserError
 from workflow.evaluation.providers import stage_settings
 from workflow.models import PREPARED_SOURCES
 from workflow.provenance import code_version
+from workflow.resources import lens_resources, prepare_resources
 
 CONFIGFILE = "config/config.yaml"
 EXPERIMENT = "results/001"
@@ -41,6 +42,7 @@ def get_final_output():
         *expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
         f"{EXPERIMENT}/evaluation-cross-model.md",
         f"{EXPERIMENT}/evaluation-meta.md",
+        *expand(f"{EXPERIMENT}/html/evaluation-{{name}}.html", name=[*MODELS, "cross-model", "meta"]),
     ]
 
 
@@ -78,6 +80,24 @@ def get_lens_model_input(wildcards):
 
 def get_lens_settings(wildcards):
     return config["lens"]
+
+
+def lens_resource(name):
+    """One of run_lens's resources (mem_mb, runtime, gpu), from the model's size and device.
+
+    Evaluated again just before the job runs, when prepared weights exist."""
+
+    def resource(wildcards, input):
+        return lens_resources(get_model(wildcards), config, input.get("prepared"))[name]
+
+    return resource
+
+
+def prepare_resource(name):
+    def resource(wildcards):
+        return prepare_resources(get_model(wildcards))[name]
+
+    return resource
 
 
 def get_model_outputs(wildcards):

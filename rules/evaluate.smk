@@ -15,6 +15,7 @@ rule evaluate_model:
     params:
         evaluation=stage_settings(config["evaluation"], "single-model"),
         code=code_version("evaluate"),
+    localrule: True
     script:
         "../scripts/evaluate_model.py"
 
@@ -33,6 +34,7 @@ rule evaluate_cross:
     params:
         evaluation=stage_settings(config["evaluation"], "cross-model"),
         code=code_version("evaluate"),
+    localrule: True
     script:
         "../scripts/evaluate_cross.py"
 
@@ -50,5 +52,6 @@ rule evaluate_meta:
     params:
         evaluation=stage_settings(config["evaluation"], "meta"),
         code=code_version("evaluate"),
+    localrule: True
     script:
         "../scripts/evaluate_meta.py"

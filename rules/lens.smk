@@ -12,6 +12,11 @@ rule run_lens:
         "logs/001/run_lens-{model}.log",
     benchmark:
         "benchmarks/001/run_lens-{model}.tsv"
+    resources:
+        # From the parameter count and dtype (workflow/resources.py); models.{model}.resources overrides.
+        mem_mb=lens_resource("mem_mb"),
+        runtime=lens_resource("runtime"),
+        gpu=lens_resource("gpu"),
     params:
         entry=get_model,
         device=config["device"],

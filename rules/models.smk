@@ -10,6 +10,9 @@ rule prepare_model:
         "logs/models/prepare_model-{model}.log",
     benchmark:
         "benchmarks/models/prepare_model-{model}.tsv"
+    resources:
+        mem_mb=prepare_resource("mem_mb"),
+        runtime=prepare_resource("runtime"),
     params:
         entry=get_model,
         code=code_version("prepare"),

@@ -5,12 +5,22 @@ rule plot_heatmaps:
     input:
         records=f"{EXPERIMENT}/output-{{model}}-records.csv",
     output:
-        heatmaps=expand(f"{EXPERIMENT}/plots/{{{{model}}}}/heatmap-{{probe}}.png", probe=PROBE_IDS),
+        heatmaps=[
+            report(
+                f"{EXPERIMENT}/plots/{{model}}/heatmap-{probe}.png",
+                caption="../workflow/report/heatmap.rst",
+                category="{model}",
+                subcategory="Heatmaps",
+                labels={"probe": probe},
+            )
+            for probe in PROBE_IDS
+        ],
     log:
         "logs/001/plot_heatmaps-{model}.log",
     params:
         probes=PROBE_IDS,
         code=code_version("plots"),
+    localrule: True
     script:
         "../scripts/plot_heatmaps.py"
 
@@ -19,10 +29,17 @@ rule plot_cross:
     input:
         unpack(get_model_outputs),
     output:
-        f"{EXPERIMENT}/plots/cross-model-trajectories.png",
+        report(
+            f"{EXPERIMENT}/plots/cross-model-trajectories.png",
+            caption="../workflow/report/trajectories.rst",
+            category="Cross-model",
+            subcategory="Figures",
+            labels={"figure": "trajectories by relative depth"},
+        ),
     log:
         "logs/001/plot_cross.log",
     params:
         code=code_version("plots"),
+    localrule: True
     script:
         "../scripts/plot_cross.py"

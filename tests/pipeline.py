@@ -54,7 +54,7 @@ def files_under(path: Path) -> list[str]:
 
 
 def planned_jobs(dry_run_output: str) -> Counter:
-    """(rule, model wildcard or None) of every job a dry run plans, with counts; `all` left out."""
+    """(rule, model or name wildcard or None) of every job a dry run plans, with counts; `all` left out."""
     jobs: Counter = Counter()
     rule = None
     model = None
@@ -64,7 +64,7 @@ def planned_jobs(dry_run_output: str) -> Counter:
             if rule and rule not in ("all", "end"):
                 jobs[(rule, model)] += 1
             rule, model = match.group(1), None
-        wildcard = re.match(r"^\s+wildcards: .*model=([^,\s]+)", line)
+        wildcard = re.match(r"^\s+wildcards: .*(?:model|name)=([^,\s]+)", line)
         if wildcard:
             model = wildcard.group(1)
     return jobs

@@ -1,6 +1,8 @@
 """The Snakemake workflow end to end on tiny random models, and its handling of bad input."""
 
+import base64
 import json
+import re
 
 import pytest
 
@@ -13,9 +15,9 @@ from workflow.records import read_records
 
 @pytest.fixture(scope="module")
 def finished(tiny_dirs, tmp_path_factory):
-    """A scratch workflow run to completion on the tiny models."""
+    """A scratch workflow run to completion (default target: everything) on the tiny models."""
     workdir = scratch_copy(tmp_path_factory.mktemp("pipeline"), tiny_config(tiny_dirs))
-    result = snakemake(workdir, "results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md")
+    result = snakemake(workdir)
     assert result.returncode == 0, said(result)[-4000:]
     return workdir
 
@@ -49,8 +51,46 @@ def test_full_run_writes_all_five_kinds_of_file(finished):
     assert "001/run_lens-tiny-llama.log" in logs and "001/evaluate_meta.log" in logs
 
 
+def report_data(html: str, name: str):
+    """One of the JSON objects the Snakemake report embeds (`var categories = {...};`)."""
+    match = re.search(rf"var {name} = (\{{.*?\}});\s*\n", html)
+    assert match, f"the report embeds no {name}"
+    return json.loads(match.group(1))
+
+
+def test_report_is_self_contained_grouped_and_captioned(finished):
+    result = snakemake(finished, "--report", "report.html")
+    assert result.returncode == 0, said(result)[-3000:]
+    html = (finished / "report.html").read_text(encoding="utf-8")
+    heatmaps = [f"heatmap-{p['id']}.png" for p in PROBES]
+    categories = report_data(html, "categories")
+    assert list(categories) == ["tiny-llama", "tiny-gemma3", "Cross-model", "Method"]
+    for model in ("tiny-llama", "tiny-gemma3"):
+        assert sorted(categories[model]["Heatmaps"]) == sorted(f"results/001/plots/{model}/{h}" for h in heatmaps)
+        assert categories[model]["Evaluation"] == [f"results/001/html/evaluation-{model}.html"]
+    assert categories["Cross-model"] == {
+        "Figures": ["results/001/plots/cross-model-trajectories.png"],
+        "Evaluation": ["results/001/html/evaluation-cross-model.html"],
+    }
+    assert categories["Method"] == {"Evaluation": ["results/001/html/evaluation-meta.html"]}
+    results = report_data(html, "results")
+    for path, entry in results.items():
+        assert entry["caption"].strip(), f"{path} has no caption"
+        # Every result travels inside the file, byte for byte.
+        data = entry["data_uri"].split("base64,", 1)[1]
+        assert base64.b64decode(data) == (finished / path).read_bytes()
+    assert "How to read it" in results["results/001/plots/tiny-llama/" + heatmaps[0]]["caption"]
+    assert "tiny-llama" in results["results/001/plots/tiny-llama/" + heatmaps[0]]["caption"]
+    assert "relative depth" in results["results/001/plots/cross-model-trajectories.png"]["caption"]
+    assert not re.search(r'(src|href)="https?://', html)  # nothing fetched when opened offline
+    # The evaluation pages carry their own figures.
+    page = (finished / "results/001/html/evaluation-tiny-llama.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') == len(PROBES)
+    assert "<h2>Figures</h2>" in page
+
+
 def test_nothing_left_to_do_after_a_full_run(finished):
-    result = snakemake(finished, "-n", "results/001/evaluation-meta.md")
+    result = snakemake(finished, "-n")
     assert result.returncode == 0
     assert "Nothing to be done" in said(result)
 

@@ -69,3 +69,19 @@ def test_whitespace_is_visible():
     assert visible("\n\n") == "\\n\\n"
     assert visible("") == "∅"
     assert visible("a" * 30).endswith("…") and len(visible("a" * 30)) == 10
+
+
+def test_undrawable_characters_become_code_points_not_boxes():
+    assert visible("\ufffd") == "<byte>"  # what part of a multi-byte character decodes to
+    assert visible("иль") == "иль"  # Cyrillic: the font has it
+    assert visible("\u200b") == "\\u200b"  # zero-width space: invisible
+    assert visible("\x00") == "\\u0000"
+    assert visible("\u2ff0") == "\\u2ff0"  # an ideographic description character the font lacks
+    assert visible("\U00020000") == "\\U00020000"  # a CJK extension B ideograph
+
+
+def test_kl_panel_shows_both_the_embedding_spike_and_the_last_layers(outputs):
+    facts = [model_facts(*outputs[arch]) for arch in ("llama", "gemma3")]
+    axes = trajectory_figure(facts).get_axes()
+    scales = [ax.get_yscale() for ax in axes[:: len(PROBES)]]
+    assert scales == ["linear", "log", "linear", "symlog"]

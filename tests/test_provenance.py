@@ -11,7 +11,9 @@ from pipeline import planned_jobs, said, scratch_copy, snakemake
 MODELS = ["tiny-llama", "tiny-gemma3"]
 LENS = {("run_lens", m) for m in MODELS}
 PER_MODEL_EVALS = {("evaluate_model", m) for m in MODELS}
-CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None)}
+# An evaluation's HTML page (rule evaluation_page) follows its markdown.
+MODEL_PAGES = {("evaluation_page", m) for m in MODELS}
+CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None), ("evaluation_page", "cross-model"), ("evaluation_page", "meta")}
 PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_cross", None)}
 
 
@@ -86,12 +88,12 @@ def test_cross_template_edit_plans_cross_and_meta_only(workdir):
 def test_single_model_template_edit_plans_evaluations_not_lens(workdir):
     with open(workdir / "prompts" / "single-model-evaluation.md", "a") as fh:
         fh.write("\nBe brief.\n")
-    assert plan(workdir) == PER_MODEL_EVALS | CROSS_AND_META
+    assert plan(workdir) == PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META
 
 
 def test_lens_flag_plans_every_lens_job_and_downstream(workdir):
     edit_config(workdir, lambda c: c["lens"].update(top_k=4))
-    assert plan(workdir) == LENS | PER_MODEL_EVALS | CROSS_AND_META | PLOTS
+    assert plan(workdir) == LENS | PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META | PLOTS
 
 
 def test_new_probe_plans_every_lens_job(workdir):
@@ -105,6 +107,7 @@ def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
         ("run_lens", "tiny-extra"),
         ("evaluate_model", "tiny-extra"),
         ("plot_heatmaps", "tiny-extra"),
+        ("evaluation_page", "tiny-extra"),
         ("plot_cross", None),
     } | CROSS_AND_META
 
@@ -121,12 +124,12 @@ def test_lens_code_edit_plans_the_lens_jobs(workdir):
 
 def test_evaluator_change_plans_the_evaluations_only(workdir):
     edit_config(workdir, lambda c: c.setdefault("evaluation", {}).update(model="another-analyst"))
-    assert plan(workdir) == PER_MODEL_EVALS | CROSS_AND_META
+    assert plan(workdir) == PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META
 
 
 def test_meta_only_override_plans_meta_only(workdir):
     edit_config(workdir, lambda c: c.setdefault("evaluation", {}).update(stages={"meta": {"model": "stronger"}}))
-    assert plan(workdir) == {("evaluate_meta", None)}
+    assert plan(workdir) == {("evaluate_meta", None), ("evaluation_page", "meta")}
 
 
 def test_hand_edit_is_reported_as_modified(workdir):

@@ -8,8 +8,9 @@ same records give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import os
-import warnings
+import unicodedata
 from dataclasses import dataclass
 
 import matplotlib
@@ -24,16 +25,36 @@ from workflow.atomic import atomic_paths  # noqa: E402
 from workflow.evaluation.analysis import ModelFacts  # noqa: E402
 
 PNG_METADATA = {"Software": None}
-# Tokens from any script end up in cells; the default font lacks some glyphs, which then
-# render as boxes. That is expected, not worth a warning per glyph in the logs.
-warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
-VISIBLE = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣"}
+VISIBLE = {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣", "\ufffd": "<byte>"}
 MAX_LABEL = 10
 
 
+@functools.cache
+def drawable() -> frozenset[int]:
+    """Code points the plots' font can draw (others would render as empty boxes)."""
+    from matplotlib import font_manager, ft2font
+
+    path = font_manager.findfont(font_manager.FontProperties(family=plt.rcParams["font.family"]))
+    return frozenset(ft2font.FT2Font(path).get_charmap())
+
+
+def visible_char(ch: str) -> str:
+    if ch in VISIBLE:
+        return VISIBLE[ch]
+    # Control and format characters are invisible; glyphs the font lacks draw as boxes.
+    if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cn") or ord(ch) not in drawable():
+        return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
+    return ch
+
+
 def visible(token: str) -> str:
-    """A token with whitespace made visible (`␣`, `\\n`), shortened for a cell."""
-    text = "".join(VISIBLE.get(ch, ch) for ch in token) or "∅"
+    """A token as a cell can show it, shortened to fit.
+
+    Whitespace is made visible (`␣`, `\\n`); U+FFFD, what a token that is only part of a
+    multi-byte character decodes to, becomes `<byte>`; characters the font cannot draw
+    become their code point (`\\u4e16`), not an empty box.
+    """
+    text = "".join(visible_char(ch) for ch in token) or "∅"
     return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
 
 
@@ -85,11 +106,13 @@ def plot_heatmap(data: HeatmapData, path: str | os.PathLike[str]) -> None:
 
 
 TRAJECTORY_METRICS = (
-    ("answer_prob", "answer probability", False),
-    ("answer_rank", "answer rank", True),
-    ("entropy", "entropy (nats)", False),
-    ("kl_to_final", "KL to final (nats)", False),
+    ("answer_prob", "answer probability", None),
+    ("answer_rank", "answer rank", "log"),
+    ("entropy", "entropy (nats)", None),
+    ("kl_to_final", "KL to final (nats)", "symlog"),
 )
+# KL is 0 at the last layer and hundreds of nats at the embedding: linear below this, log above.
+KL_LINEAR_BELOW = 0.1
 
 
 def trajectories(facts: list[ModelFacts], metric: str) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
@@ -111,14 +134,19 @@ def trajectory_figure(facts: list[ModelFacts]):
     probes = list(trajectories(facts, "answer_prob"))
     fig, axes = plt.subplots(len(TRAJECTORY_METRICS), len(probes), figsize=(2.6 * len(probes) + 1, 2.2 * len(TRAJECTORY_METRICS)),
                              squeeze=False, sharex=True)
-    for row, (metric, label, log) in enumerate(TRAJECTORY_METRICS):
+    for row, (metric, label, scale) in enumerate(TRAJECTORY_METRICS):
         data = trajectories(facts, metric)
         for col, probe in enumerate(probes):
             ax = axes[row][col]
             for model, (x, y) in data[probe].items():
                 ax.plot(x, y, marker=".", linewidth=1, label=model)
-            if log:
+            if scale == "symlog":
+                ax.set_yscale("symlog", linthresh=KL_LINEAR_BELOW)
+                ax.set_ylim(bottom=0)
+            elif scale:
                 ax.set_yscale("log")
+            if metric == "answer_prob":
+                ax.set_ylim(-0.02, 1.02)  # the same scale in every panel, so probes compare
             if row == 0:
                 ax.set_title(probe, fontsize=8)
             if col == 0:

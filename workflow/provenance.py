@@ -41,6 +41,7 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     # provenance.py also writes these stages' records, which are outputs of their rules.
     "lens": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "experiment.py", "records.py"),
     "plots": COMMON + ("plots.py", "records.py", "evaluation/__init__.py", "evaluation/analysis.py"),
+    "pages": COMMON + ("pages.py",),
     "evaluate": COMMON
     + (
         "provenance.py",

@@ -1,0 +1,16 @@
+"""Rule evaluation_page: one evaluation as a self-contained HTML page (figures embedded)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.logs import run_script  # noqa: E402
+from workflow.pages import write_page  # noqa: E402
+
+
+def main(sm):
+    write_page(sm.input.evaluation, sm.output[0], title=f"Experiment 001 · evaluation-{sm.wildcards.name}")
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

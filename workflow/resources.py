@@ -1,0 +1,148 @@
+"""What a job asks a scheduler for: memory, run time and GPUs, from the model's size.
+
+Snakemake passes these to whatever executes the jobs: the local scheduler (which keeps
+the sum of ``mem_mb`` under ``--resources mem_mb=...``) or an executor plugin such as
+SLURM's (``--mem``, ``--time``, ``--gpus``). The parameter count comes from the weights'
+headers (safetensors or GGUF), never from loading them, so a dry run stays fast; a
+per-model ``resources`` entry in the config overrides every figure.
+
+Snakemake evaluates these functions again when a job is about to run, with its inputs
+present, so a packaged model whose weights are only dequantised by ``prepare_model``
+gets exact figures then and an estimate from its GGUF (or the fallback) in a dry run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
+MB = 1_000_000  # Snakemake's mem_mb is in megabytes
+# Measured on the CPU (bench/README.md): peak RSS of the lens stage is about 1.9x the
+# float32 weights (the loaded model plus the bridge's own view of it and load-time
+# buffers); on a GPU the host only stages the weights.
+HOST_FACTOR = {"cpu": 2.0, "cuda": 1.25, "mps": 2.0}
+HOST_OVERHEAD_MB = 1536  # interpreter, torch, tokenizer, records
+# When no header can be read (an hf model neither cached nor reachable in a dry run).
+FALLBACK_MEM_MB = 16000
+FALLBACK_RUNTIME_MIN = 120
+
+
+def safetensors_parameters(path: Path) -> int:
+    """Number of parameters in one safetensors file, from its JSON header only."""
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(length))
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+
+
+def directory_parameters(path: Path) -> int | None:
+    files = sorted(path.glob("*.safetensors"))
+    return sum(safetensors_parameters(f) for f in files) if files else None
+
+
+def gguf_parameters(path: Path) -> int:
+    return _gguf_parameters(str(path), path.stat().st_mtime_ns)
+
+
+@functools.cache
+def _gguf_parameters(path: str, mtime_ns: int) -> int:
+    from gguf import GGUFReader
+
+    return int(sum(int(t.n_elements) for t in GGUFReader(path).tensors))
+
+
+@functools.cache
+def hf_parameters(repo: str, revision: str) -> int | None:
+    """From the local hub cache, else the hub's safetensors metadata (a small request)."""
+    try:
+        from huggingface_hub import get_safetensors_metadata, try_to_load_from_cache
+    except ImportError:
+        return None
+    single = try_to_load_from_cache(repo, "model.safetensors", revision=revision)
+    if isinstance(single, str):
+        return safetensors_parameters(Path(single))
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return None
+    try:
+        metadata = get_safetensors_metadata(repo, revision=revision)
+    except Exception:  # offline, gated without a token, or no safetensors: fall back
+        return None
+    return int(sum(metadata.parameter_count.values()))
+
+
+def model_parameters(entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None) -> int | None:
+    """The model's parameter count without loading it, or None where nothing is readable yet."""
+    from workflow.models import package_dir
+
+    source = entry["source"]
+    if prepared_dir is not None and Path(prepared_dir).is_dir():
+        count = directory_parameters(Path(prepared_dir))
+        if count:
+            return count
+    if source == "local":
+        return directory_parameters(Path(entry["path"]).expanduser())
+    if source == "gguf":
+        path = Path(entry["path"]).expanduser()
+        return gguf_parameters(path) if path.is_file() else None
+    if source == "package" and "file" in entry:
+        try:
+            path = package_dir(entry["package"]) / entry["file"]
+        except Exception:
+            return None
+        return gguf_parameters(path) if path.is_file() else None
+    if source == "hf":
+        return hf_parameters(entry["repo"], entry.get("revision", "main"))
+    return None  # a package that assembles its GGUF: known once prepare_model has run
+
+
+def job_device(entry: dict[str, Any], config: dict[str, Any]) -> str:
+    return entry.get("device", config.get("device", "auto"))
+
+
+def job_dtype(entry: dict[str, Any], config: dict[str, Any]) -> str:
+    """The dtype the lens job will use; ``auto`` is float32 unless the device is cuda."""
+    dtype = entry.get("dtype", config.get("dtype", "auto"))
+    if dtype == "auto":
+        return "bfloat16" if job_device(entry, config) == "cuda" else "float32"
+    return dtype
+
+
+def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``mem_mb``, ``runtime`` (minutes) and ``gpu`` for one model's ``run_lens`` job."""
+    device = job_device(entry, config)
+    override = entry.get("resources", {})
+    parameters = model_parameters(entry, prepared_dir)
+    if parameters is None:
+        mem_mb, runtime = FALLBACK_MEM_MB, FALLBACK_RUNTIME_MIN
+    else:
+        weights_mb = parameters * BYTES_PER_PARAMETER[job_dtype(entry, config)] / MB
+        working_mb = config.get("lens", {}).get("working_memory_mb", 128)
+        mem_mb = math.ceil(HOST_FACTOR.get(device, 2.0) * weights_mb + working_mb + HOST_OVERHEAD_MB)
+        # Generous bounds for a scheduler's time limit, not predictions: loading dominates on
+        # a GPU (about 3 min per billion parameters from network storage); the CPU computes.
+        billions = parameters / 1e9
+        runtime = math.ceil(10 + (3 * billions if device == "cuda" else 60 * billions))
+    return {
+        "mem_mb": int(override.get("mem_mb", mem_mb)),
+        "runtime": int(override.get("runtime", runtime)),
+        "gpu": int(override.get("gpu", 1 if device == "cuda" else 0)),
+    }
+
+
+def prepare_resources(entry: dict[str, Any]) -> dict[str, Any]:
+    """Dequantising a GGUF holds the float32 weights and the file's own tensors."""
+    parameters = model_parameters(entry)
+    override = entry.get("resources", {})
+    if parameters is None:
+        mem_mb = FALLBACK_MEM_MB
+        runtime = FALLBACK_RUNTIME_MIN
+    else:
+        mem_mb = math.ceil(1.5 * parameters * 4 / MB + HOST_OVERHEAD_MB)
+        runtime = math.ceil(10 + 30 * parameters / 1e9)
+    return {"mem_mb": int(override.get("prepare_mem_mb", mem_mb)), "runtime": runtime}
