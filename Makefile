@@ -8,7 +8,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test check lint clean-results
+.PHONY: setup demo test check lint bench clean-results
 
 setup: $(STAMP)
 
@@ -32,6 +32,16 @@ test: setup
 # Is every result under results/ current? (see README)
 check: setup
 	$(BIN)/python -m workflow.provenance check
+
+# Benchmarks (bench/README.md): the peers' packages go into .venv for this only.
+# tuned-lens 0.2.0 is installed without its dependencies (wandb, datasets, torchdata
+# would replace torch); these three are what its logit lens imports.
+bench: demo
+	$(BIN)/python -m pip install --quiet --no-deps "tuned-lens==0.2.0"
+	$(BIN)/python -m pip install --quiet "plotly>=5.13" "simple-parsing>=0.1" "flatten-dict>=0.4"
+	$(BIN)/python bench/lens_speed.py
+	$(BIN)/python bench/pipeline_overhead.py
+	$(BIN)/python bench/lens_memory.py
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -108,14 +108,24 @@ def test_block_rows_follows_the_budget():
     assert block_rows(320, 256) > 10_000
 
 
-def test_one_row_blocks_give_the_same_records(loaded, probes, monkeypatch):
-    """Blocking over positions and layers changes no number beyond float rounding."""
+def test_streamed_and_whole_row_records_agree(loaded, probes, monkeypatch):
+    """Streaming the vocabulary (one pass) and decoding whole rows one at a time agree to float rounding."""
     from workflow import lens
 
     model = loaded["gemma3"]
+    streamed, original = [], lens.stream_statistics
+
+    def spy(*args, **kwargs):
+        streamed.append(True)
+        yield from original(*args, **kwargs)
+
+    monkeypatch.setattr(lens, "stream_statistics", spy)
     _, whole = run_lens(model, probes, LensSettings())
+    assert len(streamed) == len(probes)  # the bridge's unembedding is the model's nn.Linear
+    monkeypatch.setattr(lens.LensHead, "linear", lambda self: None)  # no linear view: whole rows
     monkeypatch.setattr(lens, "block_rows", lambda vocab, mb: 1)
     _, blocked = run_lens(model, probes, LensSettings())
+    assert len(streamed) == len(probes)
     assert len(whole) == len(blocked)
     for a, b in zip(whole, blocked):
         assert a.keys() == b.keys()

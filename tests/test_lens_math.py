@@ -15,7 +15,7 @@ def numpy_metrics(logits, final_logits, answer):
     flp = fz - np.log(np.exp(fz - fz.max(-1, keepdims=True)).sum(-1, keepdims=True)) - fz.max(-1, keepdims=True)
     entropy = -(p * lp).sum(-1)
     kl = (np.exp(flp) * (flp - lp)).sum(-1)
-    rank = (p > p[:, [answer]]).sum(-1) + 1
+    rank = (lp > lp[:, [answer]]).sum(-1) + 1  # log-probs: probabilities underflow to ties
     return p, entropy, kl, rank
 
 
@@ -59,3 +59,107 @@ class Config:
 def test_post_unembedding_steps_follow_the_config(config, expected):
     z = torch.linspace(-100, 100, 11)
     assert torch.allclose(logit_postprocessor(config)(z), expected(z))
+
+
+def streamed_and_numpy(monkeypatch, weight, residuals, answer, postprocess=None, plan=(2, 97), top_k=4):
+    """Statistics streamed over small vocabulary blocks, and the NumPy computation on whole rows."""
+    from workflow import lens
+
+    postprocess = postprocess or logit_postprocessor(Config())  # the identity: the linear path
+    monkeypatch.setattr(lens, "stream_plan", lambda *args: plan)
+    n_layers1, n_pos, d = residuals.shape
+    unembed = torch.nn.Linear(d, weight.shape[0], bias=False)
+    unembed.weight.data = weight
+    norm = torch.nn.LayerNorm(d)
+    head = lens.LensHead(norm, unembed, postprocess, torch.float32)
+    rows = list(lens.lens_statistics(residuals, head, head, answer, top_k, weight.shape[0], 1))
+    with torch.no_grad():
+        logits = postprocess(unembed(norm(residuals))).numpy()
+    return rows, logits
+
+
+def check_against_numpy(rows, logits, answer, top_k=4):
+    assert len(rows) == logits.shape[0] * logits.shape[1]
+    for row in rows:
+        z = logits[row.layer, row.position][None]
+        p, entropy, kl, rank = numpy_metrics(z, logits[-1, row.position][None], answer)
+        order = np.argsort(-z[0])[:top_k]  # by logit: probabilities can underflow to ties
+        assert row.topk_ids == order.tolist()
+        assert np.allclose(row.topk_probs, p[0, order], atol=1e-6)
+        assert row.entropy == pytest.approx(entropy[0], rel=1e-6, abs=2e-5)
+        assert row.kl_to_final == pytest.approx(max(kl[0], 0.0), rel=1e-6, abs=2e-5)  # float32
+        assert row.answer_prob == pytest.approx(p[0, answer], abs=1e-7)
+        assert row.answer_rank == rank[0]
+
+
+IDENTITIES = {"through-weights": None, "elementwise": lambda z: z}
+
+
+@pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
+def test_streamed_vocabulary_blocks_match_whole_rows(monkeypatch, postprocess):
+    """Many vocabulary blocks, the answer's block out of order, several position blocks."""
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(1000, 16, generator=gen)
+    residuals = torch.randn(4, 5, 16, generator=gen) * 2
+    for answer in (3, 517, 999):
+        rows, logits = streamed_and_numpy(monkeypatch, weight, residuals, answer, postprocess)
+        check_against_numpy(rows, logits, answer)
+
+
+@pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
+@pytest.mark.parametrize("sign", [1, -1], ids=["rows-move", "final-rows-move"])
+def test_streaming_survives_logits_far_above_the_first_block(monkeypatch, sign, postprocess):
+    """A later block with logits hundreds of nats above the first: the reference moves, nothing overflows."""
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(1000, 16, generator=gen)
+    direction = torch.randn(16, generator=gen)
+    direction -= direction.mean()
+    weight[700:720] = 60 * direction / direction.norm() + 0.1 * torch.randn(20, 16, generator=gen)
+    residuals = torch.randn(4, 5, 16, generator=gen)
+    # One of layer 1 and the last layer points along that direction (logits of a few
+    # hundred nats in block 700), the other against it: only its rows move their reference.
+    residuals[1] += sign * 3 * direction
+    residuals[-1] -= sign * 3 * direction
+    rows, logits = streamed_and_numpy(monkeypatch, weight, residuals, 5, postprocess)
+    high, low = (1, -1) if sign == 1 else (-1, 1)
+    assert logits[high, :, 700:720].min() > 150 and logits[low, :, 700:720].max() < 0
+    assert all(np.isfinite([r.entropy, r.kl_to_final, r.answer_prob]).all() for r in rows)
+    check_against_numpy(rows, logits, answer=5)
+
+
+def test_streaming_applies_soft_capping_per_block(monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(600, 16, generator=gen) * 5
+    residuals = torch.randn(3, 4, 16, generator=gen)
+    cap = logit_postprocessor(Config(final_logit_softcapping=10.0))
+    rows, logits = streamed_and_numpy(monkeypatch, weight, residuals, answer=42, postprocess=cap)
+    assert np.abs(logits).max() <= 10.0
+    check_against_numpy(rows, logits, answer=42)
+
+
+@pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
+def test_streaming_with_a_separate_final_head(monkeypatch, postprocess):
+    """Without the norm lens, rows are decoded raw and the final distribution through the norm."""
+    from workflow import lens
+
+    monkeypatch.setattr(lens, "stream_plan", lambda *args: (3, 128))
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(700, 16, generator=gen)
+    weight[300:310] *= 40
+    residuals = torch.randn(4, 5, 16, generator=gen) * 3
+    unembed = torch.nn.Linear(16, 700, bias=True)
+    unembed.weight.data, unembed.bias.data = weight, torch.randn(700, generator=gen)
+    norm = torch.nn.LayerNorm(16)
+    postprocess = postprocess or logit_postprocessor(Config())
+    final_head = lens.LensHead(norm, unembed, postprocess, torch.float32)
+    raw_head = lens.LensHead(None, unembed, postprocess, torch.float32)
+    rows = list(lens.lens_statistics(residuals, raw_head, final_head, 9, 4, 700, 1))
+    with torch.no_grad():
+        logits = unembed(residuals).numpy()
+        final = unembed(norm(residuals[-1])).numpy()
+    for row in rows:
+        p, entropy, kl, rank = numpy_metrics(logits[row.layer, row.position][None], final[row.position][None], 9)
+        assert row.topk_ids == np.argsort(-logits[row.layer, row.position])[:4].tolist()
+        assert row.entropy == pytest.approx(entropy[0], rel=1e-6, abs=2e-5)
+        assert row.kl_to_final == pytest.approx(max(kl[0], 0.0), rel=1e-6, abs=2e-5)
+        assert row.answer_prob == pytest.approx(p[0, 9], abs=1e-7) and row.answer_rank == rank[0]
