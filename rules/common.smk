@@ -27,6 +27,8 @@ except UserError as e:
     raise WorkflowError(str(e)) from None
 
 MODELS = list(config["models"])
+LENSES = config["lenses"]
+CORPUS = "data/corpus.txt.gz"
 PROBE_IDS = [p["id"] for p in config["probes"]]
 
 
@@ -43,6 +45,7 @@ def get_final_output():
         f"{EXPERIMENT}/evaluation-cross-model.md",
         f"{EXPERIMENT}/evaluation-meta.md",
         *expand(f"{EXPERIMENT}/html/evaluation-{{name}}.html", name=[*MODELS, "cross-model", "meta"]),
+        *(expand(f"{EXPERIMENT}/lens-quality-{{model}}.csv", model=MODELS) if "tuned" in LENSES else []),
     ]
 
 
@@ -76,6 +79,14 @@ def get_lens_model_input(wildcards):
     if entry["source"] == "local":
         return {"local": os.path.expanduser(entry["path"])}
     return {}
+
+
+def get_run_lens_input(wildcards):
+    """The model's weights, and its trained tuned lens when experiment 001 records it."""
+    inputs = get_lens_model_input(wildcards)
+    if "tuned" in LENSES:
+        inputs["tuned"] = f"resources/lenses/{wildcards.model}"
+    return inputs
 
 
 def get_lens_settings(wildcards):

@@ -3,7 +3,7 @@
 
 rule run_lens:
     input:
-        unpack(get_lens_model_input),
+        unpack(get_run_lens_input),
     output:
         summary=f"{EXPERIMENT}/output-{{model}}.json",
         records=f"{EXPERIMENT}/output-{{model}}-records.csv",
@@ -24,6 +24,7 @@ rule run_lens:
         backend=config["backend"],
         lens=get_lens_settings,
         probes=config["probes"],
-        code=code_version("lens"),
+        lenses=LENSES,
+        code=code_version("tuned" if "tuned" in LENSES else "lens"),
     script:
         "../scripts/run_lens.py"

@@ -22,6 +22,7 @@ def main(sm):
         probes=sm.params.probes,
         summary_path=sm.output.summary,
         records_path=sm.output.records,
+        tuned_dir=sm.input.get("tuned"),
     )
     source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
     record_rule(sm, "lens", [sm.output.summary, sm.output.records], {"model_source": source})

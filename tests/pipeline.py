@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "prompts", "config", "workflow", "profiles"]
+WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "prompts", "config", "workflow", "profiles", "data"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 

@@ -128,8 +128,12 @@ def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int 
     return first, stable
 
 
-def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings):
-    """Run every probe; return (summary for the JSON, list of record rows)."""
+def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings, tuned=None):
+    """Run every probe; return (summary for the JSON, list of record rows).
+
+    ``tuned`` (a ``workflow.tuned.TunedLens``) adds rows with ``lens`` = ``tuned``: the same
+    residuals through the layer's translator, then the same norm and unembedding.
+    """
     names = TokenNames(model.tokenizer)
     head, reference = lens_heads(model, settings)
     tolerance = settings.tolerance(model.dtype)
@@ -155,34 +159,36 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
             )
         first_position = len(input_ids) - residuals.shape[1]
         answer_token = names(answer_id)
-        last_top1: list[int] = []
-        for stats in lens_statistics(
-            residuals, head, reference, answer_id, settings.top_k, model.vocab_size, settings.working_memory_mb
-        ):
-            position = first_position + stats.position
-            topk_tokens = [names(t) for t in stats.topk_ids]
-            rows.append(
-                {
-                    "model": model.key,
-                    "probe": probe["id"],
-                    "lens": "logit",
-                    "layer": stats.layer,
-                    "position": position,
-                    "input_token": names(input_ids[position]),
-                    "top1_token": topk_tokens[0],
-                    "top1_prob": stats.topk_probs[0],
-                    "topk_tokens": topk_tokens,
-                    "topk_probs": stats.topk_probs,
-                    "entropy": stats.entropy,
-                    "answer_token": answer_token,
-                    "answer_prob": stats.answer_prob,
-                    "answer_rank": stats.answer_rank,
-                    "kl_to_final": stats.kl_to_final,
-                }
-            )
-            if position == len(input_ids) - 1:
-                last_top1.append(stats.topk_ids[0])
-        first, stable = answer_layers(last_top1, answer_id)
+        lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
+        last_top1: dict[str, list[int]] = {name: [] for name, _ in lenses}
+        for lens_name, translator in lenses:
+            for stats in lens_statistics(
+                residuals, head, reference, answer_id, settings.top_k, model.vocab_size, settings.working_memory_mb, translator
+            ):
+                position = first_position + stats.position
+                topk_tokens = [names(t) for t in stats.topk_ids]
+                rows.append(
+                    {
+                        "model": model.key,
+                        "probe": probe["id"],
+                        "lens": lens_name,
+                        "layer": stats.layer,
+                        "position": position,
+                        "input_token": names(input_ids[position]),
+                        "top1_token": topk_tokens[0],
+                        "top1_prob": stats.topk_probs[0],
+                        "topk_tokens": topk_tokens,
+                        "topk_probs": stats.topk_probs,
+                        "entropy": stats.entropy,
+                        "answer_token": answer_token,
+                        "answer_prob": stats.answer_prob,
+                        "answer_rank": stats.answer_rank,
+                        "kl_to_final": stats.kl_to_final,
+                    }
+                )
+                if position == len(input_ids) - 1:
+                    last_top1[lens_name].append(stats.topk_ids[0])
+        first, stable = answer_layers(last_top1["logit"], answer_id)
         model_probs = torch.softmax(model_logits[-1].float(), -1)
         final_top1 = int(model_probs.argmax())
         probe_summaries.append(
@@ -202,6 +208,11 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
                 "final_answer_rank": int((model_probs > model_probs[answer_id]).sum()) + 1,
                 "first_top1_layer": first,
                 "stable_top1_layer": stable,
+                **(
+                    {"tuned": dict(zip(("first_top1_layer", "stable_top1_layer"), answer_layers(last_top1["tuned"], answer_id)))}
+                    if tuned is not None
+                    else {}
+                ),
                 "identity_check": deviation,
                 "warnings": warnings,
                 "seconds": {"forward": round(forward_seconds, 3), "total": round(time.perf_counter() - started, 3)},
@@ -254,6 +265,7 @@ def write_lens_outputs(
     summary_path: str,
     records_path: str,
     backend: str = "auto",
+    tuned_dir: str | None = None,
 ) -> dict[str, Any]:
     """Load ``model_key``, run every probe and write its JSON summary and records CSV.
 
@@ -269,10 +281,19 @@ def write_lens_outputs(
     model = load_model(
         model_key, entry, prepared_dir, device, dtype, backend, settings.use_fp32_unembed, settings.working_memory_mb
     )
+    tuned = tuned_info = None
+    if tuned_dir is not None:
+        from workflow.tuned import load as load_tuned
+
+        tuned, tuned_config = load_tuned(tuned_dir, lens_heads(model, settings)[1], model_key)
+        tuned_info = {"path": str(tuned_dir), "settings": tuned_config["settings"], "unembedding_sha256": tuned_config["unembedding_sha256"],
+                      "heldout": tuned_config["heldout"]}
     load_seconds = time.perf_counter() - started
-    summary, rows = run_lens(model, probes, settings)
+    summary, rows = run_lens(model, probes, settings, tuned)
     document = {
         **model_metadata(model),
+        "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
+        **({"tuned_lens": tuned_info} if tuned_info else {}),
         **summary,
         "timings": {
             "load_seconds": round(load_seconds, 2),

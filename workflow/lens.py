@@ -285,8 +285,9 @@ def stream_statistics(
     # Where logits are the linear map itself, sums against the final distribution can be
     # taken through the weights (see G below).
     linear = getattr(head.postprocess, "is_identity", False)
-    # The final distribution is the lens's own last layer when both heads are the same.
-    shared_final = head is final_head and transform is None
+    # The final distribution is the lens's own last layer when both heads are the same and
+    # the transform leaves the last layer alone (a tuned lens has no translator there).
+    shared_final = head is final_head and (transform is None or getattr(transform, "final_is_identity", False))
     pos_block, vocab_block = stream_plan(n_layers_plus_one, n_pos, vocab, working_memory_mb)
     # The answer's block first: its logit, exactly as computed there, is what every
     # later block's logits are counted against for the rank.

@@ -164,3 +164,30 @@ def _save(fig, path: str | os.PathLike[str]) -> None:
     with atomic_paths(path) as (tmp,):
         fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
+
+
+def lens_quality_figure(model: str, rows: list[dict]):
+    """Held-out KL to the final layer (log scale) and top-1 agreement per layer, per lens."""
+    fig, (kl_ax, agree_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for lens, style in (("logit", "o-"), ("tuned", "s-")):
+        mine = sorted((r for r in rows if r["lens"] == lens), key=lambda r: r["layer"])
+        layers = [r["layer"] for r in mine]
+        kl_ax.plot(layers, [r["kl_to_final"] for r in mine], style, markersize=3, linewidth=1, label=f"{lens} lens")
+        agree_ax.plot(layers, [r["top1_agreement"] for r in mine], style, markersize=3, linewidth=1, label=f"{lens} lens")
+    kl_ax.set_yscale("symlog", linthresh=KL_LINEAR_BELOW)
+    kl_ax.set_ylim(bottom=0)
+    kl_ax.set_ylabel("mean KL to final (nats)")
+    agree_ax.set_ylim(-0.02, 1.02)
+    agree_ax.set_ylabel("top-1 agreement with the last layer")
+    for ax in (kl_ax, agree_ax):
+        ax.set_xlabel("layer (0 = embedding)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    positions = rows[0]["positions"] if rows else 0
+    fig.suptitle(f"{model} · lens quality on held-out text ({positions} positions)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lens_quality(model: str, rows: list[dict], path: str | os.PathLike[str]) -> None:
+    _save(lens_quality_figure(model, rows), path)

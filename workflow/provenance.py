@@ -42,6 +42,8 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "lens": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "experiment.py", "records.py"),
     "plots": COMMON + ("plots.py", "records.py", "evaluation/__init__.py", "evaluation/analysis.py"),
     "pages": COMMON + ("pages.py",),
+    # Training and applying the tuned lens (it decodes with the lens code).
+    "tuned": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "experiment.py", "records.py", "tuned.py"),
     "evaluate": COMMON
     + (
         "provenance.py",

@@ -52,6 +52,9 @@ class ProbeFacts:
     best_rank_layer: int
     trajectory: list[dict[str, Any]] = field(default_factory=list)  # last position, per layer
     warnings: list[str] = field(default_factory=list)
+    # Where the tuned lens puts the answer at the last position (None without a tuned lens).
+    tuned_first_top1_layer: int | None = None
+    tuned_stable_top1_layer: int | None = None
 
 
 @dataclass
@@ -70,6 +73,7 @@ class ModelFacts:
     middle_tokens: list[tuple[str, int]]  # most frequent top-1 tokens in the middle band, last position
     copy_rate: dict[str, float]  # per band: share of rows whose top-1 repeats the input token
     answer_rate: dict[str, float]  # per band: share of (probe, layer) whose top-1 is the answer
+    lenses: list[str] = field(default_factory=lambda: ["logit"])
 
     @property
     def n_correct(self) -> int:
@@ -137,6 +141,8 @@ def probe_facts(summary: dict[str, Any], rows: pd.DataFrame) -> ProbeFacts:
         best_rank_layer=best,
         trajectory=trajectory,
         warnings=list(summary.get("warnings", [])),
+        tuned_first_top1_layer=(summary.get("tuned") or {}).get("first_top1_layer"),
+        tuned_stable_top1_layer=(summary.get("tuned") or {}).get("stable_top1_layer"),
     )
 
 
@@ -177,6 +183,7 @@ def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFact
         middle_tokens=sorted(middle.items(), key=lambda kv: (-kv[1], kv[0]))[:8],
         copy_rate=copy_rate,
         answer_rate=answer_rate,
+        lenses=list(summary.get("lenses", ["logit"])),
     )
 
 

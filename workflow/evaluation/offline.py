@@ -120,7 +120,32 @@ def _single_emergence(f: ModelFacts) -> str:
             + ", ".join(f"`{p.id}` (best rank {p.best_rank} at layer {p.best_rank_layer}, final {_tok(p.final_top1)})" for p in missed)
             + "."
         )
+    if "tuned" in f.lenses:
+        notes.append(_lens_disagreements(f))
     return table + ("\n\n" + " ".join(notes) if notes else "")
+
+
+def _lens_disagreements(f: ModelFacts) -> str:
+    """Where the tuned lens and the logit lens place the answer differently."""
+
+    def where(first: int | None, stable: int | None) -> str:
+        if first is None:
+            return "never top-1"
+        return f"top-1 first at layer {first}" + (f", stays from {stable}" if stable is not None else ", not at the end")
+
+    differ = [p for p in f.probes if (p.tuned_first_top1_layer, p.tuned_stable_top1_layer) != (p.first_top1_layer, p.stable_top1_layer)]
+    if not differ:
+        return "The tuned lens agrees with the logit lens on where the answer surfaces, on every probe."
+    return (
+        "The tuned lens and the logit lens disagree on where the answer surfaces on "
+        + "; ".join(
+            f"`{p.id}` (tuned lens: {where(p.tuned_first_top1_layer, p.tuned_stable_top1_layer)}; "
+            f"logit lens: {where(p.first_top1_layer, p.stable_top1_layer)})"
+            for p in differ
+        )
+        + ". The tuned lens reads each layer in a basis trained to match the output, so where it finds the answer "
+        "earlier, the logit lens's later layer is partly its own basis mismatch."
+    )
 
 
 def _single_entropy(f: ModelFacts) -> str:

@@ -1,0 +1,50 @@
+# The tuned lens: trained once per model on the shipped corpus, then applied by run_lens
+# (when config lenses includes tuned) and judged on held-out text.
+
+
+rule train_tuned_lens:
+    input:
+        unpack(get_lens_model_input),
+        corpus=CORPUS,
+    output:
+        directory("resources/lenses/{model}"),
+    log:
+        "logs/lenses/train_tuned_lens-{model}.log",
+    benchmark:
+        "benchmarks/lenses/train_tuned_lens-{model}.tsv"
+    resources:
+        mem_mb=lens_resource("mem_mb"),
+        runtime=lens_resource("runtime"),
+        gpu=lens_resource("gpu"),
+    params:
+        entry=get_model,
+        device=config["device"],
+        dtype=config["dtype"],
+        backend=config["backend"],
+        lens=get_lens_settings,
+        settings=config["tuned_lens"],
+        code=code_version("tuned"),
+    script:
+        "../scripts/train_tuned_lens.py"
+
+
+rule lens_quality:
+    input:
+        lens="resources/lenses/{model}",
+    output:
+        csv=f"{EXPERIMENT}/lens-quality-{{model}}.csv",
+        plot=report(
+            f"{EXPERIMENT}/plots/{{model}}/lens-quality.png",
+            caption="../workflow/report/lens-quality.rst",
+            category="{model}",
+            subcategory="Lens quality",
+            labels={"figure": "held-out KL and top-1 agreement"},
+        ),
+        provenance=f"{EXPERIMENT}/provenance/lens-quality-{{model}}.prov.json",
+    log:
+        "logs/001/lens_quality-{model}.log",
+    params:
+        code=[code_version("tuned"), code_version("plots")],
+    localrule: True
+    script:
+        "../scripts/lens_quality.py"

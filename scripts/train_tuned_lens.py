@@ -1,0 +1,28 @@
+"""Rule train_tuned_lens: fit one translator per layer on the shipped corpus; save the lens."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.logs import run_script  # noqa: E402
+from workflow.tuned import TunedLensSettings, train_for_model  # noqa: E402
+
+
+def main(sm):
+    lens = sm.params.lens
+    train_for_model(
+        sm.wildcards.model,
+        sm.params.entry,
+        sm.input.get("prepared"),
+        sm.output[0],
+        device=sm.params.device,
+        dtype=sm.params.dtype,
+        backend=sm.params.backend,
+        settings=TunedLensSettings.from_config(sm.params.settings),
+        use_fp32_unembed=lens.get("use_fp32_unembed", True),
+        working_memory_mb=lens.get("working_memory_mb", 128),
+    )
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)
