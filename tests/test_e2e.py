@@ -20,6 +20,8 @@ KINDS = [
     "evaluation-gemma-3-270m.md",
     "evaluation-meta.md",
     "evaluation-smollm2-135m-instruct.md",
+    "lens-quality-gemma-3-270m.csv",
+    "lens-quality-smollm2-135m-instruct.csv",
     "output-gemma-3-270m-records.csv",
     "output-gemma-3-270m.json",
     "output-smollm2-135m-instruct-records.csv",
@@ -31,6 +33,8 @@ PROVENANCE = [
     "evaluation-gemma-3-270m.prov.json",
     "evaluation-meta.prov.json",
     "evaluation-smollm2-135m-instruct.prov.json",
+    "lens-quality-gemma-3-270m.prov.json",
+    "lens-quality-smollm2-135m-instruct.prov.json",
     "output-gemma-3-270m.prov.json",
     "output-smollm2-135m-instruct.prov.json",
 ]
@@ -42,7 +46,9 @@ def default_run(tmp_path_factory):
 
     workdir = scratch_copy(tmp_path_factory.mktemp("e2e"))
     assert files_under(workdir / "results") == []
-    result = snakemake(workdir, "results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md", timeout=1800)
+    targets = ["results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md"]
+    targets += [f"results/001/lens-quality-{model}.csv" for model in ("smollm2-135m-instruct", "gemma-3-270m")]
+    result = snakemake(workdir, *targets, timeout=3000)
     assert result.returncode == 0, said(result)[-5000:]
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     return workdir, config
@@ -62,7 +68,7 @@ def test_provenance_check_passes_on_the_fresh_run(default_run):
     workdir, _ = default_run
     check = subprocess.run([sys.executable, "-m", "workflow.provenance", "check"], cwd=workdir, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.strip().endswith("8 ok, 0 not ok")
+    assert check.stdout.strip().endswith("10 ok, 0 not ok")
 
 
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
@@ -84,3 +90,20 @@ def test_final_top1_matches_plain_transformers(default_run, model, tmp_path):
         assert probe["final_top1_token"] == tok.decode([top1]), probe["id"]
         assert probe["final_top1_prob"] == pytest.approx(float(probs[top1]), abs=1e-4), probe["id"]
         assert probe["final_answer_prob"] == pytest.approx(float(probs[probe["answer_token_id"]]), abs=1e-4)
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_tuned_lens_beats_the_logit_lens_on_held_out_text(default_run, model):
+    """The tuned lens paper's result: lower KL to the final distribution at every layer but the last."""
+    import csv
+
+    workdir, _ = default_run
+    with open(workdir / "results" / "001" / f"lens-quality-{model}.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    kl = {(r["lens"], int(r["layer"])): float(r["kl_to_final"]) for r in rows}
+    n_layers = max(layer for _, layer in kl)
+    for layer in range(n_layers):
+        assert kl[("tuned", layer)] < kl[("logit", layer)], (model, layer, kl[("tuned", layer)], kl[("logit", layer)])
+    assert kl[("tuned", n_layers)] == pytest.approx(0.0, abs=1e-4) and kl[("logit", n_layers)] == pytest.approx(0.0, abs=1e-4)
+    summary = json.loads((workdir / "results" / "001" / f"output-{model}.json").read_text())
+    assert summary["lenses"] == ["logit", "tuned"]

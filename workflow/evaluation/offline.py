@@ -143,8 +143,9 @@ def _lens_disagreements(f: ModelFacts) -> str:
             f"logit lens: {where(p.first_top1_layer, p.stable_top1_layer)})"
             for p in differ
         )
-        + ". The tuned lens reads each layer in a basis trained to match the output, so where it finds the answer "
-        "earlier, the logit lens's later layer is partly its own basis mismatch."
+        + ". The two lenses read the same residuals in different bases; the tuned lens's is trained to match the output "
+        "distribution (how well, per layer, on held-out text: results/001/lens-quality-" + f.model + ".csv), so where "
+        "they differ and the tuned lens is the closer one at that layer, its reading is the better-founded."
     )
 
 
