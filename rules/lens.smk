@@ -12,6 +12,9 @@ rule run_lens:
         "logs/001/run_lens-{model}.log",
     benchmark:
         "benchmarks/001/run_lens-{model}.tsv"
+    # Snakemake sets OMP_NUM_THREADS (and MKL's) to a job's threads, 1 by default: torch
+    # would then compute on one core. These jobs take every core they are given.
+    threads: max(1, workflow.cores or 1)
     resources:
         # From the parameter count and dtype (workflow/resources.py); models.{model}.resources overrides.
         mem_mb=lens_resource("mem_mb"),

@@ -12,6 +12,9 @@ rule train_tuned_lens:
         "logs/lenses/train_tuned_lens-{model}.log",
     benchmark:
         "benchmarks/lenses/train_tuned_lens-{model}.tsv"
+    # Snakemake sets OMP_NUM_THREADS (and MKL's) to a job's threads, 1 by default: torch
+    # would then compute on one core. These jobs take every core they are given.
+    threads: max(1, workflow.cores or 1)
     resources:
         mem_mb=lens_resource("mem_mb"),
         runtime=lens_resource("runtime"),
