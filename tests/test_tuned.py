@@ -165,3 +165,15 @@ def test_tuned_rows_decode_the_translated_residual(loaded):
     logit_rows = [r for r in rows if r["lens"] == "logit"]
     tuned_rows = [r for r in rows if r["lens"] == "tuned"]
     assert any(a["top1_prob"] != b["top1_prob"] for a, b in zip(logit_rows, tuned_rows) if a["layer"] < model.n_layers)
+
+
+def test_llm_digest_carries_the_tuned_lens(tuned_run):
+    """An LLM evaluator sees where the tuned lens puts the answer, not only the offline analyst."""
+    from workflow.evaluation.analysis import model_facts
+    from workflow.evaluation.digest import model_digest
+
+    results = tuned_run / "results" / "001"
+    facts = model_facts(results / "output-tiny-llama.json", results / "output-tiny-llama-records.csv")
+    assert facts.lenses == ["logit", "tuned"]
+    digest = model_digest(facts)
+    assert digest.count("tuned lens: answer first top-1 at layer") == len(PROBES)

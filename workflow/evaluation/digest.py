@@ -23,7 +23,7 @@ def _layer_line(step: dict) -> str:
     )
 
 
-def _probe_block(probe: ProbeFacts, n_layers: int, stride: int) -> str:
+def _probe_block(probe: ProbeFacts, n_layers: int, stride: int, tuned: bool = False) -> str:
     head = (
         f"### probe {probe.id} ({probe.style})\n"
         f"prompt {probe.prompt!r} -> expected {probe.answer!r}; {probe.n_tokens} tokens\n"
@@ -31,6 +31,11 @@ def _probe_block(probe: ProbeFacts, n_layers: int, stride: int) -> str:
         f"{probe.final_answer_prob:.3g}, rank {probe.final_answer_rank}; answer first top-1 at layer "
         f"{probe.first_top1_layer}, stays top-1 from layer {probe.stable_top1_layer}"
     )
+    if tuned:
+        head += (
+            f"\ntuned lens: answer first top-1 at layer {probe.tuned_first_top1_layer}, stays top-1 from layer "
+            f"{probe.tuned_stable_top1_layer} (the table below is the logit lens)"
+        )
     if probe.reverse_of:
         head += f"\nreverse of probe {probe.reverse_of}"
     for warning in probe.warnings:
@@ -56,7 +61,7 @@ def model_digest(facts: ModelFacts, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     )
     stride = 1
     while True:
-        blocks = [_probe_block(p, facts.n_layers, stride) for p in facts.probes]
+        blocks = [_probe_block(p, facts.n_layers, stride, "tuned" in facts.lenses) for p in facts.probes]
         note = "" if stride == 1 else f"\n(every {stride}th layer shown, to fit the size budget)"
         text = header + note + "\n\n" + "\n\n".join(blocks) + "\n"
         if len(text) <= max_chars or stride >= facts.n_layers:
