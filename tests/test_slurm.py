@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from pipeline import planned_jobs, said, scratch_copy, snakemake
+from pipeline import said, scratch_copy, snakemake
 from slurm_cluster import ClusterUnavailable, start
 from workflow.resources import lens_resources, model_parameters
 
