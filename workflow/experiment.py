@@ -17,7 +17,7 @@ import torch
 
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
-from workflow.lens import LensHead, lens_statistics, logit_postprocessor
+from workflow.lens import LensHead, lens_statistics, logit_postprocessor, uses_kernel
 from workflow.models import LoadedModel, dtype_name
 from workflow.provenance import package_versions
 from workflow.records import write_records
@@ -248,6 +248,8 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
         "norm_type": type(norm).__name__,
         "final_logit_softcapping": getattr(getattr(config, "text_config", None) or config, "final_logit_softcapping", None),
         "backend": model.backend.name,
+        # The streamed lens's passes over each block: the fused CPU kernel or torch's.
+        "lens_kernel": "native" if uses_kernel(logit_postprocessor(config), model.device) else "torch",
         "device": model.device,
         "dtype": dtype_name(model.dtype),
         "packages": package_versions(),

@@ -39,11 +39,11 @@ COMMON = ("__init__.py", "atomic.py", "errors.py", "logs.py")
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "prepare": COMMON + ("provenance.py", "models.py"),  # models.py hashes files with provenance.py
     # provenance.py also writes these stages' records, which are outputs of their rules.
-    "lens": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "experiment.py", "records.py"),
+    "lens": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "native.py", "native/lens_block.c", "experiment.py", "records.py"),
     "plots": COMMON + ("plots.py", "records.py", "evaluation/__init__.py", "evaluation/analysis.py"),
     "pages": COMMON + ("pages.py",),
     # Training and applying the tuned lens (it decodes with the lens code).
-    "tuned": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "experiment.py", "records.py", "tuned.py"),
+    "tuned": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "native.py", "native/lens_block.c", "experiment.py", "records.py", "tuned.py"),
     "evaluate": COMMON
     + (
         "provenance.py",

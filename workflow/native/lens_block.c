@@ -1,0 +1,115 @@
+/* One vocabulary block of the streamed lens (workflow/lens.py, stream_statistics), fused.
+ *
+ * For each row r of the raw logits z[r, 0:width] (row stride ld) this does in one sweep
+ * what the torch path does in seven passes over the block: the block's largest logit,
+ * the count of logits above the answer's, and, against the row's reference s_r,
+ * t = z - s_r, e = exp(max(t, EXP_FLOOR)), S += sum e, Q += sum e*t. A row whose block
+ * maximum exceeds its reference by more than rebase_above first moves its reference up
+ * to that maximum (S and Q rescaled, delta[r] set so the caller can rescale what it
+ * keeps against the old reference).
+ *
+ * The final rows (final_start onwards, the last rows; row r's final row is
+ * final_start + r % n_pos) also write their e to e_out and keep S before this block in
+ * final_prev; every other row accumulates cross = sum e_final * t against them, for
+ * KL(final || row) = (Q_f - cross) / S_f - log S_f + log S. So the caller runs the final
+ * rows first, then the others. Rows are independent within each of those two calls, and
+ * the caller splits them between threads (ctypes releases the GIL).
+ * No OpenMP: its thread pool would compete with PyTorch's on the same cores.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define EXP_FLOOR (-87.0f)
+#define EXP_CEIL (88.0f)
+
+/* exp(x) for x in [EXP_FLOOR, EXP_CEIL], within 2 ulp of the correctly rounded result:
+ * x = k ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by its Taylor
+ * polynomial to degree 7 (truncation below 6e-9 relative), times 2^k built in the
+ * exponent bits. Written so that the compiler vectorises the loops that call it. */
+static inline float exp_bounded(float x) {
+    const float log2e = 1.44269504088896341f;
+    const float ln2_hi = 0.693145751953125f;
+    const float ln2_lo = 1.42860682030941723212e-6f;
+    float k = nearbyintf(x * log2e);
+    float r = (x - k * ln2_hi) - k * ln2_lo;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+void lens_block(const float *z, int64_t row_begin, int64_t row_end, int64_t width, int64_t ld,
+                const float *answer, int64_t n_answer, float rebase_above,
+                double *shift, double *S, double *Q, double *cross, int64_t *count, float *block_max, double *delta,
+                float *e_out, double *final_prev, int64_t final_start, int64_t n_pos) {
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        const float *row = z + r * ld;
+        float m = -INFINITY;
+        int64_t above = 0;
+        const float a = r < n_answer ? answer[r] : INFINITY;
+#pragma omp simd reduction(max : m) reduction(+ : above)
+        for (int64_t v = 0; v < width; ++v) {
+            m = row[v] > m ? row[v] : m;
+            above += row[v] > a;
+        }
+        block_max[r] = m;
+        count[r] += above;
+        const int final_row = r >= final_start;
+        const int64_t f = final_start + r % n_pos; /* this row's final row */
+        double d = 0.0;
+        if ((double)m - shift[r] > rebase_above) {
+            d = (double)m - shift[r];
+            const double scale = exp(-d);
+            Q[r] = scale * (Q[r] - d * S[r]);
+            S[r] *= scale;
+            shift[r] = (double)m;
+        }
+        delta[r] = d;
+        if (!final_row) {
+            /* cross = sum e_f t_r against the final row's reference and this row's: follow
+             * the final row's move (its e scale by exp(-delta_f)), then this row's (t moves
+             * by d, so cross by d times the final row's sum over the earlier blocks). */
+            if (delta[f] != 0.0)
+                cross[r] *= exp(-delta[f]);
+            cross[r] -= d * final_prev[f - final_start];
+        } else {
+            final_prev[r - final_start] = S[r];
+        }
+        /* The reference is held in double; t is formed in float from its float value. */
+        const float sf = (float)shift[r];
+        float sum_e = 0.0f, sum_et = 0.0f, sum_ft = 0.0f;
+        if (final_row) {
+            float *e_row = e_out + (r - final_start) * width;
+#pragma omp simd reduction(+ : sum_e, sum_et)
+            for (int64_t v = 0; v < width; ++v) {
+                const float t = row[v] - sf;
+                float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                e_row[v] = e;
+                sum_e += e;
+                sum_et += e * t;
+            }
+        } else {
+            const float *e_final = e_out + (f - final_start) * width;
+#pragma omp simd reduction(+ : sum_e, sum_et, sum_ft)
+            for (int64_t v = 0; v < width; ++v) {
+                const float t = row[v] - sf;
+                float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                sum_e += e;
+                sum_et += e * t;
+                sum_ft += e_final[v] * t;
+            }
+        }
+        S[r] += sum_e;
+        Q[r] += sum_et;
+        cross[r] = final_row ? Q[r] : cross[r] + sum_ft;
+    }
+}
