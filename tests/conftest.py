@@ -52,3 +52,16 @@ def tiny_config(tiny_dirs, **overrides):
     }
     config.update(overrides)
     return config
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernel(request, monkeypatch):
+    """Each streamed-lens test runs twice: with the fused CPU kernel and with the torch path."""
+    from workflow import native
+
+    monkeypatch.setenv(native.ENV, request.param)
+    native._library.cache_clear()
+    if request.param == "native" and native.build_error() is not None:
+        pytest.skip(f"the fused kernel cannot be built here ({native.build_error()}); the torch path is tested")
+    yield request.param
+    native._library.cache_clear()

@@ -108,7 +108,7 @@ def test_block_rows_follows_the_budget():
     assert block_rows(320, 256) > 10_000
 
 
-def test_streamed_and_whole_row_records_agree(loaded, probes, monkeypatch):
+def test_streamed_and_whole_row_records_agree(kernel, loaded, probes, monkeypatch):
     """Streaming the vocabulary (one pass) and decoding whole rows one at a time agree to float rounding."""
     from workflow import lens
 

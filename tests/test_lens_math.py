@@ -96,7 +96,7 @@ IDENTITIES = {"through-weights": None, "elementwise": lambda z: z}
 
 
 @pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
-def test_streamed_vocabulary_blocks_match_whole_rows(monkeypatch, postprocess):
+def test_streamed_vocabulary_blocks_match_whole_rows(kernel, monkeypatch, postprocess):
     """Many vocabulary blocks, the answer's block out of order, several position blocks."""
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(1000, 16, generator=gen)
@@ -108,7 +108,7 @@ def test_streamed_vocabulary_blocks_match_whole_rows(monkeypatch, postprocess):
 
 @pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
 @pytest.mark.parametrize("sign", [1, -1], ids=["rows-move", "final-rows-move"])
-def test_streaming_survives_logits_far_above_the_first_block(monkeypatch, sign, postprocess):
+def test_streaming_survives_logits_far_above_the_first_block(kernel, monkeypatch, sign, postprocess):
     """A later block with logits hundreds of nats above the first: the reference moves, nothing overflows."""
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(1000, 16, generator=gen)
@@ -127,7 +127,7 @@ def test_streaming_survives_logits_far_above_the_first_block(monkeypatch, sign, 
     check_against_numpy(rows, logits, answer=5)
 
 
-def test_streaming_applies_soft_capping_per_block(monkeypatch):
+def test_streaming_applies_soft_capping_per_block(kernel, monkeypatch):
     gen = torch.Generator().manual_seed(3)
     weight = torch.randn(600, 16, generator=gen) * 5
     residuals = torch.randn(3, 4, 16, generator=gen)
@@ -138,7 +138,7 @@ def test_streaming_applies_soft_capping_per_block(monkeypatch):
 
 
 @pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
-def test_streaming_with_a_separate_final_head(monkeypatch, postprocess):
+def test_streaming_with_a_separate_final_head(kernel, monkeypatch, postprocess):
     """Without the norm lens, rows are decoded raw and the final distribution through the norm."""
     from workflow import lens
 

@@ -32,7 +32,7 @@ def test_corpus_split_is_disjoint_and_held_out_text_is_never_trained_on():
     assert not set(train_docs) & set(heldout_docs)
 
 
-def test_zero_initialised_lens_is_exactly_the_logit_lens(loaded):
+def test_zero_initialised_lens_is_exactly_the_logit_lens(kernel, loaded):
     model = loaded["gemma3"]
     lens = tuned.TunedLens(model.n_layers, model.d_model)
     _, rows = run_lens(model, [dict(p) for p in PROBES], LensSettings(), lens)
@@ -138,7 +138,7 @@ def test_retraining_invalidates_the_lens_run(tuned_run, tmp_path):
         assert {("train_tuned_lens", model), ("run_lens", model), ("lens_quality", model)} <= planned
 
 
-def test_tuned_rows_decode_the_translated_residual(loaded):
+def test_tuned_rows_decode_the_translated_residual(kernel, loaded):
     """Against an independent computation: softmax(lm_head(norm(h + A h + b))) at every layer."""
     model = loaded["llama"]
     gen = torch.Generator().manual_seed(5)

@@ -124,6 +124,15 @@ def available() -> bool:
     return _library() is not None
 
 
+def build_error() -> str | None:
+    """Why the kernel cannot be built here, or None where it can."""
+    try:
+        build()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        return str(error)
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="lens-kernel")

@@ -22,6 +22,7 @@
 
 #define EXP_FLOOR (-87.0f)
 #define EXP_CEIL (88.0f)
+#define CHUNK 512
 
 /* exp(x) for x in [EXP_FLOOR, EXP_CEIL], within 2 ulp of the correctly rounded result:
  * x = k ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by its Taylor
@@ -84,32 +85,41 @@ void lens_block(const float *z, int64_t row_begin, int64_t row_end, int64_t widt
         } else {
             final_prev[r - final_start] = S[r];
         }
-        /* The reference is held in double; t is formed in float from its float value. */
+        /* The reference is held in double; t is formed in float from its float value. The
+         * sums run in float over chunks of CHUNK values (vectorised) and in double across
+         * chunks, so a wide block loses no more than a narrow one. */
         const float sf = (float)shift[r];
-        float sum_e = 0.0f, sum_et = 0.0f, sum_ft = 0.0f;
-        if (final_row) {
-            float *e_row = e_out + (r - final_start) * width;
+        double total_e = 0.0, total_et = 0.0, total_ft = 0.0;
+        float *e_row = final_row ? e_out + (r - final_start) * width : 0;
+        const float *e_final = final_row ? 0 : e_out + (f - final_start) * width;
+        for (int64_t c0 = 0; c0 < width; c0 += CHUNK) {
+            const int64_t c1 = c0 + CHUNK < width ? c0 + CHUNK : width;
+            float sum_e = 0.0f, sum_et = 0.0f, sum_ft = 0.0f;
+            if (final_row) {
 #pragma omp simd reduction(+ : sum_e, sum_et)
-            for (int64_t v = 0; v < width; ++v) {
-                const float t = row[v] - sf;
-                float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
-                e_row[v] = e;
-                sum_e += e;
-                sum_et += e * t;
-            }
-        } else {
-            const float *e_final = e_out + (f - final_start) * width;
+                for (int64_t v = c0; v < c1; ++v) {
+                    const float t = row[v] - sf;
+                    float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                    e_row[v] = e;
+                    sum_e += e;
+                    sum_et += e * t;
+                }
+            } else {
 #pragma omp simd reduction(+ : sum_e, sum_et, sum_ft)
-            for (int64_t v = 0; v < width; ++v) {
-                const float t = row[v] - sf;
-                float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
-                sum_e += e;
-                sum_et += e * t;
-                sum_ft += e_final[v] * t;
+                for (int64_t v = c0; v < c1; ++v) {
+                    const float t = row[v] - sf;
+                    float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                    sum_e += e;
+                    sum_et += e * t;
+                    sum_ft += e_final[v] * t;
+                }
             }
+            total_e += sum_e;
+            total_et += sum_et;
+            total_ft += sum_ft;
         }
-        S[r] += sum_e;
-        Q[r] += sum_et;
-        cross[r] = final_row ? Q[r] : cross[r] + sum_ft;
+        S[r] += total_e;
+        Q[r] += total_et;
+        cross[r] = final_row ? Q[r] : cross[r] + total_ft;
     }
 }
