@@ -8,7 +8,9 @@ CPU, float32, each method in a fresh child process (its own peak RSS), timed fro
 "model loaded" to "statistics for every layer and position in hand", best of --repeats:
 
 - ours: ``workflow.experiment.run_lens`` (forward pass with hooks, identity check,
-  streamed unembedding and every recorded statistic);
+  streamed unembedding and every recorded statistic), with the fused CPU kernel;
+- ours-torch: the same with ``LAYERWISE_LENS_KERNEL=torch`` (the path taken where no C
+  compiler is found, and on GPUs);
 - tuned-lens: ``PredictionTrajectory.from_lens_and_model`` with its ``LogitLens``
   (forward pass with all hidden states, then final norm, unembedding and log-softmax
   per layer, kept as one [layers, positions, vocab] array); its statistics are then
@@ -43,7 +45,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from lens_memory import TEXT, prepared_dir  # noqa: E402
 
-METHODS = ("ours", "tuned-lens", "transformer-lens")
+METHODS = ("ours", "ours-torch", "tuned-lens", "transformer-lens")
 REFERENCE = "float64"  # the same lens in float64 arithmetic on our residuals: exact to ~1e-12
 TOP_K = 5
 
@@ -71,7 +73,7 @@ def worker(args) -> None:
     torch.manual_seed(0)
     path = str(prepared_dir(args.model))
     out: dict = {"method": args.method, "model": args.model}
-    if args.method == "ours":
+    if args.method in ("ours", "ours-torch"):  # the second with LAYERWISE_LENS_KERNEL=torch
         from workflow.experiment import LensSettings, run_lens
         from workflow.models import load_model
 
@@ -86,6 +88,9 @@ def worker(args) -> None:
         for row in rows:
             grid[0][row["layer"], row["position"]] = row["topk_probs"]
             grid[1][row["layer"], row["position"]] = row["answer_prob"]
+        from workflow.lens import logit_postprocessor, uses_kernel
+
+        out["kernel"] = "native" if uses_kernel(logit_postprocessor(model.hf_config), "cpu") else "torch"
         out.update(seconds=seconds, layers=n_layers, positions=n_pos, vocab=int(model.backend.unembed.original_component.weight.shape[0]),
                    d_model=model.d_model, answer=summary["probes"][0]["answer_token_id"],
                    input_ids=summary["probes"][0]["input_ids"])
@@ -166,7 +171,10 @@ def run_worker(method: str, model: str, args, extra: dict) -> dict:
                "--repeats", str(args.repeats), "--arrays", str(arrays)]
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if method == "ours-torch":
+        env["LAYERWISE_LENS_KERNEL"] = "torch"
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
         return {"method": method, "model": model, "error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -216,7 +224,7 @@ def main() -> None:
     print(f"prompt: {args.tokens} tokens, all positions, every layer, CPU float32; best of {args.repeats}\n")
     print("| model | method | lens time (s) | vs ours | peak RSS (GB) | vs ours | max abs(dp) vs ours | max abs(dp) vs float64 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    throughput = []
+    throughput, alternatives = [], {}
     for model in args.models:
         ours = run_worker("ours", model, args, {})
         if "error" in ours:
@@ -224,23 +232,28 @@ def main() -> None:
             continue
         shared = {"input_ids": json.dumps(ours["input_ids"]), "answer": ours["answer"]}
         exact = run_worker(REFERENCE, model, args, shared)
-        print(f"| {model} | ours | {ours['seconds']:.2f} | 1.00 | {ours['peak_rss_gb']:.2f} | 1.00 | 0 | {max_difference(exact, ours):.1g} |")
+        print(f"| {model} | ours ({ours['kernel']} kernel) | {ours['seconds']:.2f} | 1.00 | {ours['peak_rss_gb']:.2f} | 1.00 | 0 | {max_difference(exact, ours):.1g} |")
         for method in METHODS[1:]:
             peer = run_worker(method, model, args, shared)
             if "error" in peer:
                 print(f"| {model} | {method} | fails: {peer['error'][:90]} | | | | | |")
                 continue
-            print(f"| {model} | {method} | {peer['seconds']:.2f} | {peer['seconds'] / ours['seconds']:.2f} | "
+            label = f"ours ({peer['kernel']} kernel)" if method == "ours-torch" else method
+            if method == "ours-torch":
+                alternatives[model] = (label, peer)
+            print(f"| {model} | {label} | {peer['seconds']:.2f} | {peer['seconds'] / ours['seconds']:.2f} | "
                   f"{peer['peak_rss_gb']:.2f} | {peer['peak_rss_gb'] / ours['peak_rss_gb']:.2f} | {max_difference(ours, peer):.2g} | "
                   f"{max_difference(exact, peer):.2g} |")
         flops = 2 * ours["layers"] * ours["positions"] * ours["vocab"] * ours["d_model"]
         shaped = matmul_rate((ours["layers"] + 1) * ours["positions"], ours["d_model"], 4096)
-        throughput.append((model, ours, flops, shaped))
-    print("\n| model | layers x positions x vocab x d_model | unembedding GFLOP | lens time (s) | GFLOP/s | of peak matmul | of same-shape matmul |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for model, ours, flops, shaped in throughput:
+        throughput.append((model, f"ours ({ours['kernel']} kernel)", ours, flops, shaped))
+        if model in alternatives:
+            throughput.append((model, *alternatives[model], flops, shaped))
+    print("\n| model | method | layers x positions x vocab x d_model | unembedding GFLOP | lens time (s) | GFLOP/s | of peak matmul | of same-shape matmul |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for model, label, ours, flops, shaped in throughput:
         rate = flops / ours["seconds"]
-        print(f"| {model} | {ours['layers']} x {ours['positions']} x {ours['vocab']} x {ours['d_model']} | {flops / 1e9:.0f} | "
+        print(f"| {model} | {label} | {ours['layers']} x {ours['positions']} x {ours['vocab']} x {ours['d_model']} | {flops / 1e9:.0f} | "
               f"{ours['seconds']:.2f} | {rate / 1e9:.0f} | {rate / peak:.0%} | {rate / shaped:.0%} |")
 
 

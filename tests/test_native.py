@@ -143,3 +143,16 @@ def test_records_say_which_kernel_ran(kernel, loaded, probes):
     from workflow.experiment import model_metadata
 
     assert model_metadata(loaded["llama"])["lens_kernel"] == kernel
+
+
+def test_auto_leaves_many_threads_to_torch(built, monkeypatch):
+    """Above MAX_THREADS the kernel's threads lose to PyTorch's spinning workers (measured)."""
+    monkeypatch.setattr(native.torch, "get_num_threads", lambda: native.MAX_THREADS + 1)
+    assert native.preferred()  # LAYERWISE_LENS_KERNEL=native: always
+    monkeypatch.setenv(native.ENV, "auto")
+    assert not native.preferred()
+    monkeypatch.setattr(native.torch, "get_num_threads", lambda: native.MAX_THREADS)
+    assert native.preferred()
+    monkeypatch.setenv(native.ENV, "torch")
+    native._library.cache_clear()
+    assert not native.preferred()

@@ -263,8 +263,9 @@ def stream_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_m
 
 def uses_kernel(postprocess: Callable, device: torch.device | str) -> bool:
     """Whether the streamed lens runs the fused CPU kernel (workflow/native.py): on a CPU,
-    where the logits are the linear map itself, and where the kernel builds."""
-    return getattr(postprocess, "is_identity", False) and torch.device(device).type == "cpu" and native.available()
+    where the logits are the linear map itself, and where the kernel builds and pays
+    (``native.preferred``)."""
+    return getattr(postprocess, "is_identity", False) and torch.device(device).type == "cpu" and native.preferred()
 
 
 @torch.no_grad()
@@ -395,9 +396,10 @@ def stream_statistics(
             t = z[:n_rows]
             final_e = e[final_index]
             if linear:
-                G += final_e @ block
+                # float32 sums (a half-precision head's block is widened; it is small).
+                G += final_e @ block.float()
                 if bias is not None:
-                    B += final_e @ bias[v0:v1]
+                    B += final_e @ bias[v0:v1].float()
             else:
                 cross += torch.mul(t.view(n_layers_plus_one, n_p, width), final_e, out=scratch[:n_rows].view(n_layers_plus_one, n_p, width)).sum(-1).reshape(n_rows)
             S += e.sum(-1)

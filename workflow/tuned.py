@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -302,10 +301,6 @@ def training_config(model_key: str, head: LensHead, settings: TunedLensSettings,
 def describe(history: list[dict[str, float]]) -> str:
     first, last = history[0]["mean_kl"], history[-1]["mean_kl"]
     return f"mean KL per layer {first:.3f} -> {last:.3f} nats over {len(history)} steps"
-
-
-def is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
 
 
 def train_for_model(
