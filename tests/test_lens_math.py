@@ -163,3 +163,39 @@ def test_streaming_with_a_separate_final_head(kernel, monkeypatch, postprocess):
         assert row.entropy == pytest.approx(entropy[0], rel=1e-6, abs=2e-5)
         assert row.kl_to_final == pytest.approx(max(kl[0], 0.0), rel=1e-6, abs=2e-5)
         assert row.answer_prob == pytest.approx(p[0, 9], abs=1e-7) and row.answer_rank == rank[0]
+
+
+def test_streaming_with_a_half_precision_head(kernel, monkeypatch):
+    """use_fp32_unembed: false on a bfloat16 model: the head's own dtype all the way (this
+    once failed on the torch path, mixing float32 sums with a bfloat16 block)."""
+    from workflow import lens
+
+    monkeypatch.setattr(lens, "stream_plan", lambda *args: (2, 128))
+    gen = torch.Generator().manual_seed(6)
+    weight = torch.randn(600, 16, generator=gen)
+    residuals = (torch.randn(3, 4, 16, generator=gen) * 2).bfloat16()
+    unembed = torch.nn.Linear(16, 600, bias=False).bfloat16()
+    unembed.weight.data = weight.bfloat16()
+    norm = torch.nn.LayerNorm(16).bfloat16()
+    head = lens.LensHead(norm, unembed, logit_postprocessor(Config()), torch.bfloat16)
+    rows = list(lens.lens_statistics(residuals, head, head, 7, 4, 600, 1))
+    with torch.no_grad():
+        logits = head.logits(residuals).double().numpy()  # the head's own bfloat16 product, whole rows
+    assert len(rows) == 12
+    for row in rows:
+        p, entropy, kl, rank = numpy_metrics(logits[row.layer, row.position][None], logits[-1, row.position][None], 7)
+        # bfloat16 products of a block and of a whole row may round differently: 3 significant bits
+        assert row.answer_prob == pytest.approx(p[0, 7], rel=0.05, abs=1e-3)
+        assert row.entropy == pytest.approx(entropy[0], rel=0.05, abs=0.02)
+        assert row.kl_to_final == pytest.approx(max(kl[0], 0.0), rel=0.05, abs=0.02)
+
+
+def test_stream_plan_fits_the_cache_on_a_cpu_and_the_budget_elsewhere():
+    from workflow.lens import CACHE_CELLS, FLOAT32_BYTES, STREAM_LIVE_TENSORS, stream_plan
+
+    budget_cells = 128 * 2**20 // (FLOAT32_BYTES * STREAM_LIVE_TENSORS)
+    for on_cpu, cap in ((True, CACHE_CELLS), (False, budget_cells)):
+        positions, width = stream_plan(19, 129, 262144, 128, on_cpu)
+        assert positions == 129 and width % 64 == 0
+        assert (19 + 1) * positions * width <= cap < (19 + 1) * positions * (width + 64)
+    assert stream_plan(19, 129, 262144, 128, False)[1] > 4 * stream_plan(19, 129, 262144, 128, True)[1]

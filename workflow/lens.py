@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -115,6 +115,11 @@ class LayerStats:
     answer_rank: torch.Tensor  # [...], 1-based
     kl_to_final: torch.Tensor  # [...], KL(final || row), nats
 
+    def cpu(self) -> LayerStats:
+        """On the host at once: read element by element from a GPU, each value would be
+        its own device-to-host copy (measured: 0.34 s of a 0.41 s lens on an H100)."""
+        return LayerStats(*(getattr(self, field.name).cpu() for field in fields(self)))
+
 
 def layer_metrics(
     logits: torch.Tensor, final_logprobs: torch.Tensor, answer_id: int, top_k: int
@@ -211,7 +216,7 @@ def block_statistics(
             layers = list(range(l0, min(n_layers_plus_one, l0 + layer_block)))
             hidden = _transformed(residuals[:, positions], layers, transform)  # [nl, np, d]
             logits = head.logits(hidden.reshape(-1, d_model)).reshape(len(layers), len(positions), -1)
-            stats = layer_metrics(logits, final_lp[None], answer_id, top_k)
+            stats = layer_metrics(logits, final_lp[None], answer_id, top_k).cpu()
             del logits
             for i, layer in enumerate(layers):
                 for j, position in enumerate(positions):
@@ -242,10 +247,13 @@ REBASE_ABOVE = 60.0
 EXP_FLOOR = -87.0
 
 
-def stream_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_mb: int) -> tuple[int, int]:
+def stream_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_mb: int, on_cpu: bool = True) -> tuple[int, int]:
     """(positions per block, vocabulary columns per block).
 
-    Buffers of about CACHE_CELLS floats each stay in the processor's cache between the
+    On a GPU the blocks fill ``working_memory_mb``: there each block costs kernel launches
+    and a few synchronisations whatever its size (measured on an H100 with a Gemma-3-270m-
+    sized lens: 1 ms per block at 2 MB, see bench/README.md). On a CPU, buffers of about
+    CACHE_CELLS floats each stay in the processor's cache between the
     passes over a block (measured: 3.6 s instead of 4.2 s on gemma-3-270m with 128
     tokens when blocks shrink from 21 MB to 10 MB), within ``working_memory_mb``. All
     positions go at once while the vocabulary blocks stay at least MIN_VOCAB_BLOCK wide
@@ -253,7 +261,9 @@ def stream_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_m
     multiples of 64 (the product of a 2432-row block runs 8-10% slower 819 columns wide
     than 768 or 832).
     """
-    cells = min(CACHE_CELLS, working_memory_mb * 2**20 // (FLOAT32_BYTES * STREAM_LIVE_TENSORS))
+    cells = working_memory_mb * 2**20 // (FLOAT32_BYTES * STREAM_LIVE_TENSORS)
+    if on_cpu:
+        cells = min(CACHE_CELLS, cells)
     pos_block = n_pos
     while pos_block > 1 and (n_layers_plus_one + 1) * pos_block * MIN_VOCAB_BLOCK > cells:
         pos_block = (pos_block + 1) // 2
@@ -300,7 +310,7 @@ def stream_statistics(
     # the transform leaves the last layer alone (a tuned lens has no translator there).
     shared_final = head is final_head and (transform is None or getattr(transform, "final_is_identity", False))
     fused = uses_kernel(head.postprocess, device)
-    pos_block, vocab_block = stream_plan(n_layers_plus_one, n_pos, vocab, working_memory_mb)
+    pos_block, vocab_block = stream_plan(n_layers_plus_one, n_pos, vocab, working_memory_mb, device.type == "cpu")
     # The answer's block first: its logit, exactly as computed there, is what every
     # later block's logits are counted against for the rank.
     first = (answer_id // vocab_block) * vocab_block
@@ -420,6 +430,6 @@ def stream_statistics(
             answer_prob=torch.exp(answer_z.double() - shift[:n_rows] - log_s[:n_rows]),
             answer_rank=count.long() + 1,
             kl_to_final=kl.clamp_min(0.0),
-        )
+        ).cpu()
         for r in range(n_rows):
             yield _row(stats, (r,), layers[r // n_p], positions[r % n_p])
