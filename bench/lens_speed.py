@@ -192,6 +192,10 @@ def matmul_rate(m: int, k: int, n: int, repeats: int = 5) -> float:
     return 2 * m * k * n / seconds
 
 
+def ours_label(result: dict) -> str:
+    return "ours (fused kernel)" if result["kernel"] == "native" else "ours (torch path)"
+
+
 def max_difference(ours: dict, peer: dict) -> float:
     import numpy as np
 
@@ -232,13 +236,13 @@ def main() -> None:
             continue
         shared = {"input_ids": json.dumps(ours["input_ids"]), "answer": ours["answer"]}
         exact = run_worker(REFERENCE, model, args, shared)
-        print(f"| {model} | ours ({ours['kernel']} kernel) | {ours['seconds']:.2f} | 1.00 | {ours['peak_rss_gb']:.2f} | 1.00 | 0 | {max_difference(exact, ours):.1g} |")
+        print(f"| {model} | {ours_label(ours)} | {ours['seconds']:.2f} | 1.00 | {ours['peak_rss_gb']:.2f} | 1.00 | 0 | {max_difference(exact, ours):.1g} |")
         for method in METHODS[1:]:
             peer = run_worker(method, model, args, shared)
             if "error" in peer:
                 print(f"| {model} | {method} | fails: {peer['error'][:90]} | | | | | |")
                 continue
-            label = f"ours ({peer['kernel']} kernel)" if method == "ours-torch" else method
+            label = ours_label(peer) if method == "ours-torch" else method
             if method == "ours-torch":
                 alternatives[model] = (label, peer)
             print(f"| {model} | {label} | {peer['seconds']:.2f} | {peer['seconds'] / ours['seconds']:.2f} | "
@@ -246,7 +250,7 @@ def main() -> None:
                   f"{max_difference(exact, peer):.2g} |")
         flops = 2 * ours["layers"] * ours["positions"] * ours["vocab"] * ours["d_model"]
         shaped = matmul_rate((ours["layers"] + 1) * ours["positions"], ours["d_model"], 4096)
-        throughput.append((model, f"ours ({ours['kernel']} kernel)", ours, flops, shaped))
+        throughput.append((model, ours_label(ours), ours, flops, shaped))
         if model in alternatives:
             throughput.append((model, *alternatives[model], flops, shaped))
     print("\n| model | method | layers x positions x vocab x d_model | unembedding GFLOP | lens time (s) | GFLOP/s | of peak matmul | of same-shape matmul |")
