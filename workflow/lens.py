@@ -296,8 +296,11 @@ def stream_statistics(
     without cancellation between large numbers; the top-k of t; the count of logits
     above the answer's (its rank); and C = sum over v of e_final(v) * t(v) against the
     final distribution at its position, so KL(final || row) = (Q_f - C) / S_f - log S_f
-    + log S. Where the logits are the linear map itself (no soft-capping), C comes from
-    G = sum e_final W, a small matrix product, instead of a pass over the block.
+    + log S. On a CPU, where the logits are the linear map itself (no soft-capping), the
+    fused kernel (workflow/native.py) does all of this per block in one sweep per row,
+    C included. Otherwise torch does it in passes over the block; where the logits are the
+    linear map itself C then comes from G = sum e_final W, a small matrix product, instead
+    of a pass.
     """
     n_layers_plus_one, n_pos, _ = residuals.shape
     weight, bias = head.linear()  # type: ignore[misc]
