@@ -70,6 +70,14 @@ def planned_jobs(dry_run_output: str) -> Counter:
     return jobs
 
 
+def finished_run(dest: Path, config: dict | None = None, *targets: str) -> Path:
+    """A scratch copy run to completion (the default target unless ``targets`` are given)."""
+    workdir = scratch_copy(dest, config)
+    result = snakemake(workdir, *targets)
+    assert result.returncode == 0, said(result)[-4000:]
+    return workdir
+
+
 def said(result: subprocess.CompletedProcess) -> str:
     """Everything Snakemake printed (it reports some errors on stdout, others on stderr)."""
     return result.stdout + result.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from llm_server import MARKER, LLMServer
-from pipeline import files_under, said, scratch_copy, snakemake, write_config
+from pipeline import files_under, finished_run, said, snakemake, write_config
 from workflow.errors import UserError
 from workflow.evaluation.providers import EvaluationRequest, ProviderError, make_provider
 from workflow.evaluation.run import EvaluationError, complete
@@ -148,9 +148,7 @@ def test_cache_answers_the_second_call(llm, tmp_path):
 def lens_done(tiny_dirs, tmp_path_factory):
     """A scratch workflow whose lens outputs exist; tests copy it and run the evaluations."""
     config = tiny_config(tiny_dirs)
-    workdir = scratch_copy(tmp_path_factory.mktemp("llm-pipeline"), config)
-    result = snakemake(workdir, "results/001/output-tiny-llama.json", "results/001/output-tiny-gemma3.json")
-    assert result.returncode == 0, said(result)[-3000:]
+    workdir = finished_run(tmp_path_factory.mktemp("llm-pipeline"), config, "results/001/output-tiny-llama.json", "results/001/output-tiny-gemma3.json")
     return workdir, config
 
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import PROBES, tiny_config
-from pipeline import files_under, said, scratch_copy, snakemake
+from pipeline import files_under, finished_run, said, scratch_copy, snakemake
 from workflow.evaluation.templates import heading_problems, load_template
 from workflow.records import read_records
 
@@ -16,10 +16,7 @@ from workflow.records import read_records
 @pytest.fixture(scope="module")
 def finished(tiny_dirs, tmp_path_factory):
     """A scratch workflow run to completion (default target: everything) on the tiny models."""
-    workdir = scratch_copy(tmp_path_factory.mktemp("pipeline"), tiny_config(tiny_dirs))
-    result = snakemake(workdir)
-    assert result.returncode == 0, said(result)[-4000:]
-    return workdir
+    return finished_run(tmp_path_factory.mktemp("pipeline"), tiny_config(tiny_dirs))
 
 
 def test_full_run_writes_all_five_kinds_of_file(finished):

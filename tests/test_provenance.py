@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from pipeline import planned_jobs, said, scratch_copy, snakemake
+from pipeline import finished_run, planned_jobs, said, snakemake
 
 MODELS = ["tiny-llama", "tiny-gemma3"]
 LENS = {("run_lens", m) for m in MODELS}
@@ -19,10 +19,7 @@ PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_cross", None)}
 
 @pytest.fixture(scope="module")
 def built(tiny_dirs, tmp_path_factory):
-    workdir = scratch_copy(tmp_path_factory.mktemp("provenance"), tiny_config(tiny_dirs))
-    result = snakemake(workdir)
-    assert result.returncode == 0, said(result)[-4000:]
-    return workdir
+    return finished_run(tmp_path_factory.mktemp("provenance"), tiny_config(tiny_dirs))
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import PROBES, tiny_config
-from pipeline import planned_jobs, said, scratch_copy, snakemake
+from pipeline import finished_run, planned_jobs, said, snakemake
 from workflow.errors import UserError
 from workflow.experiment import LensSettings, lens_heads, run_lens
 from workflow.records import read_records
@@ -97,10 +97,7 @@ TUNED = {"lenses": ["logit", "tuned"], "tuned_lens": {"steps": 15, "batch_positi
 
 @pytest.fixture(scope="module")
 def tuned_run(tiny_dirs, tmp_path_factory):
-    workdir = scratch_copy(tmp_path_factory.mktemp("tuned"), tiny_config(tiny_dirs, **TUNED))
-    result = snakemake(workdir)
-    assert result.returncode == 0, said(result)[-4000:]
-    return workdir
+    return finished_run(tmp_path_factory.mktemp("tuned"), tiny_config(tiny_dirs, **TUNED))
 
 
 def test_pipeline_records_both_lenses_and_their_quality(tuned_run):
