@@ -1,11 +1,12 @@
 # Config validation, wildcard constraints and input functions shared by all rules.
-import json
 import os
+
+import yaml
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from workflow.config import check_config, describe_validation_error, model_entry, schema_violation
+from workflow.config import check_config, coerce_strings, describe_validation_error, model_entry, schema_violation
 from workflow.errors import UserError
 from workflow.evaluation.providers import stage_settings
 from workflow.models import PREPARED_SOURCES
@@ -13,18 +14,32 @@ from workflow.provenance import code_version
 from workflow.resources import lens_resources, prepare_resources
 
 CONFIGFILE = "config/config.yaml"
+# The software of every rule, for --sdm conda (pinned as in pyproject.toml).
+CONDA_ENV = "../workflow/envs/pipeline.yaml"
 EXPERIMENT = "results/001"
 
+SCHEMA = os.path.join(workflow.basedir, "config", "schema.yaml")
+# What --config set on the command line: errors in it are blamed on --config, not the file.
+OVERRIDES = workflow.config_settings.overwrite_config or {}
+
 try:
-    validate(config, schema="../config/schema.yaml")
+    with open(SCHEMA, encoding="utf-8") as fh:
+        coerce_strings(config, yaml.safe_load(fh))
+    validate(config, schema=SCHEMA)
     check_config(config, CONFIGFILE)
 except WorkflowError as e:
     cause = schema_violation(e)
     if cause is None:
         raise
-    raise WorkflowError(describe_validation_error(cause, CONFIGFILE)) from None
+    raise WorkflowError(describe_validation_error(cause, CONFIGFILE, OVERRIDES)) from None
 except UserError as e:
     raise WorkflowError(str(e)) from None
+
+# The model-heavy rules (prepare_model, train_tuned_lens, run_lens) ask for every core of
+# the machine; Snakemake lowers that to --cores (and --max-threads), so `--cores 1` means
+# one thread, and `--report`/`--unlock`/`--lint` need no --cores at all. Snakemake sets
+# OMP_NUM_THREADS to a job's threads, which is what torch computes with.
+MODEL_THREADS = os.cpu_count() or 1
 
 MODELS = list(config["models"])
 LENSES = config["lenses"]
@@ -117,3 +132,24 @@ def get_model_outputs(wildcards):
         "outputs": expand(f"{EXPERIMENT}/output-{{model}}.json", model=MODELS),
         "records": expand(f"{EXPERIMENT}/output-{{model}}-records.csv", model=MODELS),
     }
+
+
+def get_page_inputs(wildcards):
+    """The evaluation and the figures it links (embedded into the page)."""
+    name = wildcards.name
+    if name in MODELS:
+        figures = expand(f"{EXPERIMENT}/plots/{name}/heatmap-{{probe}}.png", probe=PROBE_IDS)
+    elif name == "cross-model":
+        figures = [f"{EXPERIMENT}/plots/cross-model-trajectories.png"]
+    elif name == "meta":
+        figures = []
+    else:
+        raise WorkflowError(
+            f"no evaluation named {name!r}: pages exist for the models in {CONFIGFILE} "
+            f"({', '.join(MODELS)}), 'cross-model' and 'meta'"
+        )
+    return {"evaluation": f"{EXPERIMENT}/evaluation-{name}.md", "figures": figures}
+
+
+def page_category(wildcards):
+    return {"cross-model": "Cross-model", "meta": "Method"}.get(wildcards.name, wildcards.name)

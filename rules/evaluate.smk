@@ -12,6 +12,8 @@ rule evaluate_model:
         provenance=f"{EXPERIMENT}/provenance/evaluation-{{model}}.prov.json",
     log:
         "logs/001/evaluate_model-{model}.log",
+    conda:
+        CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "single-model"),
         code=code_version("evaluate"),
@@ -31,6 +33,8 @@ rule evaluate_cross:
         provenance=f"{EXPERIMENT}/provenance/evaluation-cross-model.prov.json",
     log:
         "logs/001/evaluate_cross.log",
+    conda:
+        CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "cross-model"),
         code=code_version("evaluate"),
@@ -49,6 +53,8 @@ rule evaluate_meta:
         provenance=f"{EXPERIMENT}/provenance/evaluation-meta.prov.json",
     log:
         "logs/001/evaluate_meta.log",
+    conda:
+        CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "meta"),
         code=code_version("evaluate"),

@@ -10,11 +10,11 @@ rule run_lens:
         provenance=f"{EXPERIMENT}/provenance/output-{{model}}.prov.json",
     log:
         "logs/001/run_lens-{model}.log",
+    conda:
+        CONDA_ENV
     benchmark:
         "benchmarks/001/run_lens-{model}.tsv"
-    # Snakemake sets OMP_NUM_THREADS (and MKL's) to a job's threads, 1 by default: torch
-    # would then compute on one core. These jobs take every core they are given.
-    threads: max(1, workflow.cores or 1)
+    threads: MODEL_THREADS
     resources:
         # From the parameter count and dtype (workflow/resources.py); models.{model}.resources overrides.
         mem_mb=lens_resource("mem_mb"),

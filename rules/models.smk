@@ -8,11 +8,11 @@ rule prepare_model:
         directory("resources/models/{model}"),
     log:
         "logs/models/prepare_model-{model}.log",
+    conda:
+        CONDA_ENV
     benchmark:
         "benchmarks/models/prepare_model-{model}.tsv"
-    # Snakemake sets OMP_NUM_THREADS (and MKL's) to a job's threads, 1 by default: torch
-    # would then compute on one core. These jobs take every core they are given.
-    threads: max(1, workflow.cores or 1)
+    threads: MODEL_THREADS
     resources:
         mem_mb=prepare_resource("mem_mb"),
         runtime=prepare_resource("runtime"),

@@ -17,6 +17,8 @@ rule plot_heatmaps:
         ],
     log:
         "logs/001/plot_heatmaps-{model}.log",
+    conda:
+        CONDA_ENV
     params:
         probes=PROBE_IDS,
         code=code_version("plots"),
@@ -38,6 +40,8 @@ rule plot_cross:
         ),
     log:
         "logs/001/plot_cross.log",
+    conda:
+        CONDA_ENV
     params:
         code=code_version("plots"),
     localrule: True

@@ -4,27 +4,6 @@
 # "Cross-model" and "Method". Captions are in workflow/report/.
 
 
-def get_page_inputs(wildcards):
-    """The evaluation and the figures it links (embedded into the page)."""
-    name = wildcards.name
-    if name in MODELS:
-        figures = expand(f"{EXPERIMENT}/plots/{name}/heatmap-{{probe}}.png", probe=PROBE_IDS)
-    elif name == "cross-model":
-        figures = [f"{EXPERIMENT}/plots/cross-model-trajectories.png"]
-    elif name == "meta":
-        figures = []
-    else:
-        raise WorkflowError(
-            f"no evaluation named {name!r}: pages exist for the models in {CONFIGFILE} "
-            f"({', '.join(MODELS)}), 'cross-model' and 'meta'"
-        )
-    return {"evaluation": f"{EXPERIMENT}/evaluation-{name}.md", "figures": figures}
-
-
-def page_category(wildcards):
-    return {"cross-model": "Cross-model", "meta": "Method"}.get(wildcards.name, wildcards.name)
-
-
 rule evaluation_page:
     input:
         unpack(get_page_inputs),
@@ -38,6 +17,8 @@ rule evaluation_page:
         ),
     log:
         "logs/001/evaluation_page-{name}.log",
+    conda:
+        CONDA_ENV
     wildcard_constraints:
         name=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     params:

@@ -10,11 +10,11 @@ rule train_tuned_lens:
         directory("resources/lenses/{model}"),
     log:
         "logs/lenses/train_tuned_lens-{model}.log",
+    conda:
+        CONDA_ENV
     benchmark:
         "benchmarks/lenses/train_tuned_lens-{model}.tsv"
-    # Snakemake sets OMP_NUM_THREADS (and MKL's) to a job's threads, 1 by default: torch
-    # would then compute on one core. These jobs take every core they are given.
-    threads: max(1, workflow.cores or 1)
+    threads: MODEL_THREADS
     resources:
         mem_mb=lens_resource("mem_mb"),
         runtime=lens_resource("runtime"),
@@ -46,6 +46,8 @@ rule lens_quality:
         provenance=f"{EXPERIMENT}/provenance/lens-quality-{{model}}.prov.json",
     log:
         "logs/001/lens_quality-{model}.log",
+    conda:
+        CONDA_ENV
     params:
         code=[code_version("tuned"), code_version("plots")],
     localrule: True

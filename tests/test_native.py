@@ -5,6 +5,7 @@ test_lens_math.py, test_lens_identity.py and test_tuned.py, which run with both 
 """
 
 import logging
+import platform
 import shutil
 
 import numpy as np
@@ -58,14 +59,41 @@ def test_builds_are_cached_and_keyed_by_the_source(fresh, monkeypatch, tmp_path)
     assert native.build() != first
 
 
-def one_block(z: torch.Tensor, answer: torch.Tensor, n_pos: int, shift: torch.Tensor) -> tuple[dict, torch.Tensor]:
+def one_block(z: torch.Tensor, answer: torch.Tensor, n_pos: int, shift: torch.Tensor, library=None) -> tuple[dict, torch.Tensor]:
     rows, width = z.shape
     state = {name: torch.zeros(rows, dtype=torch.float64) for name in ("S", "Q", "cross", "delta")}
     state |= {"shift": shift.double().clone(), "count": torch.zeros(rows, dtype=torch.int64), "block_max": torch.empty(rows)}
     state["final_prev"] = torch.zeros(n_pos, dtype=torch.float64)
     e_out = torch.empty(n_pos, width)
-    native.lens_block(z.contiguous(), answer, REBASE_ABOVE, n_pos, state, e_out)
+    native.lens_block(z.contiguous(), answer, REBASE_ABOVE, n_pos, state, e_out, library=library)
     return state, e_out
+
+
+def instruction_sets() -> list[str]:
+    """x86-64 levels to build for: plain SSE2, AVX2 (x86-64-v3, what an AMD EPYC without
+    AVX-512 runs), and AVX-512 (x86-64-v4) where this processor can run it."""
+    flags = native._processor().split()
+    levels = ["x86-64", "x86-64-v3"] if "avx2" in flags and "fma" in flags else ["x86-64"]
+    return levels + (["x86-64-v4"] if "avx512f" in flags else [])
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="instruction-set levels are x86-64's")
+def test_every_instruction_set_gives_the_same_bits(built, tmp_path):
+    """A build for another processor (AVX2 on an AVX-512 machine, and the reverse) computes
+    exactly what this processor's build does: the order of every sum is fixed in the source,
+    so results do not change between machines."""
+    gen = torch.Generator().manual_seed(11)
+    n_pos, layers, width = 5, 6, 2 * 512 + 77  # several chunks and a ragged tail
+    z = torch.randn(layers * n_pos, width, generator=gen) * 8
+    z[3, 100] = 150.0
+    shift = z[:, :9].amax(-1)
+    answer = z[: (layers - 1) * n_pos, 3].clone()
+    mine = one_block(z, answer, n_pos, shift)
+    for march in instruction_sets():
+        other = one_block(z, answer, n_pos, shift, native.load(native.build(directory=tmp_path, march=march)))
+        for name, value in mine[0].items():
+            assert torch.equal(other[0][name], value), (march, name)
+        assert torch.equal(other[1], mine[1]), march
 
 
 def test_exp_is_within_two_ulp_of_the_exact_value(built):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from workflow.errors import UserError
 
 RESERVED_MODEL_KEYS = ("cross-model", "meta")
@@ -23,13 +25,18 @@ def schema_violation(error: BaseException):
     return cause if isinstance(cause, ValidationError) else None
 
 
-def describe_validation_error(error, configfile: str) -> str:
-    """One readable sentence naming the file, the key and what is wrong."""
+def describe_validation_error(error, configfile: str, overrides: dict[str, Any] | None = None) -> str:
+    """One readable sentence naming the file (or ``--config``), the key and what is wrong.
+
+    ``overrides``: the values given with ``--config``; a key among them is blamed on it.
+    """
     from jsonschema.exceptions import best_match
 
     if getattr(error, "context", None):
         error = best_match(error.context) or error
     key = config_path_of(error)
+    if overrides and _given_in(overrides, list(error.absolute_path)):
+        configfile = "--config on the command line"
     hint = ""
     if error.validator == "additionalProperties" or error.validator == "unevaluatedProperties":
         hint = " (unknown key: check its spelling against config/schema.yaml)"
@@ -65,3 +72,76 @@ def model_entry(config: dict[str, Any], key: str) -> dict[str, Any]:
             f"unknown model {key!r}: config/config.yaml lists {known}. "
             "Add it under `models:` or fix the target's file name."
         ) from None
+
+
+def _given_in(overrides: dict[str, Any], path: list) -> bool:
+    """Whether the value at ``path`` was set by ``overrides`` (itself or a map or list holding it)."""
+    node: Any = overrides
+    for part in path:
+        if isinstance(node, list):
+            return True
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return bool(path)
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
+    """``schema`` and the schemas it includes by ``$ref`` and ``allOf``, flattened."""
+    found = []
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, dict):
+            continue
+        if "$ref" in node:
+            target: Any = root
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            pending.append(target)
+        pending.extend(node.get("allOf", []))
+        found.append(node)
+    return found
+
+
+def _accepts_string(schemas: list[dict[str, Any]], value: str) -> bool:
+    types: set[str] = set()
+    for node in schemas:
+        kind = node.get("type")
+        types.update([kind] if isinstance(kind, str) else kind or [])
+        if "enum" in node and value in node["enum"]:
+            return True
+        if node.get("const") == value:
+            return True
+    return not types or "string" in types
+
+
+def coerce_strings(config: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """Values of ``config`` read as YAML where the schema expects no string there.
+
+    ``snakemake --config lens='{top_k: 10}'`` hands nested values over as strings
+    ('10'); where the schema wants an integer, number, boolean or null, the string is
+    read as YAML (10). A value the schema accepts as a string stays a string.
+    """
+    root = root if root is not None else schema
+    schemas = _resolve(schema, root)
+    if isinstance(config, dict):
+        for key in list(config):
+            child: dict[str, Any] = {}
+            for node in schemas:
+                if key in node.get("properties", {}):
+                    child = {"allOf": [child, node["properties"][key]]}
+                elif isinstance(node.get("additionalProperties"), dict):
+                    child = {"allOf": [child, node["additionalProperties"]]}
+            config[key] = coerce_strings(config[key], child, root)
+        return config
+    if isinstance(config, list):
+        items = [node["items"] for node in schemas if isinstance(node.get("items"), dict)]
+        return [coerce_strings(item, {"allOf": items}, root) for item in config]
+    if isinstance(config, str) and not _accepts_string(schemas, config):
+        try:
+            parsed = yaml.safe_load(config)
+        except yaml.YAMLError:
+            return config
+        return parsed if not isinstance(parsed, (dict, list)) else config
+    return config

@@ -37,7 +37,10 @@ from workflow.errors import UserError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "native" / "lens_block.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+# -ffp-contract=off: no product is fused into a sum unless the source says so, so that the
+# kernel gives the same bits whatever instruction set it is built for (see lens_block.c).
+FLAGS = ("-O3", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+MARCH = "native"
 MODES = ("auto", "native", "torch")
 ENV = "LAYERWISE_LENS_KERNEL"
 
@@ -77,12 +80,17 @@ def _processor() -> str:
     return platform.machine() + " " + platform.processor()
 
 
-def build(compiler: str | None = None, directory: Path | None = None) -> Path:
-    """Compile the kernel unless a build for this source, compiler and processor exists."""
+def build(compiler: str | None = None, directory: Path | None = None, march: str = MARCH) -> Path:
+    """Compile the kernel unless a build for this source, compiler and processor exists.
+
+    ``march``: the instruction set to build for (``-march=``); tests build others than this
+    processor's to check that every build gives the same bits.
+    """
     compiler = compiler or _compiler()
+    flags = (*FLAGS, f"-march={march}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(), _processor().encode()])
+        b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), version.encode(), _processor().encode()])
     ).hexdigest()[:16]
     directory = directory or cache_dir()
     target = directory / f"lens_block-{key}.so"
@@ -93,7 +101,7 @@ def build(compiler: str | None = None, directory: Path | None = None) -> Path:
     handle, partial = tempfile.mkstemp(dir=directory, prefix=".lens_block-", suffix=".so")
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True, check=False)
+        result = subprocess.run([compiler, *flags, "-o", partial, str(SOURCE)], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{Path(compiler).name} failed on {SOURCE.name}: {result.stderr.strip()[-500:]}")
         os.replace(partial, target)
@@ -110,12 +118,17 @@ def _library() -> ctypes.CDLL | None:
     if chosen == "torch":
         return None
     try:
-        library = ctypes.CDLL(str(build()))
+        return load(build())
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         if chosen == "native":
             raise UserError(f"{ENV}=native, but the fused lens kernel cannot be built or loaded: {error}") from error
         log.warning("fused lens kernel unavailable (%s); using the torch path, which gives the same records more slowly", error)
         return None
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """A built kernel, ready to call."""
+    library = ctypes.CDLL(str(path))
     library.lens_block.argtypes = ARGTYPES
     library.lens_block.restype = None
     return library
@@ -162,6 +175,7 @@ def lens_block(
     n_pos: int,
     state: dict[str, torch.Tensor],
     e_out: torch.Tensor,
+    library: ctypes.CDLL | None = None,
 ) -> None:
     """Update the per-row accumulators in ``state`` with one block of raw logits ``z``.
 
@@ -169,9 +183,10 @@ def lens_block(
     them, row r's final row being the one of position r % n_pos); answer: float32
     [rows that have one]; state: float64 shift, S, Q, cross, delta and final_prev, int64
     count, float32 block_max, each [rows] (final_prev [final rows]); e_out: float32
-    [final rows, width], filled with the final rows' e. See lens_block.c.
+    [final rows, width], filled with the final rows' e. See lens_block.c. ``library``: a
+    kernel from ``load`` (default: this processor's build).
     """
-    library = _library()
+    library = library or _library()
     assert library is not None, "lens_block called without the kernel"
     rows, width = z.shape
     assert z.dtype == torch.float32 and z.stride(1) == 1 and not z.is_cuda

@@ -23,25 +23,28 @@
 #define EXP_FLOOR (-87.0f)
 #define EXP_CEIL (88.0f)
 #define CHUNK 512
+#define LANES 16
 
 /* exp(x) for x in [EXP_FLOOR, EXP_CEIL], within 2 ulp of the correctly rounded result:
  * x = k ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r) by its Taylor
  * polynomial to degree 7 (truncation below 6e-9 relative), times 2^k built in the
- * exponent bits. Written so that the compiler vectorises the loops that call it. */
+ * exponent bits. Written so that the compiler vectorises the loops that call it; fmaf is
+ * rounded once on every processor (an FMA instruction where there is one), so the result
+ * does not depend on the instruction set. */
 static inline float exp_bounded(float x) {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693145751953125f;
     const float ln2_lo = 1.42860682030941723212e-6f;
     float k = nearbyintf(x * log2e);
-    float r = (x - k * ln2_hi) - k * ln2_lo;
+    float r = fmaf(-k, ln2_lo, fmaf(-k, ln2_hi, x));
     float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    p = fmaf(p, r, 1.0f / 720.0f);
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
     int32_t bits = ((int32_t)k + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -86,37 +89,61 @@ void lens_block(const float *z, int64_t row_begin, int64_t row_end, int64_t widt
             final_prev[r - final_start] = S[r];
         }
         /* The reference is held in double; t is formed in float from its float value. The
-         * sums run in float over chunks of CHUNK values (vectorised) and in double across
-         * chunks, so a wide block loses no more than a narrow one. */
+         * sums run in float over chunks of CHUNK values and in double across chunks, so a
+         * wide block loses no more than a narrow one. Within a chunk, value v goes to lane
+         * (v - c0) % LANES and the lanes are added in a fixed tree: the order of every
+         * addition is the source's, so a build for AVX-512, AVX2 or plain SSE2 gives the same
+         * bits (with -ffp-contract=off, no product is fused into a sum behind our back). */
         const float sf = (float)shift[r];
         double total_e = 0.0, total_et = 0.0, total_ft = 0.0;
         float *e_row = final_row ? e_out + (r - final_start) * width : 0;
         const float *e_final = final_row ? 0 : e_out + (f - final_start) * width;
         for (int64_t c0 = 0; c0 < width; c0 += CHUNK) {
             const int64_t c1 = c0 + CHUNK < width ? c0 + CHUNK : width;
-            float sum_e = 0.0f, sum_et = 0.0f, sum_ft = 0.0f;
+            float acc_e[LANES] = {0}, acc_et[LANES] = {0}, acc_ft[LANES] = {0};
+            int64_t v = c0;
             if (final_row) {
-#pragma omp simd reduction(+ : sum_e, sum_et)
-                for (int64_t v = c0; v < c1; ++v) {
+                for (; v + LANES <= c1; v += LANES)
+                    for (int j = 0; j < LANES; ++j) {
+                        const float t = row[v + j] - sf;
+                        const float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                        e_row[v + j] = e;
+                        acc_e[j] += e;
+                        acc_et[j] = fmaf(e, t, acc_et[j]);
+                    }
+                for (int j = 0; v < c1; ++v, ++j) {
                     const float t = row[v] - sf;
-                    float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                    const float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
                     e_row[v] = e;
-                    sum_e += e;
-                    sum_et += e * t;
+                    acc_e[j] += e;
+                    acc_et[j] = fmaf(e, t, acc_et[j]);
                 }
             } else {
-#pragma omp simd reduction(+ : sum_e, sum_et, sum_ft)
-                for (int64_t v = c0; v < c1; ++v) {
+                for (; v + LANES <= c1; v += LANES)
+                    for (int j = 0; j < LANES; ++j) {
+                        const float t = row[v + j] - sf;
+                        const float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                        acc_e[j] += e;
+                        acc_et[j] = fmaf(e, t, acc_et[j]);
+                        acc_ft[j] = fmaf(e_final[v + j], t, acc_ft[j]);
+                    }
+                for (int j = 0; v < c1; ++v, ++j) {
                     const float t = row[v] - sf;
-                    float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
-                    sum_e += e;
-                    sum_et += e * t;
-                    sum_ft += e_final[v] * t;
+                    const float e = exp_bounded(t < EXP_FLOOR ? EXP_FLOOR : (t > EXP_CEIL ? EXP_CEIL : t));
+                    acc_e[j] += e;
+                    acc_et[j] = fmaf(e, t, acc_et[j]);
+                    acc_ft[j] = fmaf(e_final[v], t, acc_ft[j]);
                 }
             }
-            total_e += sum_e;
-            total_et += sum_et;
-            total_ft += sum_ft;
+            for (int w = LANES / 2; w > 0; w /= 2)
+                for (int j = 0; j < w; ++j) {
+                    acc_e[j] += acc_e[j + w];
+                    acc_et[j] += acc_et[j + w];
+                    acc_ft[j] += acc_ft[j + w];
+                }
+            total_e += acc_e[0];
+            total_et += acc_et[0];
+            total_ft += acc_ft[0];
         }
         S[r] += total_e;
         Q[r] += total_et;
