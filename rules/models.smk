@@ -17,7 +17,7 @@ rule prepare_model:
         mem_mb=prepare_resource("mem_mb"),
         runtime=prepare_resource("runtime"),
     params:
-        entry=get_model,
-        code=code_version("prepare"),
+        entry=get_model_source,
+        code=code_version("scripts/prepare_model.py"),
     script:
         "../scripts/prepare_model.py"

@@ -21,7 +21,7 @@ rule plot_heatmaps:
         CONDA_ENV
     params:
         probes=PROBE_IDS,
-        code=code_version("plots"),
+        code=code_version("scripts/plot_heatmaps.py"),
     localrule: True
     script:
         "../scripts/plot_heatmaps.py"
@@ -43,7 +43,7 @@ rule plot_cross:
     conda:
         CONDA_ENV
     params:
-        code=code_version("plots"),
+        code=code_version("scripts/plot_cross.py"),
     localrule: True
     script:
         "../scripts/plot_cross.py"

@@ -22,7 +22,7 @@ rule evaluation_page:
     wildcard_constraints:
         name=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     params:
-        code=code_version("pages"),
+        code=code_version("scripts/evaluation_page.py"),
     localrule: True
     script:
         "../scripts/evaluation_page.py"

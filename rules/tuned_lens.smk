@@ -20,13 +20,13 @@ rule train_tuned_lens:
         runtime=lens_resource("runtime"),
         gpu=lens_resource("gpu"),
     params:
-        entry=get_model,
+        entry=get_model_settings,
         device=config["device"],
         dtype=config["dtype"],
         backend=config["backend"],
         lens=get_lens_settings,
         settings=config["tuned_lens"],
-        code=code_version("tuned"),
+        code=code_version("scripts/train_tuned_lens.py"),
     script:
         "../scripts/train_tuned_lens.py"
 
@@ -49,7 +49,7 @@ rule lens_quality:
     conda:
         CONDA_ENV
     params:
-        code=[code_version("tuned"), code_version("plots")],
+        code=code_version("scripts/lens_quality.py"),
     localrule: True
     script:
         "../scripts/lens_quality.py"

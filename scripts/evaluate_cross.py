@@ -20,7 +20,7 @@ def main(sm):
         sm.output.evaluation,
         figures=[sm.input.trajectories],
     )
-    record_rule(sm, "evaluate", [sm.output.evaluation], made.provenance())
+    record_rule(sm, "scripts/evaluate_cross.py", [sm.output.evaluation], made.provenance())
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

@@ -19,7 +19,7 @@ def main(sm):
         sm.params.evaluation,
         sm.output.evaluation,
     )
-    record_rule(sm, "evaluate", [sm.output.evaluation], made.provenance())
+    record_rule(sm, "scripts/evaluate_meta.py", [sm.output.evaluation], made.provenance())
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

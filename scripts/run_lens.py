@@ -25,7 +25,7 @@ def main(sm):
         tuned_dir=sm.input.get("tuned"),
     )
     source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
-    record_rule(sm, "lens", [sm.output.summary, sm.output.records], {"model_source": source})
+    record_rule(sm, "scripts/run_lens.py", [sm.output.summary, sm.output.records], {"model_source": source})
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

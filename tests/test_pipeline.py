@@ -26,7 +26,7 @@ def test_full_run_writes_all_five_kinds_of_file(finished):
         assert summary["n_layers"] == 3 and summary["lens"]["top_k"] == 3
         assert [p["id"] for p in summary["probes"]] == [p["id"] for p in PROBES]
         assert summary["identity_check"]["max_abs_prob_diff"] <= 1e-4
-        for key in ("source", "architecture", "d_model", "vocab_size", "norm_type", "device", "dtype", "packages", "timings"):
+        for key in ("source", "architecture", "d_model", "vocab_size", "norm_type", "device", "dtype", "packages"):
             assert key in summary, key
         records = read_records(results / f"output-tiny-{arch}-records.csv")
         assert set(records["layer"]) == set(range(4))

@@ -8,7 +8,7 @@ import yaml
 from conftest import tiny_config
 from pipeline import finished_run, planned_jobs, said, snakemake
 
-MODELS = ["tiny-llama", "tiny-gemma3"]
+MODELS = ["tiny-llama", "tiny-gemma3", "tiny-gguf"]
 LENS = {("run_lens", m) for m in MODELS}
 PER_MODEL_EVALS = {("evaluate_model", m) for m in MODELS}
 # An evaluation's HTML page (rule evaluation_page) follows its markdown.
@@ -19,7 +19,14 @@ PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_cross", None)}
 
 @pytest.fixture(scope="module")
 def built(tiny_dirs, tmp_path_factory):
-    return finished_run(tmp_path_factory.mktemp("provenance"), tiny_config(tiny_dirs))
+    """The tiny models, one of them also as a GGUF file (so prepare_model runs)."""
+    from gguf_writer import write_gguf
+
+    root = tmp_path_factory.mktemp("provenance")
+    config = tiny_config(tiny_dirs)
+    gguf = write_gguf(tiny_dirs["llama"], root / "tiny-llama.gguf", "llama")
+    config["models"]["tiny-gguf"] = {"source": "gguf", "path": str(gguf), "description": "the tiny Llama as GGUF"}
+    return finished_run(root / "wd", config)
 
 
 @pytest.fixture
@@ -109,14 +116,46 @@ def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
     } | CROSS_AND_META
 
 
+def test_comments_docstrings_and_formatting_plan_nothing(workdir):
+    lens = workdir / "workflow" / "lens.py"
+    text = lens.read_text()
+    assert text.startswith('"""')
+    lens.write_text(text.replace('"""', '"""An edited docstring. ', 1).replace("\n\n\n", "\n\n\n\n", 1) + "\n# a comment\n")
+    script = workdir / "scripts" / "run_lens.py"
+    script.write_text(script.read_text() + "\n# a comment in the rule's script\n")
+    assert plan(workdir) == set()
+    assert provenance_check(workdir).returncode == 0
+
+
 def test_lens_code_edit_plans_the_lens_jobs(workdir):
     with open(workdir / "workflow" / "lens.py", "a") as fh:
-        fh.write("\n# an edit\n")
+        fh.write("\nEDITED = 1\n")
     planned = plan(workdir)
     assert LENS <= planned and not any(rule == "prepare_model" for rule, _ in planned)
     result = provenance_check(workdir)
     assert statuses(result)["results/001/output-tiny-llama.json"] == "stale"
-    assert "the lens code in workflow/ changed" in result.stdout
+    assert "the code of scripts/run_lens.py (or of a workflow/ module it imports) changed" in result.stdout
+
+
+def test_plotting_code_edit_plans_the_plots_and_what_shows_them(workdir):
+    with open(workdir / "workflow" / "plots.py", "a") as fh:
+        fh.write("\nEDITED = 1\n")
+    planned = plan(workdir)
+    assert PLOTS <= planned
+    assert not any(rule in ("run_lens", "prepare_model") for rule, _ in planned)
+
+
+def test_description_and_scheduler_resources_plan_nothing(workdir):
+    edit_config(workdir, lambda c: c["models"]["tiny-gguf"].update(description="relabelled", resources={"mem_mb": 999}))
+    assert plan(workdir) == set()
+
+
+def test_dtype_edit_reruns_the_lens_not_the_dequantisation(workdir):
+    edit_config(workdir, lambda c: c["models"]["tiny-gguf"].update(dtype="bfloat16"))
+    planned = plan(workdir)
+    assert ("run_lens", "tiny-gguf") in planned
+    assert not any(rule == "prepare_model" for rule, _ in planned)
+    assert not any(model in ("tiny-llama", "tiny-gemma3") and rule == "run_lens" for rule, model in planned)
 
 
 def test_evaluator_change_plans_the_evaluations_only(workdir):

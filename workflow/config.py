@@ -9,6 +9,10 @@ import yaml
 from workflow.errors import UserError
 
 RESERVED_MODEL_KEYS = ("cross-model", "meta")
+# Keys of a model entry that say where its weights come from: all that prepare_model reads.
+SOURCE_KEYS = ("source", "repo", "revision", "trust_remote_code", "path", "package", "file", "assemble")
+# Keys that change no result: a label, and what a scheduler is asked for.
+LABEL_KEYS = ("description", "resources")
 
 
 def config_path_of(error) -> str:
@@ -145,3 +149,15 @@ def coerce_strings(config: Any, schema: dict[str, Any], root: dict[str, Any] | N
             return config
         return parsed if not isinstance(parsed, (dict, list)) else config
     return config
+
+
+def source_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """What of a model entry decides its prepared weights (a rule's params: nothing else
+    re-runs the dequantisation)."""
+    return {k: entry[k] for k in SOURCE_KEYS if k in entry}
+
+
+def run_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """What of a model entry decides a lens run's results: the source, device, dtype and
+    backend, not its description or scheduler resources."""
+    return {k: v for k, v in entry.items() if k not in LABEL_KEYS}

@@ -170,7 +170,6 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
             "gguf_sha256": digest,
             "gguf_architecture": arch,
             "architecture": config.architectures[0] if config.architectures else type(model).__name__,
-            "seconds": round(time.perf_counter() - started, 1),
         }
         (tmp / MANIFEST).write_text(dumps_json(manifest), encoding="utf-8")
     log.info("prepared %s in %.1f s", key, time.perf_counter() - started)

@@ -2,13 +2,14 @@
 
 Two parts:
 
-- ``code_version(stage)``: a hash of the ``workflow/`` modules a stage runs. Each rule
-  carries it as a param, because Snakemake re-runs a ``script:`` rule when the script
-  changes but not when a module it imports changes.
+- ``code_version(script)``: a hash of a rule script and the ``workflow/`` modules it
+  imports, by their syntax. Each rule carries it as a param, because Snakemake does not
+  re-run a ``script:`` rule when a module it imports changes (and would re-run it for a
+  comment in the script: profiles/default turns that trigger off).
 - A provenance record per rule run, ``results/001/provenance/{name}.prov.json``
   (a declared output of the rule, written with its artefacts): sha256 of each
-  artefact and each input, the rule's params (the config subset it used), the stage's
-  code version, the git commit and whether the tree was dirty, package versions, and
+  artefact and each input, the rule's params (the config subset it used), the code
+  version of its script, package versions, and
   rule-specific facts (model source hash or revision; evaluator settings and cache
   keys). ``check`` re-hashes everything and reports each artefact as ``ok``,
   ``stale`` (an input or the code changed since), ``modified`` (the artefact was
@@ -20,6 +21,8 @@ Run the check with ``python -m workflow.provenance check`` (or ``make check``).
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import hashlib
 import json
 import os
@@ -35,29 +38,100 @@ RECORD_SUFFIX = ".prov.json"
 # (a prepared model's weights are pinned by the GGUF sha256 in its manifest).
 DIRECTORY_CONTENT_LIMIT = 64 * 2**20
 
-COMMON = ("__init__.py", "atomic.py", "errors.py", "logs.py")
-STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "prepare": COMMON + ("provenance.py", "models.py"),  # models.py hashes files with provenance.py
-    # provenance.py also writes these stages' records, which are outputs of their rules.
-    "lens": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "native.py", "native/lens_block.c", "experiment.py", "records.py"),
-    "plots": COMMON + ("plots.py", "records.py", "evaluation/__init__.py", "evaluation/analysis.py"),
-    "pages": COMMON + ("pages.py",),
-    # Training and applying the tuned lens (it decodes with the lens code).
-    "tuned": COMMON + ("provenance.py", "models.py", "backends.py", "lens.py", "native.py", "native/lens_block.c", "experiment.py", "records.py", "tuned.py"),
-    "evaluate": COMMON
-    + (
-        "provenance.py",
-        "records.py",
-        "evaluation/__init__.py",
-        "evaluation/analysis.py",
-        "evaluation/cache.py",
-        "evaluation/digest.py",
-        "evaluation/offline.py",
-        "evaluation/providers.py",
-        "evaluation/templates.py",
-        "evaluation/run.py",
-    ),
-}
+REPO = PACKAGE_DIR.parent
+# Files a module reads as code, beside the modules it imports.
+CODE_DATA: dict[str, tuple[str, ...]] = {"workflow/native.py": ("workflow/native/lens_block.c",)}
+
+
+def _module_file(name: str) -> Path | None:
+    """The file of module ``workflow.x.y`` in this repository, or None for anything else."""
+    parts = name.split(".")
+    if parts[0] != "workflow":
+        return None
+    base = REPO.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, tree: ast.AST) -> set[str]:
+    """The ``workflow`` modules ``path`` imports anywhere (also inside functions)."""
+    found: set[str] = set()
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*anchor, *([module] if module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)  # `from workflow import native`
+    modules = set()
+    for name in found:
+        parts = name.split(".")
+        # Importing workflow.a.b runs workflow/__init__.py and workflow/a/__init__.py too.
+        modules.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in modules if _module_file(m) is not None}
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str]]:
+    """(the code as its syntax tree says it, the workflow modules it imports) of a .py file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    imports = frozenset(_imports(path, tree))
+    return ast.unparse(_without_docstrings(tree)), imports
+
+
+def code_files(script: str | os.PathLike[str]) -> list[Path]:
+    """``script`` and every file of this repository it runs: the ``workflow`` modules it
+    imports, what they import in turn, and the files they read as code (CODE_DATA)."""
+    first = (REPO / script).resolve()
+    seen: set[Path] = set()
+    pending = [first]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        if path.suffix == ".py":
+            stat = path.stat()
+            _, imports = _parsed(path, (stat.st_mtime_ns, stat.st_size))
+            pending.extend(_module_file(m) for m in imports)  # type: ignore[misc]
+        pending.extend(REPO / data for data in CODE_DATA.get(str(path.relative_to(REPO)), ()))
+    return sorted(seen)
+
+
+def code_version(script: str | os.PathLike[str]) -> str:
+    """sha256 (first 16 hex digits) of what ``script`` runs, by its syntax, not its bytes.
+
+    Each rule carries it as a param: Snakemake alone does not re-run a rule when a module
+    its script imports changes. Python is hashed as its syntax tree without docstrings
+    (``ast.unparse``), so comments, docstrings and formatting change nothing; other files
+    (the C kernel) by their bytes. Which modules count is read from the imports.
+    """
+    digest = hashlib.sha256()
+    for path in code_files(script):
+        if path.suffix == ".py":
+            stat = path.stat()
+            text = _parsed(path, (stat.st_mtime_ns, stat.st_size))[0].encode()
+        else:
+            text = path.read_bytes()
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + text + b"\0")
+    return digest.hexdigest()[:16]
 
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "tokenizers", "safetensors", "gguf", "numpy", "pandas", "snakemake", "openai", "anthropic")
@@ -74,14 +148,6 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def code_version(stage: str) -> str:
-    """sha256 (first 16 hex digits) over the source of the modules ``stage`` runs."""
-    digest = hashlib.sha256()
-    for name in STAGE_MODULES[stage]:
-        digest.update(name.encode() + b"\0" + (PACKAGE_DIR / name).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -131,13 +197,14 @@ def record_path(results_dir: str | os.PathLike[str], name: str) -> Path:
 
 def make_record(
     rule: str,
-    stage: str,
+    script: str,
     artefacts: list[str],
     inputs: list[str],
     params: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The provenance record of one rule run (deterministic apart from the git state)."""
+    """The provenance record of one rule run: only what the inputs determine (the git
+    commit, which changes with every commit of results, goes to the job's log instead)."""
     missing = [a for a in artefacts if not Path(a).is_file()]
     if missing:
         raise FileNotFoundError(f"cannot record provenance of missing artefacts {missing}")
@@ -146,7 +213,7 @@ def make_record(
         "artefacts": {str(a): sha256_file(a) for a in artefacts},
         "inputs": {str(i): input_digest(i) for i in sorted(set(map(str, inputs)))},
         "params": {k: v for k, v in params.items() if k != "code"},
-        "code": {"stage": stage, "version": code_version(stage), **git_state()},
+        "code": {"script": script, "version": code_version(script)},
         "packages": package_versions(),
         **(extra or {}),
     }
@@ -158,10 +225,15 @@ def write_record(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     write_json(path, record)
 
 
-def record_rule(snakemake: Any, stage: str, artefacts: list[str], extra: dict[str, Any] | None = None) -> None:
+def record_rule(snakemake: Any, script: str, artefacts: list[str], extra: dict[str, Any] | None = None) -> None:
     """Write the provenance record of a running rule to its ``provenance`` output."""
+    import logging
+
+    state = git_state()
+    logging.getLogger(__name__).info("code: %s, git commit %s%s", code_version(script), state["commit"],
+                                     " with uncommitted changes" if state["dirty"] else "")
     params = {k: v for k, v in snakemake.params.items()}
-    record = make_record(snakemake.rule, stage, artefacts, list(snakemake.input), params, extra)
+    record = make_record(snakemake.rule, script, artefacts, list(snakemake.input), params, extra)
     write_record(snakemake.output.provenance, record)
 
 
@@ -186,9 +258,11 @@ def check(root: str | os.PathLike[str] = ".", results: str = "results") -> list[
                 stale.append(f"input {name} is missing")
             elif now != digest:
                 stale.append(f"input {name} changed")
-        stage = record["code"]["stage"]
-        if stage in STAGE_MODULES and code_version(stage) != record["code"]["version"]:
-            stale.append(f"the {stage} code in workflow/ changed")
+        script = record["code"].get("script")
+        if script is None or not (REPO / script).is_file():
+            stale.append("made by code this version does not have")
+        elif code_version(script) != record["code"]["version"]:
+            stale.append(f"the code of {script} (or of a workflow/ module it imports) changed")
         for name, digest in record["artefacts"].items():
             recorded.add(str(Path(name)))
             path = root / name

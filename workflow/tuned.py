@@ -203,7 +203,6 @@ def train(head: LensHead, residuals: torch.Tensor, settings: TunedLensSettings, 
     moments = {name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in lens.named_parameters()}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     history = []
-    started = time.perf_counter()
     for step in range(1, settings.steps + 1):
         lens.zero_grad(set_to_none=True)
         per_layer = step_loss(sample(), backward=True)
@@ -217,7 +216,7 @@ def train(head: LensHead, residuals: torch.Tensor, settings: TunedLensSettings, 
                 update = (first / (1 - beta1**step)) / ((second / (1 - beta2**step)).sqrt() + eps)
                 scale = layer_scale.view(-1, *([1] * (param.dim() - 1)))
                 param.sub_(rate * scale * update)
-        history.append({"step": step, "mean_kl": total / n_layers, "seconds": round(time.perf_counter() - started, 3)})
+        history.append({"step": step, "mean_kl": total / n_layers})
         if progress is not None:
             progress(step, settings.steps, total / n_layers)
     return lens, history
@@ -251,7 +250,7 @@ def save(lens: TunedLens, directory: str | os.PathLike[str], config: dict[str, A
         save_file({"weight": lens.weight.detach().contiguous(), "bias": lens.bias.detach().contiguous()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(dumps_json(config), encoding="utf-8")
         with open(tmp / TRAINING_LOG, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["step", "mean_kl", "seconds"])
+            writer = csv.DictWriter(fh, fieldnames=["step", "mean_kl"])
             writer.writeheader()
             writer.writerows(history)
 
@@ -350,7 +349,8 @@ def train_for_model(
         "tuned": lens_quality(head, heldout.to(model.device), lens, working_memory_mb),
     }
     config = training_config(model_key, head, settings, len(train_residuals), quality)
-    config["training"] = {"seconds": round(time.perf_counter() - started, 1), "summary": describe(history)}
+    config["training"] = {"summary": describe(history)}
+    log.info("%s: trained and judged in %.1f s", model_key, time.perf_counter() - started)
     save(lens.cpu(), out_dir, config, history)
     worse = [q["layer"] for q, l in zip(quality["tuned"], quality["logit"]) if q["kl_to_final"] > l["kl_to_final"] + 1e-6]
     log.info("%s: %s; held-out KL tuned vs logit per layer: %s", model_key, describe(history),
