@@ -68,3 +68,23 @@ def test_dequantised_gguf_gives_the_records_of_the_original_weights(arch, tmp_pa
         assert (a["layer"], a["position"], a["topk_tokens"]) == (b["layer"], b["position"], b["topk_tokens"])
         assert a["top1_prob"] == pytest.approx(b["top1_prob"], abs=1e-5)
         assert a["answer_prob"] == pytest.approx(b["answer_prob"], abs=1e-5)
+
+
+def test_preparation_parses_the_gguf_file_once(tmp_path, monkeypatch):
+    """transformers opens the file three times (tokenizer, config, weights); each parse of a
+    large vocabulary takes tens of seconds, so preparation shares one reader."""
+    import gguf
+
+    original = make_model_dir(tmp_path / "hf", "llama")
+    gguf_path = write_gguf(original, tmp_path / "tiny.gguf", "llama")
+    opened = []
+    reader = gguf.GGUFReader
+
+    def counting(path, mode="r"):
+        opened.append(str(path))
+        return reader(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    prepare_model("tiny", {"source": "gguf", "path": str(gguf_path)}, tmp_path / "prepared")
+    assert len(opened) == 1
+    assert gguf.GGUFReader is counting  # put back as it was after preparation

@@ -56,6 +56,38 @@ def test_training_lowers_held_out_kl_at_every_layer_but_the_last(loaded, residua
     assert after[-1]["kl_to_final"] == pytest.approx(0.0, abs=1e-5) and after[-1]["top1_agreement"] == 1.0
 
 
+def test_least_squares_fit_against_numpy():
+    """The closed-form start against NumPy's least squares on the same weighted problem
+    (ridge as extra rows), and an exact affine relation recovered exactly."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(3)
+    n, d = 300, 12
+    residuals = torch.randn(n, 3, d, generator=gen) * torch.linspace(0.5, 4.0, n)[:, None, None]
+    ridge = 0.05
+    fitted = tuned.least_squares(residuals, ridge)
+    x, y = residuals[:, 0].double().numpy(), residuals[:, 2].double().numpy()
+    weight = 1 / np.sqrt((y**2).mean(1, keepdims=True))
+    design = np.hstack([x, np.ones((n, 1))]) * weight
+    penalty = np.sqrt(ridge * np.diag(design.T @ design).mean()) * np.eye(d + 1)
+    solution = np.linalg.lstsq(np.vstack([design, penalty]), np.vstack([(y - x) * weight, np.zeros((d + 1, d))]), rcond=None)[0]
+    assert np.allclose(fitted.weight[0].detach().double().numpy(), solution[:-1].T, atol=1e-5)
+    assert np.allclose(fitted.bias[0].detach().double().numpy(), solution[-1], atol=1e-5)
+    # h_2 = h_1 + A h_1 + b exactly: found without ridge, and the translated layer is h_2.
+    a, b = torch.randn(d, d, generator=gen) * 0.3, torch.randn(d, generator=gen)
+    residuals[:, 2] = residuals[:, 1] + residuals[:, 1] @ a.T + b
+    exact = tuned.least_squares(residuals, 0.0)
+    assert torch.allclose(exact.weight[1], a, atol=1e-4) and torch.allclose(exact.bias[1], b, atol=1e-4)
+    assert torch.allclose(exact(residuals[:, 1], 1), residuals[:, 2], atol=1e-4)
+
+
+def test_no_kl_steps_is_the_least_squares_fit(loaded, residuals):
+    _, head = lens_heads(loaded["llama"], LensSettings())
+    lens, history = tuned.train(head, residuals[0], tuned.TunedLensSettings(steps=0))
+    start = tuned.least_squares(residuals[0])
+    assert history == [] and torch.equal(lens.weight, start.weight) and torch.equal(lens.bias, start.bias)
+
+
 def test_training_is_reproducible(loaded, residuals):
     _, head = lens_heads(loaded["llama"], LensSettings())
     short = tuned.TunedLensSettings(steps=3, batch_positions=8)

@@ -1,10 +1,14 @@
 """The tuned lens (Belrose et al. 2023), trained offline for any model the pipeline runs.
 
 One affine translator per layer, applied residually before the model's own final norm
-and unembedding: h -> h + A_l h + b_l, with A_l and b_l zero at the start, so an
-untrained lens is exactly the logit lens. Training minimises KL(final || lens) summed
-over layers, on residuals of the shipped corpus (data/corpus.txt.gz) recorded once from
-the model; the last layer has no translator (the lens there is the model's output).
+and unembedding: h -> h + A_l h + b_l (with A_l and b_l zero, the lens is exactly the
+logit lens). Fitting has two steps, on residuals of the shipped corpus
+(data/corpus.txt.gz) recorded once from the model: first, in closed form, the affine map
+that best predicts the last layer's residual from layer l's by least squares (ridge),
+each position weighted by the scale the final norm removes (the "linear shortcut" of Din
+et al. 2023); then a few Adam steps on the tuned lens's own loss, KL(final || lens)
+summed over layers. The last layer has no translator (the lens there is the model's
+output).
 
 A trained lens is a directory: ``translators.safetensors`` (A: [L, d, d], b: [L, d]),
 ``config.json`` (the model, the sha256 of its unembedding and final norm, the training
@@ -41,12 +45,13 @@ WEIGHTS, CONFIG, TRAINING_LOG = "translators.safetensors", "config.json", "train
 
 @dataclass(frozen=True)
 class TunedLensSettings:
-    steps: int = 80
+    steps: int = 8
     batch_positions: int = 32
     seq_len: int = 128
     train_sequences: int = 48
     heldout_positions: int = 512
     learning_rate: float = 1e-3
+    ridge: float = 1e-3
     seed: int = 0
 
     @classmethod
@@ -153,18 +158,44 @@ LAYER_SCALE_REFERENCE = 5.0  # nats
 LAYER_SCALE_MIN = 0.05
 
 
+def least_squares(residuals: torch.Tensor, ridge: float = 1e-3) -> TunedLens:
+    """Per layer l, the affine map with h_l + A h_l + b closest to the last layer's h_L.
+
+    ``residuals`` [N, L+1, d]. Each position's equation is divided by the root mean square
+    of its h_L: the final norm removes that scale, so every position counts alike in what
+    the lens decodes. Solved in float64 from the normal equations, with ``ridge`` times
+    the mean diagonal of the Gram matrix added to it.
+    """
+    n, layers_plus_one, d_model = residuals.shape
+    lens = TunedLens(layers_plus_one - 1, d_model)
+    target = residuals[:, -1].double()
+    scale = target.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+    ones = torch.ones(n, 1, dtype=torch.float64)
+    with torch.no_grad():
+        for layer in range(layers_plus_one - 1):
+            x = residuals[:, layer].double()
+            design = torch.cat([x, ones], 1) / scale
+            gram = design.T @ design
+            gram += ridge * gram.diagonal().mean() * torch.eye(d_model + 1, dtype=torch.float64)
+            solution = torch.linalg.solve(gram, design.T @ ((target - x) / scale))  # [d + 1, d]
+            lens.weight[layer] = solution[:-1].T.float()
+            lens.bias[layer] = solution[-1].float()
+    return lens
+
+
 def train(head: LensHead, residuals: torch.Tensor, settings: TunedLensSettings, progress=None) -> tuple[TunedLens, list[dict[str, float]]]:
     """Fit the translators on ``residuals`` [N, L+1, d]; returns the lens and the loss per step.
 
-    The loss of a step is the sum over layers of the mean KL(final || lens) over the
-    sampled positions; KL = sum p (log p - z) + logsumexp(z), whose gradient in the
-    logits z is softmax(z) - p. All layers go through the unembedding together, in
-    blocks of rows, so the matrix products are large enough to be efficient.
+    Starts from ``least_squares``, then takes ``settings.steps`` Adam steps on the loss:
+    the sum over layers of the mean KL(final || lens) over the sampled positions;
+    KL = sum p (log p - z) + logsumexp(z), whose gradient in the logits z is
+    softmax(z) - p. All layers go through the unembedding together, in blocks of rows,
+    so the matrix products are large enough to be efficient.
     """
     n, layers_plus_one, d_model = residuals.shape
     n_layers = layers_plus_one - 1
     generator = torch.Generator().manual_seed(settings.seed)
-    lens = TunedLens(n_layers, d_model)
+    lens = least_squares(residuals, settings.ridge)
     for module in (head.norm, head.unembed):
         if module is not None:
             module.requires_grad_(False)
@@ -193,19 +224,20 @@ def train(head: LensHead, residuals: torch.Tensor, settings: TunedLensSettings, 
     def sample() -> torch.Tensor:
         return residuals[torch.randint(0, n, (settings.batch_positions,), generator=generator)]
 
-    # Adam, with each layer's step scaled by how far its logit lens is from the output
-    # (KL at the start, over LAYER_SCALE_REFERENCE nats counts as far), and decayed
-    # linearly to zero. Plain Adam moves every layer by the same amount whatever its
-    # loss, which on few, small batches leaves the last layers, where the logit lens is
-    # already close, at a noisier point than where they started.
-    start_kl = torch.stack([step_loss(sample(), backward=False) for _ in range(4)]).mean(0)
-    layer_scale = (start_kl / LAYER_SCALE_REFERENCE).clamp(LAYER_SCALE_MIN, 1.0)
+    # Adam, with each layer's step scaled by how far the lens is from the output at the
+    # start (KL of the first batch, over LAYER_SCALE_REFERENCE nats counts as far), and
+    # decayed linearly to zero. Plain Adam moves every layer by the same amount whatever
+    # its loss, which on few, small batches leaves the layers that are already close at a
+    # noisier point than where they started.
     moments = {name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in lens.named_parameters()}
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     history = []
+    layer_scale = None
     for step in range(1, settings.steps + 1):
         lens.zero_grad(set_to_none=True)
         per_layer = step_loss(sample(), backward=True)
+        if layer_scale is None:
+            layer_scale = (per_layer / LAYER_SCALE_REFERENCE).clamp(LAYER_SCALE_MIN, 1.0)
         total = float(per_layer.sum())
         rate = settings.learning_rate * (1.0 - (step - 1) / settings.steps)
         with torch.no_grad():
@@ -293,13 +325,15 @@ def training_config(model_key: str, head: LensHead, settings: TunedLensSettings,
         "corpus": {"path": "data/corpus.txt.gz", "sha256": corpus_sha256(), "heldout": f"documents i with i % {HELDOUT_EVERY} == 0"},
         "train_positions": n_train,
         "heldout": quality,
-        "lens": "h + A h + b per layer (tuned lens, Belrose et al. 2023), zero-initialised",
+        "lens": "h + A h + b per layer (tuned lens, Belrose et al. 2023): least squares to the last layer's residual, then KL steps",
     }
 
 
 def describe(history: list[dict[str, float]]) -> str:
+    if not history:
+        return "least squares only (no KL steps)"
     first, last = history[0]["mean_kl"], history[-1]["mean_kl"]
-    return f"mean KL per layer {first:.3f} -> {last:.3f} nats over {len(history)} steps"
+    return f"least squares, then mean KL per layer {first:.3f} -> {last:.3f} nats over {len(history)} steps"
 
 
 def train_for_model(
