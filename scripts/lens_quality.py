@@ -11,6 +11,7 @@ from workflow.atomic import atomic_paths  # noqa: E402
 from workflow.logs import run_script  # noqa: E402
 from workflow.plots import plot_lens_quality  # noqa: E402
 from workflow.provenance import record_rule  # noqa: E402
+from workflow.records import rounded  # noqa: E402
 from workflow.tuned import CONFIG, QUALITY_COLUMNS, quality_rows  # noqa: E402
 
 
@@ -21,7 +22,7 @@ def main(sm):
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=QUALITY_COLUMNS)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(rounded(rows))
     plot_lens_quality(sm.wildcards.model, rows, sm.output.plot)
     record_rule(sm, "scripts/lens_quality.py", [sm.output.csv], {"tuned_lens": {k: config[k] for k in ("unembedding_sha256", "settings", "corpus")}})
 

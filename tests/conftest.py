@@ -5,6 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import workflow  # noqa: E402,F401 (puts MKL in its reproducible mode before torch computes)
 from tiny import make_model_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from workflow.errors import UserError
 from workflow.lens import LensHead, lens_statistics, logit_postprocessor, uses_kernel
 from workflow.models import LoadedModel, dtype_name
 from workflow.provenance import package_versions
-from workflow.records import write_records
+from workflow.records import rounded, write_records
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def write_lens_outputs(
         **summary,
     }
     with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
-        summary_tmp.write_text(dumps_json(document), encoding="utf-8")
+        summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
         with open(records_tmp, "w", encoding="utf-8", newline="") as fh:
             count = write_records(fh, rows)
     log.info("wrote %d records for %d probes (%.1f s)", count, len(probes), time.perf_counter() - started)

@@ -34,6 +34,7 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
     """Run a rule script's ``main`` with logging; user errors end it with their message only."""
     log_path = snakemake.log[0] if len(snakemake.log) else None
     setup_logging(log_path)
+    logging.getLogger("workflow").info("rule %s with %d thread(s)", snakemake.rule, snakemake.threads)
     if "SLURM_JOB_ID" in os.environ:  # where a cluster job really ran, for the record
         logging.getLogger("workflow").info(
             "rule %s running in SLURM job %s on %s", snakemake.rule, os.environ["SLURM_JOB_ID"], socket.gethostname()

@@ -3,6 +3,10 @@
 Column names are a data contract (DESIGN.md); extend, don't rename. Tokens can
 hold newlines, commas, quotes and any Unicode, so every field is quoted and the
 file is UTF-8; ``read_records`` reads it back unchanged.
+
+Numbers are written with SIGNIFICANT_DIGITS significant digits: the lens computes in
+float32, whose rounding shows in the seventh digit and changes with the processor's
+instruction set, so digits beyond those would record noise, not the model.
 """
 
 from __future__ import annotations
@@ -33,6 +37,19 @@ COLUMNS = (
     "kl_to_final",
 )
 LIST_COLUMNS = ("topk_tokens", "topk_probs")
+SIGNIFICANT_DIGITS = 6
+
+
+def rounded(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """``value`` with every float in it (also inside lists and dicts) rounded to ``digits``
+    significant digits; anything else unchanged."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    return value
 STRING_COLUMNS = ("model", "probe", "lens", "input_token", "top1_token", "answer_token", "topk_tokens", "topk_probs")
 
 
@@ -41,7 +58,8 @@ def encode_row(row: Mapping[str, Any]) -> list[Any]:
     missing = [c for c in COLUMNS if c not in row]
     if missing:
         raise KeyError(f"record lacks columns {missing}")
-    return [json.dumps(row[c], ensure_ascii=False) if c in LIST_COLUMNS else row[c] for c in COLUMNS]
+    values = [rounded(row[c]) for c in COLUMNS]
+    return [json.dumps(v, ensure_ascii=False) if c in LIST_COLUMNS else v for c, v in zip(COLUMNS, values)]
 
 
 def write_records(fh, rows: Iterable[Mapping[str, Any]]) -> int:

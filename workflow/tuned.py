@@ -49,7 +49,7 @@ class TunedLensSettings:
     batch_positions: int = 32
     seq_len: int = 128
     train_sequences: int = 48
-    heldout_positions: int = 512
+    heldout_positions: int = 256
     learning_rate: float = 1e-3
     ridge: float = 1e-3
     seed: int = 0

@@ -5,6 +5,13 @@ the full conversation (system prompt and messages). A re-run with unchanged
 inputs therefore reads every response from here and makes no API call, and the
 written evaluation is byte-identical. Entries are small JSON files meant to be
 committed with the results; they never hold an API key.
+
+On another machine the same pipeline computes the same figures up to float rounding,
+and a figure in a prompt can come out one unit higher or lower in its last digit. When
+no entry has the exact key, ``get`` therefore also accepts an entry whose request is the
+same but for such numbers (``same_but_rounding``), and says so in the log: a newcomer's
+run then uses the committed response instead of paying for a new one that would read
+differently.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,41 @@ def cache_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# A decimal number as the digests write them (0.803, 1.2e-05, 12.50); integers are
+# matched as part of the text, exactly (layers, ranks and counts are not rounding).
+DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?:[eE][-+]?\d+)?|(?<![\w.])-?\d+[eE][-+]?\d+")
+
+
+def _last_unit(number: str) -> Decimal:
+    """One unit in the last written digit of ``number`` (0.803 -> 0.001, 1.2e-05 -> 1e-06)."""
+    return Decimal(1).scaleb(Decimal(number).as_tuple().exponent)
+
+
+def same_but_rounding(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are the same text but for decimal numbers that differ by at
+    most one unit in the last digit written (of the more precise one)."""
+    if a == b:
+        return True
+    numbers_a, numbers_b = DECIMAL.findall(a), DECIMAL.findall(b)
+    if len(numbers_a) != len(numbers_b) or DECIMAL.split(a) != DECIMAL.split(b):
+        return False
+    for x, y in zip(numbers_a, numbers_b):
+        if x != y and abs(Decimal(x) - Decimal(y)) > min(_last_unit(x), _last_unit(y)):
+            return False
+    return True
+
+
+def _same_request_but_rounding(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if {k: v for k, v in a.items() if k != "messages"} != {k: v for k, v in b.items() if k != "messages"}:
+        return False
+    if len(a.get("messages", [])) != len(b.get("messages", [])):
+        return False
+    return all(
+        x.get("role") == y.get("role") and same_but_rounding(x.get("content", ""), y.get("content", ""))
+        for x, y in zip(a["messages"], b["messages"])
+    )
+
+
 class ResponseCache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -36,15 +80,25 @@ class ResponseCache:
     def path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str, request: dict[str, Any] | None = None) -> str | None:
+        """The cached response for ``key``; failing that, with ``request``, the response to
+        a request that differs from it only in the last digit of some numbers."""
         path = self.path(key)
-        if not path.is_file():
-            self.misses += 1
-            log.info("cache miss %s", key[:16])
-            return None
-        self.hits += 1
-        log.info("cache hit %s (%s)", key[:16], path)
-        return json.loads(path.read_text(encoding="utf-8"))["response"]
+        if path.is_file():
+            self.hits += 1
+            log.info("cache hit %s (%s)", key[:16], path)
+            return json.loads(path.read_text(encoding="utf-8"))["response"]
+        if request is not None and self.directory.is_dir():
+            for candidate in sorted(self.directory.glob("*/*.json")):
+                entry = json.loads(candidate.read_text(encoding="utf-8"))
+                if _same_request_but_rounding(entry["request"], request):
+                    self.hits += 1
+                    log.info("cache hit %s for %s: the same request but for numbers one unit apart in their last "
+                             "digit (float rounding on another machine)", entry["key"][:16], key[:16])
+                    return entry["response"]
+        self.misses += 1
+        log.info("cache miss %s", key[:16])
+        return None
 
     def put(self, key: str, request: dict[str, Any], response: str, usage: dict[str, Any] | None) -> None:
         entry = {"key": key, "request": request, "response": response, "usage": usage or {}}

@@ -5,9 +5,16 @@ probabilities, the entropy, the answer's rank and probability, and KL to the
 final distribution; plus the model's metadata. When the digest exceeds
 ``max_chars``, layers are thinned evenly (layer 0 and the last layer always
 stay) until it fits, and the digest says so.
+
+Figures are written to two or three significant digits, and what is float noise by
+nature (the lens-vs-model difference at the last layer, the rank of an improbable
+answer among thousands of near-ties) only to its order of magnitude, so that the
+rounding of another processor cannot change a prompt (and so its cached response).
 """
 
 from __future__ import annotations
+
+import math
 
 from workflow.evaluation.analysis import ModelFacts, ProbeFacts
 
@@ -15,10 +22,23 @@ DEFAULT_MAX_CHARS = 24_000
 TOP_TOKENS = 3
 
 
+EXACT_RANKS = 100  # ranks above this are written to two significant digits
+
+
+def rank_text(rank: int) -> str:
+    """An answer rank: exact up to EXACT_RANKS, else about it (~1500)."""
+    return str(rank) if rank <= EXACT_RANKS else f"~{float(f'{rank:.2g}'):.0f}"
+
+
+def magnitude_text(value: float) -> str:
+    """A float-noise figure as the power of ten it does not exceed ("at most 1e-06", or "0")."""
+    return "0" if value <= 0 else f"at most 1e{math.ceil(math.log10(value)):+03d}"
+
+
 def _layer_line(step: dict) -> str:
     tops = ", ".join(f"{tok!r} {prob:.3f}" for tok, prob in step["topk"][:TOP_TOKENS])
     return (
-        f"{step['layer']:>3} | {tops} | {step['entropy']:.2f} | {step['answer_rank']} | "
+        f"{step['layer']:>3} | {tops} | {step['entropy']:.2f} | {rank_text(step['answer_rank'])} | "
         f"{step['answer_prob']:.3g} | {step['kl_to_final']:.2f}"
     )
 
@@ -28,7 +48,7 @@ def _probe_block(probe: ProbeFacts, n_layers: int, stride: int, tuned: bool = Fa
         f"### probe {probe.id} ({probe.style})\n"
         f"prompt {probe.prompt!r} -> expected {probe.answer!r}; {probe.n_tokens} tokens\n"
         f"final top-1 {probe.final_top1!r} ({probe.final_top1_prob:.3f}); answer probability "
-        f"{probe.final_answer_prob:.3g}, rank {probe.final_answer_rank}; answer first top-1 at layer "
+        f"{probe.final_answer_prob:.3g}, rank {rank_text(probe.final_answer_rank)}; answer first top-1 at layer "
         f"{probe.first_top1_layer}, stays top-1 from layer {probe.stable_top1_layer}"
     )
     if tuned:
@@ -52,7 +72,7 @@ def model_digest(facts: ModelFacts, max_chars: int = DEFAULT_MAX_CHARS) -> str:
         f"{facts.architecture}, {facts.n_layers} layers, d_model {facts.d_model}, vocabulary "
         f"{facts.vocab_size}, {facts.dtype} on {facts.device}; source {facts.source}\n"
         f"lens settings {facts.lens}; largest lens-vs-model probability difference at the last layer "
-        f"{facts.identity_max_prob_diff:.2g}\n"
+        f"{magnitude_text(facts.identity_max_prob_diff)}\n"
         f"answer is the final top-1 on {facts.n_correct} of {len(facts.probes)} probes\n"
         f"share of rows whose top-1 repeats the input token, by band (early/middle/late): "
         + ", ".join(f"{facts.copy_rate[b]:.2f}" for b in ("early", "middle", "late"))

@@ -141,7 +141,7 @@ class ChatProvider:
         request = {**self.describe(), "system": system, "messages": messages}
         key = cache_key(request)
         self.cache_keys.append(key)
-        cached = self.cache.get(key)
+        cached = self.cache.get(key, request)
         if cached is not None:
             return cached
         text, usage = self._call(system, messages)

@@ -12,6 +12,7 @@ from typing import Any
 
 from workflow.atomic import write_text
 from workflow.errors import UserError
+from workflow.records import rounded
 from workflow.evaluation.analysis import ModelFacts, model_facts
 from workflow.evaluation.digest import DEFAULT_MAX_CHARS, model_digest
 from workflow.evaluation.providers import EvaluationRequest, Provider, make_provider
@@ -132,7 +133,9 @@ def evaluate_model(
 ) -> Written:
     (facts,) = _facts([summary], [records])
     metadata = json.loads(Path(summary).read_text(encoding="utf-8"))
-    metadata = {k: v for k, v in metadata.items() if k not in ("probes", "timings", "packages")}
+    # Figures to three significant digits (float rounding must not change the prompt); the
+    # identity check's float-noise figures are in the digest, as orders of magnitude.
+    metadata = rounded({k: v for k, v in metadata.items() if k not in ("probes", "timings", "packages", "identity_check")}, 3)
     variables = {
         "model": facts.model,
         "metadata": json.dumps(metadata, indent=2, sort_keys=True, ensure_ascii=False),
