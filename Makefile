@@ -8,7 +8,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test check lint bench clean-results constraints
+.PHONY: setup demo test check lint bench clean-results clean constraints
 
 setup: $(STAMP)
 
@@ -63,3 +63,8 @@ lint: setup
 
 clean-results:
 	rm -rf results/001/*.json results/001/*.csv results/001/*.md results/001/plots results/001/html results/001/provenance
+
+# Everything derived, so that `make clean demo` computes experiment 001 from nothing
+# (the response cache under results/cache is kept: it is an input, not a result).
+clean: clean-results
+	rm -rf resources logs benchmarks report.html

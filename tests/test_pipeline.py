@@ -148,6 +148,9 @@ def test_failed_lens_job_leaves_no_partial_output(tiny_dirs, tmp_path):
     result = snakemake(workdir, "results/001/output-broken.json")
     assert result.returncode != 0
     assert files_under(workdir / "results") == []
+    # The job's own log says why it failed, traceback included (not only Snakemake's console).
+    log = (workdir / "logs" / "001" / "run_lens-broken.log").read_text()
+    assert "rule run_lens failed" in log and "Traceback (most recent call last)" in log
 
 
 def test_multi_token_answer_is_a_recorded_warning(tiny_dirs, tmp_path):
@@ -158,3 +161,6 @@ def test_multi_token_answer_is_a_recorded_warning(tiny_dirs, tmp_path):
     assert result.returncode == 0, said(result)[-3000:]
     summary = json.loads((workdir / "results/001/output-tiny-llama.json").read_text())
     assert "tokenises into" in summary["probes"][0]["warnings"][0]
+    # ... and the user sees it: in the job's log and on the console.
+    assert "WARNING" in (workdir / "logs/001/run_lens-tiny-llama.log").read_text()
+    assert "probe multi: answer ' Berlinzz Köln' tokenises into" in said(result)

@@ -136,8 +136,16 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
         for m in model.modules()
         if id(m) not in inside and m is not model and not list(m.children())
     ]
-    handles.append(unembed.register_forward_pre_hook(lambda mod, args: seen.setdefault("input", args[0].detach())))
-    handles.append(layers[-1].register_forward_hook(lambda mod, args, out: seen.setdefault("last", _hidden(out).detach())))
+    # Hooks that only look: a forward hook that returns a value replaces the module's output
+    # (a tensor in place of a decoder layer's tuple broke Falcon's forward).
+    def unembed_input(mod, args) -> None:
+        seen.setdefault("input", args[0].detach())
+
+    def last_layer_output(mod, args, out) -> None:
+        seen.setdefault("last", _hidden(out).detach())
+
+    handles.append(unembed.register_forward_pre_hook(unembed_input))
+    handles.append(layers[-1].register_forward_hook(last_layer_output))
     try:
         with torch.no_grad():
             model(torch.tensor([probe_ids], device=_device(model)))
@@ -146,12 +154,42 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
             handle.remove()
     target = seen["input"]
     # Compared by value: some models flatten the batch before the norm (GPT-J).
-    matches = [m for m, out in outputs if out.numel() == target.numel() and torch.equal(out.reshape(target.shape), target)]
+    same = [out.reshape(target.shape) for _, out in outputs if out.numel() == target.numel()]
+    modules = [m for m, out in outputs if out.numel() == target.numel()]
+    matches = [m for m, out in zip(modules, same) if torch.equal(out, target)]
     if matches:
         return matches[0]
     if torch.equal(seen["last"], target):
         return nn.Identity()
-    raise RuntimeError(f"{type(model).__name__}: cannot find the module that feeds the output embedding")
+    # MiniCPM3 divides the normed hidden state by logits_scaling before its bias-free head,
+    # which the lens applies to the logits instead (LOGIT_STEPS): accept the norm when the
+    # head reads its output times exactly the factor the config's steps apply.
+    factor = _logit_factor(model.config)
+    if factor != 1.0 and getattr(unembed, "bias", None) is None:
+        scaled = [m for m, out in zip(modules, same) if torch.allclose(out * factor, target, rtol=1e-6, atol=1e-7)]
+        if scaled:
+            return scaled[0]
+    from workflow.lens import unapplied_logit_keys
+
+    unapplied = unapplied_logit_keys(model.config)
+    raise RuntimeError(
+        f"{type(model).__name__}: cannot find the module that feeds the output embedding"
+        + (f"; the head may read a scaled copy of the final norm's output: the config also has {', '.join(unapplied)}, "
+           "which the lens does not apply to this model type (add it to LOGIT_STEPS in workflow/lens.py)" if unapplied else "")
+    )
+
+
+def _logit_factor(config) -> float:
+    """The product of the multiplying and dividing steps the lens applies to the logits."""
+    from workflow.lens import logit_steps
+
+    factor = 1.0
+    for _, operation, value in logit_steps(config):
+        if operation == "multiply":
+            factor *= value
+        elif operation == "divide":
+            factor /= value
+    return factor
 
 
 class HooksBackend:

@@ -17,7 +17,7 @@ import torch
 
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
-from workflow.lens import LensHead, lens_statistics, logit_postprocessor, uses_kernel
+from workflow.lens import LensHead, lens_statistics, logit_postprocessor, logit_steps, unapplied_logit_keys, uses_kernel
 from workflow.models import LoadedModel, dtype_name
 from workflow.provenance import package_versions
 from workflow.records import rounded, write_records
@@ -108,13 +108,31 @@ def lens_heads(model: LoadedModel, settings: LensSettings) -> tuple[LensHead, Le
 
 
 def identity_deviation(reference: LensHead, last_layer: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
-    """Largest differences between the lens at layer L and the model's own output."""
-    lens_logits = reference.logits(last_layer)
-    model_logits = model_logits.float()
+    """How far the lens at layer L is from the model's own output, on scale-sensitive terms.
+
+    Probabilities alone hide a missed logit scale on a near-uniform distribution (every
+    probability is tiny), so the logits are compared too, relative to their size
+    (``max_rel_logit_diff``: the largest difference over the largest logit, at least 1),
+    and KL(model || lens) in nats.
+    """
+    lens_logits = reference.logits(last_layer).double()
+    model_logits = model_logits.double()
+    model_logp, lens_logp = model_logits.log_softmax(-1), lens_logits.log_softmax(-1)
+    largest = float((lens_logits - model_logits).abs().max())
     return {
-        "max_abs_logit_diff": float((lens_logits - model_logits).abs().max()),
-        "max_abs_prob_diff": float((lens_logits.softmax(-1) - model_logits.softmax(-1)).abs().max()),
+        "max_abs_logit_diff": largest,
+        "max_rel_logit_diff": largest / max(1.0, float(model_logits.abs().max())),
+        "max_abs_prob_diff": float((lens_logp.exp() - model_logp.exp()).abs().max()),
+        "kl_model_to_lens": max(0.0, float((model_logp.exp() * (model_logp - lens_logp)).sum(-1).max())),
     }
+
+
+def identity_failure(deviation: dict[str, float], tolerance: float) -> str | None:
+    """Which identity measure exceeds ``tolerance`` (None when the lens reproduces the model)."""
+    for measure in ("max_rel_logit_diff", "max_abs_prob_diff", "kl_model_to_lens"):
+        if deviation[measure] > tolerance:
+            return measure
+    return None
 
 
 def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int | None]:
@@ -140,22 +158,33 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     n_layers = model.n_layers
     rows: list[dict[str, Any]] = []
     probe_summaries = []
-    worst = 0.0
+    worst: dict[str, float] = {}
     for index, probe in enumerate(probes, start=1):
         started = time.perf_counter()
         input_ids, answer_id, warnings = tokenize_probe(model.tokenizer, probe)
+        for warning in warnings:  # to the log and the console, as well as the JSON
+            log.warning("model %s, probe %s: %s", model.key, probe["id"], warning)
         residuals, model_logits = model.backend.capture(input_ids, settings.positions)
         forward_seconds = time.perf_counter() - started
         # The model's own output at the last position, against the lens at layer L there.
         deviation = identity_deviation(reference, residuals[-1, -1:], model_logits)
-        worst = max(worst, deviation["max_abs_prob_diff"])
-        if deviation["max_abs_prob_diff"] > tolerance:
+        worst = {k: max(worst.get(k, 0.0), v) for k, v in deviation.items()}
+        failed = identity_failure(deviation, tolerance)
+        if failed is not None:
+            steps = ", ".join(f"{op} by {key}={value:g}" for key, op, value in logit_steps(model.hf_config)) or "none"
+            unapplied = unapplied_logit_keys(model.hf_config)
             raise LensIdentityError(
-                f"model {model.key!r}, probe {probe['id']!r}: the lens at layer {n_layers} differs from the "
-                f"model's own probabilities by {deviation['max_abs_prob_diff']:.3g} (tolerance {tolerance:g}) on "
-                f"{model.device}/{dtype_name(model.dtype)}. The device may compute wrong results, or the "
-                "architecture has a step after the unembedding that the lens misses. Try device: cpu and "
-                "dtype: float32; nothing was written."
+                f"model {model.key!r}, probe {probe['id']!r}: the lens at layer {n_layers} does not reproduce the "
+                f"model's own output on {model.device}/{dtype_name(model.dtype)}: {failed} = {deviation[failed]:.3g} "
+                f"(tolerance {tolerance:g}; largest logit difference {deviation['max_abs_logit_diff']:.3g}, "
+                f"probability {deviation['max_abs_prob_diff']:.3g}, KL {deviation['kl_model_to_lens']:.3g} nats). "
+                f"Steps applied after the unembedding: {steps}."
+                + (f" The config also has {', '.join(unapplied)}, which the lens does not apply to model type "
+                   f"{model.hf_config.model_type!r}: if the model uses it on its logits, add it to LOGIT_STEPS in "
+                   "workflow/lens.py." if unapplied else
+                   " If the architecture changes its logits after the unembedding, add that step to LOGIT_STEPS in "
+                   "workflow/lens.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
+                + " Nothing was written."
             )
         first_position = len(input_ids) - residuals.shape[1]
         answer_token = names(answer_id)
@@ -226,7 +255,7 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     rows.sort(key=lambda r: (order[r["probe"]], r["lens"], r["layer"], r["position"]))
     summary = {
         "lens": settings.recorded(),
-        "identity_check": {"max_abs_prob_diff": worst, "tolerance": tolerance},
+        "identity_check": {**worst, "tolerance": tolerance},
         "probes": probe_summaries,
     }
     return summary, rows
@@ -246,6 +275,8 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
         "vocab_size": model.vocab_size,
         "norm_type": type(norm).__name__,
         "final_logit_softcapping": getattr(getattr(config, "text_config", None) or config, "final_logit_softcapping", None),
+        # What the lens applies after the unembedding, at every layer (workflow/lens.py, LOGIT_STEPS).
+        "logit_steps": [{"key": key, "operation": op, "value": value} for key, op, value in logit_steps(config)],
         "backend": model.backend.name,
         # The streamed lens's passes over each block: the fused CPU kernel or torch's.
         "lens_kernel": "native" if uses_kernel(logit_postprocessor(config), model.device) else "torch",

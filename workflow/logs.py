@@ -39,8 +39,16 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
         logging.getLogger("workflow").info(
             "rule %s running in SLURM job %s on %s", snakemake.rule, os.environ["SLURM_JOB_ID"], socket.gethostname()
         )
+    log = logging.getLogger("workflow")
     try:
         main(snakemake)
     except UserError as error:
-        logging.getLogger("workflow").error("error: %s", error)
+        log.error("error: %s", error)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        log.error("interrupted; nothing was written")
+        raise
+    except Exception as error:
+        # The log file must say why the job failed, not only Snakemake's console.
+        log.exception("rule %s failed: %s: %s", snakemake.rule, type(error).__name__, error)
         sys.exit(1)

@@ -14,6 +14,7 @@ from statistics import median
 from typing import Any
 
 from workflow.evaluation.analysis import BANDS, CONFIDENT_NATS, ModelFacts, ProbeFacts, relative, reverse_pairs
+from workflow.evaluation.digest import magnitude_text
 
 ATTRIBUTION = (
     "*Written by the offline analyst: deterministic rules applied to the recorded outputs. "
@@ -70,7 +71,8 @@ def _single_summary(f: ModelFacts) -> str:
         text += " The answer is never the top-1 token at the last position on any layer."
     text += (
         f" The lens at the last layer reproduces the model's own probabilities to within "
-        f"{f.identity_max_prob_diff:.1e} (checked at run time on every probe), so the last row of every trajectory "
+        f"{magnitude_text(f.identity_max_prob_diff).removeprefix('at most ')} (checked at run time on every probe, on logits and KL "
+        "too), so the last row of every trajectory "
         "is the model's real output."
     )
     return text
@@ -443,7 +445,7 @@ def _meta_threats(models: list[ModelFacts]) -> str:
         early = [p.trajectory[0]["kl_to_final"] for p in f.probes]
         items.append(
             f"`{f.model}`: KL to final is {median(early):.1f} nats at layer 0; readings of the early band are dominated "
-            f"by the lens's basis mismatch. The last-layer identity holds to {f.identity_max_prob_diff:.1g}."
+            f"by the lens's basis mismatch. The last-layer identity holds to {magnitude_text(f.identity_max_prob_diff).removeprefix('at most ')}."
         )
     items += [
         "Single-token answers only: facts whose answer spans several tokens are out of reach, and the probe set "

@@ -155,7 +155,7 @@ class ChatProvider:
         what = f"HTTP {status}" if status else type(error).__name__
         return ProviderError(
             f"{self.name} request to {where} (model {self.model!r}) failed with {what} after up to "
-            f"{self.max_retries} retries: {error}. Nothing was written; re-run when the service is back "
+            f"{self.max_retries} retries: {str(error).rstrip('.')}. Nothing was written; re-run when the service is back "
             "(responses already received are cached)."
         )
 
