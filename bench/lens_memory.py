@@ -30,7 +30,7 @@ TEXT = (
 def prepared_dir(model: str) -> Path:
     import yaml
 
-    from workflow.models import prepare_model
+    from workflow.prepare import prepare_model
 
     path = REPO / "resources" / "models" / model
     if not (path / "manifest.json").is_file():

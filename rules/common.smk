@@ -16,8 +16,9 @@ from workflow.config import (
     source_params,
 )
 from workflow.errors import UserError
-from workflow.evaluation.providers import stage_settings
-from workflow.models import PREPARED_SOURCES
+from workflow.evaluation.providers import check_settings, stage_settings
+from workflow.gguf_file import check as check_gguf
+from workflow.prepare import PREPARED_SOURCES
 from workflow.provenance import code_version
 from workflow.resources import lens_resources, prepare_resources
 
@@ -61,14 +62,24 @@ wildcard_constraints:
 
 
 def get_final_output():
+    """Every artefact a run produces under results/, so that a missing or deleted one (a
+    job killed before it finished, a record deleted by hand) is planned again: Snakemake
+    does not rebuild an intermediate file whose consumers are up to date."""
+    with_tuned = "tuned" in LENSES
     return [
+        *expand(f"{EXPERIMENT}/output-{{model}}.json", model=MODELS),
+        *expand(f"{EXPERIMENT}/output-{{model}}-records.csv", model=MODELS),
+        *expand(f"{EXPERIMENT}/provenance/output-{{model}}.prov.json", model=MODELS),
         *expand(f"{EXPERIMENT}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=PROBE_IDS),
         f"{EXPERIMENT}/plots/cross-model-trajectories.png",
         *expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
         f"{EXPERIMENT}/evaluation-cross-model.md",
         f"{EXPERIMENT}/evaluation-meta.md",
+        *expand(f"{EXPERIMENT}/provenance/evaluation-{{name}}.prov.json", name=[*MODELS, "cross-model", "meta"]),
         *expand(f"{EXPERIMENT}/html/evaluation-{{name}}.html", name=[*MODELS, "cross-model", "meta"]),
-        *(expand(f"{EXPERIMENT}/lens-quality-{{model}}.csv", model=MODELS) if "tuned" in LENSES else []),
+        *(expand(f"{EXPERIMENT}/lens-quality-{{model}}.csv", model=MODELS) if with_tuned else []),
+        *(expand(f"{EXPERIMENT}/plots/{{model}}/lens-quality.png", model=MODELS) if with_tuned else []),
+        *(expand(f"{EXPERIMENT}/provenance/lens-quality-{{model}}.prov.json", model=MODELS) if with_tuned else []),
     ]
 
 
@@ -90,27 +101,62 @@ def get_model_settings(wildcards):
 
 
 def get_gguf_input(wildcards):
-    """A GGUF path on disk is an input, so a missing file is caught before running."""
+    """A GGUF path on disk is an input, checked when the workflow is planned: a missing,
+    damaged or truncated file is refused before any job runs, naming the config key."""
     entry = get_model(wildcards)
+    model = wildcards.model
     if entry["source"] == "gguf":
-        if not os.path.isfile(os.path.expanduser(entry["path"])):
+        path = os.path.expanduser(entry["path"])
+        if not os.path.isfile(path):
             raise WorkflowError(
-                f"model {wildcards.model!r}: GGUF file {entry['path']!r} does not exist "
-                f"(config key models.{wildcards.model}.path in {CONFIGFILE}); fix the path or download the file"
+                f"model {model!r}: GGUF file {entry['path']!r} does not exist "
+                f"(config key models.{model}.path in {CONFIGFILE}); fix the path or download the file"
             )
-        return [os.path.expanduser(entry["path"])]
+        _user_errors(check_gguf, path, model, f"models.{model}.path", CONFIGFILE)
+        return [path]
     if entry["source"] != "package":
-        raise WorkflowError(f"model {wildcards.model!r}: source {entry['source']!r} needs no preparation")
+        raise WorkflowError(f"model {model!r}: source {entry['source']!r} needs no preparation")
     return []
+
+
+def _user_errors(function, *args):
+    """``function(*args)``, a UserError becoming the WorkflowError Snakemake prints plainly."""
+    try:
+        return function(*args)
+    except UserError as e:
+        raise WorkflowError(str(e)) from None
+
+
+def check_device(wildcards):
+    """A device the model's jobs ask for must be there when they run on this machine (on a
+    cluster they run elsewhere, so a login node without a GPU plans them all the same)."""
+    entry = get_model(wildcards)
+    device = entry.get("device", config["device"])
+    if device in ("cuda", "mps") and workflow.local_exec:
+        from workflow.models import resolve_device
+
+        try:
+            resolve_device(device)
+        except UserError as e:
+            key = f"models.{wildcards.model}.device" if "device" in entry else "device"
+            raise WorkflowError(f"model {wildcards.model!r} (config key {key}): {e}") from None
 
 
 def get_lens_model_input(wildcards):
     """Prepared weights for GGUF/package sources; the directory itself for local ones."""
     entry = get_model(wildcards)
+    check_device(wildcards)
     if entry["source"] in PREPARED_SOURCES:
         return {"prepared": f"resources/models/{wildcards.model}"}
     if entry["source"] == "local":
-        return {"local": os.path.expanduser(entry["path"])}
+        path = os.path.expanduser(entry["path"])
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            what = "does not exist" if not os.path.exists(path) else "is not a Hugging Face model directory (no config.json)"
+            raise WorkflowError(
+                f"model {wildcards.model!r}: {entry['path']!r} {what} (config key models.{wildcards.model}.path "
+                f"in {CONFIGFILE}); point it at a directory saved with save_pretrained"
+            )
+        return {"local": path}
     return {}
 
 
@@ -132,24 +178,60 @@ def lens_resource(name):
     Evaluated again just before the job runs, when prepared weights exist."""
 
     def resource(wildcards, input):
-        return lens_resources(get_model(wildcards), config, input.get("prepared"))[name]
+        return _user_errors(lens_resources, get_model(wildcards), config, input.get("prepared"), wildcards.model)[name]
 
     return resource
 
 
 def prepare_resource(name):
     def resource(wildcards):
-        return prepare_resources(get_model(wildcards))[name]
+        return _user_errors(prepare_resources, get_model(wildcards), wildcards.model)[name]
 
     return resource
 
 
+def checked_template(stage, template):
+    """The stage's template, once its evaluator is known to be usable (key and model for an
+    LLM provider): checked when the workflow is planned, before any job runs."""
+
+    def template_input(wildcards):
+        _user_errors(check_settings, stage_settings(config["evaluation"], stage), stage)
+        return template
+
+    return template_input
+
+
+def unchanged_since_made(pattern):
+    """An input that a lens run wrote, refused when the workflow is planned if it was
+    changed afterwards: its sha256 must be the one in that run's provenance record. A
+    damaged records CSV is not drawn or evaluated (and what was made from it is kept)."""
+
+    def checked(wildcards):
+        path = pattern.format(model=wildcards.model) if "{model}" in pattern else pattern
+        _user_errors(check_unchanged, path)
+        return path
+
+    return checked
+
+
+def check_unchanged(path):
+    from workflow.provenance import changed_since_recorded
+
+    problem = changed_since_recorded(path)
+    if problem:
+        raise UserError(
+            f"{path} {problem}: it is not what the lens run wrote. Restore it (git checkout {path}) or re-run the "
+            f"lens (snakemake --cores 1 --forcerun run_lens); nothing was planned from it"
+        )
+
+
 def get_model_outputs(wildcards):
-    """Every model's JSON summary and records CSV."""
-    return {
-        "outputs": expand(f"{EXPERIMENT}/output-{{model}}.json", model=MODELS),
-        "records": expand(f"{EXPERIMENT}/output-{{model}}-records.csv", model=MODELS),
-    }
+    """Every model's JSON summary and records CSV (each checked as in unchanged_since_made)."""
+    outputs = expand(f"{EXPERIMENT}/output-{{model}}.json", model=MODELS)
+    records = expand(f"{EXPERIMENT}/output-{{model}}-records.csv", model=MODELS)
+    for path in [*outputs, *records]:
+        _user_errors(check_unchanged, path)
+    return {"outputs": outputs, "records": records}
 
 
 def get_page_inputs(wildcards):

@@ -1,15 +1,18 @@
 # Evaluations: per model, across models, and a critique of the method.
+#
+# Outputs are update(): a committed evaluation is kept until the new one is written, and
+# put back if the job fails (an API that is down, say), instead of being deleted first.
 
 
 rule evaluate_model:
     input:
-        summary=f"{EXPERIMENT}/output-{{model}}.json",
-        records=f"{EXPERIMENT}/output-{{model}}-records.csv",
+        summary=unchanged_since_made(f"{EXPERIMENT}/output-{{model}}.json"),
+        records=unchanged_since_made(f"{EXPERIMENT}/output-{{model}}-records.csv"),
         heatmaps=expand(f"{EXPERIMENT}/plots/{{{{model}}}}/heatmap-{{probe}}.png", probe=PROBE_IDS),
-        template="prompts/single-model-evaluation.md",
+        template=checked_template("single-model", "prompts/single-model-evaluation.md"),
     output:
-        evaluation=f"{EXPERIMENT}/evaluation-{{model}}.md",
-        provenance=f"{EXPERIMENT}/provenance/evaluation-{{model}}.prov.json",
+        evaluation=update(f"{EXPERIMENT}/evaluation-{{model}}.md"),
+        provenance=update(f"{EXPERIMENT}/provenance/evaluation-{{model}}.prov.json"),
     log:
         "logs/001/evaluate_model-{model}.log",
     conda:
@@ -27,10 +30,10 @@ rule evaluate_cross:
         unpack(get_model_outputs),
         evaluations=expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
         trajectories=f"{EXPERIMENT}/plots/cross-model-trajectories.png",
-        template="prompts/cross-model-evaluation.md",
+        template=checked_template("cross-model", "prompts/cross-model-evaluation.md"),
     output:
-        evaluation=f"{EXPERIMENT}/evaluation-cross-model.md",
-        provenance=f"{EXPERIMENT}/provenance/evaluation-cross-model.prov.json",
+        evaluation=update(f"{EXPERIMENT}/evaluation-cross-model.md"),
+        provenance=update(f"{EXPERIMENT}/provenance/evaluation-cross-model.prov.json"),
     log:
         "logs/001/evaluate_cross.log",
     conda:
@@ -47,10 +50,10 @@ rule evaluate_meta:
     input:
         unpack(get_model_outputs),
         cross=f"{EXPERIMENT}/evaluation-cross-model.md",
-        template="prompts/meta-evaluation.md",
+        template=checked_template("meta", "prompts/meta-evaluation.md"),
     output:
-        evaluation=f"{EXPERIMENT}/evaluation-meta.md",
-        provenance=f"{EXPERIMENT}/provenance/evaluation-meta.prov.json",
+        evaluation=update(f"{EXPERIMENT}/evaluation-meta.md"),
+        provenance=update(f"{EXPERIMENT}/provenance/evaluation-meta.prov.json"),
     log:
         "logs/001/evaluate_meta.log",
     conda:

@@ -4,10 +4,12 @@
 rule run_lens:
     input:
         unpack(get_run_lens_input),
+    # update(): Snakemake keeps the previous outputs until the job succeeds and puts them
+    # back if it fails (README, "When a job fails"), instead of deleting them first.
     output:
-        summary=f"{EXPERIMENT}/output-{{model}}.json",
-        records=f"{EXPERIMENT}/output-{{model}}-records.csv",
-        provenance=f"{EXPERIMENT}/provenance/output-{{model}}.prov.json",
+        summary=update(f"{EXPERIMENT}/output-{{model}}.json"),
+        records=update(f"{EXPERIMENT}/output-{{model}}-records.csv"),
+        provenance=update(f"{EXPERIMENT}/provenance/output-{{model}}.prov.json"),
     log:
         "logs/001/run_lens-{model}.log",
     conda:

@@ -4,8 +4,10 @@
 rule prepare_model:
     input:
         get_gguf_input,
+    # update(): a prepared model is kept until the new one is complete, and put back if the
+    # job fails (Snakemake copies it aside while the job runs).
     output:
-        directory("resources/models/{model}"),
+        update(directory("resources/models/{model}")),
     log:
         "logs/models/prepare_model-{model}.log",
     conda:

@@ -1,18 +1,20 @@
 # Pictures: the logit-lens heatmap per model and probe, and cross-model trajectories.
+# update(): the previous pictures stay until new ones are drawn, and come back if drawing fails.
 
 
 rule plot_heatmaps:
     input:
-        records=f"{EXPERIMENT}/output-{{model}}-records.csv",
+        records=unchanged_since_made(f"{EXPERIMENT}/output-{{model}}-records.csv"),
+        summary=unchanged_since_made(f"{EXPERIMENT}/output-{{model}}.json"),
     output:
         heatmaps=[
-            report(
+            update(report(
                 f"{EXPERIMENT}/plots/{{model}}/heatmap-{probe}.png",
                 caption="../workflow/report/heatmap.rst",
                 category="{model}",
                 subcategory="Heatmaps",
                 labels={"probe": probe},
-            )
+            ))
             for probe in PROBE_IDS
         ],
     log:
@@ -31,13 +33,13 @@ rule plot_cross:
     input:
         unpack(get_model_outputs),
     output:
-        report(
+        update(report(
             f"{EXPERIMENT}/plots/cross-model-trajectories.png",
             caption="../workflow/report/trajectories.rst",
             category="Cross-model",
             subcategory="Figures",
             labels={"figure": "trajectories by relative depth"},
-        ),
+        )),
     log:
         "logs/001/plot_cross.log",
     conda:

@@ -6,8 +6,10 @@ rule train_tuned_lens:
     input:
         unpack(get_lens_model_input),
         corpus=CORPUS,
+    # update(): a trained lens is kept until the new one is complete, and put back if the
+    # job fails.
     output:
-        directory("resources/lenses/{model}"),
+        update(directory("resources/lenses/{model}")),
     log:
         "logs/lenses/train_tuned_lens-{model}.log",
     conda:
@@ -35,7 +37,7 @@ rule lens_quality:
     input:
         lens="resources/lenses/{model}",
     output:
-        csv=f"{EXPERIMENT}/lens-quality-{{model}}.csv",
+        csv=update(f"{EXPERIMENT}/lens-quality-{{model}}.csv"),
         plot=report(
             f"{EXPERIMENT}/plots/{{model}}/lens-quality.png",
             caption="../workflow/report/lens-quality.rst",
@@ -43,7 +45,7 @@ rule lens_quality:
             subcategory="Lens quality",
             labels={"figure": "held-out KL and top-1 agreement"},
         ),
-        provenance=f"{EXPERIMENT}/provenance/lens-quality-{{model}}.prov.json",
+        provenance=update(f"{EXPERIMENT}/provenance/lens-quality-{{model}}.prov.json"),
     log:
         "logs/001/lens_quality-{model}.log",
     conda:

@@ -7,11 +7,11 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the rep
 
 from workflow.logs import run_script  # noqa: E402
 from workflow.plots import heatmap_data, plot_heatmap  # noqa: E402
-from workflow.records import read_records  # noqa: E402
+from workflow.records import load_checked  # noqa: E402
 
 
 def main(sm):
-    records = read_records(sm.input.records)
+    records = load_checked(sm.input.records, sm.input.summary)
     for probe, path in zip(sm.params.probes, sm.output.heatmaps):
         plot_heatmap(heatmap_data(records, sm.wildcards.model, probe), path)
 

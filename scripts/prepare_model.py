@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
 from workflow.logs import run_script  # noqa: E402
-from workflow.models import prepare_model  # noqa: E402
+from workflow.prepare import prepare_model  # noqa: E402
 
 
 def main(sm):

@@ -125,7 +125,7 @@ def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
     import numpy as np
 
     from workflow.errors import UserError
-    from workflow.models import prepare_model
+    from workflow.prepare import prepare_model
 
     path = tmp_path / "scout.gguf"
     writer = gguf.GGUFWriter(str(path), "llama4")

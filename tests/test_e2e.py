@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline import REPO, files_under, said, scratch_copy, snakemake
-from workflow.models import locate_gguf
+from workflow.prepare import locate_gguf
 
 pytestmark = pytest.mark.e2e
 

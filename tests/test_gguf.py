@@ -5,7 +5,8 @@ import pytest
 from gguf_writer import write_gguf
 from tiny import make_model_dir, make_qwen2_dir, make_tokenizer, save_random
 from workflow.experiment import LensSettings, run_lens
-from workflow.models import load_model, prepare_model
+from workflow.models import load_model
+from workflow.prepare import prepare_model
 
 PROBES = [
     {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"},

@@ -181,3 +181,40 @@ def test_unrecorded_file_is_reported(workdir):
     result = provenance_check(workdir)
     assert result.returncode != 0
     assert statuses(result)["results/001/notes.md"] == "unrecorded"
+
+
+def test_a_killed_lens_job_is_planned_again_and_restored_byte_for_byte(workdir):
+    """SIGKILL of a running lens job (and Snakemake with it) leaves its outputs missing; the
+    dry run must plan the job (a missing output is never 'nothing to be done') and the next
+    run writes the same bytes as before."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from pipeline import SNAKEMAKE
+
+    outputs = ["results/001/output-tiny-llama.json", "results/001/output-tiny-llama-records.csv",
+               "results/001/provenance/output-tiny-llama.prov.json"]
+    before = {name: (workdir / name).read_bytes() for name in outputs}
+    log = workdir / "logs" / "001" / "run_lens-tiny-llama.log"
+    log.unlink()
+    job = subprocess.Popen([*SNAKEMAKE, "--cores", "1", "--forcerun", "run_lens", "results/001/output-tiny-llama.json"],
+                           cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "rule run_lens with" in log.read_text()):
+        assert job.poll() is None and time.monotonic() < deadline, "the lens job never started"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not any((workdir / name).exists() for name in outputs)  # killed before it could write them
+    assert snakemake(workdir, "--unlock").returncode == 0
+    assert ("run_lens", "tiny-llama") in plan(workdir)
+    result = snakemake(workdir)
+    assert result.returncode == 0, said(result)[-3000:]
+    assert {name: (workdir / name).read_bytes() for name in outputs} == before
+
+
+def test_a_deleted_provenance_record_is_planned_again(workdir):
+    (workdir / "results" / "001" / "provenance" / "output-tiny-gemma3.prov.json").unlink()
+    assert ("run_lens", "tiny-gemma3") in plan(workdir)

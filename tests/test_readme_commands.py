@@ -19,6 +19,7 @@ from pipeline import finished_run, said, scratch_copy
 
 RUN = "run as written"
 DRY = "dry run (-n) added: a real run needs what CI has not"
+CONDA = "dry run (-n) added, where conda is installed (CI has none; conda-forge is out of its reach)"
 # How each README command is exercised, and why where it is not run as written.
 HOW = {
     "snakemake --cores 1 results/001/evaluation-cross-model.md": RUN,
@@ -35,13 +36,16 @@ HOW = {
     "snakemake --profile profiles/slurm -n": RUN,
     # A real SLURM run: tests/test_slurm.py runs the pipeline on a one-node cluster it starts.
     "snakemake --profile profiles/slurm": DRY,
-    "snakemake --profile profiles/local-gpu": DRY,  # needs a GPU
+    "snakemake --profile profiles/local-gpu": DRY,  # needs a GPU: elsewhere the plan must say so
+    "snakemake --cores 1 --keep-going": RUN,
+    "snakemake --sdm conda --cores 1": CONDA,
 }
 KEYS = {"OPENAI_API_KEY": "placeholder", "ANTHROPIC_API_KEY": "placeholder"}
 
 
 def readme_commands() -> list[str]:
-    """The snakemake command lines in the README's bash blocks, comments removed."""
+    """The snakemake command lines in the README's bash blocks (comments removed) and in its
+    inline code, each once."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
@@ -49,7 +53,8 @@ def readme_commands() -> list[str]:
             words = shlex.split(line, comments=True)
             if words and words[0] == "snakemake":
                 commands.append(shlex.join(words) if "'" not in line else line.split("  #")[0].strip())
-    return commands
+    commands += re.findall(r"`(snakemake [^`]+)`", text)
+    return list(dict.fromkeys(commands))
 
 
 def test_every_readme_command_is_exercised():
@@ -81,7 +86,15 @@ def test_readme_command(command, built, tiny_dirs, tmp_path):
     else:
         workdir = tmp_path / "wd"
         shutil.copytree(built, workdir, symlinks=True)
-    result = run_as_written(workdir, command, HOW[command] == DRY)
+    if HOW[command] == CONDA and shutil.which("conda") is None:
+        pytest.skip("conda is not installed here; tests/test_envs.py checks what the rules declare")
+    result = run_as_written(workdir, command, HOW[command] in (DRY, CONDA))
+    if command == "snakemake --profile profiles/local-gpu" and not cuda_available():
+        # No GPU on this machine: the plan itself refuses, naming the device and the key.
+        assert result.returncode != 0
+        assert "device: cuda was requested but no CUDA device is available" in said(result)
+        assert "config key device" in said(result)
+        return
     assert result.returncode == 0, said(result)[-3000:]
     if command == "snakemake --lint":
         assert "Congratulations, your workflow is in a good condition!" in said(result)
@@ -97,3 +110,9 @@ def importlib_missing(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

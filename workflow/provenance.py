@@ -237,6 +237,40 @@ def record_rule(snakemake: Any, script: str, artefacts: list[str], extra: dict[s
     write_record(snakemake.output.provenance, record)
 
 
+def changed_since_recorded(artefact: str | os.PathLike[str], results: str = "results") -> str | None:
+    """Why ``artefact`` is not what its rule wrote (its sha256 differs from the provenance
+    record that lists it), or None: unchanged, not yet made, or made without a record."""
+    path = Path(artefact)
+    if not path.is_file() or results not in path.parts:
+        return None
+    provenance = Path(*path.parts[: path.parts.index(results) + 2]) / "provenance"
+    records = tuple((str(f), f.stat().st_mtime_ns) for f in sorted(provenance.glob(f"*{RECORD_SUFFIX}")))
+    recorded = _recorded_artefacts(records).get(str(path))
+    if recorded is None:
+        return None
+    digest, record_file, rule = recorded
+    stat = path.stat()
+    if _file_digest(str(path), stat.st_mtime_ns, stat.st_size) == digest:
+        return None
+    return f"was changed after {rule} wrote it (its sha256 differs from {record_file})"
+
+
+@functools.lru_cache(maxsize=8)
+def _recorded_artefacts(records: tuple[tuple[str, int], ...]) -> dict[str, tuple[str, str, str]]:
+    """artefact -> (sha256, record file, rule), from the records named (with their mtimes)."""
+    found = {}
+    for record_file, _ in records:
+        record = json.loads(Path(record_file).read_text(encoding="utf-8"))
+        for name, digest in record.get("artefacts", {}).items():
+            found[name] = (digest, record_file, record.get("rule", "its rule"))
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)
+
+
 @dataclass(frozen=True)
 class Finding:
     status: str  # ok | stale | modified | missing | unrecorded

@@ -86,3 +86,32 @@ def read_records(path: str | os.PathLike[str], parse_lists: bool = True) -> pd.D
         for column in LIST_COLUMNS:
             frame[column] = frame[column].map(json.loads)
     return frame
+
+
+def load_checked(records_path: str | os.PathLike[str], summary_path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A records CSV, after checking it against the JSON the same lens run wrote.
+
+    The columns must be COLUMNS and the rows one per probe x lens x layer x position that
+    the JSON describes; otherwise the file is damaged or from another run, and nothing
+    should be drawn or written from it.
+    """
+    from workflow.errors import UserError
+
+    summary = json.loads(open(summary_path, encoding="utf-8").read())
+    fix = (f"re-run the lens (snakemake --cores 1 --forcerun run_lens {summary_path}) or restore both files "
+           "(git checkout results/)")
+    try:
+        frame = read_records(records_path)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise UserError(f"{records_path}: cannot be read as a records CSV ({error}); {fix}") from None
+    if tuple(frame.columns) != COLUMNS:
+        raise UserError(f"{records_path}: its columns are {list(frame.columns)}, not the records contract's {list(COLUMNS)}; {fix}")
+    lenses = len(summary.get("lenses", ["logit"]))
+    per_probe = 1 if summary.get("lens", {}).get("positions") == "last" else None
+    expected = sum(lenses * (int(summary["n_layers"]) + 1) * (per_probe or len(p["input_ids"])) for p in summary["probes"])
+    if len(frame) != expected:
+        raise UserError(
+            f"{records_path} has {len(frame)} rows, but {summary_path} describes {expected} (probes x lenses x layers x "
+            f"positions): the file is damaged or from another run; {fix}"
+        )
+    return frame

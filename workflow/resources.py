@@ -46,15 +46,11 @@ def directory_parameters(path: Path) -> int | None:
     return sum(safetensors_parameters(f) for f in files) if files else None
 
 
-def gguf_parameters(path: Path) -> int:
-    return _gguf_parameters(str(path), path.stat().st_mtime_ns)
+def gguf_parameters(path: Path, model: str = "?", key: str = "path") -> int:
+    """From the GGUF header (checked: a damaged file is refused naming the config key)."""
+    from workflow.gguf_file import check
 
-
-@functools.cache
-def _gguf_parameters(path: str, mtime_ns: int) -> int:
-    from gguf import GGUFReader
-
-    return int(sum(int(t.n_elements) for t in GGUFReader(path).tensors))
+    return check(path, model, key).parameters
 
 
 @functools.cache
@@ -76,9 +72,9 @@ def hf_parameters(repo: str, revision: str) -> int | None:
     return int(sum(metadata.parameter_count.values()))
 
 
-def model_parameters(entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None) -> int | None:
+def model_parameters(entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None, model: str = "?") -> int | None:
     """The model's parameter count without loading it, or None where nothing is readable yet."""
-    from workflow.models import package_dir
+    from workflow.prepare import package_dir
 
     source = entry["source"]
     if prepared_dir is not None and Path(prepared_dir).is_dir():
@@ -89,13 +85,13 @@ def model_parameters(entry: dict[str, Any], prepared_dir: str | os.PathLike[str]
         return directory_parameters(Path(entry["path"]).expanduser())
     if source == "gguf":
         path = Path(entry["path"]).expanduser()
-        return gguf_parameters(path) if path.is_file() else None
+        return gguf_parameters(path, model, f"models.{model}.path") if path.is_file() else None
     if source == "package" and "file" in entry:
         try:
             path = package_dir(entry["package"]) / entry["file"]
         except Exception:
             return None
-        return gguf_parameters(path) if path.is_file() else None
+        return gguf_parameters(path, model, f"models.{model}.file") if path.is_file() else None
     if source == "hf":
         return hf_parameters(entry["repo"], entry.get("revision", "main"))
     return None  # a package that assembles its GGUF: known once prepare_model has run
@@ -113,11 +109,12 @@ def job_dtype(entry: dict[str, Any], config: dict[str, Any]) -> str:
     return dtype
 
 
-def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None,
+                   model: str = "?") -> dict[str, Any]:
     """``mem_mb``, ``runtime`` (minutes) and ``gpu`` for one model's ``run_lens`` job."""
     device = job_device(entry, config)
     override = entry.get("resources", {})
-    parameters = model_parameters(entry, prepared_dir)
+    parameters = model_parameters(entry, prepared_dir, model)
     if parameters is None:
         mem_mb, runtime = FALLBACK_MEM_MB, FALLBACK_RUNTIME_MIN
     else:
@@ -135,9 +132,9 @@ def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: 
     }
 
 
-def prepare_resources(entry: dict[str, Any]) -> dict[str, Any]:
+def prepare_resources(entry: dict[str, Any], model: str = "?") -> dict[str, Any]:
     """Dequantising a GGUF holds the float32 weights and the file's own tensors."""
-    parameters = model_parameters(entry)
+    parameters = model_parameters(entry, None, model)
     override = entry.get("resources", {})
     if parameters is None:
         mem_mb = FALLBACK_MEM_MB

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from workflow.records import read_records
+from workflow.records import load_checked
 
 BANDS = ("early", "middle", "late")
 CONFIDENT_NATS = 1.0  # a distribution with entropy below this is "collapsed"
@@ -148,7 +148,7 @@ def probe_facts(summary: dict[str, Any], rows: pd.DataFrame) -> ProbeFacts:
 
 def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFacts:
     summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
-    records = read_records(records_path)
+    records = load_checked(records_path, summary_path)
     records = records[records["lens"] == "logit"]
     n_layers = int(summary["n_layers"])
     probes = [probe_facts(p, records[records["probe"] == p["id"]]) for p in summary["probes"]]

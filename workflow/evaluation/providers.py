@@ -91,21 +91,9 @@ class ChatProvider:
     name = "chat"
 
     def __init__(self, settings: dict[str, Any]):
-        variable = KEY_VARIABLES[self.name]
-        key = os.environ.get(variable, "")
-        if not key:
-            raise UserError(
-                f"evaluation.provider is {self.name!r} but the environment variable {variable} is not set; "
-                f"export it (for a local OpenAI-compatible server any non-empty value works), "
-                "or use --config evaluation='{provider: offline}'"
-            )
-        self._api_key = key
-        self.model = settings.get("model")
-        if not self.model:
-            raise UserError(
-                f"evaluation.model is required for provider {self.name!r}: name the model to ask "
-                "(see README, 'Evaluations written by an LLM')"
-            )
+        check_settings(settings)
+        self._api_key = os.environ[KEY_VARIABLES[self.name]]
+        self.model = settings["model"]
         self.temperature = settings.get("temperature")
         self.max_tokens = int(settings.get("max_tokens", 4096))
         self.seed = settings.get("seed")
@@ -213,6 +201,33 @@ class AnthropicProvider(ChatProvider):
         text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
         usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
         return text, usage
+
+
+def check_settings(settings: dict[str, Any], stage: str | None = None) -> None:
+    """What an LLM provider needs before any request: its key in the environment and a model.
+
+    Called when the workflow is planned, so that a missing key fails before any job runs
+    (and before Snakemake removes an evaluation it would have rewritten), and again by the
+    provider itself.
+    """
+    name = settings.get("provider", "offline")
+    which = f" (the {stage} evaluation)" if stage else ""
+    if name == "offline":
+        return
+    if name not in KEY_VARIABLES:
+        raise UserError(f"evaluation.provider {name!r}{which} is not available; use one of: {', '.join(PROVIDERS)}")
+    variable = KEY_VARIABLES[name]
+    if not os.environ.get(variable, ""):
+        raise UserError(
+            f"evaluation.provider is {name!r}{which} but the environment variable {variable} is not set; "
+            f"export it (for a local OpenAI-compatible server any non-empty value works), "
+            "or use --config evaluation='{provider: offline}'"
+        )
+    if not settings.get("model"):
+        raise UserError(
+            f"evaluation.model is required for provider {name!r}{which}: name the model to ask "
+            "(see README, 'Evaluations written by an LLM')"
+        )
 
 
 def stage_settings(evaluation: dict[str, Any], stage: str) -> dict[str, Any]:
