@@ -128,11 +128,13 @@ def _user_errors(function, *args):
 
 
 def check_device(wildcards):
-    """A device the model's jobs ask for must be there when they run on this machine (on a
-    cluster they run elsewhere, so a login node without a GPU plans them all the same)."""
+    """A device the model's jobs ask for must be there when they are to run on this machine,
+    checked when the run is planned, before any job. Not for a cluster (the jobs run on
+    other nodes: a login node without a GPU submits them all the same), and not in a dry run,
+    which cannot tell where the jobs would run (a profile may send them to a cluster)."""
     entry = get_model(wildcards)
     device = entry.get("device", config["device"])
-    if device in ("cuda", "mps") and workflow.local_exec:
+    if device in ("cuda", "mps") and workflow.local_exec and not workflow.dryrun:
         from workflow.models import resolve_device
 
         try:

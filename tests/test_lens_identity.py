@@ -159,5 +159,5 @@ def test_identity_check_fails_loudly_when_the_lens_misses_a_step(loaded, probes,
     from workflow import experiment
 
     monkeypatch.setattr(experiment, "logit_postprocessor", lambda config: (lambda logits: logits))
-    with pytest.raises(LensIdentityError, match="differs from the model's own probabilities"):
+    with pytest.raises(LensIdentityError, match="does not reproduce the model's own output"):
         run_lens(model, probes[:1], LensSettings())

@@ -52,7 +52,10 @@ class Config:
         (Config(final_logit_softcapping=None), lambda z: z),
         (Config(final_logit_softcapping=30.0), lambda z: torch.tanh(z / 30.0) * 30.0),
         (Config(logit_scale=0.0625), lambda z: z * 0.0625),
-        (Config(logits_scaling=8.0), lambda z: z / 8.0),
+        (Config(model_type="granite", logits_scaling=8.0), lambda z: z / 8.0),
+        (Config(model_type="hyperclovax", logits_scaling=8.0), lambda z: z * 8.0),
+        (Config(model_type="falcon_h1", lm_head_multiplier=0.35), lambda z: z * 0.35),
+        (Config(logits_soft_cap=1.0), lambda z: torch.tanh(z)),
         (Config(text_config=Config(final_logit_softcapping=5.0)), lambda z: torch.tanh(z / 5.0) * 5.0),
     ],
 )

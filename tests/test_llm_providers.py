@@ -210,12 +210,14 @@ def test_server_failure_keeps_other_evaluations_going(llm, lens_done, tmp_path):
     no_file_holds_the_key(workdir)
 
 
-def test_missing_key_fails_the_job_before_any_request(llm, lens_done, tmp_path, monkeypatch):
+def test_missing_key_fails_when_planning_before_any_job(llm, lens_done, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
-    evaluation = {"provider": "openai", "base_url": llm.openai_url}
+    evaluation = {"provider": "openai", "model": "test-model", "base_url": llm.openai_url}
     workdir = workflow_with(lens_done, tmp_path, evaluation)
-    result = snakemake(workdir, "results/001/evaluation-tiny-llama.md")
-    assert result.returncode != 0
-    assert "OPENAI_API_KEY is not set" in said(result) + (workdir / "logs/001/evaluate_model-tiny-llama.log").read_text()
+    for args in (["-n"], []):  # a dry run already says so, and a real run starts no job
+        result = snakemake(workdir, *args, "results/001/evaluation-tiny-llama.md")
+        assert result.returncode != 0
+        assert "OPENAI_API_KEY is not set" in said(result) and "(the single-model evaluation)" in said(result)
     assert llm.requests == []
+    assert not (workdir / "logs/001/evaluate_model-tiny-llama.log").exists()  # no job ran
     assert not (workdir / "results/001/evaluation-tiny-llama.md").exists()

@@ -184,9 +184,9 @@ def test_unrecorded_file_is_reported(workdir):
 
 
 def test_a_killed_lens_job_is_planned_again_and_restored_byte_for_byte(workdir):
-    """SIGKILL of a running lens job (and Snakemake with it) leaves its outputs missing; the
-    dry run must plan the job (a missing output is never 'nothing to be done') and the next
-    run writes the same bytes as before."""
+    """SIGKILL of a running lens job (and Snakemake with it): the dry run must plan the job
+    again (Snakemake marked its outputs incomplete; the previous ones are still there, kept
+    by update() and never half-written) and the next run writes the same bytes as before."""
     import os
     import signal
     import subprocess
@@ -207,7 +207,8 @@ def test_a_killed_lens_job_is_planned_again_and_restored_byte_for_byte(workdir):
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
-    assert not any((workdir / name).exists() for name in outputs)  # killed before it could write them
+    assert "wrote" not in log.read_text()  # killed before it could write anything
+    assert not list((workdir / "results" / "001").glob(".*tmp*"))  # no half-written file
     assert snakemake(workdir, "--unlock").returncode == 0
     assert ("run_lens", "tiny-llama") in plan(workdir)
     result = snakemake(workdir)

@@ -35,10 +35,18 @@ FALLBACK_RUNTIME_MIN = 120
 
 def safetensors_parameters(path: Path) -> int:
     """Number of parameters in one safetensors file, from its JSON header only."""
-    with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    from workflow.errors import UserError
+
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(
+            f"{path}: the weights file's header cannot be read ({type(error).__name__}: {error}); the file is damaged "
+            "or not safetensors. Save or download the model again."
+        ) from None
 
 
 def directory_parameters(path: Path) -> int | None:

@@ -167,6 +167,12 @@ def least_squares(residuals: torch.Tensor, ridge: float = 1e-3) -> TunedLens:
     the mean diagonal of the Gram matrix added to it.
     """
     n, layers_plus_one, d_model = residuals.shape
+    if ridge == 0 and n <= d_model:
+        raise UserError(
+            f"the tuned lens's least-squares fit has {n} training positions, fewer training positions than the "
+            f"model's width ({d_model}) plus one, and no ridge term: it is undetermined. Raise tuned_lens.ridge above 0 "
+            "or train on more text (tuned_lens.train_sequences, seq_len) in config/config.yaml"
+        )
     lens = TunedLens(layers_plus_one - 1, d_model)
     target = residuals[:, -1].double()
     scale = target.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)

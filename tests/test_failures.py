@@ -1,0 +1,223 @@
+"""Failing runs lose nothing and say why, and what can be checked before work is checked then.
+
+Each case is one a user ran into: a damaged GGUF, a wrong local path, a provider without
+its key or model, a device the machine lacks, a hand-damaged records CSV, settings that
+make a job fail, an LLM server that is down.
+"""
+
+import shutil
+
+import pytest
+
+from conftest import tiny_config
+from pipeline import finished_run, said, scratch_copy, snakemake, write_config
+
+TUNED = {"lenses": ["logit", "tuned"], "tuned_lens": {"steps": 4, "batch_positions": 8, "seq_len": 32, "train_sequences": 8,
+                                                       "heldout_positions": 64}}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dirs, tmp_path_factory):
+    return finished_run(tmp_path_factory.mktemp("failures"), tiny_config(tiny_dirs, **TUNED))
+
+
+@pytest.fixture
+def workdir(built, tmp_path):
+    copy = tmp_path / "wd"
+    shutil.copytree(built, copy, symlinks=True)
+    return copy
+
+
+def snapshot(workdir, *parts):
+    """Every file under the given folders, by content."""
+    found = {}
+    for part in parts:
+        for path in sorted((workdir / part).rglob("*")):
+            if path.is_file() and not path.name.startswith(".snakemake"):
+                found[str(path.relative_to(workdir))] = path.read_bytes()
+    return found
+
+
+def with_config(workdir, tiny_dirs, **changes):
+    config = tiny_config(tiny_dirs, **TUNED)
+    for key, value in changes.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    write_config(workdir, config)
+
+
+# ------------------------------------------------------------ refused when planning
+
+
+def gguf_config(tiny_dirs, path):
+    config = tiny_config(tiny_dirs)
+    config["models"] = {"broken": {"source": "gguf", "path": str(path)}}
+    return config
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_a_damaged_gguf_is_refused_when_planning(damage, tiny_dirs, tmp_path):
+    from gguf_writer import write_gguf
+
+    path = tmp_path / "model.gguf"
+    if damage == "text":
+        path.write_text("this is a text file, renamed\n")
+        expected = "it does not start with the GGUF magic"
+    else:
+        whole = write_gguf(tiny_dirs["llama"], tmp_path / "whole.gguf", "llama").read_bytes()
+        path.write_bytes(whole[: len(whole) * 2 // 3])
+        expected = "it is truncated"
+    workdir = scratch_copy(tmp_path / "wd", gguf_config(tiny_dirs, path))
+    result = snakemake(workdir, "-n")
+    assert result.returncode != 0
+    out = said(result)
+    assert "model 'broken'" in out and "config key models.broken.path" in out and expected in out, out[-2000:]
+    assert "Traceback (most recent call last)" not in out and "IndexError" not in out and "GGUF magic invalid" not in out
+
+
+def test_damaged_weights_headers_are_refused_before_the_job(tiny_dirs, tmp_path):
+    damaged = tmp_path / "damaged-llama"
+    shutil.copytree(tiny_dirs["llama"], damaged)
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:1000])
+    config = tiny_config(tiny_dirs)
+    config["models"]["tiny-llama"]["path"] = str(damaged)
+    workdir = scratch_copy(tmp_path / "wd", config)
+    result = snakemake(workdir, "results/001/output-tiny-llama.json")
+    assert result.returncode != 0
+    assert "the weights file's header cannot be read" in said(result) and "JSONDecodeError" in said(result)
+    assert not (workdir / "logs/001/run_lens-tiny-llama.log").exists()  # no job started
+
+
+def test_a_missing_local_directory_is_refused_when_planning(tiny_dirs, tmp_path):
+    config = tiny_config(tiny_dirs)
+    config["models"]["tiny-llama"]["path"] = str(tmp_path / "nowhere")
+    workdir = scratch_copy(tmp_path / "wd", config)
+    result = snakemake(workdir, "-n")
+    assert result.returncode != 0
+    assert "'tiny-llama'" in said(result) and "does not exist (config key models.tiny-llama.path" in said(result)
+    assert "MissingInputException" not in said(result)
+
+
+@pytest.mark.parametrize("evaluation, expected", [
+    ({"provider": "openai", "model": "m"}, "the environment variable OPENAI_API_KEY is not set"),
+    ({"provider": "anthropic"}, "evaluation.model is required for provider 'anthropic'"),
+])
+def test_provider_settings_are_checked_when_planning(evaluation, expected, workdir, tiny_dirs, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "placeholder")
+    before = snapshot(workdir, "results")
+    with_config(workdir, tiny_dirs, evaluation=evaluation)
+    for args in (["-n"], []):
+        result = snakemake(workdir, *args)
+        assert result.returncode != 0 and expected in said(result)
+    assert snapshot(workdir, "results") == before  # nothing deleted, nothing rewritten
+
+
+def test_a_device_that_is_not_there_is_refused_before_any_job(workdir, tiny_dirs):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    before = snapshot(workdir, "results", "resources")
+    with_config(workdir, tiny_dirs, device="cuda")
+    result = snakemake(workdir)
+    assert result.returncode != 0
+    assert "device: cuda was requested but no CUDA device is available" in said(result)
+    assert "(config key device)" in said(result)
+    assert snapshot(workdir, "results", "resources") == before  # the trained lens is still there
+
+
+def test_config_errors_from_the_command_line_blame_the_command_line(workdir):
+    result = snakemake(workdir, "-n", "--config", "lens={top_k: ten}")
+    assert result.returncode != 0
+    assert "--config on the command line: invalid value at key 'lens.top_k'" in said(result)
+    assert "config/config.yaml: invalid" not in said(result)
+
+
+def test_a_damaged_records_csv_is_refused_and_what_was_made_from_it_kept(workdir):
+    records = workdir / "results" / "001" / "output-tiny-llama-records.csv"
+    lines = records.read_text().splitlines(keepends=True)
+    records.write_text("".join(lines[:5] + lines[6:]))  # one row deleted by hand
+    before = snapshot(workdir, "results")
+    for args in (["-n"], []):
+        result = snakemake(workdir, *args)
+        assert result.returncode != 0
+        assert "output-tiny-llama-records.csv was changed after run_lens wrote it" in said(result)
+        assert "KeyError" not in said(result)
+    assert snapshot(workdir, "results") == before  # the heatmaps and evaluations drawn from it are all there
+
+
+def test_a_records_csv_that_does_not_fit_its_json_is_refused_by_the_job(built, tmp_path):
+    from workflow.errors import UserError
+    from workflow.records import load_checked
+
+    results = built / "results" / "001"
+    short = tmp_path / "records.csv"
+    lines = (results / "output-tiny-llama-records.csv").read_text().splitlines(keepends=True)
+    short.write_text("".join(lines[:-1]))
+    with pytest.raises(UserError, match=r"has \d+ rows, but .*output-tiny-llama.json describes \d+ .*re-run the lens"):
+        load_checked(short, results / "output-tiny-llama.json")
+    import json
+
+    summary = json.loads((results / "output-tiny-llama.json").read_text())
+    rows = sum(2 * (summary["n_layers"] + 1) * len(p["input_ids"]) for p in summary["probes"])  # two lenses
+    assert len(load_checked(results / "output-tiny-llama-records.csv", results / "output-tiny-llama.json")) == rows
+
+
+# ------------------------------------------------------------ failing jobs keep what they would replace
+
+
+def test_a_failing_lens_job_keeps_the_committed_records(workdir, tiny_dirs, tmp_path):
+    """The model's weights are cut short (their header intact) where the config now points:
+    planning reads only the header, loading fails when the job runs."""
+    damaged = tmp_path / "damaged-llama"
+    shutil.copytree(tiny_dirs["llama"], damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])
+    before = snapshot(workdir, "results")
+    config = tiny_config(tiny_dirs, **{**TUNED, "lenses": ["logit"]})  # no training in the way
+    config["models"]["tiny-llama"]["path"] = str(damaged)
+    write_config(workdir, config)
+    result = snakemake(workdir, "--keep-going", "results/001/output-tiny-llama.json")
+    assert result.returncode != 0
+    log = (workdir / "logs/001/run_lens-tiny-llama.log").read_text()
+    assert "rule run_lens failed" in log and "SafetensorError" in log
+    assert "Restored previous version of results/001/output-tiny-llama.json" in said(result)
+    assert snapshot(workdir, "results") == before
+    check = provenance_check(workdir)
+    assert check.returncode == 0, check.stdout
+
+
+def test_a_failing_training_keeps_the_trained_lens(workdir, tiny_dirs):
+    """Without a ridge term, fewer positions than the width leave the fit undetermined."""
+    before = snapshot(workdir, "results", "resources/lenses")
+    with_config(workdir, tiny_dirs, tuned_lens={"ridge": 0, "train_sequences": 1, "seq_len": 8})
+    result = snakemake(workdir, "--keep-going")
+    assert result.returncode != 0
+    log = (workdir / "logs/lenses/train_tuned_lens-tiny-llama.log").read_text()
+    assert "fewer training positions" in log and "ridge" in log
+    assert snapshot(workdir, "results", "resources/lenses") == before
+
+
+def test_an_llm_server_that_is_down_keeps_the_committed_evaluation(workdir, tiny_dirs, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OPENAI_API_KEY", "placeholder")
+    before = snapshot(workdir, "results")
+    with_config(workdir, tiny_dirs, evaluation={"provider": "openai", "model": "m", "base_url": f"http://127.0.0.1:{port}/v1",
+                                                "max_retries": 0, "timeout": 5})
+    result = snakemake(workdir, "--keep-going")
+    assert result.returncode != 0
+    assert "Connection error." in (workdir / "logs/001/evaluate_model-tiny-llama.log").read_text()
+    assert "Connection error.." not in said(result)
+    assert snapshot(workdir, "results") == before
+
+
+def provenance_check(workdir):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "workflow.provenance", "check"], cwd=workdir, capture_output=True, text=True,
+                          timeout=300)
