@@ -46,7 +46,7 @@ test: setup
 
 # Is every result under results/ current? (see README)
 check: setup
-	$(BIN)/python -m workflow.provenance check
+	$(BIN)/python -m workflow.check
 
 # Benchmarks (bench/README.md): the peers' packages go into .venv for this only.
 # tuned-lens 0.2.0 is installed without its dependencies (wandb, datasets, torchdata

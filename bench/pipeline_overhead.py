@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COPY = ["Snakefile", "rules", "scripts", "prompts", "config", "workflow", "results", ".snakemake/metadata", ".snakemake/incomplete"]
+COPY = ["Snakefile", "rules", "scripts", "prompts", "config", "workflow", "profiles", "data", "results", ".snakemake/metadata", ".snakemake/incomplete"]
 
 
 def snakemake(workdir: Path, *args: str) -> tuple[float, str]:

@@ -19,7 +19,7 @@ from workflow.errors import UserError
 from workflow.evaluation.providers import check_settings, stage_settings
 from workflow.gguf_file import check as check_gguf
 from workflow.prepare import PREPARED_SOURCES
-from workflow.provenance import code_version
+from workflow.codeversion import code_version
 from workflow.resources import lens_resources, prepare_resources
 
 CONFIGFILE = "config/config.yaml"
@@ -217,7 +217,7 @@ def unchanged_since_made(pattern):
 
 
 def check_unchanged(path):
-    from workflow.provenance import changed_since_recorded
+    from workflow.check import changed_since_recorded
 
     problem = changed_since_recorded(path)
     if problem:

@@ -66,7 +66,7 @@ def test_provenance_check_passes_on_the_fresh_run(default_run):
     import sys
 
     workdir, _ = default_run
-    check = subprocess.run([sys.executable, "-m", "workflow.provenance", "check"], cwd=workdir, capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     assert check.stdout.strip().endswith("10 ok, 0 not ok")
 

@@ -219,5 +219,5 @@ def provenance_check(workdir):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "workflow.provenance", "check"], cwd=workdir, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True,
                           timeout=300)

@@ -16,6 +16,11 @@ from typing import Any
 from workflow.evaluation.analysis import BANDS, CONFIDENT_NATS, ModelFacts, ProbeFacts, relative, reverse_pairs
 from workflow.evaluation.digest import magnitude_text
 
+
+def identity_text(difference: float) -> str:
+    """'exactly', or 'to within 1e-06': how closely the lens reproduces the model at layer L."""
+    return "exactly" if difference <= 0 else f"to within {magnitude_text(difference).removeprefix('at most ')}"
+
 ATTRIBUTION = (
     "*Written by the offline analyst: deterministic rules applied to the recorded outputs. "
     "No LLM was used; switch `evaluation.provider` in config/config.yaml for an LLM-written evaluation.*"
@@ -70,9 +75,8 @@ def _single_summary(f: ModelFacts) -> str:
     else:
         text += " The answer is never the top-1 token at the last position on any layer."
     text += (
-        f" The lens at the last layer reproduces the model's own probabilities to within "
-        f"{magnitude_text(f.identity_max_prob_diff).removeprefix('at most ')} (checked at run time on every probe, on logits and KL "
-        "too), so the last row of every trajectory "
+        f" The lens at the last layer reproduces the model's own probabilities {identity_text(f.identity_max_prob_diff)} "
+        "(checked at run time on every probe, on logits and KL too), so the last row of every trajectory "
         "is the model's real output."
     )
     return text
@@ -445,7 +449,7 @@ def _meta_threats(models: list[ModelFacts]) -> str:
         early = [p.trajectory[0]["kl_to_final"] for p in f.probes]
         items.append(
             f"`{f.model}`: KL to final is {median(early):.1f} nats at layer 0; readings of the early band are dominated "
-            f"by the lens's basis mismatch. The last-layer identity holds to {magnitude_text(f.identity_max_prob_diff).removeprefix('at most ')}."
+            f"by the lens's basis mismatch. The last-layer identity holds {identity_text(f.identity_max_prob_diff)}."
         )
     items += [
         "Single-token answers only: facts whose answer spans several tokens are out of reach, and the probe set "

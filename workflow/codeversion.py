@@ -1,0 +1,112 @@
+"""Code versions: what a rule's script runs, hashed by its syntax.
+
+``code_version(script)`` hashes a rule script and every ``workflow/`` module it imports
+(found by reading the imports, also those inside functions, and what those modules import
+in turn), plus the files those modules read as code (the C kernel). Python is hashed as its
+syntax tree without docstrings (``ast.unparse``), so comments, docstrings and formatting
+change nothing; other files by their bytes. Each rule carries its script's version as a
+param: Snakemake alone does not re-run a script rule when a module it imports changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Files a module reads as code, beside the modules it imports.
+CODE_DATA: dict[str, tuple[str, ...]] = {"workflow/native.py": ("workflow/native/lens_block.c",)}
+
+
+def _module_file(name: str) -> Path | None:
+    """The file of module ``workflow.x.y`` in this repository, or None for anything else."""
+    parts = name.split(".")
+    if parts[0] != "workflow":
+        return None
+    base = REPO.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, tree: ast.AST) -> set[str]:
+    """The ``workflow`` modules ``path`` imports anywhere (also inside functions)."""
+    found: set[str] = set()
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*anchor, *([module] if module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)  # `from workflow import native`
+    modules = set()
+    for name in found:
+        parts = name.split(".")
+        # Importing workflow.a.b runs workflow/__init__.py and workflow/a/__init__.py too.
+        modules.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in modules if _module_file(m) is not None}
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str]]:
+    """(the code as its syntax tree says it, the workflow modules it imports) of a .py file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    imports = frozenset(_imports(path, tree))
+    return ast.unparse(_without_docstrings(tree)), imports
+
+
+def code_files(script: str | os.PathLike[str]) -> list[Path]:
+    """``script`` and every file of this repository it runs: the ``workflow`` modules it
+    imports, what they import in turn, and the files they read as code (CODE_DATA)."""
+    first = (REPO / script).resolve()
+    seen: set[Path] = set()
+    pending = [first]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        if path.suffix == ".py":
+            stat = path.stat()
+            _, imports = _parsed(path, (stat.st_mtime_ns, stat.st_size))
+            pending.extend(_module_file(m) for m in imports)  # type: ignore[misc]
+        pending.extend(REPO / data for data in CODE_DATA.get(str(path.relative_to(REPO)), ()))
+    return sorted(seen)
+
+
+def code_version(script: str | os.PathLike[str]) -> str:
+    """sha256 (first 16 hex digits) of what ``script`` runs, by its syntax, not its bytes.
+
+    Each rule carries it as a param: Snakemake alone does not re-run a rule when a module
+    its script imports changes. Python is hashed as its syntax tree without docstrings
+    (``ast.unparse``), so comments, docstrings and formatting change nothing; other files
+    (the C kernel) by their bytes. Which modules count is read from the imports.
+    """
+    digest = hashlib.sha256()
+    for path in code_files(script):
+        if path.suffix == ".py":
+            stat = path.stat()
+            text = _parsed(path, (stat.st_mtime_ns, stat.st_size))[0].encode()
+        else:
+            text = path.read_bytes()
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + text + b"\0")
+    return digest.hexdigest()[:16]
