@@ -206,3 +206,20 @@ def test_llm_digest_carries_the_tuned_lens(tuned_run):
     assert facts.lenses == ["logit", "tuned"]
     digest = model_digest(facts)
     assert digest.count("tuned lens: answer first top-1 at layer") == len(PROBES)
+
+
+def test_the_fit_gives_the_same_bits_on_one_and_two_threads():
+    """At a real model's width LAPACK's threaded factorisation changed the fit's last bits
+    between 1 and 2 threads (and so the tuned lens's records); the solve runs on one."""
+    gen = torch.Generator().manual_seed(0)
+    residuals = torch.randn(1400, 3, 640, generator=gen) * torch.logspace(-2, 2, 640)  # scales as unequal as a real model's
+    threads = torch.get_num_threads()
+    fits = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            fits.append(tuned.least_squares(residuals))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(fits[0].weight, fits[1].weight) and torch.equal(fits[0].bias, fits[1].bias)
+    assert torch.get_num_threads() == threads

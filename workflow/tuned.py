@@ -183,10 +183,22 @@ def least_squares(residuals: torch.Tensor, ridge: float = 1e-3) -> TunedLens:
             design = torch.cat([x, ones], 1) / scale
             gram = design.T @ design
             gram += ridge * gram.diagonal().mean() * torch.eye(d_model + 1, dtype=torch.float64)
-            solution = torch.linalg.solve(gram, design.T @ ((target - x) / scale))  # [d + 1, d]
+            solution = _solve_single_threaded(gram, design.T @ ((target - x) / scale))  # [d + 1, d]
             lens.weight[layer] = solution[:-1].T.float()
             lens.bias[layer] = solution[-1].float()
     return lens
+
+
+def _solve_single_threaded(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``solve(matrix, rhs)`` on one thread: LAPACK's threaded factorisation gave other
+    last bits at 2 threads than at 1 (and so another lens); for a system of the model's
+    width this costs milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.solve(matrix, rhs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def train(head: LensHead, residuals: torch.Tensor, settings: TunedLensSettings, progress=None) -> tuple[TunedLens, list[dict[str, float]]]:
