@@ -3,7 +3,7 @@
     .venv/bin/python bench/pipeline_overhead.py      (after `make demo`; part of `make bench`)
 
 In a scratch copy of the finished default run (workflow files, results/, Snakemake's
-metadata; the prepared models linked, not copied), best of --repeats:
+metadata; no prepared models or lenses, which nothing measured here needs), best of --repeats:
 
 - `snakemake --version`: interpreter and Snakemake start-up, the floor of any command;
 - `snakemake -n` with everything current: the no-op dry run (config validation,
@@ -52,7 +52,9 @@ def main() -> None:
             elif src.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-        (work / "resources").symlink_to(REPO / "resources")
+        # No resources/: what is measured needs no prepared model or lens, and Snakemake does
+        # not rebuild them while the results made from them are current (a fresh clone has
+        # none, and the lens benchmark may have just prepared the models, newer than results).
         _, said = snakemake(work, "-n")
         if "Nothing to be done" not in said:
             raise SystemExit("the finished run is not current (snakemake -n plans jobs); run `make demo` first")
