@@ -1,4 +1,5 @@
-# Layer-by-layer interpretability pipeline. Experiment 001: layers and logits.
+# Layer-by-layer interpretability pipeline. Experiments (one rules file each):
+#   001 layers and logits (rules/exp001.smk)
 #
 #   snakemake --cores 1 results/001/evaluation-cross-model.md   # the whole chain up to the comparison
 #   snakemake --cores 1                                         # everything, meta-evaluation included
@@ -23,9 +24,10 @@ report: "workflow/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/models.smk"
-include: "rules/lens.smk"
 include: "rules/tuned_lens.smk"
-include: "rules/plots.smk"
+# The experiments.
+include: "rules/exp001.smk"
+# The generic evaluation chain, for every experiment.
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

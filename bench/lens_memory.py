@@ -42,7 +42,8 @@ def prepared_dir(model: str) -> Path:
 def child(args) -> None:
     import torch
 
-    from workflow.experiment import LensSettings, run_lens
+    from workflow.lens_setup import LensSettings
+    from workflow.exp001.run import run_lens
     from workflow.models import load_model
 
     model = load_model(args.model, {"source": "local", "path": args.path}, None, "cpu", "float32", args.backend, True, args.budget)

@@ -7,7 +7,7 @@ For each embedded model, one prompt of --tokens tokens, every layer and position
 CPU, float32, each method in a fresh child process (its own peak RSS), timed from
 "model loaded" to "statistics for every layer and position in hand", best of --repeats:
 
-- ours: ``workflow.experiment.run_lens`` (forward pass with hooks, identity check,
+- ours: ``workflow.exp001.run.run_lens`` (forward pass with hooks, identity check,
   streamed unembedding and every recorded statistic), with the fused CPU kernel;
 - ours-torch: the same with ``LAYERWISE_LENS_KERNEL=torch`` (the path taken where no C
   compiler is found, and on GPUs);
@@ -74,7 +74,8 @@ def worker(args) -> None:
     path = str(prepared_dir(args.model))
     out: dict = {"method": args.method, "model": args.model}
     if args.method in ("ours", "ours-torch"):  # the second with LAYERWISE_LENS_KERNEL=torch
-        from workflow.experiment import LensSettings, run_lens
+        from workflow.lens_setup import LensSettings
+        from workflow.exp001.run import run_lens
         from workflow.models import load_model
 
         model = load_model(args.model, {"source": "local", "path": path}, None, "cpu", "float32", "bridge")
@@ -120,7 +121,7 @@ def worker(args) -> None:
             np.savez(args.arrays, topk=top.numpy(), answer=log_probs[..., args.answer].exp().numpy())
             out.update(seconds=seconds)
     elif args.method == REFERENCE:
-        from workflow.experiment import LensSettings, lens_heads
+        from workflow.lens_setup import LensSettings, lens_heads
         from workflow.models import load_model
 
         model = load_model(args.model, {"source": "local", "path": path}, None, "cpu", "float32", "bridge")

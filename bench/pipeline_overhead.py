@@ -8,7 +8,7 @@ metadata; no prepared models or lenses, which nothing measured here needs), best
 - `snakemake --version`: interpreter and Snakemake start-up, the floor of any command;
 - `snakemake -n` with everything current: the no-op dry run (config validation,
   DAG, provenance checks of every output);
-- `snakemake --cores 1` after appending a line to prompts/cross-model-evaluation.md:
+- `snakemake --cores 1` after appending a line to prompts/001/cross-model-evaluation.md:
   the re-run the edit invalidates (cross-model and meta evaluations and their pages),
   and the number of jobs it ran.
 """
@@ -62,7 +62,7 @@ def main() -> None:
         dry = min(snakemake(work, "-n")[0] for _ in range(args.repeats))
         reruns = []
         for i in range(args.repeats):
-            with open(work / "prompts" / "cross-model-evaluation.md", "a", encoding="utf-8") as fh:
+            with open(work / "prompts" / "001" / "cross-model-evaluation.md", "a", encoding="utf-8") as fh:
                 fh.write(f"\nEdit {i}.\n")
             seconds, said = snakemake(work, "--cores", "1")
             jobs = re.search(r"(\d+) of \1 steps \(100%\) done", said)

@@ -1,5 +1,7 @@
-# Config validation, wildcard constraints and input functions shared by all rules.
+# Config validation, wildcard constraints, input functions shared by all rules, and the
+# registry of experiments (each rules/expNNN.smk registers what its rules make).
 import os
+from typing import Callable, NamedTuple
 
 import yaml
 
@@ -25,7 +27,6 @@ from workflow.resources import lens_resources, prepare_resources
 CONFIGFILE = "config/config.yaml"
 # The software of every rule, for --sdm conda (pinned as in pyproject.toml).
 CONDA_ENV = "../workflow/envs/pipeline.yaml"
-EXPERIMENT = "results/001"
 
 SCHEMA = os.path.join(workflow.basedir, "config", "schema.yaml")
 # What --config set on the command line: errors in it are blamed on --config, not the file.
@@ -53,34 +54,70 @@ MODEL_THREADS = os.cpu_count() or 1
 MODELS = list(config["models"])
 LENSES = config["lenses"]
 CORPUS = "data/corpus.txt.gz"
-PROBE_IDS = [p["id"] for p in config["probes"]]
 
 
 wildcard_constraints:
     # Any key-like name; unknown keys get a clear error from the input functions.
-    model=r"(?!cross-model$|meta$)[A-Za-z0-9][A-Za-z0-9._-]*",
+    # (not the names of the cross-model and meta evaluations).
+    model=r"(?!(?:cross-model|meta)(?:\.md|\.prov|\.html|$))[A-Za-z0-9][A-Za-z0-9._-]*",
+    exp=r"[0-9]{3}",
+
+
+class ExperimentRules(NamedTuple):
+    """What an experiment's rules make, for the generic evaluation chain (rules/evaluate.smk,
+    rules/report.smk) and for rule all."""
+
+    # A model's inputs to its evaluation by name: "summary" (its JSON) and "records" (its
+    # records CSV), and any others its facts read (another experiment's outputs, say).
+    model_inputs: Callable[[str], dict]
+    # The figures a model's evaluation links, and the cross-model evaluation's.
+    model_figures: Callable[[str], list]
+    cross_figures: list
+    # Everything the experiment's own rules make (outputs, records, provenance, figures).
+    artefacts: list
+    # Whether `snakemake` with no target builds it (an experiment the config gives nothing
+    # to run, such as no patching pairs, is left out; its files can still be asked for).
+    default: bool = True
+
+
+EXPERIMENTS: dict[str, ExperimentRules] = {}
+
+
+def register_experiment(experiment_id, **rules):
+    """Called once by each rules/expNNN.smk."""
+    EXPERIMENTS[experiment_id] = ExperimentRules(**rules)
+
+
+def experiment_rules(experiment_id):
+    try:
+        return EXPERIMENTS[experiment_id]
+    except KeyError:
+        raise WorkflowError(
+            f"no experiment {experiment_id!r}: the experiments are {', '.join(sorted(EXPERIMENTS))} "
+            "(rules/expNNN.smk, registered in workflow/experiments.py)"
+        ) from None
+
+
+EVALUATIONS = ["cross-model", "meta"]  # beside one per model
 
 
 def get_final_output():
     """Every artefact a run produces under results/, so that a missing or deleted one (a
     job killed before it finished, a record deleted by hand) is planned again: Snakemake
     does not rebuild an intermediate file whose consumers are up to date."""
-    with_tuned = "tuned" in LENSES
-    return [
-        *expand(f"{EXPERIMENT}/output-{{model}}.json", model=MODELS),
-        *expand(f"{EXPERIMENT}/output-{{model}}-records.csv", model=MODELS),
-        *expand(f"{EXPERIMENT}/provenance/output-{{model}}.prov.json", model=MODELS),
-        *expand(f"{EXPERIMENT}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=PROBE_IDS),
-        f"{EXPERIMENT}/plots/cross-model-trajectories.png",
-        *expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
-        f"{EXPERIMENT}/evaluation-cross-model.md",
-        f"{EXPERIMENT}/evaluation-meta.md",
-        *expand(f"{EXPERIMENT}/provenance/evaluation-{{name}}.prov.json", name=[*MODELS, "cross-model", "meta"]),
-        *expand(f"{EXPERIMENT}/html/evaluation-{{name}}.html", name=[*MODELS, "cross-model", "meta"]),
-        *(expand(f"{EXPERIMENT}/lens-quality-{{model}}.csv", model=MODELS) if with_tuned else []),
-        *(expand(f"{EXPERIMENT}/plots/{{model}}/lens-quality.png", model=MODELS) if with_tuned else []),
-        *(expand(f"{EXPERIMENT}/provenance/lens-quality-{{model}}.prov.json", model=MODELS) if with_tuned else []),
-    ]
+    outputs = []
+    for experiment_id, rules in EXPERIMENTS.items():
+        if not rules.default:
+            continue
+        results = f"results/{experiment_id}"
+        names = [*MODELS, *EVALUATIONS]
+        outputs += [
+            *rules.artefacts,
+            *expand(f"{results}/evaluation-{{name}}.md", name=names),
+            *expand(f"{results}/provenance/evaluation-{{name}}.prov.json", name=names),
+            *expand(f"{results}/html/evaluation-{{name}}.html", name=names),
+        ]
+    return outputs
 
 
 def get_model(wildcards):
@@ -162,14 +199,6 @@ def get_lens_model_input(wildcards):
     return {}
 
 
-def get_run_lens_input(wildcards):
-    """The model's weights, and its trained tuned lens when experiment 001 records it."""
-    inputs = get_lens_model_input(wildcards)
-    if "tuned" in LENSES:
-        inputs["tuned"] = f"resources/lenses/{wildcards.model}"
-    return inputs
-
-
 def get_lens_settings(wildcards):
     return config["lens"]
 
@@ -227,22 +256,85 @@ def check_unchanged(path):
         )
 
 
-def get_model_outputs(wildcards):
-    """Every model's JSON summary and records CSV (each checked as in unchanged_since_made)."""
-    outputs = expand(f"{EXPERIMENT}/output-{{model}}.json", model=MODELS)
-    records = expand(f"{EXPERIMENT}/output-{{model}}-records.csv", model=MODELS)
-    for path in [*outputs, *records]:
+def model_outputs(results):
+    """Input function: every model's JSON summary and records CSV under ``results`` (each
+    checked as in unchanged_since_made)."""
+
+    def inputs(wildcards):
+        outputs = expand(f"{results}/output-{{model}}.json", model=MODELS)
+        records = expand(f"{results}/output-{{model}}-records.csv", model=MODELS)
+        for path in [*outputs, *records]:
+            _user_errors(check_unchanged, path)
+        return {"outputs": outputs, "records": records}
+
+    return inputs
+
+
+def _checked_model_inputs(rules, model):
+    paths = rules.model_inputs(model)
+    for path in paths.values():
         _user_errors(check_unchanged, path)
-    return {"outputs": outputs, "records": records}
+    return paths
+
+
+def template_path(experiment_id, stage):
+    return f"prompts/{experiment_id}/{stage}-evaluation.md"
+
+
+def evaluation_inputs(stage):
+    """Input function of an evaluation rule: the experiment's outputs (checked as in
+    unchanged_since_made), the figures the evaluation links, the stage's template (checked
+    as in checked_template) and the evaluations it builds on."""
+
+    def inputs(wildcards):
+        rules = experiment_rules(wildcards.exp)
+        template = checked_template(stage, template_path(wildcards.exp, stage))(wildcards)
+        if stage == "single-model":
+            return {**_checked_model_inputs(rules, wildcards.model), "figures": rules.model_figures(wildcards.model),
+                    "template": template}
+        per_model = [_checked_model_inputs(rules, model) for model in MODELS]
+        inputs = {key: [paths[key] for paths in per_model] for key in per_model[0]}
+        results = f"results/{wildcards.exp}"
+        if stage == "cross-model":
+            inputs["evaluations"] = expand(f"{results}/evaluation-{{model}}.md", model=MODELS)
+            inputs["figures"] = rules.cross_figures
+        else:
+            inputs["cross"] = f"{results}/evaluation-cross-model.md"
+        return {**inputs, "template": template}
+
+    return inputs
+
+
+def model_input_names(wildcards):
+    """The names of a model's inputs, in the order the evaluation script reads them."""
+    return list(experiment_rules(wildcards.exp).model_inputs(MODELS[0]))
+
+
+def experiment_package(wildcards):
+    """The package of experiment {exp} as a file: code a generic evaluation script runs
+    that no import in it names (code_version's ``also``, kept in the provenance record)."""
+    from workflow.experiments import REGISTERED
+
+    package = REGISTERED.get(wildcards.exp)
+    if package is None:
+        experiment_rules(wildcards.exp)  # the error naming the experiments
+    return [os.path.join(*package.split("."), "__init__.py")]
+
+
+def evaluation_code(script):
+    """The code version of a generic evaluation script run for one experiment: the script
+    and the experiment's package."""
+    return lambda wildcards: code_version(script, *experiment_package(wildcards))
 
 
 def get_page_inputs(wildcards):
     """The evaluation and the figures it links (embedded into the page)."""
     name = wildcards.name
+    rules = experiment_rules(wildcards.exp)
     if name in MODELS:
-        figures = expand(f"{EXPERIMENT}/plots/{name}/heatmap-{{probe}}.png", probe=PROBE_IDS)
+        figures = rules.model_figures(name)
     elif name == "cross-model":
-        figures = [f"{EXPERIMENT}/plots/cross-model-trajectories.png"]
+        figures = rules.cross_figures
     elif name == "meta":
         figures = []
     else:
@@ -250,7 +342,7 @@ def get_page_inputs(wildcards):
             f"no evaluation named {name!r}: pages exist for the models in {CONFIGFILE} "
             f"({', '.join(MODELS)}), 'cross-model' and 'meta'"
         )
-    return {"evaluation": f"{EXPERIMENT}/evaluation-{name}.md", "figures": figures}
+    return {"evaluation": f"results/{wildcards.exp}/evaluation-{name}.md", "figures": figures}
 
 
 def page_category(wildcards):

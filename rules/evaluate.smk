@@ -1,4 +1,6 @@
-# Evaluations: per model, across models, and a critique of the method.
+# Evaluations of every experiment: per model, across models, and a critique of the method.
+# Generic: {exp} is the experiment (results/{exp}/), and what its evaluations read is what
+# its rules file registered (rules/common.smk, register_experiment).
 #
 # Outputs are update(): a committed evaluation is kept until the new one is written, and
 # put back if the job fails (an API that is down, say), instead of being deleted first.
@@ -6,20 +8,19 @@
 
 rule evaluate_model:
     input:
-        summary=unchanged_since_made(f"{EXPERIMENT}/output-{{model}}.json"),
-        records=unchanged_since_made(f"{EXPERIMENT}/output-{{model}}-records.csv"),
-        heatmaps=expand(f"{EXPERIMENT}/plots/{{{{model}}}}/heatmap-{{probe}}.png", probe=PROBE_IDS),
-        template=checked_template("single-model", "prompts/single-model-evaluation.md"),
+        unpack(evaluation_inputs("single-model")),
     output:
-        evaluation=update(f"{EXPERIMENT}/evaluation-{{model}}.md"),
-        provenance=update(f"{EXPERIMENT}/provenance/evaluation-{{model}}.prov.json"),
+        evaluation=update("results/{exp}/evaluation-{model}.md"),
+        provenance=update("results/{exp}/provenance/evaluation-{model}.prov.json"),
     log:
-        "logs/001/evaluate_model-{model}.log",
+        "logs/{exp}/evaluate_model-{model}.log",
     conda:
         CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "single-model"),
-        code=code_version("scripts/evaluate_model.py"),
+        model_inputs=model_input_names,
+        code=evaluation_code("scripts/evaluate_model.py"),
+        code_also=experiment_package,
     localrule: True
     script:
         "../scripts/evaluate_model.py"
@@ -27,20 +28,19 @@ rule evaluate_model:
 
 rule evaluate_cross:
     input:
-        unpack(get_model_outputs),
-        evaluations=expand(f"{EXPERIMENT}/evaluation-{{model}}.md", model=MODELS),
-        trajectories=f"{EXPERIMENT}/plots/cross-model-trajectories.png",
-        template=checked_template("cross-model", "prompts/cross-model-evaluation.md"),
+        unpack(evaluation_inputs("cross-model")),
     output:
-        evaluation=update(f"{EXPERIMENT}/evaluation-cross-model.md"),
-        provenance=update(f"{EXPERIMENT}/provenance/evaluation-cross-model.prov.json"),
+        evaluation=update("results/{exp}/evaluation-cross-model.md"),
+        provenance=update("results/{exp}/provenance/evaluation-cross-model.prov.json"),
     log:
-        "logs/001/evaluate_cross.log",
+        "logs/{exp}/evaluate_cross.log",
     conda:
         CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "cross-model"),
-        code=code_version("scripts/evaluate_cross.py"),
+        model_inputs=model_input_names,
+        code=evaluation_code("scripts/evaluate_cross.py"),
+        code_also=experiment_package,
     localrule: True
     script:
         "../scripts/evaluate_cross.py"
@@ -48,19 +48,19 @@ rule evaluate_cross:
 
 rule evaluate_meta:
     input:
-        unpack(get_model_outputs),
-        cross=f"{EXPERIMENT}/evaluation-cross-model.md",
-        template=checked_template("meta", "prompts/meta-evaluation.md"),
+        unpack(evaluation_inputs("meta")),
     output:
-        evaluation=update(f"{EXPERIMENT}/evaluation-meta.md"),
-        provenance=update(f"{EXPERIMENT}/provenance/evaluation-meta.prov.json"),
+        evaluation=update("results/{exp}/evaluation-meta.md"),
+        provenance=update("results/{exp}/provenance/evaluation-meta.prov.json"),
     log:
-        "logs/001/evaluate_meta.log",
+        "logs/{exp}/evaluate_meta.log",
     conda:
         CONDA_ENV
     params:
         evaluation=stage_settings(config["evaluation"], "meta"),
-        code=code_version("scripts/evaluate_meta.py"),
+        model_inputs=model_input_names,
+        code=evaluation_code("scripts/evaluate_meta.py"),
+        code_also=experiment_package,
     localrule: True
     script:
         "../scripts/evaluate_meta.py"

@@ -1,4 +1,4 @@
-# Evaluations as HTML pages, and what `snakemake --report report.html` shows.
+# Evaluations of every experiment as HTML pages, and what `snakemake --report report.html` shows.
 #
 # Results are grouped by category: one per model (its heatmaps and its evaluation),
 # "Cross-model" and "Method". Captions are in workflow/report/.
@@ -9,14 +9,14 @@ rule evaluation_page:
         unpack(get_page_inputs),
     output:
         report(
-            f"{EXPERIMENT}/html/evaluation-{{name}}.html",
+            "results/{exp}/html/evaluation-{name}.html",
             caption="../workflow/report/evaluation.rst",
             category=page_category,
             subcategory="Evaluation",
-            labels={"document": "evaluation-{name}"},
+            labels={"experiment": "{exp}", "document": "evaluation-{name}"},
         ),
     log:
-        "logs/001/evaluation_page-{name}.log",
+        "logs/{exp}/evaluation_page-{name}.log",
     conda:
         CONDA_ENV
     wildcard_constraints:

@@ -1,5 +1,6 @@
-# The tuned lens: trained once per model on the shipped corpus, then applied by run_lens
-# (when config lenses includes tuned) and judged on held-out text.
+# The tuned lens: trained once per model on the shipped corpus, then applied by
+# experiment 001's run_lens (when config lenses includes tuned) and judged on held-out
+# text (its rule lens_quality, rules/exp001.smk).
 
 
 rule train_tuned_lens:
@@ -31,27 +32,3 @@ rule train_tuned_lens:
         code=code_version("scripts/train_tuned_lens.py"),
     script:
         "../scripts/train_tuned_lens.py"
-
-
-rule lens_quality:
-    input:
-        lens="resources/lenses/{model}",
-    output:
-        csv=update(f"{EXPERIMENT}/lens-quality-{{model}}.csv"),
-        plot=report(
-            f"{EXPERIMENT}/plots/{{model}}/lens-quality.png",
-            caption="../workflow/report/lens-quality.rst",
-            category="{model}",
-            subcategory="Lens quality",
-            labels={"figure": "held-out KL and top-1 agreement"},
-        ),
-        provenance=update(f"{EXPERIMENT}/provenance/lens-quality-{{model}}.prov.json"),
-    log:
-        "logs/001/lens_quality-{model}.log",
-    conda:
-        CONDA_ENV
-    params:
-        code=code_version("scripts/lens_quality.py"),
-    localrule: True
-    script:
-        "../scripts/lens_quality.py"

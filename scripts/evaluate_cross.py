@@ -1,24 +1,25 @@
-"""Rule evaluate_cross: the comparison of all models."""
+"""Rule evaluate_cross: the comparison of all models (of any experiment; workflow/experiments.py)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.evaluation.run import evaluate_cross  # noqa: E402
+from workflow.evaluation.run import evaluate, model_inputs  # noqa: E402
 from workflow.logs import run_script  # noqa: E402
 from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    made = evaluate_cross(
-        list(sm.input.outputs),
-        list(sm.input.records),
-        list(sm.input.evaluations),
+    made = evaluate(
+        "cross-model",
+        sm.wildcards.exp,
+        model_inputs(sm.input, sm.params.model_inputs),
         sm.input.template,
         sm.params.evaluation,
         sm.output.evaluation,
-        figures=[sm.input.trajectories],
+        figures=list(sm.input.figures),
+        evaluations=list(sm.input.evaluations),
     )
     record_rule(sm, "scripts/evaluate_cross.py", [sm.output.evaluation], made.provenance())
 

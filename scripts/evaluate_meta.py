@@ -1,23 +1,24 @@
-"""Rule evaluate_meta: the critique of the method, with next probes."""
+"""Rule evaluate_meta: the critique of the method, with next probes (of any experiment; workflow/experiments.py)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.evaluation.run import evaluate_meta  # noqa: E402
+from workflow.evaluation.run import evaluate, model_inputs  # noqa: E402
 from workflow.logs import run_script  # noqa: E402
 from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    made = evaluate_meta(
-        list(sm.input.outputs),
-        list(sm.input.records),
-        sm.input.cross,
+    made = evaluate(
+        "meta",
+        sm.wildcards.exp,
+        model_inputs(sm.input, sm.params.model_inputs),
         sm.input.template,
         sm.params.evaluation,
         sm.output.evaluation,
+        cross=sm.input.cross,
     )
     record_rule(sm, "scripts/evaluate_meta.py", [sm.output.evaluation], made.provenance())
 

@@ -1,23 +1,24 @@
-"""Rule evaluate_model: the evaluation of one model's outputs."""
+"""Rule evaluate_model: the evaluation of one model's outputs (of any experiment; workflow/experiments.py)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.evaluation.run import evaluate_model  # noqa: E402
+from workflow.evaluation.run import evaluate, model_inputs  # noqa: E402
 from workflow.logs import run_script  # noqa: E402
 from workflow.provenance import record_rule  # noqa: E402
 
 
 def main(sm):
-    made = evaluate_model(
-        sm.input.summary,
-        sm.input.records,
+    made = evaluate(
+        "single-model",
+        sm.wildcards.exp,
+        model_inputs(sm.input, sm.params.model_inputs),
         sm.input.template,
         sm.params.evaluation,
         sm.output.evaluation,
-        figures=list(sm.input.heatmaps),
+        figures=list(sm.input.figures),
     )
     record_rule(sm, "scripts/evaluate_model.py", [sm.output.evaluation], made.provenance())
 

@@ -10,7 +10,7 @@ from workflow.pages import write_page  # noqa: E402
 
 
 def main(sm):
-    write_page(sm.input.evaluation, sm.output[0], title=f"Experiment 001 · evaluation-{sm.wildcards.name}")
+    write_page(sm.input.evaluation, sm.output[0], title=f"Experiment {sm.wildcards.exp} · evaluation-{sm.wildcards.name}")
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

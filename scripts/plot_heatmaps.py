@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
 from workflow.logs import run_script  # noqa: E402
-from workflow.plots import heatmap_data, plot_heatmap  # noqa: E402
+from workflow.exp001.plots import heatmap_data, plot_heatmap  # noqa: E402
 from workflow.records import load_checked  # noqa: E402
 
 

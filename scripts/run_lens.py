@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.experiment import write_lens_outputs  # noqa: E402
+from workflow.exp001.run import write_lens_outputs  # noqa: E402
 from workflow.logs import run_script  # noqa: E402
 from workflow.provenance import record_rule  # noqa: E402
 

@@ -10,7 +10,8 @@ float32, and within bfloat16 rounding of the model's activations in bfloat16.
 import pytest
 import torch
 
-from workflow.experiment import LensSettings, model_metadata, run_lens
+from workflow.lens_setup import LensSettings, model_metadata
+from workflow.exp001.run import run_lens
 from workflow.models import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: run on a GPU machine")

@@ -4,7 +4,8 @@ import pytest
 
 from gguf_writer import write_gguf
 from tiny import make_model_dir, make_qwen2_dir, make_tokenizer, save_random
-from workflow.experiment import LensSettings, run_lens
+from workflow.lens_setup import LensSettings
+from workflow.exp001.run import run_lens
 from workflow.models import load_model
 from workflow.prepare import prepare_model
 

@@ -13,7 +13,8 @@ import torch
 
 from reference import reference_layers
 from workflow.errors import UserError
-from workflow.experiment import LensIdentityError, LensSettings, lens_heads, run_lens
+from workflow.lens_setup import LensIdentityError, LensSettings, lens_heads
+from workflow.exp001.run import run_lens
 
 ARCHS = ["llama", "gemma3"]
 
@@ -156,8 +157,8 @@ def test_empty_prompt_is_refused(loaded):
 def test_identity_check_fails_loudly_when_the_lens_misses_a_step(loaded, probes, monkeypatch):
     """A lens that forgot soft-capping must stop the run instead of writing records."""
     model = loaded["gemma3"]
-    from workflow import experiment
+    from workflow import lens_setup
 
-    monkeypatch.setattr(experiment, "logit_postprocessor", lambda config: (lambda logits: logits))
+    monkeypatch.setattr(lens_setup, "logit_postprocessor", lambda config: (lambda logits: logits))
     with pytest.raises(LensIdentityError, match="does not reproduce the model's own output"):
         run_lens(model, probes[:1], LensSettings())

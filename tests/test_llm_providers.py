@@ -182,7 +182,7 @@ def test_evaluation_rules_against_the_server(llm, lens_done, tmp_path, provider)
         text = data.decode()
         assert MARKER in text
         stage = "single-model" if name.startswith("evaluation-tiny") else name[len("evaluation-") : -len(".md")]
-        template = load_template(workdir / "prompts" / f"{stage}-evaluation.md")
+        template = load_template(workdir / "prompts" / "001" / f"{stage}-evaluation.md")
         assert heading_problems(text, template.headings) == [], name
         assert f"provider {provider}" in text
     cache = files_under(workdir / "results" / "cache")

@@ -10,7 +10,8 @@ import torch
 
 from tiny import make_tokenizer, save_random
 from workflow import lens as lens_module
-from workflow.experiment import LensIdentityError, LensSettings, lens_heads, run_lens
+from workflow.lens_setup import LensIdentityError, LensSettings, lens_heads
+from workflow.exp001.run import run_lens
 from workflow.models import load_model
 
 PROBE = {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"}

@@ -168,7 +168,7 @@ def test_an_unknown_choice_is_refused(fresh, monkeypatch):
 
 
 def test_records_say_which_kernel_ran(kernel, loaded, probes):
-    from workflow.experiment import model_metadata
+    from workflow.lens_setup import model_metadata
 
     assert model_metadata(loaded["llama"])["lens_kernel"] == kernel
 

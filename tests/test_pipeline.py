@@ -31,7 +31,7 @@ def test_full_run_writes_all_five_kinds_of_file(finished):
         records = read_records(results / f"output-tiny-{arch}-records.csv")
         assert set(records["layer"]) == set(range(4))
         assert records["topk_tokens"].map(len).eq(3).all()
-        template = load_template(finished / "prompts" / "single-model-evaluation.md")
+        template = load_template(finished / "prompts" / "001" / "single-model-evaluation.md")
         text = (results / f"evaluation-tiny-{arch}.md").read_text()
         assert heading_problems(text, template.headings) == []
         assert "No LLM was used" in text
@@ -39,7 +39,7 @@ def test_full_run_writes_all_five_kinds_of_file(finished):
         link = f"](plots/tiny-{arch}/heatmap-capital.png)"
         assert link in text and (results / f"plots/tiny-{arch}/heatmap-capital.png").is_file()
     for stage, name in (("cross-model", "evaluation-cross-model.md"), ("meta", "evaluation-meta.md")):
-        template = load_template(finished / "prompts" / f"{stage}-evaluation.md")
+        template = load_template(finished / "prompts" / "001" / f"{stage}-evaluation.md")
         text = (results / name).read_text()
         assert heading_problems(text, template.headings) == []
         assert "tiny-llama" in text and "tiny-gemma3" in text

@@ -4,9 +4,10 @@ import matplotlib.image
 import pytest
 
 from conftest import PROBES
-from workflow.evaluation.analysis import model_facts
-from workflow.experiment import write_lens_outputs
-from workflow.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure, visible
+from workflow.exp001.analysis import model_facts
+from workflow.exp001.run import write_lens_outputs
+from workflow.exp001.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure
+from workflow.plots import visible
 from workflow.records import read_records
 
 

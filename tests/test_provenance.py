@@ -89,19 +89,19 @@ def test_check_passes_without_the_derived_resources_of_a_fresh_clone(workdir):
 
 
 def test_cross_template_edit_plans_cross_and_meta_only(workdir):
-    with open(workdir / "prompts" / "cross-model-evaluation.md", "a") as fh:
+    with open(workdir / "prompts" / "001" / "cross-model-evaluation.md", "a") as fh:
         fh.write("\nBe brief.\n")
     assert plan(workdir) == CROSS_AND_META
     result = provenance_check(workdir)
     assert result.returncode != 0
     found = statuses(result)
     assert found["results/001/evaluation-cross-model.md"] == "stale"
-    assert "prompts/cross-model-evaluation.md changed" in result.stdout
+    assert "prompts/001/cross-model-evaluation.md changed" in result.stdout
     assert found["results/001/evaluation-tiny-llama.md"] == "ok"
 
 
 def test_single_model_template_edit_plans_evaluations_not_lens(workdir):
-    with open(workdir / "prompts" / "single-model-evaluation.md", "a") as fh:
+    with open(workdir / "prompts" / "001" / "single-model-evaluation.md", "a") as fh:
         fh.write("\nBe brief.\n")
     assert plan(workdir) == PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META
 

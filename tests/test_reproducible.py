@@ -5,7 +5,7 @@ import io
 import json
 
 from workflow.evaluation.cache import ResponseCache, cache_key, same_but_rounding
-from workflow.evaluation.digest import magnitude_text, rank_text
+from workflow.evaluation.text import magnitude_text, rank_text
 from workflow.records import COLUMNS, read_records, rounded, write_records
 
 

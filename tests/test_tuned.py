@@ -10,7 +10,8 @@ import torch
 from conftest import PROBES, tiny_config
 from pipeline import finished_run, planned_jobs, said, snakemake
 from workflow.errors import UserError
-from workflow.experiment import LensSettings, lens_heads, run_lens
+from workflow.lens_setup import LensSettings, lens_heads
+from workflow.exp001.run import run_lens
 from workflow.records import read_records
 from workflow import tuned
 
@@ -198,8 +199,8 @@ def test_tuned_rows_decode_the_translated_residual(kernel, loaded):
 
 def test_llm_digest_carries_the_tuned_lens(tuned_run):
     """An LLM evaluator sees where the tuned lens puts the answer, not only the offline analyst."""
-    from workflow.evaluation.analysis import model_facts
-    from workflow.evaluation.digest import model_digest
+    from workflow.exp001.analysis import model_facts
+    from workflow.exp001.digest import model_digest
 
     results = tuned_run / "results" / "001"
     facts = model_facts(results / "output-tiny-llama.json", results / "output-tiny-llama-records.csv")

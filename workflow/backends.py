@@ -10,11 +10,14 @@
   embedding receives. No per-architecture table.
 
 Both give the residual stream at layers 0..L (0 entering the first block, k after
-block k), the model's own logits, its final norm module and its unembedding.
+block k), the model's own logits, its final norm module and its unembedding; and both
+run the decoder layers from any layer on a batch, with the residual overwritten at
+chosen (row, layer, position)s (activation patching; ``BlockRunner``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Protocol
 
@@ -37,6 +40,42 @@ class Backend(Protocol):
 
     def capture(self, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals [L+1, T', d] at the kept positions, and the model's logits [1, V] at the last one."""
+
+    blocks: BlockRunner  # the decoder layers, run from any layer (activation patching)
+
+
+class Patches:
+    """Where a batch's residual stream is overwritten: for each layer (0 entering the first
+    block, k after block k), the batch rows, the positions and the vectors to write there.
+    A (row, position) appears at most once per layer."""
+
+    def __init__(self) -> None:
+        self._layers: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+
+    def add(self, row: int, layer: int, position: int, value: torch.Tensor) -> None:
+        self._layers.setdefault(layer, []).append((row, position, value))
+
+    def at(self, layer: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        entries = self._layers.get(layer)
+        if not entries:
+            return None
+        rows = torch.tensor([r for r, _, _ in entries], device=device)
+        positions = torch.tensor([p for _, p, _ in entries], device=device)
+        values = torch.stack([v for _, _, v in entries]).to(device=device, dtype=dtype)
+        return rows, positions, values
+
+
+class _Stop(Exception):
+    """Raised by a hook once what it reads is read: the rest of the forward is not needed."""
+
+
+def _overwritten(hidden: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    if where is None:
+        return hidden
+    rows, positions, values = where
+    hidden = hidden.clone()
+    hidden[rows, positions] = values
+    return hidden
 
 
 def _keep(positions: str) -> slice:
@@ -73,6 +112,11 @@ class BridgeBackend:
         self.d_model = int(bridge.cfg.d_model)
         self.vocab_size = int(bridge.cfg.d_vocab)
 
+    @functools.cached_property
+    def blocks(self) -> BlockRunner:
+        # The bridge's blocks are the modules the original model's forward calls.
+        return BlockRunner(self.hf_model, find_decoder_layers(self.hf_model, self.n_layers))
+
     def capture(self, input_ids, positions):
         keep = _keep(positions)
         captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
@@ -89,6 +133,74 @@ class BridgeBackend:
         tokens = torch.tensor([input_ids], device=_device(self.hf_model))
         logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, **kw), tokens)
         return _stacked(captured), logits
+
+
+class BlockRunner:
+    """The model's decoder layers, run from any layer on a batch of residual streams.
+
+    Each layer gets the arguments the model's own forward passes it for the same prompt
+    (attention mask, position embeddings, ...), read once per prompt by a forward pass
+    with hooks, so no architecture's forward is re-implemented; a patched run that
+    starts at layer l skips the l layers before it, whose residuals are the unpatched
+    run's. A model whose forward does more between its layers than call them would run
+    differently: ``patching`` checks each prompt's unpatched run against ``capture``.
+    """
+
+    def __init__(self, hf_model: nn.Module, layers: nn.ModuleList):
+        self.hf_model = hf_model
+        self.layers = layers
+        self._arguments: dict[tuple[int, ...], list[tuple[tuple, dict]]] = {}
+
+    def arguments(self, input_ids: list[int]) -> list[tuple[tuple, dict]]:
+        """(positional arguments after the hidden states, keyword arguments) of each layer."""
+        key = tuple(input_ids)
+        if key in self._arguments:
+            return self._arguments[key]
+        seen: list[tuple[tuple, dict] | None] = [None] * len(self.layers)
+
+        def record(index: int):
+            def hook(module, args, kwargs):
+                rest = args[1:] if args else ()
+                seen[index] = (rest, {k: v for k, v in kwargs.items() if k != "hidden_states"})
+                if index == len(self.layers) - 1:
+                    raise _Stop
+
+            return hook
+
+        handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        try:
+            with torch.no_grad():
+                self.hf_model(torch.tensor([list(input_ids)], device=_device(self.hf_model)), use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [i for i, a in enumerate(seen) if a is None]
+        if missing:
+            raise RuntimeError(f"decoder layers {missing} were not called by the model's forward")
+        self._arguments = {key: seen}  # type: ignore[dict-item]  (one prompt at a time)
+        return seen  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def run(self, input_ids: list[int], hidden: torch.Tensor, start: int, patches: Patches, keep: bool = False):
+        """Run residual streams ``hidden`` [B, T, d] (those at layer ``start`` of prompt
+        ``input_ids``) through the layers from block ``start`` on, writing ``patches`` at
+        each layer first. Returns the residual after the last block at the last position
+        [B, d]; with ``keep``, every layer's residual from ``start`` on [L+1-start, B, T, d]."""
+        arguments = self.arguments(input_ids)
+        n_layers = len(self.layers)
+        kept = []
+        for index in range(start, n_layers):
+            hidden = _overwritten(hidden, patches.at(index, hidden.device, hidden.dtype))
+            if keep:
+                kept.append(hidden)
+            rest, kwargs = arguments[index]
+            hidden = _hidden(self.layers[index](hidden, *rest, **kwargs))
+        hidden = _overwritten(hidden, patches.at(n_layers, hidden.device, hidden.dtype))
+        if keep:
+            return torch.stack([*kept, hidden])
+        return hidden[:, -1]
 
 
 def _stacked(captured: list[torch.Tensor | None]) -> torch.Tensor:
@@ -204,6 +316,10 @@ class HooksBackend:
         self.final_norm = find_final_norm(hf_model, self.layers, probe_ids)
         self.d_model = int(config.hidden_size)
         self.vocab_size = int(self.unembed.weight.shape[0])
+
+    @functools.cached_property
+    def blocks(self) -> BlockRunner:
+        return BlockRunner(self.hf_model, self.layers)
 
     def capture(self, input_ids, positions):
         keep = _keep(positions)

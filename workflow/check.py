@@ -83,9 +83,10 @@ def check(root: str | os.PathLike[str] = ".", results: str = "results") -> list[
             elif now != digest:
                 stale.append(f"input {name} changed")
         script = record["code"].get("script")
-        if script is None or not (REPO / script).is_file():
+        also = record["code"].get("also", [])
+        if script is None or not all((REPO / path).is_file() for path in (script, *also)):
             stale.append("made by code this version does not have")
-        elif code_version(script) != record["code"]["version"]:
+        elif code_version(script, *also) != record["code"]["version"]:
             stale.append(f"the code of {script} (or of a workflow/ module it imports) changed")
         for name, digest in record["artefacts"].items():
             recorded.add(str(Path(name)))

@@ -74,12 +74,13 @@ def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str]]:
     return ast.unparse(_without_docstrings(tree)), imports
 
 
-def code_files(script: str | os.PathLike[str]) -> list[Path]:
+def code_files(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> list[Path]:
     """``script`` and every file of this repository it runs: the ``workflow`` modules it
-    imports, what they import in turn, and the files they read as code (CODE_DATA)."""
-    first = (REPO / script).resolve()
+    imports, what they import in turn, and the files they read as code (CODE_DATA).
+    ``also``: further files it runs that no import names (the package of the experiment a
+    generic evaluation script is asked for, ``workflow/exp001/__init__.py``)."""
     seen: set[Path] = set()
-    pending = [first]
+    pending = [(REPO / path).resolve() for path in (script, *also)]
     while pending:
         path = pending.pop()
         if path in seen:
@@ -93,7 +94,7 @@ def code_files(script: str | os.PathLike[str]) -> list[Path]:
     return sorted(seen)
 
 
-def code_version(script: str | os.PathLike[str]) -> str:
+def code_version(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> str:
     """sha256 (first 16 hex digits) of what ``script`` runs, by its syntax, not its bytes.
 
     Each rule carries it as a param: Snakemake alone does not re-run a rule when a module
@@ -102,7 +103,7 @@ def code_version(script: str | os.PathLike[str]) -> str:
     (the C kernel) by their bytes. Which modules count is read from the imports.
     """
     digest = hashlib.sha256()
-    for path in code_files(script):
+    for path in code_files(script, *also):
         if path.suffix == ".py":
             stat = path.stat()
             text = _parsed(path, (stat.st_mtime_ns, stat.st_size))[0].encode()

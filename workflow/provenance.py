@@ -95,6 +95,7 @@ def make_record(
     inputs: list[str],
     params: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    also: list[str] | None = None,
 ) -> dict[str, Any]:
     """The provenance record of one rule run: only what the inputs determine (the git
     commit, which changes with every commit of results, goes to the job's log instead)."""
@@ -105,8 +106,9 @@ def make_record(
         "rule": rule,
         "artefacts": {str(a): sha256_file(a) for a in artefacts},
         "inputs": {str(i): input_digest(i) for i in sorted(set(map(str, inputs)))},
-        "params": {k: v for k, v in params.items() if k != "code"},
-        "code": {"script": script, "version": version},
+        "params": {k: v for k, v in params.items() if k not in ("code", "code_also")},
+        # also: code the script runs that no import in it names (an experiment's package).
+        "code": {"script": script, "version": version, **({"also": list(also)} if also else {})},
         "packages": package_versions(),
         **(extra or {}),
     }
@@ -127,5 +129,6 @@ def record_rule(snakemake: Any, script: str, artefacts: list[str], extra: dict[s
     logging.getLogger(__name__).info("code: %s, git commit %s%s", version, state["commit"],
                                      " with uncommitted changes" if state["dirty"] else "")
     params = {k: v for k, v in snakemake.params.items()}
-    record = make_record(snakemake.rule, script, version, artefacts, list(snakemake.input), params, extra)
+    also = params.get("code_also")
+    record = make_record(snakemake.rule, script, version, artefacts, list(snakemake.input), params, extra, also)
     write_record(snakemake.output.provenance, record)

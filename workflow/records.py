@@ -1,4 +1,6 @@
-"""The records CSV of experiment 001: one row per probe x lens x layer x position.
+"""Records CSVs, written and read the same way by every experiment; the columns of
+experiment 001's (one row per probe x lens x layer x position) are COLUMNS, other
+experiments give theirs.
 
 Column names are a data contract (DESIGN.md); extend, don't rename. Tokens can
 hold newlines, commas, quotes and any Unicode, so every field is quoted and the
@@ -53,37 +55,44 @@ def rounded(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
 STRING_COLUMNS = ("model", "probe", "lens", "input_token", "top1_token", "answer_token", "topk_tokens", "topk_probs")
 
 
-def encode_row(row: Mapping[str, Any]) -> list[Any]:
-    """Order a record's fields by COLUMNS, JSON-encoding the list columns."""
-    missing = [c for c in COLUMNS if c not in row]
+def encode_row(row: Mapping[str, Any], columns: tuple[str, ...] = COLUMNS, list_columns: tuple[str, ...] = LIST_COLUMNS) -> list[Any]:
+    """Order a record's fields by ``columns``, JSON-encoding the list columns."""
+    missing = [c for c in columns if c not in row]
     if missing:
         raise KeyError(f"record lacks columns {missing}")
-    values = [rounded(row[c]) for c in COLUMNS]
-    return [json.dumps(v, ensure_ascii=False) if c in LIST_COLUMNS else v for c, v in zip(COLUMNS, values)]
+    values = [rounded(row[c]) for c in columns]
+    return [json.dumps(v, ensure_ascii=False) if c in list_columns else v for c, v in zip(columns, values)]
 
 
-def write_records(fh, rows: Iterable[Mapping[str, Any]]) -> int:
+def write_records(
+    fh, rows: Iterable[Mapping[str, Any]], columns: tuple[str, ...] = COLUMNS, list_columns: tuple[str, ...] = LIST_COLUMNS
+) -> int:
     """Write the header and ``rows`` to an open text file; return the row count."""
     writer = csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     count = 0
     for row in rows:
-        writer.writerow(encode_row(row))
+        writer.writerow(encode_row(row, columns, list_columns))
         count += 1
     return count
 
 
-def read_records(path: str | os.PathLike[str], parse_lists: bool = True) -> pd.DataFrame:
+def read_records(
+    path: str | os.PathLike[str],
+    parse_lists: bool = True,
+    string_columns: tuple[str, ...] = STRING_COLUMNS,
+    list_columns: tuple[str, ...] = LIST_COLUMNS,
+) -> pd.DataFrame:
     """Read a records CSV with pandas, keeping token strings exactly as written."""
     frame = pd.read_csv(
         path,
-        dtype={c: str for c in STRING_COLUMNS},
+        dtype={c: str for c in string_columns},
         keep_default_na=False,
         na_values=[],
         encoding="utf-8",
     )
     if parse_lists:
-        for column in LIST_COLUMNS:
+        for column in list_columns:
             frame[column] = frame[column].map(json.loads)
     return frame
 

@@ -369,7 +369,7 @@ def train_for_model(
     """Train and save the tuned lens of one model; returns its config (held-out figures included)."""
     from tqdm import tqdm
 
-    from workflow.experiment import LensSettings, lens_heads
+    from workflow.lens_setup import LensSettings, lens_heads
     from workflow.models import load_model
 
     torch.manual_seed(settings.seed)

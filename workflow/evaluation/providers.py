@@ -41,6 +41,8 @@ class EvaluationRequest:
     prompt: str
     headings: tuple[str, ...]
     facts: Any = field(compare=False, repr=False)
+    # The offline analyst's writer of each heading (the experiment's; workflow/experiments.py).
+    sections: Any = field(default=None, compare=False, repr=False)
 
 
 class ProviderError(UserError):
@@ -69,7 +71,7 @@ class OfflineProvider:
         return {"provider": self.name}
 
     def complete(self, request: EvaluationRequest) -> str:
-        return offline.write(request.stage, request.title, request.headings, request.facts)
+        return offline.write(request.stage, request.title, request.headings, request.facts, request.sections or {})
 
     def repair(self, request: EvaluationRequest, draft: str, problems: list[str]) -> str | None:
         return None  # its output is fixed by its rules; a broken contract is a bug

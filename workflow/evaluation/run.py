@@ -1,4 +1,6 @@
-"""The three evaluation stages: gather facts, render the template, ask the provider, write."""
+"""The three evaluation stages of any experiment: gather facts, render the template, ask
+the provider, write. What the facts and digests are is the experiment's
+(``workflow/experiments.py``)."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ from typing import Any
 from workflow.atomic import write_text
 from workflow.errors import UserError
 from workflow.records import rounded
-from workflow.evaluation.analysis import ModelFacts, model_facts
-from workflow.evaluation.digest import DEFAULT_MAX_CHARS, model_digest
 from workflow.evaluation.providers import EvaluationRequest, Provider, make_provider
 from workflow.evaluation.templates import PromptTemplate, heading_problems, load_template
+from workflow.experiments import Experiment, experiment
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CHARS = 24_000  # the digests' size budget (evaluation.digest_max_chars)
 
 
 class EvaluationError(UserError):
@@ -91,6 +94,7 @@ def complete(request: EvaluationRequest, provider: Provider) -> str:
 
 
 def _write(
+    exp: Experiment,
     stage: str,
     title: str,
     template_path: str,
@@ -103,7 +107,7 @@ def _write(
     template = load_template(template_path)
     provider = make_provider(settings)
     prompt = template.render(variables)
-    request = EvaluationRequest(stage, title, template.system, prompt, template.headings, facts)
+    request = EvaluationRequest(stage, title, template.system, prompt, template.headings, facts, exp.sections[stage])
     log.info("writing the %s evaluation with %s (prompt %d characters)", stage, provider.name, len(prompt))
     text = (
         complete(request, provider).rstrip("\n")
@@ -117,62 +121,66 @@ def _write(
     return Written(text, template.sha256, _sha(prompt), provider.describe(), keys)
 
 
-def _facts(summary_paths: list[str], records_paths: list[str]) -> list[ModelFacts]:
-    if len(summary_paths) != len(records_paths):
-        raise UserError("each model needs both its output JSON and its records CSV")
-    return [model_facts(s, r) for s, r in zip(summary_paths, records_paths)]
-
-
-def _digests(facts: list[ModelFacts], settings: dict[str, Any]) -> str:
+def _digests(exp: Experiment, facts: list[Any], settings: dict[str, Any]) -> str:
     budget = int(settings.get("digest_max_chars", DEFAULT_MAX_CHARS)) // max(1, len(facts))
-    return "\n\n".join(model_digest(f, budget) for f in facts)
+    return "\n\n".join(exp.digest(f, budget) for f in facts)
 
 
-def evaluate_model(
-    summary: str, records: str, template: str, settings: dict[str, Any], output: str, figures: list[str] | None = None
-) -> Written:
-    (facts,) = _facts([summary], [records])
-    metadata = json.loads(Path(summary).read_text(encoding="utf-8"))
-    # Figures to three significant digits (float rounding must not change the prompt); the
-    # identity check's float-noise figures are in the digest, as orders of magnitude.
-    metadata = rounded({k: v for k, v in metadata.items() if k not in ("probes", "timings", "packages", "identity_check")}, 3)
-    variables = {
-        "model": facts.model,
-        "metadata": json.dumps(metadata, indent=2, sort_keys=True, ensure_ascii=False),
-        "digest": _digests([facts], settings),
-    }
-    title = f"{facts.model}: layers and logits (experiment 001)"
-    return _write("single-model", title, template, variables, facts, settings, output, figures)
+def model_inputs(inputs: Any, keys: list[str]) -> list[dict[str, str]]:
+    """Per model, its input paths by name, from a rule's named inputs (each a path, or a
+    list with one path per model in the same order)."""
+    columns = {k: [inputs[k]] if isinstance(inputs[k], str) else list(inputs[k]) for k in keys}
+    counts = {len(v) for v in columns.values()}
+    if len(counts) != 1:
+        raise UserError(f"each model needs every one of its inputs {keys}; got {', '.join(f'{k}: {len(v)}' for k, v in columns.items())}")
+    return [dict(zip(keys, paths)) for paths in zip(*columns.values())]
 
 
-def evaluate_cross(
-    summaries: list[str],
-    records: list[str],
-    evaluations: list[str],
+def evaluate(
+    stage: str,
+    experiment_id: str,
+    models: list[dict[str, str]],
     template: str,
     settings: dict[str, Any],
     output: str,
     figures: list[str] | None = None,
+    evaluations: list[str] | None = None,
+    cross: str | None = None,
 ) -> Written:
-    facts = _facts(summaries, records)
-    variables = {
-        "models": ", ".join(f.model for f in facts),
-        "digests": _digests(facts, settings),
-        "evaluations": "\n\n".join(Path(p).read_text(encoding="utf-8") for p in evaluations),
-    }
-    return _write("cross-model", "Cross-model comparison (experiment 001)", template, variables, facts, settings, output, figures)
+    """Write the ``stage`` evaluation of experiment ``experiment_id``.
 
-
-def evaluate_meta(
-    summaries: list[str], records: list[str], cross: str, template: str, settings: dict[str, Any], output: str
-) -> Written:
-    facts = _facts(summaries, records)
-    probes = [{k: p[k] for k in ("id", "prompt", "answer")} for p in json.loads(Path(summaries[0]).read_text())["probes"]]
-    variables = {
-        "models": ", ".join(f.model for f in facts),
-        "digests": _digests(facts, settings),
-        "cross_evaluation": Path(cross).read_text(encoding="utf-8"),
-        "lens_settings": json.dumps(facts[0].lens, sort_keys=True),
-        "probes": json.dumps(probes, indent=2, ensure_ascii=False),
-    }
-    return _write("meta", "Methodology critique (experiment 001)", template, variables, facts, settings, output)
+    ``models``: per model, the paths of its inputs by name (``summary``, ``records`` and
+    whatever else the experiment's facts read); ``evaluations``: the single-model
+    evaluations (cross-model stage); ``cross``: the cross-model evaluation (meta stage).
+    """
+    exp = experiment(experiment_id)
+    if not models:
+        raise UserError(f"the {stage} evaluation of experiment {exp.id} needs the outputs of at least one model")
+    facts = [exp.model_facts(**paths) for paths in models]
+    summaries = [json.loads(Path(paths["summary"]).read_text(encoding="utf-8")) for paths in models]
+    variables = exp.variables(stage, facts, summaries)
+    if stage == "single-model":
+        (model_facts,), (summary,) = facts, summaries
+        # Figures to three significant digits (float rounding must not change the prompt).
+        metadata = rounded({k: v for k, v in summary.items() if k not in exp.summary_details}, 3)
+        variables = {
+            "model": model_facts.model,
+            "metadata": json.dumps(metadata, indent=2, sort_keys=True, ensure_ascii=False),
+            "digest": _digests(exp, facts, settings),
+            **variables,
+        }
+        title = exp.title(stage, model_facts.model)
+        facts_arg: Any = model_facts
+    else:
+        variables = {"models": ", ".join(f.model for f in facts), "digests": _digests(exp, facts, settings), **variables}
+        if stage == "cross-model":
+            variables["evaluations"] = "\n\n".join(Path(p).read_text(encoding="utf-8") for p in evaluations or [])
+        elif stage == "meta":
+            if cross is None:
+                raise UserError(f"the meta evaluation of experiment {exp.id} needs the cross-model evaluation")
+            variables["cross_evaluation"] = Path(cross).read_text(encoding="utf-8")
+        else:
+            raise UserError(f"no evaluation stage {stage!r}: the stages are single-model, cross-model and meta")
+        title = exp.title(stage)
+        facts_arg = facts
+    return _write(exp, stage, title, template, variables, facts_arg, settings, output, figures)

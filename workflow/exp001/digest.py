@@ -1,4 +1,4 @@
-"""Compact text digests of a model's outputs, sized to fit an LLM's prompt.
+"""Experiment 001's digests: compact text of a model's outputs, sized to fit an LLM's prompt.
 
 Per probe, at the last position: for each layer the top tokens with their
 probabilities, the entropy, the answer's rank and probability, and KL to the
@@ -14,25 +14,11 @@ rounding of another processor cannot change a prompt (and so its cached response
 
 from __future__ import annotations
 
-import math
-
-from workflow.evaluation.analysis import ModelFacts, ProbeFacts
+from workflow.evaluation.text import fitted, magnitude_text, rank_text
+from workflow.exp001.analysis import ModelFacts, ProbeFacts
 
 DEFAULT_MAX_CHARS = 24_000
 TOP_TOKENS = 3
-
-
-EXACT_RANKS = 100  # ranks above this are written to two significant digits
-
-
-def rank_text(rank: int) -> str:
-    """An answer rank: exact up to EXACT_RANKS, else about it (~1500)."""
-    return str(rank) if rank <= EXACT_RANKS else f"~{float(f'{rank:.2g}'):.0f}"
-
-
-def magnitude_text(value: float) -> str:
-    """A float-noise figure as the power of ten it does not exceed ("at most 1e-06", or "0")."""
-    return "0" if value <= 0 else f"at most 1e{math.ceil(math.log10(value)):+03d}"
 
 
 def _layer_line(step: dict) -> str:
@@ -79,14 +65,5 @@ def model_digest(facts: ModelFacts, max_chars: int = DEFAULT_MAX_CHARS) -> str:
         + "\nmost frequent middle-layer top-1 tokens at the last position: "
         + ", ".join(f"{tok!r} x{n}" for tok, n in facts.middle_tokens)
     )
-    stride = 1
-    while True:
-        blocks = [_probe_block(p, facts.n_layers, stride, "tuned" in facts.lenses) for p in facts.probes]
-        note = "" if stride == 1 else f"\n(every {stride}th layer shown, to fit the size budget)"
-        text = header + note + "\n\n" + "\n\n".join(blocks) + "\n"
-        if len(text) <= max_chars or stride >= facts.n_layers:
-            break
-        stride += 1
-    if len(text) > max_chars:
-        text = text[: max_chars - 40].rsplit("\n", 1)[0] + "\n(digest truncated to fit the size budget)\n"
-    return text
+    tuned = "tuned" in facts.lenses
+    return fitted(header, lambda stride: [_probe_block(p, facts.n_layers, stride, tuned) for p in facts.probes], facts.n_layers, max_chars)

@@ -1,0 +1,137 @@
+# Experiment 001, layers and logits: the normalised (and tuned) logit lens at every layer
+# of every model, its pictures, and what its evaluations read (register_experiment).
+
+E001 = "results/001"
+PROBE_IDS = [p["id"] for p in config["probes"]]
+
+
+register_experiment(
+    "001",
+    model_inputs=lambda model: {"summary": f"{E001}/output-{model}.json", "records": f"{E001}/output-{model}-records.csv"},
+    model_figures=lambda model: expand(f"{E001}/plots/{model}/heatmap-{{probe}}.png", probe=PROBE_IDS),
+    cross_figures=[f"{E001}/plots/cross-model-trajectories.png"],
+    artefacts=[
+        *expand(f"{E001}/output-{{model}}.json", model=MODELS),
+        *expand(f"{E001}/output-{{model}}-records.csv", model=MODELS),
+        *expand(f"{E001}/provenance/output-{{model}}.prov.json", model=MODELS),
+        *expand(f"{E001}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=PROBE_IDS),
+        f"{E001}/plots/cross-model-trajectories.png",
+        # The tuned lens's quality on held-out text, where config lenses has it.
+        *expand(f"{E001}/lens-quality-{{model}}.csv", model=MODELS if "tuned" in LENSES else []),
+        *expand(f"{E001}/plots/{{model}}/lens-quality.png", model=MODELS if "tuned" in LENSES else []),
+        *expand(f"{E001}/provenance/lens-quality-{{model}}.prov.json", model=MODELS if "tuned" in LENSES else []),
+    ],
+)
+
+
+rule run_lens:
+    input:
+        # The model's weights, and its trained tuned lens where config lenses has it.
+        unpack(
+            lambda wildcards: {
+                **get_lens_model_input(wildcards),
+                **({"tuned": f"resources/lenses/{wildcards.model}"} if "tuned" in LENSES else {}),
+            }
+        ),
+    # update(): Snakemake keeps the previous outputs until the job succeeds and puts them
+    # back if it fails (README, "When a job fails"), instead of deleting them first.
+    output:
+        summary=update(f"{E001}/output-{{model}}.json"),
+        records=update(f"{E001}/output-{{model}}-records.csv"),
+        provenance=update(f"{E001}/provenance/output-{{model}}.prov.json"),
+    log:
+        "logs/001/run_lens-{model}.log",
+    conda:
+        CONDA_ENV
+    benchmark:
+        "benchmarks/001/run_lens-{model}.tsv"
+    threads: MODEL_THREADS
+    resources:
+        # From the parameter count and dtype (workflow/resources.py); models.{model}.resources overrides.
+        mem_mb=lens_resource("mem_mb"),
+        runtime=lens_resource("runtime"),
+        gpu=lens_resource("gpu"),
+    params:
+        entry=get_model_settings,
+        device=config["device"],
+        dtype=config["dtype"],
+        backend=config["backend"],
+        lens=get_lens_settings,
+        probes=config["probes"],
+        lenses=LENSES,
+        code=code_version("scripts/run_lens.py"),
+    script:
+        "../scripts/run_lens.py"
+
+
+rule plot_heatmaps:
+    input:
+        records=unchanged_since_made(f"{E001}/output-{{model}}-records.csv"),
+        summary=unchanged_since_made(f"{E001}/output-{{model}}.json"),
+    output:
+        heatmaps=[
+            update(report(
+                f"{E001}/plots/{{model}}/heatmap-{probe}.png",
+                caption="../workflow/report/heatmap.rst",
+                category="{model}",
+                subcategory="Heatmaps",
+                labels={"probe": probe},
+            ))
+            for probe in PROBE_IDS
+        ],
+    log:
+        "logs/001/plot_heatmaps-{model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        probes=PROBE_IDS,
+        code=code_version("scripts/plot_heatmaps.py"),
+    localrule: True
+    script:
+        "../scripts/plot_heatmaps.py"
+
+
+rule plot_cross:
+    input:
+        unpack(model_outputs(E001)),
+    output:
+        update(report(
+            f"{E001}/plots/cross-model-trajectories.png",
+            caption="../workflow/report/trajectories.rst",
+            category="Cross-model",
+            subcategory="Figures",
+            labels={"figure": "trajectories by relative depth"},
+        )),
+    log:
+        "logs/001/plot_cross.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=code_version("scripts/plot_cross.py"),
+    localrule: True
+    script:
+        "../scripts/plot_cross.py"
+
+
+rule lens_quality:
+    input:
+        lens="resources/lenses/{model}",
+    output:
+        csv=update(f"{E001}/lens-quality-{{model}}.csv"),
+        plot=report(
+            f"{E001}/plots/{{model}}/lens-quality.png",
+            caption="../workflow/report/lens-quality.rst",
+            category="{model}",
+            subcategory="Lens quality",
+            labels={"figure": "held-out KL and top-1 agreement"},
+        ),
+        provenance=update(f"{E001}/provenance/lens-quality-{{model}}.prov.json"),
+    log:
+        "logs/001/lens_quality-{model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=code_version("scripts/lens_quality.py"),
+    localrule: True
+    script:
+        "../scripts/lens_quality.py"

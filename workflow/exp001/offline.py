@@ -1,0 +1,512 @@
+"""Experiment 001's offline analyst: the sections of its three evaluations.
+
+Every sentence is a figure computed from the recorded outputs
+(``workflow.exp001.analysis``) put into words by fixed rules, so the same outputs
+always give the same document (``workflow.evaluation.offline.write`` puts the
+sections together under the template's headings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from statistics import median
+
+from workflow.evaluation.text import identity_text
+from workflow.evaluation.text import layer_text as _layer
+from workflow.evaluation.text import nats as _nats
+from workflow.evaluation.text import pct as _pct
+from workflow.evaluation.text import table as _table
+from workflow.evaluation.text import tok as _tok
+from workflow.exp001.analysis import BANDS, CONFIDENT_NATS, ModelFacts, ProbeFacts, relative, reverse_pairs
+
+def _median_depth(layers: list[int | None], n_layers: int) -> float | None:
+    values = [relative(x, n_layers) for x in layers if x is not None]
+    return median(values) if values else None
+
+
+# ---------------------------------------------------------------- single model
+
+
+def _single_summary(f: ModelFacts) -> str:
+    first = _median_depth([p.first_top1_layer for p in f.probes], f.n_layers)
+    stable = _median_depth([p.stable_top1_layer for p in f.probes], f.n_layers)
+    text = (
+        f"{f.model} ({f.architecture}, {f.n_layers} layers, d_model {f.d_model}) gives the expected answer "
+        f"as its final top-1 token on {f.n_correct} of {len(f.probes)} probes."
+    )
+    n_stable = sum(p.stable_top1_layer is not None for p in f.probes)
+    if first is not None:
+        text += f" Where the answer becomes top-1 at all, it does so first at a median relative depth of {first:.2f}"
+        text += (
+            f"; on the {n_stable} probe(s) where it stays top-1 to the end, it stays from a median depth of {stable:.2f}."
+            if stable is not None
+            else ", but it does not stay there to the last layer on any probe."
+        )
+    else:
+        text += " The answer is never the top-1 token at the last position on any layer."
+    text += (
+        f" The lens at the last layer reproduces the model's own probabilities {identity_text(f.identity_max_prob_diff)} "
+        "(checked at run time on every probe, on logits and KL too), so the last row of every trajectory "
+        "is the model's real output."
+    )
+    return text
+
+
+def _single_emergence(f: ModelFacts) -> str:
+    rows = [
+        [
+            p.id,
+            _tok(p.answer),
+            f"{_tok(p.final_top1)} ({p.final_top1_prob:.2f})",
+            f"{p.final_answer_prob:.3f} / {p.final_answer_rank}",
+            _layer(p.first_top1_layer, f.n_layers),
+            _layer(p.stable_top1_layer, f.n_layers),
+            f"{p.best_rank} (layer {p.best_rank_layer})",
+        ]
+        for p in f.probes
+    ]
+    table = _table(
+        ["probe", "expected", "final top-1 (p)", "answer p / rank", "first top-1 layer (depth)", "stays top-1 from", "best rank (layer)"],
+        rows,
+    )
+    notes = []
+    reached = [p for p in f.probes if p.first_top1_layer is not None]
+    if reached:
+        earliest = min(reached, key=lambda p: (p.first_top1_layer, p.id))
+        latest = max(reached, key=lambda p: (p.first_top1_layer, p.id))
+        if earliest.first_top1_layer == latest.first_top1_layer:
+            notes.append(f"Wherever the answer reaches top-1, it does so first at layer {earliest.first_top1_layer}.")
+        else:
+            notes.append(
+                f"The answer surfaces earliest on `{earliest.id}` (layer {earliest.first_top1_layer}) and latest on "
+                f"`{latest.id}` (layer {latest.first_top1_layer})."
+            )
+    lost = [p for p in f.probes if p.first_top1_layer is not None and p.stable_top1_layer is None]
+    if lost:
+        notes.append(
+            "On "
+            + ", ".join(f"`{p.id}` (top-1 at layer {p.first_top1_layer}, final {_tok(p.final_top1)})" for p in lost)
+            + " the answer is top-1 part-way up the stack and then displaced: the fact is readable mid-stack but "
+            "the last layers prefer another continuation."
+        )
+    missed = [p for p in f.probes if p.first_top1_layer is None]
+    if missed:
+        notes.append(
+            "The answer is never top-1 on "
+            + ", ".join(f"`{p.id}` (best rank {p.best_rank} at layer {p.best_rank_layer}, final {_tok(p.final_top1)})" for p in missed)
+            + "."
+        )
+    if "tuned" in f.lenses:
+        notes.append(_lens_disagreements(f))
+    return table + ("\n\n" + " ".join(notes) if notes else "")
+
+
+def _lens_disagreements(f: ModelFacts) -> str:
+    """Where the tuned lens and the logit lens place the answer differently."""
+
+    def where(first: int | None, stable: int | None) -> str:
+        if first is None:
+            return "never top-1"
+        return f"top-1 first at layer {first}" + (f", stays from {stable}" if stable is not None else ", not at the end")
+
+    differ = [p for p in f.probes if (p.tuned_first_top1_layer, p.tuned_stable_top1_layer) != (p.first_top1_layer, p.stable_top1_layer)]
+    if not differ:
+        return "The tuned lens agrees with the logit lens on where the answer surfaces, on every probe."
+    return (
+        "The tuned lens and the logit lens disagree on where the answer surfaces on "
+        + "; ".join(
+            f"`{p.id}` (tuned lens: {where(p.tuned_first_top1_layer, p.tuned_stable_top1_layer)}; "
+            f"logit lens: {where(p.first_top1_layer, p.stable_top1_layer)})"
+            for p in differ
+        )
+        + ". The two lenses read the same residuals in different bases; the tuned lens's is trained to match the output "
+        "distribution (how well, per layer, on held-out text: results/001/lens-quality-" + f.model + ".csv), so where "
+        "they differ and the tuned lens is the closer one at that layer, its reading is the better-founded."
+    )
+
+
+def _single_entropy(f: ModelFacts) -> str:
+    rows = [
+        [
+            p.id,
+            _nats(p.entropy_layer0),
+            f"{p.collapse_layer - 1}→{p.collapse_layer} (−{p.collapse_drop:.2f})",
+            _layer(p.first_confident_layer, f.n_layers),
+            _nats(p.entropy_final),
+            _layer(p.near_final_layer, f.n_layers),
+        ]
+        for p in f.probes
+    ]
+    table = _table(
+        ["probe", "entropy at layer 0", "largest drop (layers, nats)", "first layer ≥ 1 below 1 nat", "final entropy", "KL to final < 1 nat from"],
+        rows,
+    )
+    collapse = median(p.collapse_layer / f.n_layers for p in f.probes)
+    near = _median_depth([p.near_final_layer for p in f.probes], f.n_layers)
+    text = (
+        f"Entropies are in nats at the last position. The largest one-layer fall in entropy sits at a median "
+        f"relative depth of {collapse:.2f}."
+    )
+    if near is not None:
+        text += f" The lens distribution comes within 1 nat of the final one (KL) from a median depth of {near:.2f}."
+    low0 = [p.id for p in f.probes if p.entropy_layer0 < CONFIDENT_NATS]
+    if low0:
+        text += (
+            f" At layer 0 the entropy is already below {CONFIDENT_NATS:g} nat on {len(low0)} probe(s): the embedding, "
+            "decoded through the final norm, is confident about a surface token, not about the answer."
+        )
+    return table + "\n\n" + text
+
+
+
+def _single_middle(f: ModelFacts) -> str:
+    lo = next(layer for layer in range(f.n_layers + 1) if layer / f.n_layers >= 1 / 3)
+    hi = max(layer for layer in range(f.n_layers + 1) if layer / f.n_layers < 2 / 3)
+    tokens = ", ".join(f"{_tok(t)} ×{n}" for t, n in f.middle_tokens) or "none"
+    answers = {p.answer for p in f.probes}
+    share_answers = sum(n for t, n in f.middle_tokens if t in answers)
+    total = sum(n for _, n in f.middle_tokens) or 1
+    text = (
+        f"In the middle band (layers {lo}–{hi}), the most frequent top-1 tokens at the last position across all "
+        f"probes are {tokens}."
+    )
+    if share_answers / total < 0.5:
+        text += (
+            " Most of these are not the expected answers: the middle of the stack, read through the final "
+            "unembedding, favours generic continuations and formatting tokens over the fact."
+        )
+    else:
+        text += " Most of them are expected answers: the fact is readable well before the last layer."
+    text += "\n\n" + _table(
+        ["band", "top-1 repeats the input token (all positions)", "answer is top-1 (last position)"],
+        [[b, _pct(f.copy_rate[b]), _pct(f.answer_rate[b])] for b in BANDS],
+    )
+    return text
+
+
+def _pair_rows(f: ModelFacts) -> list[list[str]]:
+    return [
+        [
+            fwd.id,
+            f"{fwd.final_answer_prob:.3f} / {fwd.final_answer_rank}",
+            _layer(fwd.first_top1_layer, f.n_layers),
+            rev.id,
+            f"{rev.final_answer_prob:.3f} / {rev.final_answer_rank}",
+            _layer(rev.first_top1_layer, f.n_layers),
+        ]
+        for fwd, rev in reverse_pairs(f)
+    ]
+
+
+def _asymmetry(f: ModelFacts) -> str:
+    pairs = reverse_pairs(f)
+    if not pairs:
+        return "No probe declares `reverse_of`, so there is no forward/reverse pair to compare."
+    stronger_fwd = sum(fwd.final_answer_prob > rev.final_answer_prob for fwd, rev in pairs)
+    text = (
+        f"On {stronger_fwd} of {len(pairs)} fact pairs the forward direction (country → capital) gets the higher "
+        f"final answer probability; on {len(pairs) - stronger_fwd} the reverse does."
+    )
+    earlier = [
+        (fwd, rev)
+        for fwd, rev in pairs
+        if fwd.first_top1_layer is not None and rev.first_top1_layer is not None
+    ]
+    if earlier:
+        diff = median(rev.first_top1_layer - fwd.first_top1_layer for fwd, rev in earlier)
+        when = "at the same layer as" if diff == 0 else f"{abs(diff):g} layer(s) {'earlier' if diff < 0 else 'later'} than"
+        text += f" Where both directions reach top-1, the reverse answer surfaces (median) {when} the forward one."
+    return text
+
+
+def _single_reverse(f: ModelFacts) -> str:
+    parts = []
+    rows = _pair_rows(f)
+    if rows:
+        parts.append(
+            _table(["forward probe", "answer p / rank", "first top-1", "reverse probe", "answer p / rank", "first top-1"], rows)
+        )
+    parts.append(_asymmetry(f))
+    for p in f.probes:
+        if p.style == "plain":
+            continue
+        plain = next((q for q in f.probes if q.style == "plain" and q.answer == p.answer and not q.reverse_of), None)
+        if plain is not None:
+            parts.append(
+                f"The {p.style}-style probe `{p.id}` ends with answer probability {p.final_answer_prob:.3f} "
+                f"(first top-1: {_layer(p.first_top1_layer, f.n_layers)}) against {plain.final_answer_prob:.3f} "
+                f"({_layer(plain.first_top1_layer, f.n_layers)}) for the plain `{plain.id}`."
+            )
+    return "\n\n".join(parts)
+
+
+def _caveats(models: list[ModelFacts]) -> str:
+    items = [
+        "The logit lens reads every layer through the final layer's norm and unembedding; early and middle "
+        "layers use a different basis, so their distributions are biased (high KL to final there is partly "
+        "the lens's error, not the model's uncertainty). A tuned lens corrects for this.",
+        f"Each model is judged on {len(models[0].probes)} short factual probes with single-token answers; "
+        "the figures are descriptive, not statistics with error bars.",
+    ]
+    for f in models:
+        if f.source.get("source") in ("gguf", "package"):
+            items.append(
+                f"`{f.model}` runs on weights dequantised from a quantised GGUF file; its probabilities can differ "
+                "slightly from the original release's."
+            )
+        for p in f.probes:
+            for w in p.warnings:
+                items.append(f"`{f.model}`, probe `{p.id}`: {w}.")
+        if not f.lens.get("use_norm_lens", True):
+            items.append(f"`{f.model}` was decoded without its final norm (`use_norm_lens: false`): raw residuals.")
+        if f.lens.get("positions") == "last":
+            items.append(f"`{f.model}` was recorded at the last position only; input-copy rates cover that position alone.")
+    return "\n".join(f"- {item}" for item in items)
+
+
+SINGLE: dict[str, Callable[[ModelFacts], str]] = {
+    "summary": _single_summary,
+    "where the answer emerges": _single_emergence,
+    "confidence and entropy": _single_entropy,
+    "what the middle layers say": _single_middle,
+    "forward and reverse facts": _single_reverse,
+    "caveats": lambda f: _caveats([f]),
+}
+
+
+# ---------------------------------------------------------------- cross model
+
+
+def _cross_summary(models: list[ModelFacts]) -> str:
+    parts = []
+    for f in models:
+        first = _median_depth([p.first_top1_layer for p in f.probes], f.n_layers)
+        depth = "never reaches top-1" if first is None else f"first reaches top-1 at a median relative depth of {first:.2f}"
+        parts.append(f"{f.model} answers {f.n_correct} of {len(f.probes)} probes correctly and its answer {depth}")
+    text = "; ".join(parts) + "."
+    if len(models) > 1:
+        scores = sorted({f.n_correct for f in models}, reverse=True)
+        best = [f.model for f in models if f.n_correct == scores[0]]
+        if len(best) == len(models):
+            text += " The models tie on the number of correct answers; they differ in which probes they get right."
+        else:
+            text += f" On this probe set {', '.join(best)} answers most probes correctly."
+    return text
+
+
+def _cross_models(models: list[ModelFacts]) -> str:
+    return _table(
+        ["model", "architecture", "layers", "d_model", "vocabulary", "dtype / device", "source", "correct"],
+        [
+            [
+                f.model,
+                f.architecture,
+                str(f.n_layers),
+                str(f.d_model),
+                str(f.vocab_size),
+                f"{f.dtype} / {f.device}",
+                str(f.source.get("source")),
+                f"{f.n_correct}/{len(f.probes)}",
+            ]
+            for f in models
+        ],
+    )
+
+
+def _probe_ids(models: list[ModelFacts]) -> list[str]:
+    ids: list[str] = []
+    for f in models:
+        ids += [p.id for p in f.probes if p.id not in ids]
+    return ids
+
+
+def _depth_cell(p: ProbeFacts | None, n_layers: int) -> str:
+    if p is None:
+        return "—"
+    if p.first_top1_layer is None:
+        return "never"
+    stable = "—" if p.stable_top1_layer is None else f"{p.stable_top1_layer / n_layers:.2f}"
+    return f"{p.first_top1_layer / n_layers:.2f} / {stable}"
+
+
+def _cross_depth(models: list[ModelFacts]) -> str:
+    rows = [[pid] + [_depth_cell(f.probe(pid), f.n_layers) for f in models] for pid in _probe_ids(models)]
+    table = _table(["probe"] + [f"{f.model}: first / stable depth" for f in models], rows)
+    return (
+        "Relative depth is layer / number of layers, so models of different depth line up (0 = embedding, "
+        "1 = last layer).\n\n" + table
+    )
+
+
+def _cross_probes(models: list[ModelFacts]) -> str:
+    rows = []
+    for pid in _probe_ids(models):
+        row = [pid]
+        for f in models:
+            p = f.probe(pid)
+            row.append("—" if p is None else f"{_tok(p.final_top1)} ({p.final_top1_prob:.2f}); answer {p.final_answer_prob:.2f}")
+        rows.append(row)
+    disagree = []
+    for pid in _probe_ids(models):
+        verdicts = {f.model: f.probe(pid).correct for f in models if f.probe(pid) is not None}
+        if len(set(verdicts.values())) > 1:
+            right = [m for m, ok in verdicts.items() if ok]
+            disagree.append(f"`{pid}` (right: {', '.join(right)})")
+    text = _table(["probe"] + [f"{f.model}: final top-1 (p); answer p" for f in models], rows)
+    if disagree:
+        text += "\n\nThe models disagree on " + ", ".join(disagree) + "."
+    return text
+
+
+def _cross_differences(models: list[ModelFacts]) -> str:
+    lines = []
+    for f in models:
+        collapse = median(p.collapse_layer / f.n_layers for p in f.probes)
+        entropy_final = median(p.entropy_final for p in f.probes)
+        lines.append(
+            f"- {f.model}: largest entropy drop at median depth {collapse:.2f}; median final entropy "
+            f"{entropy_final:.2f} nats; top-1 repeats the input token in {_pct(f.copy_rate['early'])} of early-band "
+            f"rows and {_pct(f.copy_rate['late'])} of late-band rows; middle-band favourites: "
+            + (", ".join(_tok(t) for t, _ in f.middle_tokens[:4]) or "none")
+            + ". "
+            + _asymmetry(f)
+        )
+    if len(models) > 1:
+        confident = min(models, key=lambda f: (median(p.entropy_final for p in f.probes), f.model))
+        lines.append(f"\n{confident.model} ends with the lowest median entropy: it is the more decisive model at its output.")
+    return "\n".join(lines)
+
+
+CROSS: dict[str, Callable[[list[ModelFacts]], str]] = {
+    "summary": _cross_summary,
+    "models compared": _cross_models,
+    "answer emergence by relative depth": _cross_depth,
+    "probe by probe": _cross_probes,
+    "differences between the models": _cross_differences,
+    "caveats": _caveats,
+}
+
+
+# ---------------------------------------------------------------- meta
+
+
+def _meta_summary(models: list[ModelFacts]) -> str:
+    early_kl = median(p.trajectory[0]["kl_to_final"] for f in models for p in f.probes)
+    return (
+        f"Experiment 001 decodes every layer of {len(models)} model(s) through each model's own final norm and "
+        f"unembedding on {len(models[0].probes)} factual probes. The method is exact at the last layer (checked at "
+        f"run time) and increasingly approximate towards the embedding: the median KL from the final distribution "
+        f"to the layer-0 reading is {early_kl:.1f} nats (the layer-0 reading is close to a point mass on the input "
+        "token, so the tokens the model finally predicts sit far down its log-probabilities). The findings below are best read as 'when does the final "
+        "readout become available', not 'when does the model know'."
+    )
+
+
+def _meta_measures(models: list[ModelFacts]) -> str:
+    lens = models[0].lens
+    return (
+        "For each probe, layer 0..L and position, the records hold the top-k tokens of the lens distribution, its "
+        "entropy, the expected answer's probability and rank, and KL(final ‖ layer). Settings: "
+        + ", ".join(f"`{k}: {v}`" for k, v in sorted(lens.items()))
+        + ". Layer 0 is the residual stream entering the first block; layer L is after the last block, where the "
+        "lens equals the model's output."
+    )
+
+
+def _meta_threats(models: list[ModelFacts]) -> str:
+    items = []
+    for f in models:
+        early = [p.trajectory[0]["kl_to_final"] for p in f.probes]
+        items.append(
+            f"`{f.model}`: KL to final is {median(early):.1f} nats at layer 0; readings of the early band are dominated "
+            f"by the lens's basis mismatch. The last-layer identity holds {identity_text(f.identity_max_prob_diff)}."
+        )
+    items += [
+        "Single-token answers only: facts whose answer spans several tokens are out of reach, and the probe set "
+        "favours frequent capitals that every model has memorised.",
+        "Top-1 is a coarse criterion: an answer at rank 2 with probability 0.4 counts as absent. Ranks and "
+        "probabilities are recorded to allow finer readings.",
+        "Prompts are bare completions; instruction-tuned models may prefer a different continuation ('the', "
+        "formatting) without lacking the fact.",
+        "One prompt per fact: a paraphrase could move the emergence layer; there is no estimate of that variance yet.",
+    ]
+    return "\n".join(f"- {i}" for i in items)
+
+
+def _meta_realism(models: list[ModelFacts]) -> str:
+    rows = [
+        [f.model, _pct(f.copy_rate["early"]), _pct(f.copy_rate["late"]), _pct(f.answer_rate["early"]), _pct(f.answer_rate["late"])]
+        for f in models
+    ]
+    table = _table(
+        ["model", "early: top-1 repeats input", "late: top-1 repeats input", "early: answer top-1", "late: answer top-1"],
+        rows,
+    )
+    verdicts = []
+    for f in models:
+        nominal = f.copy_rate["early"] > f.copy_rate["late"]
+        real = f.answer_rate["late"] > f.answer_rate["early"]
+        if nominal and real:
+            verdicts.append(
+                f"{f.model} fits the picture: early layers read as names of the tokens in front of them "
+                "(nominalist), late layers as the thing the prompt is about (realist)."
+            )
+        elif real:
+            verdicts.append(f"{f.model} reaches the answer late, but its early layers do not mostly echo the input.")
+        else:
+            verdicts.append(f"{f.model} does not show the early-surface / late-concept pattern on these probes.")
+    return (
+        "The project's question is whether layers look 'nominalist' early (representations tied to surface tokens, "
+        "read here as the lens echoing the current input token) and 'realist' late (representations of the entity "
+        "or answer itself, read as the expected answer being top-1).\n\n"
+        + table
+        + "\n\n"
+        + " ".join(verdicts)
+        + " A logit lens can only show what is linearly readable in the output basis; an early layer that "
+        "encodes the concept in another basis would look 'nominalist' here. The tuned lens and patching tests "
+        "below are what would separate the two."
+    )
+
+
+def _meta_next_probes(models: list[ModelFacts]) -> str:
+    items = []
+    failed = sorted({p.id for f in models for p in f.probes if not p.correct})
+    if failed:
+        items.append(
+            "Paraphrases of the probes some model got wrong ("
+            + ", ".join(f"`{i}`" for i in failed)
+            + "), to tell a missing fact from a prompt the model reads differently."
+        )
+    items += [
+        "Counterfactual prompts ('In this story, the capital of Germany is Paris. The capital of Germany is') to "
+        "see at which depth context overrides memory.",
+        "Reverse pairs beyond capitals (author ↔ work, element ↔ symbol), so the forward/reverse asymmetry is not "
+        "a property of one relation.",
+        "Multi-token answers (' Buenos Aires'), tracking the first token and the continuation.",
+        "The same facts in another language (e.g. German prompts), to see whether the answer emerges at the same depth.",
+    ]
+    return "\n".join(f"- {i}" for i in items)
+
+
+def _meta_next_methods(models: list[ModelFacts]) -> str:
+    return "\n".join(
+        f"- {i}"
+        for i in [
+            "Tuned lens (an affine translator per layer trained to match the final distribution) to remove the "
+            "basis bias of early layers and re-measure the emergence depths.",
+            "Activation patching between forward and reverse prompts, to find the layers that carry the fact.",
+            "Attention to the subject token at the layers where the answer first appears.",
+            "Larger models of the same families (Llama 3 8B, Gemma 2 9B, Qwen3 8B) through the same pipeline, to see "
+            "whether emergence depth is a constant fraction of depth.",
+        ]
+    )
+
+
+META: dict[str, Callable[[list[ModelFacts]], str]] = {
+    "summary": _meta_summary,
+    "what the method measures": _meta_measures,
+    "threats to validity": _meta_threats,
+    "nominalist or realist?": _meta_realism,
+    "next probes": _meta_next_probes,
+    "next methods": _meta_next_methods,
+}

@@ -1,0 +1,116 @@
+"""Pictures of experiment 001: the logit-lens heatmap and cross-model trajectories.
+
+Data preparation (``heatmap_data``, ``trajectories``) is separate from drawing, so
+tests can check what a picture shows against the records.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from workflow.exp001.analysis import ModelFacts
+from workflow.plots import KL_LINEAR_BELOW, plt, save, visible
+
+@dataclass
+class HeatmapData:
+    model: str
+    probe: str
+    layers: list[int]  # rows, 0..L
+    input_tokens: list[str]  # column labels, one per recorded position
+    top1: list[list[str]]  # [layer][position] top-1 token
+    value: np.ndarray  # [layer, position] top-1 probability (or entropy)
+    value_name: str
+
+
+def heatmap_data(records: pd.DataFrame, model: str, probe: str, value: str = "top1_prob") -> HeatmapData:
+    """The layers x positions grid of one probe's logit-lens records."""
+    rows = records[(records["probe"] == probe) & (records["lens"] == "logit")]
+    if rows.empty:
+        raise ValueError(f"no logit-lens records for probe {probe!r}")
+    layers = sorted(rows["layer"].unique().tolist())
+    positions = sorted(rows["position"].unique().tolist())
+    grid = rows.set_index(["layer", "position"])
+    top1 = [[grid.loc[(layer, pos), "top1_token"] for pos in positions] for layer in layers]
+    values = np.array([[float(grid.loc[(layer, pos), value]) for pos in positions] for layer in layers])
+    inputs = [grid.loc[(layers[0], pos), "input_token"] for pos in positions]
+    return HeatmapData(model, probe, layers, inputs, top1, values, value)
+
+
+def plot_heatmap(data: HeatmapData, path: str | os.PathLike[str]) -> None:
+    """Rows = layers (0 at the bottom), columns = input positions, cell text = top-1 token."""
+    n_layers, n_pos = data.value.shape
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.85 * n_pos + 2.5), max(4.0, 0.32 * n_layers + 1.8)))
+    vmax = 1.0 if data.value_name == "top1_prob" else float(data.value.max() or 1.0)
+    image = ax.imshow(data.value, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax)
+    for i in range(n_layers):
+        for j in range(n_pos):
+            shade = data.value[i, j] / vmax
+            ax.text(j, i, visible(data.top1[i][j]), ha="center", va="center", fontsize=7,
+                    color="black" if shade > 0.55 else "white")
+    ax.set_xticks(range(n_pos), [visible(t) for t in data.input_tokens], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n_layers), [str(layer) for layer in data.layers], fontsize=7)
+    ax.set_xlabel("input position (token)")
+    ax.set_ylabel("layer (0 = embedding)")
+    # Two lines, so the title fits over a prompt of a few tokens too.
+    ax.set_title(f"{data.model} · {data.probe}\ntop-1 token per layer and position", fontsize=10)
+    fig.colorbar(image, ax=ax, label="top-1 probability" if data.value_name == "top1_prob" else data.value_name)
+    fig.tight_layout()
+    save(fig, path)
+
+
+TRAJECTORY_METRICS = (
+    ("answer_prob", "answer probability", None),
+    ("answer_rank", "answer rank", "log"),
+    ("entropy", "entropy (nats)", None),
+    ("kl_to_final", "KL to final (nats)", "symlog"),
+)
+# KL is 0 at the last layer and hundreds of nats at the embedding: linear below this, log above.
+
+
+def trajectories(facts: list[ModelFacts], metric: str) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """probe -> model -> (relative depths, metric values) at the last position."""
+    out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for f in facts:
+        for p in f.probes:
+            depth = [step["layer"] / f.n_layers for step in p.trajectory]
+            out.setdefault(p.id, {})[f.model] = (depth, [float(step[metric]) for step in p.trajectory])
+    return out
+
+
+def plot_trajectories(facts: list[ModelFacts], path: str | os.PathLike[str]) -> None:
+    save(trajectory_figure(facts), path)
+
+
+def trajectory_figure(facts: list[ModelFacts]):
+    """One row of panels per metric, one column per probe, one line per model."""
+    probes = list(trajectories(facts, "answer_prob"))
+    fig, axes = plt.subplots(len(TRAJECTORY_METRICS), len(probes), figsize=(2.6 * len(probes) + 1, 2.2 * len(TRAJECTORY_METRICS)),
+                             squeeze=False, sharex=True)
+    for row, (metric, label, scale) in enumerate(TRAJECTORY_METRICS):
+        data = trajectories(facts, metric)
+        for col, probe in enumerate(probes):
+            ax = axes[row][col]
+            for model, (x, y) in data[probe].items():
+                ax.plot(x, y, marker=".", linewidth=1, label=model)
+            if scale == "symlog":
+                ax.set_yscale("symlog", linthresh=KL_LINEAR_BELOW)
+                ax.set_ylim(bottom=0)
+            elif scale:
+                ax.set_yscale("log")
+            if metric == "answer_prob":
+                ax.set_ylim(-0.02, 1.02)  # the same scale in every panel, so probes compare
+            if row == 0:
+                ax.set_title(probe, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if row == len(TRAJECTORY_METRICS) - 1:
+                ax.set_xlabel("relative depth", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Last position, by relative depth (layer / number of layers)")
+    fig.tight_layout()
+    return fig

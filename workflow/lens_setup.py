@@ -1,0 +1,152 @@
+"""Setting up a lens on a loaded model, for any experiment: the lens settings from the
+config, the two heads (the recorded lens and the model-faithful reference), tokenising
+a probe, the identity check (the lens at the last layer against the model's own
+logits), and the model metadata every experiment's JSON records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from workflow.errors import UserError
+from workflow.lens import LensHead, logit_postprocessor, logit_steps, uses_kernel
+from workflow.models import LoadedModel, dtype_name
+from workflow.provenance import package_versions
+
+HALF_TOLERANCE = 2e-2
+FLOAT32_TOLERANCE = 1e-4
+
+
+class LensIdentityError(RuntimeError):
+    """The lens at the last layer does not reproduce the model's own output."""
+
+
+@dataclass(frozen=True)
+class LensSettings:
+    use_norm_lens: bool = True
+    use_fp32_unembed: bool = True
+    positions: str = "all"
+    top_k: int = 5
+    identity_tolerance: float | None = None
+    working_memory_mb: int = 128
+
+    @classmethod
+    def from_config(cls, lens: dict[str, Any]) -> LensSettings:
+        known = {k: lens[k] for k in cls.__dataclass_fields__ if k in lens}
+        return cls(**known)
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        if self.identity_tolerance is not None:
+            return float(self.identity_tolerance)
+        return FLOAT32_TOLERANCE if dtype == torch.float32 else HALF_TOLERANCE
+
+    def recorded(self) -> dict[str, Any]:
+        return {
+            "use_norm_lens": self.use_norm_lens,
+            "use_fp32_unembed": self.use_fp32_unembed,
+            "positions": self.positions,
+            "top_k": self.top_k,
+        }
+
+
+class TokenNames:
+    """Decodes single token ids to readable strings, caching each once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        name = self.cache.get(token_id)
+        if name is None:
+            name = self.tokenizer.decode([token_id])
+            self.cache[token_id] = name
+        return name
+
+
+def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], int, list[str]]:
+    """Token ids of the prompt (as the model's tokenizer makes them), the answer id, warnings."""
+    warnings: list[str] = []
+    if not probe["prompt"].strip():
+        raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
+    ids = tokenizer(probe["prompt"], add_special_tokens=True)["input_ids"]
+    if not ids:
+        raise UserError(f"probe {probe['id']!r}: the prompt tokenises to nothing")
+    answer_ids = tokenizer(probe["answer"], add_special_tokens=False)["input_ids"]
+    if not answer_ids:
+        raise UserError(f"probe {probe['id']!r}: the answer {probe['answer']!r} tokenises to nothing")
+    if len(answer_ids) > 1:
+        pieces = [tokenizer.decode([i]) for i in answer_ids]
+        warnings.append(
+            f"answer {probe['answer']!r} tokenises into {len(answer_ids)} tokens {pieces}; "
+            f"the first, {pieces[0]!r}, is used"
+        )
+    return list(ids), int(answer_ids[0]), warnings
+
+
+def lens_heads(model: LoadedModel, settings: LensSettings) -> tuple[LensHead, LensHead]:
+    """The recorded lens head, and the model-faithful head used for KL and the identity check."""
+    backend = model.backend
+    postprocess = logit_postprocessor(model.hf_config)
+    reference = LensHead.from_modules(
+        backend.final_norm, backend.unembed, postprocess, model.dtype, True, settings.use_fp32_unembed
+    )
+    if settings.use_norm_lens:
+        return reference, reference
+    return LensHead(None, reference.unembed, postprocess, reference.compute_dtype), reference
+
+
+def identity_deviation(reference: LensHead, last_layer: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
+    """How far the lens at layer L is from the model's own output, on scale-sensitive terms.
+
+    Probabilities alone hide a missed logit scale on a near-uniform distribution (every
+    probability is tiny), so the logits are compared too, relative to their size
+    (``max_rel_logit_diff``: the largest difference over the largest logit, at least 1),
+    and KL(model || lens) in nats.
+    """
+    lens_logits = reference.logits(last_layer).double()
+    model_logits = model_logits.double()
+    model_logp, lens_logp = model_logits.log_softmax(-1), lens_logits.log_softmax(-1)
+    largest = float((lens_logits - model_logits).abs().max())
+    return {
+        "max_abs_logit_diff": largest,
+        "max_rel_logit_diff": largest / max(1.0, float(model_logits.abs().max())),
+        "max_abs_prob_diff": float((lens_logp.exp() - model_logp.exp()).abs().max()),
+        "kl_model_to_lens": max(0.0, float((model_logp.exp() * (model_logp - lens_logp)).sum(-1).max())),
+    }
+
+
+def identity_failure(deviation: dict[str, float], tolerance: float) -> str | None:
+    """Which identity measure exceeds ``tolerance`` (None when the lens reproduces the model)."""
+    for measure in ("max_rel_logit_diff", "max_abs_prob_diff", "kl_model_to_lens"):
+        if deviation[measure] > tolerance:
+            return measure
+    return None
+
+
+def model_metadata(model: LoadedModel) -> dict[str, Any]:
+    """What the JSON records about the model and where it ran."""
+    config = model.hf_config
+    norm = getattr(model.backend.final_norm, "original_component", None) or model.backend.final_norm
+    return {
+        "model": model.key,
+        **model.info,
+        "architecture": (config.architectures or [type(model.backend.hf_model).__name__])[0],
+        "model_type": config.model_type,
+        "n_layers": model.n_layers,
+        "d_model": model.d_model,
+        "vocab_size": model.vocab_size,
+        "norm_type": type(norm).__name__,
+        "final_logit_softcapping": getattr(getattr(config, "text_config", None) or config, "final_logit_softcapping", None),
+        # What the lens applies after the unembedding, at every layer (workflow/lens.py, LOGIT_STEPS).
+        "logit_steps": [{"key": key, "operation": op, "value": value} for key, op, value in logit_steps(config)],
+        "backend": model.backend.name,
+        # The streamed lens's passes over each block: the fused CPU kernel or torch's.
+        "lens_kernel": "native" if uses_kernel(logit_postprocessor(config), model.device) else "torch",
+        "device": model.device,
+        "dtype": dtype_name(model.dtype),
+        "packages": package_versions(),
+    }
