@@ -94,7 +94,7 @@ def experiment_rules(experiment_id):
     except KeyError:
         raise WorkflowError(
             f"no experiment {experiment_id!r}: the experiments are {', '.join(sorted(EXPERIMENTS))} "
-            "(rules/expNNN.smk, registered in workflow/experiments.py)"
+            "(each has its rules/expNNN.smk, included by the Snakefile)"
         ) from None
 
 
@@ -311,14 +311,12 @@ def model_input_names(wildcards):
 
 
 def experiment_package(wildcards):
-    """The package of experiment {exp} as a file: code a generic evaluation script runs
-    that no import in it names (code_version's ``also``, kept in the provenance record)."""
-    from workflow.experiments import REGISTERED
+    """Experiment {exp}'s module as a file: code a generic evaluation script runs that no
+    import in it names (code_version's ``also``, kept in the provenance record)."""
+    from workflow.experiments import module_file
 
-    package = REGISTERED.get(wildcards.exp)
-    if package is None:
-        experiment_rules(wildcards.exp)  # the error naming the experiments
-    return [os.path.join(*package.split("."), "__init__.py")]
+    experiment_rules(wildcards.exp)  # a clear error for an experiment there is none of
+    return [module_file(wildcards.exp)]
 
 
 def evaluation_code(script):

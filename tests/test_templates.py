@@ -6,9 +6,9 @@ from workflow.errors import UserError
 from workflow.evaluation.templates import heading_problems, load_template
 from conftest import REPO
 
-from workflow.experiments import REGISTERED, STAGES, experiment
+from workflow.experiments import STAGES, experiment, registered
 
-TEMPLATES = [(exp, stage) for exp in sorted(REGISTERED) for stage in STAGES]
+TEMPLATES = [(exp, stage) for exp in registered() for stage in STAGES]
 
 
 @pytest.mark.parametrize("exp, stage", TEMPLATES)

@@ -4,24 +4,34 @@ An experiment is one package under ``workflow/`` (``workflow/exp001``, ...) with
 code, records, facts, digest, offline analyst sections and figures; one rules file
 (``rules/expNNN.smk``); its prompt templates (``prompts/NNN/``); its report captions and
 one section of the config schema. The evaluation chain (per model, cross-model, meta,
-HTML pages) is generic: it asks the package's ``EXPERIMENT`` for the facts of a model's
-outputs, their digest and the offline analyst's sections. Registering an experiment is
-one line in ``REGISTERED`` and one ``include:`` in the Snakefile.
+HTML pages) is generic: it asks ``EXPERIMENT`` in the package's ``experiment`` module
+(``workflow/expNNN/experiment.py``) for the facts of a model's outputs, their digest and
+the offline analyst's sections. Experiments are found by that name, so no list of them
+is kept in code; registering one is its ``include:`` in the Snakefile.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from workflow.errors import UserError
 
-# Experiment id (the NNN of results/NNN) -> its package.
-REGISTERED = {
-    "001": "workflow.exp001",
-}
+PACKAGES = Path(__file__).resolve().parent  # workflow/: one expNNN/ per experiment
+
+
+def module_file(experiment_id: str) -> str:
+    """The experiment's ``experiment`` module, relative to the repository."""
+    return f"workflow/exp{experiment_id}/experiment.py"
+
+
+def registered() -> list[str]:
+    """The ids of the experiments this code has (workflow/expNNN/experiment.py)."""
+    return sorted(p.parent.name[3:] for p in PACKAGES.glob("exp*/experiment.py") if re.fullmatch(r"exp[0-9]{3}", p.parent.name))
 
 STAGES = ("single-model", "cross-model", "meta")
 
@@ -59,11 +69,10 @@ class Experiment:
 
 
 def experiment(experiment_id: str) -> Experiment:
-    """The registered experiment ``experiment_id`` (its package is imported on demand)."""
-    module = REGISTERED.get(str(experiment_id))
-    if module is None:
+    """Experiment ``experiment_id``'s ``EXPERIMENT`` (its module is imported on demand)."""
+    if str(experiment_id) not in registered():
         raise UserError(
-            f"no experiment {experiment_id!r}: the registered experiments are {', '.join(sorted(REGISTERED))} "
-            "(workflow/experiments.py)"
+            f"no experiment {experiment_id!r}: this code has {', '.join(registered())} "
+            "(workflow/expNNN/experiment.py)"
         )
-    return importlib.import_module(module).EXPERIMENT
+    return importlib.import_module(f"workflow.exp{experiment_id}.experiment").EXPERIMENT

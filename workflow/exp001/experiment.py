@@ -1,0 +1,31 @@
+"""What the generic evaluation chain asks of experiment 001 (``EXPERIMENT``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from workflow.experiments import Experiment
+from workflow.exp001 import analysis, digest, offline
+
+
+def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
+    if stage != "meta":
+        return {}
+    probes = [{k: p[k] for k in ("id", "prompt", "answer")} for p in summaries[0]["probes"]]
+    return {
+        "lens_settings": json.dumps(facts[0].lens, sort_keys=True),
+        "probes": json.dumps(probes, indent=2, ensure_ascii=False),
+    }
+
+
+EXPERIMENT = Experiment(
+    id="001",
+    name="layers and logits",
+    model_facts=lambda summary, records: analysis.model_facts(summary, records),
+    digest=digest.model_digest,
+    sections={"single-model": offline.SINGLE, "cross-model": offline.CROSS, "meta": offline.META},
+    variables=_variables,
+    # The probes and the identity check are in the digest (the identity check as orders of magnitude).
+    summary_details=("probes", "timings", "packages", "identity_check"),
+)
