@@ -59,6 +59,7 @@ def save(fig, path: str | os.PathLike[str]) -> None:
         fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
+
 def lens_quality_figure(model: str, rows: list[dict]):
     """Held-out KL to the final layer (log scale) and top-1 agreement per layer, per lens."""
     fig, (kl_ax, agree_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
