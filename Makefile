@@ -57,6 +57,7 @@ bench: demo
 	$(BIN)/python bench/lens_speed.py
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/lens_memory.py
+	$(BIN)/python bench/patching_speed.py
 
 lint: setup
 	$(BIN)/snakemake --lint

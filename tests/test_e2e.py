@@ -48,6 +48,7 @@ def default_run(tmp_path_factory):
     assert files_under(workdir / "results") == []
     targets = ["results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md"]
     targets += [f"results/001/lens-quality-{model}.csv" for model in ("smollm2-135m-instruct", "gemma-3-270m")]
+    targets += ["results/002/evaluation-cross-model.md", "results/002/evaluation-meta.md"]
     result = snakemake(workdir, *targets, timeout=3000)
     assert result.returncode == 0, said(result)[-5000:]
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -68,7 +69,7 @@ def test_provenance_check_passes_on_the_fresh_run(default_run):
     workdir, _ = default_run
     check = subprocess.run([sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
-    assert check.stdout.strip().endswith("10 ok, 0 not ok")
+    assert check.stdout.strip().endswith("18 ok, 0 not ok")  # 001: 10, 002: 8
 
 
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
@@ -107,3 +108,38 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(default_run, model):
     assert kl[("tuned", n_layers)] == pytest.approx(0.0, abs=1e-4) and kl[("logit", n_layers)] == pytest.approx(0.0, abs=1e-4)
     summary = json.loads((workdir / "results" / "001" / f"output-{model}.json").read_text())
     assert summary["lenses"] == ["logit", "tuned"]
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_patching_equals_plain_transformers_hooks(default_run, model, tmp_path):
+    """Experiment 002's recovered fractions against a plain transformers model loaded from the
+    same GGUF file, patched with forward hooks on its own decoder layers, one full forward
+    pass and the model's own logits per (layer, position): every position at five depths,
+    both directions, for the first pair; and the exact 1 of the last cell."""
+    from transformers import AutoModelForCausalLM
+
+    from test_patching import reference_logit_diff, reference_residuals
+    from workflow.exp002.run import read_patching_records
+
+    workdir, config = default_run
+    summary = json.loads((workdir / "results" / "002" / f"output-{model}.json").read_text())
+    frame = read_patching_records(str(workdir / "results" / "002" / f"output-{model}-records.csv"), summary)
+    gguf = locate_gguf(model, config["models"][model], tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    pair = summary["pairs"][0]
+    clean_ids, corrupted_ids = pair["clean_input_ids"], pair["corrupted_input_ids"]
+    a, b = pair["clean_answer_token_id"], pair["corrupted_answer_token_id"]
+    clean, corrupted = reference_residuals(hf, clean_ids), reference_residuals(hf, corrupted_ids)
+    ld_clean, ld_corrupted = reference_logit_diff(hf, clean_ids, a, b), reference_logit_diff(hf, corrupted_ids, a, b)
+    n_layers = summary["n_layers"]
+    rows = frame[(frame.pair == pair["id"]) & (frame.corruption == "prompt")]
+    got = {(r.direction, int(r.layer), int(r.position)): float(r.recovered) for r in rows.itertuples()}
+    assert got[("denoise", n_layers, len(clean_ids) - 1)] == 1.0
+    for layer in sorted({0, n_layers // 3, (2 * n_layers) // 3, n_layers - 1, n_layers}):
+        for position in range(len(clean_ids)):
+            ld = reference_logit_diff(hf, corrupted_ids, a, b, [(layer, position, clean[layer, position])])
+            expected = (ld - ld_corrupted) / (ld_clean - ld_corrupted)
+            assert got[("denoise", layer, position)] == pytest.approx(expected, abs=1e-3), (layer, position)
+            ld = reference_logit_diff(hf, clean_ids, a, b, [(layer, position, corrupted[layer, position])])
+            expected = (ld - ld_clean) / (ld_corrupted - ld_clean)
+            assert got[("noise", layer, position)] == pytest.approx(expected, abs=1e-3), (layer, position)

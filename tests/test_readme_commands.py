@@ -23,6 +23,7 @@ CONDA = "dry run (-n) added, where conda is installed (CI has none; conda-forge 
 # How each README command is exercised, and why where it is not run as written.
 HOW = {
     "snakemake --cores 1 results/001/evaluation-cross-model.md": RUN,
+    "snakemake --cores 1 results/002/evaluation-cross-model.md": RUN,
     "snakemake --cores 1": RUN,
     "snakemake -n": RUN,
     "snakemake --report report.html": RUN,
@@ -41,6 +42,9 @@ HOW = {
     "snakemake --sdm conda --cores 1": CONDA,
 }
 KEYS = {"OPENAI_API_KEY": "placeholder", "ANTHROPIC_API_KEY": "placeholder"}
+PATCHING = {"patching": {"trace": {"samples": 1}, "pairs": [{
+    "id": "capital", "clean": "The capital of Germany is", "clean_answer": " Berlin",
+    "corrupted": "The capital of France is", "corrupted_answer": " Paris", "probe": "capital"}]}}
 
 
 def readme_commands() -> list[str]:
@@ -82,7 +86,8 @@ def test_readme_command(command, built, tiny_dirs, tmp_path):
     if "profiles/slurm" in command and importlib_missing("snakemake_executor_plugin_slurm"):
         pytest.skip('snakemake-executor-plugin-slurm is not installed (pip install -e ".[cluster]")')
     if command.startswith("snakemake --cores 1 results/"):
-        workdir = scratch_copy(tmp_path / "fresh", tiny_config(tiny_dirs))  # built from nothing
+        # Built from nothing; experiment 002 with a pair of prompts the tiny tokenizer gives equal lengths.
+        workdir = scratch_copy(tmp_path / "fresh", tiny_config(tiny_dirs, **(PATCHING if "results/002" in command else {})))
     else:
         workdir = tmp_path / "wd"
         shutil.copytree(built, workdir, symlinks=True)
@@ -95,7 +100,10 @@ def test_readme_command(command, built, tiny_dirs, tmp_path):
     if command == "snakemake --report report.html":
         assert (workdir / "report.html").stat().st_size > 10_000
     if command.startswith("snakemake --cores 1 results/"):
-        assert (workdir / "results" / "001" / "evaluation-cross-model.md").is_file()
+        target = command.split()[-1]
+        assert (workdir / target).is_file()
+        if "results/002" in target:  # 002's evaluations compare with 001's lens, run first
+            assert (workdir / "results" / "001" / "output-tiny-llama.json").is_file()
     if command == "snakemake -n":
         assert "Nothing to be done" in said(result)
 

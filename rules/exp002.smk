@@ -1,0 +1,110 @@
+# Experiment 002, activation patching: every pair of config patching.pairs patched at every
+# layer x position of every model, its pictures, and what its evaluations read
+# (register_experiment): its own outputs and experiment 001's for the same model.
+from workflow.exp002.patching import check_pairs
+
+E002 = "results/002"
+PAIRS = config["patching"]["pairs"]
+PAIR_IDS = [p["id"] for p in PAIRS]
+_user_errors(check_pairs, PAIRS, [p["id"] for p in config["probes"]], CONFIGFILE)
+
+register_experiment(
+    "002",
+    model_inputs=lambda model: {
+        "summary": f"{E002}/output-{model}.json",
+        "records": f"{E002}/output-{model}-records.csv",
+        # Where experiment 001's lens reads the answer, beside where patching restores it.
+        "lens_summary": f"results/001/output-{model}.json",
+    },
+    model_figures=lambda model: expand(f"{E002}/plots/{model}/patching-{{pair}}.png", pair=PAIR_IDS),
+    cross_figures=[f"{E002}/plots/cross-model-patching.png"],
+    # With no pairs configured, `snakemake` leaves experiment 002 out.
+    default=bool(PAIRS),
+    artefacts=[
+        *expand(f"{E002}/output-{{model}}.json", model=MODELS),
+        *expand(f"{E002}/output-{{model}}-records.csv", model=MODELS),
+        *expand(f"{E002}/provenance/output-{{model}}.prov.json", model=MODELS),
+        *expand(f"{E002}/plots/{{model}}/patching-{{pair}}.png", model=MODELS, pair=PAIR_IDS),
+        f"{E002}/plots/cross-model-patching.png",
+    ],
+)
+
+
+rule run_patching:
+    input:
+        unpack(get_lens_model_input),
+    output:
+        summary=update(f"{E002}/output-{{model}}.json"),
+        records=update(f"{E002}/output-{{model}}-records.csv"),
+        provenance=update(f"{E002}/provenance/output-{{model}}.prov.json"),
+    log:
+        "logs/002/run_patching-{model}.log",
+    conda:
+        CONDA_ENV
+    benchmark:
+        "benchmarks/002/run_patching-{model}.tsv"
+    threads: MODEL_THREADS
+    resources:
+        mem_mb=lens_resource("mem_mb"),
+        runtime=lens_resource("runtime"),
+        gpu=lens_resource("gpu"),
+    params:
+        entry=get_model_settings,
+        device=config["device"],
+        dtype=config["dtype"],
+        backend=config["backend"],
+        lens=get_lens_settings,
+        patching=config["patching"],
+        code=code_version("scripts/run_patching.py"),
+    script:
+        "../scripts/run_patching.py"
+
+
+rule plot_patching:
+    input:
+        summary=unchanged_since_made(f"{E002}/output-{{model}}.json"),
+        records=unchanged_since_made(f"{E002}/output-{{model}}-records.csv"),
+    output:
+        figures=[
+            update(report(
+                f"{E002}/plots/{{model}}/patching-{pair}.png",
+                caption="../workflow/report/patching-heatmap.rst",
+                category="{model}",
+                subcategory="Patching",
+                labels={"pair": pair},
+            ))
+            for pair in PAIR_IDS
+        ],
+    log:
+        "logs/002/plot_patching-{model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        pairs=PAIR_IDS,
+        code=code_version("scripts/plot_patching.py"),
+    localrule: True
+    script:
+        "../scripts/plot_patching.py"
+
+
+rule plot_patching_cross:
+    input:
+        unpack(model_outputs(E002)),
+        lens=expand("results/001/output-{model}.json", model=MODELS),
+    output:
+        update(report(
+            f"{E002}/plots/cross-model-patching.png",
+            caption="../workflow/report/patching-depth.rst",
+            category="Cross-model",
+            subcategory="Figures",
+            labels={"figure": "patching by relative depth"},
+        )),
+    log:
+        "logs/002/plot_patching_cross.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=code_version("scripts/plot_patching_cross.py"),
+    localrule: True
+    script:
+        "../scripts/plot_patching_cross.py"

@@ -1,0 +1,33 @@
+"""What the generic evaluation chain asks of experiment 002 (``EXPERIMENT``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from workflow.experiments import Experiment
+from workflow.exp002 import analysis, digest, offline
+
+
+def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
+    if stage != "meta":
+        return {}
+    pairs = [
+        {k: p[k] for k in ("id", "clean_prompt", "clean_answer", "corrupted_prompt", "corrupted_answer")}
+        for p in summaries[0]["pairs"]
+    ]
+    return {
+        "patching_settings": json.dumps(summaries[0]["patching"], sort_keys=True),
+        "pairs": json.dumps(pairs, indent=2, ensure_ascii=False),
+    }
+
+
+EXPERIMENT = Experiment(
+    id="002",
+    name="activation patching",
+    model_facts=lambda summary, records, lens_summary=None: analysis.model_facts(summary, records, lens_summary),
+    digest=digest.model_digest,
+    sections={"single-model": offline.SINGLE, "cross-model": offline.CROSS, "meta": offline.META},
+    variables=_variables,
+    summary_details=("pairs", "timings", "packages", "identity_check"),
+)

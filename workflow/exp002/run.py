@@ -1,0 +1,185 @@
+"""Experiment 002's run: every pair through one model, written as its JSON and records.
+
+``results/002/output-{model}.json``: the model's metadata (as in experiment 001), the
+patching settings, the identity check, and per pair both prompts, their token ids, both
+answers' token ids and the logit differences of the unpatched runs.
+``results/002/output-{model}-records.csv``: one row per pair x corruption x direction x
+layer x position (RECORD_COLUMNS).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+
+from workflow.atomic import atomic_paths, dumps_json
+from workflow.errors import UserError
+from workflow.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std, tokenise_pair
+from workflow.lens_setup import (
+    LensIdentityError,
+    LensSettings,
+    TokenNames,
+    identity_deviation,
+    identity_failure,
+    lens_heads,
+    model_metadata,
+)
+from workflow.models import LoadedModel, dtype_name
+from workflow.records import read_records, rounded, write_records
+
+log = logging.getLogger(__name__)
+
+# The records contract (DESIGN.md): extend, don't rename. ``token`` is the token at that
+# position of the prompt the patched run reads; ``source_token`` that of the run the written
+# residual comes from (the same token at positions where the prompts agree).
+RECORD_COLUMNS = (
+    "model",
+    "pair",
+    "direction",
+    "layer",
+    "position",
+    "token",
+    "logit_diff",
+    "recovered",
+    "corruption",
+    "source_token",
+)
+STRING_COLUMNS = ("model", "pair", "direction", "token", "corruption", "source_token")
+
+
+def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: PatchingSettings, lens: LensSettings):
+    """Patch every pair; return (summary for the JSON, record rows)."""
+    names = TokenNames(model.tokenizer)
+    _, reference = lens_heads(model, lens)
+    tolerance = lens.tolerance(model.dtype)
+    tokenised = [tokenise_pair(model.tokenizer, pair, model.key) for pair in pairs]
+    captured = []
+    worst: dict[str, float] = {}
+    for pair, tp in zip(pairs, tokenised):
+        runs = {}
+        for which, ids in (("clean", tp.clean_ids), ("corrupted", tp.corrupted_ids)):
+            residuals, model_logits = model.backend.capture(ids, "all")
+            deviation = identity_deviation(reference, residuals[-1, -1:], model_logits)
+            worst = {k: max(worst.get(k, 0.0), v) for k, v in deviation.items()}
+            failed = identity_failure(deviation, tolerance)
+            if failed is not None:
+                raise LensIdentityError(
+                    f"model {model.key!r}, pair {pair['id']!r} ({which} prompt): the model's final norm and unembedding "
+                    f"applied to the last layer's residual do not reproduce its own output on {model.device}/"
+                    f"{dtype_name(model.dtype)}: {failed} = {deviation[failed]:.3g} (tolerance {tolerance:g}); the logit "
+                    "differences would not be the model's. Nothing was written."
+                )
+            runs[which] = residuals
+        captured.append(runs)
+    noise_std = settings.trace_noise * subject_embedding_std(
+        [(runs[w], tp.subject_positions) for runs, tp in zip(captured, tokenised) for w in ("clean", "corrupted")]
+    )
+    rows: list[dict[str, Any]] = []
+    summaries = []
+    for index, (pair, tp, runs) in enumerate(zip(pairs, tokenised, captured), start=1):
+        for warning in tp.warnings:
+            log.warning("model %s, pair %s: %s", model.key, pair["id"], warning)
+        done = patch_pair(model.backend, reference, tp, runs["clean"], runs["corrupted"], noise_std, settings)
+        clean_tokens = [names(i) for i in tp.clean_ids]
+        corrupted_tokens = [names(i) for i in tp.corrupted_ids]
+        for (corruption, direction), cells in done["results"].items():
+            reads, source = (corrupted_tokens, clean_tokens) if direction == "denoise" and corruption == "prompt" else (
+                (clean_tokens, corrupted_tokens) if corruption == "prompt" else (clean_tokens, clean_tokens)
+            )
+            for (layer, position), ld, rec in cells:
+                rows.append({
+                    "model": model.key, "pair": pair["id"], "direction": direction, "layer": layer, "position": position,
+                    "token": reads[position], "logit_diff": ld, "recovered": rec, "corruption": corruption,
+                    "source_token": source[position],
+                })
+        baselines = done["baselines"]
+        summaries.append({
+            "id": pair["id"],
+            "clean_prompt": pair["clean"],
+            "corrupted_prompt": pair["corrupted"],
+            "clean_answer": pair["clean_answer"],
+            "corrupted_answer": pair["corrupted_answer"],
+            "probe": pair.get("probe"),
+            "clean_input_ids": tp.clean_ids,
+            "corrupted_input_ids": tp.corrupted_ids,
+            "clean_tokens": clean_tokens,
+            "corrupted_tokens": corrupted_tokens,
+            "subject_positions": tp.subject_positions,
+            "clean_answer_token_id": tp.clean_answer_id,
+            "corrupted_answer_token_id": tp.corrupted_answer_id,
+            "clean_answer_token": names(tp.clean_answer_id),
+            "corrupted_answer_token": names(tp.corrupted_answer_id),
+            **baselines,
+            "warnings": tp.warnings,
+        })
+        log.info(
+            "pair %d/%d %s: %d tokens, LD clean %.3f, corrupted %.3f%s (%d patched runs)",
+            index, len(pairs), pair["id"], len(tp.clean_ids), baselines["logit_diff_clean"], baselines["logit_diff_corrupted"],
+            f", noised {baselines['logit_diff_noised']:.3f}" if "logit_diff_noised" in baselines else "", done["runs"],
+        )
+    summary = {
+        "patching": settings.recorded(),
+        "lens": {"use_fp32_unembed": lens.use_fp32_unembed},
+        "trace_noise_std": noise_std,
+        "identity_check": {**worst, "tolerance": tolerance},
+        "pairs": summaries,
+    }
+    return summary, rows
+
+
+def write_patching_outputs(
+    model_key: str,
+    entry: dict[str, Any],
+    prepared_dir: str | None,
+    device: str,
+    dtype: str,
+    lens: dict[str, Any],
+    patching: dict[str, Any],
+    summary_path: str,
+    records_path: str,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Load ``model_key``, patch every pair and write its JSON and records (together or not at all)."""
+    from workflow.models import load_model
+
+    started = time.perf_counter()
+    settings = PatchingSettings.from_config(patching)
+    lens_settings = LensSettings.from_config(lens)
+    pairs = patching.get("pairs") or []
+    if not pairs:
+        raise UserError("experiment 002 has no pairs: add some under patching.pairs in config/config.yaml")
+    model = load_model(
+        model_key, entry, prepared_dir, device, dtype, backend, lens_settings.use_fp32_unembed, lens_settings.working_memory_mb
+    )
+    load_seconds = time.perf_counter() - started
+    summary, rows = run_patching(model, pairs, settings, lens_settings)
+    log.info("loaded in %.1f s, patched in %.1f s", load_seconds, time.perf_counter() - started - load_seconds)
+    document = {**model_metadata(model), **summary}
+    with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
+        summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
+        with open(records_tmp, "w", encoding="utf-8", newline="") as fh:
+            count = write_records(fh, rows, RECORD_COLUMNS, ())
+    log.info("wrote %d records for %d pairs", count, len(pairs))
+    return document
+
+
+def expected_rows(summary: dict[str, Any]) -> int:
+    kinds = 3 if summary["patching"]["trace"]["samples"] > 0 else 2
+    return sum(kinds * (int(summary["n_layers"]) + 1) * len(p["clean_input_ids"]) for p in summary["pairs"])
+
+
+def read_patching_records(records_path: str, summary: dict[str, Any]) -> pd.DataFrame:
+    """The records CSV, checked against the JSON the same run wrote."""
+    fix = "re-run the patching (snakemake --cores 1 --forcerun run_patching) or restore both files (git checkout results/)"
+    try:
+        frame = read_records(records_path, parse_lists=False, string_columns=STRING_COLUMNS, list_columns=())
+    except (ValueError, pd.errors.ParserError) as error:
+        raise UserError(f"{records_path}: cannot be read as a patching records CSV ({error}); {fix}") from None
+    if tuple(frame.columns) != RECORD_COLUMNS:
+        raise UserError(f"{records_path}: its columns are {list(frame.columns)}, not experiment 002's {list(RECORD_COLUMNS)}; {fix}")
+    if len(frame) != expected_rows(summary):
+        raise UserError(f"{records_path} has {len(frame)} rows, but its JSON describes {expected_rows(summary)}: damaged or from another run; {fix}")
+    return frame
