@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,15 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from lens_memory import prepared_dir  # noqa: E402
-
-
-def best_of(repeats: int, run):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - started)
-    return best, result
+from lens_speed import best_of  # noqa: E402
 
 
 def measure(model_key: str, pair: dict, repeats: int) -> dict:

@@ -303,18 +303,24 @@ def test_provenance_check_covers_both_experiments(patched_run):
     assert "ok         results/001/output-tiny-llama.json" in check.stdout
 
 
-def test_a_pair_of_unequal_lengths_fails_the_job_naming_it(patched_run, tmp_path):
+def _copy_with_first_pair(patched_run, tmp_path, **changes):
+    """A copy of the finished run whose first pair has ``changes``."""
     import shutil
 
     import yaml
 
-    from pipeline import said, snakemake
-
     workdir = tmp_path / "wd"
     shutil.copytree(patched_run, workdir, symlinks=True)
     config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    config["patching"]["pairs"][0]["corrupted"] = "The capital of the Federal Republic of Germany is"
+    config["patching"]["pairs"][0].update(changes)
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return workdir
+
+
+def test_a_pair_of_unequal_lengths_fails_the_job_naming_it(patched_run, tmp_path):
+    from pipeline import said, snakemake
+
+    workdir = _copy_with_first_pair(patched_run, tmp_path, corrupted="The capital of the Federal Republic of Germany is")
     before = (workdir / "results" / "002" / "output-tiny-llama.json").read_bytes()
     result = snakemake(workdir, "results/002/output-tiny-llama.json")
     assert result.returncode != 0
@@ -324,17 +330,9 @@ def test_a_pair_of_unequal_lengths_fails_the_job_naming_it(patched_run, tmp_path
 
 
 def test_unknown_probe_is_refused_before_anything_runs(patched_run, tmp_path):
-    import shutil
-
-    import yaml
-
     from pipeline import said, snakemake
 
-    workdir = tmp_path / "wd"
-    shutil.copytree(patched_run, workdir, symlinks=True)
-    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
-    config["patching"]["pairs"][0]["probe"] = "no-such-probe"
-    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    workdir = _copy_with_first_pair(patched_run, tmp_path, probe="no-such-probe")
     result = snakemake(workdir, "-n")
     assert result.returncode != 0
     assert "pair 'germany-france' names probe 'no-such-probe', which is not one of the probes" in said(result)

@@ -181,21 +181,16 @@ def _single_lens(f: ModelFacts) -> str:
         "\n\nPatching finds where the answer is *caused* at the last position; the lens where it becomes *readable* as the "
         "top-1 token."
     )
-    if ahead:
-        text += (
-            " On " + ", ".join(f"`{i}`" for i in ahead) + " the last position already carries the deciding information "
-            "before the lens reads the answer as top-1: the information is there before it is decodable by the unembedding."
-        )
-    if same:
-        text += (
-            " On " + ", ".join(f"`{i}`" for i in same) + " the lens first reads the answer at the very layer from which "
-            "the last position alone carries it: what decides the answer is readable as soon as it arrives there."
-        )
-    if behind:
-        text += (
-            " On " + ", ".join(f"`{i}`" for i in behind) + " the lens reads the answer before the last position alone "
-            "carries the deciding information: the reading is not yet the cause of the output."
-        )
+    for ids, finding in (
+        (ahead, "the last position already carries the deciding information before the lens reads the answer as "
+                "top-1: the information is there before it is decodable by the unembedding."),
+        (same, "the lens first reads the answer at the very layer from which the last position alone carries it: what "
+               "decides the answer is readable as soon as it arrives there."),
+        (behind, "the lens reads the answer before the last position alone carries the deciding information: the "
+                 "reading is not yet the cause of the output."),
+    ):
+        if ids:
+            text += " On " + ", ".join(f"`{i}`" for i in ids) + " " + finding
     if never:
         text += " On " + ", ".join(f"`{i}`" for i in never) + " the lens never reads the answer as top-1, while patching still locates it."
     return text
