@@ -63,9 +63,9 @@ lint: setup
 	$(BIN)/snakemake --lint
 
 clean-results:
-	rm -rf results/001/*.json results/001/*.csv results/001/*.md results/001/plots results/001/html results/001/provenance
+	rm -rf $(foreach e,001 002,results/$(e)/*.json results/$(e)/*.csv results/$(e)/*.md results/$(e)/plots results/$(e)/html results/$(e)/provenance)
 
-# Everything derived, so that `make clean demo` computes experiment 001 from nothing
+# Everything derived, so that `make clean demo` computes every experiment from nothing
 # (the response cache under results/cache is kept: it is an input, not a result).
 clean: clean-results
 	rm -rf resources logs benchmarks report.html
