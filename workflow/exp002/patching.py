@@ -259,6 +259,14 @@ def patch_pair(backend, head: LensHead, pair: TokenisedPair, clean: torch.Tensor
     return {"baselines": baselines, "results": results, "runs": runs}
 
 
+def sweep_tokens(corruption: str, direction: str, clean: list[str], corrupted: list[str]) -> tuple[list[str], list[str]]:
+    """(the tokens the patched run reads, the tokens of the run its written residual comes
+    from) of a sweep: denoise reads the corrupted prompt, noise and tracing the clean one."""
+    if corruption == "prompt":
+        return (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    return clean, clean
+
+
 def check_pairs(pairs: list[dict[str, Any]], probe_ids: list[str], configfile: str) -> None:
     """What the schema cannot say about patching.pairs: unique ids, and a ``probe`` that is
     one of experiment 001's probes."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workflow.exp002.analysis import ModelFacts, PairFacts
+from workflow.exp002.patching import sweep_tokens
 from workflow.plots import plt, save, visible
 
 SWEEP_ORDER = ("prompt/denoise", "prompt/noise", "gaussian/denoise")
@@ -34,8 +35,7 @@ def patching_grids(pair: PairFacts) -> list[PatchingGrid]:
         sweep = pair.sweeps.get(key)
         if sweep is None:
             continue
-        reads, source = (pair.corrupted_tokens, pair.tokens) if key == "prompt/denoise" else (
-            (pair.tokens, pair.corrupted_tokens) if key == "prompt/noise" else (pair.tokens, pair.tokens))
+        reads, source = sweep_tokens(sweep.corruption, sweep.direction, pair.tokens, pair.corrupted_tokens)
         grids.append(PatchingGrid(key, np.array(sweep.grid, dtype=float), list(reads), list(source)))
     return grids
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
-from workflow.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std, tokenise_pair
+from workflow.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std, sweep_tokens, tokenise_pair
 from workflow.lens_setup import (
     LensIdentityError,
     LensSettings,
@@ -86,9 +86,7 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
         clean_tokens = [names(i) for i in tp.clean_ids]
         corrupted_tokens = [names(i) for i in tp.corrupted_ids]
         for (corruption, direction), cells in done["results"].items():
-            reads, source = (corrupted_tokens, clean_tokens) if direction == "denoise" and corruption == "prompt" else (
-                (clean_tokens, corrupted_tokens) if corruption == "prompt" else (clean_tokens, clean_tokens)
-            )
+            reads, source = sweep_tokens(corruption, direction, clean_tokens, corrupted_tokens)
             for (layer, position), ld, rec in cells:
                 rows.append({
                     "model": model.key, "pair": pair["id"], "direction": direction, "layer": layer, "position": position,
