@@ -18,6 +18,8 @@ from workflow.config import (
     source_params,
 )
 from workflow.errors import UserError
+from workflow.probes import load as load_probes
+from workflow.records import records_format
 from workflow.evaluation.providers import check_settings, stage_settings
 from workflow.gguf_file import check as check_gguf
 from workflow.prepare import PREPARED_SOURCES
@@ -36,7 +38,9 @@ try:
     with open(SCHEMA, encoding="utf-8") as fh:
         coerce_strings(config, yaml.safe_load(fh))
     validate(config, schema=SCHEMA)
-    check_config(config, CONFIGFILE)
+    check_config(config, CONFIGFILE, workflow.basedir)
+    # The probe set (config key probes: a list, a file or shipped relations; workflow/probes.py).
+    PROBES = load_probes(config["probes"], workflow.basedir, CONFIGFILE)
 except WorkflowError as e:
     cause = schema_violation(e)
     if cause is None:
@@ -199,8 +203,15 @@ def get_lens_model_input(wildcards):
     return {}
 
 
+# Lens settings that change no result: how many probes share a forward pass (the records do
+# not depend on it), how many heatmaps are drawn, and the records' file format (its name
+# says it). The script reads the batch size from
+# the config; leaving both out of run_lens's params keeps a change to them from re-running it.
+LENS_RUN_ONLY = ("batch_size", "heatmap_probes", "records_format")
+
+
 def get_lens_settings(wildcards):
-    return config["lens"]
+    return {k: v for k, v in config["lens"].items() if k not in LENS_RUN_ONLY}
 
 
 def lens_resource(name):
@@ -256,13 +267,14 @@ def check_unchanged(path):
         )
 
 
-def model_outputs(results):
-    """Input function: every model's JSON summary and records CSV under ``results`` (each
-    checked as in unchanged_since_made)."""
+def model_outputs(results, records_pattern=None):
+    """Input function: every model's JSON summary and records file under ``results`` (each
+    checked as in unchanged_since_made); ``records_pattern``: the records' path with
+    {model}, if not output-{model}-records.csv."""
 
     def inputs(wildcards):
         outputs = expand(f"{results}/output-{{model}}.json", model=MODELS)
-        records = expand(f"{results}/output-{{model}}-records.csv", model=MODELS)
+        records = expand(records_pattern or f"{results}/output-{{model}}-records.csv", model=MODELS)
         for path in [*outputs, *records]:
             _user_errors(check_unchanged, path)
         return {"outputs": outputs, "records": records}

@@ -2,19 +2,27 @@
 # of every model, its pictures, and what its evaluations read (register_experiment).
 
 E001 = "results/001"
-PROBE_IDS = [p["id"] for p in config["probes"]]
+PROBE_IDS = [p["id"] for p in PROBES]
+# A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands).
+HEATMAP_IDS = PROBE_IDS[: config["lens"]["heatmap_probes"]]
+# The records file: CSV, or Parquet for large probe sets (lens.records_format; README, "Probe sets").
+RECORDS_001 = f"{E001}/output-{{model}}-records.{records_format(config['lens']['records_format'], len(PROBES))}"
 
 
 register_experiment(
     "001",
-    model_inputs=lambda model: {"summary": f"{E001}/output-{model}.json", "records": f"{E001}/output-{model}-records.csv"},
-    model_figures=lambda model: expand(f"{E001}/plots/{model}/heatmap-{{probe}}.png", probe=PROBE_IDS),
+    model_inputs=lambda model: {"summary": f"{E001}/output-{model}.json", "records": RECORDS_001.format(model=model)},
+    model_figures=lambda model: [
+        f"{E001}/plots/{model}/statistics.png",
+        *expand(f"{E001}/plots/{model}/heatmap-{{probe}}.png", probe=HEATMAP_IDS),
+    ],
     cross_figures=[f"{E001}/plots/cross-model-trajectories.png"],
     artefacts=[
         *expand(f"{E001}/output-{{model}}.json", model=MODELS),
-        *expand(f"{E001}/output-{{model}}-records.csv", model=MODELS),
+        *expand(RECORDS_001, model=MODELS),
         *expand(f"{E001}/provenance/output-{{model}}.prov.json", model=MODELS),
-        *expand(f"{E001}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=PROBE_IDS),
+        *expand(f"{E001}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=HEATMAP_IDS),
+        *expand(f"{E001}/plots/{{model}}/statistics.png", model=MODELS),
         f"{E001}/plots/cross-model-trajectories.png",
         # The tuned lens's quality on held-out text, where config lenses has it.
         *expand(f"{E001}/lens-quality-{{model}}.csv", model=MODELS if "tuned" in LENSES else []),
@@ -37,7 +45,7 @@ rule run_lens:
     # back if it fails (README, "When a job fails"), instead of deleting them first.
     output:
         summary=update(f"{E001}/output-{{model}}.json"),
-        records=update(f"{E001}/output-{{model}}-records.csv"),
+        records=update(RECORDS_001),
         provenance=update(f"{E001}/provenance/output-{{model}}.prov.json"),
     log:
         "logs/001/run_lens-{model}.log",
@@ -57,7 +65,7 @@ rule run_lens:
         dtype=config["dtype"],
         backend=config["backend"],
         lens=get_lens_settings,
-        probes=config["probes"],
+        probes=PROBES,
         lenses=LENSES,
         code=code_version("scripts/run_lens.py"),
     script:
@@ -66,7 +74,7 @@ rule run_lens:
 
 rule plot_heatmaps:
     input:
-        records=unchanged_since_made(f"{E001}/output-{{model}}-records.csv"),
+        records=unchanged_since_made(RECORDS_001),
         summary=unchanged_since_made(f"{E001}/output-{{model}}.json"),
     output:
         heatmaps=[
@@ -77,23 +85,46 @@ rule plot_heatmaps:
                 subcategory="Heatmaps",
                 labels={"probe": probe},
             ))
-            for probe in PROBE_IDS
+            for probe in HEATMAP_IDS
         ],
     log:
         "logs/001/plot_heatmaps-{model}.log",
     conda:
         CONDA_ENV
     params:
-        probes=PROBE_IDS,
+        probes=HEATMAP_IDS,
         code=code_version("scripts/plot_heatmaps.py"),
     localrule: True
     script:
         "../scripts/plot_heatmaps.py"
 
 
+rule plot_statistics:
+    input:
+        records=unchanged_since_made(RECORDS_001),
+        summary=unchanged_since_made(f"{E001}/output-{{model}}.json"),
+    output:
+        update(report(
+            f"{E001}/plots/{{model}}/statistics.png",
+            caption="../workflow/report/statistics.rst",
+            category="{model}",
+            subcategory="Statistics",
+            labels={"figure": "probe-set statistics"},
+        )),
+    log:
+        "logs/001/plot_statistics-{model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        code=code_version("scripts/plot_statistics.py"),
+    localrule: True
+    script:
+        "../scripts/plot_statistics.py"
+
+
 rule plot_cross:
     input:
-        unpack(model_outputs(E001)),
+        unpack(model_outputs(E001, RECORDS_001)),
     output:
         update(report(
             f"{E001}/plots/cross-model-trajectories.png",

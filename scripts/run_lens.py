@@ -23,6 +23,8 @@ def main(sm):
         summary_path=sm.output.summary,
         records_path=sm.output.records,
         tuned_dir=sm.input.get("tuned"),
+        # Not a param: the records do not depend on it, so changing it re-runs nothing.
+        batch_size=sm.config["lens"]["batch_size"],
     )
     source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
     record_rule(sm, "scripts/run_lens.py", [sm.output.summary, sm.output.records], {"model_source": source})

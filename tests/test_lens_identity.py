@@ -137,16 +137,31 @@ def test_streamed_and_whole_row_records_agree(kernel, loaded, probes, monkeypatc
                 assert a[key] == b[key], key
 
 
-def test_multi_token_answer_uses_first_token_and_warns(loaded):
-    model = loaded["llama"]
+@pytest.mark.parametrize("arch", ARCHS)
+def test_multi_token_answer_is_scored_whole_by_teacher_forcing(arch, loaded, tiny_dirs):
+    """Per layer the records follow the answer's first token; the JSON scores the whole
+    answer: its log-probability token by token and whether greedy decoding gives it, against
+    plain transformers run on the prompt followed by the answer's tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = loaded[arch]
     probe = {"id": "multi", "prompt": "The capital of Germany is", "answer": " Berlinzz Köln"}
     pieces = model.tokenizer(probe["answer"], add_special_tokens=False)["input_ids"]
     assert len(pieces) > 1
     summary, rows = run_lens(model, [probe], LensSettings(positions="last"))
     record = summary["probes"][0]
-    assert record["answer_token_id"] == pieces[0]
-    assert len(record["warnings"]) == 1 and "tokenises into" in record["warnings"][0]
+    assert record["answer_token_id"] == pieces[0] and record["answer_token_ids"] == pieces
     assert {r["answer_token"] for r in rows} == {model.tokenizer.decode([pieces[0]])}
+    assert "first token" in summary["answer_scoring"]["records"]
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch], dtype=torch.float32)
+    prompt = model.tokenizer(probe["prompt"])["input_ids"]
+    with torch.no_grad():
+        logprobs = hf(torch.tensor([prompt + pieces])).logits[0].double().log_softmax(-1)
+    steps = [logprobs[len(prompt) - 1 + i] for i in range(len(pieces))]
+    expected = sum(float(step[t]) for step, t in zip(steps, pieces))
+    assert abs(record["answer_logprob"] - expected) <= 1e-4
+    assert record["answer_greedy"] == all(int(step.argmax()) == t for step, t in zip(steps, pieces))
+    assert abs(record["final_answer_prob"] - float(steps[0][pieces[0]].exp())) <= 1e-5
 
 
 def test_empty_prompt_is_refused(loaded):
@@ -162,3 +177,41 @@ def test_identity_check_fails_loudly_when_the_lens_misses_a_step(loaded, probes,
     monkeypatch.setattr(lens_setup, "logit_postprocessor", lambda config: (lambda logits: logits))
     with pytest.raises(LensIdentityError, match="does not reproduce the model's own output"):
         run_lens(model, probes[:1], LensSettings())
+
+
+BATCH_PROBES = [
+    {"id": "p1", "prompt": "The capital of Germany is", "answer": " Berlin"},
+    {"id": "p2", "prompt": "Berlin is the capital of", "answer": " Germany and more"},
+    {"id": "p3", "prompt": "Paris", "answer": " France"},
+    {"id": "p4", "prompt": "The official currency of the United Kingdom is the", "answer": " pound sterling"},
+    {"id": "p5", "prompt": "Tokyo is in", "answer": " Japan"},
+    {"id": "p6", "prompt": "The largest city in Australia is", "answer": " Sydney"},
+    {"id": "p7", "prompt": "One two three four five six seven eight nine ten eleven", "answer": " twelve"},
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_batched_records_equal_one_probe_at_a_time(arch, positions, loaded):
+    """Every record, and every per-probe JSON figure but the identity check's float-noise
+    differences, is the same whether a probe runs alone or in a batch of any size: padded,
+    with an attention mask, its last positions decoded beside other probes'."""
+    from workflow.records import rounded
+    from workflow.tuned import TunedLens
+
+    model = loaded[arch]
+    tuned = TunedLens(model.n_layers, model.d_model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        tuned.weight.normal_(0, 0.02, generator=generator)
+        tuned.bias.normal_(0, 0.02, generator=generator)
+    settings = LensSettings(top_k=3, positions=positions)
+    runs = {size: run_lens(model, [dict(p) for p in BATCH_PROBES], settings, tuned, size) for size in (1, 3, 64)}
+
+    def per_probe(summary):
+        return rounded([{k: v for k, v in p.items() if k != "identity_check"} for p in summary["probes"]])
+
+    for size in (3, 64):
+        assert runs[size][1] == runs[1][1]
+        assert per_probe(runs[size][0]) == per_probe(runs[1][0])
+    assert {r["lens"] for r in runs[1][1]} == {"logit", "tuned"}

@@ -153,14 +153,34 @@ def test_failed_lens_job_leaves_no_partial_output(tiny_dirs, tmp_path):
     assert "rule run_lens failed" in log and "Traceback (most recent call last)" in log
 
 
-def test_multi_token_answer_is_a_recorded_warning(tiny_dirs, tmp_path):
-    config = tiny_config(tiny_dirs, probes=[{"id": "multi", "prompt": "The capital of Germany is", "answer": " Berlinzz Köln"}])
-    config["models"] = {"tiny-llama": config["models"]["tiny-llama"]}
+def test_a_shipped_relation_runs_with_statistics_and_parquet_records(tiny_dirs, tmp_path):
+    """One config change runs a relation of the shipped data, both directions; the
+    evaluations report intervals; Parquet records hold what the JSON describes; the batch
+    size re-runs nothing."""
+    from workflow.records import load_checked
+
+    config = tiny_config(
+        tiny_dirs,
+        probes={"relations": ["country_capital_city"], "directions": "both", "limit": 10},
+        lens={"top_k": 3, "records_format": "parquet"},
+    )
     workdir = scratch_copy(tmp_path, config)
-    result = snakemake(workdir, "results/001/output-tiny-llama.json")
+    result = snakemake(workdir, "results/001/evaluation-cross-model.md")
     assert result.returncode == 0, said(result)[-3000:]
-    summary = json.loads((workdir / "results/001/output-tiny-llama.json").read_text())
-    assert "tokenises into" in summary["probes"][0]["warnings"][0]
-    # ... and the user sees it: in the job's log and on the console.
-    assert "WARNING" in (workdir / "logs/001/run_lens-tiny-llama.log").read_text()
-    assert "probe multi: answer ' Berlinzz Köln' tokenises into" in said(result)
+    results = workdir / "results" / "001"
+    for model in ("tiny-llama", "tiny-gemma3"):
+        summary = json.loads((results / f"output-{model}.json").read_text())
+        assert len(summary["probes"]) == 20 and summary["lens"]["positions"] == "all"
+        assert all("answer_logprob" in p and len(p["final_top1_prob_by_temperature"]) == 13 for p in summary["probes"])
+        frame = load_checked(results / f"output-{model}-records.parquet", results / f"output-{model}.json")
+        assert set(frame["probe"]) == {p["id"] for p in summary["probes"]}
+        assert (results / "plots" / model / "statistics.png").stat().st_size > 10_000
+        evaluation = (results / f"evaluation-{model}.md").read_text()
+        statistics = evaluation.split("## Statistics", 1)[1].split("\n## ", 1)[0]
+        assert "accuracy (final top-1 = the answer's first token)" in statistics and "95% CI" in statistics
+        assert "forward against reverse on 10 facts stated both ways" in statistics
+    cross = (results / "evaluation-cross-model.md").read_text()
+    assert "95% CI" in cross.split("## Statistics", 1)[1].split("\n## ", 1)[0]
+    assert not (results / "output-tiny-llama-records.csv").exists()
+    again = snakemake(workdir, "-n", "results/001/evaluation-cross-model.md", "--config", "lens={top_k: 3, records_format: parquet, batch_size: 3}")
+    assert again.returncode == 0 and "Nothing to be done" in said(again), said(again)[-2000:]

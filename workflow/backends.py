@@ -41,7 +41,59 @@ class Backend(Protocol):
     def capture(self, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals [L+1, T', d] at the kept positions, and the model's logits [1, V] at the last one."""
 
+    def capture_batch(self, sequences: list[list[int]], length: int, read: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals [L+1, B, length, d] of token sequences right-padded to ``length``, and the
+        model's logits [B, V] at position ``read[b]`` of each."""
+
     blocks: BlockRunner  # the decoder layers, run from any layer (activation patching)
+
+
+# A batch's sequences are padded to a multiple of this many tokens: a probe's numbers
+# depend on the padded length (attention sums over it; measured), so every probe is padded
+# to the same length alone or in any batch (``canonical_length``).
+PAD_MULTIPLE = 8
+
+
+def canonical_length(n_tokens: int) -> int:
+    """The padded length of a sequence of ``n_tokens`` tokens (batches hold one length)."""
+    return -(-n_tokens // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+# A forward pass has at least this many sequences: with one, torch multiplies attention's
+# (transposed, non-contiguous) query and key matrices another way, whose sums round
+# differently (measured: the bridge's eager attention on gemma-3-270m). A lone probe runs
+# with a copy of itself beside it, so its numbers are those it has in any batch.
+MIN_BATCH = 2
+
+
+def padded_batch(sequences: list[list[int]], length: int, device) -> dict[str, torch.Tensor]:
+    """Token ids right-padded to ``length``, and their attention mask, for at least
+    MIN_BATCH rows (the last sequence repeated). A causal model's real tokens never attend
+    to the padding after them, so their positions and numbers are their own whatever the
+    padding holds."""
+    sequences = sequences + [sequences[-1]] * (MIN_BATCH - len(sequences))
+    tokens = torch.zeros((len(sequences), length), dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        if len(ids) > length:
+            raise ValueError(f"a sequence of {len(ids)} tokens does not fit the padded length {length}")
+        tokens[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": tokens.to(device), "attention_mask": mask.to(device)}
+
+
+def reading_logits_at(unembed: nn.Module, read: list[int]):
+    """A pre-hook for the output embedding that hands it only position ``read[b]`` of row
+    b: the model's forward then computes (and post-processes, soft-capping say) its logits
+    there alone, [B, 1, V], not at every position of the batch."""
+    index = torch.tensor(read + [read[-1]] * (MIN_BATCH - len(read)))
+
+    def hook(module, args):
+        hidden = args[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return (hidden[rows, index.to(hidden.device)][:, None, :], *args[1:])
+
+    return unembed.register_forward_pre_hook(hook)
 
 
 class Patches:
@@ -133,6 +185,27 @@ class BridgeBackend:
         tokens = torch.tensor([input_ids], device=_device(self.hf_model))
         logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, **kw), tokens)
         return _stacked(captured), logits
+
+    def capture_batch(self, sequences, length, read):
+        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
+
+        def store(layer: int):
+            def hook(tensor, hook):
+                captured[layer] = tensor.detach().clone()
+                return tensor
+
+            return hook
+
+        hooks = [("blocks.0.hook_resid_pre", store(0))]
+        hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(self.n_layers)]
+        batch = padded_batch(sequences, length, _device(self.hf_model))
+        handle = reading_logits_at(self.hf_model.get_output_embeddings(), read)
+        try:
+            with torch.no_grad():
+                logits = self.bridge.run_with_hooks(batch["input_ids"], fwd_hooks=hooks, attention_mask=batch["attention_mask"])
+        finally:
+            handle.remove()
+        return _stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]
 
 
 class BlockRunner:
@@ -344,3 +417,27 @@ class HooksBackend:
             for handle in handles:
                 handle.remove()
         return _stacked(captured), logits
+
+    def capture_batch(self, sequences, length, read):
+        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
+
+        def entering(module, args, kwargs):
+            captured[0] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+        def leaving(layer: int):
+            def hook(module, args, output):
+                captured[layer] = _hidden(output).detach().clone()
+
+            return hook
+
+        handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
+        handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
+        handles.append(reading_logits_at(self.unembed, read))
+        batch = padded_batch(sequences, length, _device(self.hf_model))
+        try:
+            with torch.no_grad():
+                logits = self.hf_model(**batch, use_cache=False).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+        return _stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]

@@ -37,7 +37,14 @@ def describe_validation_error(error, configfile: str, overrides: dict[str, Any] 
     from jsonschema.exceptions import best_match
 
     if getattr(error, "context", None):
-        error = best_match(error.context) or error
+        # One of several forms (oneOf): leave out the forms whose type the value does not
+        # have ("is not of type 'object'" of a list), then name the deepest error.
+        relevant = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
+        if relevant:
+            deepest = max(len(e.absolute_path) for e in relevant)
+            error = best_match([e for e in relevant if len(e.absolute_path) == deepest]) or error
+        else:
+            error = best_match(error.context) or error
     key = config_path_of(error)
     if overrides and _given_in(overrides, list(error.absolute_path)):
         configfile = "--config on the command line"
@@ -49,21 +56,15 @@ def describe_validation_error(error, configfile: str, overrides: dict[str, Any] 
     return f"{configfile}: invalid value at key {key!r}: {error.message}{hint}"
 
 
-def check_config(config: dict[str, Any], configfile: str) -> None:
-    """Cross-field checks the schema cannot express."""
+def check_config(config: dict[str, Any], configfile: str, base: str = ".") -> None:
+    """Cross-field checks the schema cannot express; ``base``: the workflow directory."""
     for key in config["models"]:
         if key in RESERVED_MODEL_KEYS:
             raise UserError(f"{configfile}: model key {key!r} is reserved for a file name; rename it")
-    ids = [p["id"] for p in config["probes"]]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise UserError(f"{configfile}: probe ids must be unique; repeated: {', '.join(duplicates)}")
-    for probe in config["probes"]:
-        target = probe.get("reverse_of")
-        if target is not None and target not in ids:
-            raise UserError(
-                f"{configfile}: probe {probe['id']!r} has reverse_of {target!r}, which is not a probe id"
-            )
+    from workflow.probes import load
+
+    # The probe set, loaded and checked (unique ids, reverse_of naming a probe, ...).
+    load(config["probes"], base, configfile)
 
 
 def model_entry(config: dict[str, Any], key: str) -> dict[str, Any]:

@@ -177,19 +177,29 @@ class LayerStats:
         return LayerStats(*(getattr(self, field.name).cpu() for field in fields(self)))
 
 
+def answer_column(values: torch.Tensor, answers: int | torch.Tensor) -> torch.Tensor:
+    """``values[..., answer]`` with one answer id for all rows, or one per position
+    (``answers`` [P] for ``values`` [..., P, V])."""
+    if isinstance(answers, int):
+        return values[..., answers]
+    index = answers.to(values.device).expand(values.shape[:-1])
+    return values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
 def layer_metrics(
-    logits: torch.Tensor, final_logprobs: torch.Tensor, answer_id: int, top_k: int
+    logits: torch.Tensor, final_logprobs: torch.Tensor, answer_id: int | torch.Tensor, top_k: int
 ) -> LayerStats:
     """Reduce float32 logits [..., V] to the recorded statistics.
 
     ``final_logprobs`` (broadcastable to ``logits``) holds the model's final
-    log-probabilities at the same position as each row, for KL to final.
+    log-probabilities at the same position as each row, for KL to final. ``answer_id``: one
+    id, or one per position (the second-last dimension of ``logits``).
     """
     logprobs = torch.log_softmax(logits, dim=-1)
     probs = logprobs.exp()
     entropy = -(probs * logprobs).sum(-1)
     top_lp, top_ids = logprobs.topk(top_k, dim=-1)
-    answer_lp = logprobs[..., answer_id]
+    answer_lp = answer_column(logprobs, answer_id)
     # Rank counts strictly larger log-probs, so ties share the better rank.
     answer_rank = (logprobs > answer_lp[..., None]).sum(-1) + 1
     kl = (final_logprobs.exp() * (final_logprobs - logprobs)).sum(-1).clamp_min(0.0)
@@ -218,13 +228,20 @@ def lens_statistics(
     residuals: torch.Tensor,
     head: LensHead,
     final_head: LensHead,
-    answer_id: int,
+    answer_id: int | torch.Tensor,
     top_k: int,
     vocab_size: int,
     working_memory_mb: int,
     transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    separate_positions: bool = False,
 ) -> Iterator[RowStats]:
     """Yield statistics for every (layer, position) of ``residuals`` [L+1, T, d].
+
+    ``answer_id``: the answer's token id, or one per position [T] (positions that are the
+    last positions of different probes). ``separate_positions``: the positions belong to
+    different probes, and each one's statistics must not depend on which others share
+    the call (a batch of probes): the vocabulary is then cut into blocks of a fixed width
+    (BATCH_VOCAB_BLOCK), not one planned from the number of positions.
 
     ``final_head`` decodes the last layer as the model does (always with its norm),
     giving the reference distribution for KL. ``transform(h, layer)`` is the lens's
@@ -238,23 +255,39 @@ def lens_statistics(
     """
     weights, shared = head.linear(), final_head.linear()
     if weights is not None and shared is not None and weights[0] is shared[0] and head.compute_dtype == final_head.compute_dtype:
-        yield from stream_statistics(residuals, head, final_head, answer_id, top_k, working_memory_mb, transform)
+        yield from stream_statistics(residuals, head, final_head, answer_id, top_k, working_memory_mb, transform, separate_positions)
     else:
         yield from block_statistics(residuals, head, final_head, answer_id, top_k, vocab_size, working_memory_mb, transform)
+
+
+# Matrix products of fewer rows than this take other kernels (matrix-vector ones) whose sums
+# round differently (measured with MKL: rows differ in their last bits below 4 rows); a
+# product of fewer rows is padded to this many, so that a row's result does not depend on
+# how many rows share its product (a probe alone or in a batch).
+MIN_PRODUCT_ROWS = 16
+
+
+def rows_padded(function: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """``function(rows)`` for a [n, d] matrix, computed on at least MIN_PRODUCT_ROWS rows."""
+    n = rows.shape[0]
+    if n >= MIN_PRODUCT_ROWS:
+        return function(rows)
+    padded = torch.cat([rows, rows.new_zeros(MIN_PRODUCT_ROWS - n, *rows.shape[1:])])
+    return function(padded)[:n]
 
 
 def _transformed(residuals: torch.Tensor, layers: list[int], transform) -> torch.Tensor:
     hidden = residuals[layers]
     if transform is None:
         return hidden
-    return torch.stack([transform(hidden[i], layer) for i, layer in enumerate(layers)])
+    return torch.stack([rows_padded(lambda h: transform(h, layer), hidden[i]) for i, layer in enumerate(layers)])
 
 
 def block_statistics(
     residuals: torch.Tensor,
     head: LensHead,
     final_head: LensHead,
-    answer_id: int,
+    answer_id: int | torch.Tensor,
     top_k: int,
     vocab_size: int,
     working_memory_mb: int,
@@ -267,12 +300,13 @@ def block_statistics(
     layer_block = max(1, min(n_layers_plus_one, rows // pos_block))
     for p0 in range(0, n_pos, pos_block):
         positions = list(range(p0, min(n_pos, p0 + pos_block)))
-        final_lp = torch.log_softmax(final_head.logits(residuals[-1, positions]), dim=-1)
+        final_lp = torch.log_softmax(rows_padded(final_head.logits, residuals[-1, positions]), dim=-1)
         for l0 in range(0, n_layers_plus_one, layer_block):
             layers = list(range(l0, min(n_layers_plus_one, l0 + layer_block)))
             hidden = _transformed(residuals[:, positions], layers, transform)  # [nl, np, d]
-            logits = head.logits(hidden.reshape(-1, d_model)).reshape(len(layers), len(positions), -1)
-            stats = layer_metrics(logits, final_lp[None], answer_id, top_k).cpu()
+            logits = rows_padded(head.logits, hidden.reshape(-1, d_model)).reshape(len(layers), len(positions), -1)
+            answers = answer_id if isinstance(answer_id, int) else answer_id[positions]
+            stats = layer_metrics(logits, final_lp[None], answers, top_k).cpu()
             del logits
             for i, layer in enumerate(layers):
                 for j, position in enumerate(positions):
@@ -327,6 +361,22 @@ def stream_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_m
     return pos_block, int(min(vocab, max(64, cells // rows // 64 * 64)))
 
 
+# The vocabulary block width when the positions are different probes' (a batch): fixed, so
+# that a probe's sums are taken over the same blocks in the same order whatever shares its
+# call; narrow enough that a few dozen probes' rows share each block of the unembedding
+# (read once per block of positions, which is what batching saves).
+BATCH_VOCAB_BLOCK = 2048
+
+
+def batch_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_mb: int, on_cpu: bool = True) -> tuple[int, int]:
+    """(positions per block, vocabulary columns per block) for a batch of probes' positions."""
+    cells = working_memory_mb * 2**20 // (FLOAT32_BYTES * STREAM_LIVE_TENSORS)
+    if on_cpu:
+        cells = min(CACHE_CELLS, cells)
+    width = min(vocab, BATCH_VOCAB_BLOCK)
+    return max(1, min(n_pos, cells // ((n_layers_plus_one + 1) * width))), width
+
+
 def uses_kernel(postprocess: Callable, device: torch.device | str) -> bool:
     """Whether the streamed lens runs the fused CPU kernel (workflow/native.py): on a CPU,
     where the logits are the linear map itself, and where the kernel builds and pays
@@ -339,15 +389,19 @@ def stream_statistics(
     residuals: torch.Tensor,
     head: LensHead,
     final_head: LensHead,
-    answer_id: int,
+    answer_id: int | torch.Tensor,
     top_k: int,
     working_memory_mb: int,
     transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    separate_positions: bool = False,
 ) -> Iterator[RowStats]:
     """One pass over vocabulary blocks per block of positions; see ``lens_statistics``.
 
-    Every row r (a layer at a position) keeps a reference s_r (its largest logit in the
-    first block) and, over the blocks seen so far, with t = z - s_r and e = exp(t):
+    Each row's answer logit is computed first, in float64 from the row's input to the
+    unembedding and the answer's row of the weights; the rank counts the other tokens
+    whose logit exceeds it. Every row r (a layer at a position) keeps a reference s_r (its
+    largest logit in the first block) and, over the blocks seen so far, with t = z - s_r
+    and e = exp(t):
     S = sum e and Q = sum e*t, so log-sum-exp = s_r + log S and entropy = log S - Q/S
     without cancellation between large numbers; the top-k of t; the count of logits
     above the answer's (its rank); and C = sum over v of e_final(v) * t(v) against the
@@ -369,11 +423,10 @@ def stream_statistics(
     # the transform leaves the last layer alone (a tuned lens has no translator there).
     shared_final = head is final_head and (transform is None or getattr(transform, "final_is_identity", False))
     fused = uses_kernel(head.postprocess, device)
-    pos_block, vocab_block = stream_plan(n_layers_plus_one, n_pos, vocab, working_memory_mb, device.type == "cpu")
-    # The answer's block first: its logit, exactly as computed there, is what every
-    # later block's logits are counted against for the rank.
-    first = (answer_id // vocab_block) * vocab_block
-    starts = [first] + [v for v in range(0, vocab, vocab_block) if v != first]
+    plan = batch_plan if separate_positions else stream_plan
+    pos_block, vocab_block = plan(n_layers_plus_one, n_pos, vocab, working_memory_mb, device.type == "cpu")
+    starts = list(range(0, vocab, vocab_block))
+    answers = torch.full((n_pos,), answer_id, dtype=torch.long) if isinstance(answer_id, int) else answer_id.long().cpu()
     layers = list(range(n_layers_plus_one))
     for p0 in range(0, n_pos, pos_block):
         positions = list(range(p0, min(n_pos, p0 + pos_block)))
@@ -388,9 +441,16 @@ def stream_statistics(
             final_index = torch.arange(n_rows, n_rows + n_p, device=device)
         n_all = inputs.shape[0]
         owner = torch.arange(n_rows, device=device) % n_p  # each row's position within the block
+        row_answers = answers[positions].to(device)[owner]
+        # Each row's answer logit, in float64, against which every block's logits are counted.
+        answer_64 = (hidden.double() * weight[row_answers].double()).sum(-1)
+        if bias is not None:
+            answer_64 = answer_64 + bias[row_answers].double()
+        answer_64 = head.postprocess(answer_64)
+        answer_z = answer_64.float()
         # The kernel reads the logits buffer only; the torch path needs all three.
         buffers = [torch.empty(n_all * vocab_block, device=device) for _ in range(1 if fused else STREAM_LIVE_TENSORS)]
-        shift = S = Q = answer_z = top_values = top_ids = None
+        shift = S = Q = top_values = top_ids = None
         count = torch.zeros(n_rows, device=device)
         cross = torch.zeros(n_rows, device=device)  # C, when accumulated block by block
         G = torch.zeros(n_p, inputs.shape[1], device=device)  # sum e_final W, for C at the end
@@ -405,16 +465,15 @@ def stream_statistics(
             width = v1 - v0
             z, e, scratch = (buffers[min(i, len(buffers) - 1)][: n_all * width].view(n_all, width) for i in range(3))
             block = weight[v0:v1]
-            if head.compute_dtype == torch.float32:
+            if head.compute_dtype == torch.float32 and n_all >= MIN_PRODUCT_ROWS:
                 torch.mm(inputs, block.T, out=z)
             else:
-                z.copy_(inputs @ block.T)
+                z.copy_(rows_padded(lambda x: x @ block.T, inputs))
             if bias is not None:
                 z += bias[v0:v1]
             if not linear:
                 z.copy_(head.postprocess(z))
-            if answer_z is None:  # the first block sets each row's reference and the answer's logit
-                answer_z = z[:n_rows, answer_id - v0].clone()
+            if top_values is None:  # the first block sets each row's reference
                 top_values = torch.full((n_rows, top_k), -torch.inf, device=device)
                 top_ids = torch.zeros((n_rows, top_k), dtype=torch.int64, device=device)
                 if fused:
@@ -430,6 +489,14 @@ def stream_statistics(
                 raw_max = z.amax(-1)
                 # Rank compares raw logits, before any shift can round near-ties together.
                 count += torch.gt(z[:n_rows], answer_z[:, None], out=scratch[:n_rows]).sum(-1)  # 0/1 sums: exact
+            # The answer's own logit, as this block's product rounds it, is not counted above itself.
+            own = ((row_answers >= v0) & (row_answers < v1)).nonzero().squeeze(1)
+            if own.numel():
+                above_itself = z[own, row_answers[own] - v0] > answer_z[own]
+                if fused:
+                    state["count"][own.cpu()] -= above_itself.cpu().long()
+                else:
+                    count[own] -= above_itself.to(count.dtype)
             # Top-k compares raw logits too, in the rows whose k-th best this block beats.
             raw = z[:n_rows]
             better = (raw_max[:n_rows] > top_values[:, -1]).nonzero().squeeze(1)
@@ -486,7 +553,7 @@ def stream_statistics(
             topk_ids=top_ids,
             topk_probs=torch.exp(top_values.double() - shift[:n_rows, None] - log_s[:n_rows, None]),
             entropy=log_s[:n_rows] - Q[:n_rows] / S[:n_rows],
-            answer_prob=torch.exp(answer_z.double() - shift[:n_rows] - log_s[:n_rows]),
+            answer_prob=torch.exp(answer_64 - shift[:n_rows] - log_s[:n_rows]),
             answer_rank=count.long() + 1,
             kl_to_final=kl.clamp_min(0.0),
         ).cpu()

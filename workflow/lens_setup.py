@@ -6,7 +6,7 @@ logits), and the model metadata every experiment's JSON records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -16,6 +16,8 @@ from workflow.lens import LensHead, logit_postprocessor, logit_steps, uses_kerne
 from workflow.models import LoadedModel, dtype_name
 from workflow.provenance import package_versions
 
+# positions: auto records every position of a probe set up to this size, the last beyond.
+AUTO_ALL_POSITIONS = 64
 HALF_TOLERANCE = 2e-2
 FLOAT32_TOLERANCE = 1e-4
 
@@ -37,6 +39,13 @@ class LensSettings:
     def from_config(cls, lens: dict[str, Any]) -> LensSettings:
         known = {k: lens[k] for k in cls.__dataclass_fields__ if k in lens}
         return cls(**known)
+
+    def for_probes(self, n_probes: int) -> LensSettings:
+        """These settings with ``positions: auto`` resolved: all positions for up to
+        AUTO_ALL_POSITIONS probes, the last one for more."""
+        if self.positions != "auto":
+            return self
+        return replace(self, positions="all" if n_probes <= AUTO_ALL_POSITIONS else "last")
 
     def tolerance(self, dtype: torch.dtype) -> float:
         if self.identity_tolerance is not None:
@@ -67,9 +76,11 @@ class TokenNames:
         return name
 
 
-def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], int, list[str]]:
-    """Token ids of the prompt (as the model's tokenizer makes them), the answer id, warnings."""
-    warnings: list[str] = []
+def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt (as the model's tokenizer makes them) and of the answer.
+
+    Per layer the lens follows the answer's first token; the whole answer is scored at the
+    last layer, teacher-forced (``answer_logprob`` in experiment 001's JSON)."""
     if not probe["prompt"].strip():
         raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
     ids = tokenizer(probe["prompt"], add_special_tokens=True)["input_ids"]
@@ -78,13 +89,7 @@ def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], int, li
     answer_ids = tokenizer(probe["answer"], add_special_tokens=False)["input_ids"]
     if not answer_ids:
         raise UserError(f"probe {probe['id']!r}: the answer {probe['answer']!r} tokenises to nothing")
-    if len(answer_ids) > 1:
-        pieces = [tokenizer.decode([i]) for i in answer_ids]
-        warnings.append(
-            f"answer {probe['answer']!r} tokenises into {len(answer_ids)} tokens {pieces}; "
-            f"the first, {pieces[0]!r}, is used"
-        )
-    return list(ids), int(answer_ids[0]), warnings
+    return list(ids), [int(i) for i in answer_ids]
 
 
 def lens_heads(model: LoadedModel, settings: LensSettings) -> tuple[LensHead, LensHead]:
@@ -107,8 +112,12 @@ def identity_deviation(reference: LensHead, last_layer: torch.Tensor, model_logi
     (``max_rel_logit_diff``: the largest difference over the largest logit, at least 1),
     and KL(model || lens) in nats.
     """
-    lens_logits = reference.logits(last_layer).double()
-    model_logits = model_logits.double()
+    return logit_deviation(reference.logits(last_layer), model_logits)
+
+
+def logit_deviation(lens_logits: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
+    """``identity_deviation`` of logits the lens has already computed."""
+    lens_logits, model_logits = lens_logits.double(), model_logits.double()
     model_logp, lens_logp = model_logits.log_softmax(-1), lens_logits.log_softmax(-1)
     largest = float((lens_logits - model_logits).abs().max())
     return {

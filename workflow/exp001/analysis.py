@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from workflow import statistics
 from workflow.records import load_checked
 
 BANDS = ("early", "middle", "late")
@@ -55,6 +56,11 @@ class ProbeFacts:
     # Where the tuned lens puts the answer at the last position (None without a tuned lens).
     tuned_first_top1_layer: int | None = None
     tuned_stable_top1_layer: int | None = None
+    relation: str | None = None
+    n_answer_tokens: int = 1
+    answer_logprob: float | None = None  # the whole answer, teacher-forced
+    answer_greedy: bool | None = None  # greedy decoding gives the whole answer
+    top1_prob_by_temperature: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +80,11 @@ class ModelFacts:
     copy_rate: dict[str, float]  # per band: share of rows whose top-1 repeats the input token
     answer_rate: dict[str, float]  # per band: share of (probe, layer) whose top-1 is the answer
     lenses: list[str] = field(default_factory=lambda: ["logit"])
+    temperatures: list[float] = field(default_factory=list)
+    # Per lens, per layer: the expected calibration error of the top-1 probability at the
+    # last position (temperature 1).
+    layer_ece: dict[str, list[float]] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)  # ``probe_statistics``
 
     @property
     def n_correct(self) -> int:
@@ -143,15 +154,22 @@ def probe_facts(summary: dict[str, Any], rows: pd.DataFrame) -> ProbeFacts:
         warnings=list(summary.get("warnings", [])),
         tuned_first_top1_layer=(summary.get("tuned") or {}).get("first_top1_layer"),
         tuned_stable_top1_layer=(summary.get("tuned") or {}).get("stable_top1_layer"),
+        relation=summary.get("relation"),
+        n_answer_tokens=len(summary.get("answer_token_ids") or [summary["answer_token_id"]]),
+        answer_logprob=summary.get("answer_logprob"),
+        answer_greedy=summary.get("answer_greedy"),
+        top1_prob_by_temperature=list(summary.get("final_top1_prob_by_temperature") or []),
     )
 
 
 def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFacts:
     summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
     records = load_checked(records_path, summary_path)
+    layer_ece = lens_calibration(records, summary)
     records = records[records["lens"] == "logit"]
     n_layers = int(summary["n_layers"])
-    probes = [probe_facts(p, records[records["probe"] == p["id"]]) for p in summary["probes"]]
+    by_probe = dict(tuple(records.groupby("probe", sort=False)))
+    probes = [probe_facts(p, by_probe[p["id"]]) for p in summary["probes"]]
 
     bands = records["layer"].map(lambda layer: band_of(int(layer), n_layers))
     copies = records["top1_token"] == records["input_token"]
@@ -168,7 +186,7 @@ def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFact
                     if band == "middle":
                         middle[step["top1"]] += 1
         answer_rate[band] = hits / total if total else 0.0
-    return ModelFacts(
+    facts = ModelFacts(
         model=summary["model"],
         architecture=summary["architecture"],
         n_layers=n_layers,
@@ -184,7 +202,83 @@ def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFact
         copy_rate=copy_rate,
         answer_rate=answer_rate,
         lenses=list(summary.get("lenses", ["logit"])),
+        temperatures=list(summary.get("temperatures") or []),
+        layer_ece=layer_ece,
     )
+    facts.statistics = probe_statistics(facts)
+    return facts
+
+
+def lens_calibration(records: pd.DataFrame, summary: dict[str, Any]) -> dict[str, list[float]]:
+    """Per lens, per layer: ECE of the top-1 probability at each probe's last position."""
+    last = {p["id"]: len(p["input_ids"]) - 1 for p in summary["probes"]}
+    rows = records[records["position"] == records["probe"].map(last)]
+    found = {}
+    for lens, by_lens in rows.groupby("lens", sort=False):
+        found[str(lens)] = [
+            statistics.ece(group["top1_prob"].tolist(), (group["top1_token"] == group["answer_token"]).tolist())
+            for _, group in by_lens.groupby("layer", sort=True)
+        ]
+    return found
+
+
+def probe_statistics(facts: ModelFacts) -> dict[str, Any]:
+    """The probe set's statistics (README, 'Probe sets'): accuracy with Wilson intervals,
+    overall and per relation; the relative depth where the answer first becomes top-1
+    (median, IQR) per lens; forward against reverse on the facts stated both ways (paired
+    accuracy difference with Newcombe's interval, mean difference of the whole answer's
+    log-probability with a t interval); calibration of the final top-1 probability (ECE at
+    temperature 1 and at the temperature that minimises it)."""
+    probes = facts.probes
+    n = len(probes)
+    stats: dict[str, Any] = {
+        "n": n,
+        "accuracy": statistics.wilson(sum(p.correct for p in probes), n),
+        "whole_answer_accuracy": statistics.wilson(sum(bool(p.answer_greedy) for p in probes), n),
+        "multi_token_answers": sum(p.n_answer_tokens > 1 for p in probes),
+        "depth": {
+            "logit": statistics.spread([p.first_top1_layer / facts.n_layers for p in probes if p.first_top1_layer is not None]),
+        },
+    }
+    if "tuned" in facts.lenses:
+        stats["depth"]["tuned"] = statistics.spread(
+            [p.tuned_first_top1_layer / facts.n_layers for p in probes if p.tuned_first_top1_layer is not None]
+        )
+    relations: dict[str, list[ProbeFacts]] = {}
+    for p in probes:
+        relations.setdefault(p.relation or "(no relation)", []).append(p)
+    stats["relations"] = {
+        name: {
+            "n": len(group),
+            "accuracy": statistics.wilson(sum(p.correct for p in group), len(group)),
+            "depth": statistics.spread([p.first_top1_layer / facts.n_layers for p in group if p.first_top1_layer is not None]),
+        }
+        for name, group in relations.items()
+    }
+    pairs = reverse_pairs(facts)
+    if pairs:
+        stats["directions"] = {
+            "pairs": len(pairs),
+            "forward_accuracy": statistics.wilson(sum(f.correct for f, _ in pairs), len(pairs)),
+            "reverse_accuracy": statistics.wilson(sum(r.correct for _, r in pairs), len(pairs)),
+            "difference": statistics.paired_difference([f.correct for f, _ in pairs], [r.correct for _, r in pairs]),
+            "logprob_difference": statistics.mean_interval(
+                [f.answer_logprob - r.answer_logprob for f, r in pairs if f.answer_logprob is not None and r.answer_logprob is not None]
+            ),
+        }
+    with_t = [p for p in probes if len(p.top1_prob_by_temperature) == len(facts.temperatures)]
+    if with_t and facts.temperatures:
+        correct = [p.correct for p in with_t]
+        confidence = [p.final_top1_prob for p in with_t]
+        temperature, best = statistics.best_temperature(facts.temperatures, [p.top1_prob_by_temperature for p in with_t], correct)
+        stats["calibration"] = {
+            "n": len(with_t),
+            "ece": statistics.ece(confidence, correct),
+            "temperature": temperature,
+            "ece_at_temperature": best,
+            "bins": statistics.reliability(confidence, correct),
+        }
+    return stats
 
 
 def reverse_pairs(facts: ModelFacts) -> list[tuple[ProbeFacts, ProbeFacts]]:

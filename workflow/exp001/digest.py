@@ -19,6 +19,56 @@ from workflow.exp001.analysis import ModelFacts, ProbeFacts
 
 DEFAULT_MAX_CHARS = 24_000
 TOP_TOKENS = 3
+# Probes shown one by one in a digest (and in the offline analyst's per-probe tables); the
+# statistics cover them all.
+DETAIL_PROBES = 12
+
+
+def statistics_lines(facts: ModelFacts) -> list[str]:
+    """The probe set's statistics (``analysis.probe_statistics``) as sentences, for the
+    digest and the offline analyst alike."""
+    st = facts.statistics
+    lines = [
+        f"accuracy (final top-1 = the answer's first token): {st['accuracy'].text(percent=True)}, n = {st['n']}",
+    ]
+    if st["multi_token_answers"]:
+        lines.append(
+            f"{st['multi_token_answers']} answers have several tokens; whole-answer accuracy (greedy decoding gives the "
+            f"whole answer): {st['whole_answer_accuracy'].text(percent=True)}"
+        )
+    for lens, depth in st["depth"].items():
+        lines.append(
+            f"{lens} lens, relative depth where the answer first becomes top-1: "
+            + (depth.text() if depth else "the answer never becomes top-1")
+        )
+    if len(st["relations"]) > 1:
+        for name, rel in st["relations"].items():
+            lines.append(
+                f"relation {name}: accuracy {rel['accuracy'].text(percent=True)}, n = {rel['n']}; first top-1 depth "
+                + (rel["depth"].text() if rel["depth"] else "never")
+            )
+    directions = st.get("directions")
+    if directions:
+        lines.append(
+            f"forward against reverse on {directions['pairs']} facts stated both ways: accuracy "
+            f"{directions['forward_accuracy'].text(percent=True)} forward, {directions['reverse_accuracy'].text(percent=True)} "
+            f"reverse; paired difference (forward - reverse) {directions['difference'].text()}; mean difference of "
+            f"the whole answer's log-probability {directions['logprob_difference'].text()} nats"
+        )
+    calibration = st.get("calibration")
+    if calibration:
+        lines.append(
+            f"calibration of the final top-1 probability: expected calibration error {calibration['ece']:.3f} at "
+            f"temperature 1; lowest {calibration['ece_at_temperature']:.3f} at temperature {calibration['temperature']:g} "
+            f"(n = {calibration['n']}, {len(calibration['bins'])} non-empty bins of 10)"
+        )
+    for lens, values in facts.layer_ece.items():
+        best = min(range(len(values)), key=lambda i: (values[i], i))
+        lines.append(
+            f"{lens} lens, calibration error of the top-1 probability by layer: layer 0 {values[0]:.3f}, "
+            f"lowest {values[best]:.3f} at layer {best}, last layer {values[-1]:.3f}"
+        )
+    return lines
 
 
 def _layer_line(step: dict) -> str:
@@ -60,10 +110,15 @@ def model_digest(facts: ModelFacts, max_chars: int = DEFAULT_MAX_CHARS) -> str:
         f"lens settings {facts.lens}; largest lens-vs-model probability difference at the last layer "
         f"{magnitude_text(facts.identity_max_prob_diff)}\n"
         f"answer is the final top-1 on {facts.n_correct} of {len(facts.probes)} probes\n"
-        f"share of rows whose top-1 repeats the input token, by band (early/middle/late): "
+        + "statistics of the probe set:\n"
+        + "".join(f"- {line}\n" for line in statistics_lines(facts))
+        + "share of rows whose top-1 repeats the input token, by band (early/middle/late): "
         + ", ".join(f"{facts.copy_rate[b]:.2f}" for b in ("early", "middle", "late"))
         + "\nmost frequent middle-layer top-1 tokens at the last position: "
         + ", ".join(f"{tok!r} x{n}" for tok, n in facts.middle_tokens)
     )
     tuned = "tuned" in facts.lenses
-    return fitted(header, lambda stride: [_probe_block(p, facts.n_layers, stride, tuned) for p in facts.probes], facts.n_layers, max_chars)
+    shown = facts.probes[:DETAIL_PROBES]
+    if len(facts.probes) > len(shown):
+        header += f"\nprobe by probe below: the first {len(shown)} of {len(facts.probes)} probes (the statistics above cover all)"
+    return fitted(header, lambda stride: [_probe_block(p, facts.n_layers, stride, tuned) for p in shown], facts.n_layers, max_chars)

@@ -18,6 +18,75 @@ from workflow.evaluation.text import pct as _pct
 from workflow.evaluation.text import table as _table
 from workflow.evaluation.text import tok as _tok
 from workflow.exp001.analysis import BANDS, CONFIDENT_NATS, ModelFacts, ProbeFacts, relative, reverse_pairs
+from workflow.exp001.digest import DETAIL_PROBES, statistics_lines
+
+
+def _shown(probes: list, what: str = "probes") -> tuple[list, str]:
+    """The first DETAIL_PROBES of ``probes`` for a per-probe table, and a note when more exist."""
+    if len(probes) <= DETAIL_PROBES:
+        return probes, ""
+    return probes[:DETAIL_PROBES], (
+        f"\n\nThe table shows the first {DETAIL_PROBES} of {len(probes)} {what}; the section 'Statistics' covers all "
+        "of them, and the records hold every one."
+    )
+
+
+def _listed(items: list[str]) -> str:
+    """Items joined with commas, at most DETAIL_PROBES of them named."""
+    if len(items) <= DETAIL_PROBES:
+        return ", ".join(items)
+    return ", ".join(items[:DETAIL_PROBES]) + f" and {len(items) - DETAIL_PROBES} more"
+
+
+def _single_statistics(f: ModelFacts) -> str:
+    intervals = (
+        "Intervals are 95%: Wilson score intervals for accuracies, Newcombe's paired interval for the forward − reverse "
+        "difference, a t interval for the mean log-probability difference. Depths are relative (layer / number of "
+        "layers) over the probes whose answer becomes top-1 at all. Calibration bins the final top-1 probability in "
+        "ten equal-width bins; the temperature is the one of the recorded grid with the lowest error."
+    )
+    return "\n".join(f"- {line}" for line in statistics_lines(f)) + "\n\n" + intervals
+
+
+def _cross_statistics(models: list[ModelFacts]) -> str:
+    def cell_depth(f: ModelFacts) -> str:
+        depth = f.statistics["depth"]["logit"]
+        return "never" if depth is None else f"{depth.median:.2f} ({depth.q1:.2f}–{depth.q3:.2f})"
+
+    def cell_direction(f: ModelFacts) -> str:
+        d = f.statistics.get("directions")
+        return "—" if not d else f"{d['difference'].estimate:+.2f} ({d['difference'].low:+.2f} to {d['difference'].high:+.2f})"
+
+    def cell_calibration(f: ModelFacts) -> str:
+        c = f.statistics.get("calibration")
+        return "—" if not c else f"{c['ece']:.3f}; {c['ece_at_temperature']:.3f} at T = {c['temperature']:g}"
+
+    table = _table(
+        ["model", "n", "accuracy (95% CI)", "first top-1 depth, median (IQR)", "forward − reverse accuracy (95% CI)",
+         "ECE; lowest (temperature)"],
+        [
+            [f.model, str(f.statistics["n"]), f.statistics["accuracy"].text(percent=True), cell_depth(f), cell_direction(f),
+             cell_calibration(f)]
+            for f in models
+        ],
+    )
+    notes = []
+    if len(models) > 1:
+        ranked = sorted(models, key=lambda f: (-f.statistics["accuracy"].estimate, f.model))
+        a, b = ranked[0], ranked[1]
+        if a.statistics["accuracy"].low > b.statistics["accuracy"].high:
+            notes.append(f"{a.model}'s accuracy interval lies above {b.model}'s: the difference is larger than sampling noise on this probe set.")
+        else:
+            notes.append(
+                f"The accuracy intervals of {a.model} and {b.model} overlap: on this probe set the difference in accuracy "
+                "could be sampling noise."
+            )
+    for f in models:
+        d = f.statistics.get("directions")
+        if d and not (d["difference"].low <= 0 <= d["difference"].high):
+            side = "forward" if d["difference"].estimate > 0 else "reverse"
+            notes.append(f"{f.model} is more accurate in the {side} direction, and the paired interval excludes zero.")
+    return table + ("\n\n" + " ".join(notes) if notes else "")
 
 def _median_depth(layers: list[int | None], n_layers: int) -> float | None:
     values = [relative(x, n_layers) for x in layers if x is not None]
@@ -63,12 +132,12 @@ def _single_emergence(f: ModelFacts) -> str:
             _layer(p.stable_top1_layer, f.n_layers),
             f"{p.best_rank} (layer {p.best_rank_layer})",
         ]
-        for p in f.probes
+        for p in _shown(f.probes)[0]
     ]
     table = _table(
         ["probe", "expected", "final top-1 (p)", "answer p / rank", "first top-1 layer (depth)", "stays top-1 from", "best rank (layer)"],
         rows,
-    )
+    ) + _shown(f.probes)[1]
     notes = []
     reached = [p for p in f.probes if p.first_top1_layer is not None]
     if reached:
@@ -85,7 +154,7 @@ def _single_emergence(f: ModelFacts) -> str:
     if lost:
         notes.append(
             "On "
-            + ", ".join(f"`{p.id}` (top-1 at layer {p.first_top1_layer}, final {_tok(p.final_top1)})" for p in lost)
+            + _listed([f"`{p.id}` (top-1 at layer {p.first_top1_layer}, final {_tok(p.final_top1)})" for p in lost])
             + " the answer is top-1 part-way up the stack and then displaced: the fact is readable mid-stack but "
             "the last layers prefer another continuation."
         )
@@ -93,7 +162,7 @@ def _single_emergence(f: ModelFacts) -> str:
     if missed:
         notes.append(
             "The answer is never top-1 on "
-            + ", ".join(f"`{p.id}` (best rank {p.best_rank} at layer {p.best_rank_layer}, final {_tok(p.final_top1)})" for p in missed)
+            + _listed([f"`{p.id}` (best rank {p.best_rank} at layer {p.best_rank_layer}, final {_tok(p.final_top1)})" for p in missed])
             + "."
         )
     if "tuned" in f.lenses:
@@ -114,11 +183,11 @@ def _lens_disagreements(f: ModelFacts) -> str:
         return "The tuned lens agrees with the logit lens on where the answer surfaces, on every probe."
     return (
         "The tuned lens and the logit lens disagree on where the answer surfaces on "
-        + "; ".join(
+        + _listed([
             f"`{p.id}` (tuned lens: {where(p.tuned_first_top1_layer, p.tuned_stable_top1_layer)}; "
             f"logit lens: {where(p.first_top1_layer, p.stable_top1_layer)})"
             for p in differ
-        )
+        ])
         + ". The two lenses read the same residuals in different bases; the tuned lens's is trained to match the output "
         "distribution (how well, per layer, on held-out text: results/001/lens-quality-" + f.model + ".csv), so where "
         "they differ and the tuned lens is the closer one at that layer, its reading is the better-founded."
@@ -135,12 +204,12 @@ def _single_entropy(f: ModelFacts) -> str:
             _nats(p.entropy_final),
             _layer(p.near_final_layer, f.n_layers),
         ]
-        for p in f.probes
+        for p in _shown(f.probes)[0]
     ]
     table = _table(
         ["probe", "entropy at layer 0", "largest drop (layers, nats)", "first layer ≥ 1 below 1 nat", "final entropy", "KL to final < 1 nat from"],
         rows,
-    )
+    ) + _shown(f.probes)[1]
     collapse = median(p.collapse_layer / f.n_layers for p in f.probes)
     near = _median_depth([p.near_final_layer for p in f.probes], f.n_layers)
     text = (
@@ -194,7 +263,7 @@ def _pair_rows(f: ModelFacts) -> list[list[str]]:
             f"{rev.final_answer_prob:.3f} / {rev.final_answer_rank}",
             _layer(rev.first_top1_layer, f.n_layers),
         ]
-        for fwd, rev in reverse_pairs(f)
+        for fwd, rev in _shown(reverse_pairs(f))[0]
     ]
 
 
@@ -245,8 +314,10 @@ def _caveats(models: list[ModelFacts]) -> str:
         "The logit lens reads every layer through the final layer's norm and unembedding; early and middle "
         "layers use a different basis, so their distributions are biased (high KL to final there is partly "
         "the lens's error, not the model's uncertainty). A tuned lens corrects for this.",
-        f"Each model is judged on {len(models[0].probes)} short factual probes with single-token answers; "
-        "the figures are descriptive, not statistics with error bars.",
+        f"Each model is judged on {len(models[0].probes)} probes; accuracies and differences come with 95% intervals "
+        "(section 'Statistics'), which are wide on a set this size"
+        + (" (a few hundred facts narrow them: README, 'Probe sets')" if len(models[0].probes) < 100 else "")
+        + ". The per-layer figures follow the answer's first token.",
     ]
     for f in models:
         if f.source.get("source") in ("gguf", "package"):
@@ -254,9 +325,9 @@ def _caveats(models: list[ModelFacts]) -> str:
                 f"`{f.model}` runs on weights dequantised from a quantised GGUF file; its probabilities can differ "
                 "slightly from the original release's."
             )
-        for p in f.probes:
-            for w in p.warnings:
-                items.append(f"`{f.model}`, probe `{p.id}`: {w}.")
+        warned = [f"`{p.id}`: {w}" for p in f.probes for w in p.warnings]
+        if warned:
+            items.append(f"`{f.model}`: " + _listed(warned) + ".")
         if not f.lens.get("use_norm_lens", True):
             items.append(f"`{f.model}` was decoded without its final norm (`use_norm_lens: false`): raw residuals.")
         if f.lens.get("positions") == "last":
@@ -266,6 +337,7 @@ def _caveats(models: list[ModelFacts]) -> str:
 
 SINGLE: dict[str, Callable[[ModelFacts], str]] = {
     "summary": _single_summary,
+    "statistics": _single_statistics,
     "where the answer emerges": _single_emergence,
     "confidence and entropy": _single_entropy,
     "what the middle layers say": _single_middle,
@@ -330,8 +402,9 @@ def _depth_cell(p: ProbeFacts | None, n_layers: int) -> str:
 
 
 def _cross_depth(models: list[ModelFacts]) -> str:
-    rows = [[pid] + [_depth_cell(f.probe(pid), f.n_layers) for f in models] for pid in _probe_ids(models)]
-    table = _table(["probe"] + [f"{f.model}: first / stable depth" for f in models], rows)
+    ids, note = _shown(_probe_ids(models))
+    rows = [[pid] + [_depth_cell(f.probe(pid), f.n_layers) for f in models] for pid in ids]
+    table = _table(["probe"] + [f"{f.model}: first / stable depth" for f in models], rows) + note
     return (
         "Relative depth is layer / number of layers, so models of different depth line up (0 = embedding, "
         "1 = last layer).\n\n" + table
@@ -340,7 +413,8 @@ def _cross_depth(models: list[ModelFacts]) -> str:
 
 def _cross_probes(models: list[ModelFacts]) -> str:
     rows = []
-    for pid in _probe_ids(models):
+    ids, note = _shown(_probe_ids(models))
+    for pid in ids:
         row = [pid]
         for f in models:
             p = f.probe(pid)
@@ -352,9 +426,9 @@ def _cross_probes(models: list[ModelFacts]) -> str:
         if len(set(verdicts.values())) > 1:
             right = [m for m, ok in verdicts.items() if ok]
             disagree.append(f"`{pid}` (right: {', '.join(right)})")
-    text = _table(["probe"] + [f"{f.model}: final top-1 (p); answer p" for f in models], rows)
+    text = _table(["probe"] + [f"{f.model}: final top-1 (p); answer p" for f in models], rows) + note
     if disagree:
-        text += "\n\nThe models disagree on " + ", ".join(disagree) + "."
+        text += f"\n\nThe models disagree on {len(disagree)} probe(s): " + _listed(disagree) + "."
     return text
 
 
@@ -379,6 +453,7 @@ def _cross_differences(models: list[ModelFacts]) -> str:
 
 CROSS: dict[str, Callable[[list[ModelFacts]], str]] = {
     "summary": _cross_summary,
+    "statistics": _cross_statistics,
     "models compared": _cross_models,
     "answer emergence by relative depth": _cross_depth,
     "probe by probe": _cross_probes,

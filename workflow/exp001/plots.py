@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from workflow.exp001.analysis import ModelFacts
+from workflow.exp001.analysis import ModelFacts, reverse_pairs
+from workflow.exp001.digest import DETAIL_PROBES
 from workflow.plots import KL_LINEAR_BELOW, plt, save, visible
 
 @dataclass
@@ -75,7 +76,7 @@ def trajectories(facts: list[ModelFacts], metric: str) -> dict[str, dict[str, tu
     """probe -> model -> (relative depths, metric values) at the last position."""
     out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for f in facts:
-        for p in f.probes:
+        for p in f.probes[:DETAIL_PROBES]:  # one column per probe: the first few of a large set
             depth = [step["layer"] / f.n_layers for step in p.trajectory]
             out.setdefault(p.id, {})[f.model] = (depth, [float(step[metric]) for step in p.trajectory])
     return out
@@ -114,3 +115,80 @@ def trajectory_figure(facts: list[ModelFacts]):
     fig.suptitle("Last position, by relative depth (layer / number of layers)")
     fig.tight_layout()
     return fig
+
+
+def statistics_data(facts: ModelFacts) -> dict:
+    """What the statistics figure shows, from ``facts.statistics``: per relation the accuracy
+    with its interval and the first-top-1 depths; per fact pair the whole answer's
+    log-probability forward and reverse; the reliability bins."""
+    n_layers = facts.n_layers
+    relations = {}
+    for p in facts.probes:
+        relations.setdefault(p.relation or "(no relation)", []).append(p)
+    return {
+        "relations": [
+            (name, facts.statistics["relations"][name]["accuracy"],
+             [p.first_top1_layer / n_layers for p in group if p.first_top1_layer is not None])
+            for name, group in relations.items()
+        ],
+        "pairs": [(f.answer_logprob, r.answer_logprob, f.correct, r.correct) for f, r in reverse_pairs(facts)
+                  if f.answer_logprob is not None and r.answer_logprob is not None],
+        "bins": (facts.statistics.get("calibration") or {}).get("bins", []),
+    }
+
+
+def statistics_figure(facts: ModelFacts):
+    """Four panels: accuracy per relation (95% Wilson intervals), first-top-1 depth per
+    relation, forward against reverse per fact pair, and the reliability diagram."""
+    data = statistics_data(facts)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    names = [name if len(name) <= 28 else name[:27] + "…" for name, _, _ in data["relations"]]
+    ys = np.arange(len(names))
+    acc, depth_ax, pair_ax, rel_ax = axes
+    estimates = [a.estimate for _, a, _ in data["relations"]]
+    errors = [[a.estimate - a.low for _, a, _ in data["relations"]], [a.high - a.estimate for _, a, _ in data["relations"]]]
+    acc.barh(ys, estimates, xerr=errors, color="#4c72b0", capsize=3)
+    acc.set_yticks(ys, names, fontsize=7)
+    acc.set_xlim(0, 1)
+    acc.set_xlabel("accuracy (final top-1 = answer), 95% CI")
+    acc.invert_yaxis()
+    depths = [d if d else [np.nan] for _, _, d in data["relations"]]
+    depth_ax.boxplot(depths, vert=False, positions=ys, widths=0.6)
+    depth_ax.set_yticks(ys, names, fontsize=7)
+    depth_ax.set_xlim(0, 1.02)
+    depth_ax.set_xlabel("relative depth of first top-1 (logit lens)")
+    depth_ax.invert_yaxis()
+    if data["pairs"]:
+        colours = {(True, True): "#2ca02c", (True, False): "#1f77b4", (False, True): "#ff7f0e", (False, False): "#7f7f7f"}
+        labels = {(True, True): "both right", (True, False): "forward only", (False, True): "reverse only", (False, False): "neither"}
+        for key, colour in colours.items():
+            pts = [(f, r) for f, r, fc, rc in data["pairs"] if (fc, rc) == key]
+            if pts:
+                pair_ax.scatter([f for f, _ in pts], [r for _, r in pts], s=12, color=colour, label=f"{labels[key]} ({len(pts)})")
+        low = min(min(f, r) for f, r, _, _ in data["pairs"])
+        pair_ax.plot([low, 0], [low, 0], color="black", linewidth=0.8)
+        pair_ax.legend(fontsize=7)
+    else:
+        pair_ax.text(0.5, 0.5, "no probe states a fact\nin both directions", ha="center", va="center", transform=pair_ax.transAxes)
+    pair_ax.set_xlabel("forward: log-probability of the whole answer")
+    pair_ax.set_ylabel("reverse: log-probability of the whole answer")
+    bins = data["bins"]
+    rel_ax.plot([0, 1], [0, 1], color="black", linewidth=0.8)
+    if bins:
+        rel_ax.bar([(b.low + b.high) / 2 for b in bins], [b.accuracy for b in bins], width=0.1, edgecolor="black", color="#4c72b0", alpha=0.7)
+        rel_ax.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o", color="#c44e52", markersize=4)
+        for b in bins:
+            rel_ax.annotate(str(b.count), ((b.low + b.high) / 2, min(b.accuracy + 0.03, 0.97)), ha="center", fontsize=6)
+    rel_ax.set_xlim(0, 1)
+    rel_ax.set_ylim(0, 1)
+    rel_ax.set_xlabel("final top-1 probability (bins; dots: mean)")
+    rel_ax.set_ylabel("accuracy in bin (n above)")
+    st = facts.statistics
+    fig.suptitle(f"{facts.model}: {st['n']} probes, accuracy {st['accuracy'].text(percent=True)}"
+                 + (f"; ECE {st['calibration']['ece']:.3f}" if st.get("calibration") else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_statistics(facts: ModelFacts, path: str | os.PathLike[str]) -> None:
+    save(statistics_figure(facts), path)

@@ -9,26 +9,29 @@ time that the lens at the last layer reproduces the model's own logits.
 from __future__ import annotations
 
 import logging
+import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
-from workflow.lens import lens_statistics, logit_steps, unapplied_logit_keys
+from workflow.backends import canonical_length
+from workflow.lens import lens_statistics, logit_steps, rows_padded, unapplied_logit_keys
 from workflow.lens_setup import (
     LensIdentityError,
     LensSettings,
     TokenNames,
-    identity_deviation,
     identity_failure,
+    logit_deviation,
     lens_heads,
     model_metadata,
     tokenize_probe,
 )
 from workflow.models import LoadedModel, dtype_name
-from workflow.records import rounded, write_records
+from workflow.records import rounded, write_records_file
 
 log = logging.getLogger(__name__)
 
@@ -44,119 +47,241 @@ def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int 
     return first, stable
 
 
-def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings, tuned=None):
+# Temperatures at which each probe's final top-1 probability is recorded, for calibration by
+# temperature scaling (the evaluation picks the one with the lowest calibration error):
+# 2^(k/2) for k = -4..8, 0.25 to 16.
+TEMPERATURES = tuple(round(2 ** (k / 2), 4) for k in range(-4, 9))
+# Rows of full-vocabulary logits decoded at once for the last layer's scores.
+FINAL_ROWS = 32
+
+
+@dataclass
+class Tokenised:
+    index: int  # in the probe set
+    probe: dict[str, Any]
+    input_ids: list[int]
+    answer_ids: list[int]
+
+    @property
+    def sequence(self) -> list[int]:
+        """The prompt and all but the last answer token: the last layer scores every answer
+        token (teacher-forced) in the same forward pass."""
+        return self.input_ids + self.answer_ids[:-1]
+
+
+def batches(items: list[Tokenised], batch_size: int) -> list[tuple[int, list[Tokenised]]]:
+    """(padded length, probes) batches: probes of one canonical length together, in probe
+    order, at most ``batch_size`` each."""
+    groups: dict[int, list[Tokenised]] = {}
+    for item in items:
+        groups.setdefault(canonical_length(len(item.sequence)), []).append(item)
+    return [(length, group[i : i + batch_size]) for length, group in sorted(groups.items()) for i in range(0, len(group), batch_size)]
+
+
+def final_scores(reference, rows: torch.Tensor, targets: list[int], firsts: list[bool]) -> dict[str, torch.Tensor]:
+    """For rows [n, d] of last-layer residuals: the model-faithful logits' log-probability of
+    each row's target token and its rank, the top-1 id and log-probability, and, for the
+    rows ``firsts`` marks (a probe's last prompt position), the logits themselves (for the
+    identity check) and the top-1 log-probability at each of TEMPERATURES (NaN elsewhere).
+    Decoded FINAL_ROWS rows at a time, each block padded to MIN_PRODUCT_ROWS rows, and each
+    row's sums taken alone, so a row's numbers do not depend on its neighbours."""
+    n = rows.shape[0]
+    out = {
+        "target_lp": torch.empty(n, dtype=torch.float64),
+        "target_rank": torch.empty(n, dtype=torch.long),
+        "top1": torch.empty(n, dtype=torch.long),
+        "top1_lp": torch.empty(n, dtype=torch.float64),
+        "tempered": torch.full((n, len(TEMPERATURES)), float("nan"), dtype=torch.float64),
+    }
+    kept: list[torch.Tensor] = []
+    for r0 in range(0, n, FINAL_ROWS):
+        logits = rows_padded(reference.logits, rows[r0 : r0 + FINAL_ROWS]).cpu()
+        for i, z in enumerate(logits):
+            r = r0 + i
+            top = int(z.argmax())
+            lse = float(torch.logsumexp(z.double(), -1))
+            target = targets[r]
+            out["target_lp"][r] = float(z[target]) - lse
+            # Ties share the better rank, as in the records.
+            out["target_rank"][r] = int((z > z[target]).sum()) + 1
+            out["top1"][r] = top
+            out["top1_lp"][r] = float(z[top]) - lse
+            if firsts[r]:
+                kept.append(z)
+                # log p_T(top) = -log sum exp((z - z_top) / T)
+                shifted = z - z[top]
+                out["tempered"][r] = torch.tensor([-float(torch.logsumexp(shifted / t, -1)) for t in TEMPERATURES], dtype=torch.float64)
+    out["logits"] = torch.stack(kept)
+    return out
+
+
+def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings, tuned=None, batch_size: int = 32):
     """Run every probe; return (summary for the JSON, list of record rows).
 
+    Probes run in batches of ``batch_size`` that share a padded length (``batches``); the
+    records and JSON of a probe are the same whatever its batch (every probe is padded to
+    its canonical length, every matrix product has at least MIN_PRODUCT_ROWS rows, and a
+    batch's last positions are decoded over vocabulary blocks of a fixed width).
     ``tuned`` (a ``workflow.tuned.TunedLens``) adds rows with ``lens`` = ``tuned``: the same
     residuals through the layer's translator, then the same norm and unembedding.
     """
     names = TokenNames(model.tokenizer)
+    settings = settings.for_probes(len(probes))
     head, reference = lens_heads(model, settings)
     tolerance = settings.tolerance(model.dtype)
-    n_layers = model.n_layers
-    rows: list[dict[str, Any]] = []
-    probe_summaries = []
+    lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
+    items = [Tokenised(i, p, *tokenize_probe(model.tokenizer, p)) for i, p in enumerate(probes)]
+    results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     worst: dict[str, float] = {}
-    for index, probe in enumerate(probes, start=1):
-        started = time.perf_counter()
-        input_ids, answer_id, warnings = tokenize_probe(model.tokenizer, probe)
-        for warning in warnings:  # to the log and the console, as well as the JSON
-            log.warning("model %s, probe %s: %s", model.key, probe["id"], warning)
-        residuals, model_logits = model.backend.capture(input_ids, settings.positions)
-        forward_seconds = time.perf_counter() - started
-        # The model's own output at the last position, against the lens at layer L there.
-        deviation = identity_deviation(reference, residuals[-1, -1:], model_logits)
-        worst = {k: max(worst.get(k, 0.0), v) for k, v in deviation.items()}
-        failed = identity_failure(deviation, tolerance)
-        if failed is not None:
-            steps = ", ".join(f"{op} by {key}={value:g}" for key, op, value in logit_steps(model.hf_config)) or "none"
-            unapplied = unapplied_logit_keys(model.hf_config)
-            raise LensIdentityError(
-                f"model {model.key!r}, probe {probe['id']!r}: the lens at layer {n_layers} does not reproduce the "
-                f"model's own output on {model.device}/{dtype_name(model.dtype)}: {failed} = {deviation[failed]:.3g} "
-                f"(tolerance {tolerance:g}; largest logit difference {deviation['max_abs_logit_diff']:.3g}, "
-                f"probability {deviation['max_abs_prob_diff']:.3g}, KL {deviation['kl_model_to_lens']:.3g} nats). "
-                f"Steps applied after the unembedding: {steps}."
-                + (f" The config also has {', '.join(unapplied)}, which the lens does not apply to model type "
-                   f"{model.hf_config.model_type!r}: if the model uses it on its logits, add it to LOGIT_STEPS in "
-                   "workflow/lens.py." if unapplied else
-                   " If the architecture changes its logits after the unembedding, add that step to LOGIT_STEPS in "
-                   "workflow/lens.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
-                + " Nothing was written."
-            )
-        first_position = len(input_ids) - residuals.shape[1]
-        answer_token = names(answer_id)
-        lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
-        last_top1: dict[str, list[int]] = {name: [] for name, _ in lenses}
-        for lens_name, translator in lenses:
-            for stats in lens_statistics(
-                residuals, head, reference, answer_id, settings.top_k, model.vocab_size, settings.working_memory_mb, translator
-            ):
-                position = first_position + stats.position
-                topk_tokens = [names(t) for t in stats.topk_ids]
-                rows.append(
-                    {
-                        "model": model.key,
-                        "probe": probe["id"],
-                        "lens": lens_name,
-                        "layer": stats.layer,
-                        "position": position,
-                        "input_token": names(input_ids[position]),
-                        "top1_token": topk_tokens[0],
-                        "top1_prob": stats.topk_probs[0],
-                        "topk_tokens": topk_tokens,
-                        "topk_probs": stats.topk_probs,
-                        "entropy": stats.entropy,
-                        "answer_token": answer_token,
-                        "answer_prob": stats.answer_prob,
-                        "answer_rank": stats.answer_rank,
-                        "kl_to_final": stats.kl_to_final,
-                    }
-                )
-                if position == len(input_ids) - 1:
-                    last_top1[lens_name].append(stats.topk_ids[0])
-        first, stable = answer_layers(last_top1["logit"], answer_id)
-        model_probs = torch.softmax(model_logits[-1].float(), -1)
-        final_top1 = int(model_probs.argmax())
-        probe_summaries.append(
-            {
-                "id": probe["id"],
-                "prompt": probe["prompt"],
-                "answer": probe["answer"],
-                "answer_token": answer_token,
-                "answer_token_id": answer_id,
-                "reverse_of": probe.get("reverse_of"),
-                "style": probe.get("style", "plain"),
-                "input_ids": input_ids,
-                "input_tokens": [names(i) for i in input_ids],
-                "final_top1_token": names(final_top1),
-                "final_top1_prob": float(model_probs[final_top1]),
-                "final_answer_prob": float(model_probs[answer_id]),
-                "final_answer_rank": int((model_probs > model_probs[answer_id]).sum()) + 1,
-                "first_top1_layer": first,
-                "stable_top1_layer": stable,
-                **(
-                    {"tuned": dict(zip(("first_top1_layer", "stable_top1_layer"), answer_layers(last_top1["tuned"], answer_id)))}
-                    if tuned is not None
-                    else {}
-                ),
-                "identity_check": deviation,
-                "warnings": warnings,
-            }
+    done = 0
+    started = time.perf_counter()
+    for length, batch in batches(items, batch_size):
+        reads = [len(item.input_ids) - 1 for item in batch]
+        residuals, model_logits = model.backend.capture_batch([item.sequence for item in batch], length, reads)
+        # The last layer at the last prompt position and at every answer position after it.
+        spans = [(b, item, range(len(item.input_ids) - 1, len(item.sequence))) for b, item in enumerate(batch)]
+        scores = final_scores(
+            reference,
+            torch.cat([residuals[-1, b, list(span)] for b, _, span in spans]),
+            [t for _, item, _ in spans for t in item.answer_ids],
+            [k == 0 for _, item, _ in spans for k in range(len(item.answer_ids))],
         )
-        log.info(
-            "probe %d/%d %s: %d tokens, final top-1 %r (%.2f), answer %r top-1 from layer %s (forward %.2f s, all %.2f s)",
-            index, len(probes), probe["id"], len(input_ids), names(final_top1), float(model_probs[final_top1]),
-            answer_token, stable, forward_seconds, time.perf_counter() - started,
-        )
-    order = {p["id"]: i for i, p in enumerate(probes)}
-    rows.sort(key=lambda r: (order[r["probe"]], r["lens"], r["layer"], r["position"]))
+        offsets = [0]
+        for _, item, _ in spans:
+            offsets.append(offsets[-1] + len(item.answer_ids))
+        per_lens: dict[str, dict[int, list]] = {name: {} for name, _ in lenses}
+        if settings.positions == "last":
+            last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)  # [L+1, B, d]
+            answers = torch.tensor([item.answer_ids[0] for item in batch])
+            for name, translator in lenses:
+                for stats in lens_statistics(
+                    last, head, reference, answers, settings.top_k, model.vocab_size, settings.working_memory_mb,
+                    translator, separate_positions=True,
+                ):
+                    per_lens[name].setdefault(stats.position, []).append((reads[stats.position], stats))
+        else:
+            for b, item in enumerate(batch):
+                own = residuals[:, b, : len(item.input_ids)]
+                for name, translator in lenses:
+                    per_lens[name][b] = [
+                        (stats.position, stats)
+                        for stats in lens_statistics(
+                            own, head, reference, item.answer_ids[0], settings.top_k, model.vocab_size,
+                            settings.working_memory_mb, translator,
+                        )
+                    ]
+        for b, item in enumerate(batch):
+            first = offsets[b]
+            deviation = logit_deviation(scores["logits"][b : b + 1], model_logits[b : b + 1])
+            worst = {k: max(worst.get(k, 0.0), v) for k, v in deviation.items()}
+            failed = identity_failure(deviation, tolerance)
+            if failed is not None:
+                raise identity_error(model, item.probe, deviation, failed, tolerance)
+            results[item.index] = probe_outputs(model, item, per_lens, b, scores, first, deviation, names)
+        done += len(batch)
+        log.info("probes %d/%d (padded length %d, batch of %d) in %.1f s", done, len(items), length, len(batch), time.perf_counter() - started)
+    rows = [row for index in range(len(items)) for row in results[index][0]]
     summary = {
         "lens": settings.recorded(),
         "identity_check": {**worst, "tolerance": tolerance},
-        "probes": probe_summaries,
+        "answer_scoring": {
+            "records": "the answer's first token, at every layer",
+            "answer_logprob": "the whole answer, teacher-forced, by the model at its last layer",
+        },
+        "temperatures": list(TEMPERATURES),
+        "probes": [results[index][1] for index in range(len(items))],
     }
     return summary, rows
+
+
+def identity_error(model: LoadedModel, probe: dict[str, Any], deviation: dict[str, float], failed: str, tolerance: float) -> LensIdentityError:
+    n_layers = model.n_layers
+    steps = ", ".join(f"{op} by {key}={value:g}" for key, op, value in logit_steps(model.hf_config)) or "none"
+    unapplied = unapplied_logit_keys(model.hf_config)
+    return LensIdentityError(
+        f"model {model.key!r}, probe {probe['id']!r}: the lens at layer {n_layers} does not reproduce the "
+        f"model's own output on {model.device}/{dtype_name(model.dtype)}: {failed} = {deviation[failed]:.3g} "
+        f"(tolerance {tolerance:g}; largest logit difference {deviation['max_abs_logit_diff']:.3g}, "
+        f"probability {deviation['max_abs_prob_diff']:.3g}, KL {deviation['kl_model_to_lens']:.3g} nats). "
+        f"Steps applied after the unembedding: {steps}."
+        + (f" The config also has {', '.join(unapplied)}, which the lens does not apply to model type "
+           f"{model.hf_config.model_type!r}: if the model uses it on its logits, add it to LOGIT_STEPS in "
+           "workflow/lens.py." if unapplied else
+           " If the architecture changes its logits after the unembedding, add that step to LOGIT_STEPS in "
+           "workflow/lens.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
+        + " Nothing was written."
+    )
+
+
+def probe_outputs(model, item: Tokenised, per_lens, b: int, scores, first: int, deviation, names) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One probe's record rows and its JSON summary."""
+    probe, input_ids = item.probe, item.input_ids
+    answer_id = item.answer_ids[0]
+    answer_token = names(answer_id)
+    rows = []
+    last_top1: dict[str, list[int]] = {}
+    for lens_name, found in per_lens.items():
+        last_top1[lens_name] = []
+        for position, stats in sorted(found[b], key=lambda ps: (ps[1].layer, ps[0])):
+            topk_tokens = [names(t) for t in stats.topk_ids]
+            rows.append(
+                {
+                    "model": model.key,
+                    "probe": probe["id"],
+                    "lens": lens_name,
+                    "layer": stats.layer,
+                    "position": position,
+                    "input_token": names(input_ids[position]),
+                    "top1_token": topk_tokens[0],
+                    "top1_prob": stats.topk_probs[0],
+                    "topk_tokens": topk_tokens,
+                    "topk_probs": stats.topk_probs,
+                    "entropy": stats.entropy,
+                    "answer_token": answer_token,
+                    "answer_prob": stats.answer_prob,
+                    "answer_rank": stats.answer_rank,
+                    "kl_to_final": stats.kl_to_final,
+                }
+            )
+            if position == len(input_ids) - 1:
+                last_top1[lens_name].append(stats.topk_ids[0])
+    rows.sort(key=lambda r: (r["lens"], r["layer"], r["position"]))
+    first_layer, stable = answer_layers(last_top1["logit"], answer_id)
+    n_answer = len(item.answer_ids)
+    span = slice(first, first + n_answer)
+    final_top1 = int(scores["top1"][first])
+    summary = {
+        "id": probe["id"],
+        "prompt": probe["prompt"],
+        "answer": probe["answer"],
+        "answer_token": answer_token,
+        "answer_token_id": answer_id,
+        "reverse_of": probe.get("reverse_of"),
+        "style": probe.get("style", "plain"),
+        **({"relation": probe["relation"]} if probe.get("relation") else {}),
+        "input_ids": input_ids,
+        "input_tokens": [names(i) for i in input_ids],
+        "answer_token_ids": item.answer_ids,
+        "final_top1_token": names(final_top1),
+        "final_top1_prob": math.exp(float(scores["top1_lp"][first])),
+        "final_answer_prob": math.exp(float(scores["target_lp"][first])),
+        "final_answer_rank": int(scores["target_rank"][first]),
+        # The whole answer: its log-probability token by token, and whether greedy decoding
+        # would produce it (every answer token top-1 after the ones before it).
+        "answer_logprob": float(scores["target_lp"][span].sum()),
+        "answer_greedy": bool((scores["target_rank"][span] == 1).all()),
+        "final_top1_prob_by_temperature": [math.exp(float(v)) for v in scores["tempered"][first]],
+        "first_top1_layer": first_layer,
+        "stable_top1_layer": stable,
+        **(
+            {"tuned": dict(zip(("first_top1_layer", "stable_top1_layer"), answer_layers(last_top1["tuned"], answer_id)))}
+            if "tuned" in last_top1
+            else {}
+        ),
+        "identity_check": deviation,
+        "warnings": [],
+    }
+    return rows, summary
 
 
 def write_lens_outputs(
@@ -171,6 +296,7 @@ def write_lens_outputs(
     records_path: str,
     backend: str = "auto",
     tuned_dir: str | None = None,
+    batch_size: int = 32,
 ) -> dict[str, Any]:
     """Load ``model_key``, run every probe and write its JSON summary and records CSV.
 
@@ -194,7 +320,7 @@ def write_lens_outputs(
         tuned_info = {"path": str(tuned_dir), "settings": tuned_config["settings"], "unembedding_sha256": tuned_config["unembedding_sha256"],
                       "heldout": tuned_config["heldout"]}
     load_seconds = time.perf_counter() - started
-    summary, rows = run_lens(model, probes, settings, tuned)
+    summary, rows = run_lens(model, probes, settings, tuned, batch_size)
     # Timings go to the log (and Snakemake's benchmark file), not the JSON: results hold
     # only what their inputs determine.
     log.info("loaded in %.1f s, lens in %.1f s", load_seconds, time.perf_counter() - started - load_seconds)
@@ -206,7 +332,6 @@ def write_lens_outputs(
     }
     with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
         summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
-        with open(records_tmp, "w", encoding="utf-8", newline="") as fh:
-            count = write_records(fh, rows)
+        count = write_records_file(records_tmp, rows, "parquet" if str(records_path).endswith(".parquet") else "csv")
     log.info("wrote %d records for %d probes (%.1f s)", count, len(probes), time.perf_counter() - started)
     return document

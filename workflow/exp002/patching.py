@@ -267,16 +267,18 @@ def sweep_tokens(corruption: str, direction: str, clean: list[str], corrupted: l
     return clean, clean
 
 
-def check_pairs(pairs: list[dict[str, Any]], probe_ids: list[str], configfile: str) -> None:
+def check_pairs(pairs: list[dict[str, Any]], probe_ids: list[str], configfile: str, strict: bool = True) -> None:
     """What the schema cannot say about patching.pairs: unique ids, and a ``probe`` that is
-    one of experiment 001's probes."""
+    one of experiment 001's probes. With ``strict`` off (the probe set comes from a file or
+    the shipped relations, not the config's list), a pair may name a probe the set does not
+    have: it is patched all the same, and its evaluation says it has no lens run to compare."""
     ids = [p["id"] for p in pairs]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         raise UserError(f"{configfile}: pair ids under patching.pairs must be unique; repeated: {', '.join(repeated)}")
     for pair in pairs:
         probe = pair.get("probe")
-        if probe is not None and probe not in probe_ids:
+        if strict and probe is not None and probe not in probe_ids:
             raise UserError(
                 f"{configfile}: pair {pair['id']!r} names probe {probe!r}, which is not one of the probes "
                 f"({', '.join(probe_ids)}); fix patching.pairs or drop the key"

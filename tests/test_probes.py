@@ -1,0 +1,99 @@
+"""Probe sets (workflow/probes.py): from the config, from files, from the shipped LRE
+relations; and what is refused, with the file, line or key named."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workflow.errors import UserError
+from workflow.probes import load, relation_names
+
+REPO = Path(__file__).resolve().parents[1]
+PROBES = [
+    {"id": "a", "prompt": "The capital of France is", "answer": " Paris"},
+    {"id": "a-rev", "prompt": "Paris is the capital of", "answer": " France", "reverse_of": "a", "relation": "capitals"},
+]
+
+
+def test_the_shipped_data_keeps_its_licence_and_every_relation_loads():
+    assert "MIT License" in (REPO / "data" / "lre-relations" / "LICENSE").read_text()
+    names = relation_names(REPO)
+    assert len(names) == 40
+    for name in names:
+        probes = load({"relations": [name]}, REPO)
+        assert probes and all(p["relation"] == name and p["answer"].startswith(" ") for p in probes)
+
+
+def test_a_relation_in_both_directions_pairs_each_fact():
+    probes = load({"relations": "country_capital_city", "directions": "both"}, REPO)
+    assert len(probes) == 48
+    by_id = {p["id"]: p for p in probes}
+    germany = by_id["country_capital_city.germany"]
+    reverse = by_id["country_capital_city.germany.reverse"]
+    assert germany["prompt"] == "The capital city of Germany is" and germany["answer"] == " Berlin"
+    assert reverse["prompt"] == "Berlin is the capital of" and reverse["answer"] == " Germany"
+    assert reverse["reverse_of"] == germany["id"]
+    # The data's escaped letters are decoded.
+    assert by_id["country_capital_city.brazil"]["answer"] == " Brasília"
+    assert load({"relations": "country_capital_city", "template": 1, "limit": 2}, REPO)[0]["prompt"] == (
+        "The capital of United States is"
+    )
+
+
+def test_reverse_probes_only_where_the_object_has_one_subject():
+    probes = load({"relations": ["company_ceo"], "directions": "reverse"}, REPO)
+    answers = [p["prompt"] for p in probes]
+    assert len(answers) == len(set(answers))  # no reverse prompt with two answers
+    assert all("reverse_of" not in p for p in probes)  # reverse alone: nothing to pair with
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "csv", "jsonl"])
+def test_probe_files(tmp_path, suffix):
+    path = tmp_path / f"set.{suffix}"
+    if suffix == "yaml":
+        import yaml
+
+        path.write_text(yaml.safe_dump({"probes": PROBES}), encoding="utf-8")
+    elif suffix == "csv":
+        path.write_text(
+            "id,prompt,answer,reverse_of,relation\na,The capital of France is, Paris,,\n"
+            "a-rev,Paris is the capital of, France,a,capitals\n",
+            encoding="utf-8",
+        )
+    else:
+        path.write_text("".join(json.dumps(p) + "\n" for p in PROBES), encoding="utf-8")
+    assert load({"file": str(path)}) == PROBES
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"relations": ["no_such_relation"]}, "no shipped relation 'no_such_relation'"),
+        ({"relations": ["city_in_country"], "directions": "both"}, "has no reverse template"),
+        ({"relations": ["country_capital_city"], "template": 5}, "template 5 does not exist"),
+        ({"file": "nowhere.yaml"}, "probes.file: nowhere.yaml does not exist"),
+    ],
+)
+def test_bad_probe_sets_are_refused_by_name(spec, words):
+    with pytest.raises(UserError, match=words):
+        load(spec, REPO)
+
+
+def test_bad_probe_files_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(PROBES[0]) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"bad.jsonl, line 2: not valid JSON"):
+        load({"file": str(bad)})
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(json.dumps(PROBES[0]) + "\n" + json.dumps(PROBES[0]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"twice.jsonl: probe ids must be unique; repeated: a"):
+        load({"file": str(twice)})
+    header = tmp_path / "header.csv"
+    header.write_text("name,text\nx,y\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"header.csv: the header must name id, prompt and answer"):
+        load({"file": str(header)})
+    blank = tmp_path / "blank.yaml"
+    blank.write_text("- {id: x, prompt: '  ', answer: ' y'}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"blank.yaml, probe 1: prompt is missing or blank"):
+        load({"file": str(blank)})
