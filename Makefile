@@ -58,12 +58,14 @@ bench: demo
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/lens_memory.py
 	$(BIN)/python bench/patching_speed.py
+	$(BIN)/python bench/probe_batching.py
+	$(BIN)/python bench/records_scale.py
 
 lint: setup
 	$(BIN)/snakemake --lint
 
 clean-results:
-	rm -rf $(foreach e,001 002,results/$(e)/*.json results/$(e)/*.csv results/$(e)/*.md results/$(e)/plots results/$(e)/html results/$(e)/provenance)
+	rm -rf $(foreach e,001 002,results/$(e)/*.json results/$(e)/*.csv results/$(e)/*.parquet results/$(e)/*.md results/$(e)/plots results/$(e)/html results/$(e)/provenance)
 
 # Everything derived, so that `make clean demo` computes every experiment from nothing
 # (the response cache under results/cache is kept: it is an input, not a result).

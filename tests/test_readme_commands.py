@@ -30,6 +30,7 @@ HOW = {
     "snakemake --unlock": RUN,
     "snakemake --lint": RUN,
     "snakemake --cores 1 --config lens='{positions: last, top_k: 10}'": RUN,
+    "snakemake --cores 2 --config probes='{relations: [country_capital_city], directions: both}'": RUN,
     # The providers' own tests run them against a local server; here the DAG must build.
     "snakemake --cores 1 --config evaluation='{provider: openai, model: gpt-4.1}'": DRY,
     "snakemake --cores 1 --config evaluation='{provider: anthropic, model: claude-sonnet-4-6}'": DRY,

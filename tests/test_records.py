@@ -55,3 +55,19 @@ def test_missing_column_is_refused():
         assert "entropy" in str(error)
     else:
         raise AssertionError("a record without entropy was written")
+
+
+def test_parquet_records_read_back_as_the_csv_does(tmp_path):
+    """The same rows through both formats: equal frames, values rounded the same way."""
+    from workflow.records import records_format, write_records_file
+
+    rows = [row(i, t) for i, t in enumerate(AWKWARD)]
+    rows[1]["top1_prob"] = 0.123456789  # rounded to 6 significant digits in both
+    rows[2]["topk_probs"] = [0.987654321, 1 / 3]
+    for fmt in ("csv", "parquet"):
+        assert write_records_file(tmp_path / f"r.{fmt}", rows, fmt) == len(rows)
+    csv_frame, parquet_frame = read_records(tmp_path / "r.csv"), read_records(tmp_path / "r.parquet")
+    pd.testing.assert_frame_equal(csv_frame, parquet_frame, check_dtype=False)
+    assert parquet_frame["top1_prob"][1] == 0.123457 and parquet_frame["topk_probs"][2] == [0.987654, 0.333333]
+    assert records_format("auto", 1000) == "csv" and records_format("auto", 1001) == "parquet"
+    assert records_format("csv", 10**6) == "csv"

@@ -12,10 +12,16 @@ from workflow.exp001 import analysis, digest, offline
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
     if stage != "meta":
         return {}
-    probes = [{k: p[k] for k in ("id", "prompt", "answer")} for p in summaries[0]["probes"]]
+    every = summaries[0]["probes"]
+    probes = [{k: p[k] for k in ("id", "prompt", "answer")} for p in every[: digest.DETAIL_PROBES]]
+    shown = json.dumps(probes, indent=2, ensure_ascii=False)
+    if len(every) > len(probes):
+        relations = sorted({p["relation"] for p in every if p.get("relation")})
+        shown += (f"\n(the first {len(probes)} of {len(every)} probes"
+                  + (f"; relations {', '.join(relations)}" if relations else "") + ")")
     return {
         "lens_settings": json.dumps(facts[0].lens, sort_keys=True),
-        "probes": json.dumps(probes, indent=2, ensure_ascii=False),
+        "probes": shown,
     }
 
 

@@ -549,7 +549,7 @@ def _meta_next_probes(models: list[ModelFacts]) -> str:
     if failed:
         items.append(
             "Paraphrases of the probes some model got wrong ("
-            + ", ".join(f"`{i}`" for i in failed)
+            + _listed([f"`{i}`" for i in failed])
             + "), to tell a missing fact from a prompt the model reads differently."
         )
     items += [
@@ -557,7 +557,8 @@ def _meta_next_probes(models: list[ModelFacts]) -> str:
         "see at which depth context overrides memory.",
         "Reverse pairs beyond capitals (author ↔ work, element ↔ symbol), so the forward/reverse asymmetry is not "
         "a property of one relation.",
-        "Multi-token answers (' Buenos Aires'), tracking the first token and the continuation.",
+        "Per-layer tracking of multi-token answers beyond their first token (' Buenos Aires'): the records follow the "
+        "first token; the whole answer is scored only at the last layer.",
         "The same facts in another language (e.g. German prompts), to see whether the answer emerges at the same depth.",
     ]
     return "\n".join(f"- {i}" for i in items)
