@@ -1,10 +1,12 @@
 # Experiment 002, activation patching: every pair of config patching.pairs patched at every
 # layer x position of every model, its pictures, and what its evaluations read
 # (register_experiment): its own outputs and experiment 001's for the same model.
-from workflow.exp002.patching import check_pairs
+from workflow.exp002.patching import check_pairs, derive_pairs
 
 E002 = "results/002"
-PAIRS = config["patching"]["pairs"]
+# The config's pairs, and patching.from_probes pairs made from the probe set (each probe
+# against another of its relation: README, "Probe sets").
+PAIRS = config["patching"]["pairs"] + derive_pairs(PROBES, config["patching"]["from_probes"])
 PAIR_IDS = [p["id"] for p in PAIRS]
 # A pair's probe must be in the config's probe list; with a probe set from a file or the
 # shipped relations the default pairs' probes may be absent (no lens comparison for them).
@@ -56,7 +58,7 @@ rule run_patching:
         dtype=config["dtype"],
         backend=config["backend"],
         lens=get_lens_settings,
-        patching=config["patching"],
+        patching={**config["patching"], "pairs": PAIRS},
         code=code_version("scripts/run_patching.py"),
     script:
         "../scripts/run_patching.py"

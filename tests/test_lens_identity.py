@@ -214,4 +214,21 @@ def test_batched_records_equal_one_probe_at_a_time(arch, positions, loaded):
     for size in (3, 64):
         assert runs[size][1] == runs[1][1]
         assert per_probe(runs[size][0]) == per_probe(runs[1][0])
+        assert rounded(runs[size][0]["tuned_calibration"]) == rounded(runs[1][0]["tuned_calibration"])
     assert {r["lens"] for r in runs[1][1]} == {"logit", "tuned"}
+    # The tuned lens's calibration bins against plain torch: each probe's last position,
+    # unpadded, through the translator, the final norm and the unembedding, softmax at T.
+    summary = runs[64][0]
+    head, _ = lens_heads(model, settings)
+    temperatures = summary["temperatures"]
+    expected_sums = torch.zeros(model.n_layers + 1, len(temperatures), 3, dtype=torch.float64)
+    for probe in summary["probes"]:
+        residuals, _ = model.backend.capture(probe["input_ids"], "last")
+        for layer in range(model.n_layers + 1):
+            with torch.no_grad():
+                z = head.logits(tuned(residuals[layer], layer))[0].double()
+            for j, t in enumerate(temperatures):
+                p = torch.softmax(z / t, -1)
+                expected_sums[layer, j] += torch.tensor([1.0, float(p.max()), float(int(p.argmax()) == probe["answer_token_id"])])
+    table = torch.tensor(summary["tuned_calibration"]["bins"], dtype=torch.float64).sum(2)  # over bins
+    assert torch.allclose(table, expected_sums, atol=1e-4)

@@ -336,3 +336,43 @@ def test_unknown_probe_is_refused_before_anything_runs(patched_run, tmp_path):
     result = snakemake(workdir, "-n")
     assert result.returncode != 0
     assert "pair 'germany-france' names probe 'no-such-probe', which is not one of the probes" in said(result)
+
+
+def test_pairs_made_from_a_probe_set(loaded):
+    """patching.from_probes: each probe of a relation against another of its relation and
+    direction, the partner chosen per tokenizer (as many tokens, another answer); patched
+    exactly like a pair written by hand."""
+    from workflow.exp002.patching import derive_pairs
+
+    # The tiny tokenizer: Germany and France 1 token, Japan 3; Berlin and Paris 2, Tokyo 1.
+    probes = []
+    for country, city in (("Germany", "Berlin"), ("Japan", "Tokyo"), ("France", "Paris")):
+        probes.append({"id": f"cap.{country}", "prompt": f"The capital of {country} is", "answer": f" {city}",
+                       "relation": "cap", "direction": "forward"})
+        probes.append({"id": f"cap.{country}.reverse", "prompt": f"{city} is the capital of", "answer": f" {country}",
+                       "relation": "cap", "direction": "reverse", "reverse_of": f"cap.{country}"})
+    probes.append({"id": "loose", "prompt": "No relation here", "answer": " x"})
+    assert [p["id"] for p in derive_pairs(probes, 3)] == ["cap.Germany", "cap.Germany.reverse", "cap.Japan"]
+    pairs = derive_pairs(probes, 2)
+    forward, reverse = pairs
+    assert [c[0] for c in forward["corrupted_candidates"]] == ["The capital of Japan is", "The capital of France is"]
+    assert [c[0] for c in reverse["corrupted_candidates"]] == ["Tokyo is the capital of", "Paris is the capital of"]
+    model = loaded["llama"]
+    summary, rows = run_patching(model, pairs, PatchingSettings(trace_samples=0), LensSettings())
+    for pair in summary["pairs"]:
+        assert pair["from_probes"] and pair["probe"] == pair["id"]
+        assert len(pair["clean_input_ids"]) == len(pair["corrupted_input_ids"])
+        assert pair["clean_answer_token_id"] != pair["corrupted_answer_token_id"]
+    by_hand = [{k: p[k] for k in ("id", "clean", "clean_answer", "corrupted", "corrupted_answer")}
+               for p in (dict(s, clean=s["clean_prompt"], corrupted=s["corrupted_prompt"]) for s in summary["pairs"])]
+    assert run_patching(model, by_hand, PatchingSettings(trace_samples=0), LensSettings())[1] == rows
+    # The first candidate with as many tokens: France, not Japan; Paris, not Tokyo.
+    assert [p["corrupted_prompt"] for p in summary["pairs"]] == ["The capital of France is", "Paris is the capital of"]
+    # A probe with no partner of its length on this model is left out, saying why.
+    lonely = dict(pairs[0], id="lonely", corrupted_candidates=[["Paris", " France"]])
+    summary, rows = run_patching(model, [lonely, pairs[1]], PatchingSettings(trace_samples=0), LensSettings())
+    assert [p["id"] for p in summary["pairs"]] == [pairs[1]["id"]] and {r["pair"] for r in rows} == {pairs[1]["id"]}
+    assert summary["skipped_pairs"][0]["id"] == "lonely"
+    assert "none of the 1 other probes of its relation has a prompt of" in summary["skipped_pairs"][0]["reason"]
+    with pytest.raises(UserError, match="no pair can be patched"):
+        run_patching(model, [lonely], PatchingSettings(trace_samples=0), LensSettings())

@@ -20,6 +20,9 @@ from pipeline import finished_run, said, scratch_copy
 RUN = "run as written"
 DRY = "dry run (-n) added: a real run needs what CI has not"
 CONDA = "dry run (-n) added, where conda is installed (CI has none; conda-forge is out of its reach)"
+TINY_TOKENIZER = ("dry run (-n) added: the tiny models' tokenizer splits the relation's subjects into unequal numbers of "
+                  "pieces, so no probe finds a partner to patch against (the embedded models' do; tests/test_patching.py "
+                  "runs pairs made from probes)")
 # How each README command is exercised, and why where it is not run as written.
 HOW = {
     "snakemake --cores 1 results/001/evaluation-cross-model.md": RUN,
@@ -31,6 +34,7 @@ HOW = {
     "snakemake --lint": RUN,
     "snakemake --cores 1 --config lens='{positions: last, top_k: 10}'": RUN,
     "snakemake --cores 2 --config probes='{relations: [country_capital_city], directions: both}'": RUN,
+    "snakemake --cores 2 --config probes='{relations: [country_capital_city], directions: both}' patching='{from_probes: 8}'": TINY_TOKENIZER,
     # The providers' own tests run them against a local server; here the DAG must build.
     "snakemake --cores 1 --config evaluation='{provider: openai, model: gpt-4.1}'": DRY,
     "snakemake --cores 1 --config evaluation='{provider: anthropic, model: claude-sonnet-4-6}'": DRY,
@@ -94,7 +98,7 @@ def test_readme_command(command, built, tiny_dirs, tmp_path):
         shutil.copytree(built, workdir, symlinks=True)
     if HOW[command] == CONDA and shutil.which("conda") is None:
         pytest.skip("conda is not installed here; tests/test_envs.py checks what the rules declare")
-    result = run_as_written(workdir, command, HOW[command] in (DRY, CONDA))
+    result = run_as_written(workdir, command, HOW[command] in (DRY, CONDA, TINY_TOKENIZER))
     assert result.returncode == 0, said(result)[-3000:]
     if command == "snakemake --lint":
         assert "Congratulations, your workflow is in a good condition!" in said(result)

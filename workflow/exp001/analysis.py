@@ -7,6 +7,7 @@ records CSV (logit-lens rows, last position unless stated otherwise).
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +86,9 @@ class ModelFacts:
     # last position (temperature 1).
     layer_ece: dict[str, list[float]] = field(default_factory=dict)
     statistics: dict[str, Any] = field(default_factory=dict)  # ``probe_statistics``
+    # Through the tuned lens, per layer: (layer, ECE at temperature 1, the temperature with the
+    # lowest ECE, that ECE), from the JSON's tuned_calibration bins.
+    tuned_temperature: list[tuple[int, float, float, float]] = field(default_factory=list)
 
     @property
     def n_correct(self) -> int:
@@ -205,8 +209,27 @@ def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFact
         temperatures=list(summary.get("temperatures") or []),
         layer_ece=layer_ece,
     )
+    facts.tuned_temperature = layer_temperatures(summary)
     facts.statistics = probe_statistics(facts)
     return facts
+
+
+def layer_temperatures(summary: dict[str, Any]) -> list[tuple[int, float, float, float]]:
+    """Per layer of the tuned lens: ECE at temperature 1, and the grid's temperature with the
+    lowest ECE (ties to the one nearest 1) with that ECE; [] without a tuned lens."""
+    table = (summary.get("tuned_calibration") or {}).get("bins")
+    temperatures = summary.get("temperatures") or []
+    if not table or 1.0 not in temperatures:
+        return []
+    found = []
+    for layer, per_t in enumerate(table):
+        errors = []
+        for cells in per_t:
+            n = sum(count for count, _, _ in cells)
+            errors.append(sum(abs(hits - conf) for count, conf, hits in cells if count) / n if n else float("nan"))
+        best = min(range(len(temperatures)), key=lambda j: (round(errors[j], 12), abs(math.log(temperatures[j]))))
+        found.append((layer, errors[temperatures.index(1.0)], temperatures[best], errors[best]))
+    return found
 
 
 def lens_calibration(records: pd.DataFrame, summary: dict[str, Any]) -> dict[str, list[float]]:

@@ -62,6 +62,16 @@ def statistics_lines(facts: ModelFacts) -> list[str]:
             f"temperature 1; lowest {calibration['ece_at_temperature']:.3f} at temperature {calibration['temperature']:g} "
             f"(n = {calibration['n']}, {len(calibration['bins'])} non-empty bins of 10)"
         )
+    if facts.tuned_temperature:
+        n = len(facts.tuned_temperature) - 1
+        shown = sorted({0, n // 4, n // 2, 3 * n // 4, n})
+        lines.append(
+            "tuned lens, temperature scaling by layer (calibration error at temperature 1 -> lowest, at temperature): "
+            + "; ".join(
+                f"layer {layer} {e1:.3f} -> {best:.3f} at {t:g}"
+                for layer, e1, t, best in (facts.tuned_temperature[i] for i in shown)
+            )
+        )
     for lens, values in facts.layer_ece.items():
         best = min(range(len(values)), key=lambda i: (values[i], i))
         lines.append(

@@ -138,13 +138,14 @@ def statistics_data(facts: ModelFacts) -> dict:
 
 
 def statistics_figure(facts: ModelFacts):
-    """Four panels: accuracy per relation (95% Wilson intervals), first-top-1 depth per
-    relation, forward against reverse per fact pair, and the reliability diagram."""
+    """Five panels: accuracy per relation (95% Wilson intervals), first-top-1 depth per
+    relation, forward against reverse per fact pair, the reliability diagram, and each lens's
+    calibration error by layer (the tuned lens's also at its best temperature per layer)."""
     data = statistics_data(facts)
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 4.2))
     names = [name if len(name) <= 28 else name[:27] + "…" for name, _, _ in data["relations"]]
     ys = np.arange(len(names))
-    acc, depth_ax, pair_ax, rel_ax = axes
+    acc, depth_ax, pair_ax, rel_ax, layer_ax = axes
     estimates = [a.estimate for _, a, _ in data["relations"]]
     errors = [[a.estimate - a.low for _, a, _ in data["relations"]], [a.high - a.estimate for _, a, _ in data["relations"]]]
     acc.barh(ys, estimates, xerr=errors, color="#4c72b0", capsize=3)
@@ -183,6 +184,15 @@ def statistics_figure(facts: ModelFacts):
     rel_ax.set_ylim(0, 1)
     rel_ax.set_xlabel("final top-1 probability (bins; dots: mean)")
     rel_ax.set_ylabel("accuracy in bin (n above)")
+    for lens, values in facts.layer_ece.items():
+        layer_ax.plot(range(len(values)), values, marker=".", linewidth=1, label=f"{lens} lens, T = 1")
+    if facts.tuned_temperature:
+        layer_ax.plot([r[0] for r in facts.tuned_temperature], [r[3] for r in facts.tuned_temperature], marker=".",
+                      linewidth=1, linestyle="--", label="tuned lens, best T per layer")
+    layer_ax.set_ylim(0, 1)
+    layer_ax.set_xlabel("layer")
+    layer_ax.set_ylabel("calibration error (ECE) of the top-1 probability")
+    layer_ax.legend(fontsize=7)
     st = facts.statistics
     fig.suptitle(f"{facts.model}: {st['n']} probes, accuracy {st['accuracy'].text(percent=True)}"
                  + (f"; ECE {st['calibration']['ece']:.3f}" if st.get("calibration") else ""), fontsize=10)

@@ -108,11 +108,54 @@ def final_scores(reference, rows: torch.Tensor, targets: list[int], firsts: list
             out["top1_lp"][r] = float(z[top]) - lse
             if firsts[r]:
                 kept.append(z)
-                # log p_T(top) = -log sum exp((z - z_top) / T)
-                shifted = z - z[top]
-                out["tempered"][r] = torch.tensor([-float(torch.logsumexp(shifted / t, -1)) for t in TEMPERATURES], dtype=torch.float64)
+                out["tempered"][r] = tempered_top1(z)
     out["logits"] = torch.stack(kept)
     return out
+
+
+def tempered_top1(logits: torch.Tensor) -> torch.Tensor:
+    """log p_T(top-1) = -log sum exp((z - z_top) / T) for each of TEMPERATURES, [13] for a
+    row of logits [V]; one fixed-shape product per row, so its sums are the row's own."""
+    shifted = logits - logits.max()
+    return -torch.logsumexp(shifted[None, :] / torch.tensor(TEMPERATURES)[:, None], -1).double()
+
+
+def layer_calibration(head, translator, rows: torch.Tensor, answers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through ``translator`` (the tuned lens) at every layer of each probe's last position
+    (``rows`` [L+1, B, d]): the top-1 log-probability at each of TEMPERATURES [L+1, B, 13]
+    and whether the top-1 is the answer's first token [L+1, B]."""
+    n_layers_plus_one, batch, _ = rows.shape
+    tempered = torch.empty(n_layers_plus_one, batch, len(TEMPERATURES), dtype=torch.float64)
+    correct = torch.empty(n_layers_plus_one, batch, dtype=torch.bool)
+    answer = torch.tensor(answers)
+    for layer in range(n_layers_plus_one):
+        hidden = rows_padded(lambda h: translator(h, layer), rows[layer])
+        for b0 in range(0, batch, FINAL_ROWS):
+            logits = rows_padded(head.logits, hidden[b0 : b0 + FINAL_ROWS]).cpu()
+            for i, z in enumerate(logits):
+                tempered[layer, b0 + i] = tempered_top1(z)
+            correct[layer, b0 : b0 + len(logits)] = logits.argmax(-1) == answer[b0 : b0 + len(logits)]
+    return tempered, correct
+
+
+def calibration_bins(tempered: list[torch.Tensor], correct: list[torch.Tensor], bins: int = 10) -> list:
+    """Per layer, per temperature, per confidence bin [k/bins, (k+1)/bins): [count, sum of
+    confidences, count correct], summed over probes in probe order (``tempered``: one [L+1,
+    13] per probe). Enough to compute the calibration error at every layer and temperature."""
+    conf = torch.stack(tempered).exp()  # [P, L+1, T]
+    hit = torch.stack(correct).double()  # [P, L+1]
+    index = (conf * bins).long().clamp(max=bins - 1)
+    table = []
+    for layer in range(conf.shape[1]):
+        per_t = []
+        for t in range(conf.shape[2]):
+            cells = []
+            for k in range(bins):
+                members = index[:, layer, t] == k
+                cells.append([int(members.sum()), float(conf[members, layer, t].sum()), int(hit[members, layer].sum())])
+            per_t.append(cells)
+        table.append(per_t)
+    return table
 
 
 def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings, tuned=None, batch_size: int = 32):
@@ -132,6 +175,7 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
     items = [Tokenised(i, p, *tokenize_probe(model.tokenizer, p)) for i, p in enumerate(probes)]
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+    calibration: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # tuned lens, per probe
     worst: dict[str, float] = {}
     done = 0
     started = time.perf_counter()
@@ -170,6 +214,11 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
                             settings.working_memory_mb, translator,
                         )
                     ]
+        if tuned is not None:
+            last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)
+            tempered, correct = layer_calibration(head, tuned, last, [item.answer_ids[0] for item in batch])
+            for b, item in enumerate(batch):
+                calibration[item.index] = (tempered[:, b], correct[:, b])
         for b, item in enumerate(batch):
             first = offsets[b]
             deviation = logit_deviation(scores["logits"][b : b + 1], model_logits[b : b + 1])
@@ -189,6 +238,14 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
             "answer_logprob": "the whole answer, teacher-forced, by the model at its last layer",
         },
         "temperatures": list(TEMPERATURES),
+        **(
+            {"tuned_calibration": {
+                "about": "per layer, per temperature, per confidence bin k/10..(k+1)/10 of the tuned lens's top-1 "
+                         "probability at each probe's last position: [count, sum of confidences, count correct]",
+                "bins": calibration_bins([calibration[i][0] for i in range(len(items))], [calibration[i][1] for i in range(len(items))]),
+            }}
+            if tuned is not None else {}
+        ),
         "probes": [results[index][1] for index in range(len(items))],
     }
     return summary, rows

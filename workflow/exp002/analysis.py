@@ -81,6 +81,8 @@ class ModelFacts:
     trace_noise_std: float
     trace_samples: int
     pairs: list[PairFacts]
+    # Pairs made from the probe set that this model could not patch: (id, why).
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def relative(layer: int | None, n_layers: int) -> float | None:
@@ -162,4 +164,5 @@ def model_facts(summary: str | Path, records: str | Path, lens_summary: str | Pa
         trace_noise_std=float(document["trace_noise_std"]),
         trace_samples=int(document["patching"]["trace"]["samples"]),
         pairs=pairs,
+        skipped=[(p["id"], p["reason"]) for p in document.get("skipped_pairs", [])],
     )

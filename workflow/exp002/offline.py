@@ -207,6 +207,13 @@ def _caveats(models: list[ModelFacts]) -> str:
     warned = [(m.model, p.id, w) for m in models for p in m.pairs for w in p.warnings]
     for model, pair, warning in warned:
         notes.append(f"- {model}, `{pair}`: {warning}.")
+    for m in models:
+        if m.skipped:
+            notes.append(
+                f"- {m.model}: {len(m.skipped)} pair(s) made from the probe set had no partner of their token length and "
+                "were not patched: " + ", ".join(f"`{pid}`" for pid, _ in m.skipped[:12])
+                + (f" and {len(m.skipped) - 12} more" if len(m.skipped) > 12 else "") + "."
+            )
     return "\n".join(notes)
 
 

@@ -114,3 +114,13 @@ def depth_figure(facts: list[ModelFacts]):
 def plot_depth(facts: list[ModelFacts], path: str | os.PathLike[str]) -> None:
     save(depth_figure(facts), path)
 
+
+
+def plot_skipped(model: str, pair_id: str, reason: str, path: str | os.PathLike[str]) -> None:
+    """The figure of a pair made from the probe set that this model could not patch: why."""
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{model}, pair {pair_id}: not patched\n\n" + textwrap.fill(reason, 100), ha="center", va="center", fontsize=8)
+    save(fig, path)

@@ -17,7 +17,14 @@ import pandas as pd
 
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
-from workflow.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std, sweep_tokens, tokenise_pair
+from workflow.exp002.patching import (
+    PatchingSettings,
+    patch_pair,
+    resolve_pair,
+    subject_embedding_std,
+    sweep_tokens,
+    tokenise_pair,
+)
 from workflow.lens_setup import (
     LensIdentityError,
     LensSettings,
@@ -55,6 +62,20 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
     names = TokenNames(model.tokenizer)
     _, reference = lens_heads(model, lens)
     tolerance = lens.tolerance(model.dtype)
+    # A pair made from the probe set whose probe has no partner of its token length on this
+    # model is left out (said in the JSON, the log and its figure); any other problem stops.
+    resolved, skipped = [], []
+    for pair in pairs:
+        try:
+            resolved.append(resolve_pair(model.tokenizer, pair, model.key))
+        except UserError as error:
+            if "corrupted_candidates" not in pair:
+                raise
+            log.warning("%s", error)
+            skipped.append({"id": pair["id"], "probe": pair.get("probe"), "reason": str(error)})
+    pairs = resolved
+    if not pairs:
+        raise UserError(f"model {model.key!r}: no pair can be patched ({len(skipped)} made from the probe set, none with a partner)")
     tokenised = [tokenise_pair(model.tokenizer, pair, model.key) for pair in pairs]
     captured = []
     worst: dict[str, float] = {}
@@ -101,6 +122,7 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
             "clean_answer": pair["clean_answer"],
             "corrupted_answer": pair["corrupted_answer"],
             "probe": pair.get("probe"),
+            **({"from_probes": True} if pair.get("from_probes") else {}),
             "clean_input_ids": tp.clean_ids,
             "corrupted_input_ids": tp.corrupted_ids,
             "clean_tokens": clean_tokens,
@@ -124,6 +146,7 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
         "trace_noise_std": noise_std,
         "identity_check": {**worst, "tolerance": tolerance},
         "pairs": summaries,
+        **({"skipped_pairs": skipped} if skipped else {}),
     }
     return summary, rows
 
