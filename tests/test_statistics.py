@@ -87,3 +87,13 @@ def test_best_temperature_recovers_an_overconfident_models_temperature():
     assert best == 2.0
     assert best_ece < at_one / 3
     assert math.isnan(st.ece([], []))
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 9, 20, 263])
+def test_wilson_bounds_never_cross_the_estimate(n):
+    """At 0 of n and n of n the bounds are exactly 0 and 1 (rounding once put a lower bound
+    a hair above 0, which broke the error bars of the statistics figure)."""
+    for k in range(n + 1):
+        interval = st.wilson(k, n)
+        assert 0.0 <= interval.low <= interval.estimate <= interval.high <= 1.0
+    assert st.wilson(0, n).low == 0.0 and st.wilson(n, n).high == 1.0

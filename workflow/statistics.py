@@ -40,7 +40,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> Interval:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+    # At 0 of n (n of n) the bound is 0 (1) exactly; rounding must not put it past p.
+    low = 0.0 if successes == 0 else min(p, centre - half)
+    high = 1.0 if successes == n else max(p, centre + half)
+    return Interval(p, low, high)
 
 
 def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = Z95) -> Interval:

@@ -147,7 +147,7 @@ def statistics_figure(facts: ModelFacts):
     ys = np.arange(len(names))
     acc, depth_ax, pair_ax, rel_ax, layer_ax = axes
     estimates = [a.estimate for _, a, _ in data["relations"]]
-    errors = [[a.estimate - a.low for _, a, _ in data["relations"]], [a.high - a.estimate for _, a, _ in data["relations"]]]
+    errors = [[max(0.0, a.estimate - a.low) for _, a, _ in data["relations"]], [max(0.0, a.high - a.estimate) for _, a, _ in data["relations"]]]
     acc.barh(ys, estimates, xerr=errors, color="#4c72b0", capsize=3)
     acc.set_yticks(ys, names, fontsize=7)
     acc.set_xlim(0, 1)
