@@ -65,6 +65,7 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     for model in ("tiny-llama", "tiny-gemma3"):
         assert sorted(categories[model]["Heatmaps"]) == sorted(f"results/001/plots/{model}/{h}" for h in heatmaps)
         assert categories[model]["Evaluation"] == [f"results/001/html/evaluation-{model}.html"]
+        assert categories[model]["Statistics"] == [f"results/001/plots/{model}/statistics.png"]
     assert categories["Cross-model"] == {
         "Figures": ["results/001/plots/cross-model-trajectories.png"],
         "Evaluation": ["results/001/html/evaluation-cross-model.html"],
@@ -82,7 +83,7 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     assert not re.search(r'(src|href)="https?://', html)  # nothing fetched when opened offline
     # The evaluation pages carry their own figures.
     page = (finished / "results/001/html/evaluation-tiny-llama.html").read_text(encoding="utf-8")
-    assert page.count('<img src="data:image/png;base64,') == len(PROBES)
+    assert page.count('<img src="data:image/png;base64,') == len(PROBES) + 1  # the heatmaps and the statistics
     assert "<h2>Figures</h2>" in page
 
 
