@@ -14,7 +14,7 @@ PER_MODEL_EVALS = {("evaluate_model", m) for m in MODELS}
 # An evaluation's HTML page (rule evaluation_page) follows its markdown.
 MODEL_PAGES = {("evaluation_page", m) for m in MODELS}
 CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None), ("evaluation_page", "cross-model"), ("evaluation_page", "meta")}
-PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_cross", None)}
+PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_statistics", m) for m in MODELS} | {("plot_cross", None)}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,7 @@ def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
         ("run_lens", "tiny-extra"),
         ("evaluate_model", "tiny-extra"),
         ("plot_heatmaps", "tiny-extra"),
+        ("plot_statistics", "tiny-extra"),
         ("evaluation_page", "tiny-extra"),
         ("plot_cross", None),
     } | CROSS_AND_META
