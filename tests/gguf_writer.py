@@ -48,8 +48,25 @@ def _tensor_names(arch: str, n_layers: int) -> dict[str, str]:
     return names
 
 
-def write_gguf(model_dir: Path, out: Path, arch: str) -> Path:
-    """GGUF (``arch``: llama, qwen2 or gemma3) of the tiny model saved in ``model_dir``."""
+# A mix of the block types llama.cpp writes, all with numpy quantisers in `gguf`; norms
+# and biases stay float32 as llama.cpp keeps them.
+QUANTISED = {"token_embd": "Q8_0", "attn": "Q4_1", "ffn": "Q5_0", "output.": "F16"}
+
+
+def _quantised_type(name: str, x: np.ndarray):
+    import gguf
+
+    if x.ndim != 2 or x.shape[-1] % 32:
+        return None
+    for part, kind in QUANTISED.items():
+        if part in name:
+            return gguf.GGMLQuantizationType[kind]
+    return None
+
+
+def write_gguf(model_dir: Path, out: Path, arch: str, quantise: bool = False) -> Path:
+    """GGUF (``arch``: llama, qwen2 or gemma3) of the tiny model saved in ``model_dir``:
+    float32 tensors, or with ``quantise`` the matrices in Q8_0, Q4_1, Q5_0 and F16."""
     import gguf
     import torch
     from transformers import AutoModelForCausalLM
@@ -97,9 +114,18 @@ def write_gguf(model_dir: Path, out: Path, arch: str) -> Path:
             x = _permute(x, c.num_key_value_heads)
         if arch == "gemma3" and name.endswith("norm.weight"):
             x = x + 1  # llama.cpp multiplies by the stored weight; Gemma's norm is x * (1 + w)
-        writer.add_tensor(name, np.ascontiguousarray(x))
+        kind = _quantised_type(name, x) if quantise else None
+        if kind is None:
+            writer.add_tensor(name, np.ascontiguousarray(x))
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(np.ascontiguousarray(x), kind), raw_dtype=kind)
+    finish(writer)
+    return out
+
+
+def finish(writer) -> None:
+    """Write a GGUFWriter's header, metadata and tensors, and close the file."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return out

@@ -7,6 +7,7 @@ they must equal the independent reference (tests/reference.py).
 
 import pytest
 
+from gguf_writer import finish
 from reference import reference_layers
 from tiny import architecture_configs, make_tokenizer, save_random
 from workflow.lens_setup import LensSettings, lens_heads
@@ -111,14 +112,16 @@ def test_memory_estimate_counts_parameters_once(arch_dirs):
         assert estimate.fp32_head_bytes == 4 * real.get_output_embeddings().weight.numel()
 
 
-def test_a_model_too_big_for_the_machine_fails_before_loading(arch_dirs, monkeypatch):
+def test_a_model_too_big_for_the_machine_is_placed_on_disk_instead_of_refused(arch_dirs, monkeypatch, tmp_path):
+    """With 10 MB free (less than the lens's working memory) and no budget set, the weights
+    go to disk (tests/test_placement.py: the records are those of the model in memory)."""
     from workflow import models
-    from workflow.errors import UserError
 
     monkeypatch.setattr(models, "available_memory", lambda device: 10 * 2**20)
-    monkeypatch.setattr(models, "load_tokenizer", lambda *a: pytest.fail("loaded although it cannot fit"))
-    with pytest.raises(UserError, match=r"model 'm' needs about .* GB .* but only 0\.0 GB is free on cpu"):
-        load_model("m", {"source": "local", "path": str(arch_dirs["llama"])}, None, "cpu", "float32")
+    monkeypatch.chdir(tmp_path)  # the default offload folder, resources/offload, is relative
+    placed = load_model("m", {"source": "local", "path": str(arch_dirs["llama"])}, None, "cpu", "float32")
+    assert placed.info["placement"]["weights_bytes_by_device"].keys() == {"disk"}
+    assert placed.info["placement"]["max_memory_bytes"] == {"cpu": 0}
 
 
 def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
@@ -132,10 +135,7 @@ def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
     writer = gguf.GGUFWriter(str(path), "llama4")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish(writer)
     out = tmp_path / "prepared"
     with pytest.raises(UserError, match=r"model 'scout': transformers cannot read GGUF architecture 'llama4' \(it reads: .*llama.*\)\. Use the original safetensors checkpoint"):
         prepare_model("scout", {"source": "gguf", "path": str(path)}, out)

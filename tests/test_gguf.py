@@ -2,7 +2,7 @@
 
 import pytest
 
-from gguf_writer import write_gguf
+from gguf_writer import finish, write_gguf
 from tiny import make_model_dir, make_qwen2_dir, make_tokenizer, save_random
 from workflow.lens_setup import LensSettings
 from workflow.exp001.run import run_lens
@@ -72,10 +72,12 @@ def test_dequantised_gguf_gives_the_records_of_the_original_weights(arch, tmp_pa
         assert a["answer_prob"] == pytest.approx(b["answer_prob"], abs=1e-5)
 
 
-def test_preparation_parses_the_gguf_file_once(tmp_path, monkeypatch):
-    """transformers opens the file three times (tokenizer, config, weights); each parse of a
-    large vocabulary takes tens of seconds, so preparation shares one reader."""
+def test_metadata_conversion_parses_the_gguf_file_once(tmp_path, monkeypatch):
+    """transformers opens the file three times (tokenizer, config, parsed config); each parse
+    of a large vocabulary takes tens of seconds, so the conversion shares one reader."""
     import gguf
+
+    from workflow.prepare import convert_metadata
 
     original = make_model_dir(tmp_path / "hf", "llama")
     gguf_path = write_gguf(original, tmp_path / "tiny.gguf", "llama")
@@ -87,6 +89,160 @@ def test_preparation_parses_the_gguf_file_once(tmp_path, monkeypatch):
         return reader(path, mode)
 
     monkeypatch.setattr(gguf, "GGUFReader", counting)
-    prepare_model("tiny", {"source": "gguf", "path": str(gguf_path)}, tmp_path / "prepared")
+    (tmp_path / "out").mkdir()
+    convert_metadata(gguf_path, tmp_path / "out", tmp_path / "parsed.json")
     assert len(opened) == 1
-    assert gguf.GGUFReader is counting  # put back as it was after preparation
+    assert gguf.GGUFReader is counting  # put back as it was after the conversion
+    assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "config.json").is_file()
+
+
+def state_dict_of(directory):
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+@pytest.mark.parametrize("arch", list(MAKERS))
+def test_streamed_preparation_gives_the_weights_and_records_of_whole_loading(arch, tmp_path, monkeypatch):
+    """Quantised tensors (Q8_0, Q4_1, Q5_0, F16), dequantised in many small row chunks and
+    written across several shards, are the same bits as transformers' own whole-model
+    GGUF loading (the way preparation worked before), and give the same records."""
+    import json
+    import shutil
+
+    import torch
+
+    from workflow import gguf_stream
+
+    original = MAKERS[arch](tmp_path / "hf")
+    gguf_path = write_gguf(original, tmp_path / f"tiny-{arch}.gguf", arch, quantise=True)
+    entry = {"source": "gguf", "path": str(gguf_path)}
+    whole = tmp_path / "whole"
+    prepare_model("tiny", entry, whole, whole=True)
+    monkeypatch.setattr(gguf_stream, "DEQUANT_CHUNK_BYTES", 4096)  # a few rows per call
+    monkeypatch.setattr(gguf_stream, "MAX_SHARD_BYTES", 200_000)
+    streamed = tmp_path / "streamed"
+    manifest = prepare_model("tiny", entry, streamed)
+    assert manifest["preparation"] == "streamed" and json.loads((whole / "manifest.json").read_text())["preparation"] == "whole"
+    shards = sorted(p.name for p in streamed.glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((streamed / "model.safetensors.index.json").read_text())
+    want, got = state_dict_of(whole), state_dict_of(streamed)
+    assert sorted(index["weight_map"]) == sorted(got) == sorted(want)
+    assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in got.values())
+    for name, tensor in want.items():
+        assert got[name].dtype == torch.float32 and torch.equal(tensor, got[name]), name
+    quantised = state_dict_of(original)
+    changed = [n for n in quantised if n in got and not torch.allclose(quantised[n], got[n], rtol=0, atol=1e-6)]
+    assert changed, "the GGUF was meant to hold quantised tensors"
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (streamed / name).read_text() == (whole / name).read_text(), name
+    if arch == "gemma3":  # the tiny BPE tokenizer does not survive Gemma's GGUF vocabulary (see above)
+        for directory in (whole, streamed):
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy2(original / name, directory / name)
+
+    def records(path):
+        return run_lens(load_model("tiny", {"source": "local", "path": str(path)}, None, "cpu", "float32"), PROBES, LensSettings(top_k=3))
+
+    (_, want_rows), (_, got_rows) = records(whole), records(streamed)
+    assert want_rows == got_rows
+
+
+def test_streamed_preparation_holds_about_one_tensor(tmp_path, monkeypatch):
+    """Memory is bounded by the largest tensor, not the model: the peak of the allocations
+    while streaming a 12-layer model (tracemalloc sees numpy's) stays under 2.5x its
+    largest float32 tensor, while the model is more than 12x that tensor. The row chunks
+    are scaled down with the model (16 MB against a real model's hundreds of MB)."""
+    import tracemalloc
+
+    from workflow import gguf_stream
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    from workflow.gguf_file import read_header
+    from workflow.gguf_stream import stream_weights
+    from workflow.prepare import _metadata_in_child
+
+    tokenizer = make_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    original = save_random(tmp_path / "hf", config, tokenizer)
+    gguf_path = write_gguf(original, tmp_path / "tiny.gguf", "llama", quantise=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    parsed = _metadata_in_child("tiny", gguf_path, out, tmp_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=torch.float32)
+    header = read_header(gguf_path)
+    largest = header.largest_tensor * 4
+    monkeypatch.setattr(gguf_stream, "DEQUANT_CHUNK_BYTES", largest // 16)
+    assert header.parameters * 4 > 12 * largest
+    tracemalloc.start()
+    try:
+        stats = stream_weights(header, gguf_path, model, parsed, out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats["largest_tensor_bytes"] == largest
+    assert peak < 2.5 * largest, (peak, largest)
+
+
+def test_a_gguf_missing_a_weight_is_refused_without_output(tmp_path):
+    """A file without one of the model's tensors is refused naming the tensor; transformers'
+    loader would have filled it with random values."""
+    import gguf
+    import numpy as np
+
+    from workflow.errors import UserError
+
+    original = make_model_dir(tmp_path / "hf", "llama")
+    full = write_gguf(original, tmp_path / "full.gguf", "llama")
+    reader = gguf.GGUFReader(full)
+    writer = gguf.GGUFWriter(str(tmp_path / "missing.gguf"), "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        value = field.contents()
+        kind = field.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_array(field.name, value)
+        else:
+            writer.add_key_value(field.name, value, kind)
+    for tensor in reader.tensors:
+        if tensor.name != "blk.1.ffn_down.weight":
+            writer.add_tensor(tensor.name, np.array(tensor.data), raw_shape=list(reversed(tensor.shape.tolist())))
+    finish(writer)
+    prepared = tmp_path / "prepared"
+    with pytest.raises(UserError, match=r"missing.gguf.*model.layers.1.mlp.down_proj.weight"):
+        prepare_model("tiny", {"source": "gguf", "path": str(tmp_path / "missing.gguf")}, prepared)
+    assert not prepared.exists() and not list(tmp_path.glob(".prepared*"))
+
+
+def test_preparation_asks_the_scheduler_for_memory_by_the_largest_tensor_not_the_model(tmp_path):
+    """Streamed preparation's memory does not grow with the number of layers; its request
+    to a scheduler (mem_mb) does not either, while the run time it asks for does."""
+    from transformers import LlamaConfig
+
+    from workflow.resources import prepare_resources
+
+    tokenizer = make_tokenizer()
+    requests = []
+    for layers in (2, 12):
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        original = save_random(tmp_path / f"hf-{layers}", config, tokenizer)
+        path = write_gguf(original, tmp_path / f"tiny-{layers}.gguf", "llama")
+        requests.append(prepare_resources({"source": "gguf", "path": str(path)}, "tiny"))
+    assert requests[0]["mem_mb"] == requests[1]["mem_mb"]
+    assert requests[1]["runtime"] >= requests[0]["runtime"]

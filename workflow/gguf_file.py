@@ -33,12 +33,30 @@ class GGUFError(ValueError):
 
 
 @dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dims: tuple[int, ...]  # as the file lists them, innermost first
+    ggml_type: int
+    offset: int  # from the start of the file
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.dims)
+
+
+@dataclass(frozen=True)
 class GGUFHeader:
     architecture: str | None
     parameters: int
     tensors: int
     data_end: int  # bytes the tensors need: the file must be at least this long
     size: int
+    table: tuple[TensorEntry, ...] = ()
+
+    @property
+    def largest_tensor(self) -> int:
+        """Elements of the largest tensor (its float32 size is 4x this)."""
+        return max((t.elements for t in self.table), default=0)
 
 
 class _Cursor:
@@ -106,7 +124,7 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader:
                 alignment = cursor.unpack("I", key)
             else:
                 cursor.skip_value(kind, key)
-        parameters, end = 0, 0
+        parameters, end, entries = 0, 0, []
         for _ in range(n_tensors):
             name = cursor.string("a tensor name").decode("utf-8", "replace")
             dims = [cursor.unpack("Q", name) for _ in range(cursor.unpack("I", name))]
@@ -118,8 +136,10 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader:
             elements = math.prod(dims)
             parameters += elements
             end = max(end, offset + elements // block * block_bytes)
+            entries.append((name, tuple(dims), kind, offset))
         data_start = -(-cursor.at // alignment) * alignment
-    header = GGUFHeader(architecture, parameters, n_tensors, data_start + end, size)
+    table = tuple(TensorEntry(name, dims, kind, data_start + offset) for name, dims, kind, offset in entries)
+    header = GGUFHeader(architecture, parameters, n_tensors, data_start + end, size, table)
     if header.data_end > size:
         raise GGUFError(
             f"the file has {size:,} bytes but its {n_tensors} tensors need {header.data_end:,}: it is truncated "

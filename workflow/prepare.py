@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import tempfile
@@ -126,16 +127,108 @@ def gguf_parsed_once():
         gguf.GGUFReader = original
 
 
-def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Dequantise a GGUF (file or packaged) model once into ``out_dir``.
+def streamable(arch: str) -> bool:
+    """Whether transformers reads ``arch`` tensor by tensor (its legacy GGUF reader, which
+    most architectures use) rather than through its newer whole-model conversion."""
+    from transformers.integrations.gguf.utils import is_gguf_arch_supported
 
-    Writes safetensors weights, the tokenizer and ``manifest.json`` (source and the
-    GGUF's sha256). transformers refuses ``save_pretrained`` on a GGUF-loaded model,
-    so the model is rebuilt from its config and given the dequantised state dict.
-    """
+    return not is_gguf_arch_supported(arch)
+
+
+def convert_metadata(gguf_path: Path, out: Path, parsed_config: Path) -> None:
+    """The tokenizer and config from a GGUF file's metadata: ``out``'s tokenizer files and
+    config.json, and transformers' parsed GGUF config (what its tensor processors read)
+    as JSON in ``parsed_config``. Run in a child process by ``_weights_streamed``."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    with gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tokenizer.save_pretrained(out)
+        AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(out)
+        parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)["config"]
+    Path(parsed_config).write_text(json.dumps(parsed), encoding="utf-8")
+
+
+def _metadata_in_child(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, Any]:
+    """``convert_metadata`` in a child process, so that the Python objects of a large
+    vocabulary (800 MB for 262k tokens, and not all of it handed back to the system when
+    freed) are gone before the weights are dequantised."""
+    import subprocess
+    import sys
+
+    parsed_config = work / "gguf-config.json"
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-m", "workflow.prepare", str(gguf_path), str(out), str(parsed_config)],
+        env=env, capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise UserError(f"model {key!r}: converting the tokenizer and config of {gguf_path.name} failed:\n{tail}")
+    return json.loads(parsed_config.read_text(encoding="utf-8"))
+
+
+def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, Any]:
+    """Tokenizer, config, generation config and weights, one tensor in memory at a time
+    (workflow/gguf_stream.py)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workflow.gguf_file import read_header
+    from workflow.gguf_stream import stream_weights
+
+    parsed = _metadata_in_child(key, gguf_path, out, work)
+    log.info("tokenizer and config converted")
+    config = AutoConfig.from_pretrained(str(out))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    config.architectures = [type(model).__name__]
+    stats = stream_weights(read_header(gguf_path), gguf_path, model, parsed, out)
+    config.save_pretrained(out)
+    if model.can_generate() and model.generation_config is not None:
+        model.generation_config.save_pretrained(out)
+    log.info(
+        "wrote %d tensors (%.2f GB) in %d shard(s); the largest is %.0f MB",
+        stats["tensors"], stats["weights_bytes"] / 1e9, stats["shards"], stats["largest_tensor_bytes"] / 1e6,
+    )
+    return {"architecture": config.architectures[0], "preparation": "streamed"}
+
+
+def _weights_whole(gguf_path: Path, out: Path) -> dict[str, Any]:
+    """The whole model loaded by transformers and saved: for the architectures its newer
+    GGUF conversion reads, which converts the model as a whole. Peaks at several times
+    the float32 model (bench/prepare_memory.py)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer.save_pretrained(out)
+    del tokenizer
+
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # transformers refuses save_pretrained on a GGUF-loaded model: rebuilt from its config.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    del quantised
+    model.save_pretrained(out)
+    architecture = config.architectures[0] if config.architectures else type(model).__name__
+    return {"architecture": architecture, "preparation": "whole"}
+
+
+def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[str], whole: bool = False) -> dict[str, Any]:
+    """Dequantise a GGUF (file or packaged) model once into ``out_dir``.
+
+    Writes float32 safetensors weights (sharded above 4 GB), the config, the tokenizer
+    and ``manifest.json`` (source, the GGUF's sha256, how it was prepared). The weights
+    are streamed tensor by tensor where transformers reads the architecture that way;
+    ``whole`` loads the whole model instead (the way it was done before, kept for the
+    architectures that need it and for comparison).
+    """
     if entry["source"] not in PREPARED_SOURCES:
         raise UserError(f"model {key!r}: source {entry['source']!r} needs no preparation")
     started = time.perf_counter()
@@ -144,27 +237,30 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
         arch = check_gguf_supported(key, gguf_path)
         digest = sha256_file(gguf_path)
         log.info("dequantising %s (%s, sha256 %s)", gguf_path.name, arch, digest[:12])
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        log.info("tokenizer converted (%.1f s)", time.perf_counter() - started)
-        quantised = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        config = quantised.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quantised.state_dict())
-        del quantised
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if whole or not streamable(arch):
+            if not whole:
+                log.warning(
+                    "transformers converts GGUF architecture %r as a whole model: preparing it needs several "
+                    "times the float32 weights in memory", arch,
+                )
+            prepared = _weights_whole(gguf_path, tmp)
+        else:
+            prepared = _weights_streamed(key, gguf_path, tmp, Path(work))
         manifest = {
             "model": key,
             "source": source_description(entry),
             "gguf_file": gguf_path.name,
             "gguf_sha256": digest,
             "gguf_architecture": arch,
-            "architecture": config.architectures[0] if config.architectures else type(model).__name__,
+            "architecture": prepared["architecture"],
+            "preparation": prepared["preparation"],
         }
         (tmp / MANIFEST).write_text(dumps_json(manifest), encoding="utf-8")
-    log.info("prepared %s in %.1f s", key, time.perf_counter() - started)
+    log.info("prepared %s in %.1f s (%s)", key, time.perf_counter() - started, prepared["preparation"])
     return manifest
+
+
+if __name__ == "__main__":  # the child process of _metadata_in_child
+    import sys
+
+    convert_metadata(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
