@@ -13,6 +13,7 @@ from workflow.config import (
     coerce_strings,
     describe_validation_error,
     model_entry,
+    effective_placement,
     run_params,
     schema_violation,
     source_params,
@@ -137,8 +138,17 @@ def get_model_source(wildcards):
 
 
 def get_model_settings(wildcards):
-    """The params of the model rules: the entry without its description and resources."""
-    return run_params(get_model(wildcards))
+    """The params of the model rules: the entry without its description and resources,
+    with its placement (the top-level one under the model's own) where it is not the
+    default: a budget re-runs the model's jobs (their JSON records where the weights
+    were), the default changes no params."""
+    entry = get_model(wildcards)
+    settings = run_params(entry)
+    settings.pop("placement", None)
+    placement = effective_placement(entry, config.get("placement"))
+    if placement != effective_placement({}, None):
+        settings["placement"] = placement
+    return settings
 
 
 def get_gguf_input(wildcards):

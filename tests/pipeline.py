@@ -17,6 +17,18 @@ WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "prompts", "config", "workflo
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+def prepared_model(key: str, tmp_path_factory) -> Path:
+    """An embedded model's prepared weights: the repository's own, or prepared here from its package."""
+    from workflow.prepare import prepare_model
+
+    path = REPO / "resources" / "models" / key
+    if not (path / "manifest.json").is_file():
+        entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][key]
+        path = tmp_path_factory.mktemp("prepared") / key
+        prepare_model(key, entry, path)
+    return path
+
+
 def scratch_copy(dest: Path, config: dict | None = None) -> Path:
     """Copy the workflow (not results, resources or logs) to ``dest``; optionally replace its config."""
     dest.mkdir(parents=True, exist_ok=True)

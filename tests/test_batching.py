@@ -7,7 +7,6 @@ through forward hooks on transformers' SDPA attention (which rounds differently 
 padded length: every probe is padded to its canonical length)."""
 
 import pytest
-import yaml
 
 from workflow.exp001.run import run_lens
 from workflow.lens_setup import LensSettings
@@ -15,17 +14,7 @@ from workflow.probes import load
 from workflow.records import rounded
 
 from pipeline import REPO
-
-
-def prepared(key: str, tmp_path_factory):
-    from workflow.prepare import prepare_model
-
-    path = REPO / "resources" / "models" / key
-    if not (path / "manifest.json").is_file():
-        entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][key]
-        path = tmp_path_factory.mktemp("prepared") / key
-        prepare_model(key, entry, path)
-    return path
+from pipeline import prepared_model as prepared
 
 
 @pytest.fixture(scope="module", params=[("gemma-3-270m", "bridge"), ("smollm2-135m-instruct", "hooks")], ids=lambda p: p[0])

@@ -50,6 +50,9 @@ def schema_error(config):
         (lambda c: c["lens"].update(use_norm_lense=True), "lens", "unknown key"),
         (lambda c: c["models"]["gemma-3-270m"].update(pth="x"), "models.gemma-3-270m", "unknown key"),
         (lambda c: c["models"].update(x={"source": "gguf"}), "models.x", "'path' is a required property"),
+        (lambda c: c.update(placement={"max_memory": {"cpu": "3 parsecs"}}), "placement.max_memory.cpu", "300MB, 20GiB"),
+        (lambda c: c.update(placement={"max_memory": {"gpu0": "1GB"}}), "placement.max_memory", "cpu, mps, cuda or cuda:N"),
+        (lambda c: c["models"]["gemma-3-270m"].update(placement={"offload": "x"}), "models.gemma-3-270m.placement", "unknown key"),
     ],
 )
 def test_schema_errors_name_the_key(edit, key, words):

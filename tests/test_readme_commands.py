@@ -35,6 +35,7 @@ HOW = {
     "snakemake --cores 1 --config lens='{positions: last, top_k: 10}'": RUN,
     "snakemake --cores 2 --config probes='{relations: [country_capital_city], directions: both}'": RUN,
     "snakemake --cores 2 --config probes='{relations: [country_capital_city], directions: both}' patching='{from_probes: 8}'": TINY_TOKENIZER,
+    "snakemake --cores 2 --config placement='{max_memory: {cpu: 200MB}}'": RUN,
     # The providers' own tests run them against a local server; here the DAG must build.
     "snakemake --cores 1 --config evaluation='{provider: openai, model: gpt-4.1}'": DRY,
     "snakemake --cores 1 --config evaluation='{provider: anthropic, model: claude-sonnet-4-6}'": DRY,
@@ -111,6 +112,11 @@ def test_readme_command(command, built, tiny_dirs, tmp_path):
             assert (workdir / "results" / "001" / "output-tiny-llama.json").is_file()
     if command == "snakemake -n":
         assert "Nothing to be done" in said(result)
+    if "placement=" in command:  # a budget re-runs the lens, whose JSON records where the weights were
+        import json
+
+        document = json.loads((workdir / "results" / "001" / "output-tiny-llama.json").read_text())
+        assert document["placement"]["max_memory_bytes"] == {"cpu": 200_000_000}
 
 
 def importlib_missing(name: str) -> bool:

@@ -149,6 +149,14 @@ def last_logits(forward, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: its parameters' device, or for a model placed by
+    accelerate (hf_device_map) its main device, the first that is neither cpu nor disk."""
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        devices = [where for where in placed.values() if where not in ("cpu", "disk")]
+        if not devices:
+            return torch.device("cpu")
+        return torch.device(f"cuda:{devices[0]}" if isinstance(devices[0], int) else devices[0])
     return next(model.parameters()).device
 
 
@@ -280,7 +288,8 @@ def _stacked(captured: list[torch.Tensor | None]) -> torch.Tensor:
     missing = [i for i, t in enumerate(captured) if t is None]
     if missing:
         raise RuntimeError(f"residual hooks did not fire for layers {missing}")
-    return torch.stack(captured)  # type: ignore[arg-type]
+    device = captured[0].device  # layers placed on several devices: gathered on the first
+    return torch.stack([t.to(device) for t in captured])  # type: ignore[union-attr]
 
 
 def _hidden(value: Any) -> torch.Tensor:
@@ -432,7 +441,7 @@ class HooksBackend:
 
         handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
         handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
-        handles.append(reading_logits_at(self.unembed, read))
+        handles.append(reading_logits_at(self.hf_model.get_output_embeddings(), read))
         batch = padded_batch(sequences, length, _device(self.hf_model))
         try:
             with torch.no_grad():

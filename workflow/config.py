@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -53,6 +54,10 @@ def describe_validation_error(error, configfile: str, overrides: dict[str, Any] 
         hint = " (unknown key: check its spelling against config/schema.yaml)"
     elif error.validator == "pattern" and key.endswith("prompt"):
         hint = " (the prompt is empty or blank)"
+    elif error.validator == "pattern" and key.endswith("max_memory"):
+        hint = " (a device: cpu, mps, cuda or cuda:N)"
+    elif error.validator == "pattern" and ".max_memory." in key:
+        hint = " (a memory size: bytes, or a number with a unit: 300MB, 20GiB)"
     return f"{configfile}: invalid value at key {key!r}: {error.message}{hint}"
 
 
@@ -162,3 +167,42 @@ def run_params(entry: dict[str, Any]) -> dict[str, Any]:
     """What of a model entry decides a lens run's results: the source, device, dtype and
     backend, not its description or scheduler resources."""
     return {k: v for k, v in entry.items() if k not in LABEL_KEYS}
+
+
+DEFAULT_OFFLOAD_FOLDER = "resources/offload"
+
+
+def effective_placement(entry: dict[str, Any], placement: dict[str, Any] | None) -> dict[str, Any]:
+    """The top-level ``placement`` config with the model's own ``placement`` over it."""
+    merged = {"max_memory": {}, "offload_folder": DEFAULT_OFFLOAD_FOLDER, **(placement or {})}
+    merged.update(entry.get("placement") or {})
+    return merged
+
+
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(value: Any, key: str) -> int:
+    """Bytes of ``value``: an integer, or a number with a unit ("300MB", "20GiB")."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*", str(value), flags=re.IGNORECASE)
+    if not match:
+        raise UserError(
+            f"config key {key}: {value!r} is not a memory size; write bytes (300000000) or a number with a unit "
+            "(300MB, 20GiB, 1.5GB)"
+        )
+    return int(float(match.group(1)) * SIZE_UNITS[(match.group(2) or "B").upper()])
+
+
+def device_key(name: str, key: str) -> int | str:
+    """accelerate's name for a device of ``max_memory``: a GPU index, cpu or mps."""
+    name = str(name).strip().lower()
+    if name in ("cpu", "mps"):
+        return name
+    if name == "cuda":
+        return 0
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return int(name[5:])
+    raise UserError(f"config key {key}: {name!r} is not a device; use cpu, mps, cuda or cuda:N")

@@ -104,6 +104,59 @@ def logit_postprocessor(hf_config) -> Callable[[torch.Tensor], torch.Tensor]:
     return postprocess
 
 
+class OffloadedLinear(torch.nn.Module):
+    """An unembedding whose weights accelerate keeps offloaded (model placement beyond
+    the budgets, workflow/models.py): read onto the lens's device when the lens decodes,
+    not held. Calls within one decode share the weights read: while any caller holds
+    them, the next call returns the same tensors (the streamed lens checks that the
+    recorded and the reference head share one matrix)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None = None):
+        super().__init__()
+        self._module = [module]  # not registered: its hooks and meta tensors stay its own
+        self.lens_device = torch.device(device)
+        self.dtype = dtype
+        self._held: tuple | None = None
+
+    def as_float(self) -> OffloadedLinear:
+        return OffloadedLinear(self._module[0], self.lens_device, torch.float32)
+
+    def materialised(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        import weakref
+
+        if self._held is not None:
+            weight, bias = self._held[0](), self._held[1]() if self._held[1] is not None else None
+            if weight is not None:
+                return weight, bias
+        from accelerate.utils import align_module_device
+
+        module = self._module[0]
+        with align_module_device(module, self.lens_device):
+            weight, bias = module.weight, module.bias
+        if self.dtype is not None:
+            weight = weight.to(self.dtype)
+            bias = bias.to(self.dtype) if bias is not None else None
+        self._held = (weakref.ref(weight), weakref.ref(bias) if bias is not None else None)
+        return weight, bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.materialised()
+        return torch.nn.functional.linear(hidden, weight, bias)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        weight, bias = self.materialised()
+        return {"weight": weight, **({"bias": bias} if bias is not None else {})}
+
+
+def head_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A head module's tensors by name, the same whichever way the model is held: a
+    TransformerBridge component's names without its wrapper's prefix, an offloaded
+    unembedding's read from where it is."""
+    if isinstance(module, OffloadedLinear):
+        return module.head_state()
+    return {name.removeprefix("_original_component."): tensor for name, tensor in module.state_dict().items()}
+
+
 @dataclass
 class LensHead:
     """Decodes residual vectors through the model's own final norm and unembedding.
@@ -131,7 +184,7 @@ class LensHead:
         if use_fp32_unembed and model_dtype != torch.float32:
             # A float32 copy of the same modules: same code path, float32 arithmetic.
             norm = copy.deepcopy(norm).float()
-            unembed = copy.deepcopy(unembed).float()
+            unembed = unembed.as_float() if isinstance(unembed, OffloadedLinear) else copy.deepcopy(unembed).float()
             compute_dtype = torch.float32
         else:
             compute_dtype = model_dtype
@@ -145,8 +198,15 @@ class LensHead:
     @torch.no_grad()
     def normed(self, hidden: torch.Tensor) -> torch.Tensor:
         """The unembedding's input: ``hidden`` through the final norm (when the lens uses it)."""
-        h = hidden.to(self.compute_dtype)
+        h = hidden.to(device=self.device, dtype=self.compute_dtype)
         return self.norm(h) if self.norm is not None else h
+
+    @property
+    def device(self) -> torch.device:
+        """Where the head's weights are (a model placed across devices keeps it on its main one)."""
+        if isinstance(self.unembed, OffloadedLinear):
+            return self.unembed.lens_device
+        return next(self.unembed.parameters()).device
 
     def linear(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The unembedding's weight [V, d] and bias, where it is a plain linear map.
@@ -155,6 +215,8 @@ class LensHead:
         what computes. Anything else (a custom head) returns None and is decoded whole.
         """
         module = getattr(self.unembed, "original_component", None) or self.unembed
+        if isinstance(module, OffloadedLinear):
+            return module.materialised()
         if type(module) is not torch.nn.Linear:
             return None
         return module.weight, module.bias

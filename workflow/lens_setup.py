@@ -116,8 +116,9 @@ def identity_deviation(reference: LensHead, last_layer: torch.Tensor, model_logi
 
 
 def logit_deviation(lens_logits: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
-    """``identity_deviation`` of logits the lens has already computed."""
-    lens_logits, model_logits = lens_logits.double(), model_logits.double()
+    """``identity_deviation`` of logits the lens has already computed (a model placed
+    across GPUs may hand its logits back from the device of its last module)."""
+    lens_logits, model_logits = lens_logits.double(), model_logits.to(lens_logits.device).double()
     model_logp, lens_logp = model_logits.log_softmax(-1), lens_logits.log_softmax(-1)
     largest = float((lens_logits - model_logits).abs().max())
     return {

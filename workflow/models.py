@@ -9,6 +9,7 @@ Sources (see config/schema.yaml):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from workflow.config import DEFAULT_OFFLOAD_FOLDER, device_key, effective_placement, parse_size
 from workflow.errors import UserError
 from workflow.prepare import MANIFEST, source_description
 
@@ -126,15 +129,165 @@ def parameter_count(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
 
 
-def check_fits(key: str, estimate: MemoryEstimate, device: str, dtype: torch.dtype) -> None:
-    """Fail before loading, with what to do, instead of being killed by the OS."""
-    free = available_memory(device)
-    if estimate.total_bytes > free:
-        raise UserError(
-            f"model {key!r} needs about {estimate.total_bytes / 1e9:.1f} GB ({parameter_count(estimate.parameters)} "
-            f"parameters in {dtype_name(dtype)}, plus working memory) but only {free / 1e9:.1f} GB is free on "
-            f"{device}. Use a half-precision dtype (dtype: bfloat16), a larger device, or a smaller model."
+def fits(estimate: MemoryEstimate, device: str) -> bool:
+    return estimate.total_bytes <= available_memory(device)
+
+
+# Placement (README, "Models larger than the machine"): where the weights go when they do
+# not fit the device, planned by accelerate from a budget per device.
+@dataclass(frozen=True)
+class Placement:
+    """Where each module's weights are: accelerate's device map, and the budgets it came from."""
+
+    device_map: dict[str, int | str]
+    max_memory: dict[int | str, int]
+    offload_folder: str | None
+    main_device: str  # where inputs go and offloaded weights are computed
+
+    def describe(self, module_bytes: dict[str, int]) -> dict[str, Any]:
+        per_device: dict[str, int] = {}
+        for name, where in self.device_map.items():
+            label = f"cuda:{where}" if isinstance(where, int) else str(where)
+            per_device[label] = per_device.get(label, 0) + module_bytes.get(name, 0)
+        return {
+            "max_memory_bytes": {f"cuda:{k}" if isinstance(k, int) else k: v for k, v in self.max_memory.items()},
+            "weights_bytes_by_device": per_device,
+            "device_map": {name: f"cuda:{w}" if isinstance(w, int) else w for name, w in self.device_map.items()},
+            "main_device": self.main_device,
+        }
+
+
+def _meta_model(config, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def plan_placement(key: str, config, estimate: MemoryEstimate, device: str, dtype: torch.dtype,
+                   placement: dict[str, Any], configfile: str = "config/config.yaml") -> Placement | None:
+    """None where the model fits its device (loaded there whole, as always); else a device map.
+
+    With ``max_memory`` set, the budgets are the user's (every listed device; what exceeds
+    them all is read from disk). Without, a model that does not fit its device is placed
+    across the GPUs there are, then the CPU, then disk, each budget what the device has
+    free less the working memory of the lens.
+    """
+    from accelerate import infer_auto_device_map
+
+    requested = placement.get("max_memory") or {}
+    if not requested and fits(estimate, device):
+        return None
+    working = estimate.total_bytes - estimate.weights_bytes
+    if requested:
+        budgets = {
+            device_key(name, f"placement.max_memory.{name}"): parse_size(size, f"placement.max_memory.{name}")
+            for name, size in requested.items()
+        }
+        gpus = sorted(k for k in budgets if isinstance(k, int))
+        if gpus and device != "cuda":
+            raise UserError(
+                f"model {key!r}: placement.max_memory names cuda devices but the model runs on {device} "
+                f"(config key device in {configfile}); set device: cuda or budget cpu only"
+            )
+        if device == "cuda" and gpus and gpus[-1] >= torch.cuda.device_count():
+            raise UserError(
+                f"model {key!r}: placement.max_memory names cuda:{gpus[-1]} but there are "
+                f"{torch.cuda.device_count()} CUDA devices"
+            )
+    else:
+        budgets = {}
+        if device == "cuda":
+            for index in range(torch.cuda.device_count()):
+                free, _ = torch.cuda.mem_get_info(index)
+                budgets[index] = max(0, int(free) - working)
+            budgets["cpu"] = max(0, available_memory("cpu") - OVERHEAD_BYTES)
+        else:
+            budgets[device] = max(0, available_memory(device) - working)
+        log.warning(
+            "model %r needs about %.1f GB (%s parameters in %s, plus working memory) and does not fit %s: placing "
+            "it by the memory free (%s); what fits nowhere is read from disk at each forward pass, which is slower",
+            key, estimate.total_bytes / 1e9, parameter_count(estimate.parameters), dtype_name(dtype), device,
+            ", ".join(f"{name}: {size / 1e9:.1f} GB" for name, size in budgets.items()),
         )
+    meta = _meta_model(config, dtype)
+    device_map = dict(infer_auto_device_map(
+        meta, max_memory=dict(budgets), no_split_module_classes=list(meta._no_split_modules or []), dtype=dtype,
+    ))
+    gpus = [w for w in device_map.values() if isinstance(w, int)]
+    main = f"cuda:{min(gpus)}" if gpus else ("cuda:0" if device == "cuda" else device)
+    places = set(device_map.values())
+    folder = None
+    if "disk" in places:
+        folder = str(Path(placement.get("offload_folder") or DEFAULT_OFFLOAD_FOLDER) / key)
+    if places <= {device, 0} and len(places) == 1 and not requested:
+        return None
+    return Placement(device_map, budgets, folder, main)
+
+
+def module_bytes(config, dtype: torch.dtype, names) -> dict[str, int]:
+    """Bytes of the parameters of each module named in a device map; a tied weight counts
+    once, for the first module that has it."""
+    meta = _meta_model(config, dtype)
+    sizes, counted = {}, set()
+    for name in names:
+        module = meta.get_submodule(name) if name else meta
+        tensors = {id(t): t for t in module.parameters() if id(t) not in counted}
+        counted.update(tensors)
+        sizes[name] = sum(t.numel() * t.element_size() for t in tensors.values())
+    return sizes
+
+
+def resident(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """``module`` with its weights in memory on ``device``: itself where they already are,
+    else a copy (the lens decodes every layer through the final norm and unembedding, so
+    it keeps them at hand instead of reading them from disk or another device each time)."""
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    original = getattr(module, "original_component", None) or module
+    target = torch.device(device)
+    tensors = [*original.parameters(), *original.buffers()]
+    offloaded = any(has_offloaded_params(m) for m in original.modules())
+    if not offloaded and all(t.device == target for t in tensors):
+        return module
+    with contextlib.ExitStack() as stack:
+        for part in original.modules():
+            stack.enter_context(align_module_device(part, target))
+        copied = _without_hooks_copy(original)
+    return copied.to(target)
+
+
+def lens_unembedding(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """The unembedding as the lens uses it on a placed model: where accelerate offloaded
+    it (to disk, or to the CPU of a GPU run: the budgets had no room for it), read onto
+    ``device`` whenever the lens decodes (OffloadedLinear); elsewhere in memory, resident
+    on ``device``."""
+    from accelerate.utils import has_offloaded_params
+
+    from workflow.lens import OffloadedLinear
+
+    original = getattr(module, "original_component", None) or module
+    if has_offloaded_params(original) and type(original) is nn.Linear:
+        return OffloadedLinear(original, device)
+    return resident(module, device)
+
+
+HOOK_ATTRIBUTES = ("_hf_hook", "forward", "_old_forward")
+
+
+def _without_hooks_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` without accelerate's hooks: a hook holds the map of the
+    offloaded weights, which a deep copy would copy whole."""
+    import copy
+
+    saved = {}
+    for part in module.modules():
+        saved[part] = {name: part.__dict__.pop(name) for name in HOOK_ATTRIBUTES if name in part.__dict__}
+    try:
+        return copy.deepcopy(module)
+    finally:
+        for part, attributes in saved.items():
+            part.__dict__.update(attributes)
 
 
 @dataclass
@@ -167,14 +320,23 @@ def load_tokenizer(location: str, kwargs: dict[str, Any]):
     return AutoTokenizer.from_pretrained(location, **kw)
 
 
-def _load_hf(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, **extra):
+def _load_hf(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, placement: Placement | None = None, **extra):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs, **extra).to(device)
+    if placement is None:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs, **extra).to(device)
+    else:
+        # accelerate places the weights and moves each module's inputs (and, for offloaded
+        # ones, its weights) to where it computes; weights on disk are read from the
+        # checkpoint's safetensors files where they are, or written once to the folder.
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, device_map=placement.device_map, offload_folder=placement.offload_folder,
+            **kwargs, **extra,
+        )
     return model.eval()
 
 
-def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype):
+def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, placement: Placement | None = None):
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     from workflow.backends import BridgeBackend
@@ -182,7 +344,9 @@ def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torc
     # The bridge is built around a model we load, without a tokenizer: the bridge would
     # adjust one (even reload it with add_bos_token=True), and the lens tokenises with
     # the model's own, untouched. Eager attention, as the bridge's own loader uses.
-    model = _load_hf(location, kwargs, device, dtype, attn_implementation="eager")
+    model = _load_hf(location, kwargs, device, dtype, placement, attn_implementation="eager")
+    if placement is not None:
+        device = placement.main_device
     architecture = (model.config.architectures or [type(model).__name__])[0]
     bridge = build_bridge_from_module(
         model, architecture, hf_config=model.config, dtype=dtype, device=device, model_name=location
@@ -191,10 +355,10 @@ def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torc
     return BridgeBackend(bridge)
 
 
-def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype):
+def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, placement: Placement | None = None):
     from workflow.backends import HooksBackend
 
-    model = _load_hf(location, kwargs, device, dtype)
+    model = _load_hf(location, kwargs, device, dtype, placement)
     # Any valid ids do to trace which module feeds the output embedding.
     return HooksBackend(model, probe_ids=[0, 1, 2])
 
@@ -208,11 +372,16 @@ def load_model(
     backend: str = "auto",
     fp32_head: bool = True,
     working_memory_mb: int = 128,
+    placement: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a model through TransformerLens 4's TransformerBridge, or plain hooks.
 
     ``backend: auto`` uses the bridge and falls back to forward hooks on the
     transformers model when the bridge does not support the architecture.
+    ``placement`` (config key ``placement``, the model's own over it): a budget per
+    device; a model over its budgets, or one that does not fit its device, is placed by
+    accelerate across GPUs, CPU and disk (``plan_placement``), the lens keeping the final
+    norm and unembedding resident on the main device.
     """
     device_name = resolve_device(entry.get("device", device))
     torch_dtype = resolve_dtype(entry.get("dtype", dtype), device_name)
@@ -227,12 +396,21 @@ def load_model(
         "%s: %s parameters, about %.1f GB to run in %s",
         key, parameter_count(estimate.parameters), estimate.total_bytes / 1e9, dtype_name(torch_dtype),
     )
-    check_fits(key, estimate, device_name, torch_dtype)
+    settings = effective_placement(entry, placement)
+    placed = plan_placement(key, config, estimate, device_name, torch_dtype, settings)
+    if placed is not None:
+        sizes = module_bytes(config, torch_dtype, placed.device_map)
+        described = placed.describe(sizes)
+        log.info(
+            "%s: placed by accelerate (%s)%s", key,
+            ", ".join(f"{where} {size / 1e9:.2f} GB" for where, size in described["weights_bytes_by_device"].items()),
+            f"; offloaded weights read from {placed.offload_folder} or the checkpoint" if placed.offload_folder else "",
+        )
     if choice == "hooks":
-        loaded = _boot_hooks(location, kwargs, device_name, torch_dtype)
+        loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
     else:
         try:
-            loaded = _boot_bridge(location, kwargs, device_name, torch_dtype)
+            loaded = _boot_bridge(location, kwargs, device_name, torch_dtype, placed)
         except Exception as error:  # the bridge's own errors differ by version and architecture
             if choice == "bridge":
                 raise
@@ -240,7 +418,10 @@ def load_model(
                 "TransformerBridge cannot load %s (%s: %s); falling back to forward hooks",
                 key, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
             )
-            loaded = _boot_hooks(location, kwargs, device_name, torch_dtype)
+            loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
+    if placed is not None:
+        loaded.final_norm = resident(loaded.final_norm, placed.main_device)
+        loaded.unembed = lens_unembedding(loaded.unembed, placed.main_device)
     tokenizer = load_tokenizer(location, kwargs)
     hf_config = loaded.hf_model.config
     info: dict[str, Any] = {"source": source_description(entry), "memory_estimate": estimate.describe()}
@@ -250,6 +431,17 @@ def load_model(
     if prepared_dir is not None and (Path(prepared_dir) / MANIFEST).is_file():
         manifest = json.loads((Path(prepared_dir) / MANIFEST).read_text())
         info["source_sha256"] = manifest["gguf_sha256"]
+    if placed is not None:
+        from workflow.lens import OffloadedLinear
+
+        head = {id(t): t for m in (loaded.final_norm, loaded.unembed) for t in [*m.parameters(), *m.buffers()]}
+        info["placement"] = {
+            **described,
+            # The lens decodes every layer through these: kept in memory on the main device,
+            # or for an offloaded unembedding read there at each decoding.
+            "lens_unembedding": "read when decoding" if isinstance(loaded.unembed, OffloadedLinear) else "resident",
+            "lens_head_resident_bytes": sum(t.numel() * t.element_size() for t in head.values()),
+        }
     log.info(
         "loaded %s on %s as %s with %s (%.1f s)",
         key, device_name, dtype_name(torch_dtype), loaded.name, time.perf_counter() - started,

@@ -80,10 +80,25 @@ def hf_parameters(repo: str, revision: str) -> int | None:
     return int(sum(metadata.parameter_count.values()))
 
 
-def model_parameters(entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None, model: str = "?") -> int | None:
-    """The model's parameter count without loading it, or None where nothing is readable yet."""
+def gguf_header(entry: dict[str, Any], model: str = "?"):
+    """The header of a gguf or package model's GGUF file, where the file is there to read."""
+    from workflow.gguf_file import check
     from workflow.prepare import package_dir
 
+    if entry["source"] == "gguf":
+        path, key = Path(entry["path"]).expanduser(), f"models.{model}.path"
+    elif entry["source"] == "package" and "file" in entry:
+        try:
+            path, key = package_dir(entry["package"]) / entry["file"], f"models.{model}.file"
+        except Exception:
+            return None
+    else:
+        return None  # a package that assembles its GGUF: known once prepare_model has run
+    return check(path, model, key) if path.is_file() else None
+
+
+def model_parameters(entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None, model: str = "?") -> int | None:
+    """The model's parameter count without loading it, or None where nothing is readable yet."""
     source = entry["source"]
     if prepared_dir is not None and Path(prepared_dir).is_dir():
         count = directory_parameters(Path(prepared_dir))
@@ -91,15 +106,9 @@ def model_parameters(entry: dict[str, Any], prepared_dir: str | os.PathLike[str]
             return count
     if source == "local":
         return directory_parameters(Path(entry["path"]).expanduser())
-    if source == "gguf":
-        path = Path(entry["path"]).expanduser()
-        return gguf_parameters(path, model, f"models.{model}.path") if path.is_file() else None
-    if source == "package" and "file" in entry:
-        try:
-            path = package_dir(entry["package"]) / entry["file"]
-        except Exception:
-            return None
-        return gguf_parameters(path, model, f"models.{model}.file") if path.is_file() else None
+    if source in ("gguf", "package"):
+        header = gguf_header(entry, model)
+        return header.parameters if header else None
     if source == "hf":
         return hf_parameters(entry["repo"], entry.get("revision", "main"))
     return None  # a package that assembles its GGUF: known once prepare_model has run
@@ -117,6 +126,14 @@ def job_dtype(entry: dict[str, Any], config: dict[str, Any]) -> str:
     return dtype
 
 
+def placement_budget(entry: dict[str, Any], config: dict[str, Any], device: str) -> int | None:
+    """The placement budget of ``device`` for this model in bytes, if one is set."""
+    from workflow.config import effective_placement, parse_size
+
+    budgets = effective_placement(entry, config.get("placement")).get("max_memory") or {}
+    return parse_size(budgets[device], f"placement.max_memory.{device}") if device in budgets else None
+
+
 def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: str | os.PathLike[str] | None = None,
                    model: str = "?") -> dict[str, Any]:
     """``mem_mb``, ``runtime`` (minutes) and ``gpu`` for one model's ``run_lens`` job."""
@@ -127,6 +144,10 @@ def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: 
         mem_mb, runtime = FALLBACK_MEM_MB, FALLBACK_RUNTIME_MIN
     else:
         weights_mb = parameters * BYTES_PER_PARAMETER[job_dtype(entry, config)] / MB
+        cpu_budget = placement_budget(entry, config, "cpu")
+        if device == "cpu" and cpu_budget is not None:
+            # Placed within a budget (README, "Models larger than the machine"): the rest is on disk.
+            weights_mb = min(weights_mb, cpu_budget / MB)
         working_mb = config.get("lens", {}).get("working_memory_mb", 128)
         mem_mb = math.ceil(HOST_FACTOR.get(device, 2.0) * weights_mb + working_mb + HOST_OVERHEAD_MB)
         # Generous bounds for a scheduler's time limit, not predictions: loading dominates on
@@ -141,13 +162,14 @@ def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: 
 
 
 def prepare_resources(entry: dict[str, Any], model: str = "?") -> dict[str, Any]:
-    """Dequantising a GGUF holds the float32 weights and the file's own tensors."""
-    parameters = model_parameters(entry, None, model)
+    """Dequantising a GGUF tensor by tensor holds about one float32 tensor and a transient
+    copy of it (bench/prepare_memory.py), beside the libraries and the tokenizer's conversion."""
+    header = gguf_header(entry, model)
     override = entry.get("resources", {})
-    if parameters is None:
+    if header is None:
         mem_mb = FALLBACK_MEM_MB
         runtime = FALLBACK_RUNTIME_MIN
     else:
-        mem_mb = math.ceil(1.5 * parameters * 4 / MB + HOST_OVERHEAD_MB)
-        runtime = math.ceil(10 + 30 * parameters / 1e9)
+        mem_mb = math.ceil(2 * header.largest_tensor * 4 / MB + HOST_OVERHEAD_MB)
+        runtime = math.ceil(10 + 30 * header.parameters / 1e9)
     return {"mem_mb": int(override.get("prepare_mem_mb", mem_mb)), "runtime": runtime}

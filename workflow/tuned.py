@@ -33,7 +33,7 @@ import torch
 
 from workflow.atomic import atomic_directory, dumps_json
 from workflow.errors import UserError
-from workflow.lens import EXP_FLOOR, LensHead, lens_statistics
+from workflow.lens import EXP_FLOOR, LensHead, head_state, lens_statistics
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def unembedding_sha256(head: LensHead) -> str:
     digest = hashlib.sha256()
     modules = [m for m in (head.norm, head.unembed) if m is not None]
     for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
+        for name, tensor in sorted(head_state(module).items()):
             digest.update(name.encode() + b"\0")
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
