@@ -60,6 +60,8 @@ bench: demo
 	$(BIN)/python bench/patching_speed.py
 	$(BIN)/python bench/probe_batching.py
 	$(BIN)/python bench/records_scale.py
+	$(BIN)/python bench/prepare_memory.py --model gemma-3-270m --model smollm2-135m-instruct
+	$(BIN)/python bench/offload.py
 
 lint: setup
 	$(BIN)/snakemake --lint
