@@ -1,0 +1,151 @@
+"""``lens-chat`` (workflow/chat.py), driven in a terminal (a pty) as a user would, and with
+--once and --trace."""
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO
+from tiny import make_model_dir, make_tokenizer
+from workflow.records import read_records
+
+TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_config(tmp_path_factory):
+    """A tiny model with a chat template, and one without, in a config of their own."""
+    root = tmp_path_factory.mktemp("chat")
+    with_template = make_model_dir(root / "tiny-chat", "llama", seed=3)
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(with_template)
+    without = make_model_dir(root / "tiny-base", "gemma3", seed=4)
+    config = {
+        "device": "cpu", "dtype": "float32", "lenses": ["logit"], "lens": {"top_k": 3},
+        "models": {"tiny-chat": {"source": "local", "path": str(with_template)},
+                   "tiny-base": {"source": "local", "path": str(without)}},
+        "probes": [{"id": "p", "prompt": "The capital of Germany is", "answer": " Berlin"}],
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def chat(config, *args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "workflow.chat", "--config", str(config), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+class Terminal:
+    """A process on a pseudo-terminal: what is typed, and what it has printed so far."""
+
+    def __init__(self, argv, cwd):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the chat, with the pty as its terminal
+            os.chdir(cwd)
+            os.execv(argv[0], argv)
+        self.output = ""
+
+    def type(self, text):
+        os.write(self.fd, text.encode())
+
+    def read_until(self, pattern, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.output):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} within {timeout} s; the terminal shows:\n{self.output}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # the child closed the terminal
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"the chat ended before {pattern!r}; it showed:\n{self.output}")
+                self.output += chunk.decode(errors="replace")
+        return self.output
+
+    def wait(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            try:  # keep draining what it prints
+                if select.select([self.fd], [], [], 0.1)[0]:
+                    self.output += os.read(self.fd, 4096).decode(errors="replace")
+            except OSError:
+                pass
+        os.kill(self.pid, 9)
+        raise AssertionError(f"the chat did not exit; it showed:\n{self.output}")
+
+
+def test_chat_in_a_terminal_answers_a_typed_question(chat_config):
+    term = Terminal([sys.executable, "-m", "workflow.chat", "--config", str(chat_config), "--model", "tiny-chat",
+                     "--max-new-tokens", "5"], REPO)
+    term.read_until(r"you> ")
+    term.type("What is the capital of France?\n")
+    shown = term.read_until(r"tokens/s with the lens.*\n[\s\S]*you> ")
+    table = shown.split("What is the capital of France?", 1)[1]
+    assert "logit lens: top-1 from" in table
+    rows = re.findall(r"^\s+(\d+)\s+('.*?'|\".*?\")\s+(\d\.\d{3})\s+(layer \d+ \(\d+\) of 3|never top-1)", table, re.M)
+    assert [int(r[0]) for r in rows] == list(range(len(rows))) and 1 <= len(rows) <= 5
+    assert "tiny-chat: " in table
+    # A second turn carries the conversation; an empty line ends the chat.
+    term.type("And of Germany?\n")
+    term.read_until(r"And of Germany\?[\s\S]*tokens/s with the lens[\s\S]*you> ")
+    term.type("\n")
+    assert term.wait() == 0
+
+
+def test_once_writes_the_trace_as_records(chat_config, tmp_path):
+    trace = tmp_path / "reply.csv"
+    result = chat(chat_config, "--model", "tiny-chat", "--once", "Capital of Japan?", "--max-new-tokens", "6",
+                  "--trace", str(trace))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s+'", line)]
+    frame = read_records(trace)
+    n = len(lines)
+    assert 1 <= n <= 6 and len(frame) == n * 4  # tokens x layers 0..3, logit lens only
+    assert sorted(set(frame["position"])) == list(range(n)) and set(frame["probe"]) == {"turn-1"}
+    last = frame[frame["layer"] == 3].sort_values("position")
+    # Greedy: each generated token is the model's own top-1 (rank 1 at the last layer), and the
+    # probability shown beside it is the last layer's.
+    assert (last["answer_rank"] == 1).all()
+    shown = [float(re.split(r"\s+", line.strip())[2]) for line in lines]
+    assert shown == pytest.approx(list(last["answer_prob"]), abs=1e-3)
+
+
+def test_a_model_without_chat_template_is_told_to_use_raw(chat_config):
+    result = chat(chat_config, "--model", "tiny-base", "--once", "hello")
+    assert result.returncode == 1
+    assert "no chat template" in result.stderr and "--raw" in result.stderr and "Traceback" not in result.stderr
+    raw = chat(chat_config, "--model", "tiny-base", "--once", "The capital of Germany is", "--raw", "--max-new-tokens", "3")
+    assert raw.returncode == 0, raw.stderr
+    assert re.search(r"3 tokens in [\d.]+ s", raw.stdout)
+
+
+def test_bad_model_and_config_are_clear_errors(chat_config, tmp_path):
+    result = chat(chat_config, "--model", "nope", "--once", "x")
+    assert result.returncode == 1 and "unknown model 'nope'" in result.stderr and "tiny-chat" in result.stderr
+    missing = chat(tmp_path / "absent.yaml", "--once", "x")
+    assert missing.returncode == 1 and "absent.yaml: no such config file" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    config = yaml.safe_load(chat_config.read_text())
+    bad.write_text(yaml.safe_dump({**config, "lens": {"top_k": "many"}}))
+    invalid = chat(bad, "--once", "x")
+    assert invalid.returncode == 1 and "bad.yaml" in invalid.stderr and "top_k" in invalid.stderr

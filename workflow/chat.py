@@ -1,0 +1,229 @@
+"""``lens-chat``: talk to a configured model and see, for every token of its reply, the
+layer where it first became the lens's top-1 and its final probability.
+
+    lens-chat                                   # the first model of config/config.yaml
+    lens-chat --model gemma-3-270m --raw        # a base model: continue plain text
+    lens-chat --once "What is the capital of France?" --trace reply.csv
+    python -m workflow.chat --help
+
+Any model key of the config (GGUF, package, local, hf) is loaded the way the pipeline loads
+it (its device, dtype, backend and placement); a GGUF or packaged model not yet prepared is
+dequantised first into resources/models/{model}/, where the pipeline keeps it. The tuned
+lens is shown where the pipeline has trained it (resources/lenses/{model}/). The reply goes
+through the model's own chat template; ``--raw`` continues the text instead (for base
+models, which have none). Generation uses the key-value cache, and the lens reads only the
+new position's residuals at each step (workflow/generation.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from workflow.errors import UserError
+
+log = logging.getLogger("workflow.chat")
+
+COLUMNS = "{index:>4}  {token:<18} {prob:>7}  {lenses}"
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The config at ``path``, checked against config/schema.yaml and completed with its
+    defaults, as Snakemake reads it."""
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from workflow.config import coerce_strings, describe_validation_error, schema_violation
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file; run from the repository's root or give --config FILE")
+    schema_path = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+    with open(path, encoding="utf-8") as fh:
+        config = yaml.safe_load(fh) or {}
+    coerce_strings(config, yaml.safe_load(schema_path.read_text(encoding="utf-8")))
+    try:
+        validate(config, schema=str(schema_path))
+    except WorkflowError as error:
+        cause = schema_violation(error)
+        if cause is None:
+            raise
+        raise UserError(describe_validation_error(cause, str(path))) from None
+    return config
+
+
+def prepared_dir(key: str, entry: dict[str, Any], workdir: Path) -> str | None:
+    """Where a GGUF or packaged model's prepared weights are, prepared now if missing."""
+    from workflow.prepare import MANIFEST, PREPARED_SOURCES, prepare_model
+
+    if entry["source"] not in PREPARED_SOURCES:
+        return None
+    out = workdir / "resources" / "models" / key
+    if not (out / MANIFEST).is_file():
+        print(f"preparing {key} once into {out} (dequantising its GGUF file; the pipeline uses it too) ...", file=sys.stderr)
+        prepare_model(key, entry, out)
+    return str(out)
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, str]], raw: bool, key: str) -> list[int]:
+    """The conversation through the model's chat template, ready for the reply; with
+    ``raw`` the last message's text as it is."""
+    if raw:
+        return list(tokenizer(messages[-1]["content"])["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"model {key!r} has no chat template (a base model, or one whose files carry none): "
+            "use --raw to have it continue your text instead"
+        )
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "keys"):  # a BatchEncoding
+        ids = ids["input_ids"]
+    return [int(i) for i in ids]
+
+
+def shown(token: str) -> str:
+    """A token as text on one line: quoted, with newlines and tabs escaped."""
+    return repr(token)
+
+
+class Chat:
+    def __init__(self, args: argparse.Namespace):
+        from workflow.config import model_entry
+        from workflow.generation import LensGenerator
+        from workflow.lens_setup import LensSettings, lens_heads
+        from workflow.models import load_model
+
+        config = load_config(Path(args.config))
+        key = args.model or next(iter(config["models"]), None)
+        if key is None:
+            raise UserError(f"{args.config}: no models configured")
+        entry = model_entry(config, key)
+        workdir = Path(args.config).resolve().parent.parent if args.workdir is None else Path(args.workdir)
+        settings = LensSettings.from_config({**config["lens"], "positions": "last"})
+        print(f"loading {key} ...", file=sys.stderr)
+        self.model = load_model(
+            key, entry, prepared_dir(key, entry, workdir), args.device or config["device"], args.dtype or config["dtype"],
+            config["backend"], settings.use_fp32_unembed, settings.working_memory_mb, config.get("placement"),
+        )
+        tuned = None
+        lenses_dir = workdir / "resources" / "lenses" / key
+        if "tuned" in config["lenses"] and not args.no_tuned:
+            if lenses_dir.is_dir():
+                from workflow.tuned import load as load_tuned
+
+                tuned, _ = load_tuned(lenses_dir, lens_heads(self.model, settings)[1], key)
+            else:
+                print(f"(no tuned lens: `snakemake --cores 1 resources/lenses/{key}` trains one)", file=sys.stderr)
+        self.generator = LensGenerator(self.model, settings, tuned)
+        self.key, self.args = key, args
+        self.rows: list[dict[str, Any]] = []
+        self.turn = 0
+
+    def header(self) -> str:
+        lenses = "   ".join(f"{name + ' lens: top-1 from (stays)':<28}" for name, _ in self.generator.lenses)
+        return COLUMNS.format(index="#", token="token", prob="p", lenses=lenses)
+
+    def line(self, trace) -> str:
+        n = self.model.n_layers
+        cells = []
+        for name, _ in self.generator.lenses:
+            first, stable = trace.first_top1_layer(name), trace.stable_top1_layer(name)
+            cells.append(f"{'never top-1' if first is None else f'layer {first} ({stable}) of {n}':<28}")
+        return COLUMNS.format(index=trace.index, token=shown(self.generator.names(trace.token_id)),
+                              prob=f"{trace.model_prob:.3f}", lenses="   ".join(cells))
+
+    def reply(self, messages: list[dict[str, str]]) -> str:
+        ids = prompt_ids(self.model.tokenizer, messages, self.args.raw, self.key)
+        print(self.header(), flush=True)
+        reply = self.generator.generate(
+            ids, self.args.max_new_tokens, self.args.temperature, self.args.seed,
+            on_trace=lambda trace: print(self.line(trace), flush=True),
+        )
+        text = self.model.tokenizer.decode(reply.token_ids, skip_special_tokens=True)
+        rate = len(reply.tokens) / reply.seconds if reply.seconds else float("nan")
+        print(f"\n{self.key}: {text}", flush=True)
+        print(f"({len(reply.tokens)} tokens in {reply.seconds:.1f} s, {rate:.1f} tokens/s with the lens; "
+              f"{'stopped at end of turn' if reply.stopped == 'stop' else 'max new tokens reached'})", flush=True)
+        self.turn += 1
+        self.rows += self.generator.records(reply, f"turn-{self.turn}")
+        if self.args.trace:
+            self.write_trace()
+        return text
+
+    def write_trace(self) -> None:
+        from workflow.atomic import atomic_paths
+        from workflow.records import write_records_file
+
+        path = self.args.trace
+        with atomic_paths(path) as (tmp,):
+            write_records_file(tmp, self.rows, "parquet" if str(path).endswith(".parquet") else "csv")
+
+    def interactive(self) -> None:
+        messages: list[dict[str, str]] = []
+        print(f"chatting with {self.key} ({'raw text' if self.args.raw else 'its chat template'}); "
+              "an empty line or Ctrl-D ends", flush=True)
+        while True:
+            try:
+                text = input("you> ")
+            except EOFError:
+                print()
+                return
+            if not text.strip():
+                return
+            messages = [{"role": "user", "content": text}] if self.args.raw else [*messages, {"role": "user", "content": text}]
+            answer = self.reply(messages)
+            if not self.args.raw:
+                messages.append({"role": "assistant", "content": answer})
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lens-chat",
+        description="Chat with a configured model; beside each token of the reply, the layer where it first became the "
+                    "lens's top-1 and its final probability.",
+    )
+    p.add_argument("--model", help="a model key of the config (default: its first)")
+    p.add_argument("--config", default="config/config.yaml", help="the pipeline's config (default: %(default)s)")
+    p.add_argument("--workdir", help="where resources/ is (default: the config's directory's parent)")
+    p.add_argument("--once", metavar="PROMPT", help="answer this one prompt and exit")
+    p.add_argument("--raw", action="store_true", help="continue the text as it is, without the chat template")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampled at this temperature")
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--trace", metavar="FILE", help="write every reply's per-token records here (CSV, or .parquet)")
+    p.add_argument("--no-tuned", action="store_true", help="the logit lens only, even where a tuned lens is trained")
+    p.add_argument("--device", help="override the config's device (cpu, cuda, mps)")
+    p.add_argument("--dtype", help="override the config's dtype")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the loader's progress messages")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser().error("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        parser().error("--temperature must be 0 or more")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        chat = Chat(args)
+        if args.once is not None:
+            chat.reply([{"role": "user", "content": args.once}])
+        else:
+            chat.interactive()
+    except UserError as error:
+        print(f"lens-chat: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

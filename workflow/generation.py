@@ -1,0 +1,289 @@
+"""The lens on generation: every generated token decoded at every layer, as it is made.
+
+``LensGenerator`` generates with the model's own key-value cache (one position per step
+after the prompt) and reads, at each step, the residual stream of the new position only
+(forward hooks on the decoder layers, the same residuals as experiment 001's: layer 0
+entering the first block, layer k after block k). The lens statistics of a step are
+computed in a second thread while the model computes the next steps; the thread takes
+every step waiting for it at once (up to ``pending``), so the unembedding is read once
+for several tokens. The statistics of a token do not depend on which others shared its
+decoding (``lens_statistics(..., separate_positions=True)``): the trace of a reply is the
+same however fast the lens kept up.
+
+A token's trace is 001's records for the position that predicted it, with the generated
+token in place of a probe's answer: the records of a greedy reply equal experiment 001's
+records of the prompt extended by the tokens generated before each one (tests/test_generation.py).
+At each step the lens at the last layer is checked against the model's own logits, as in
+001.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from workflow.backends import _device, _hidden, _stacked
+from workflow.exp001.run import answer_layers
+from workflow.lens import RowStats, lens_statistics, rows_padded
+from workflow.lens_setup import LensIdentityError, LensSettings, TokenNames, identity_failure, lens_heads, logit_deviation
+from workflow.models import LoadedModel, dtype_name
+
+log = logging.getLogger(__name__)
+
+# Steps the lens thread decodes together at most (measured on gemma-3-270m: 1 step at a time
+# reached 0.57 of plain generation's speed, up to 8 at a time 0.83; bench/generation.py).
+PENDING = 8
+
+
+@dataclass
+class TokenTrace:
+    """One generated token, decoded at every layer of the position that predicted it."""
+
+    index: int  # 0 for the first generated token
+    token_id: int
+    input_id: int  # the token at the position that predicted it (the prompt's last for index 0)
+    model_prob: float  # the model's own probability of the token (its logits, temperature 1)
+    stats: dict[str, list[RowStats]]  # per lens ("logit", "tuned"), one per layer 0..L
+    identity: dict[str, float]  # the lens at the last layer against the model's logits
+
+    def first_top1_layer(self, lens: str = "logit") -> int | None:
+        """The first layer where this token is the lens's top-1."""
+        return answer_layers([s.topk_ids[0] for s in self.stats[lens]], self.token_id)[0]
+
+    def stable_top1_layer(self, lens: str = "logit") -> int | None:
+        """The layer from which it stays the lens's top-1 up to the last."""
+        return answer_layers([s.topk_ids[0] for s in self.stats[lens]], self.token_id)[1]
+
+
+@dataclass
+class Reply:
+    prompt_ids: list[int]
+    tokens: list[TokenTrace] = field(default_factory=list)
+    stopped: str = "length"  # "length" (max_new_tokens reached) or "stop" (a stop token)
+    seconds: float = 0.0
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t.token_id for t in self.tokens]
+
+
+def stop_token_ids(model: LoadedModel) -> set[int]:
+    """The model's end-of-sequence ids: its generation config's (one or several: an instruct
+    model's end of turn) and its tokenizer's."""
+    ids: set[int] = set()
+    config = getattr(model.backend.hf_model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), model.tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids
+
+
+class LensGenerator:
+    """Generates from one loaded model with the lens on every new token."""
+
+    def __init__(self, model: LoadedModel, settings: LensSettings, tuned=None, pending: int = PENDING):
+        self.model = model
+        self.settings = settings
+        self.head, self.reference = lens_heads(model, settings)
+        self.tuned = tuned
+        self.lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
+        self.tolerance = settings.tolerance(model.dtype)
+        self.pending = pending
+        self.layers = model.backend.blocks.layers
+        self.names = TokenNames(model.tokenizer)
+
+    # ------------------------------------------------------------------ the model's side
+
+    def _capture(self, captured: list[torch.Tensor | None]) -> list[Any]:
+        """Hooks that keep the last position's residual at every layer of each forward."""
+
+        def entering(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            captured[0] = hidden[0, -1].detach().clone()
+
+        def leaving(layer: int):
+            def hook(module, args, output):
+                captured[layer] = _hidden(output)[0, -1].detach().clone()
+
+            return hook
+
+        handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
+        handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
+        return handles
+
+    def _step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
+        """The model's logits [V] at the last position of ``tokens`` [1, T], the cache extended."""
+        hf = self.model.backend.hf_model
+        try:
+            out = hf(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        except TypeError:  # a model whose forward does not take logits_to_keep
+            out = hf(input_ids=tokens, past_key_values=cache, use_cache=True)
+        return out.logits[0, -1].float()
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop_ids: set[int] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
+        on_trace: Callable[[TokenTrace], None] | None = None,
+    ) -> Reply:
+        """Generate up to ``max_new_tokens`` after ``prompt_ids``: greedily at temperature 0,
+        else sampled from the model's probabilities at ``temperature`` with a generator
+        seeded by ``seed``. Stops after a token of ``stop_ids`` (default: the model's
+        end-of-sequence ids), which is traced too. ``on_token(index, id)`` is called as each
+        token is chosen, ``on_trace(trace)`` as its lens statistics are ready (both in the
+        calling thread, in order)."""
+        from transformers import DynamicCache
+
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        stop_ids = stop_token_ids(self.model) if stop_ids is None else stop_ids
+        hf = self.model.backend.hf_model
+        device = _device(hf)
+        generator = torch.Generator().manual_seed(seed)
+        reply = Reply(list(prompt_ids))
+        work: queue.Queue = queue.Queue()
+        done: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=self._lens_worker, args=(work, done), name="lens", daemon=True)
+        captured: list[torch.Tensor | None] = [None] * (self.model.n_layers + 1)
+        handles = self._capture(captured)
+        started = time.perf_counter()
+        traced: dict[int, TokenTrace] = {}
+
+        def deliver(block: bool) -> None:
+            while True:
+                try:
+                    item = done.get(block=block)
+                except queue.Empty:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    return
+                for trace in item:
+                    traced[trace.index] = trace
+                    if on_trace is not None:
+                        on_trace(trace)
+
+        worker.start()
+        try:
+            cache = DynamicCache(config=hf.config)
+            tokens = torch.tensor([list(prompt_ids)], device=device)
+            previous = int(prompt_ids[-1])
+            with torch.no_grad():
+                for index in range(max_new_tokens):
+                    logits = self._step(tokens, cache)
+                    chosen = self._choose(logits, temperature, generator)
+                    residuals = _stacked(captured)
+                    work.put((index, chosen, previous, residuals, logits))
+                    if on_token is not None:
+                        on_token(index, chosen)
+                    deliver(block=False)
+                    previous = chosen
+                    if chosen in stop_ids:
+                        reply.stopped = "stop"
+                        break
+                    tokens = torch.tensor([[chosen]], device=device)
+        finally:
+            for handle in handles:
+                handle.remove()
+            work.put(None)
+        deliver(block=True)
+        worker.join()
+        reply.tokens = [traced[i] for i in sorted(traced)]
+        reply.seconds = time.perf_counter() - started
+        return reply
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> int:
+        if temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.double().cpu() / temperature, -1)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    # ------------------------------------------------------------------ the lens's side
+
+    def _lens_worker(self, work: queue.Queue, done: queue.Queue) -> None:
+        try:
+            finished = False
+            while not finished:
+                item = work.get()
+                if item is None:
+                    break
+                items = [item]
+                while len(items) < self.pending:
+                    try:
+                        item = work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        finished = True
+                        break
+                    items.append(item)
+                with torch.no_grad():
+                    done.put(self.decode(items))
+            done.put(None)
+        except BaseException as error:  # handed to the generating thread, which raises it
+            done.put(error)
+
+    def decode(self, items: list[tuple[int, int, int, torch.Tensor, torch.Tensor]]) -> list[TokenTrace]:
+        """Lens statistics of steps (index, chosen id, input id, residuals [L+1, d], model
+        logits [V]), decoded together."""
+        residuals = torch.stack([r for _, _, _, r, _ in items], 1)  # [L+1, k, d]
+        answers = torch.tensor([chosen for _, chosen, _, _, _ in items])
+        per_lens: dict[str, list[list[RowStats]]] = {}
+        for name, translator in self.lenses:
+            rows: list[list[RowStats]] = [[] for _ in items]
+            for stats in lens_statistics(
+                residuals, self.head, self.reference, answers, self.settings.top_k, self.model.vocab_size,
+                self.settings.working_memory_mb, translator, separate_positions=True,
+            ):
+                rows[stats.position].append(stats)
+            per_lens[name] = [sorted(r, key=lambda s: s.layer) for r in rows]
+        lens_logits = rows_padded(self.reference.logits, residuals[-1])
+        traces = []
+        for k, (index, chosen, input_id, _, model_logits) in enumerate(items):
+            deviation = logit_deviation(lens_logits[k : k + 1], model_logits[None])
+            failed = identity_failure(deviation, self.tolerance)
+            if failed is not None:
+                raise LensIdentityError(
+                    f"model {self.model.key!r}, generated token {index}: the lens at layer {self.model.n_layers} does not "
+                    f"reproduce the model's own output on {self.model.device}/{dtype_name(self.model.dtype)}: "
+                    f"{failed} = {deviation[failed]:.3g} (tolerance {self.tolerance:g}); see experiment 001's identity check"
+                )
+            model_prob = float(torch.softmax(model_logits.double(), -1)[chosen])
+            traces.append(TokenTrace(index, chosen, input_id, model_prob, {n: per_lens[n][k] for n in per_lens}, deviation))
+        return traces
+
+    # ------------------------------------------------------------------ records
+
+    def records(self, reply: Reply, probe: str) -> list[dict[str, Any]]:
+        """Experiment 001's record columns for every generated token x lens x layer:
+        ``position`` is the generated index, ``input_token`` the token at the predicting
+        position, ``answer_*`` the generated token."""
+        rows = []
+        for trace in reply.tokens:
+            token = self.names(trace.token_id)
+            for lens, stats in trace.stats.items():
+                for s in stats:
+                    topk = [self.names(t) for t in s.topk_ids]
+                    rows.append({
+                        "model": self.model.key, "probe": probe, "lens": lens, "layer": s.layer, "position": trace.index,
+                        "input_token": self.names(trace.input_id), "top1_token": topk[0], "top1_prob": s.topk_probs[0],
+                        "topk_tokens": topk, "topk_probs": s.topk_probs, "entropy": s.entropy, "answer_token": token,
+                        "answer_prob": s.answer_prob, "answer_rank": s.answer_rank, "kl_to_final": s.kl_to_final,
+                    })
+        rows.sort(key=lambda r: (r["lens"], r["layer"], r["position"]))
+        return rows
