@@ -37,8 +37,8 @@ from workflow.models import LoadedModel, dtype_name
 
 log = logging.getLogger(__name__)
 
-# Steps the lens thread decodes together at most (measured on gemma-3-270m: 1 step at a time
-# reached 0.57 of plain generation's speed, up to 8 at a time 0.83; bench/generation.py).
+# Steps the lens thread decodes together at most (bench/generation.py, gemma-3-270m on a
+# 2-core CPU: one step at a time reached 0.42 of plain generation's rate, up to 8 at a time 0.80).
 PENDING = 8
 
 
