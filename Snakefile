@@ -1,9 +1,11 @@
 # Layer-by-layer interpretability pipeline. Experiments (one rules file each):
 #   001 layers and logits (rules/exp001.smk)
 #   002 activation patching (rules/exp002.smk)
+#   003 generation: the lens on every generated token (rules/exp003.smk)
 #
 #   snakemake --cores 1 results/001/evaluation-cross-model.md   # the whole chain up to the comparison
 #   snakemake --cores 1 results/002/evaluation-cross-model.md   # the same for experiment 002
+#   snakemake --cores 1 results/003/evaluation-cross-model.md   # the same for experiment 003
 #   snakemake --cores 1                                         # everything, meta-evaluation included
 #   snakemake -n                                                # what is stale, and why
 #   snakemake --report report.html                              # one self-contained HTML file: plots, captions, evaluations
@@ -30,6 +32,7 @@ include: "rules/tuned_lens.smk"
 # The experiments.
 include: "rules/exp001.smk"
 include: "rules/exp002.smk"
+include: "rules/exp003.smk"
 # The generic evaluation chain, for every experiment.
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

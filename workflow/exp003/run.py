@@ -1,0 +1,107 @@
+"""Experiment 003's run: greedy generation after every probe's prompt, the lens on each token."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from workflow.atomic import atomic_paths, dumps_json
+from workflow.generation import LensGenerator, stop_token_ids
+from workflow.lens_setup import LensSettings, lens_heads, model_metadata, tokenize_probe
+from workflow.records import rounded, write_records_file
+
+log = logging.getLogger(__name__)
+
+
+def generation_probes(probes: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The probes experiment 003 generates from: the first ``max_probes`` of the probe set."""
+    return probes[: settings["max_probes"]]
+
+
+def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_new_tokens: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy replies to every probe's prompt; (JSON summary, record rows)."""
+    model = generator.model
+    names = generator.names
+    stops = stop_token_ids(model)
+    summaries, rows, worst = [], [], {}
+    started = time.perf_counter()
+    for done, probe in enumerate(probes, 1):
+        input_ids, _ = tokenize_probe(model.tokenizer, probe)
+        reply = generator.generate(input_ids, max_new_tokens, stop_ids=stops)
+        for trace in reply.tokens:
+            worst = {k: max(worst.get(k, 0.0), v) for k, v in trace.identity.items()}
+        rows += generator.records(reply, probe["id"])
+        summaries.append({
+            "id": probe["id"],
+            "prompt": probe["prompt"],
+            "answer": probe["answer"],
+            "input_ids": input_ids,
+            "generated_ids": reply.token_ids,
+            "generated_tokens": [names(t) for t in reply.token_ids],
+            "text": model.tokenizer.decode(reply.token_ids, skip_special_tokens=True),
+            "stopped": reply.stopped,
+            "tokens": [
+                {
+                    "index": t.index,
+                    "token": names(t.token_id),
+                    "token_id": t.token_id,
+                    "special": t.token_id in model.tokenizer.all_special_ids,
+                    "model_prob": t.model_prob,
+                    **{
+                        (k if lens == "logit" else f"{lens}_{k}"): v
+                        for lens in t.stats
+                        for k, v in (("first_top1_layer", t.first_top1_layer(lens)), ("stable_top1_layer", t.stable_top1_layer(lens)))
+                    },
+                }
+                for t in reply.tokens
+            ],
+        })
+        log.info("probe %d/%d %r: %d tokens (%s) in %.1f s", done, len(probes), probe["id"], len(reply.tokens), reply.stopped,
+                 time.perf_counter() - started)
+    return {"identity_check": {**worst, "tolerance": generator.tolerance}, "probes": summaries}, rows
+
+
+def write_generation_outputs(
+    model_key: str,
+    entry: dict[str, Any],
+    prepared_dir: str | None,
+    device: str,
+    dtype: str,
+    backend: str,
+    lens: dict[str, Any],
+    generation: dict[str, Any],
+    probes: list[dict[str, Any]],
+    summary_path: str,
+    records_path: str,
+    tuned_dir: str | None = None,
+) -> dict[str, Any]:
+    """Load ``model_key``, generate after every probe and write the JSON and records together."""
+    from workflow.models import load_model
+
+    settings = LensSettings.from_config({**lens, "positions": "last"})
+    model = load_model(
+        model_key, entry, prepared_dir, device, dtype, backend, settings.use_fp32_unembed, settings.working_memory_mb
+    )
+    tuned = tuned_info = None
+    if tuned_dir is not None:
+        from workflow.tuned import load as load_tuned
+
+        tuned, tuned_config = load_tuned(tuned_dir, lens_heads(model, settings)[1], model_key)
+        tuned_info = {"path": str(tuned_dir), "unembedding_sha256": tuned_config["unembedding_sha256"]}
+    generator = LensGenerator(model, settings, tuned)
+    summary, rows = run_generation(generator, generation_probes(probes, generation), generation["max_new_tokens"])
+    document = {
+        **model_metadata(model),
+        "lenses": [name for name, _ in generator.lenses],
+        **({"tuned_lens": tuned_info} if tuned_info else {}),
+        "lens": settings.recorded(),
+        "generation": {**generation, "decoding": "greedy", "stop": "the model's end-of-sequence tokens",
+                       "cache": "key-value cache; the lens reads each new position"},
+        **summary,
+    }
+    with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
+        summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
+        count = write_records_file(records_tmp, rows, "csv")
+    log.info("wrote %d records for %d probes", count, len(summary["probes"]))
+    return document
