@@ -27,6 +27,7 @@ TINY_TOKENIZER = ("dry run (-n) added: the tiny models' tokenizer splits the rel
 HOW = {
     "snakemake --cores 1 results/001/evaluation-cross-model.md": RUN,
     "snakemake --cores 1 results/002/evaluation-cross-model.md": RUN,
+    "snakemake --cores 1 results/003/evaluation-cross-model.md": RUN,
     "snakemake --cores 1": RUN,
     "snakemake -n": RUN,
     "snakemake --report report.html": RUN,
