@@ -3,8 +3,11 @@
 Real HTTP on 127.0.0.1, so the real SDKs talk to it through ``base_url``. Its
 answer is markdown with every level-2 heading found in the last user message
 (the rendered ``${headings}`` list, or a repair request's list), so a normal
-answer meets the template's contract. Behaviours for failure tests are set on
-the instance; every request is recorded.
+answer meets the template's contract. ``script`` holds answers served first, in order
+(a weak model's: headings alone, a partial document, invented figures). Chat
+Completions are streamed when asked (``stream``), ``piece_delay`` seconds between
+pieces. Behaviours for failure tests are set on the instance; every request is
+recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class LLMServer:
         self.always_status: int | None = None
         self.fail_when_prompt_contains: str | None = None
         self.drop_last_heading: int = 0  # how many answers in a row lack their last heading
+        self.script: list[str] = []  # answers served first, in order
+        self.piece_delay: float = 0.0  # seconds between the pieces of a streamed answer
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -56,8 +61,12 @@ class LLMServer:
             self.always_status = None
             self.fail_when_prompt_contains = None
             self.drop_last_heading = 0
+            self.script.clear()
+            self.piece_delay = 0.0
 
     def answer(self, last_user: str) -> str:
+        if self.script:
+            return self.script.pop(0)
         headings = HEADING.findall(last_user)
         if self.drop_last_heading > 0 and headings:
             self.drop_last_heading -= 1
@@ -81,6 +90,33 @@ class LLMServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _stream(self, body: dict, text: str):
+                """Server-sent events as the Chat Completions API streams them: a piece per word."""
+                import time
+
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+
+                def event(delta: dict, finish=None, usage=None):
+                    chunk = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"),
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    if usage:
+                        chunk["usage"] = usage
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+
+                try:
+                    event({"role": "assistant", "content": ""})
+                    for piece in re.findall(r"\S+\s*|\s+", text):
+                        if server.piece_delay:
+                            time.sleep(server.piece_delay)
+                        event({"content": piece})
+                    event({}, "stop", {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33})
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
+                    pass
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
                 kind = "openai" if self.path.endswith("/chat/completions") else "anthropic" if self.path.endswith("/messages") else None
@@ -102,6 +138,8 @@ class LLMServer:
                     if kind == "openai":
                         return self._send(status, {"error": {"message": f"test error {status}", "type": "test"}}, retry)
                     return self._send(status, {"type": "error", "error": {"type": "api_error", "message": f"test error {status}"}}, retry)
+                if kind == "openai" and body.get("stream"):
+                    return self._stream(body, text)
                 if kind == "openai":
                     return self._send(
                         200,

@@ -59,7 +59,7 @@ REQUEST = EvaluationRequest(
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_answer_goes_through_the_real_sdk(llm, provider, tmp_path):
-    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path)))
+    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path))).text
     assert MARKER in text and heading_problems(text, REQUEST.headings) == []
     (request,) = llm.requests
     assert request["kind"] == provider
@@ -79,7 +79,7 @@ def test_answer_goes_through_the_real_sdk(llm, provider, tmp_path):
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_rate_limit_then_success_is_retried(llm, provider, tmp_path):
     llm.statuses = [429]
-    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path)))
+    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path))).text
     assert MARKER in text
     assert len(llm.requests) == 2
 
@@ -97,7 +97,7 @@ def test_persistent_server_error_fails_cleanly(llm, provider, tmp_path):
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_missing_heading_triggers_exactly_one_repair(llm, provider, tmp_path):
     llm.drop_last_heading = 1
-    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path)))
+    text = complete(REQUEST, make_provider(settings(llm, provider, tmp_path))).text
     assert heading_problems(text, REQUEST.headings) == []
     assert len(llm.requests) == 2
     repair = [m for m in llm.requests[1]["body"]["messages"] if m["role"] != "system"]

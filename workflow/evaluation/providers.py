@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,8 +59,9 @@ class Provider(Protocol):
     def complete(self, request: EvaluationRequest) -> str:
         """The markdown for ``request``."""
 
-    def repair(self, request: EvaluationRequest, draft: str, problems: list[str]) -> str | None:
-        """A second attempt after ``draft`` broke the heading contract; None if not possible."""
+    def repair(self, request: EvaluationRequest, draft: str, problems: dict[str, str]) -> str | None:
+        """The sections of ``problems`` (heading -> what is wrong) written again, after
+        ``draft`` broke the content contract; None if not possible."""
 
 
 class OfflineProvider:
@@ -73,17 +75,20 @@ class OfflineProvider:
     def complete(self, request: EvaluationRequest) -> str:
         return offline.write(request.stage, request.title, request.headings, request.facts, request.sections or {})
 
-    def repair(self, request: EvaluationRequest, draft: str, problems: list[str]) -> str | None:
+    def repair(self, request: EvaluationRequest, draft: str, problems: dict[str, str]) -> str | None:
         return None  # its output is fixed by its rules; a broken contract is a bug
 
 
-def repair_instruction(request: EvaluationRequest, problems: list[str]) -> str:
-    headings = "\n".join(f"## {h}" for h in request.headings)
+def repair_instruction(request: EvaluationRequest, problems: dict[str, str]) -> str:
+    """Ask for the failing sections only: the good ones of the first answer are kept (a
+    small model asked to rewrite everything answered with the headings alone)."""
+    headings = "\n".join(f"## {h}" for h in problems)
     return (
         "Your answer does not meet the required structure: "
-        + "; ".join(problems)
-        + ". Rewrite the whole evaluation in markdown with exactly these level-2 headings, in this order, "
-        "and keep its content:\n" + headings
+        + "; ".join(problems.values())
+        + ". Write only these sections now, each under its level-2 heading, in this order, each with several "
+        "sentences of content that cite figures from the digest (the other sections of your answer are kept):\n"
+        + headings
     )
 
 
@@ -118,8 +123,9 @@ class ChatProvider:
     def complete(self, request: EvaluationRequest) -> str:
         return self.chat(request.system, [{"role": "user", "content": request.prompt}])
 
-    def repair(self, request: EvaluationRequest, draft: str, problems: list[str]) -> str | None:
-        log.warning("%s evaluation misses required headings (%s); asking once for a repair", request.stage, "; ".join(problems))
+    def repair(self, request: EvaluationRequest, draft: str, problems: dict[str, str]) -> str | None:
+        log.warning("%s evaluation breaks the content contract (%s); asking once for those sections",
+                    request.stage, "; ".join(problems.values()))
         messages = [
             {"role": "user", "content": request.prompt},
             {"role": "assistant", "content": draft},
@@ -153,6 +159,37 @@ class ChatProvider:
         raise NotImplementedError
 
 
+class ProviderTimeout(Exception):
+    """The whole answer took longer than the ``timeout`` setting."""
+
+
+class Progress:
+    """Log lines while an answer streams in (every PROGRESS_EVERY seconds), and the
+    deadline of the whole answer."""
+
+    def __init__(self, provider: ChatProvider, timeout: float):
+        self.provider, self.timeout = provider, timeout
+        self.started = self.last = time.monotonic()
+
+    def received(self, pieces: int) -> None:
+        now = time.monotonic()
+        if now - self.started > self.timeout:
+            raise ProviderTimeout(
+                f"the answer took longer than evaluation.timeout ({self.timeout:g} s; {pieces} pieces received): raise "
+                "timeout for a slow local model"
+            )
+        if now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            log.info("%s %s: %d pieces of the answer in %.0f s", self.provider.name, self.provider.model, pieces, now - self.started)
+
+    def done(self, pieces: int) -> None:
+        log.info("%s %s: answer complete, %d pieces in %.1f s", self.provider.name, self.provider.model, pieces,
+                 time.monotonic() - self.started)
+
+
+PROGRESS_EVERY = 10.0  # seconds between progress lines in the job's log
+
+
 class OpenAIProvider(ChatProvider):
     name = "openai"
 
@@ -170,14 +207,29 @@ class OpenAIProvider(ChatProvider):
         kwargs["max_tokens" if self.base_url else "max_completion_tokens"] = self.max_tokens
         if self.seed is not None:
             kwargs["seed"] = self.seed
+        if not self.base_url:  # the official API sends usage at the end of a stream only when asked
+            kwargs["stream_options"] = {"include_usage": True}
         chat = [{"role": "system", "content": system}] if system else []
+        progress = Progress(self, self.timeout)
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
         try:
-            response = client.chat.completions.create(messages=chat + messages, **kwargs)
+            # Streamed: a local model can take many minutes for one answer; the log shows it
+            # coming, and ``timeout`` bounds the whole answer, not only the wait between tokens.
+            stream = client.chat.completions.create(messages=chat + messages, stream=True, **kwargs)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    parts.append(chunk.choices[0].delta.content)
+                    progress.received(len(parts))
+                if getattr(chunk, "usage", None):
+                    usage = chunk.usage.model_dump()
         except openai.APIError as error:
             raise self._failure(error) from None
-        text = response.choices[0].message.content or ""
-        usage = response.usage.model_dump() if response.usage else {}
-        return text, {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
+        except ProviderTimeout as error:
+            stream.close()
+            raise self._failure(error) from None
+        progress.done(len(parts))
+        return "".join(parts), {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
 
 
 class AnthropicProvider(ChatProvider):

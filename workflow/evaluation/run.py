@@ -15,8 +15,10 @@ from typing import Any
 from workflow.atomic import write_text
 from workflow.errors import UserError
 from workflow.records import rounded
-from workflow.evaluation.providers import EvaluationRequest, Provider, make_provider
-from workflow.evaluation.templates import PromptTemplate, heading_problems, load_template
+from workflow.evaluation.cache import DEFAULT_CACHE_DIR
+from workflow.evaluation.figures import Evidence, Verification, marked, verify
+from workflow.evaluation.providers import EvaluationRequest, OfflineProvider, Provider, make_provider
+from workflow.evaluation.templates import MIN_SECTION_CHARS, PromptTemplate, failing_sections, load_template, merged, without_title
 from workflow.experiments import Experiment, experiment
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,8 @@ DEFAULT_MAX_CHARS = 24_000  # the digests' size budget (evaluation.digest_max_ch
 
 
 class EvaluationError(UserError):
-    """The provider's output does not meet the template's contract, even after one repair."""
+    """The provider's output does not meet the template's contract, even after one repair,
+    or (``figures: strict``) cites a figure the data it was given does not hold."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class Written:
     prompt_sha256: str
     evaluator: dict[str, Any]
     cache_keys: tuple[str, ...]
+    # The content contract's repair, where one was needed: what failed, which sections came
+    # from the repair answer.
+    repair: dict[str, Any] | None = None
+    # The figure check of an LLM-written evaluation (None for the offline analyst's).
+    figures: dict[str, Any] | None = None
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -44,6 +52,8 @@ class Written:
             "prompt_sha256": self.prompt_sha256,
             "evaluator": self.evaluator,
             "cache_keys": list(self.cache_keys),
+            **({"repair": self.repair} if self.repair else {}),
+            **({"figures": self.figures} if self.figures is not None else {}),
         }
 
 
@@ -76,21 +86,56 @@ def figures_section(figures: list[str], output_path: str) -> str:
     return "\n" + "\n".join(lines)
 
 
-def complete(request: EvaluationRequest, provider: Provider) -> str:
-    """The provider's text, repaired once if it breaks the heading contract."""
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    repair: dict[str, Any] | None = None
+
+
+def complete(request: EvaluationRequest, provider: Provider, min_chars: int = MIN_SECTION_CHARS) -> Completion:
+    """The provider's text, meeting the content contract: every required heading, in order,
+    with at least ``min_chars`` characters of content under it. Where the first answer
+    fails, one repair request asks for the failing sections only, and they are merged
+    into the first answer's good ones; what still fails is an EvaluationError."""
     text = provider.complete(request)
-    problems = heading_problems(text, request.headings)
-    if problems:
-        repaired = provider.repair(request, text, problems)
-        if repaired is not None:
-            text = repaired
-            problems = heading_problems(text, request.headings)
-    if problems:
+    failing = failing_sections(text, request.headings, min_chars)
+    repair = None
+    if failing:
+        answer = provider.repair(request, text, failing)
+        if answer is not None:
+            repaired = failing_sections(answer, tuple(failing), min_chars)
+            text = merged(text, answer, request.headings, set(failing))
+            repair = {"problems": list(failing.values()), "sections_repaired": [h for h in failing if h not in repaired]}
+            failing = failing_sections(text, request.headings, min_chars)
+    if failing:
         raise EvaluationError(
-            f"{provider.name} wrote a {request.stage} evaluation that breaks the template's heading contract "
-            "(after one repair request where the provider allows it): " + "; ".join(problems) + ". Nothing was written."
+            f"{provider.name} wrote a {request.stage} evaluation that breaks the template's content contract "
+            "(every required heading, in order, with content under it; after one repair request where the provider "
+            "allows it): " + "; ".join(failing.values()) + ". Nothing was written"
+            + (f"; the answers are kept in the response cache ({DEFAULT_CACHE_DIR}/ unless evaluation.cache_dir says "
+               "otherwise)." if provider.name != "offline" else ".")
         )
-    return text
+    return Completion(text, repair)
+
+
+def checked_figures(text: str, prompt: str, request: EvaluationRequest, template: PromptTemplate, provider: Provider) -> tuple[str, Verification]:
+    """Every figure of an LLM-written ``text`` looked up in its ``prompt`` and in the offline
+    analyst's document for the same facts; unsupported ones marked (``figures: mark``) or,
+    with ``figures: strict``, an EvaluationError naming them."""
+    offline = OfflineProvider().complete(request)
+    verification = verify(text, Evidence(prompt, offline))
+    if verification.unsupported and template.figures == "strict":
+        named = ", ".join(f"{f.text} (section '{f.section}')" for f in verification.unsupported)
+        raise EvaluationError(
+            f"{provider.name} wrote a {request.stage} evaluation citing {len(verification.unsupported)} figure(s) that the "
+            f"digest and metadata it was given do not hold: {named}. The template {template.path} sets `figures: strict`; "
+            "nothing was written (set `figures: mark` to have them marked in the text instead)."
+        )
+    if verification.unsupported:
+        log.warning("%d of %d figures not found in the data: %s", len(verification.unsupported), verification.checked,
+                    ", ".join(f.text for f in verification.unsupported))
+    text = marked(text, verification.unsupported).rstrip("\n") + "\n\n" + verification.section(template.figures)
+    return text, verification
 
 
 def _write(
@@ -109,8 +154,15 @@ def _write(
     prompt = template.render(variables)
     request = EvaluationRequest(stage, title, template.system, prompt, template.headings, facts, exp.sections[stage])
     log.info("writing the %s evaluation with %s (prompt %d characters)", stage, provider.name, len(prompt))
+    completion = complete(request, provider, template.min_section_chars)
+    # The title is the pipeline's, the same whoever writes (an LLM's own title line is replaced).
+    body = without_title(completion.text)
+    verification = None
+    if provider.name != "offline":
+        body, verification = checked_figures(body, prompt, request, template, provider)
     text = (
-        complete(request, provider).rstrip("\n")
+        f"# {title}\n\n"
+        + body.rstrip("\n")
         + "\n"
         + figures_section(figures or [], output_path)
         + footer(template, prompt, provider)
@@ -118,7 +170,8 @@ def _write(
     write_text(output_path, text)
     log.info("wrote %s", output_path)
     keys = tuple(getattr(provider, "cache_keys", ()))
-    return Written(text, template.sha256, _sha(prompt), provider.describe(), keys)
+    return Written(text, template.sha256, _sha(prompt), provider.describe(), keys, completion.repair,
+                   verification.record() if verification else None)
 
 
 def _digests(exp: Experiment, facts: list[Any], settings: dict[str, Any]) -> str:
