@@ -149,6 +149,9 @@ class ChatProvider:
         status = getattr(error, "status_code", None)
         where = self.base_url or f"the {self.name} API"
         what = f"HTTP {status}" if status else type(error).__name__
+        body = getattr(error, "body", None)
+        if body and str(body) not in str(error):  # a compatible server's reason ({'detail': ...}) is in the body
+            what += f" ({body})"
         return ProviderError(
             f"{self.name} request to {where} (model {self.model!r}) failed with {what} after up to "
             f"{self.max_retries} retries: {str(error).rstrip('.')}. Nothing was written; re-run when the service is back "

@@ -15,7 +15,6 @@ from typing import Any
 from workflow.atomic import write_text
 from workflow.errors import UserError
 from workflow.records import rounded
-from workflow.evaluation.cache import DEFAULT_CACHE_DIR
 from workflow.evaluation.figures import Evidence, Verification, marked, verify
 from workflow.evaluation.providers import EvaluationRequest, OfflineProvider, Provider, make_provider
 from workflow.evaluation.templates import MIN_SECTION_CHARS, PromptTemplate, failing_sections, load_template, merged, without_title
@@ -112,8 +111,8 @@ def complete(request: EvaluationRequest, provider: Provider, min_chars: int = MI
             f"{provider.name} wrote a {request.stage} evaluation that breaks the template's content contract "
             "(every required heading, in order, with content under it; after one repair request where the provider "
             "allows it): " + "; ".join(failing.values()) + ". Nothing was written"
-            + (f"; the answers are kept in the response cache ({DEFAULT_CACHE_DIR}/ unless evaluation.cache_dir says "
-               "otherwise)." if provider.name != "offline" else ".")
+            + (f"; the answers are kept in the response cache ({cache.directory}/, keys {', '.join(k[:12] for k in provider.cache_keys)})."
+               if (cache := getattr(provider, "cache", None)) is not None else ".")
         )
     return Completion(text, repair)
 
