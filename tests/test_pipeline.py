@@ -62,15 +62,17 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     heatmaps = [f"heatmap-{p['id']}.png" for p in PROBES]
     categories = report_data(html, "categories")
     assert list(categories) == ["tiny-llama", "tiny-gemma3", "Cross-model", "Method"]
+    # Experiments 001 and 003 (002 has no pairs in this config).
     for model in ("tiny-llama", "tiny-gemma3"):
         assert sorted(categories[model]["Heatmaps"]) == sorted(f"results/001/plots/{model}/{h}" for h in heatmaps)
-        assert categories[model]["Evaluation"] == [f"results/001/html/evaluation-{model}.html"]
+        assert sorted(categories[model]["Generation"]) == sorted(f"results/003/plots/{model}/generation-{p['id']}.png" for p in PROBES)
+        assert sorted(categories[model]["Evaluation"]) == [f"results/{e}/html/evaluation-{model}.html" for e in ("001", "003")]
         assert categories[model]["Statistics"] == [f"results/001/plots/{model}/statistics.png"]
-    assert categories["Cross-model"] == {
-        "Figures": ["results/001/plots/cross-model-trajectories.png"],
-        "Evaluation": ["results/001/html/evaluation-cross-model.html"],
+    assert {k: sorted(v) for k, v in categories["Cross-model"].items()} == {
+        "Figures": ["results/001/plots/cross-model-trajectories.png", "results/003/plots/cross-model-settling.png"],
+        "Evaluation": [f"results/{e}/html/evaluation-cross-model.html" for e in ("001", "003")],
     }
-    assert categories["Method"] == {"Evaluation": ["results/001/html/evaluation-meta.html"]}
+    assert sorted(categories["Method"]["Evaluation"]) == [f"results/{e}/html/evaluation-meta.html" for e in ("001", "003")]
     results = report_data(html, "results")
     for path, entry in results.items():
         assert entry["caption"].strip(), f"{path} has no caption"
