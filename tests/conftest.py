@@ -66,3 +66,25 @@ def kernel(request, monkeypatch):
         pytest.skip(f"the fused kernel cannot be built here ({native.build_error()}); the torch path is tested")
     yield request.param
     native._library.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A stand-in LLM server (tests/llm_server.py), one per test module."""
+    from llm_server import LLMServer
+
+    srv = LLMServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def llm(server, monkeypatch):
+    """The stand-in server reset, with both providers' keys set to llm_server.KEY."""
+    from llm_server import KEY
+
+    server.reset()
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return server

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HEADING = re.compile(r"^## (.+)$", re.MULTILINE)
 MARKER = "SERVER-TEXT"
+KEY = "sk-test-4f9a1c0e-never-write-me"  # the API key the tests use: it must reach no file or log
 
 
 class LLMServer:
@@ -167,3 +168,4 @@ class LLMServer:
                 )
 
         return Handler
+

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from conftest import REPO
-from llm_server import MARKER, LLMServer
+from llm_server import MARKER
 from workflow.errors import UserError
 from workflow.evaluation import figures as fig
 from workflow.evaluation import providers
@@ -17,28 +17,12 @@ from workflow.evaluation.providers import ProviderError
 from workflow.evaluation.run import EvaluationError, evaluate
 from workflow.evaluation.templates import failing_sections, load_template
 
-KEY = "sk-test-contract-never-write-me"
 MODEL = "smollm2-135m-instruct"
 TEMPLATE = REPO / "prompts" / "003" / "single-model-evaluation.md"
 HEADINGS = load_template(TEMPLATE).headings  # Summary, Where generated tokens settle, ...
 PATHS = {"summary": str(REPO / "results" / "003" / f"output-{MODEL}.json"),
          "records": str(REPO / "results" / "003" / f"output-{MODEL}-records.csv")}
 GOOD = "The model settles content words deeper than function words across the nine replies it wrote."
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = LLMServer().start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def llm(server, monkeypatch):
-    server.reset()
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    return server
 
 
 def run(llm, tmp_path, template=TEMPLATE, **extra):

@@ -5,32 +5,15 @@ import shutil
 import pytest
 
 from conftest import tiny_config
-from llm_server import MARKER, LLMServer
+from llm_server import KEY, MARKER
 from pipeline import files_under, finished_run, said, snakemake, write_config
 from workflow.errors import UserError
 from workflow.evaluation.providers import EvaluationRequest, ProviderError, make_provider
 from workflow.evaluation.run import EvaluationError, complete
 from workflow.evaluation.templates import heading_problems, load_template
 
-KEY = "sk-test-4f9a1c0e-never-write-me"
 PROVIDERS = ["openai", "anthropic"]
 EVALUATIONS = ["evaluation-cross-model.md", "evaluation-meta.md", "evaluation-tiny-gemma3.md", "evaluation-tiny-llama.md"]
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = LLMServer().start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def llm(server, monkeypatch):
-    server.reset()
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    return server
 
 
 def settings(server, provider, tmp_path, **extra):
