@@ -31,6 +31,7 @@ class LLMServer:
         self.drop_last_heading: int = 0  # how many answers in a row lack their last heading
         self.script: list[str] = []  # answers served first, in order
         self.piece_delay: float = 0.0  # seconds between the pieces of a streamed answer
+        self.answer_delay: float = 0.0  # seconds before an answer that is not streamed
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -64,6 +65,7 @@ class LLMServer:
             self.drop_last_heading = 0
             self.script.clear()
             self.piece_delay = 0.0
+            self.answer_delay = 0.0
 
     def answer(self, last_user: str) -> str:
         if self.script:
@@ -141,6 +143,10 @@ class LLMServer:
                     return self._send(status, {"type": "error", "error": {"type": "api_error", "message": f"test error {status}"}}, retry)
                 if kind == "openai" and body.get("stream"):
                     return self._stream(body, text)
+                if server.answer_delay:
+                    import time
+
+                    time.sleep(server.answer_delay)
                 if kind == "openai":
                     return self._send(
                         200,

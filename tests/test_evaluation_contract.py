@@ -206,3 +206,11 @@ def test_progress_is_logged_and_timeout_bounds_the_whole_answer(llm, tmp_path, m
     with pytest.raises(ProviderError, match="longer than evaluation.timeout"):
         run(llm, tmp_path / "slow", timeout=1)
     assert not (tmp_path / "slow" / "evaluation.md").exists()
+
+
+def test_a_long_wait_for_an_answer_that_is_not_streamed_is_logged(llm, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(providers, "PROGRESS_EVERY", 0.05)
+    llm.answer_delay = 0.3
+    caplog.set_level(logging.INFO, logger="workflow")
+    run(llm, tmp_path, provider="anthropic", base_url=llm.anthropic_url)
+    assert any("waiting for the answer" in r.getMessage() for r in caplog.records)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -193,6 +194,30 @@ class Progress:
 PROGRESS_EVERY = 10.0  # seconds between progress lines in the job's log
 
 
+class Waiting:
+    """While an answer that is not streamed is awaited: a log line every PROGRESS_EVERY
+    seconds with the time waited (the SDK's ``timeout`` ends the wait)."""
+
+    def __init__(self, provider: ChatProvider):
+        self.provider = provider
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="waiting", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self.stop.wait(PROGRESS_EVERY):
+            log.info("%s %s: waiting for the answer, %.0f s of at most %g s", self.provider.name, self.provider.model,
+                     time.monotonic() - started, self.provider.timeout)
+
+    def __enter__(self) -> Waiting:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 class OpenAIProvider(ChatProvider):
     name = "openai"
 
@@ -252,7 +277,8 @@ class AnthropicProvider(ChatProvider):
             # them on models that support them (the newest accept only the default).
             kwargs["extra_body"] = {"temperature": self.temperature}
         try:
-            response = client.messages.create(messages=messages, **kwargs)
+            with Waiting(self):
+                response = client.messages.create(messages=messages, **kwargs)
         except anthropic.APIError as error:
             raise self._failure(error) from None
         text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
