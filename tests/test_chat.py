@@ -149,3 +149,23 @@ def test_bad_model_and_config_are_clear_errors(chat_config, tmp_path):
     bad.write_text(yaml.safe_dump({**config, "lens": {"top_k": "many"}}))
     invalid = chat(bad, "--once", "x")
     assert invalid.returncode == 1 and "bad.yaml" in invalid.stderr and "top_k" in invalid.stderr
+
+
+def test_a_gguf_model_is_prepared_apart_from_the_pipelines_directory(tiny_dirs, tmp_path):
+    """Preparing into resources/models/ would give the pipeline's input a newer time than its
+    results, and Snakemake would re-run every job of the model."""
+    from gguf_writer import write_gguf
+
+    gguf = write_gguf(tiny_dirs["llama"], tmp_path / "tiny.gguf", "llama")
+    config = {"device": "cpu", "dtype": "float32", "lenses": ["logit"], "models": {"tiny-gguf": {"source": "gguf", "path": str(gguf)}},
+              "probes": [{"id": "p", "prompt": "The capital of Germany is", "answer": " Berlin"}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    result = chat(path, "--workdir", str(work), "--once", "The capital of Germany is", "--raw", "--max-new-tokens", "2")
+    assert result.returncode == 0, result.stderr
+    assert "preparing tiny-gguf once into" in result.stderr
+    assert (work / "resources" / "chat-models" / "tiny-gguf" / "manifest.json").is_file()
+    assert not (work / "resources" / "models").exists()
+    again = chat(path, "--workdir", str(work), "--once", "The capital of Germany is", "--raw", "--max-new-tokens", "2")
+    assert again.returncode == 0 and "preparing" not in again.stderr

@@ -42,7 +42,7 @@ HOW = {
     "snakemake --cores 1 --config evaluation='{provider: anthropic, model: claude-sonnet-4-6}'": DRY,
     'snakemake --cores 1 --config evaluation=\'{provider: openai, model: qwen3-8b, base_url: "http://localhost:8080/v1"}\'': DRY,
     # A running `transformers serve` (and FastAPI, not a dependency): tests/test_evaluation_contract.py drives a stand-in.
-    'snakemake --cores 1 --config evaluation=\'{provider: openai, model: resources/models/smollm2-135m-instruct, base_url: "http://127.0.0.1:8000/v1", max_tokens: 800, timeout: 1800}\'': DRY,
+    'snakemake --cores 1 --config evaluation=\'{provider: openai, model: resources/chat-models/smollm2-135m-instruct, base_url: "http://127.0.0.1:8000/v1", max_tokens: 800, timeout: 1800}\'': DRY,
     "snakemake --profile profiles/slurm -n": RUN,
     # A real SLURM run: tests/test_slurm.py runs the pipeline on a one-node cluster it starts.
     "snakemake --profile profiles/slurm": DRY,

@@ -7,8 +7,10 @@ layer where it first became the lens's top-1 and its final probability.
     python -m workflow.chat --help
 
 Any model key of the config (GGUF, package, local, hf) is loaded the way the pipeline loads
-it (its device, dtype, backend and placement); a GGUF or packaged model not yet prepared is
-dequantised first into resources/models/{model}/, where the pipeline keeps it. The tuned
+it (its device, dtype, backend and placement). A GGUF or packaged model is read from the
+pipeline's resources/models/{model}/ where it has prepared it, else dequantised once into
+resources/chat-models/{model}/: never into the pipeline's own directory, whose newer time
+would make Snakemake re-run every job of that model. The tuned
 lens is shown where the pipeline has trained it (resources/lenses/{model}/). The reply goes
 through the model's own chat template; ``--raw`` continues the text instead (for base
 models, which have none). Generation uses the key-value cache, and the lens reads only the
@@ -57,14 +59,18 @@ def load_config(path: Path) -> dict[str, Any]:
 
 
 def prepared_dir(key: str, entry: dict[str, Any], workdir: Path) -> str | None:
-    """Where a GGUF or packaged model's prepared weights are, prepared now if missing."""
+    """Where a GGUF or packaged model's prepared weights are: the pipeline's, or the chat's
+    own (prepared now if missing)."""
     from workflow.prepare import MANIFEST, PREPARED_SOURCES, prepare_model
 
     if entry["source"] not in PREPARED_SOURCES:
         return None
-    out = workdir / "resources" / "models" / key
+    pipeline = workdir / "resources" / "models" / key
+    if (pipeline / MANIFEST).is_file():
+        return str(pipeline)
+    out = workdir / "resources" / "chat-models" / key
     if not (out / MANIFEST).is_file():
-        print(f"preparing {key} once into {out} (dequantising its GGUF file; the pipeline uses it too) ...", file=sys.stderr)
+        print(f"preparing {key} once into {out} (dequantising its GGUF file) ...", file=sys.stderr)
         prepare_model(key, entry, out)
     return str(out)
 
