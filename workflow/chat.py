@@ -123,7 +123,8 @@ class Chat:
 
                 tuned, _ = load_tuned(lenses_dir, lens_heads(self.model, settings)[1], key)
             else:
-                print(f"(no tuned lens: `snakemake --cores 1 resources/lenses/{key}` trains one)", file=sys.stderr)
+                print(f"(logit lens only: no tuned lens in {lenses_dir}; the pipeline trains it there when it computes "
+                      "the model's results from nothing)", file=sys.stderr)
         self.generator = LensGenerator(self.model, settings, tuned)
         self.key, self.args = key, args
         self.rows: list[dict[str, Any]] = []
