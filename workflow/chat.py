@@ -217,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--temperature must be 0 or more")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from workflow.lens_setup import LensIdentityError
+
     try:
         chat = Chat(args)
         if args.once is not None:
             chat.reply([{"role": "user", "content": args.once}])
         else:
             chat.interactive()
-    except UserError as error:
+    except (UserError, LensIdentityError) as error:
         print(f"lens-chat: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
