@@ -15,6 +15,8 @@ PER_MODEL_EVALS = {("evaluate_model", m) for m in MODELS}
 MODEL_PAGES = {("evaluation_page", m) for m in MODELS}
 CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None), ("evaluation_page", "cross-model"), ("evaluation_page", "meta")}
 PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_statistics", m) for m in MODELS} | {("plot_cross", None)}
+# Experiment 003 decodes generated tokens with the same lens settings: its jobs follow the lens's.
+GENERATION = {("run_generation", m) for m in MODELS} | {("plot_generation", m) for m in MODELS} | {("plot_generation_cross", None)}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_single_model_template_edit_plans_evaluations_not_lens(workdir):
 
 def test_lens_flag_plans_every_lens_job_and_downstream(workdir):
     edit_config(workdir, lambda c: c["lens"].update(top_k=4))
-    assert plan(workdir) == LENS | PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META | PLOTS
+    assert plan(workdir) == LENS | PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META | PLOTS | GENERATION
 
 
 def test_new_probe_plans_every_lens_job(workdir):
@@ -125,6 +127,9 @@ def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
         ("plot_statistics", "tiny-extra"),
         ("evaluation_page", "tiny-extra"),
         ("plot_cross", None),
+        ("run_generation", "tiny-extra"),
+        ("plot_generation", "tiny-extra"),
+        ("plot_generation_cross", None),
     } | CROSS_AND_META
 
 
