@@ -1,5 +1,5 @@
 # Two commands for a fresh clone (see README):
-#   make demo   set up .venv with everything, build experiment 001, write report.html
+#   make demo   set up .venv with everything, build experiments 001-003, write report.html
 #   make test   set up .venv with everything, then run the full test suite
 PYTHON ?= python3
 VENV ?= .venv
