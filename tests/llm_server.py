@@ -32,6 +32,14 @@ class LLMServer:
         self.script: list[str] = []  # answers served first, in order
         self.piece_delay: float = 0.0  # seconds between the pieces of a streamed answer
         self.answer_delay: float = 0.0  # seconds before an answer that is not streamed
+        # Faults: a stream cut off after this share of its pieces (no finish reason, no
+        # [DONE]); an answer stopped by the token limit; a 200 whose body is this text (not
+        # JSON); a stream with an event that is not JSON; a 401 echoing the request's key.
+        self.cut_at: float | None = None
+        self.token_limit: bool = False
+        self.raw_body: str | None = None
+        self.bad_event: bool = False
+        self.echo_key: bool = False
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -66,6 +74,11 @@ class LLMServer:
             self.script.clear()
             self.piece_delay = 0.0
             self.answer_delay = 0.0
+            self.cut_at = None
+            self.token_limit = False
+            self.raw_body = None
+            self.bad_event = False
+            self.echo_key = False
 
     def answer(self, last_user: str) -> str:
         if self.script:
@@ -111,11 +124,19 @@ class LLMServer:
 
                 try:
                     event({"role": "assistant", "content": ""})
-                    for piece in re.findall(r"\S+\s*|\s+", text):
+                    pieces = re.findall(r"\S+\s*|\s+", text)
+                    if server.cut_at is not None:
+                        pieces = pieces[: int(len(pieces) * server.cut_at)]
+                    for number, piece in enumerate(pieces):
                         if server.piece_delay:
                             time.sleep(server.piece_delay)
+                        if server.bad_event and number == 1:
+                            self.wfile.write(b"data: {this is not json\n\n")
                         event({"content": piece})
-                    event({}, "stop", {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33})
+                    if server.cut_at is not None:
+                        return  # the connection closes: no finish reason, no [DONE]
+                    finish = "length" if server.token_limit else "stop"
+                    event({}, finish, {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 33})
                     self.wfile.write(b"data: [DONE]\n\n")
                 except (BrokenPipeError, ConnectionResetError):  # the client stopped reading
                     pass
@@ -136,6 +157,18 @@ class LLMServer:
                     text = None if status else server.answer(last_user)
                 if kind is None:
                     return self._send(404, {"error": {"message": "unknown path"}})
+                if server.echo_key:
+                    secret = self.headers.get("authorization") or self.headers.get("x-api-key")
+                    return self._send(401, {"error": {"message": f"invalid credentials: {secret}", "type": "auth"},
+                                            "type": "error"})
+                if server.raw_body is not None and status is None:
+                    data = server.raw_body.encode()
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if status:
                     retry = {"retry-after-ms": "5"}
                     if kind == "openai":
@@ -167,7 +200,7 @@ class LLMServer:
                         "role": "assistant",
                         "model": body.get("model"),
                         "content": [{"type": "text", "text": text}],
-                        "stop_reason": "end_turn",
+                        "stop_reason": "max_tokens" if server.token_limit else "end_turn",
                         "stop_sequence": None,
                         "usage": {"input_tokens": 11, "output_tokens": 22},
                     },

@@ -169,3 +169,28 @@ def test_a_gguf_model_is_prepared_apart_from_the_pipelines_directory(tiny_dirs, 
     assert not (work / "resources" / "models").exists()
     again = chat(path, "--workdir", str(work), "--once", "The capital of Germany is", "--raw", "--max-new-tokens", "2")
     assert again.returncode == 0 and "preparing" not in again.stderr
+
+
+def test_a_config_that_is_not_a_mapping_is_a_clear_error(chat_config, tmp_path):
+    for name, text in (("list.yaml", "- models\n- probes\n"), ("broken.yaml", "models: {tiny: [\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        result = chat(path, "--once", "x")
+        assert result.returncode == 1 and name in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_message_longer_than_the_context_is_refused_not_run(chat_config):
+    """The tiny models take 256 positions: a 20,000-character message is refused with its
+    size; in a terminal the chat goes on."""
+    result = chat(chat_config, "--model", "tiny-chat", "--once", "Berlin " * 3000)
+    assert result.returncode == 1
+    assert "256 positions" in result.stderr and "shorten the message" in result.stderr
+    term = Terminal([sys.executable, "-m", "workflow.chat", "--config", str(chat_config), "--model", "tiny-chat",
+                     "--max-new-tokens", "3"], REPO)
+    term.read_until("you> ")
+    term.type("Berlin " * 300 + "\n")
+    term.read_until("shorten the message")
+    term.type("The capital of Germany is\n")
+    term.read_until(r"tokens in [\d.]+ s")
+    term.type("\n")
+    assert term.wait() == 0

@@ -214,3 +214,35 @@ def test_a_long_wait_for_an_answer_that_is_not_streamed_is_logged(llm, tmp_path,
     caplog.set_level(logging.INFO, logger="workflow")
     run(llm, tmp_path, provider="anthropic", base_url=llm.anthropic_url)
     assert any("waiting for the answer" in r.getMessage() for r in caplog.records)
+
+
+def test_numbers_in_the_users_own_probe_text_are_not_evidence():
+    facts = [{"probes": [{"id": "p", "prompt": "Within 0.999 of the capital of Germany is", "answer": " Berlin"}]}]
+    quoted = 'probe p: "Within 0.999 of the capital of Germany is" -> " Berlin", final probability 0.81'
+    (invented,) = fig.extract("It is 0.999 sure.")
+    assert fig.Evidence(quoted).supports(invented)  # without knowing the user's text
+    evidence = fig.Evidence(quoted, user=fig.user_texts(facts))
+    assert not evidence.supports(invented)
+    assert evidence.supports(fig.extract("p = 0.81")[-1])
+
+
+def test_an_invented_figure_that_only_a_probe_prompt_holds_is_marked(llm, tmp_path, monkeypatch):
+    """Through the evaluation: a figure found only in the user's probe text is not in the data."""
+    from dataclasses import replace
+
+    from workflow.evaluation import run as run_module
+
+    real = run_module.checked_figures
+
+    def with_a_numeric_prompt(text, prompt, request, template, provider):
+        facts = request.facts  # one model's facts
+        facts.probes[0] = replace(facts.probes[0], prompt=facts.probes[0].prompt + " (within 0.9871)")
+        prompt = prompt + "\nprobe prompt: " + facts.probes[0].prompt
+        return real(text, prompt, request, template, provider)
+
+    monkeypatch.setattr(run_module, "checked_figures", with_a_numeric_prompt)
+    bodies = {h: GOOD for h in HEADINGS}
+    bodies[HEADINGS[0]] = "The model is 0.9871 sure of its replies."
+    llm.script = [document(bodies)]
+    run(llm, tmp_path)
+    assert "0.9871 [not in the data]" in (tmp_path / "evaluation.md").read_text()

@@ -204,3 +204,88 @@ def test_missing_key_fails_when_planning_before_any_job(llm, lens_done, tmp_path
     assert llm.requests == []
     assert not (workdir / "logs/001/evaluate_model-tiny-llama.log").exists()  # no job ran
     assert not (workdir / "results/001/evaluation-tiny-llama.md").exists()
+
+
+# ------------------------------------------------------------ only complete answers are taken
+
+
+def _cache_is_empty(tmp_path):
+    return files_under(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("cut_at", [0.97, 0.6])
+def test_a_stream_cut_off_is_an_error_and_not_cached(llm, tmp_path, cut_at):
+    llm.cut_at = cut_at
+    with pytest.raises(ProviderError, match="ended before the answer was complete") as info:
+        make_provider(settings(llm, "openai", tmp_path, max_retries=0)).complete(REQUEST)
+    assert "openai" in str(info.value)
+    assert _cache_is_empty(tmp_path)
+    llm.cut_at = None  # the next run asks again and gets the whole answer
+    assert MARKER in make_provider(settings(llm, "openai", tmp_path)).complete(REQUEST)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_an_answer_stopped_by_the_token_limit_names_max_tokens(llm, provider, tmp_path):
+    llm.token_limit = True
+    with pytest.raises(ProviderError, match="evaluation.max_tokens") as info:
+        make_provider(settings(llm, provider, tmp_path, max_tokens=64)).complete(REQUEST)
+    assert provider in str(info.value) and "64" in str(info.value)
+    assert _cache_is_empty(tmp_path)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_body_that_is_not_json_is_an_error_and_not_cached(llm, provider, tmp_path):
+    llm.raw_body = "<html>gateway says hello</html>"
+    with pytest.raises(ProviderError) as info:
+        make_provider(settings(llm, provider, tmp_path, max_retries=0)).complete(REQUEST)
+    assert llm.openai_url.split("/v1")[0] in str(info.value)
+    assert _cache_is_empty(tmp_path)
+
+
+def test_a_stream_event_that_is_not_json_names_the_server(llm, tmp_path):
+    llm.bad_event = True
+    with pytest.raises(ProviderError) as info:
+        make_provider(settings(llm, "openai", tmp_path, max_retries=0)).complete(REQUEST)
+    assert llm.openai_url in str(info.value)
+    assert _cache_is_empty(tmp_path)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_key_the_server_echoes_is_redacted(llm, provider, tmp_path, caplog):
+    llm.echo_key = True
+    with pytest.raises(ProviderError) as info:
+        make_provider(settings(llm, provider, tmp_path, max_retries=0)).complete(REQUEST)
+    assert KEY not in str(info.value) and "[redacted]" in str(info.value)
+    assert KEY not in caplog.text
+
+
+def test_the_key_never_reaches_a_log_file(tmp_path, monkeypatch):
+    import logging
+
+    from workflow.logs import setup_logging
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-123456")
+    log_file = tmp_path / "job.log"
+    setup_logging(str(log_file))
+    logging.getLogger("workflow.test").error("the server said: bad key sk-secret-value-123456 (%s)", "sk-secret-value-123456")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    assert "sk-secret-value-123456" not in log_file.read_text()
+    assert "[redacted]" in log_file.read_text()
+
+
+def test_a_damaged_cache_entry_is_a_miss_named_in_the_log(llm, tmp_path, caplog):
+    import logging
+
+    provider = make_provider(settings(llm, "openai", tmp_path))
+    provider.complete(REQUEST)
+    (entry,) = (tmp_path / "cache").rglob("*.json")
+    entry.write_text('{"key": "broken', encoding="utf-8")
+    caplog.set_level(logging.WARNING)
+    text = make_provider(settings(llm, "openai", tmp_path)).complete(REQUEST)
+    assert MARKER in text
+    assert str(entry.name) in caplog.text and "damaged" in caplog.text
+    assert len(llm.requests) == 2  # asked again, and the entry healed
+    import json
+
+    assert json.loads(entry.read_text())["response"] == text

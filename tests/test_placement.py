@@ -155,3 +155,15 @@ def test_a_cpu_budget_lowers_what_the_lens_job_asks_a_scheduler_for(tiny_dirs):
     placed = lens_resources(entry, {"device": "cpu", "placement": {"max_memory": {"cpu": "1KB"}}})["mem_mb"]
     own = lens_resources({**entry, "placement": {"max_memory": {"cpu": 1000}}}, {"device": "cpu"})["mem_mb"]
     assert placed == own < whole
+
+
+def test_an_offload_folder_that_cannot_be_written_is_refused_naming_the_key(tiny_dirs, tmp_path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_dirs["llama"])
+    estimate = estimate_memory(config, torch.float32)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match=r"placement.offload_folder: .*cannot be written"):
+        plan_placement("tiny", config, estimate, "cpu", torch.float32,
+                       {"max_memory": {"cpu": 1}, "offload_folder": str(blocker / "offload")})

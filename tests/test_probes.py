@@ -97,3 +97,26 @@ def test_bad_probe_files_name_the_file_and_line(tmp_path):
     blank.write_text("- {id: x, prompt: '  ', answer: ' y'}\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"blank.yaml, probe 1: prompt is missing or blank"):
         load({"file": str(blank)})
+
+
+def test_a_csv_row_with_more_fields_than_the_header_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "probes.csv"
+    path.write_text('id,prompt,answer\np0,"Paris is in", France\np1,The capital of Germany, is, Berlin\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"probes.csv, line 3: 4 fields but the header has 3") as info:
+        load({"file": str(path)}, tmp_path)
+    assert "quote" in str(info.value)
+
+
+def test_a_csv_that_is_not_utf8_is_refused_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "probes.csv"
+    path.write_bytes('id,prompt,answer\np1,The capital of Germany is, Berlin\np2,Caf\xe9s are in, Paris\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"probes.csv: not UTF-8 text \(line 3") as info:
+        load({"file": str(path)}, tmp_path)
+    assert "save it as UTF-8" in str(info.value)
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "probes.csv"
+    path.write_bytes("\ufeffid,prompt,answer\np1,The capital of Germany is, Berlin\n".encode("utf-8"))
+    (probe,) = load({"file": str(path)}, tmp_path)
+    assert probe == {"id": "p1", "prompt": "The capital of Germany is", "answer": " Berlin"}

@@ -45,8 +45,13 @@ def load_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such config file; run from the repository's root or give --config FILE")
     schema_path = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
-    with open(path, encoding="utf-8") as fh:
-        config = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a readable YAML config ({error})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: a config is a mapping of keys (models, probes, lens, ...), not a {type(config).__name__}")
     coerce_strings(config, yaml.safe_load(schema_path.read_text(encoding="utf-8")))
     try:
         validate(config, schema=str(schema_path))
@@ -143,8 +148,26 @@ class Chat:
         return COLUMNS.format(index=trace.index, token=shown(self.generator.names(trace.token_id)),
                               prob=f"{trace.model_prob:.3f}", lenses="   ".join(cells))
 
-    def reply(self, messages: list[dict[str, str]]) -> str:
+    def fitted(self, messages: list[dict[str, str]]) -> tuple[list[int], list[dict[str, str]]]:
+        """The prompt's ids, with the oldest turns left out until the prompt and the reply fit
+        the model's positions; a single message too long for them is refused."""
+        from workflow.lens_setup import context_limit
+
+        limit = context_limit(self.model)
+        room = None if limit is None else limit - self.args.max_new_tokens
         ids = prompt_ids(self.model.tokenizer, messages, self.args.raw, self.key)
+        while room is not None and len(ids) > room and len(messages) > 1:
+            messages = messages[2:] if len(messages) > 2 else messages[1:]  # a user turn and its answer
+            ids = prompt_ids(self.model.tokenizer, messages, self.args.raw, self.key)
+        if room is not None and len(ids) > room:
+            raise UserError(
+                f"the message is {len(ids)} tokens; {self.key} takes {limit} positions, {self.args.max_new_tokens} of them "
+                "for the reply (--max-new-tokens): shorten the message"
+            )
+        return ids, messages
+
+    def reply(self, messages: list[dict[str, str]]) -> str:
+        ids, messages[:] = self.fitted(list(messages))
         print(self.header(), flush=True)
         reply = self.generator.generate(
             ids, self.args.max_new_tokens, self.args.temperature, self.args.seed,
@@ -182,7 +205,12 @@ class Chat:
             if not text.strip():
                 return
             messages = [{"role": "user", "content": text}] if self.args.raw else [*messages, {"role": "user", "content": text}]
-            answer = self.reply(messages)
+            try:
+                answer = self.reply(messages)
+            except UserError as error:  # too long: say so, and let the user go on
+                print(f"lens-chat: {error}", flush=True)
+                messages = messages[:-1]
+                continue
             if not self.args.raw:
                 messages.append({"role": "assistant", "content": answer})
 

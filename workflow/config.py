@@ -58,6 +58,9 @@ def describe_validation_error(error, configfile: str, overrides: dict[str, Any] 
         hint = " (a device: cpu, mps, cuda or cuda:N)"
     elif error.validator == "pattern" and ".max_memory." in key:
         hint = " (a memory size: bytes, or a number with a unit: 300MB, 20GiB)"
+    elif error.validator == "not" and key == "models":
+        hint = (" (a model key names its files, results/NNN/evaluation-KEY.md: cross-model and meta, with or without "
+                "a suffix, are the cross-model and meta-evaluations' names; choose another key)")
     return f"{configfile}: invalid value at key {key!r}: {error.message}{hint}"
 
 

@@ -26,6 +26,7 @@ DEFAULT_ALIGNMENT = 32
 # Scalar value types and their sizes (GGUFValueType: 8 is a string, 9 an array).
 SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 STRING, ARRAY = 8, 9
+MAX_NESTING = 8  # arrays of arrays: llama.cpp writes at most two levels
 
 
 class GGUFError(ValueError):
@@ -76,18 +77,20 @@ class _Cursor:
     def string(self, what: str) -> bytes:
         return self.take(self.unpack("Q", what + " length"), what)
 
-    def skip_value(self, kind: int, what: str) -> None:
+    def skip_value(self, kind: int, what: str, depth: int = 0) -> None:
         if kind in SCALARS:
             self.take(SCALARS[kind], what)
         elif kind == STRING:
             self.string(what)
         elif kind == ARRAY:
+            if depth >= MAX_NESTING:
+                raise GGUFError(f"metadata value {what!r} nests arrays more than {MAX_NESTING} deep: the file is damaged")
             item, count = self.unpack("I", what), self.unpack("Q", what)
             if item in SCALARS:
                 self.take(SCALARS[item] * count, what)
             else:
                 for _ in range(count):
-                    self.skip_value(item, what)
+                    self.skip_value(item, what, depth + 1)
         else:
             raise GGUFError(f"metadata value {what!r} has unknown type {kind}: the file is damaged or not GGUF")
 
@@ -122,6 +125,8 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader:
                 architecture = cursor.string(key).decode("utf-8", "replace")
             elif key == "general.alignment" and kind == 4:
                 alignment = cursor.unpack("I", key)
+                if alignment == 0 or alignment & (alignment - 1):
+                    raise GGUFError(f"general.alignment is {alignment}, not a power of two: the file is damaged")
             else:
                 cursor.skip_value(kind, key)
         parameters, end, entries = 0, 0, []

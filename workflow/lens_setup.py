@@ -6,6 +6,7 @@ logits), and the model metadata every experiment's JSON records.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -129,12 +130,73 @@ def logit_deviation(lens_logits: torch.Tensor, model_logits: torch.Tensor) -> di
     }
 
 
+def recorded_deviation(deviation: dict[str, float]) -> dict[str, float]:
+    """The identity check as written to the JSON: each measure as the power of ten it stays
+    under (0 stays 0). Below the tolerance these are float noise, whose last digits change
+    from run to run; written to six digits they made a re-run differ from its record."""
+    return {k: (0.0 if v <= 0 else float(f"1e{math.ceil(math.log10(v))}")) for k, v in deviation.items()}
+
+
 def identity_failure(deviation: dict[str, float], tolerance: float) -> str | None:
     """Which identity measure exceeds ``tolerance`` (None when the lens reproduces the model)."""
     for measure in ("max_rel_logit_diff", "max_abs_prob_diff", "kl_model_to_lens"):
-        if deviation[measure] > tolerance:
+        if not deviation[measure] <= tolerance:  # NaN compares false: it fails
             return measure
     return None
+
+
+def context_limit(model: LoadedModel) -> int | None:
+    """How many positions the model takes (its config's max_position_embeddings, or
+    n_positions for GPT-2-like models), or None when the config says nothing."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(model.hf_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(model: LoadedModel, probe: dict[str, Any], tokens: int, what: str = "its prompt and answer") -> None:
+    """Refuse, before any work, a probe that needs more positions than the model has."""
+    limit = context_limit(model)
+    if limit is not None and tokens > limit:
+        raise UserError(
+            f"model {model.key!r}, probe {probe['id']!r}: {what} take {tokens} tokens, more than the model's "
+            f"{limit} positions (max_position_embeddings): shorten the prompt or leave the probe out"
+        )
+
+
+def check_finite(model: LoadedModel, probe: dict[str, Any], residuals: torch.Tensor) -> None:
+    """Stop on a residual stream that is not finite ([L+1, T, d] of one probe), naming the
+    first such layer: a damaged file or a device that computes NaN must not be recorded."""
+    finite = torch.isfinite(residuals.reshape(residuals.shape[0], -1)).all(-1)
+    if bool(finite.all()):
+        return
+    layer = int((~finite).nonzero()[0])
+    raise UserError(
+        f"model {model.key!r}, probe {probe['id']!r}: the residual stream is not finite (NaN or infinite) from "
+        f"layer {layer} on: the weights are damaged or the device computes non-finite numbers (try dtype: float32). "
+        "Nothing was written."
+    )
+
+
+def answer_warnings(tokenizer, probe: dict[str, Any], answer_ids: list[int]) -> list[str]:
+    """What a user must know about how the lens follows the answer: the records follow its
+    first token only, and an answer written without the space a word takes after the prompt
+    starts with a piece of a word."""
+    found = []
+    answer, prompt = probe["answer"], probe["prompt"]
+    first = tokenizer.decode([answer_ids[0]])
+    if len(answer_ids) > 1:
+        found.append(
+            f"the answer {answer!r} is {len(answer_ids)} tokens; the records follow its first token {first!r} "
+            "(answer_logprob scores all of them)"
+        )
+    if answer[:1].isalnum() and prompt[-1:].isalnum():
+        found.append(
+            f"the answer {answer!r} has no leading space, but the prompt ends in a word: the model would write "
+            f"{' ' + answer!r}; the lens follows {first!r} (write the answer with its leading space)"
+        )
+    return found
 
 
 def model_metadata(model: LoadedModel) -> dict[str, Any]:

@@ -10,8 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 from workflow.errors import UserError
+from workflow.secrets import redact
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class Redact(logging.Filter):
+    """Removes the value of any provider's API key from a log record (a server may echo it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def setup_logging(log_path: str | None) -> None:
@@ -21,13 +33,31 @@ def setup_logging(log_path: str | None) -> None:
         root.removeHandler(handler)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(Redact())
     root.addHandler(console)
     if log_path:
         file_handler = logging.FileHandler(log_path, mode="w", encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(FORMAT))
+        file_handler.addFilter(Redact())
         root.addHandler(file_handler)
     for noisy in ("httpx", "urllib3", "filelock", "transformers", "transformer_lens"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def remove_leftovers(outputs: Any) -> None:
+    """Temporaries of this job's outputs left by an earlier run that was killed (the atomic
+    writers' hidden siblings, ``.NAME.tmp-*``): no job but this one writes them now."""
+    import glob
+    import shutil
+
+    for output in map(str, outputs):
+        folder, name = os.path.split(output)
+        for left in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.tmp-*")):
+            logging.getLogger("workflow").info("removing %s, left by a run that was killed", left)
+            if os.path.isdir(left):
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                os.remove(left)
 
 
 def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
@@ -40,8 +70,12 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
             "rule %s running in SLURM job %s on %s", snakemake.rule, os.environ["SLURM_JOB_ID"], socket.gethostname()
         )
     log = logging.getLogger("workflow")
+    remove_leftovers(snakemake.output)
     try:
         main(snakemake)
+        from workflow.provenance import finish_rule
+
+        finish_rule(snakemake)
     except UserError as error:
         log.error("error: %s", error)
         sys.exit(1)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,9 +221,24 @@ def plan_placement(key: str, config, estimate: MemoryEstimate, device: str, dtyp
     folder = None
     if "disk" in places:
         folder = str(Path(placement.get("offload_folder") or DEFAULT_OFFLOAD_FOLDER) / key)
+        writable_folder(folder)
     if places <= {device, 0} and len(places) == 1 and not requested:
         return None
     return Placement(device_map, budgets, folder, main)
+
+
+def writable_folder(folder: str) -> None:
+    """The offload folder, made and written to once before weights go there: a folder that
+    cannot be is refused naming the key, not found out by accelerate half-way through."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable-"):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"placement.offload_folder: weights must go to disk, but {folder!r} cannot be written ({error.strerror or error}); "
+            "set placement.offload_folder (globally or for the model) to a writable folder with room for them"
+        ) from None
 
 
 def module_bytes(config, dtype: torch.dtype, names) -> dict[str, int]:

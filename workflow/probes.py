@@ -136,9 +136,42 @@ def relation_probes(
     return probes, notes
 
 
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8, without a leading byte-order mark (spreadsheets write one)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: not UTF-8 text (line {line}, byte {data[error.start]:#04x}); save it as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8' format)"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
+    reader = csv.reader(text.splitlines(keepends=True))
+    header = next(reader, None) or []
+    if not {"id", "prompt", "answer"} <= set(header):
+        raise UserError(f"{path}: the header must name id, prompt and answer; it has {header}")
+    rows = []
+    for fields in reader:
+        if not fields:
+            continue
+        if len(fields) > len(header):
+            raise UserError(
+                f"{path}, line {reader.line_num}: {len(fields)} fields but the header has {len(header)} "
+                f"({fields!r}); a comma inside a prompt or answer needs the field in double quotes"
+            )
+        rows.append(dict(zip(header, fields)))
+    # Empty cells of optional columns are absent, not empty strings.
+    return [{k: v for k, v in row.items() if v != "" or k in ("prompt", "answer")} for row in rows]
+
+
 def _read_file(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if suffix in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)
@@ -150,11 +183,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}: expected a list of probes (or a mapping with key probes), found {type(data).__name__}")
         return data
     if suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines(keepends=True)))
-        if rows and not {"id", "prompt", "answer"} <= set(rows[0]):
-            raise UserError(f"{path}: the header must name id, prompt and answer; it has {list(rows[0])}")
-        # Empty cells of optional columns are absent, not empty strings.
-        return [{k: v for k, v in row.items() if k is not None and (v != "" or k in ("prompt", "answer"))} for row in rows]
+        return _read_csv(path, text)
     if suffix in (".jsonl", ".ndjson"):
         probes = []
         for number, line in enumerate(text.splitlines(), start=1):

@@ -71,6 +71,20 @@ def _same_request_but_rounding(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
+def _entry(path: Path) -> dict[str, Any] | None:
+    """A cache entry, or None when the file is damaged (then it is a miss, and the answer
+    asked for again replaces it)."""
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(entry, dict) and isinstance(entry.get("response"), str) and isinstance(entry.get("request"), dict):
+            return entry
+        problem = "it lacks its request or response"
+    except (OSError, ValueError) as error:
+        problem = str(error)
+    log.warning("damaged response-cache entry %s (%s): taken as a miss; the answer asked for again replaces it", path, problem)
+    return None
+
+
 class ResponseCache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -84,14 +98,15 @@ class ResponseCache:
         """The cached response for ``key``; failing that, with ``request``, the response to
         a request that differs from it only in the last digit of some numbers."""
         path = self.path(key)
-        if path.is_file():
+        entry = _entry(path) if path.is_file() else None
+        if entry is not None:
             self.hits += 1
             log.info("cache hit %s (%s)", key[:16], path)
-            return json.loads(path.read_text(encoding="utf-8"))["response"]
+            return entry["response"]
         if request is not None and self.directory.is_dir():
             for candidate in sorted(self.directory.glob("*/*.json")):
-                entry = json.loads(candidate.read_text(encoding="utf-8"))
-                if _same_request_but_rounding(entry["request"], request):
+                entry = _entry(candidate)
+                if entry is not None and _same_request_but_rounding(entry["request"], request):
                     self.hits += 1
                     log.info("cache hit %s for %s: the same request but for numbers one unit apart in their last "
                              "digit (float rounding on another machine)", entry["key"][:16], key[:16])

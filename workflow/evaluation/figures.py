@@ -18,9 +18,11 @@ way round). Numbers written as words are not figures here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from workflow.evaluation.templates import HEADING
 
@@ -89,12 +91,45 @@ def _forms(figure: Figure) -> list[tuple[float, float]]:
     return forms
 
 
-class Evidence:
-    """The numbers an evaluation may cite."""
+# Keys whose values are the user's own text (probes, pairs), not measured values: a number in
+# a prompt ("... 0.999 ...") is no evidence for a figure.
+USER_TEXT_KEYS = ("prompt", "answer", "clean", "corrupted", "clean_answer", "corrupted_answer")
 
-    def __init__(self, *texts: str):
+
+def user_texts(facts: Any) -> list[str]:
+    """Every string under USER_TEXT_KEYS in ``facts`` (dicts, lists, dataclasses), longest first."""
+    found: set[str] = set()
+    seen: set[int] = set()
+
+    def walk(value: Any) -> None:
+        if id(value) in seen or isinstance(value, (str, bytes, int, float, bool)) or value is None:
+            return
+        seen.add(id(value))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in USER_TEXT_KEYS and isinstance(item, str) and item.strip():
+                    found.add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(facts)
+    return sorted(found, key=len, reverse=True)
+
+
+class Evidence:
+    """The numbers an evaluation may cite: those of ``texts``, less the numbers inside the
+    user's own text (``user``: probe prompts and answers, which a document may quote)."""
+
+    def __init__(self, *texts: str, user: tuple[str, ...] | list[str] = ()):
         self.numbers: list[tuple[float, float]] = []
         for text in texts:
+            for quoted in user:
+                text = text.replace(quoted, " " * len(quoted))
             for figure in extract(text):
                 if text.startswith(MARK, figure.end):  # marked unsupported in an earlier evaluation
                     continue

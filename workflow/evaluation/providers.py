@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from workflow.errors import UserError
+from workflow.secrets import KEY_VARIABLES, redact
 from workflow.evaluation import offline
 from workflow.evaluation.cache import DEFAULT_CACHE_DIR, ResponseCache, cache_key
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("offline", "openai", "anthropic")
-KEY_VARIABLES = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 STAGES = ("single-model", "cross-model", "meta")
 
 
@@ -143,20 +143,39 @@ class ChatProvider:
             return cached
         text, usage = self._call(system, messages)
         log.info("%s %s answered: %d characters, usage %s", self.name, self.model, len(text), usage)
-        self.cache.put(key, request, text, usage)
+        if text.strip():
+            self.cache.put(key, request, text, usage)
+        else:  # the contract check refuses it; the next run asks again
+            log.warning("%s %s answered with nothing; not cached", self.name, self.model)
         return text
+
+    @property
+    def where(self) -> str:
+        return self.base_url or f"the {self.name} API"
 
     def _failure(self, error: Exception) -> ProviderError:
         status = getattr(error, "status_code", None)
-        where = self.base_url or f"the {self.name} API"
         what = f"HTTP {status}" if status else type(error).__name__
         body = getattr(error, "body", None)
         if body and str(body) not in str(error):  # a compatible server's reason ({'detail': ...}) is in the body
             what += f" ({body})"
-        return ProviderError(
-            f"{self.name} request to {where} (model {self.model!r}) failed with {what} after up to "
+        # A server may echo the request's credentials in its error text: never pass them on.
+        return ProviderError(redact(
+            f"{self.name} request to {self.where} (model {self.model!r}) failed with {what} after up to "
             f"{self.max_retries} retries: {str(error).rstrip('.')}. Nothing was written; re-run when the service is back "
             "(responses already received are cached)."
+        ))
+
+    def _incomplete(self, why: str) -> ProviderError:
+        """An answer that did not end as a complete one: an error, never cached."""
+        return ProviderError(redact(f"{self.name} answer from {self.where} (model {self.model!r}) {why}. Nothing was "
+                                    "written or cached; re-run to ask again."))
+
+    def _cut_by_limit(self) -> ProviderError:
+        return ProviderError(
+            f"{self.name} answer from {self.where} (model {self.model!r}) was cut off at its token limit "
+            f"(evaluation.max_tokens = {self.max_tokens}): raise evaluation.max_tokens (for this stage: "
+            "evaluation.stages.<stage>.max_tokens). Nothing was written or cached."
         )
 
     def _call(self, system: str, messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
@@ -241,22 +260,34 @@ class OpenAIProvider(ChatProvider):
         progress = Progress(self, self.timeout)
         parts: list[str] = []
         usage: dict[str, Any] = {}
+        finish = None
+        stream = None
         try:
             # Streamed: a local model can take many minutes for one answer; the log shows it
             # coming, and ``timeout`` bounds the whole answer, not only the wait between tokens.
             stream = client.chat.completions.create(messages=chat + messages, stream=True, **kwargs)
             for chunk in stream:
+                if not hasattr(chunk, "choices"):  # a body that is not a Chat Completions stream
+                    raise ValueError(f"the server answered with something that is not a chat completion: {str(chunk)[:200]!r}")
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     parts.append(chunk.choices[0].delta.content)
                     progress.received(len(parts))
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage.model_dump()
         except openai.APIError as error:
             raise self._failure(error) from None
-        except ProviderTimeout as error:
-            stream.close()
+        except (ProviderTimeout, ValueError) as error:  # ValueError: an event that is not JSON
+            if stream is not None:
+                stream.close()
             raise self._failure(error) from None
         progress.done(len(parts))
+        if finish == "length":
+            raise self._cut_by_limit()
+        if finish is None:
+            raise self._incomplete(f"ended before the answer was complete (no finish reason after {len(parts)} pieces: "
+                                   "the connection was cut or the body was not a stream)")
         return "".join(parts), {k: usage.get(k) for k in ("prompt_tokens", "completion_tokens")}
 
 
@@ -279,9 +310,16 @@ class AnthropicProvider(ChatProvider):
         try:
             with Waiting(self):
                 response = client.messages.create(messages=messages, **kwargs)
-        except anthropic.APIError as error:
+        except (anthropic.APIError, ValueError) as error:  # ValueError: a body that is not JSON
             raise self._failure(error) from None
+        if not hasattr(response, "content") or not hasattr(response, "stop_reason"):
+            raise self._incomplete(f"is not a Messages API response: {str(response)[:200]!r}")
+        if response.stop_reason == "max_tokens":
+            raise self._cut_by_limit()
+        if response.stop_reason is None:
+            raise self._incomplete("ended before the answer was complete (no stop reason)")
         text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
+
         usage = {"input_tokens": response.usage.input_tokens, "output_tokens": response.usage.output_tokens}
         return text, usage
 

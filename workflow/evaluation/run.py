@@ -15,7 +15,7 @@ from typing import Any
 from workflow.atomic import write_text
 from workflow.errors import UserError
 from workflow.records import rounded
-from workflow.evaluation.figures import Evidence, Verification, marked, verify
+from workflow.evaluation.figures import Evidence, Verification, marked, user_texts, verify
 from workflow.evaluation.providers import EvaluationRequest, OfflineProvider, Provider, make_provider
 from workflow.evaluation.templates import MIN_SECTION_CHARS, PromptTemplate, failing_sections, load_template, merged, without_title
 from workflow.experiments import Experiment, experiment
@@ -122,7 +122,7 @@ def checked_figures(text: str, prompt: str, request: EvaluationRequest, template
     analyst's document for the same facts; unsupported ones marked (``figures: mark``) or,
     with ``figures: strict``, an EvaluationError naming them."""
     offline = OfflineProvider().complete(request)
-    verification = verify(text, Evidence(prompt, offline))
+    verification = verify(text, Evidence(prompt, offline, user=user_texts(request.facts)))
     if verification.unsupported and template.figures == "strict":
         named = ", ".join(f"{f.text} (section '{f.section}')" for f in verification.unsupported)
         raise EvaluationError(

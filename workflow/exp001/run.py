@@ -24,10 +24,14 @@ from workflow.lens_setup import (
     LensIdentityError,
     LensSettings,
     TokenNames,
+    answer_warnings,
+    check_context,
+    check_finite,
     identity_failure,
-    logit_deviation,
     lens_heads,
+    logit_deviation,
     model_metadata,
+    recorded_deviation,
     tokenize_probe,
 )
 from workflow.models import LoadedModel, dtype_name
@@ -67,6 +71,9 @@ class Tokenised:
         """The prompt and all but the last answer token: the last layer scores every answer
         token (teacher-forced) in the same forward pass."""
         return self.input_ids + self.answer_ids[:-1]
+
+    def warnings(self, tokenizer) -> list[str]:
+        return answer_warnings(tokenizer, self.probe, self.answer_ids)
 
 
 def batches(items: list[Tokenised], batch_size: int) -> list[tuple[int, list[Tokenised]]]:
@@ -177,6 +184,10 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     tolerance = settings.tolerance(model.dtype)
     lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
     items = [Tokenised(i, p, *tokenize_probe(model.tokenizer, p)) for i, p in enumerate(probes)]
+    for item in items:  # before any work
+        check_context(model, item.probe, len(item.sequence))
+        for warning in item.warnings(model.tokenizer):
+            log.warning("model %s, probe %s: %s", model.key, item.probe["id"], warning)
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     calibration: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # tuned lens, per probe
     worst: dict[str, float] = {}
@@ -185,6 +196,8 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     for length, batch in batches(items, batch_size):
         reads = [len(item.input_ids) - 1 for item in batch]
         residuals, model_logits = model.backend.capture_batch([item.sequence for item in batch], length, reads)
+        for b, item in enumerate(batch):
+            check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
         # The last layer at the last prompt position and at every answer position after it.
         spans = [(b, item, range(len(item.input_ids) - 1, len(item.sequence))) for b, item in enumerate(batch)]
         scores = final_scores(
@@ -235,7 +248,7 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     rows = [row for index in range(len(items)) for row in results[index][0]]
     summary = {
         "lens": settings.recorded(),
-        "identity_check": {**worst, "tolerance": tolerance},
+        "identity_check": {**recorded_deviation(worst), "tolerance": tolerance},
         "answer_scoring": {
             "records": "the answer's first token, at every layer",
             "answer_logprob": "the whole answer, teacher-forced, by the model at its last layer",
@@ -338,8 +351,8 @@ def probe_outputs(model, item: Tokenised, per_lens, b: int, scores, first: int, 
             if "tuned" in last_top1
             else {}
         ),
-        "identity_check": deviation,
-        "warnings": [],
+        "identity_check": recorded_deviation(deviation),
+        "warnings": item.warnings(model.tokenizer),
     }
     return rows, summary
 

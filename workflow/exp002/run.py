@@ -29,10 +29,12 @@ from workflow.lens_setup import (
     LensIdentityError,
     LensSettings,
     TokenNames,
+    check_context,
     identity_deviation,
     identity_failure,
     lens_heads,
     model_metadata,
+    recorded_deviation,
 )
 from workflow.models import LoadedModel, dtype_name
 from workflow.records import read_records, rounded, write_records
@@ -77,6 +79,8 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
     if not pairs:
         raise UserError(f"model {model.key!r}: no pair can be patched ({len(skipped)} made from the probe set, none with a partner)")
     tokenised = [tokenise_pair(model.tokenizer, pair, model.key) for pair in pairs]
+    for pair, tp in zip(pairs, tokenised):  # before any work
+        check_context(model, pair, len(tp.clean_ids), "its prompts")
     captured = []
     worst: dict[str, float] = {}
     for pair, tp in zip(pairs, tokenised):
@@ -144,7 +148,7 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
         "patching": settings.recorded(),
         "lens": {"use_fp32_unembed": lens.use_fp32_unembed},
         "trace_noise_std": noise_std,
-        "identity_check": {**worst, "tolerance": tolerance},
+        "identity_check": {**recorded_deviation(worst), "tolerance": tolerance},
         "pairs": summaries,
         **({"skipped_pairs": skipped} if skipped else {}),
     }

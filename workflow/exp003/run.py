@@ -8,7 +8,7 @@ from typing import Any
 
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.generation import LensGenerator, stop_token_ids
-from workflow.lens_setup import LensSettings, lens_heads, model_metadata, tokenize_probe
+from workflow.lens_setup import LensSettings, check_context, lens_heads, model_metadata, recorded_deviation, tokenize_probe
 from workflow.records import rounded, write_records_file
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,10 @@ def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_n
     stops = stop_token_ids(model)
     summaries, rows, worst = [], [], {}
     started = time.perf_counter()
-    for done, probe in enumerate(probes, 1):
-        input_ids, _ = tokenize_probe(model.tokenizer, probe)
+    prompts = [tokenize_probe(model.tokenizer, probe)[0] for probe in probes]
+    for probe, input_ids in zip(probes, prompts):  # before any work
+        check_context(model, probe, len(input_ids) + max_new_tokens, f"its prompt and {max_new_tokens} generated tokens")
+    for done, (probe, input_ids) in enumerate(zip(probes, prompts), 1):
         reply = generator.generate(input_ids, max_new_tokens, stop_ids=stops)
         for trace in reply.tokens:
             worst = {k: max(worst.get(k, 0.0), v) for k, v in trace.identity.items()}
@@ -59,7 +61,7 @@ def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_n
         })
         log.info("probe %d/%d %r: %d tokens (%s) in %.1f s", done, len(probes), probe["id"], len(reply.tokens), reply.stopped,
                  time.perf_counter() - started)
-    return {"identity_check": {**worst, "tolerance": generator.tolerance}, "probes": summaries}, rows
+    return {"identity_check": {**recorded_deviation(worst), "tolerance": generator.tolerance}, "probes": summaries}, rows
 
 
 def write_generation_outputs(
