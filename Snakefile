@@ -42,3 +42,10 @@ rule all:
     input:
         get_final_output(),
     default_target: True
+
+
+# What is stale is decided by the committed provenance records, on any checkout (README,
+# "Is this result current?"; workflow/plan.py): not by file times or .snakemake/.
+from workflow.plan import install as plan_from_records
+
+plan_from_records(workflow, check_plan_job)

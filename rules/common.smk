@@ -23,7 +23,7 @@ from workflow.probes import load as load_probes
 from workflow.records import records_format
 from workflow.evaluation.providers import check_settings, stage_settings
 from workflow.gguf_file import check as check_gguf
-from workflow.prepare import PREPARED_SOURCES
+from workflow.prepare import PREPARED_SOURCES, source_fingerprint
 from workflow.codeversion import code_version
 from workflow.resources import lens_resources, prepare_resources
 
@@ -121,6 +121,7 @@ def get_final_output():
             *expand(f"{results}/evaluation-{{name}}.md", name=names),
             *expand(f"{results}/provenance/evaluation-{{name}}.prov.json", name=names),
             *expand(f"{results}/html/evaluation-{{name}}.html", name=names),
+            *expand(f"{results}/provenance/page-{{name}}.prov.json", name=names),
         ]
     return outputs
 
@@ -153,21 +154,13 @@ def get_model_settings(wildcards):
 
 def get_gguf_input(wildcards):
     """A GGUF path on disk is an input, checked when the workflow is planned: a missing,
-    damaged or truncated file is refused before any job runs, naming the config key."""
+    damaged or truncated file, or one whose architecture cannot be read, is refused before
+    any job runs, naming the config key (get_source_fingerprint)."""
     entry = get_model(wildcards)
-    model = wildcards.model
-    if entry["source"] == "gguf":
-        path = os.path.expanduser(entry["path"])
-        if not os.path.isfile(path):
-            raise WorkflowError(
-                f"model {model!r}: GGUF file {entry['path']!r} does not exist "
-                f"(config key models.{model}.path in {CONFIGFILE}); fix the path or download the file"
-            )
-        _user_errors(check_gguf, path, model, f"models.{model}.path", CONFIGFILE)
-        return [path]
-    if entry["source"] != "package":
-        raise WorkflowError(f"model {model!r}: source {entry['source']!r} needs no preparation")
-    return []
+    if entry["source"] not in PREPARED_SOURCES:
+        raise WorkflowError(f"model {wildcards.model!r}: source {entry['source']!r} needs no preparation")
+    get_source_fingerprint(wildcards)
+    return [os.path.expanduser(entry["path"])] if entry["source"] == "gguf" else []
 
 
 def _user_errors(function, *args):
@@ -215,13 +208,52 @@ def get_lens_model_input(wildcards):
 
 # Lens settings that change no result: how many probes share a forward pass (the records do
 # not depend on it), how many heatmaps are drawn, and the records' file format (its name
-# says it). The script reads the batch size from
-# the config; leaving both out of run_lens's params keeps a change to them from re-running it.
+# says it). The script reads the batch size from the config; leaving these out of the
+# params keeps a change to them from re-running anything.
 LENS_RUN_ONLY = ("batch_size", "heatmap_probes", "records_format")
+# The lens settings that each model job reads, as its params (a setting re-runs exactly
+# the rules that read it). Generation decodes the last position only; patching and the
+# tuned lens's training use the model-faithful head (no use_norm_lens, no top_k).
+LENS_KEYS = {
+    "run_lens": None,  # all but LENS_RUN_ONLY
+    "run_generation": ("use_norm_lens", "use_fp32_unembed", "top_k", "identity_tolerance", "working_memory_mb"),
+    "run_patching": ("use_fp32_unembed", "identity_tolerance", "working_memory_mb"),
+    "train_tuned_lens": ("use_fp32_unembed", "working_memory_mb"),
+}
 
 
-def get_lens_settings(wildcards):
-    return {k: v for k, v in config["lens"].items() if k not in LENS_RUN_ONLY}
+def lens_settings(rule_name):
+    """The params of a model rule for the lens settings it reads (LENS_KEYS)."""
+    keys = LENS_KEYS[rule_name]
+    lens = config["lens"]
+    if keys is None:
+        return {k: v for k, v in lens.items() if k not in LENS_RUN_ONLY}
+    return {k: lens[k] for k in keys if k in lens}
+
+
+def get_source_fingerprint(wildcards):
+    """What identifies a prepared model's source beyond its config keys: the GGUF file's
+    sha256, or the installed package's version (and its file's sha256). A param of
+    prepare_model, so that a changed file or package re-prepares the model and re-runs
+    what was made from it; computing it checks the source (a missing or unreadable file,
+    an architecture that cannot be read), for every model of the plan."""
+    entry = get_model(wildcards)
+    key = wildcards.model
+    if entry["source"] == "gguf" and os.path.isfile(os.path.expanduser(entry["path"])):
+        # The header first, so that a damaged file's error names the key that points at it.
+        _user_errors(check_gguf, os.path.expanduser(entry["path"]), key, f"models.{key}.path", CONFIGFILE)
+    return _user_errors(source_fingerprint, key, entry, CONFIGFILE)
+
+
+MODEL_RULES = ("prepare_model", "train_tuned_lens", "run_lens", "run_patching", "run_generation")
+
+
+def check_plan_job(job):
+    """What the planner (workflow/plan.py) checks of every job it considers: the model
+    source of each model job, whether or not the job runs (a broken source is refused
+    while planning, also when the prepared model is still there)."""
+    if job.rule.name in MODEL_RULES and get_model(job.wildcards)["source"] in PREPARED_SOURCES:
+        get_source_fingerprint(job.wildcards)
 
 
 def lens_resource(name):
@@ -253,50 +285,16 @@ def checked_template(stage, template):
     return template_input
 
 
-def unchanged_since_made(pattern):
-    """An input that a lens run wrote, refused when the workflow is planned if it was
-    changed afterwards: its sha256 must be the one in that run's provenance record. A
-    damaged records CSV is not drawn or evaluated (and what was made from it is kept)."""
-
-    def checked(wildcards):
-        path = pattern.format(model=wildcards.model) if "{model}" in pattern else pattern
-        _user_errors(check_unchanged, path)
-        return path
-
-    return checked
-
-
-def check_unchanged(path):
-    from workflow.check import changed_since_recorded
-
-    problem = changed_since_recorded(path)
-    if problem:
-        raise UserError(
-            f"{path} {problem}: it is not what the lens run wrote. Restore it (git checkout {path}) or re-run the "
-            f"lens (snakemake --cores 1 --forcerun run_lens); nothing was planned from it"
-        )
-
-
 def model_outputs(results, records_pattern=None):
-    """Input function: every model's JSON summary and records file under ``results`` (each
-    checked as in unchanged_since_made); ``records_pattern``: the records' path with
-    {model}, if not output-{model}-records.csv."""
+    """Input function: every model's JSON summary and records file under ``results``;
+    ``records_pattern``: the records' path with {model}, if not output-{model}-records.csv."""
 
     def inputs(wildcards):
         outputs = expand(f"{results}/output-{{model}}.json", model=MODELS)
         records = expand(records_pattern or f"{results}/output-{{model}}-records.csv", model=MODELS)
-        for path in [*outputs, *records]:
-            _user_errors(check_unchanged, path)
         return {"outputs": outputs, "records": records}
 
     return inputs
-
-
-def _checked_model_inputs(rules, model):
-    paths = rules.model_inputs(model)
-    for path in paths.values():
-        _user_errors(check_unchanged, path)
-    return paths
 
 
 def template_path(experiment_id, stage):
@@ -304,17 +302,17 @@ def template_path(experiment_id, stage):
 
 
 def evaluation_inputs(stage):
-    """Input function of an evaluation rule: the experiment's outputs (checked as in
-    unchanged_since_made), the figures the evaluation links, the stage's template (checked
-    as in checked_template) and the evaluations it builds on."""
+    """Input function of an evaluation rule: the experiment's outputs, the figures the
+    evaluation links, the stage's template (checked as in checked_template) and the
+    evaluations it builds on."""
 
     def inputs(wildcards):
         rules = experiment_rules(wildcards.exp)
         template = checked_template(stage, template_path(wildcards.exp, stage))(wildcards)
         if stage == "single-model":
-            return {**_checked_model_inputs(rules, wildcards.model), "figures": rules.model_figures(wildcards.model),
+            return {**rules.model_inputs(wildcards.model), "figures": rules.model_figures(wildcards.model),
                     "template": template}
-        per_model = [_checked_model_inputs(rules, model) for model in MODELS]
+        per_model = [rules.model_inputs(model) for model in MODELS]
         inputs = {key: [paths[key] for paths in per_model] for key in per_model[0]}
         results = f"results/{wildcards.exp}"
         if stage == "cross-model":

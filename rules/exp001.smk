@@ -23,7 +23,9 @@ register_experiment(
         *expand(f"{E001}/provenance/output-{{model}}.prov.json", model=MODELS),
         *expand(f"{E001}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=HEATMAP_IDS),
         *expand(f"{E001}/plots/{{model}}/statistics.png", model=MODELS),
+        *expand(f"{E001}/provenance/{{plot}}-{{model}}.prov.json", plot=["heatmaps", "statistics"], model=MODELS),
         f"{E001}/plots/cross-model-trajectories.png",
+        f"{E001}/provenance/plot-cross-model.prov.json",
         # The tuned lens's quality on held-out text, where config lenses has it.
         *expand(f"{E001}/lens-quality-{{model}}.csv", model=MODELS if "tuned" in LENSES else []),
         *expand(f"{E001}/plots/{{model}}/lens-quality.png", model=MODELS if "tuned" in LENSES else []),
@@ -64,7 +66,7 @@ rule run_lens:
         device=config["device"],
         dtype=config["dtype"],
         backend=config["backend"],
-        lens=get_lens_settings,
+        lens=lens_settings("run_lens"),
         probes=PROBES,
         lenses=LENSES,
         code=code_version("scripts/run_lens.py"),
@@ -74,8 +76,8 @@ rule run_lens:
 
 rule plot_heatmaps:
     input:
-        records=unchanged_since_made(RECORDS_001),
-        summary=unchanged_since_made(f"{E001}/output-{{model}}.json"),
+        records=RECORDS_001,
+        summary=f"{E001}/output-{{model}}.json",
     output:
         heatmaps=[
             update(report(
@@ -87,6 +89,7 @@ rule plot_heatmaps:
             ))
             for probe in HEATMAP_IDS
         ],
+        provenance=update(f"{E001}/provenance/heatmaps-{{model}}.prov.json"),
     log:
         "logs/001/plot_heatmaps-{model}.log",
     conda:
@@ -101,16 +104,17 @@ rule plot_heatmaps:
 
 rule plot_statistics:
     input:
-        records=unchanged_since_made(RECORDS_001),
-        summary=unchanged_since_made(f"{E001}/output-{{model}}.json"),
+        records=RECORDS_001,
+        summary=f"{E001}/output-{{model}}.json",
     output:
-        update(report(
+        figure=update(report(
             f"{E001}/plots/{{model}}/statistics.png",
             caption="../workflow/report/statistics.rst",
             category="{model}",
             subcategory="Statistics",
             labels={"figure": "probe-set statistics"},
         )),
+        provenance=update(f"{E001}/provenance/statistics-{{model}}.prov.json"),
     log:
         "logs/001/plot_statistics-{model}.log",
     conda:
@@ -126,13 +130,14 @@ rule plot_cross:
     input:
         unpack(model_outputs(E001, RECORDS_001)),
     output:
-        update(report(
+        figure=update(report(
             f"{E001}/plots/cross-model-trajectories.png",
             caption="../workflow/report/trajectories.rst",
             category="Cross-model",
             subcategory="Figures",
             labels={"figure": "trajectories by relative depth"},
         )),
+        provenance=update(f"{E001}/provenance/plot-cross-model.prov.json"),
     log:
         "logs/001/plot_cross.log",
     conda:
@@ -149,13 +154,13 @@ rule lens_quality:
         lens="resources/lenses/{model}",
     output:
         csv=update(f"{E001}/lens-quality-{{model}}.csv"),
-        plot=report(
+        plot=update(report(
             f"{E001}/plots/{{model}}/lens-quality.png",
             caption="../workflow/report/lens-quality.rst",
             category="{model}",
             subcategory="Lens quality",
             labels={"figure": "held-out KL and top-1 agreement"},
-        ),
+        )),
         provenance=update(f"{E001}/provenance/lens-quality-{{model}}.prov.json"),
     log:
         "logs/001/lens_quality-{model}.log",

@@ -29,7 +29,9 @@ register_experiment(
         *expand(f"{E002}/output-{{model}}-records.csv", model=MODELS),
         *expand(f"{E002}/provenance/output-{{model}}.prov.json", model=MODELS),
         *expand(f"{E002}/plots/{{model}}/patching-{{pair}}.png", model=MODELS, pair=PAIR_IDS),
+        *expand(f"{E002}/provenance/patching-plots-{{model}}.prov.json", model=MODELS),
         f"{E002}/plots/cross-model-patching.png",
+        f"{E002}/provenance/plot-cross-model.prov.json",
     ],
 )
 
@@ -57,7 +59,7 @@ rule run_patching:
         device=config["device"],
         dtype=config["dtype"],
         backend=config["backend"],
-        lens=get_lens_settings,
+        lens=lens_settings("run_patching"),
         patching={**config["patching"], "pairs": PAIRS},
         code=code_version("scripts/run_patching.py"),
     script:
@@ -66,8 +68,8 @@ rule run_patching:
 
 rule plot_patching:
     input:
-        summary=unchanged_since_made(f"{E002}/output-{{model}}.json"),
-        records=unchanged_since_made(f"{E002}/output-{{model}}-records.csv"),
+        summary=f"{E002}/output-{{model}}.json",
+        records=f"{E002}/output-{{model}}-records.csv",
     output:
         figures=[
             update(report(
@@ -79,6 +81,7 @@ rule plot_patching:
             ))
             for pair in PAIR_IDS
         ],
+        provenance=update(f"{E002}/provenance/patching-plots-{{model}}.prov.json"),
     log:
         "logs/002/plot_patching-{model}.log",
     conda:
@@ -96,13 +99,14 @@ rule plot_patching_cross:
         unpack(model_outputs(E002)),
         lens=expand("results/001/output-{model}.json", model=MODELS),
     output:
-        update(report(
+        figure=update(report(
             f"{E002}/plots/cross-model-patching.png",
             caption="../workflow/report/patching-depth.rst",
             category="Cross-model",
             subcategory="Figures",
             labels={"figure": "patching by relative depth"},
         )),
+        provenance=update(f"{E002}/provenance/plot-cross-model.prov.json"),
     log:
         "logs/002/plot_patching_cross.log",
     conda:

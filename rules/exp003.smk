@@ -19,7 +19,9 @@ register_experiment(
         *expand(f"{E003}/output-{{model}}-records.csv", model=MODELS),
         *expand(f"{E003}/provenance/output-{{model}}.prov.json", model=MODELS),
         *expand(f"{E003}/plots/{{model}}/generation-{{probe}}.png", model=MODELS, probe=GENERATION_IDS),
+        *expand(f"{E003}/provenance/generation-plots-{{model}}.prov.json", model=MODELS),
         f"{E003}/plots/cross-model-settling.png",
+        f"{E003}/provenance/plot-cross-model.prov.json",
     ],
 )
 
@@ -53,7 +55,7 @@ rule run_generation:
         device=config["device"],
         dtype=config["dtype"],
         backend=config["backend"],
-        lens=get_lens_settings,
+        lens=lens_settings("run_generation"),
         generation=config["generation"],
         probes=GENERATION_PROBES,
         code=code_version("scripts/run_generation.py"),
@@ -63,8 +65,8 @@ rule run_generation:
 
 rule plot_generation:
     input:
-        summary=unchanged_since_made(f"{E003}/output-{{model}}.json"),
-        records=unchanged_since_made(f"{E003}/output-{{model}}-records.csv"),
+        summary=f"{E003}/output-{{model}}.json",
+        records=f"{E003}/output-{{model}}-records.csv",
     output:
         figures=[
             update(report(
@@ -76,6 +78,7 @@ rule plot_generation:
             ))
             for probe in GENERATION_IDS
         ],
+        provenance=update(f"{E003}/provenance/generation-plots-{{model}}.prov.json"),
     log:
         "logs/003/plot_generation-{model}.log",
     conda:
@@ -92,13 +95,14 @@ rule plot_generation_cross:
     input:
         unpack(model_outputs(E003)),
     output:
-        update(report(
+        figure=update(report(
             f"{E003}/plots/cross-model-settling.png",
             caption="../workflow/report/generation-settling.rst",
             category="Cross-model",
             subcategory="Figures",
             labels={"figure": "generated tokens: settling depth by word class"},
         )),
+        provenance=update(f"{E003}/provenance/plot-cross-model.prov.json"),
     log:
         "logs/003/plot_generation_cross.log",
     conda:

@@ -20,6 +20,7 @@ rule prepare_model:
         runtime=prepare_resource("runtime"),
     params:
         entry=get_model_source,
+        source=get_source_fingerprint,
         code=code_version("scripts/prepare_model.py"),
     script:
         "../scripts/prepare_model.py"

@@ -8,13 +8,14 @@ rule evaluation_page:
     input:
         unpack(get_page_inputs),
     output:
-        report(
+        page=update(report(
             "results/{exp}/html/evaluation-{name}.html",
             caption="../workflow/report/evaluation.rst",
             category=page_category,
             subcategory="Evaluation",
             labels={"experiment": "{exp}", "document": "evaluation-{name}"},
-        ),
+        )),
+        provenance=update("results/{exp}/provenance/page-{name}.prov.json"),
     log:
         "logs/{exp}/evaluation_page-{name}.log",
     conda:

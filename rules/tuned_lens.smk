@@ -27,7 +27,7 @@ rule train_tuned_lens:
         device=config["device"],
         dtype=config["dtype"],
         backend=config["backend"],
-        lens=get_lens_settings,
+        lens=lens_settings("train_tuned_lens"),
         settings=config["tuned_lens"],
         code=code_version("scripts/train_tuned_lens.py"),
     script:

@@ -24,7 +24,7 @@ def main(sm):
             writer.writeheader()
             writer.writerows(rounded(rows))
     plot_lens_quality(sm.wildcards.model, rows, sm.output.plot)
-    record_rule(sm, "scripts/lens_quality.py", [sm.output.csv], {"tuned_lens": {k: config[k] for k in ("unembedding_sha256", "settings", "corpus")}})
+    record_rule(sm, "scripts/lens_quality.py", None, {"tuned_lens": {k: config[k] for k in ("unembedding_sha256", "settings", "corpus")}})
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

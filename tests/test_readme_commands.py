@@ -30,6 +30,7 @@ HOW = {
     "snakemake --cores 1 results/003/evaluation-cross-model.md": RUN,
     "snakemake --cores 1": RUN,
     "snakemake -n": RUN,
+    "snakemake -n --config lens='{top_k: 10}'": RUN,
     "snakemake --report report.html": RUN,
     "snakemake --unlock": RUN,
     "snakemake --lint": RUN,

@@ -94,6 +94,23 @@ def code_files(script: str | os.PathLike[str], *also: str | os.PathLike[str]) ->
     return sorted(seen)
 
 
+def code_digests(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of each file ``script`` runs (see code_files), by its
+    syntax for Python: what a provenance record keeps so that a plan can name the file
+    whose change made a job stale."""
+    digests = {}
+    for path in code_files(script, *also):
+        digests[str(path.relative_to(REPO))] = hashlib.sha256(_code_text(path)).hexdigest()[:16]
+    return digests
+
+
+def _code_text(path: Path) -> bytes:
+    if path.suffix == ".py":
+        stat = path.stat()
+        return _parsed(path, (stat.st_mtime_ns, stat.st_size))[0].encode()
+    return path.read_bytes()
+
+
 def code_version(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> str:
     """sha256 (first 16 hex digits) of what ``script`` runs, by its syntax, not its bytes.
 
@@ -104,10 +121,5 @@ def code_version(script: str | os.PathLike[str], *also: str | os.PathLike[str]) 
     """
     digest = hashlib.sha256()
     for path in code_files(script, *also):
-        if path.suffix == ".py":
-            stat = path.stat()
-            text = _parsed(path, (stat.st_mtime_ns, stat.st_size))[0].encode()
-        else:
-            text = path.read_bytes()
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + text + b"\0")
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + _code_text(path) + b"\0")
     return digest.hexdigest()[:16]

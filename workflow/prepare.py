@@ -8,17 +8,20 @@ the lens or the backends do: editing the lens must not dequantise every model ag
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from workflow.atomic import atomic_directory, dumps_json
+from workflow.atomic import atomic_directory, dumps_json, write_text
 from workflow.errors import UserError
 from workflow.provenance import sha256_file
 
@@ -43,14 +46,14 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def locate_gguf(key: str, entry: dict[str, Any], workdir: Path) -> Path:
+def locate_gguf(key: str, entry: dict[str, Any], workdir: Path, configfile: str = "config/config.yaml") -> Path:
     """Path of the GGUF file behind a ``gguf`` or ``package`` model entry."""
     if entry["source"] == "gguf":
         path = Path(entry["path"]).expanduser()
         if not path.is_file():
             raise UserError(
-                f"model {key!r}: GGUF file {str(path)!r} does not exist "
-                f"(config key models.{key}.path); fix the path or download the file"
+                f"model {key!r}: GGUF file {entry['path']!r} does not exist "
+                f"(config key models.{key}.path in {configfile}); fix the path or download the file"
             )
         return path
     module = entry["package"]
@@ -80,11 +83,39 @@ def gguf_architecture(path: Path, key: str = "?") -> str:
     return header.architecture
 
 
-def check_gguf_supported(key: str, path: Path) -> str:
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+def readable_gguf_architectures() -> list[str]:
+    """The GGUF architectures the installed transformers reads. Importing its GGUF mapping
+    takes seconds, too long for every dry run: the list is kept per transformers version in
+    .snakemake/ (a cache; a child process makes it again when it is absent)."""
+    from importlib import metadata
 
+    version = metadata.version("transformers")
+    cache = Path(".snakemake") / f"gguf-architectures-transformers-{version}.json"
+    try:
+        found = json.loads(cache.read_text(encoding="utf-8"))
+        if isinstance(found, list) and all(isinstance(a, str) for a in found):
+            return found
+    except (OSError, ValueError):
+        pass
+    done = subprocess.run(
+        [sys.executable, "-c", "import json; from transformers.modeling_gguf_pytorch_utils import "
+         "GGUF_SUPPORTED_ARCHITECTURES as a; print(json.dumps(sorted(set(a) - {'general', 'tokenizer'})))"],
+        capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0:
+        raise UserError(f"cannot list the GGUF architectures transformers {version} reads: {done.stderr.strip()[-500:]}")
+    found = json.loads(done.stdout)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text(cache, json.dumps(found))
+    except OSError:
+        pass
+    return found
+
+
+def check_gguf_supported(key: str, path: Path) -> str:
     arch = gguf_architecture(path, key)
-    readable = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # mapping sections, not models
+    readable = readable_gguf_architectures()  # mapping sections (general, tokenizer) left out
     if arch not in readable:
         raise UserError(
             f"model {key!r}: transformers cannot read GGUF architecture {arch!r} "
@@ -92,6 +123,36 @@ def check_gguf_supported(key: str, path: Path) -> str:
             "Use the original safetensors checkpoint instead (source: hf or local)."
         )
     return arch
+
+
+@functools.lru_cache(maxsize=None)
+def distribution_version(module: str) -> str | None:
+    """The version of the installed distribution that provides ``module``."""
+    from importlib import metadata
+
+    for name in metadata.packages_distributions().get(module, []):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def source_fingerprint(key: str, entry: dict[str, Any], configfile: str = "config/config.yaml") -> dict[str, Any]:
+    """What identifies a GGUF or packaged model's weights beyond its config keys, checked
+    as a plan needs it (the header read, the architecture one transformers reads): the
+    GGUF file's sha256; a package's version and, for a packaged file, its sha256."""
+    if entry["source"] not in PREPARED_SOURCES:
+        return {}
+    found: dict[str, Any] = {}
+    if entry["source"] == "package":
+        package_dir(entry["package"])  # a clear error if it is not installed
+        found["version"] = distribution_version(entry["package"])
+    if entry["source"] == "gguf" or "file" in entry:  # not an assembled one: made when prepared
+        path = locate_gguf(key, entry, Path("."), configfile)
+        check_gguf_supported(key, path)
+        found["sha256"] = sha256_file(path)
+    return found
 
 
 def source_description(entry: dict[str, Any]) -> dict[str, Any]:

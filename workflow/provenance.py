@@ -7,21 +7,31 @@ A provenance record per rule run, ``results/001/provenance/{name}.prov.json``
   rule-specific facts (model source hash or revision; evaluator settings and cache
   keys).
 
-What the records are checked against: ``workflow/check.py`` (``make check``). The code
-version of a rule comes from its params (``workflow/codeversion.py`` computes it when the
-rules are read), so that this module, which every rule script imports, does not import the
-machinery that hashes code.
+What the records are checked against: ``workflow/plan.py`` (every Snakemake plan) and
+``workflow/check.py`` (``make check``). The code version of a rule comes from its params
+(``workflow/codeversion.py`` computes it when the rules are read); the record also keeps
+each code file's digest, so that a plan can name the file that changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
 RECORD_SUFFIX = ".prov.json"
+# A derived directory (a prepared model, a trained lens: git-ignored, re-creatable) holds
+# its recipe: the rule, params, code and inputs that made it. Consumers record the recipe's
+# hash instead of the directory's bytes, so that re-creating it the same way (on a fresh
+# clone, where resources/ is empty) makes nothing that read it stale.
+RECIPE_FILE = ".recipe.json"
+# Files at least this large keep their sha256 in a cache keyed by their size, mtime and
+# inode (.snakemake/provenance-digests.json): a dry run does not hash a 60 GB GGUF again.
+CACHED_DIGEST_SIZE = 16 * 2**20
+DIGEST_CACHE = Path(".snakemake") / "provenance-digests.json"
 # Files in a directory input larger than this are fingerprinted by size, not content
 # (a prepared model's weights are pinned by the GGUF sha256 in its manifest).
 DIRECTORY_CONTENT_LIMIT = 64 * 2**20
@@ -42,7 +52,7 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return versions
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
+def _hash_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
@@ -50,15 +60,74 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+_digests: dict[tuple, str] = {}
+
+
+def _digest_cache() -> dict[str, Any]:
+    try:
+        return json.loads(DIGEST_CACHE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, remembered by (path, size, mtime, inode) in this process and, for
+    large files, in .snakemake/ across processes (a cache only: a changed stat hashes again)."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key in _digests:
+        return _digests[key]
+    if stat.st_size < CACHED_DIGEST_SIZE:
+        digest = _digests[key] = _hash_file(path)
+        return digest
+    name = "\0".join(map(str, key))
+    cache = _digest_cache()
+    digest = cache.get(name)
+    if not isinstance(digest, str):
+        digest = _hash_file(path)
+        cache[name] = digest
+        try:
+            from workflow.atomic import write_json
+
+            DIGEST_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            write_json(DIGEST_CACHE, cache)
+        except OSError:
+            pass  # a read-only checkout hashes again next time
+    _digests[key] = digest
+    return digest
+
+
+def normalised(value: Any) -> Any:
+    """``value`` as it reads back from a record's JSON (tuples as lists, keys as strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def recipe_hash(recipe: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recipe_of(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The recipe a derived directory was made by, or None (none written, or unreadable)."""
+    try:
+        recipe = json.loads((Path(path) / RECIPE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recipe if isinstance(recipe, dict) else None
+
+
 def input_digest(path: str | os.PathLike[str]) -> str | None:
-    """sha256 of a file; for a directory, of its file names, sizes and (small) contents."""
+    """sha256 of a file; for a derived directory, ``recipe:`` and its recipe's hash; for
+    another directory, of its file names, sizes and (small) contents."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     if not path.is_dir():
         return None
+    recipe = recipe_of(path)
+    if recipe is not None:
+        return "recipe:" + recipe_hash(recipe)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".snakemake")):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".snakemake", RECIPE_FILE))):
         size = file.stat().st_size
         content = sha256_file(file) if size <= DIRECTORY_CONTENT_LIMIT else "large"
         digest.update(f"{file.relative_to(path)}\0{size}\0{content}\n".encode())
@@ -83,10 +152,6 @@ def git_state(repo: str | os.PathLike[str] = ".") -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status)}
 
 
-def record_path(results_dir: str | os.PathLike[str], name: str) -> Path:
-    return Path(results_dir) / "provenance" / f"{name}{RECORD_SUFFIX}"
-
-
 def make_record(
     rule: str,
     script: str,
@@ -98,17 +163,29 @@ def make_record(
     also: list[str] | None = None,
 ) -> dict[str, Any]:
     """The provenance record of one rule run: only what the inputs determine (the git
-    commit, which changes with every commit of results, goes to the job's log instead)."""
+    commit, which changes with every commit of results, goes to the job's log instead).
+    Derived inputs (directories with a recipe) are recorded by their recipe's hash, and
+    their recipes are kept beside, so that a plan can say what would be made differently."""
+    from workflow.codeversion import code_digests
+
     missing = [a for a in artefacts if not Path(a).is_file()]
     if missing:
         raise FileNotFoundError(f"cannot record provenance of missing artefacts {missing}")
+    names = sorted(set(map(str, inputs)))
+    recipes = {name: recipe for name in names if (recipe := recipe_of(name)) is not None}
     return {
         "rule": rule,
         "artefacts": {str(a): sha256_file(a) for a in artefacts},
-        "inputs": {str(i): input_digest(i) for i in sorted(set(map(str, inputs)))},
-        "params": {k: v for k, v in params.items() if k not in ("code", "code_also")},
+        "inputs": {name: input_digest(name) for name in names},
+        **({"recipes": recipes} if recipes else {}),
+        "params": normalised({k: v for k, v in params.items() if k not in ("code", "code_also")}),
         # also: code the script runs that no import in it names (an experiment's package).
-        "code": {"script": script, "version": version, **({"also": list(also)} if also else {})},
+        "code": {
+            "script": script,
+            "version": version,
+            **({"also": list(also)} if also else {}),
+            "files": code_digests(script, *(also or [])),
+        },
         "packages": package_versions(),
         **(extra or {}),
     }
@@ -120,15 +197,50 @@ def write_record(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     write_json(path, record)
 
 
-def record_rule(snakemake: Any, script: str, artefacts: list[str], extra: dict[str, Any] | None = None) -> None:
-    """Write the provenance record of a running rule to its ``provenance`` output."""
+_recorded: set[str] = set()
+
+
+def _log_code(snakemake: Any) -> None:
     import logging
 
     state = git_state()
-    version = snakemake.params.code  # the code version the rule carries (workflow/codeversion.py)
-    logging.getLogger(__name__).info("code: %s, git commit %s%s", version, state["commit"],
+    logging.getLogger(__name__).info("code: %s, git commit %s%s", snakemake.params.code, state["commit"],
                                      " with uncommitted changes" if state["dirty"] else "")
+
+
+def record_rule(snakemake: Any, script: str | None = None, artefacts: list[str] | None = None,
+                extra: dict[str, Any] | None = None) -> None:
+    """Write the provenance record of a running rule to its ``provenance`` output, after
+    every artefact is written. ``artefacts``: by default every other output of the rule."""
+    _log_code(snakemake)
+    version = snakemake.params.code  # the code version the rule carries (workflow/codeversion.py)
     params = {k: v for k, v in snakemake.params.items()}
-    also = params.get("code_also")
-    record = make_record(snakemake.rule, script, version, artefacts, list(snakemake.input), params, extra, also)
-    write_record(snakemake.output.provenance, record)
+    record_file = str(snakemake.output.provenance)
+    if artefacts is None:
+        artefacts = [str(f) for f in snakemake.output if str(f) != record_file]
+    record = make_record(snakemake.rule, script or f"scripts/{snakemake.rule}.py", version, artefacts,
+                         list(snakemake.input), params, extra, params.get("code_also"))
+    write_record(record_file, record)
+    _recorded.add(record_file)
+
+
+def write_recipe(snakemake: Any, directory: str) -> None:
+    """Write a derived directory's recipe (RECIPE_FILE in it): the rule, all its params
+    (the code version among them) and its inputs' digests, as the plan computes them."""
+    from workflow.atomic import write_json
+
+    _log_code(snakemake)
+    params = normalised({k: v for k, v in snakemake.params.items()})
+    inputs = {name: input_digest(name) for name in sorted(set(map(str, snakemake.input)))}
+    write_json(Path(directory) / RECIPE_FILE, {"rule": snakemake.rule, "params": params, "inputs": inputs})
+
+
+def finish_rule(snakemake: Any) -> None:
+    """After a rule script's work: its provenance record, if the script has not written
+    it, or the recipe of the derived directory it made."""
+    names = dict(snakemake.output.items())
+    if "provenance" in names:
+        if str(names["provenance"]) not in _recorded:
+            record_rule(snakemake)
+    elif len(snakemake.output) == 1 and Path(str(snakemake.output[0])).parts[:1] == ("resources",):
+        write_recipe(snakemake, str(snakemake.output[0]))
