@@ -12,6 +12,6 @@ __version__ = "0.1.0"
 # Intel MKL (torch's CPU BLAS) splits a small matrix product differently between 1 and 2
 # threads, so a 6-token prompt's residuals changed in their last bits with the thread
 # count. In its strict reproducibility mode every product gives the same bits whatever
-# the thread count (measured: no slower here). Read by MKL at its first call, so set
+# the thread count, at no cost in speed that bench/lens_speed.py shows. Read by MKL at its first call, so set
 # before torch computes anything; a value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")

@@ -26,9 +26,6 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "bridge", "hooks")
-
-
 class Backend(Protocol):
     name: str
     hf_model: nn.Module

@@ -37,8 +37,8 @@ from workflow.models import LoadedModel, dtype_name
 
 log = logging.getLogger(__name__)
 
-# Steps the lens thread decodes together at most (bench/generation.py, gemma-3-270m on a
-# 2-core CPU: one step at a time reached 0.42 of plain generation's rate, up to 8 at a time 0.80).
+# Steps the lens thread decodes together at most: decoding several steps together keeps
+# generation near its plain rate (bench/generation.py; bench/README.md).
 PENDING = 8
 
 

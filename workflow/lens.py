@@ -235,7 +235,8 @@ class LayerStats:
 
     def cpu(self) -> LayerStats:
         """On the host at once: read element by element from a GPU, each value would be
-        its own device-to-host copy (measured: 0.34 s of a 0.41 s lens on an H100)."""
+        its own device-to-host copy, most of a GPU lens's time (bench/README.md, "Why the
+        code is shaped as it is")."""
         return LayerStats(*(getattr(self, field.name).cpu() for field in fields(self)))
 
 
@@ -403,15 +404,13 @@ def stream_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_m
     """(positions per block, vocabulary columns per block).
 
     On a GPU the blocks fill ``working_memory_mb``: there each block costs kernel launches
-    and a few synchronisations whatever its size, and no cache is to be kept (a small
-    gain: 0.358 s -> 0.343 s on an H100 for a Gemma-3-270m-sized lens, bench/README.md).
-    On a CPU, buffers of about CACHE_CELLS floats each stay in the processor's cache between the
-    passes over a block (measured: 3.6 s instead of 4.2 s on gemma-3-270m with 128
-    tokens when blocks shrink from 21 MB to 10 MB), within ``working_memory_mb``. All
-    positions go at once while the vocabulary blocks stay at least MIN_VOCAB_BLOCK wide
-    (so the matrix product stays efficient); fewer positions otherwise. Block widths are
-    multiples of 64 (the product of a 2432-row block runs 8-10% slower 819 columns wide
-    than 768 or 832).
+    and a few synchronisations whatever its size, and no cache is to be kept. On a CPU,
+    buffers of about CACHE_CELLS floats each stay in the processor's cache between the
+    passes over a block, within ``working_memory_mb``. All positions go at once while the
+    vocabulary blocks stay at least MIN_VOCAB_BLOCK wide (so the matrix product stays
+    efficient); fewer positions otherwise. Block widths are multiples of 64, where the
+    matrix product runs fastest. The measurements behind each choice are in bench/README.md
+    ("Why the code is shaped as it is").
     """
     cells = working_memory_mb * 2**20 // (FLOAT32_BYTES * STREAM_LIVE_TENSORS)
     if on_cpu:

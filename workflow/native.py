@@ -138,11 +138,10 @@ def available() -> bool:
     return _library() is not None
 
 
-# Measured (bench/lens_device.py --device cpu, gemma-3-270m-sized lens, 16-core machine):
-# the kernel is faster up to 8 threads (6: 1.87 s against 1.97 s, 8: 2.03 against 2.45;
-# on the 2-core development machine 3.3 s against 4.0 s) and slower from 12 (12: 1.70
-# against 1.08, 16: 2.07 against 1.07), where its threads, started from Python, compete
-# with PyTorch's OpenMP workers still spinning after each block's matrix product.
+# The kernel is faster than the torch path up to 8 threads and slower beyond, where its
+# threads, started from Python, compete with PyTorch's OpenMP workers still spinning after
+# each block's matrix product (bench/lens_device.py; bench/README.md, "Why the code is
+# shaped as it is").
 MAX_THREADS = 8
 
 

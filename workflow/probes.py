@@ -246,12 +246,3 @@ def load(spec: list[dict[str, Any]] | dict[str, Any], base: str | Path = ".", co
         probes += found
     return check(probes, f"{configfile}: key probes (relations {', '.join(names)})")
 
-
-def set_name(spec: list[dict[str, Any]] | dict[str, Any]) -> str:
-    """A short name of the probe set, for evaluations and figures."""
-    if isinstance(spec, list):
-        return "the config's probes"
-    if "file" in spec:
-        return Path(spec["file"]).name
-    names = spec["relations"]
-    return ", ".join([names] if isinstance(names, str) else names)

@@ -2,7 +2,7 @@
 experiment 001's (one row per probe x lens x layer x position) are COLUMNS, other
 experiments give theirs.
 
-Column names are a data contract (DESIGN.md); extend, don't rename. Tokens can
+Column names are a data contract (README, "Data contract"); extend, don't rename. Tokens can
 hold newlines, commas, quotes and any Unicode, so every field is quoted and the
 file is UTF-8; ``read_records`` reads it back unchanged.
 
@@ -79,10 +79,9 @@ def write_records(
 
 
 # Experiment 001's records file: CSV for small probe sets, Parquet beyond this many probes
-# (lens.records_format: auto). Measured (bench/records_scale.py): 10,000 probes x 31 layers
-# x 2 lenses write and read back several times faster as Parquet, in a third of the space.
+# (lens.records_format: auto): large sets write and read back faster as Parquet, in less
+# space (bench/records_scale.py; bench/README.md).
 AUTO_PARQUET_ABOVE = 1000
-FORMATS = ("csv", "parquet")
 
 
 def records_format(setting: str, n_probes: int) -> str:

@@ -54,13 +54,6 @@ def directory_parameters(path: Path) -> int | None:
     return sum(safetensors_parameters(f) for f in files) if files else None
 
 
-def gguf_parameters(path: Path, model: str = "?", key: str = "path") -> int:
-    """From the GGUF header (checked: a damaged file is refused naming the config key)."""
-    from workflow.gguf_file import check
-
-    return check(path, model, key).parameters
-
-
 @functools.cache
 def hf_parameters(repo: str, revision: str) -> int | None:
     """From the local hub cache, else the hub's safetensors metadata (a small request)."""

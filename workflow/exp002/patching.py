@@ -17,7 +17,7 @@ logit difference at the last position, LD = logit(clean answer) - logit(corrupte
 1 means the patch alone does it. Layers use experiment 001's index: 0 is the residual
 entering the first block, k the residual after block k. The residual is the raw stream,
 not normalised. Many patched runs go through the model in one forward batch
-(``Backend.patched``), which stops after the last block; only the two answers' logits
+(``BlockRunner.run`` of ``workflow.backends``), which stops after the last block; only the two answers' logits
 are computed, through the model's own final norm and unembedding (the reference head of
 ``workflow.lens_setup``, checked against the model's own logits on both prompts).
 """
@@ -40,7 +40,6 @@ from workflow.lens import LensHead
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("denoise", "noise")
-CORRUPTIONS = ("prompt", "gaussian")
 
 
 @dataclass(frozen=True)

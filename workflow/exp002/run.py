@@ -41,7 +41,7 @@ from workflow.records import read_records, rounded, write_records
 
 log = logging.getLogger(__name__)
 
-# The records contract (DESIGN.md): extend, don't rename. ``token`` is the token at that
+# The records contract (README, "Data contract"): extend, don't rename. ``token`` is the token at that
 # position of the prompt the patched run reads; ``source_token`` that of the run the written
 # residual comes from (the same token at positions where the prompts agree).
 RECORD_COLUMNS = (
