@@ -105,7 +105,7 @@ class Chat:
     def __init__(self, args: argparse.Namespace):
         from workflow.config import model_entry
         from workflow.generation import LensGenerator
-        from workflow.lens_setup import LensSettings, lens_heads
+        from workflow.lens_setup import LensSettings, open_tuned_lens
         from workflow.models import load_model
 
         config = load_config(Path(args.config))
@@ -124,9 +124,7 @@ class Chat:
         lenses_dir = workdir / "resources" / "lenses" / key
         if "tuned" in config["lenses"] and not args.no_tuned:
             if lenses_dir.is_dir():
-                from workflow.tuned import load as load_tuned
-
-                tuned, _ = load_tuned(lenses_dir, lens_heads(self.model, settings)[1], key)
+                tuned, _ = open_tuned_lens(self.model, settings, lenses_dir)
             else:
                 print(f"(logit lens only: no tuned lens in {lenses_dir}; the pipeline trains it there when it computes "
                       "the model's results from nothing)", file=sys.stderr)

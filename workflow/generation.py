@@ -30,10 +30,9 @@ from typing import Any
 import torch
 
 from workflow.backends import _device, _hidden, _stacked
-from workflow.exp001.run import answer_layers
 from workflow.lens import RowStats, lens_statistics, rows_padded
-from workflow.lens_setup import LensIdentityError, LensSettings, TokenNames, identity_failure, lens_heads, logit_deviation
-from workflow.models import LoadedModel, dtype_name
+from workflow.lens_setup import IdentityCheck, LensSettings, TokenNames, answer_layers, lens_heads
+from workflow.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class LensGenerator:
         self.head, self.reference = lens_heads(model, settings)
         self.tuned = tuned
         self.lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
-        self.tolerance = settings.tolerance(model.dtype)
+        self.identity = IdentityCheck(model, settings)
         self.pending = pending
         self.layers = model.backend.blocks.layers
         self.names = TokenNames(model.tokenizer)
@@ -255,14 +254,7 @@ class LensGenerator:
         lens_logits = rows_padded(self.reference.logits, residuals[-1])
         traces = []
         for k, (index, chosen, input_id, _, model_logits) in enumerate(items):
-            deviation = logit_deviation(lens_logits[k : k + 1], model_logits[None])
-            failed = identity_failure(deviation, self.tolerance)
-            if failed is not None:
-                raise LensIdentityError(
-                    f"model {self.model.key!r}, generated token {index}: the lens at layer {self.model.n_layers} does not "
-                    f"reproduce the model's own output on {self.model.device}/{dtype_name(self.model.dtype)}: "
-                    f"{failed} = {deviation[failed]:.3g} (tolerance {self.tolerance:g}); see experiment 001's identity check"
-                )
+            deviation = self.identity(lens_logits[k : k + 1], model_logits[None], f"generated token {index}")
             model_prob = float(torch.softmax(model_logits.double(), -1)[chosen])
             traces.append(TokenTrace(index, chosen, input_id, model_prob, {n: per_lens[n][k] for n in per_lens}, deviation))
         return traces

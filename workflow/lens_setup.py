@@ -1,19 +1,22 @@
-"""Setting up a lens on a loaded model, for any experiment: the lens settings from the
-config, the two heads (the recorded lens and the model-faithful reference), tokenising
-a probe, the identity check (the lens at the last layer against the model's own
-logits), and the model metadata every experiment's JSON records.
+"""The lens run every experiment shares, on a loaded model: the lens settings from the
+config, the two heads (``LensHeads``: the recorded lens and the model-faithful reference),
+the trained tuned lens (``open_tuned_lens``), tokenising a probe, the identity check
+(``IdentityCheck``: the lens at the last layer against the model's own logits, one
+tolerance and one message for every experiment), where an answer becomes top-1
+(``answer_layers``), and the model metadata every experiment's JSON records. Nothing here
+knows an experiment.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from workflow.errors import UserError
-from workflow.lens import LensHead, logit_postprocessor, logit_steps, uses_kernel
+from workflow.lens import LensHead, logit_postprocessor, logit_steps, unapplied_logit_keys, uses_kernel
 from workflow.models import LoadedModel, dtype_name
 from workflow.provenance import package_versions
 
@@ -93,7 +96,18 @@ def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], list[in
     return list(ids), [int(i) for i in answer_ids]
 
 
-def lens_heads(model: LoadedModel, settings: LensSettings) -> tuple[LensHead, LensHead]:
+class LensHeads(NamedTuple):
+    """The two heads of a lens run (one object per role, by name):
+    ``lens``: the head the recorded lens decodes with (the model's final norm unless
+    ``use_norm_lens`` is off); ``reference``: the model-faithful head (the model's own final
+    norm, unembedding and logit steps), for KL to the final distribution, the final scores
+    and the identity check, and the head a tuned lens is trained for."""
+
+    lens: LensHead
+    reference: LensHead
+
+
+def lens_heads(model: LoadedModel, settings: LensSettings) -> LensHeads:
     """The recorded lens head, and the model-faithful head used for KL and the identity check."""
     backend = model.backend
     postprocess = logit_postprocessor(model.hf_config)
@@ -101,24 +115,27 @@ def lens_heads(model: LoadedModel, settings: LensSettings) -> tuple[LensHead, Le
         backend.final_norm, backend.unembed, postprocess, model.dtype, True, settings.use_fp32_unembed
     )
     if settings.use_norm_lens:
-        return reference, reference
-    return LensHead(None, reference.unembed, postprocess, reference.compute_dtype), reference
+        return LensHeads(reference, reference)
+    return LensHeads(LensHead(None, reference.unembed, postprocess, reference.compute_dtype), reference)
 
 
-def identity_deviation(reference: LensHead, last_layer: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
+def open_tuned_lens(model: LoadedModel, settings: LensSettings, directory) -> tuple[Any, dict[str, Any]]:
+    """The tuned lens trained for this model (``workflow.tuned.TunedLens``) and its training
+    config; one trained for other weights is refused, naming the directory."""
+    from workflow.tuned import load
+
+    return load(directory, lens_heads(model, settings).reference, model.key)
+
+
+def logit_deviation(lens_logits: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
     """How far the lens at layer L is from the model's own output, on scale-sensitive terms.
 
     Probabilities alone hide a missed logit scale on a near-uniform distribution (every
     probability is tiny), so the logits are compared too, relative to their size
     (``max_rel_logit_diff``: the largest difference over the largest logit, at least 1),
-    and KL(model || lens) in nats.
+    and KL(model || lens) in nats. Compared on the lens's device (a model placed across
+    GPUs may hand its logits back from the device of its last module).
     """
-    return logit_deviation(reference.logits(last_layer), model_logits)
-
-
-def logit_deviation(lens_logits: torch.Tensor, model_logits: torch.Tensor) -> dict[str, float]:
-    """``identity_deviation`` of logits the lens has already computed (a model placed
-    across GPUs may hand its logits back from the device of its last module)."""
     lens_logits, model_logits = lens_logits.double(), model_logits.to(lens_logits.device).double()
     model_logp, lens_logp = model_logits.log_softmax(-1), lens_logits.log_softmax(-1)
     largest = float((lens_logits - model_logits).abs().max())
@@ -135,6 +152,62 @@ def recorded_deviation(deviation: dict[str, float]) -> dict[str, float]:
     under (0 stays 0). Below the tolerance these are float noise, whose last digits change
     from run to run; written to six digits they made a re-run differ from its record."""
     return {k: (0.0 if v <= 0 else float(f"1e{math.ceil(math.log10(v))}")) for k, v in deviation.items()}
+
+
+class IdentityCheck:
+    """The lens at the last layer against the model's own logits, on every prompt a run
+    reads: one tolerance (``LensSettings.tolerance``) and one message for every experiment,
+    and the worst deviation seen, as the JSON records it (``recorded``)."""
+
+    def __init__(self, model: LoadedModel, settings: LensSettings):
+        self.model = model
+        self.tolerance = settings.tolerance(model.dtype)
+        self.worst: dict[str, float] = {}
+
+    def __call__(self, lens_logits: torch.Tensor, model_logits: torch.Tensor, where: str) -> dict[str, float]:
+        """The deviation of ``lens_logits`` from ``model_logits`` (``logit_deviation``); a
+        deviation beyond the tolerance (or NaN) raises ``LensIdentityError`` naming the model
+        and ``where`` (a probe, a pair's prompt, a generated token)."""
+        deviation = logit_deviation(lens_logits, model_logits)
+        self.worst = {k: max(self.worst.get(k, 0.0), v) for k, v in deviation.items()}
+        failed = identity_failure(deviation, self.tolerance)
+        if failed is not None:
+            raise LensIdentityError(self.message(where, deviation, failed))
+        return deviation
+
+    def recorded(self) -> dict[str, float]:
+        """The JSON's ``identity_check``: the worst deviation, as powers of ten, and the tolerance."""
+        return {**recorded_deviation(self.worst), "tolerance": self.tolerance}
+
+    def message(self, where: str, deviation: dict[str, float], failed: str) -> str:
+        model = self.model
+        config = model.hf_config
+        steps = ", ".join(f"{op} by {key}={value:g}" for key, op, value in logit_steps(config)) or "none"
+        unapplied = unapplied_logit_keys(config)
+        return (
+            f"model {model.key!r}, {where}: the lens at layer {model.n_layers} does not reproduce the "
+            f"model's own output on {model.device}/{dtype_name(model.dtype)}: {failed} = {deviation[failed]:.3g} "
+            f"(tolerance {self.tolerance:g}; largest logit difference {deviation['max_abs_logit_diff']:.3g}, "
+            f"probability {deviation['max_abs_prob_diff']:.3g}, KL {deviation['kl_model_to_lens']:.3g} nats). "
+            f"Steps applied after the unembedding: {steps}."
+            + (f" The config also has {', '.join(unapplied)}, which the lens does not apply to model type "
+               f"{config.model_type!r}: if the model uses it on its logits, add it to LOGIT_STEPS in "
+               "workflow/lens.py." if unapplied else
+               " If the architecture changes its logits after the unembedding, add that step to LOGIT_STEPS in "
+               "workflow/lens.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
+            + " Nothing was written."
+        )
+
+
+def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int | None]:
+    """First layer where the answer is top-1, and the layer from which it stays top-1."""
+    first = next((layer for layer, t in enumerate(top1_ids) if t == answer_id), None)
+    stable = None
+    for layer in range(len(top1_ids) - 1, -1, -1):
+        if top1_ids[layer] != answer_id:
+            break
+        stable = layer
+    return first, stable
 
 
 def identity_failure(deviation: dict[str, float], tolerance: float) -> str | None:

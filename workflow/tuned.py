@@ -374,7 +374,7 @@ def train_for_model(
 
     torch.manual_seed(settings.seed)
     model = load_model(model_key, entry, prepared_dir, device, dtype, backend, use_fp32_unembed, working_memory_mb)
-    _, head = lens_heads(model, LensSettings(use_fp32_unembed=use_fp32_unembed, working_memory_mb=working_memory_mb))
+    head = lens_heads(model, LensSettings(use_fp32_unembed=use_fp32_unembed, working_memory_mb=working_memory_mb)).reference
     train_docs, heldout_docs = corpus_documents()
     started = time.perf_counter()
     train_residuals = collect_residuals(model, sequences(model.tokenizer, train_docs, settings.seq_len, settings.train_sequences))

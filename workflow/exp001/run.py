@@ -19,36 +19,25 @@ import torch
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
 from workflow.backends import canonical_length
-from workflow.lens import lens_statistics, logit_steps, rows_padded, unapplied_logit_keys
+from workflow.lens import lens_statistics, rows_padded
 from workflow.lens_setup import (
-    LensIdentityError,
+    IdentityCheck,
     LensSettings,
     TokenNames,
+    answer_layers,
     answer_warnings,
     check_context,
     check_finite,
-    identity_failure,
     lens_heads,
-    logit_deviation,
     model_metadata,
+    open_tuned_lens,
     recorded_deviation,
     tokenize_probe,
 )
-from workflow.models import LoadedModel, dtype_name
+from workflow.models import LoadedModel
 from workflow.records import rounded, write_records_file
 
 log = logging.getLogger(__name__)
-
-
-def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int | None]:
-    """First layer where the answer is top-1, and the layer from which it stays top-1."""
-    first = next((layer for layer, t in enumerate(top1_ids) if t == answer_id), None)
-    stable = None
-    for layer in range(len(top1_ids) - 1, -1, -1):
-        if top1_ids[layer] != answer_id:
-            break
-        stable = layer
-    return first, stable
 
 
 # Temperatures at which each probe's final top-1 probability is recorded, for calibration by
@@ -181,7 +170,7 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     names = TokenNames(model.tokenizer)
     settings = settings.for_probes(len(probes))
     head, reference = lens_heads(model, settings)
-    tolerance = settings.tolerance(model.dtype)
+    identity = IdentityCheck(model, settings)
     lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
     items = [Tokenised(i, p, *tokenize_probe(model.tokenizer, p)) for i, p in enumerate(probes)]
     for item in items:  # before any work
@@ -190,7 +179,6 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
             log.warning("model %s, probe %s: %s", model.key, item.probe["id"], warning)
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     calibration: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # tuned lens, per probe
-    worst: dict[str, float] = {}
     done = 0
     started = time.perf_counter()
     for length, batch in batches(items, batch_size):
@@ -237,18 +225,14 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
                 calibration[item.index] = (tempered[:, b], correct[:, b])
         for b, item in enumerate(batch):
             first = offsets[b]
-            deviation = logit_deviation(scores["logits"][b : b + 1], model_logits[b : b + 1])
-            worst = {k: max(worst.get(k, 0.0), v) for k, v in deviation.items()}
-            failed = identity_failure(deviation, tolerance)
-            if failed is not None:
-                raise identity_error(model, item.probe, deviation, failed, tolerance)
+            deviation = identity(scores["logits"][b : b + 1], model_logits[b : b + 1], f"probe {item.probe['id']!r}")
             results[item.index] = probe_outputs(model, item, per_lens, b, scores, first, deviation, names)
         done += len(batch)
         log.info("probes %d/%d (padded length %d, batch of %d) in %.1f s", done, len(items), length, len(batch), time.perf_counter() - started)
     rows = [row for index in range(len(items)) for row in results[index][0]]
     summary = {
         "lens": settings.recorded(),
-        "identity_check": {**recorded_deviation(worst), "tolerance": tolerance},
+        "identity_check": identity.recorded(),
         "answer_scoring": {
             "records": "the answer's first token, at every layer",
             "answer_logprob": "the whole answer, teacher-forced, by the model at its last layer",
@@ -265,25 +249,6 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
         "probes": [results[index][1] for index in range(len(items))],
     }
     return summary, rows
-
-
-def identity_error(model: LoadedModel, probe: dict[str, Any], deviation: dict[str, float], failed: str, tolerance: float) -> LensIdentityError:
-    n_layers = model.n_layers
-    steps = ", ".join(f"{op} by {key}={value:g}" for key, op, value in logit_steps(model.hf_config)) or "none"
-    unapplied = unapplied_logit_keys(model.hf_config)
-    return LensIdentityError(
-        f"model {model.key!r}, probe {probe['id']!r}: the lens at layer {n_layers} does not reproduce the "
-        f"model's own output on {model.device}/{dtype_name(model.dtype)}: {failed} = {deviation[failed]:.3g} "
-        f"(tolerance {tolerance:g}; largest logit difference {deviation['max_abs_logit_diff']:.3g}, "
-        f"probability {deviation['max_abs_prob_diff']:.3g}, KL {deviation['kl_model_to_lens']:.3g} nats). "
-        f"Steps applied after the unembedding: {steps}."
-        + (f" The config also has {', '.join(unapplied)}, which the lens does not apply to model type "
-           f"{model.hf_config.model_type!r}: if the model uses it on its logits, add it to LOGIT_STEPS in "
-           "workflow/lens.py." if unapplied else
-           " If the architecture changes its logits after the unembedding, add that step to LOGIT_STEPS in "
-           "workflow/lens.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
-        + " Nothing was written."
-    )
 
 
 def probe_outputs(model, item: Tokenised, per_lens, b: int, scores, first: int, deviation, names) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -387,9 +352,7 @@ def write_lens_outputs(
     )
     tuned = tuned_info = None
     if tuned_dir is not None:
-        from workflow.tuned import load as load_tuned
-
-        tuned, tuned_config = load_tuned(tuned_dir, lens_heads(model, settings)[1], model_key)
+        tuned, tuned_config = open_tuned_lens(model, settings, tuned_dir)
         tuned_info = {"path": str(tuned_dir), "settings": tuned_config["settings"], "unembedding_sha256": tuned_config["unembedding_sha256"],
                       "heldout": tuned_config["heldout"]}
     load_seconds = time.perf_counter() - started

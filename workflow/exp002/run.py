@@ -25,18 +25,8 @@ from workflow.exp002.patching import (
     sweep_tokens,
     tokenise_pair,
 )
-from workflow.lens_setup import (
-    LensIdentityError,
-    LensSettings,
-    TokenNames,
-    check_context,
-    identity_deviation,
-    identity_failure,
-    lens_heads,
-    model_metadata,
-    recorded_deviation,
-)
-from workflow.models import LoadedModel, dtype_name
+from workflow.lens_setup import IdentityCheck, LensSettings, TokenNames, check_context, lens_heads, model_metadata
+from workflow.models import LoadedModel
 from workflow.records import read_records, rounded, write_records
 
 log = logging.getLogger(__name__)
@@ -62,8 +52,8 @@ STRING_COLUMNS = ("model", "pair", "direction", "token", "corruption", "source_t
 def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: PatchingSettings, lens: LensSettings):
     """Patch every pair; return (summary for the JSON, record rows)."""
     names = TokenNames(model.tokenizer)
-    _, reference = lens_heads(model, lens)
-    tolerance = lens.tolerance(model.dtype)
+    reference = lens_heads(model, lens).reference
+    identity = IdentityCheck(model, lens)
     # A pair made from the probe set whose probe has no partner of its token length on this
     # model is left out (said in the JSON, the log and its figure); any other problem stops.
     resolved, skipped = [], []
@@ -82,21 +72,11 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
     for pair, tp in zip(pairs, tokenised):  # before any work
         check_context(model, pair, len(tp.clean_ids), "its prompts")
     captured = []
-    worst: dict[str, float] = {}
     for pair, tp in zip(pairs, tokenised):
         runs = {}
         for which, ids in (("clean", tp.clean_ids), ("corrupted", tp.corrupted_ids)):
             residuals, model_logits = model.backend.capture(ids, "all")
-            deviation = identity_deviation(reference, residuals[-1, -1:], model_logits)
-            worst = {k: max(worst.get(k, 0.0), v) for k, v in deviation.items()}
-            failed = identity_failure(deviation, tolerance)
-            if failed is not None:
-                raise LensIdentityError(
-                    f"model {model.key!r}, pair {pair['id']!r} ({which} prompt): the model's final norm and unembedding "
-                    f"applied to the last layer's residual do not reproduce its own output on {model.device}/"
-                    f"{dtype_name(model.dtype)}: {failed} = {deviation[failed]:.3g} (tolerance {tolerance:g}); the logit "
-                    "differences would not be the model's. Nothing was written."
-                )
+            identity(reference.logits(residuals[-1, -1:]), model_logits, f"pair {pair['id']!r} ({which} prompt)")
             runs[which] = residuals
         captured.append(runs)
     noise_std = settings.trace_noise * subject_embedding_std(
@@ -148,7 +128,7 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
         "patching": settings.recorded(),
         "lens": {"use_fp32_unembed": lens.use_fp32_unembed},
         "trace_noise_std": noise_std,
-        "identity_check": {**recorded_deviation(worst), "tolerance": tolerance},
+        "identity_check": identity.recorded(),
         "pairs": summaries,
         **({"skipped_pairs": skipped} if skipped else {}),
     }

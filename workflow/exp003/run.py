@@ -8,7 +8,7 @@ from typing import Any
 
 from workflow.atomic import atomic_paths, dumps_json
 from workflow.generation import LensGenerator, stop_token_ids
-from workflow.lens_setup import LensSettings, check_context, lens_heads, model_metadata, recorded_deviation, tokenize_probe
+from workflow.lens_setup import LensSettings, check_context, model_metadata, open_tuned_lens, tokenize_probe
 from workflow.records import rounded, write_records_file
 
 log = logging.getLogger(__name__)
@@ -24,15 +24,13 @@ def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_n
     model = generator.model
     names = generator.names
     stops = stop_token_ids(model)
-    summaries, rows, worst = [], [], {}
+    summaries, rows = [], []
     started = time.perf_counter()
     prompts = [tokenize_probe(model.tokenizer, probe)[0] for probe in probes]
     for probe, input_ids in zip(probes, prompts):  # before any work
         check_context(model, probe, len(input_ids) + max_new_tokens, f"its prompt and {max_new_tokens} generated tokens")
     for done, (probe, input_ids) in enumerate(zip(probes, prompts), 1):
         reply = generator.generate(input_ids, max_new_tokens, stop_ids=stops)
-        for trace in reply.tokens:
-            worst = {k: max(worst.get(k, 0.0), v) for k, v in trace.identity.items()}
         rows += generator.records(reply, probe["id"])
         summaries.append({
             "id": probe["id"],
@@ -61,7 +59,7 @@ def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_n
         })
         log.info("probe %d/%d %r: %d tokens (%s) in %.1f s", done, len(probes), probe["id"], len(reply.tokens), reply.stopped,
                  time.perf_counter() - started)
-    return {"identity_check": {**recorded_deviation(worst), "tolerance": generator.tolerance}, "probes": summaries}, rows
+    return {"identity_check": generator.identity.recorded(), "probes": summaries}, rows
 
 
 def write_generation_outputs(
@@ -87,9 +85,7 @@ def write_generation_outputs(
     )
     tuned = tuned_info = None
     if tuned_dir is not None:
-        from workflow.tuned import load as load_tuned
-
-        tuned, tuned_config = load_tuned(tuned_dir, lens_heads(model, settings)[1], model_key)
+        tuned, tuned_config = open_tuned_lens(model, settings, tuned_dir)
         tuned_info = {"path": str(tuned_dir), "unembedding_sha256": tuned_config["unembedding_sha256"]}
     generator = LensGenerator(model, settings, tuned)
     summary, rows = run_generation(generator, generation_probes(probes, generation), generation["max_new_tokens"])
