@@ -342,7 +342,7 @@ def test_pairs_made_from_a_probe_set(loaded):
     """patching.from_probes: each probe of a relation against another of its relation and
     direction, the partner chosen per tokenizer (as many tokens, another answer); patched
     exactly like a pair written by hand."""
-    from workflow.exp002.patching import derive_pairs
+    from workflow.exp002.pairs import derive_pairs
 
     # The tiny tokenizer: Germany and France 1 token, Japan 3; Berlin and Paris 2, Tokyo 1.
     probes = []

@@ -20,11 +20,11 @@ from workflow.errors import UserError
 from workflow.exp002.patching import (
     PatchingSettings,
     patch_pair,
-    resolve_pair,
     subject_embedding_std,
     sweep_tokens,
     tokenise_pair,
 )
+from workflow.exp002.pairs import resolve_pair
 from workflow.lens_setup import IdentityCheck, LensSettings, TokenNames, check_context, lens_heads, model_metadata
 from workflow.models import LoadedModel
 from workflow.records import read_records, rounded, write_records

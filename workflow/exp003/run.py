@@ -7,16 +7,12 @@ import time
 from typing import Any
 
 from workflow.atomic import atomic_paths, dumps_json
+from workflow.exp003.probes import generation_probes
 from workflow.generation import LensGenerator, stop_token_ids
 from workflow.lens_setup import LensSettings, check_context, model_metadata, open_tuned_lens, tokenize_probe
 from workflow.records import rounded, write_records_file
 
 log = logging.getLogger(__name__)
-
-
-def generation_probes(probes: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """The probes experiment 003 generates from: the first ``max_probes`` of the probe set."""
-    return probes[: settings["max_probes"]]
 
 
 def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_new_tokens: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
