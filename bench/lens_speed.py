@@ -89,7 +89,8 @@ def worker(args) -> None:
         for row in rows:
             grid[0][row["layer"], row["position"]] = row["topk_probs"]
             grid[1][row["layer"], row["position"]] = row["answer_prob"]
-        from workflow.lens import logit_postprocessor, uses_kernel
+        from workflow.lens import uses_kernel
+        from workflow.logit_steps import logit_postprocessor
 
         out["kernel"] = "native" if uses_kernel(logit_postprocessor(model.hf_config), "cpu") else "torch"
         out.update(seconds=seconds, layers=n_layers, positions=n_pos, vocab=int(model.backend.unembed.original_component.weight.shape[0]),

@@ -55,6 +55,27 @@ def tiny_config(tiny_dirs, **overrides):
     return config
 
 
+# A tuned lens trained in a few steps: enough for the pipeline's tests of both lenses.
+TUNED = {"lenses": ["logit", "tuned"], "tuned_lens": {"steps": 4, "batch_positions": 8, "seq_len": 32, "train_sequences": 8,
+                                                       "heldout_positions": 64}}
+
+
+@pytest.fixture(scope="session")
+def default_run(tiny_dirs, tmp_path_factory):
+    """The tiny models run to the default target (every experiment) once per session; shared."""
+    from pipeline import shared_run
+
+    return shared_run(tmp_path_factory, tiny_config(tiny_dirs))
+
+
+@pytest.fixture(scope="session")
+def tuned_run(tiny_dirs, tmp_path_factory):
+    """As ``default_run``, with the tuned lens trained and recorded too; shared."""
+    from pipeline import shared_run
+
+    return shared_run(tmp_path_factory, tiny_config(tiny_dirs, **TUNED))
+
+
 @pytest.fixture(params=["native", "torch"])
 def kernel(request, monkeypatch):
     """Each streamed-lens test runs twice: with the fused CPU kernel and with the torch path."""

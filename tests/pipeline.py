@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,16 +18,22 @@ WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "prompts", "config", "workflo
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+_PREPARED: dict[str, Path] = {}
+
+
 def prepared_model(key: str, tmp_path_factory) -> Path:
-    """An embedded model's prepared weights: the repository's own, or prepared here from its package."""
+    """An embedded model's prepared weights: the repository's own, or prepared here from its
+    package, once per test session (read only: tests load from it, never write)."""
     from workflow.prepare import prepare_model
 
     path = REPO / "resources" / "models" / key
-    if not (path / "manifest.json").is_file():
+    if (path / "manifest.json").is_file():
+        return path
+    if key not in _PREPARED:
         entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][key]
-        path = tmp_path_factory.mktemp("prepared") / key
-        prepare_model(key, entry, path)
-    return path
+        _PREPARED[key] = tmp_path_factory.mktemp("prepared") / key
+        prepare_model(key, entry, _PREPARED[key])
+    return _PREPARED[key]
 
 
 def scratch_copy(dest: Path, config: dict | None = None) -> Path:
@@ -82,12 +89,35 @@ def planned_jobs(dry_run_output: str) -> Counter:
     return jobs
 
 
-def finished_run(dest: Path, config: dict | None = None, *targets: str) -> Path:
-    """A scratch copy run to completion (the default target unless ``targets`` are given)."""
+def finished_run(dest: Path, config: dict | None = None, *targets: str, cores: int = 2) -> Path:
+    """A scratch copy run to completion (the default target unless ``targets`` are given), on
+    two cores unless ``cores`` says otherwise (the files are the same on any number:
+    tests/test_reproducible.py)."""
     workdir = scratch_copy(dest, config)
-    result = snakemake(workdir, *targets)
+    result = snakemake(workdir, "--cores", str(cores), *targets)
     assert result.returncode == 0, said(result)[-4000:]
     return workdir
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_run(tmp_path_factory, config: dict, *targets: str) -> Path:
+    """A finished run of ``config`` (to ``targets``), built once per test session and shared
+    by every module asking for the same config and targets: the pipelines of the suite are
+    its slowest part. Read it in place; ``private_copy`` it before anything that changes
+    it (a run, an edit, a report)."""
+    key = json.dumps([config, targets], sort_keys=True)
+    if key not in _SHARED:
+        _SHARED[key] = finished_run(tmp_path_factory.mktemp("shared-run"), config, *targets)
+    return _SHARED[key]
+
+
+def private_copy(workdir: Path, dest: Path) -> Path:
+    """A copy of a finished workflow for one test to change (file times and Snakemake's
+    metadata kept)."""
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
 
 
 def said(result: subprocess.CompletedProcess) -> str:

@@ -12,7 +12,7 @@ from reference import reference_layers
 from tiny import architecture_configs, make_tokenizer, save_random
 from workflow.lens_setup import LensSettings, lens_heads
 from workflow.exp001.run import run_lens
-from workflow.lens import LensHead
+from workflow.head import LensHead
 from workflow.models import load_model
 
 ARCHITECTURES = list(architecture_configs(make_tokenizer()))

@@ -54,7 +54,7 @@ def default_run(tmp_path_factory):
     targets = ["results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md"]
     targets += [f"results/001/lens-quality-{model}.csv" for model in ("smollm2-135m-instruct", "gemma-3-270m")]
     targets += ["results/002/evaluation-cross-model.md", "results/002/evaluation-meta.md"]
-    result = snakemake(workdir, *targets, timeout=3000)
+    result = snakemake(workdir, "--cores", "2", *targets, timeout=3000)
     assert result.returncode == 0, said(result)[-5000:]
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     return workdir, config
@@ -80,15 +80,32 @@ def test_provenance_check_passes_on_the_fresh_run(default_run):
     assert check.stdout.strip().endswith(f"{recorded} ok, 0 not ok")
 
 
-@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
-def test_final_top1_matches_plain_transformers(default_run, model, tmp_path):
+@pytest.fixture(scope="module")
+def plain_transformers(tmp_path_factory):
+    """Each embedded model's GGUF file loaded by transformers alone (its own GGUF reader, not
+    the pipeline's), once per model for this module: (tokenizer, model)."""
+    import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    workdir, config = default_run
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    loaded = {}
+
+    def load(model):
+        if model not in loaded:
+            gguf = locate_gguf(model, config["models"][model], tmp_path_factory.mktemp("gguf"))
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            loaded[model] = (tok, hf)
+        return loaded[model]
+
+    return load
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_final_top1_matches_plain_transformers(default_run, plain_transformers, model):
+    workdir, _ = default_run
     summary = json.loads((workdir / "results" / "001" / f"output-{model}.json").read_text())
-    gguf = locate_gguf(model, config["models"][model], tmp_path)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok, hf = plain_transformers(model)
     assert summary["identity_check"]["max_abs_prob_diff"] <= 1e-4
     for probe in summary["probes"]:
         ids = tok(probe["prompt"], return_tensors="pt").input_ids
@@ -119,21 +136,18 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(default_run, model):
 
 
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
-def test_patching_equals_plain_transformers_hooks(default_run, model, tmp_path):
+def test_patching_equals_plain_transformers_hooks(default_run, plain_transformers, model):
     """Experiment 002's recovered fractions against a plain transformers model loaded from the
     same GGUF file, patched with forward hooks on its own decoder layers, one full forward
     pass and the model's own logits per (layer, position): every position at five depths,
     both directions, for the first pair; and the exact 1 of the last cell."""
-    from transformers import AutoModelForCausalLM
-
     from test_patching import reference_logit_diff, reference_residuals
     from workflow.exp002.run import read_patching_records
 
-    workdir, config = default_run
+    workdir, _ = default_run
     summary = json.loads((workdir / "results" / "002" / f"output-{model}.json").read_text())
     frame = read_patching_records(str(workdir / "results" / "002" / f"output-{model}-records.csv"), summary)
-    gguf = locate_gguf(model, config["models"][model], tmp_path)
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    _, hf = plain_transformers(model)
     pair = summary["pairs"][0]
     clean_ids, corrupted_ids = pair["clean_input_ids"], pair["corrupted_input_ids"]
     a, b = pair["clean_answer_token_id"], pair["corrupted_answer_token_id"]

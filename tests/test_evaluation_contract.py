@@ -129,7 +129,7 @@ def test_a_pipeline_run_with_an_llm_records_the_check(llm, tiny_dirs, tmp_path):
     config = tiny_config(tiny_dirs, lenses=["logit"], probes=[{"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"}],
                          evaluation={"provider": "openai", "model": "weak-model", "base_url": llm.openai_url, "max_retries": 0})
     llm.script = [answer]
-    workdir = finished_run(tmp_path / "run", config, "results/001/evaluation-tiny-llama.md")
+    workdir = finished_run(tmp_path / "run", config, "results/001/evaluation-tiny-llama.md", cores=1)
     record = json.loads((workdir / "results" / "001" / "provenance" / "evaluation-tiny-llama.prov.json").read_text())
     found = json.dumps(record)
     assert '"figures_not_found"' in found and "0.1234" in found

@@ -9,23 +9,18 @@ import shutil
 
 import pytest
 
-from conftest import tiny_config
-from pipeline import finished_run, said, scratch_copy, snakemake, write_config
+from conftest import TUNED, tiny_config
+from pipeline import private_copy, said, scratch_copy, snakemake, write_config
 
-TUNED = {"lenses": ["logit", "tuned"], "tuned_lens": {"steps": 4, "batch_positions": 8, "seq_len": 32, "train_sequences": 8,
-                                                       "heldout_positions": 64}}
-
-
-@pytest.fixture(scope="module")
-def built(tiny_dirs, tmp_path_factory):
-    return finished_run(tmp_path_factory.mktemp("failures"), tiny_config(tiny_dirs, **TUNED))
+@pytest.fixture
+def built(tuned_run):
+    """The session's finished run with both lenses (conftest), read only."""
+    return tuned_run
 
 
 @pytest.fixture
-def workdir(built, tmp_path):
-    copy = tmp_path / "wd"
-    shutil.copytree(built, copy, symlinks=True)
-    return copy
+def workdir(tuned_run, tmp_path):
+    return private_copy(tuned_run, tmp_path / "wd")
 
 
 def snapshot(workdir, *parts):

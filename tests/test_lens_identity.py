@@ -112,6 +112,7 @@ def test_block_rows_follows_the_budget():
 def test_streamed_and_whole_row_records_agree(kernel, loaded, probes, monkeypatch):
     """Streaming the vocabulary (one pass) and decoding whole rows one at a time agree to float rounding."""
     from workflow import lens
+    from workflow.head import LensHead
 
     model = loaded["gemma3"]
     streamed, original = [], lens.stream_statistics
@@ -123,7 +124,7 @@ def test_streamed_and_whole_row_records_agree(kernel, loaded, probes, monkeypatc
     monkeypatch.setattr(lens, "stream_statistics", spy)
     _, whole = run_lens(model, probes, LensSettings())
     assert len(streamed) == len(probes)  # the bridge's unembedding is the model's nn.Linear
-    monkeypatch.setattr(lens.LensHead, "linear", lambda self: None)  # no linear view: whole rows
+    monkeypatch.setattr(LensHead, "linear", lambda self: None)  # no linear view: whole rows
     monkeypatch.setattr(lens, "block_rows", lambda vocab, mb: 1)
     _, blocked = run_lens(model, probes, LensSettings())
     assert len(streamed) == len(probes)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from workflow.lens import layer_metrics, logit_postprocessor
+from workflow.head import LensHead
+from workflow.lens import layer_metrics
+from workflow.logit_steps import logit_postprocessor
 
 
 def numpy_metrics(logits, final_logits, answer):
@@ -74,7 +76,7 @@ def streamed_and_numpy(monkeypatch, weight, residuals, answer, postprocess=None,
     unembed = torch.nn.Linear(d, weight.shape[0], bias=False)
     unembed.weight.data = weight
     norm = torch.nn.LayerNorm(d)
-    head = lens.LensHead(norm, unembed, postprocess, torch.float32)
+    head = LensHead(norm, unembed, postprocess, torch.float32)
     rows = list(lens.lens_statistics(residuals, head, head, answer, top_k, weight.shape[0], 1))
     with torch.no_grad():
         logits = postprocess(unembed(norm(residuals))).numpy()
@@ -154,8 +156,8 @@ def test_streaming_with_a_separate_final_head(kernel, monkeypatch, postprocess):
     unembed.weight.data, unembed.bias.data = weight, torch.randn(700, generator=gen)
     norm = torch.nn.LayerNorm(16)
     postprocess = postprocess or logit_postprocessor(Config())
-    final_head = lens.LensHead(norm, unembed, postprocess, torch.float32)
-    raw_head = lens.LensHead(None, unembed, postprocess, torch.float32)
+    final_head = LensHead(norm, unembed, postprocess, torch.float32)
+    raw_head = LensHead(None, unembed, postprocess, torch.float32)
     rows = list(lens.lens_statistics(residuals, raw_head, final_head, 9, 4, 700, 1))
     with torch.no_grad():
         logits = unembed(residuals).numpy()
@@ -180,7 +182,7 @@ def test_streaming_with_a_half_precision_head(kernel, monkeypatch):
     unembed = torch.nn.Linear(16, 600, bias=False).bfloat16()
     unembed.weight.data = weight.bfloat16()
     norm = torch.nn.LayerNorm(16).bfloat16()
-    head = lens.LensHead(norm, unembed, logit_postprocessor(Config()), torch.bfloat16)
+    head = LensHead(norm, unembed, logit_postprocessor(Config()), torch.bfloat16)
     rows = list(lens.lens_statistics(residuals, head, head, 7, 4, 600, 1))
     with torch.no_grad():
         logits = head.logits(residuals).double().numpy()  # the head's own bfloat16 product, whole rows

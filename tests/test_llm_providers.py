@@ -131,7 +131,7 @@ def test_cache_answers_the_second_call(llm, tmp_path):
 def lens_done(tiny_dirs, tmp_path_factory):
     """A scratch workflow whose lens outputs exist; tests copy it and run the evaluations."""
     config = tiny_config(tiny_dirs)
-    workdir = finished_run(tmp_path_factory.mktemp("llm-pipeline"), config, "results/001/output-tiny-llama.json", "results/001/output-tiny-gemma3.json")
+    workdir = finished_run(tmp_path_factory.mktemp("llm-pipeline"), config, "results/001/output-tiny-llama.json", "results/001/output-tiny-gemma3.json", cores=1)
     return workdir, config
 
 

@@ -1,6 +1,6 @@
 """Architectures whose logits pass through a step after the unembedding, and Falcon's layout.
 
-Each step is read from the config (workflow/lens.py, LOGIT_STEPS) and given a value that
+Each step is read from the config (workflow/logit_steps.py, LOGIT_STEPS) and given a value that
 matters on a tiny random model; the lens must apply it at every layer, and without it the
 run-time identity check must stop the run, naming the key to check.
 """
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tiny import make_tokenizer, save_random
-from workflow import lens as lens_module
+from workflow import logit_steps as steps_module
 from workflow.lens_setup import LensIdentityError, LensSettings, lens_heads
 from workflow.exp001.run import run_lens
 from workflow.models import load_model
@@ -60,7 +60,7 @@ def load(path, backend="auto"):
 def test_the_step_is_applied_at_every_layer(arch, model_dirs):
     _, key, step = configs(make_tokenizer())[arch]
     model = load(model_dirs[arch])
-    assert [s[0] for s in lens_module.logit_steps(model.hf_config)] == [key]
+    assert [s[0] for s in steps_module.logit_steps(model.hf_config)] == [key]
     summary, rows = run_lens(model, [dict(PROBE)], LensSettings(top_k=3))
     check = summary["probes"][0]["identity_check"]
     assert check["max_rel_logit_diff"] <= 1e-5 and check["kl_model_to_lens"] <= 1e-6
@@ -77,7 +77,7 @@ def test_the_step_is_applied_at_every_layer(arch, model_dirs):
 @pytest.mark.parametrize("arch", CASES)
 def test_without_the_step_the_identity_check_stops_the_run_naming_the_key(arch, model_dirs, monkeypatch):
     _, key, _ = configs(make_tokenizer())[arch]
-    monkeypatch.setattr(lens_module, "LOGIT_STEPS", tuple(s for s in lens_module.LOGIT_STEPS if s[0] != key))
+    monkeypatch.setattr(steps_module, "LOGIT_STEPS", tuple(s for s in steps_module.LOGIT_STEPS if s[0] != key))
     if arch == "minicpm3":
         # Its head reads the norm's output divided by logits_scaling, so without the step the
         # norm cannot be found at all; the error names the config key behind it (logits_scaling
@@ -94,11 +94,11 @@ def test_the_same_key_means_what_the_model_type_says(model_dirs):
     from transformers import AutoConfig
 
     granite = AutoConfig.from_pretrained(model_dirs["granite"])
-    assert lens_module.logit_steps(granite) == [("logits_scaling", "divide", 4.0)]
+    assert steps_module.logit_steps(granite) == [("logits_scaling", "divide", 4.0)]
     granite.model_type = "hyperclovax"
-    assert lens_module.logit_steps(granite) == [("logits_scaling", "multiply", 4.0)]
+    assert steps_module.logit_steps(granite) == [("logits_scaling", "multiply", 4.0)]
     granite.model_type = "unknown-family"
-    assert lens_module.logit_steps(granite) == [] and "logits_scaling" in lens_module.unapplied_logit_keys(granite)
+    assert steps_module.logit_steps(granite) == [] and "logits_scaling" in steps_module.unapplied_logit_keys(granite)
 
 
 def test_falcon_new_decoder_architecture_runs(tmp_path):

@@ -7,16 +7,17 @@ import re
 import pytest
 
 from conftest import PROBES, tiny_config
-from pipeline import files_under, finished_run, said, scratch_copy, snakemake
+from pipeline import files_under, private_copy, said, scratch_copy, snakemake
 from workflow.evaluation.templates import heading_problems, load_template
 from workflow.records import read_records
 
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_dirs, tmp_path_factory):
-    """A scratch workflow run to completion (default target: everything) on the tiny models."""
-    return finished_run(tmp_path_factory.mktemp("pipeline"), tiny_config(tiny_dirs))
+def finished(default_run, tmp_path_factory):
+    """A scratch workflow run to completion (default target: everything) on the tiny models:
+    this module's copy of the session's run (its tests write a report and re-run evaluations)."""
+    return private_copy(default_run, tmp_path_factory.mktemp("pipeline") / "wd")
 
 
 def test_full_run_writes_all_five_kinds_of_file(finished):

@@ -13,7 +13,7 @@ import torch
 
 from workflow.errors import UserError
 from workflow.exp001.run import run_lens
-from workflow.lens import OffloadedLinear
+from workflow.head import OffloadedLinear
 from workflow.lens_setup import LensSettings, lens_heads
 from workflow.config import parse_size
 from workflow.models import estimate_memory, load_model, plan_placement

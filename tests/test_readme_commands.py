@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from conftest import REPO, tiny_config
-from pipeline import finished_run, said, scratch_copy
+from pipeline import said, scratch_copy
 
 RUN = "run as written"
 DRY = "dry run (-n) added: a real run needs what CI has not"
@@ -79,9 +79,10 @@ def test_every_readme_command_is_exercised():
     assert [c for c in HOW if c not in found] == [], "HOW lists commands the README no longer shows"
 
 
-@pytest.fixture(scope="module")
-def built(tiny_dirs, tmp_path_factory):
-    return finished_run(tmp_path_factory.mktemp("readme"), tiny_config(tiny_dirs))
+@pytest.fixture
+def built(default_run):
+    """The session's finished run (conftest); each command runs in a copy of it."""
+    return default_run
 
 
 def run_as_written(workdir, command: str, dry: bool) -> subprocess.CompletedProcess:

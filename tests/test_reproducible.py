@@ -56,22 +56,21 @@ def test_cache_answers_a_request_that_differs_only_by_rounding(tmp_path, caplog)
     assert cache.get(cache_key(nearby)) is None  # without the request, only the exact key counts
 
 
-def test_one_and_two_threads_give_the_same_files(tiny_dirs, tmp_path):
-    """The whole tiny pipeline, tuned lens included, at --cores 1 and --cores 2: every file
-    under results/ is the same, byte for byte (Snakemake gives the model jobs the threads)."""
-    from conftest import tiny_config
+def test_one_and_two_threads_give_the_same_files(tiny_dirs, tuned_run, tmp_path):
+    """The whole tiny pipeline, tuned lens included, at --cores 2 (the session's shared run)
+    and --cores 1: every file under results/ is the same, byte for byte (Snakemake gives the
+    model jobs the threads)."""
+    from conftest import TUNED, tiny_config
     from pipeline import files_under, said, scratch_copy, snakemake
 
-    config = tiny_config(tiny_dirs, lenses=["logit", "tuned"],
-                         tuned_lens={"steps": 6, "batch_positions": 8, "seq_len": 32, "train_sequences": 8, "heldout_positions": 64})
-    runs = {}
-    for cores in ("1", "2"):
-        workdir = scratch_copy(tmp_path / f"cores-{cores}", config)
-        result = snakemake(workdir, "--cores", cores)
-        assert result.returncode == 0, said(result)[-3000:]
+    runs = {"2": tuned_run}
+    workdir = scratch_copy(tmp_path / "cores-1", tiny_config(tiny_dirs, **TUNED))
+    result = snakemake(workdir, "--cores", "1")
+    assert result.returncode == 0, said(result)[-3000:]
+    runs["1"] = workdir
+    for cores, workdir in runs.items():
         assert f"rule run_lens with {cores} thread(s)" in (workdir / "logs" / "001" / "run_lens-tiny-llama.log").read_text()
         assert f"rule train_tuned_lens with {cores} thread(s)" in (workdir / "logs" / "lenses" / "train_tuned_lens-tiny-llama.log").read_text()
-        runs[cores] = workdir
     files = files_under(runs["1"] / "results")
     assert files == files_under(runs["2"] / "results") and any(f.endswith("-records.csv") for f in files)
     different = [f for f in files if (runs["1"] / "results" / f).read_bytes() != (runs["2"] / "results" / f).read_bytes()]

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest import PROBES, tiny_config
-from pipeline import finished_run, planned_jobs, said, snakemake
+from conftest import PROBES
+from pipeline import planned_jobs, said, snakemake
 from workflow.errors import UserError
 from workflow.lens_setup import LensSettings, lens_heads
 from workflow.exp001.run import run_lens
@@ -122,15 +122,6 @@ def test_a_lens_trained_for_other_weights_is_refused(loaded, tmp_path):
         tuned.load(tmp_path / "lens", gemma_head, "tiny-gemma3")
     with pytest.raises(UserError, match="no trained tuned lens here"):
         tuned.load(tmp_path / "nothing", llama_head, "tiny-llama")
-
-
-TUNED = {"lenses": ["logit", "tuned"], "tuned_lens": {"steps": 15, "batch_positions": 8, "seq_len": 32, "train_sequences": 8,
-                                                       "heldout_positions": 64}}
-
-
-@pytest.fixture(scope="module")
-def tuned_run(tiny_dirs, tmp_path_factory):
-    return finished_run(tmp_path_factory.mktemp("tuned"), tiny_config(tiny_dirs, **TUNED))
 
 
 def test_pipeline_records_both_lenses_and_their_quality(tuned_run):

@@ -360,19 +360,19 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
         scaled = [m for m, out in zip(modules, same) if torch.allclose(out * factor, target, rtol=1e-6, atol=1e-7)]
         if scaled:
             return scaled[0]
-    from workflow.lens import unapplied_logit_keys
+    from workflow.logit_steps import unapplied_logit_keys
 
     unapplied = unapplied_logit_keys(model.config)
     raise RuntimeError(
         f"{type(model).__name__}: cannot find the module that feeds the output embedding"
         + (f"; the head may read a scaled copy of the final norm's output: the config also has {', '.join(unapplied)}, "
-           "which the lens does not apply to this model type (add it to LOGIT_STEPS in workflow/lens.py)" if unapplied else "")
+           "which the lens does not apply to this model type (add it to LOGIT_STEPS in workflow/logit_steps.py)" if unapplied else "")
     )
 
 
 def _logit_factor(config) -> float:
     """The product of the multiplying and dividing steps the lens applies to the logits."""
-    from workflow.lens import logit_steps
+    from workflow.logit_steps import logit_steps
 
     factor = 1.0
     for _, operation, value in logit_steps(config):

@@ -1,6 +1,7 @@
 """Lens math: residual-stream vectors -> per-layer next-token statistics.
 
-Kept free of model loading so it can be tested on any module pair. All statistics
+Kept free of model loading so it can be tested on any module pair (the head is
+``workflow.head``, the architectures' logit steps ``workflow.logit_steps``). All statistics
 are derived from log-probabilities in one place (``layer_metrics``), and logits are
 reduced to those statistics block by block, so memory stays bounded whatever the
 prompt length and vocabulary size.
@@ -8,218 +9,19 @@ prompt length and vocabulary size.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
 
 from workflow import native
+from workflow.head import LensHead
 
 FLOAT32_BYTES = 4
 # Full-vocabulary float32 tensors alive at once while reducing one block of rows
 # (logits, log-probs, probs, the entropy and KL products and the KL difference, as
 # measured with bench/lens_memory.py); sizes the block from the budget.
 LIVE_VOCAB_TENSORS = 6
-
-
-# What architectures do to logits after the unembedding, read from their config, in the
-# order applied: (config key, operation, model types it means this for, or None for any).
-# The same key can mean different things: Granite divides by ``logits_scaling`` and
-# HyperCLOVAX multiplies by it (MiniCPM3 divides the hidden state by it before its
-# bias-free head, which is the same as dividing the logits). A key that a model's config
-# has but this table does not apply to its type is named by the identity check's error.
-LOGIT_STEPS: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
-    ("logit_scale", "multiply", None),  # Cohere, Cohere 2
-    ("lm_head_multiplier", "multiply", None),  # Falcon-H1
-    ("output_multiplier", "multiply", ("muse_glimmer",)),
-    ("logits_scaling", "divide", ("granite", "minicpm")),  # Granite family; MiniCPM3 (hidden_size / dim_model_base)
-    ("logits_scaling", "multiply", ("hyperclovax",)),
-    ("final_logit_softcapping", "softcap", None),  # Gemma 2, 3, 3n, 4, VaultGemma, ...: cap * tanh(z / cap)
-    ("logits_soft_cap", "softcap", None),  # RecurrentGemma
-    ("output_logit_soft_cap", "softcap", ("xlstm",)),
-)
-# Config keys that look like a step on the logits (for the identity check's message).
-LOGIT_STEP_LIKE = ("logit", "softcap", "soft_cap", "multiplier", "dim_model_base")  # the last: MiniCPM's width scaling
-NOT_ON_LOGITS = ("attn", "attention", "router", "init")  # soft caps inside attention or routers, initial values
-
-
-def _config_value(hf_config, key: str):
-    text = getattr(hf_config, "text_config", None)
-    for cfg in (text, hf_config):
-        value = getattr(cfg, key, None) if cfg is not None else None
-        if value is not None:
-            return value
-    return None
-
-
-def logit_steps(hf_config) -> list[tuple[str, str, float]]:
-    """The post-unembedding steps of this architecture: (config key, operation, value)."""
-    text = getattr(hf_config, "text_config", None) or hf_config
-    model_type = str(getattr(text, "model_type", None) or getattr(hf_config, "model_type", "") or "")
-    steps = []
-    for key, operation, types in LOGIT_STEPS:
-        if types is not None and not model_type.startswith(types):
-            continue
-        value = _config_value(hf_config, key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            steps.append((key, operation, float(value)))
-    return steps
-
-
-def unapplied_logit_keys(hf_config) -> list[str]:
-    """Config keys that look like a step on the logits but are not applied (see LOGIT_STEPS)."""
-    applied = {key for key, _, _ in logit_steps(hf_config)}
-    candidates = [key for key, _, _ in LOGIT_STEPS]  # some are properties, not in to_dict()
-    for cfg in (getattr(hf_config, "text_config", None), hf_config):
-        if cfg is not None:
-            candidates += [k for k in cfg.to_dict() if any(w in k for w in LOGIT_STEP_LIKE) and not any(w in k for w in NOT_ON_LOGITS)]
-    found = []
-    for key in candidates:
-        value = _config_value(hf_config, key)
-        if key not in applied and key not in found and isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.append(key)
-    return found
-
-
-def logit_postprocessor(hf_config) -> Callable[[torch.Tensor], torch.Tensor]:
-    """What the architecture does to logits after the unembedding (LOGIT_STEPS).
-
-    The lens applies the same steps at every layer, not only the last.
-    """
-    steps = logit_steps(hf_config)
-
-    def postprocess(logits: torch.Tensor) -> torch.Tensor:
-        for _, operation, value in steps:
-            if operation == "multiply":
-                logits = logits * value
-            elif operation == "divide":
-                logits = logits / value
-            else:
-                logits = torch.tanh(logits / value) * value
-        return logits
-
-    postprocess.is_identity = not steps  # type: ignore[attr-defined]
-    postprocess.steps = steps  # type: ignore[attr-defined]
-    return postprocess
-
-
-class OffloadedLinear(torch.nn.Module):
-    """An unembedding whose weights accelerate keeps offloaded (model placement beyond
-    the budgets, workflow/models.py): read onto the lens's device when the lens decodes,
-    not held. Calls within one decode share the weights read: while any caller holds
-    them, the next call returns the same tensors (the streamed lens checks that the
-    recorded and the reference head share one matrix)."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None = None):
-        super().__init__()
-        self._module = [module]  # not registered: its hooks and meta tensors stay its own
-        self.lens_device = torch.device(device)
-        self.dtype = dtype
-        self._held: tuple | None = None
-
-    def as_float(self) -> OffloadedLinear:
-        return OffloadedLinear(self._module[0], self.lens_device, torch.float32)
-
-    def materialised(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        import weakref
-
-        if self._held is not None:
-            weight, bias = self._held[0](), self._held[1]() if self._held[1] is not None else None
-            if weight is not None:
-                return weight, bias
-        from accelerate.utils import align_module_device
-
-        module = self._module[0]
-        with align_module_device(module, self.lens_device):
-            weight, bias = module.weight, module.bias
-        if self.dtype is not None:
-            weight = weight.to(self.dtype)
-            bias = bias.to(self.dtype) if bias is not None else None
-        self._held = (weakref.ref(weight), weakref.ref(bias) if bias is not None else None)
-        return weight, bias
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.materialised()
-        return torch.nn.functional.linear(hidden, weight, bias)
-
-    def head_state(self) -> dict[str, torch.Tensor]:
-        weight, bias = self.materialised()
-        return {"weight": weight, **({"bias": bias} if bias is not None else {})}
-
-
-def head_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A head module's tensors by name, the same whichever way the model is held: a
-    TransformerBridge component's names without its wrapper's prefix, an offloaded
-    unembedding's read from where it is."""
-    if isinstance(module, OffloadedLinear):
-        return module.head_state()
-    return {name.removeprefix("_original_component."): tensor for name, tensor in module.state_dict().items()}
-
-
-@dataclass
-class LensHead:
-    """Decodes residual vectors through the model's own final norm and unembedding.
-
-    ``norm`` and ``unembed`` are the model's modules (or float32 copies of them when
-    ``use_fp32_unembed`` is on and the model runs in half precision), never a
-    re-implementation of their formulas.
-    """
-
-    norm: torch.nn.Module | None
-    unembed: torch.nn.Module
-    postprocess: Callable[[torch.Tensor], torch.Tensor]
-    compute_dtype: torch.dtype
-
-    @classmethod
-    def from_modules(
-        cls,
-        norm: torch.nn.Module,
-        unembed: torch.nn.Module,
-        postprocess: Callable[[torch.Tensor], torch.Tensor],
-        model_dtype: torch.dtype,
-        use_norm_lens: bool = True,
-        use_fp32_unembed: bool = True,
-    ) -> LensHead:
-        if use_fp32_unembed and model_dtype != torch.float32:
-            # A float32 copy of the same modules: same code path, float32 arithmetic.
-            norm = copy.deepcopy(norm).float()
-            unembed = unembed.as_float() if isinstance(unembed, OffloadedLinear) else copy.deepcopy(unembed).float()
-            compute_dtype = torch.float32
-        else:
-            compute_dtype = model_dtype
-        return cls(norm if use_norm_lens else None, unembed, postprocess, compute_dtype)
-
-    @torch.no_grad()
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits for residual vectors ``hidden`` of shape [..., d_model]."""
-        return self.postprocess(self.unembed(self.normed(hidden))).float()
-
-    @torch.no_grad()
-    def normed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The unembedding's input: ``hidden`` through the final norm (when the lens uses it)."""
-        h = hidden.to(device=self.device, dtype=self.compute_dtype)
-        return self.norm(h) if self.norm is not None else h
-
-    @property
-    def device(self) -> torch.device:
-        """Where the head's weights are (a model placed across devices keeps it on its main one)."""
-        if isinstance(self.unembed, OffloadedLinear):
-            return self.unembed.lens_device
-        return next(self.unembed.parameters()).device
-
-    def linear(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The unembedding's weight [V, d] and bias, where it is a plain linear map.
-
-        TransformerLens's bridge wraps the model's own ``lm_head``; its original module is
-        what computes. Anything else (a custom head) returns None and is decoded whole.
-        """
-        module = getattr(self.unembed, "original_component", None) or self.unembed
-        if isinstance(module, OffloadedLinear):
-            return module.materialised()
-        if type(module) is not torch.nn.Linear:
-            return None
-        return module.weight, module.bias
 
 
 @dataclass
@@ -467,156 +269,275 @@ def stream_statistics(
     without cancellation between large numbers; the top-k of t; the count of logits
     above the answer's (its rank); and C = sum over v of e_final(v) * t(v) against the
     final distribution at its position, so KL(final || row) = (Q_f - C) / S_f - log S_f
-    + log S. On a CPU, where the logits are the linear map itself (no soft-capping), the
-    fused kernel (workflow/native.py) does all of this per block in one sweep per row,
-    C included. Otherwise torch does it in passes over the block; where the logits are the
-    linear map itself C then comes from G = sum e_final W, a small matrix product, instead
-    of a pass.
+    + log S. The loop over blocks is written once here; the sums are one of three
+    algorithms (``sums_for``): the fused CPU kernel (``FusedSums``), torch in passes over
+    the block (``TorchSums``), or torch taking C through the weights where the logits are
+    the linear map itself (``LinearSums``).
     """
     n_layers_plus_one, n_pos, _ = residuals.shape
     weight, bias = head.linear()  # type: ignore[misc]
     vocab = weight.shape[0]
     device = residuals.device
-    # Where logits are the linear map itself, sums against the final distribution can be
-    # taken through the weights (see G below).
-    linear = getattr(head.postprocess, "is_identity", False)
-    # The final distribution is the lens's own last layer when both heads are the same and
-    # the transform leaves the last layer alone (a tuned lens has no translator there).
-    shared_final = head is final_head and (transform is None or getattr(transform, "final_is_identity", False))
-    fused = uses_kernel(head.postprocess, device)
     plan = batch_plan if separate_positions else stream_plan
     pos_block, vocab_block = plan(n_layers_plus_one, n_pos, vocab, working_memory_mb, device.type == "cpu")
-    starts = list(range(0, vocab, vocab_block))
     answers = torch.full((n_pos,), answer_id, dtype=torch.long) if isinstance(answer_id, int) else answer_id.long().cpu()
-    layers = list(range(n_layers_plus_one))
     for p0 in range(0, n_pos, pos_block):
-        positions = list(range(p0, min(n_pos, p0 + pos_block)))
+        rows = StreamRows.of(residuals, list(range(p0, min(n_pos, p0 + pos_block))), head, final_head, answers, transform)
+        sums = sums_for(head, rows, vocab_block)
+        top = TopK(rows.n_rows, top_k, device)
+        buffers = [torch.empty(rows.n_all * vocab_block, device=device) for _ in range(sums.BUFFERS)]
+        for v0 in range(0, vocab, vocab_block):
+            v1 = min(vocab, v0 + vocab_block)
+            z, e, scratch = (buffers[min(i, len(buffers) - 1)][: rows.n_all * (v1 - v0)].view(rows.n_all, v1 - v0) for i in range(3))
+            block = weight[v0:v1]
+            block_logits(head, rows.inputs, block, bias[v0:v1] if bias is not None else None, z)
+            if v0 == 0:  # the first block sets each row's reference
+                sums.start(z)
+            raw_max = sums.count(z, scratch)
+            # The answer's own logit, as this block's product rounds it, is not counted above itself.
+            own = ((rows.answers >= v0) & (rows.answers < v1)).nonzero().squeeze(1)
+            if own.numel():
+                sums.uncount(own, z[own, rows.answers[own] - v0] > rows.answer_z[own])
+            top.merge(z[: rows.n_rows], raw_max[: rows.n_rows], v0)
+            sums.add(z, e, scratch, raw_max, block, bias[v0:v1] if bias is not None else None)
+        yield from rows.statistics(top, *sums.totals())
+
+
+def block_logits(head: LensHead, inputs: torch.Tensor, block: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """The logits of ``inputs`` over one block of the vocabulary, into ``out``."""
+    if head.compute_dtype == torch.float32 and inputs.shape[0] >= MIN_PRODUCT_ROWS:
+        torch.mm(inputs, block.T, out=out)
+    else:
+        out.copy_(rows_padded(lambda x: x @ block.T, inputs))
+    if bias is not None:
+        out += bias
+    if not getattr(head.postprocess, "is_identity", False):
+        out.copy_(head.postprocess(out))
+
+
+@dataclass
+class StreamRows:
+    """The rows of one block of positions: every layer at each position (``n_rows``), then,
+    unless the lens's own last layer is the final distribution, the final head's rows
+    (``n_all`` in all); each row's answer, and its answer logit in float64."""
+
+    layers: list[int]
+    positions: list[int]
+    hidden: torch.Tensor  # [n_rows, d]: the unembedding's input
+    inputs: torch.Tensor  # [n_all, d]
+    final_index: torch.Tensor  # [n_p]: the rows of the final distribution
+    owner: torch.Tensor  # [n_rows]: each row's position within the block
+    answers: torch.Tensor  # [n_rows]
+    answer_64: torch.Tensor  # [n_rows], float64
+    answer_z: torch.Tensor  # [n_rows], float32
+
+    @classmethod
+    def of(cls, residuals, positions, head, final_head, answers, transform) -> StreamRows:
+        n_layers_plus_one = residuals.shape[0]
+        layers = list(range(n_layers_plus_one))
+        device = residuals.device
         n_p = len(positions)
         n_rows = n_layers_plus_one * n_p
         hidden = head.normed(_transformed(residuals[:, positions], layers, transform)).reshape(n_rows, -1)
-        if shared_final:
+        # The final distribution is the lens's own last layer when both heads are the same and
+        # the transform leaves the last layer alone (a tuned lens has no translator there).
+        if head is final_head and (transform is None or getattr(transform, "final_is_identity", False)):
             inputs = hidden
             final_index = torch.arange(n_rows - n_p, n_rows, device=device)
         else:
             inputs = torch.cat([hidden, final_head.normed(residuals[-1, positions]).to(hidden.dtype)])
             final_index = torch.arange(n_rows, n_rows + n_p, device=device)
-        n_all = inputs.shape[0]
-        owner = torch.arange(n_rows, device=device) % n_p  # each row's position within the block
+        owner = torch.arange(n_rows, device=device) % n_p
         row_answers = answers[positions].to(device)[owner]
+        weight, bias = head.linear()  # type: ignore[misc]
         # Each row's answer logit, in float64, against which every block's logits are counted.
         answer_64 = (hidden.double() * weight[row_answers].double()).sum(-1)
         if bias is not None:
             answer_64 = answer_64 + bias[row_answers].double()
         answer_64 = head.postprocess(answer_64)
-        answer_z = answer_64.float()
-        # The kernel reads the logits buffer only; the torch path needs all three.
-        buffers = [torch.empty(n_all * vocab_block, device=device) for _ in range(1 if fused else STREAM_LIVE_TENSORS)]
-        shift = S = Q = top_values = top_ids = None
-        count = torch.zeros(n_rows, device=device)
-        cross = torch.zeros(n_rows, device=device)  # C, when accumulated block by block
-        G = torch.zeros(n_p, inputs.shape[1], device=device)  # sum e_final W, for C at the end
-        B = torch.zeros(n_p, device=device)  # sum e_final b
-        if fused:  # the kernel's accumulators: float64 sums and references, exact counts
-            state = {name: torch.zeros(n_all, dtype=torch.float64) for name in ("S", "Q", "cross", "delta")}
-            state |= {"count": torch.zeros(n_all, dtype=torch.int64), "block_max": torch.empty(n_all)}
-            state["final_prev"] = torch.zeros(n_p, dtype=torch.float64)
-            e_final = torch.empty(n_p * vocab_block)
-        for v0 in starts:
-            v1 = min(vocab, v0 + vocab_block)
-            width = v1 - v0
-            z, e, scratch = (buffers[min(i, len(buffers) - 1)][: n_all * width].view(n_all, width) for i in range(3))
-            block = weight[v0:v1]
-            if head.compute_dtype == torch.float32 and n_all >= MIN_PRODUCT_ROWS:
-                torch.mm(inputs, block.T, out=z)
-            else:
-                z.copy_(rows_padded(lambda x: x @ block.T, inputs))
-            if bias is not None:
-                z += bias[v0:v1]
-            if not linear:
-                z.copy_(head.postprocess(z))
-            if top_values is None:  # the first block sets each row's reference
-                top_values = torch.full((n_rows, top_k), -torch.inf, device=device)
-                top_ids = torch.zeros((n_rows, top_k), dtype=torch.int64, device=device)
-                if fused:
-                    state["shift"] = z.amax(-1).double()
-                else:
-                    shift = z.amax(-1)
-                    S, Q = torch.zeros_like(shift), torch.zeros_like(shift)
-            if fused:
-                # One sweep per row: block maximum, rank count, rebasing, S, Q and C.
-                native.lens_block(z, answer_z, REBASE_ABOVE, n_p, state, e_final[: n_p * width].view(n_p, width))
-                raw_max = state["block_max"]
-            else:
-                raw_max = z.amax(-1)
-                # Rank compares raw logits, before any shift can round near-ties together.
-                count += torch.gt(z[:n_rows], answer_z[:, None], out=scratch[:n_rows]).sum(-1)  # 0/1 sums: exact
-            # The answer's own logit, as this block's product rounds it, is not counted above itself.
-            own = ((row_answers >= v0) & (row_answers < v1)).nonzero().squeeze(1)
-            if own.numel():
-                above_itself = z[own, row_answers[own] - v0] > answer_z[own]
-                if fused:
-                    state["count"][own.cpu()] -= above_itself.cpu().long()
-                else:
-                    count[own] -= above_itself.to(count.dtype)
-            # Top-k compares raw logits too, in the rows whose k-th best this block beats.
-            raw = z[:n_rows]
-            better = (raw_max[:n_rows] > top_values[:, -1]).nonzero().squeeze(1)
-            if better.numel():
-                values, ids = raw[better].topk(min(top_k, width), dim=-1)
-                merged_values = torch.cat([top_values[better], values], dim=-1)
-                merged_ids = torch.cat([top_ids[better], ids + v0], dim=-1)
-                best, order = merged_values.topk(top_k, dim=-1)
-                top_values[better] = best
-                top_ids[better] = merged_ids.gather(-1, order)
-            if fused:
-                continue
-            high = raw_max - shift > REBASE_ABOVE
-            if high.any():
-                # Move those rows' reference up to this block's maximum: sums over exp()
-                # scale down by exp(-delta), and Q = sum e*t shifts with t.
-                delta = torch.where(high, raw_max - shift, torch.zeros_like(shift))
-                scale = torch.exp(-delta)
-                final_sums = S[final_index].clone()
-                Q = scale * (Q - delta * S)
-                S = S * scale
-                shift += delta
-                final_scale = scale[final_index]
-                if linear:
-                    G *= final_scale[:, None]
-                    B *= final_scale
-                else:
-                    cross = (cross - delta[:n_rows] * final_sums[owner]) * final_scale[owner]
-            z -= shift[:, None]  # z now holds t = z - s
-            # exp() below about -87 underflows, and torch's vectorised exp takes a slow path
-            # there (40x on x86); exp(-87) = 1.6e-38 instead of 0 changes no statistic.
-            torch.clamp(z, min=EXP_FLOOR, out=e).exp_()
-            t = z[:n_rows]
-            final_e = e[final_index]
-            if linear:
-                # float32 sums (a half-precision head's block is widened; it is small).
-                G += final_e @ block.float()
-                if bias is not None:
-                    B += final_e @ bias[v0:v1].float()
-            else:
-                cross += torch.mul(t.view(n_layers_plus_one, n_p, width), final_e, out=scratch[:n_rows].view(n_layers_plus_one, n_p, width)).sum(-1).reshape(n_rows)
-            S += e.sum(-1)
-            Q += torch.mul(z, e, out=scratch).sum(-1)
-        if fused:
-            shift, S, Q, cross, count = state["shift"], state["S"], state["Q"], state["cross"][:n_rows], state["count"][:n_rows]
-        elif linear:
-            cross = (hidden.float() * G[owner]).sum(-1) + B[owner] - shift[:n_rows] * S[final_index][owner]
-        # Differences of sums and exp of differences in float64.
+        return cls(layers, positions, hidden, inputs, final_index, owner, row_answers, answer_64, answer_64.float())
+
+    @property
+    def n_p(self) -> int:
+        return len(self.positions)
+
+    @property
+    def n_rows(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def n_all(self) -> int:
+        return self.inputs.shape[0]
+
+    def statistics(self, top: TopK, shift, S, Q, cross, count) -> Iterator[RowStats]:
+        """Every row's statistics from the sums: differences of sums and exp of differences in float64."""
+        n_rows = self.n_rows
         shift, S, Q, cross = shift.double(), S.double(), Q.double(), cross.double()
         log_s = torch.log(S)
-        final = final_index[owner]
+        final = self.final_index[self.owner]
         kl = (Q[final] - cross) / S[final] - log_s[final] + log_s[:n_rows]
         stats = LayerStats(
-            topk_ids=top_ids,
-            topk_probs=torch.exp(top_values.double() - shift[:n_rows, None] - log_s[:n_rows, None]),
+            topk_ids=top.ids,
+            topk_probs=torch.exp(top.values.double() - shift[:n_rows, None] - log_s[:n_rows, None]),
             entropy=log_s[:n_rows] - Q[:n_rows] / S[:n_rows],
-            answer_prob=torch.exp(answer_64 - shift[:n_rows] - log_s[:n_rows]),
+            answer_prob=torch.exp(self.answer_64 - shift[:n_rows] - log_s[:n_rows]),
             answer_rank=count.long() + 1,
             kl_to_final=kl.clamp_min(0.0),
         ).cpu()
         for r in range(n_rows):
-            yield _row(stats, (r,), layers[r // n_p], positions[r % n_p])
+            yield _row(stats, (r,), self.layers[r // self.n_p], self.positions[r % self.n_p])
+
+
+class TopK:
+    """Each row's k largest raw logits and their token ids, merged block by block."""
+
+    def __init__(self, n_rows: int, k: int, device):
+        self.k = k
+        self.values = torch.full((n_rows, k), -torch.inf, device=device)
+        self.ids = torch.zeros((n_rows, k), dtype=torch.int64, device=device)
+
+    def merge(self, raw: torch.Tensor, raw_max: torch.Tensor, v0: int) -> None:
+        """Raw logits compared, in the rows whose k-th best this block beats."""
+        better = (raw_max > self.values[:, -1]).nonzero().squeeze(1)
+        if not better.numel():
+            return
+        values, ids = raw[better].topk(min(self.k, raw.shape[1]), dim=-1)
+        merged_values = torch.cat([self.values[better], values], dim=-1)
+        merged_ids = torch.cat([self.ids[better], ids + v0], dim=-1)
+        best, order = merged_values.topk(self.k, dim=-1)
+        self.values[better] = best
+        self.ids[better] = merged_ids.gather(-1, order)
+
+
+def sums_for(head: LensHead, rows: StreamRows, vocab_block: int):
+    """The algorithm for this head on this device: the fused kernel where it runs, else
+    torch, through the weights where the logits are the linear map itself."""
+    if uses_kernel(head.postprocess, rows.inputs.device):
+        return FusedSums(rows, vocab_block)
+    if getattr(head.postprocess, "is_identity", False):
+        return LinearSums(rows)
+    return TorchSums(rows)
+
+
+class FusedSums:
+    """The fused CPU kernel (workflow/native.py): per block one sweep per row (block maximum,
+    rank count, rebasing, S, Q and C), in float64 sums and exact counts. It reads the
+    logits buffer only."""
+
+    BUFFERS = 1
+
+    def __init__(self, rows: StreamRows, vocab_block: int):
+        self.rows = rows
+        n_all, n_p = rows.n_all, rows.n_p
+        self.state = {name: torch.zeros(n_all, dtype=torch.float64) for name in ("S", "Q", "cross", "delta")}
+        self.state |= {"count": torch.zeros(n_all, dtype=torch.int64), "block_max": torch.empty(n_all)}
+        self.state["final_prev"] = torch.zeros(n_p, dtype=torch.float64)
+        self.e_final = torch.empty(n_p * vocab_block)
+
+    def start(self, z: torch.Tensor) -> None:
+        self.state["shift"] = z.amax(-1).double()
+
+    def count(self, z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        n_p, width = self.rows.n_p, z.shape[1]
+        native.lens_block(z, self.rows.answer_z, REBASE_ABOVE, n_p, self.state, self.e_final[: n_p * width].view(n_p, width))
+        return self.state["block_max"]
+
+    def uncount(self, own: torch.Tensor, above_itself: torch.Tensor) -> None:
+        self.state["count"][own.cpu()] -= above_itself.cpu().long()
+
+    def add(self, z, e, scratch, raw_max, block, bias) -> None:
+        """Nothing more: the kernel's sweep took the sums."""
+
+    def totals(self):
+        n_rows, state = self.rows.n_rows, self.state
+        return state["shift"], state["S"], state["Q"], state["cross"][:n_rows], state["count"][:n_rows]
+
+
+class TorchSums:
+    """Torch, in passes over each block: the rank count on raw logits, then the shift to each
+    row's reference (moved up where a block exceeds it by REBASE_ABOVE), exp, and the sums;
+    C is accumulated block by block."""
+
+    BUFFERS = STREAM_LIVE_TENSORS
+
+    def __init__(self, rows: StreamRows):
+        self.rows = rows
+        device = rows.inputs.device
+        self.counts = torch.zeros(rows.n_rows, device=device)
+        self.cross = torch.zeros(rows.n_rows, device=device)  # C
+
+    def start(self, z: torch.Tensor) -> None:
+        self.shift = z.amax(-1)
+        self.S, self.Q = torch.zeros_like(self.shift), torch.zeros_like(self.shift)
+
+    def count(self, z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        n_rows = self.rows.n_rows
+        # Rank compares raw logits, before any shift can round near-ties together.
+        self.counts += torch.gt(z[:n_rows], self.rows.answer_z[:, None], out=scratch[:n_rows]).sum(-1)  # 0/1 sums: exact
+        return z.amax(-1)
+
+    def uncount(self, own: torch.Tensor, above_itself: torch.Tensor) -> None:
+        self.counts[own] -= above_itself.to(self.counts.dtype)
+
+    def add(self, z, e, scratch, raw_max, block, bias) -> None:
+        rows = self.rows
+        high = raw_max - self.shift > REBASE_ABOVE
+        if high.any():
+            # Move those rows' reference up to this block's maximum: sums over exp()
+            # scale down by exp(-delta), and Q = sum e*t shifts with t.
+            delta = torch.where(high, raw_max - self.shift, torch.zeros_like(self.shift))
+            scale = torch.exp(-delta)
+            final_sums = self.S[rows.final_index].clone()
+            self.Q = scale * (self.Q - delta * self.S)
+            self.S = self.S * scale
+            self.shift += delta
+            self.rebase_cross(delta, scale[rows.final_index], final_sums)
+        z -= self.shift[:, None]  # z now holds t = z - s
+        # exp() below about -87 underflows, and torch's vectorised exp takes a slow path
+        # there; exp(-87) = 1.6e-38 instead of 0 changes no statistic.
+        torch.clamp(z, min=EXP_FLOOR, out=e).exp_()
+        self.add_cross(z, e, scratch, block, bias)
+        self.S += e.sum(-1)
+        self.Q += torch.mul(z, e, out=scratch).sum(-1)
+
+    def rebase_cross(self, delta: torch.Tensor, final_scale: torch.Tensor, final_sums: torch.Tensor) -> None:
+        owner = self.rows.owner
+        self.cross = (self.cross - delta[: self.rows.n_rows] * final_sums[owner]) * final_scale[owner]
+
+    def add_cross(self, t_all, e, scratch, block, bias) -> None:
+        rows = self.rows
+        n_rows, n_p, width = rows.n_rows, rows.n_p, t_all.shape[1]
+        n_layers_plus_one = n_rows // n_p
+        product = torch.mul(t_all[:n_rows].view(n_layers_plus_one, n_p, width), e[rows.final_index],
+                            out=scratch[:n_rows].view(n_layers_plus_one, n_p, width))
+        self.cross += product.sum(-1).reshape(n_rows)
+
+    def totals(self):
+        return self.shift, self.S, self.Q, self.cross, self.counts
+
+
+class LinearSums(TorchSums):
+    """As ``TorchSums``, where the logits are the linear map itself: C comes at the end from
+    G = sum e_final W (and B = sum e_final b), a small matrix product, instead of a pass
+    over every block."""
+
+    def __init__(self, rows: StreamRows):
+        super().__init__(rows)
+        self.G = torch.zeros(rows.n_p, rows.inputs.shape[1], device=rows.inputs.device)
+        self.B = torch.zeros(rows.n_p, device=rows.inputs.device)
+
+    def rebase_cross(self, delta, final_scale, final_sums) -> None:
+        self.G *= final_scale[:, None]
+        self.B *= final_scale
+
+    def add_cross(self, t_all, e, scratch, block, bias) -> None:
+        final_e = e[self.rows.final_index]
+        # float32 sums (a half-precision head's block is widened; it is small).
+        self.G += final_e @ block.float()
+        if bias is not None:
+            self.B += final_e @ bias.float()
+
+    def totals(self):
+        rows = self.rows
+        cross = (rows.hidden.float() * self.G[rows.owner]).sum(-1) + self.B[rows.owner] - self.shift[: rows.n_rows] * self.S[rows.final_index][rows.owner]
+        return self.shift, self.S, self.Q, cross, self.counts

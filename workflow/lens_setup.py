@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 import torch
 
 from workflow.errors import UserError
-from workflow.lens import LensHead, logit_postprocessor, logit_steps, unapplied_logit_keys, uses_kernel
+from workflow.head import LensHead
+from workflow.lens import uses_kernel
+from workflow.logit_steps import logit_postprocessor, logit_steps, unapplied_logit_keys
 from workflow.models import LoadedModel, dtype_name
 from workflow.provenance import package_versions
 
@@ -192,9 +194,9 @@ class IdentityCheck:
             f"Steps applied after the unembedding: {steps}."
             + (f" The config also has {', '.join(unapplied)}, which the lens does not apply to model type "
                f"{config.model_type!r}: if the model uses it on its logits, add it to LOGIT_STEPS in "
-               "workflow/lens.py." if unapplied else
+               "workflow/logit_steps.py." if unapplied else
                " If the architecture changes its logits after the unembedding, add that step to LOGIT_STEPS in "
-               "workflow/lens.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
+               "workflow/logit_steps.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
             + " Nothing was written."
         )
 
@@ -286,7 +288,7 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
         "vocab_size": model.vocab_size,
         "norm_type": type(norm).__name__,
         "final_logit_softcapping": getattr(getattr(config, "text_config", None) or config, "final_logit_softcapping", None),
-        # What the lens applies after the unembedding, at every layer (workflow/lens.py, LOGIT_STEPS).
+        # What the lens applies after the unembedding, at every layer (workflow/logit_steps.py, LOGIT_STEPS).
         "logit_steps": [{"key": key, "operation": op, "value": value} for key, op, value in logit_steps(config)],
         "backend": model.backend.name,
         # The streamed lens's passes over each block: the fused CPU kernel or torch's.

@@ -280,7 +280,7 @@ def lens_unembedding(module: nn.Module, device: str | torch.device) -> nn.Module
     on ``device``."""
     from accelerate.utils import has_offloaded_params
 
-    from workflow.lens import OffloadedLinear
+    from workflow.head import OffloadedLinear
 
     original = getattr(module, "original_component", None) or module
     if has_offloaded_params(original) and type(original) is nn.Linear:
@@ -448,7 +448,7 @@ def load_model(
         manifest = json.loads((Path(prepared_dir) / MANIFEST).read_text())
         info["source_sha256"] = manifest["gguf_sha256"]
     if placed is not None:
-        from workflow.lens import OffloadedLinear
+        from workflow.head import OffloadedLinear
 
         head = {id(t): t for m in (loaded.final_norm, loaded.unembed) for t in [*m.parameters(), *m.buffers()]}
         info["placement"] = {

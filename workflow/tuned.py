@@ -33,7 +33,8 @@ import torch
 
 from workflow.atomic import atomic_directory, dumps_json
 from workflow.errors import UserError
-from workflow.lens import EXP_FLOOR, LensHead, head_state, lens_statistics
+from workflow.head import LensHead, head_state
+from workflow.lens import EXP_FLOOR, lens_statistics
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ import torch
 
 from workflow.backends import Patches
 from workflow.errors import UserError
-from workflow.lens import LensHead
+from workflow.head import LensHead
 
 log = logging.getLogger(__name__)
 
