@@ -42,7 +42,7 @@ def measure(model_key: str, tokens: int, repeats: int) -> dict:
     from workflow.lens_setup import LensSettings, lens_heads
     from workflow.models import load_model
 
-    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, "cpu", "float32")
+    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32")
     ids = model.tokenizer(PROMPT)["input_ids"]
     hf = model.backend.hf_model
     settings = LensSettings()

@@ -46,7 +46,7 @@ def child(args) -> None:
     from workflow.exp001.run import run_lens
     from workflow.models import load_model
 
-    model = load_model(args.model, {"source": "local", "path": args.path}, None, "cpu", "float32", args.backend, True, args.budget)
+    model = load_model(args.model, {"source": "local", "path": args.path}, None, device="cpu", dtype="float32", backend=args.backend, lens=LensSettings(working_memory_mb=args.budget))
     ids = model.tokenizer(TEXT * 40, add_special_tokens=False)["input_ids"][: args.tokens - 1]
     prompt = model.tokenizer.decode(ids)
     started = time.perf_counter()

@@ -78,7 +78,7 @@ def worker(args) -> None:
         from workflow.exp001.run import run_lens
         from workflow.models import load_model
 
-        model = load_model(args.model, {"source": "local", "path": path}, None, "cpu", "float32", "bridge")
+        model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")
         ids = prompt_ids(model.tokenizer, args.tokens)
         probe = {"id": "bench", "prompt": model.tokenizer.decode(ids), "answer": " Berlin"}
         settings = LensSettings(top_k=TOP_K)
@@ -125,7 +125,7 @@ def worker(args) -> None:
         from workflow.lens_setup import LensSettings, lens_heads
         from workflow.models import load_model
 
-        model = load_model(args.model, {"source": "local", "path": path}, None, "cpu", "float32", "bridge")
+        model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")
         residuals, _ = model.backend.capture(json.loads(args.input_ids), "all")
         _, head = lens_heads(model, LensSettings())
         weight = head.linear()[0].double()
@@ -140,7 +140,7 @@ def worker(args) -> None:
     else:
         from workflow.models import load_model
 
-        model = load_model(args.model, {"source": "local", "path": path}, None, "cpu", "float32", "bridge")
+        model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")
         bridge = model.backend.bridge
         tokens = torch.tensor([json.loads(args.input_ids)])
 

@@ -50,7 +50,7 @@ def cpu_child(args) -> None:
     if args.budget:
         placement = {"max_memory": {"cpu": args.budget}, "offload_folder": args.offload}
     started = time.perf_counter()
-    model = load_model(args.model, {"source": "local", "path": args.path}, None, "cpu", "float32", "auto", placement=placement)
+    model = load_model(args.model, {"source": "local", "path": args.path}, None, device="cpu", dtype="float32", backend="auto", placement=placement)
     loaded = time.perf_counter()
     summary, rows = run_lens(model, probes, LensSettings(positions="all"))
     print(json.dumps({
@@ -150,7 +150,7 @@ def _pipeline_on_gpu(model_dir: Path, probes, placement):
     from workflow.models import load_model
 
     torch.cuda.reset_peak_memory_stats()
-    model = load_model("bench", {"source": "local", "path": str(model_dir)}, None, "cuda", "bfloat16", "auto", placement=placement)
+    model = load_model("bench", {"source": "local", "path": str(model_dir)}, None, device="cuda", dtype="bfloat16", backend="auto", placement=placement)
     run_lens(model, probes[:2], LensSettings(positions="last"))  # warm-up
     torch.cuda.synchronize()
     started = time.perf_counter()

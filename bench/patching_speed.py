@@ -45,7 +45,7 @@ def measure(model_key: str, pair: dict, repeats: int) -> dict:
     from workflow.lens_setup import LensSettings, lens_heads
     from workflow.models import load_model
 
-    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, "cpu", "float32", "bridge")
+    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32", backend="bridge")
     _, head = lens_heads(model, LensSettings())
     tp = tokenise_pair(model.tokenizer, pair, model_key)
 

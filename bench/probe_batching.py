@@ -33,7 +33,7 @@ def measure(model_key: str, probes: list[dict], batch_size: int) -> dict:
     from workflow.models import load_model
     from workflow.records import rounded
 
-    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, "cpu", "float32")
+    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32")
     settings = LensSettings(positions="last")
     run_lens(model, probes[:4], settings, None, batch_size)  # warm-up: kernel build, first-call costs
     timings, outputs = {}, {}

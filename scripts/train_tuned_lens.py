@@ -6,11 +6,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
 from workflow.logs import run_script  # noqa: E402
+from workflow.settings import LensSettings  # noqa: E402
 from workflow.tuned import TunedLensSettings, train_for_model  # noqa: E402
 
 
 def main(sm):
-    lens = sm.params.lens
     train_for_model(
         sm.wildcards.model,
         sm.params.entry,
@@ -20,8 +20,7 @@ def main(sm):
         dtype=sm.params.dtype,
         backend=sm.params.backend,
         settings=TunedLensSettings.from_config(sm.params.settings),
-        use_fp32_unembed=lens.get("use_fp32_unembed", True),
-        working_memory_mb=lens.get("working_memory_mb", 128),
+        lens_settings=LensSettings.from_config(sm.params.lens),
     )
 
 

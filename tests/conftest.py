@@ -24,7 +24,7 @@ def loaded(tiny_dirs):
     from workflow.models import load_model
 
     return {
-        arch: load_model(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32")
+        arch: load_model(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32")
         for arch, path in tiny_dirs.items()
     }
 

@@ -30,7 +30,7 @@ def arch_dirs(tmp_path_factory):
 
 
 def lens_rows(path, backend="auto"):
-    model = load_model("m", {"source": "local", "path": str(path)}, None, "cpu", "float32", backend)
+    model = load_model("m", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32", backend=backend)
     summary, rows = run_lens(model, [PROBE], LensSettings(top_k=3))
     return model, summary, rows
 
@@ -60,7 +60,7 @@ def test_lens_equals_reference_at_every_layer(arch, arch_dirs):
 
 
 def test_gemma2_soft_capping_is_applied_at_every_layer(arch_dirs):
-    model = load_model("m", {"source": "local", "path": str(arch_dirs["gemma2"])}, None, "cpu", "float32")
+    model = load_model("m", {"source": "local", "path": str(arch_dirs["gemma2"])}, None, device="cpu", dtype="float32")
     head, _ = lens_heads(model, LensSettings())
     uncapped = LensHead(head.norm, head.unembed, lambda z: z, head.compute_dtype)
     residuals, _ = model.backend.capture(model.tokenizer(PROBE["prompt"])["input_ids"], "all")
@@ -106,7 +106,7 @@ def test_memory_estimate_counts_parameters_once(arch_dirs):
         config = AutoConfig.from_pretrained(arch_dirs[arch])
         real = AutoModelForCausalLM.from_pretrained(arch_dirs[arch])
         count = sum(p.numel() for p in {id(p): p for p in real.parameters()}.values())
-        estimate = estimate_memory(config, torch.bfloat16, fp32_head=True, working_memory_mb=16)
+        estimate = estimate_memory(config, torch.bfloat16, LensSettings(working_memory_mb=16))
         assert estimate.parameters == count
         assert estimate.weights_bytes == 2 * count
         assert estimate.fp32_head_bytes == 4 * real.get_output_embeddings().weight.numel()
@@ -119,7 +119,7 @@ def test_a_model_too_big_for_the_machine_is_placed_on_disk_instead_of_refused(ar
 
     monkeypatch.setattr(models, "available_memory", lambda device: 10 * 2**20)
     monkeypatch.chdir(tmp_path)  # the default offload folder, resources/offload, is relative
-    placed = load_model("m", {"source": "local", "path": str(arch_dirs["llama"])}, None, "cpu", "float32")
+    placed = load_model("m", {"source": "local", "path": str(arch_dirs["llama"])}, None, device="cpu", dtype="float32")
     assert placed.info["placement"]["weights_bytes_by_device"].keys() == {"disk"}
     assert placed.info["placement"]["max_memory_bytes"] == {"cpu": 0}
 

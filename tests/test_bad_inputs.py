@@ -22,7 +22,7 @@ def test_nan_fails_the_identity_check():
 def test_non_finite_weights_stop_the_run_naming_model_layer_and_probe(tiny_dirs):
     from workflow.models import load_model
 
-    model = load_model("tiny-broken", {"source": "local", "path": str(tiny_dirs["llama"])}, None, "cpu", "float32")
+    model = load_model("tiny-broken", {"source": "local", "path": str(tiny_dirs["llama"])}, None, device="cpu", dtype="float32")
     block = model.backend.hf_model.model.layers[1]
     with torch.no_grad():
         block.mlp.down_proj.weight.fill_(float("nan"))

@@ -22,7 +22,7 @@ def real_model(request, tmp_path_factory):
     from workflow.models import load_model
 
     key, backend = request.param
-    return load_model(key, {"source": "local", "path": str(prepared(key, tmp_path_factory))}, None, "cpu", "float32", backend)
+    return load_model(key, {"source": "local", "path": str(prepared(key, tmp_path_factory))}, None, device="cpu", dtype="float32", backend=backend)
 
 
 @pytest.mark.parametrize("positions", ["all", "last"])

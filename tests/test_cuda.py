@@ -25,7 +25,7 @@ TOLERANCES = {"float32": (0, 2e-6, 2e-5), "bfloat16": (0.1, 1e-3, 0.05)}
 @pytest.mark.parametrize("dtype", list(TOLERANCES))
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_cuda_records_equal_the_cpu_records(arch, dtype, tiny_dirs, loaded, probes):
-    model = load_model(f"tiny-{arch}", {"source": "local", "path": str(tiny_dirs[arch])}, None, "cuda", dtype)
+    model = load_model(f"tiny-{arch}", {"source": "local", "path": str(tiny_dirs[arch])}, None, device="cuda", dtype=dtype)
     summary, rows = run_lens(model, probes, LensSettings(top_k=3))
     _, cpu_rows = run_lens(loaded[arch], probes, LensSettings(top_k=3))
     metadata = model_metadata(model)

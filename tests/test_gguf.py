@@ -61,7 +61,7 @@ def test_dequantised_gguf_gives_the_records_of_the_original_weights(arch, tmp_pa
 
     def records(path, prepared_dir=None):
         entry = {"source": "local", "path": str(path)}
-        return run_lens(load_model("tiny", entry, prepared_dir, "cpu", "float32"), PROBES, LensSettings(top_k=3))
+        return run_lens(load_model("tiny", entry, prepared_dir, device="cpu", dtype="float32"), PROBES, LensSettings(top_k=3))
 
     (want_summary, want), (got_summary, got) = records(original), records(prepared)
     assert [p["input_ids"] for p in got_summary["probes"]] == [p["input_ids"] for p in want_summary["probes"]]
@@ -146,7 +146,7 @@ def test_streamed_preparation_gives_the_weights_and_records_of_whole_loading(arc
                 shutil.copy2(original / name, directory / name)
 
     def records(path):
-        return run_lens(load_model("tiny", {"source": "local", "path": str(path)}, None, "cpu", "float32"), PROBES, LensSettings(top_k=3))
+        return run_lens(load_model("tiny", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32"), PROBES, LensSettings(top_k=3))
 
     (_, want_rows), (_, got_rows) = records(whole), records(streamed)
     assert want_rows == got_rows

@@ -53,7 +53,7 @@ def model_dirs(tmp_path_factory):
 
 
 def load(path, backend="auto"):
-    return load_model("m", {"source": "local", "path": str(path)}, None, "cpu", "float32", backend)
+    return load_model("m", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32", backend=backend)
 
 
 @pytest.mark.parametrize("arch", CASES)

@@ -97,7 +97,7 @@ def hooks_models(tiny_dirs):
     from workflow.models import load_model
 
     return {
-        arch: load_model(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32", "hooks")
+        arch: load_model(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32", backend="hooks")
         for arch, path in tiny_dirs.items()
     }
 

@@ -45,11 +45,11 @@ def test_a_model_under_a_third_of_its_weights_gives_the_records_of_the_model_in_
     path = prepared_model(key, tmp_path_factory)
     probes = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["probes"]
     settings = LensSettings(positions="all")
-    whole = load_model(key, local(path), None, "cpu", "float32", backend)
+    whole = load_model(key, local(path), None, device="cpu", dtype="float32", backend=backend)
     want_summary, want_rows = run_lens(whole, probes, settings)
     del whole
     limit = weights_bytes(path) // 3
-    placed = load_model(key, local(path), None, "cpu", "float32", backend, placement=budget(limit, tmp_path))
+    placed = load_model(key, local(path), None, device="cpu", dtype="float32", backend=backend, placement=budget(limit, tmp_path))
     placement = placed.info["placement"]
     on_disk = placement["weights_bytes_by_device"].get("disk", 0)
     assert on_disk >= weights_bytes(path) - limit, placement["weights_bytes_by_device"]
@@ -75,7 +75,7 @@ def test_a_model_that_fits_is_not_placed_and_a_budget_places_it(tiny_dirs, tmp_p
     config = AutoConfig.from_pretrained(tiny_dirs["llama"])
     estimate = estimate_memory(config, torch.float32)
     assert plan_placement("tiny", config, estimate, "cpu", torch.float32, {"max_memory": {}}) is None
-    layer_bytes = sum(p.numel() * 4 for p in load_model("t", local(tiny_dirs["llama"]), None, "cpu", "float32").backend.hf_model.model.layers[0].parameters())
+    layer_bytes = sum(p.numel() * 4 for p in load_model("t", local(tiny_dirs["llama"]), None, device="cpu", dtype="float32").backend.hf_model.model.layers[0].parameters())
     embedding_bytes = config.vocab_size * config.hidden_size * 4
     placed = plan_placement("tiny", config, estimate, "cpu", torch.float32,
                             budget(embedding_bytes + layer_bytes + 100, tmp_path))
@@ -91,8 +91,8 @@ def placed_tiny(request, tiny_dirs, tmp_path_factory):
     """The tiny Gemma 3 (tied unembedding) with everything on disk, and held whole."""
     folder = tmp_path_factory.mktemp("offload")
     entry = local(tiny_dirs["gemma3"])
-    whole = load_model("tiny-gemma3", entry, None, "cpu", "float32", request.param)
-    placed = load_model("tiny-gemma3", entry, None, "cpu", "float32", request.param,
+    whole = load_model("tiny-gemma3", entry, None, device="cpu", dtype="float32", backend=request.param)
+    placed = load_model("tiny-gemma3", entry, None, device="cpu", dtype="float32", backend=request.param,
                         placement={"max_memory": {"cpu": 1}, "offload_folder": str(folder)})
     return whole, placed
 
@@ -136,14 +136,14 @@ def test_a_tuned_lens_trained_in_memory_loads_on_the_placed_model(placed_tiny):
 def test_the_json_records_the_placement(tiny_dirs, tmp_path):
     from workflow.lens_setup import model_metadata
 
-    placed = load_model("tiny-llama", local(tiny_dirs["llama"]), None, "cpu", "float32", "hooks",
+    placed = load_model("tiny-llama", local(tiny_dirs["llama"]), None, device="cpu", dtype="float32", backend="hooks",
                         placement=budget(400_000, tmp_path))
     recorded = model_metadata(placed)["placement"]
     assert recorded["max_memory_bytes"] == {"cpu": 400_000}
     assert recorded["device_map"]["model.embed_tokens"] == "cpu" and recorded["device_map"]["model.norm"] == "disk"
     assert recorded["weights_bytes_by_device"]["cpu"] <= 400_000
     assert sum(recorded["weights_bytes_by_device"].values()) == weights_bytes(tiny_dirs["llama"])
-    whole = load_model("tiny-llama", local(tiny_dirs["llama"]), None, "cpu", "float32", "hooks")
+    whole = load_model("tiny-llama", local(tiny_dirs["llama"]), None, device="cpu", dtype="float32", backend="hooks")
     assert "placement" not in model_metadata(whole)
 
 

@@ -117,9 +117,8 @@ class Chat:
         settings = LensSettings.from_config({**config["lens"], "positions": "last"})
         print(f"loading {key} ...", file=sys.stderr)
         self.model = load_model(
-            key, entry, prepared_dir(key, entry, workdir), args.device or config["device"], args.dtype or config["dtype"],
-            config["backend"], settings.use_fp32_unembed, settings.working_memory_mb, config.get("placement"),
-        )
+            key, entry, prepared_dir(key, entry, workdir), device=args.device or config["device"], dtype=args.dtype or config["dtype"],
+            backend=config["backend"], lens=settings, placement=config.get("placement"))
         tuned = None
         lenses_dir = workdir / "resources" / "lenses" / key
         if "tuned" in config["lenses"] and not args.no_tuned:

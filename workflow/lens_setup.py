@@ -10,7 +10,6 @@ knows an experiment.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -20,51 +19,11 @@ from workflow.head import LensHead
 from workflow.lens import uses_kernel
 from workflow.logit_steps import logit_postprocessor, logit_steps, unapplied_logit_keys
 from workflow.models import LoadedModel, dtype_name
+from workflow.settings import LensSettings
 from workflow.provenance import package_versions
-
-# positions: auto records every position of a probe set up to this size, the last beyond.
-AUTO_ALL_POSITIONS = 64
-HALF_TOLERANCE = 2e-2
-FLOAT32_TOLERANCE = 1e-4
-
 
 class LensIdentityError(RuntimeError):
     """The lens at the last layer does not reproduce the model's own output."""
-
-
-@dataclass(frozen=True)
-class LensSettings:
-    use_norm_lens: bool = True
-    use_fp32_unembed: bool = True
-    positions: str = "all"
-    top_k: int = 5
-    identity_tolerance: float | None = None
-    working_memory_mb: int = 128
-
-    @classmethod
-    def from_config(cls, lens: dict[str, Any]) -> LensSettings:
-        known = {k: lens[k] for k in cls.__dataclass_fields__ if k in lens}
-        return cls(**known)
-
-    def for_probes(self, n_probes: int) -> LensSettings:
-        """These settings with ``positions: auto`` resolved: all positions for up to
-        AUTO_ALL_POSITIONS probes, the last one for more."""
-        if self.positions != "auto":
-            return self
-        return replace(self, positions="all" if n_probes <= AUTO_ALL_POSITIONS else "last")
-
-    def tolerance(self, dtype: torch.dtype) -> float:
-        if self.identity_tolerance is not None:
-            return float(self.identity_tolerance)
-        return FLOAT32_TOLERANCE if dtype == torch.float32 else HALF_TOLERANCE
-
-    def recorded(self) -> dict[str, Any]:
-        return {
-            "use_norm_lens": self.use_norm_lens,
-            "use_fp32_unembed": self.use_fp32_unembed,
-            "positions": self.positions,
-            "top_k": self.top_k,
-        }
 
 
 class TokenNames:

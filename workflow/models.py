@@ -25,6 +25,7 @@ from torch import nn
 from workflow.config import DEFAULT_OFFLOAD_FOLDER, device_key, effective_placement, parse_size
 from workflow.errors import UserError
 from workflow.prepare import MANIFEST, source_description
+from workflow.settings import LensSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ class MemoryEstimate:
         }
 
 
-def estimate_memory(config, dtype: torch.dtype, fp32_head: bool = True, working_memory_mb: int = 128) -> MemoryEstimate:
-    """Memory to run a model of ``config``: parameters x dtype, built on the meta device (no weights)."""
+def estimate_memory(config, dtype: torch.dtype, lens: LensSettings = LensSettings()) -> MemoryEstimate:
+    """Memory to run a model of ``config``: parameters x dtype, built on the meta device (no
+    weights), with the lens's float32 head (``lens.use_fp32_unembed``) and working memory."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -109,10 +111,10 @@ def estimate_memory(config, dtype: torch.dtype, fp32_head: bool = True, working_
     parameters = sum(p.numel() for p in unique.values())
     weights = parameters * BYTES_PER[dtype]
     head = 0
-    if fp32_head and dtype != torch.float32:
+    if lens.use_fp32_unembed and dtype != torch.float32:
         out = model.get_output_embeddings()
         head = out.weight.numel() * 4 if out is not None else 0
-    total = weights + head + working_memory_mb * 2**20 + OVERHEAD_BYTES
+    total = weights + head + lens.working_memory_mb * 2**20 + OVERHEAD_BYTES
     return MemoryEstimate(parameters, weights, head, total)
 
 
@@ -383,11 +385,11 @@ def load_model(
     key: str,
     entry: dict[str, Any],
     prepared_dir: str | os.PathLike[str] | None,
+    *,
     device: str = "auto",
     dtype: str = "auto",
     backend: str = "auto",
-    fp32_head: bool = True,
-    working_memory_mb: int = 128,
+    lens: LensSettings = LensSettings(),
     placement: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a model through TransformerLens 4's TransformerBridge, or plain hooks.
@@ -397,7 +399,9 @@ def load_model(
     ``placement`` (config key ``placement``, the model's own over it): a budget per
     device; a model over its budgets, or one that does not fit its device, is placed by
     accelerate across GPUs, CPU and disk (``plan_placement``), the lens keeping the final
-    norm and unembedding resident on the main device.
+    norm and unembedding resident on the main device. ``lens``: the lens settings, whose
+    float32 head and working memory count in the memory estimate. Everything after
+    ``prepared_dir`` is passed by name.
     """
     device_name = resolve_device(entry.get("device", device))
     torch_dtype = resolve_dtype(entry.get("dtype", dtype), device_name)
@@ -407,7 +411,7 @@ def load_model(
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(location, **kwargs)
-    estimate = estimate_memory(config, torch_dtype, fp32_head, working_memory_mb)
+    estimate = estimate_memory(config, torch_dtype, lens)
     log.info(
         "%s: %s parameters, about %.1f GB to run in %s",
         key, parameter_count(estimate.parameters), estimate.total_bytes / 1e9, dtype_name(torch_dtype),

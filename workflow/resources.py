@@ -21,6 +21,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from workflow.settings import LensSettings
+
 BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
 MB = 1_000_000  # Snakemake's mem_mb is in megabytes
 # Measured on the CPU (bench/README.md): peak RSS of the lens stage is about 1.9x the
@@ -141,7 +143,7 @@ def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: 
         if device == "cpu" and cpu_budget is not None:
             # Placed within a budget (README, "Models larger than the machine"): the rest is on disk.
             weights_mb = min(weights_mb, cpu_budget / MB)
-        working_mb = config.get("lens", {}).get("working_memory_mb", 128)
+        working_mb = LensSettings.from_config(config.get("lens", {})).working_memory_mb
         mem_mb = math.ceil(HOST_FACTOR.get(device, 2.0) * weights_mb + working_mb + HOST_OVERHEAD_MB)
         # Generous bounds for a scheduler's time limit, not predictions: loading dominates on
         # a GPU (about 3 min per billion parameters from network storage); the CPU computes.

@@ -35,6 +35,7 @@ from workflow.atomic import atomic_directory, dumps_json
 from workflow.errors import UserError
 from workflow.head import LensHead, head_state
 from workflow.lens import EXP_FLOOR, lens_statistics
+from workflow.settings import WORKING_MEMORY_MB, LensSettings
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ def train(head: LensHead, residuals: torch.Tensor, settings: TunedLensSettings, 
     return lens, history
 
 
-def lens_quality(head: LensHead, residuals: torch.Tensor, lens: TunedLens | None, working_memory_mb: int = 128) -> list[dict[str, Any]]:
+def lens_quality(head: LensHead, residuals: torch.Tensor, lens: TunedLens | None, working_memory_mb: int = WORKING_MEMORY_MB) -> list[dict[str, Any]]:
     """Per layer: mean KL to the final distribution and top-1 agreement with the final layer.
 
     ``residuals`` [N, L+1, d] of held-out text; ``lens`` None gives the logit lens.
@@ -364,18 +365,17 @@ def train_for_model(
     dtype: str = "auto",
     backend: str = "auto",
     settings: TunedLensSettings = TunedLensSettings(),
-    use_fp32_unembed: bool = True,
-    working_memory_mb: int = 128,
+    lens_settings: LensSettings = LensSettings(),
 ) -> dict[str, Any]:
     """Train and save the tuned lens of one model; returns its config (held-out figures included)."""
     from tqdm import tqdm
 
-    from workflow.lens_setup import LensSettings, lens_heads
+    from workflow.lens_setup import lens_heads
     from workflow.models import load_model
 
     torch.manual_seed(settings.seed)
-    model = load_model(model_key, entry, prepared_dir, device, dtype, backend, use_fp32_unembed, working_memory_mb)
-    head = lens_heads(model, LensSettings(use_fp32_unembed=use_fp32_unembed, working_memory_mb=working_memory_mb)).reference
+    model = load_model(model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=lens_settings)
+    head = lens_heads(model, lens_settings).reference
     train_docs, heldout_docs = corpus_documents()
     started = time.perf_counter()
     train_residuals = collect_residuals(model, sequences(model.tokenizer, train_docs, settings.seq_len, settings.train_sequences))
@@ -398,8 +398,8 @@ def train_for_model(
     lens.requires_grad_(False)
     quality = {
         "positions": len(heldout),
-        "logit": lens_quality(head, heldout.to(model.device), None, working_memory_mb),
-        "tuned": lens_quality(head, heldout.to(model.device), lens, working_memory_mb),
+        "logit": lens_quality(head, heldout.to(model.device), None, lens_settings.working_memory_mb),
+        "tuned": lens_quality(head, heldout.to(model.device), lens, lens_settings.working_memory_mb),
     }
     config = training_config(model_key, head, settings, len(train_residuals), quality)
     config["training"] = {"summary": describe(history)}

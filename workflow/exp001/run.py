@@ -348,7 +348,7 @@ def write_lens_outputs(
         if not probe["prompt"].strip():
             raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
     model = load_model(
-        model_key, entry, prepared_dir, device, dtype, backend, settings.use_fp32_unembed, settings.working_memory_mb
+        model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=settings
     )
     tuned = tuned_info = None
     if tuned_dir is not None:

@@ -157,7 +157,7 @@ def write_patching_outputs(
     if not pairs:
         raise UserError("experiment 002 has no pairs: add some under patching.pairs in config/config.yaml")
     model = load_model(
-        model_key, entry, prepared_dir, device, dtype, backend, lens_settings.use_fp32_unembed, lens_settings.working_memory_mb
+        model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=lens_settings
     )
     load_seconds = time.perf_counter() - started
     summary, rows = run_patching(model, pairs, settings, lens_settings)

@@ -77,7 +77,7 @@ def write_generation_outputs(
 
     settings = LensSettings.from_config({**lens, "positions": "last"})
     model = load_model(
-        model_key, entry, prepared_dir, device, dtype, backend, settings.use_fp32_unembed, settings.working_memory_mb
+        model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=settings
     )
     tuned = tuned_info = None
     if tuned_dir is not None:
