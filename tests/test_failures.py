@@ -153,7 +153,7 @@ def test_a_records_csv_that_does_not_fit_its_json_is_refused_by_the_job(built, t
     short = tmp_path / "records.csv"
     lines = (results / "output-tiny-llama-records.csv").read_text().splitlines(keepends=True)
     short.write_text("".join(lines[:-1]))
-    with pytest.raises(UserError, match=r"has \d+ rows, but .*output-tiny-llama.json describes \d+ .*re-run the lens"):
+    with pytest.raises(UserError, match=r"has \d+ rows, but .*output-tiny-llama.json describes \d+ .*run snakemake again"):
         load_checked(short, results / "output-tiny-llama.json")
     import json
 

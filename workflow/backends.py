@@ -17,8 +17,10 @@ chosen (row, layer, position)s (activation patching; ``BlockRunner``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -145,7 +147,7 @@ def last_logits(forward, tokens: torch.Tensor) -> torch.Tensor:
     return logits[0, -1:]
 
 
-def _device(model: nn.Module) -> torch.device:
+def input_device(model: nn.Module) -> torch.device:
     """Where the model's inputs go: its parameters' device, or for a model placed by
     accelerate (hf_device_map) its main device, the first that is neither cpu nor disk."""
     placed = getattr(model, "hf_device_map", None)
@@ -174,43 +176,40 @@ class BridgeBackend:
         # The bridge's blocks are the modules the original model's forward calls.
         return BlockRunner(self.hf_model, find_decoder_layers(self.hf_model, self.n_layers))
 
+    def residual_hooks(self, select: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[torch.Tensor | None], list]:
+        """The bridge's own hook points on the residual stream (entering block 0, after
+        every block), each keeping ``select`` of its tensor: (the list [L+1] a run fills,
+        the hooks to run it with)."""
+        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
+
+        def store(layer: int):
+            def hook(tensor, hook):
+                captured[layer] = select(tensor).detach().clone()
+                return tensor
+
+            return hook
+
+        hooks = [("blocks.0.hook_resid_pre", store(0))]
+        hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(self.n_layers)]
+        return captured, hooks
+
     def capture(self, input_ids, positions):
         keep = _keep(positions)
-        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
-
-        def store(layer: int):
-            def hook(tensor, hook):
-                captured[layer] = tensor[0, keep].detach().clone()
-                return tensor
-
-            return hook
-
-        hooks = [("blocks.0.hook_resid_pre", store(0))]
-        hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(self.n_layers)]
-        tokens = torch.tensor([input_ids], device=_device(self.hf_model))
+        captured, hooks = self.residual_hooks(lambda t: t[0, keep])
+        tokens = torch.tensor([input_ids], device=input_device(self.hf_model))
         logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, **kw), tokens)
-        return _stacked(captured), logits
+        return stacked(captured), logits
 
     def capture_batch(self, sequences, length, read):
-        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
-
-        def store(layer: int):
-            def hook(tensor, hook):
-                captured[layer] = tensor.detach().clone()
-                return tensor
-
-            return hook
-
-        hooks = [("blocks.0.hook_resid_pre", store(0))]
-        hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(self.n_layers)]
-        batch = padded_batch(sequences, length, _device(self.hf_model))
+        captured, hooks = self.residual_hooks(lambda t: t)
+        batch = padded_batch(sequences, length, input_device(self.hf_model))
         handle = reading_logits_at(self.hf_model.get_output_embeddings(), read)
         try:
             with torch.no_grad():
                 logits = self.bridge.run_with_hooks(batch["input_ids"], fwd_hooks=hooks, attention_mask=batch["attention_mask"])
         finally:
             handle.remove()
-        return _stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]
+        return stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]
 
 
 class BlockRunner:
@@ -248,7 +247,7 @@ class BlockRunner:
         handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
         try:
             with torch.no_grad():
-                self.hf_model(torch.tensor([list(input_ids)], device=_device(self.hf_model)), use_cache=False)
+                self.hf_model(torch.tensor([list(input_ids)], device=input_device(self.hf_model)), use_cache=False)
         except _Stop:
             pass
         finally:
@@ -281,7 +280,34 @@ class BlockRunner:
         return hidden[:, -1]
 
 
-def _stacked(captured: list[torch.Tensor | None]) -> torch.Tensor:
+@contextlib.contextmanager
+def layer_residuals(layers: nn.ModuleList, select: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[list[torch.Tensor | None]]:
+    """The residual stream of every forward pass run inside, entering the first decoder
+    layer and leaving each one, ``select``-ed (a position, all rows), in a list [L+1] that
+    each pass overwrites: forward hooks on the model's own decoder layers, removed on exit.
+    The hooks backend captures with it, and generation, on either backend (a bridge's
+    layers are the original model's)."""
+    captured: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+
+    def entering(module, args, kwargs):
+        captured[0] = select(args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    def leaving(layer: int):
+        def hook(module, args, output):
+            captured[layer] = select(_hidden(output)).detach().clone()
+
+        return hook
+
+    handles = [layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
+    handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(layers)]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def stacked(captured: list[torch.Tensor | None]) -> torch.Tensor:
     missing = [i for i, t in enumerate(captured) if t is None]
     if missing:
         raise RuntimeError(f"residual hooks did not fire for layers {missing}")
@@ -339,7 +365,7 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
     handles.append(layers[-1].register_forward_hook(last_layer_output))
     try:
         with torch.no_grad():
-            model(torch.tensor([probe_ids], device=_device(model)))
+            model(torch.tensor([probe_ids], device=input_device(model)))
     finally:
         for handle in handles:
             handle.remove()
@@ -402,48 +428,18 @@ class HooksBackend:
 
     def capture(self, input_ids, positions):
         keep = _keep(positions)
-        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
-
-        def entering(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured[0] = hidden[0, keep].detach().clone()
-
-        def leaving(layer: int):
-            def hook(module, args, output):
-                captured[layer] = _hidden(output)[0, keep].detach().clone()
-
-            return hook
-
-        handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
-        handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
-        tokens = torch.tensor([input_ids], device=_device(self.hf_model))
-        try:
+        tokens = torch.tensor([input_ids], device=input_device(self.hf_model))
+        with layer_residuals(self.layers, lambda t: t[0, keep]) as captured:
             logits = last_logits(lambda t, **kw: self.hf_model(t, **kw).logits, tokens)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return _stacked(captured), logits
+        return stacked(captured), logits
 
     def capture_batch(self, sequences, length, read):
-        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
-
-        def entering(module, args, kwargs):
-            captured[0] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
-
-        def leaving(layer: int):
-            def hook(module, args, output):
-                captured[layer] = _hidden(output).detach().clone()
-
-            return hook
-
-        handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
-        handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
-        handles.append(reading_logits_at(self.hf_model.get_output_embeddings(), read))
-        batch = padded_batch(sequences, length, _device(self.hf_model))
-        try:
-            with torch.no_grad():
-                logits = self.hf_model(**batch, use_cache=False).logits
-        finally:
-            for handle in handles:
+        with layer_residuals(self.layers, lambda t: t) as captured:
+            handle = reading_logits_at(self.hf_model.get_output_embeddings(), read)
+            batch = padded_batch(sequences, length, input_device(self.hf_model))
+            try:
+                with torch.no_grad():
+                    logits = self.hf_model(**batch, use_cache=False).logits
+            finally:
                 handle.remove()
-        return _stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]
+        return stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]

@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 
-from workflow.backends import _device, _hidden, _stacked
+from workflow.backends import input_device, layer_residuals, stacked
 from workflow.lens import RowStats, lens_statistics, rows_padded
 from workflow.lens_setup import IdentityCheck, LensSettings, TokenNames, answer_layers, lens_heads
 from workflow.models import LoadedModel
+from workflow.records import in_record_order, lens_row
 
 log = logging.getLogger(__name__)
 
@@ -102,23 +103,6 @@ class LensGenerator:
 
     # ------------------------------------------------------------------ the model's side
 
-    def _capture(self, captured: list[torch.Tensor | None]) -> list[Any]:
-        """Hooks that keep the last position's residual at every layer of each forward."""
-
-        def entering(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            captured[0] = hidden[0, -1].detach().clone()
-
-        def leaving(layer: int):
-            def hook(module, args, output):
-                captured[layer] = _hidden(output)[0, -1].detach().clone()
-
-            return hook
-
-        handles = [self.layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
-        handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(self.layers)]
-        return handles
-
     def _step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
         """The model's logits [V] at the last position of ``tokens`` [1, T], the cache extended."""
         hf = self.model.backend.hf_model
@@ -150,14 +134,12 @@ class LensGenerator:
             raise ValueError("max_new_tokens must be at least 1")
         stop_ids = stop_token_ids(self.model) if stop_ids is None else stop_ids
         hf = self.model.backend.hf_model
-        device = _device(hf)
+        device = input_device(hf)
         generator = torch.Generator().manual_seed(seed)
         reply = Reply(list(prompt_ids))
         work: queue.Queue = queue.Queue()
         done: queue.Queue = queue.Queue()
         worker = threading.Thread(target=self._lens_worker, args=(work, done), name="lens", daemon=True)
-        captured: list[torch.Tensor | None] = [None] * (self.model.n_layers + 1)
-        handles = self._capture(captured)
         started = time.perf_counter()
         traced: dict[int, TokenTrace] = {}
 
@@ -178,26 +160,26 @@ class LensGenerator:
 
         worker.start()
         try:
-            cache = DynamicCache(config=hf.config)
-            tokens = torch.tensor([list(prompt_ids)], device=device)
-            previous = int(prompt_ids[-1])
-            with torch.no_grad():
-                for index in range(max_new_tokens):
-                    logits = self._step(tokens, cache)
-                    chosen = self._choose(logits, temperature, generator)
-                    residuals = _stacked(captured)
-                    work.put((index, chosen, previous, residuals, logits))
-                    if on_token is not None:
-                        on_token(index, chosen)
-                    deliver(block=False)
-                    previous = chosen
-                    if chosen in stop_ids:
-                        reply.stopped = "stop"
-                        break
-                    tokens = torch.tensor([[chosen]], device=device)
+            # The last position's residual at every layer of each forward pass.
+            with layer_residuals(self.layers, lambda t: t[0, -1]) as captured:
+                cache = DynamicCache(config=hf.config)
+                tokens = torch.tensor([list(prompt_ids)], device=device)
+                previous = int(prompt_ids[-1])
+                with torch.no_grad():
+                    for index in range(max_new_tokens):
+                        logits = self._step(tokens, cache)
+                        chosen = self._choose(logits, temperature, generator)
+                        residuals = stacked(captured)
+                        work.put((index, chosen, previous, residuals, logits))
+                        if on_token is not None:
+                            on_token(index, chosen)
+                        deliver(block=False)
+                        previous = chosen
+                        if chosen in stop_ids:
+                            reply.stopped = "stop"
+                            break
+                        tokens = torch.tensor([[chosen]], device=device)
         finally:
-            for handle in handles:
-                handle.remove()
             work.put(None)
         deliver(block=True)
         worker.join()
@@ -267,15 +249,7 @@ class LensGenerator:
         position, ``answer_*`` the generated token."""
         rows = []
         for trace in reply.tokens:
-            token = self.names(trace.token_id)
+            token, input_token = self.names(trace.token_id), self.names(trace.input_id)
             for lens, stats in trace.stats.items():
-                for s in stats:
-                    topk = [self.names(t) for t in s.topk_ids]
-                    rows.append({
-                        "model": self.model.key, "probe": probe, "lens": lens, "layer": s.layer, "position": trace.index,
-                        "input_token": self.names(trace.input_id), "top1_token": topk[0], "top1_prob": s.topk_probs[0],
-                        "topk_tokens": topk, "topk_probs": s.topk_probs, "entropy": s.entropy, "answer_token": token,
-                        "answer_prob": s.answer_prob, "answer_rank": s.answer_rank, "kl_to_final": s.kl_to_final,
-                    })
-        rows.sort(key=lambda r: (r["lens"], r["layer"], r["position"]))
-        return rows
+                rows += [lens_row(self.model.key, probe, lens, s, trace.index, input_token, token, self.names) for s in stats]
+        return in_record_order(rows)

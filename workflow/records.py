@@ -1,6 +1,6 @@
-"""Records CSVs, written and read the same way by every experiment; the columns of
-experiment 001's (one row per probe x lens x layer x position) are COLUMNS, other
-experiments give theirs.
+"""Records CSVs, written and read the same way by every experiment. The lens records (one
+row per probe x lens x layer x position, built by ``lens_row``; experiments 001 and 003
+write them) have COLUMNS; other experiments give their own columns.
 
 Column names are a data contract (README, "Data contract"); extend, don't rename. Tokens can
 hold newlines, commas, quotes and any Unicode, so every field is quoted and the
@@ -41,6 +41,34 @@ COLUMNS = (
 )
 LIST_COLUMNS = ("topk_tokens", "topk_probs")
 SIGNIFICANT_DIGITS = 6
+
+
+def lens_row(model: str, probe: str, lens: str, stats, position: int, input_token: str, answer_token: str, names) -> dict[str, Any]:
+    """One row of the lens records (COLUMNS): ``stats`` (``workflow.lens.RowStats``) of one
+    layer read at ``position``; ``names`` decodes the top-k token ids."""
+    topk_tokens = [names(t) for t in stats.topk_ids]
+    return {
+        "model": model,
+        "probe": probe,
+        "lens": lens,
+        "layer": stats.layer,
+        "position": position,
+        "input_token": input_token,
+        "top1_token": topk_tokens[0],
+        "top1_prob": stats.topk_probs[0],
+        "topk_tokens": topk_tokens,
+        "topk_probs": stats.topk_probs,
+        "entropy": stats.entropy,
+        "answer_token": answer_token,
+        "answer_prob": stats.answer_prob,
+        "answer_rank": stats.answer_rank,
+        "kl_to_final": stats.kl_to_final,
+    }
+
+
+def in_record_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Lens rows in the order the records file holds them: by lens, layer, position."""
+    return sorted(rows, key=lambda r: (r["lens"], r["layer"], r["position"]))
 
 
 def rounded(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
@@ -174,8 +202,8 @@ def load_checked(records_path: str | os.PathLike[str], summary_path: str | os.Pa
     from workflow.errors import UserError
 
     summary = json.loads(open(summary_path, encoding="utf-8").read())
-    fix = (f"re-run the lens (snakemake --cores 1 --forcerun run_lens {summary_path}) or restore both files "
-           "(git checkout results/)")
+    fix = ("run snakemake again (the file no longer matches its provenance record, so its job is planned again) "
+           "or restore both files (git checkout results/)")
     try:
         frame = read_records(records_path)
     except (ValueError, OSError, pd.errors.ParserError) as error:

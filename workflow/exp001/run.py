@@ -35,7 +35,7 @@ from workflow.lens_setup import (
     tokenize_probe,
 )
 from workflow.models import LoadedModel
-from workflow.records import rounded, write_records_file
+from workflow.records import in_record_order, lens_row, rounded, write_records_file
 
 log = logging.getLogger(__name__)
 
@@ -261,29 +261,10 @@ def probe_outputs(model, item: Tokenised, per_lens, b: int, scores, first: int, 
     for lens_name, found in per_lens.items():
         last_top1[lens_name] = []
         for position, stats in sorted(found[b], key=lambda ps: (ps[1].layer, ps[0])):
-            topk_tokens = [names(t) for t in stats.topk_ids]
-            rows.append(
-                {
-                    "model": model.key,
-                    "probe": probe["id"],
-                    "lens": lens_name,
-                    "layer": stats.layer,
-                    "position": position,
-                    "input_token": names(input_ids[position]),
-                    "top1_token": topk_tokens[0],
-                    "top1_prob": stats.topk_probs[0],
-                    "topk_tokens": topk_tokens,
-                    "topk_probs": stats.topk_probs,
-                    "entropy": stats.entropy,
-                    "answer_token": answer_token,
-                    "answer_prob": stats.answer_prob,
-                    "answer_rank": stats.answer_rank,
-                    "kl_to_final": stats.kl_to_final,
-                }
-            )
+            rows.append(lens_row(model.key, probe["id"], lens_name, stats, position, names(input_ids[position]), answer_token, names))
             if position == len(input_ids) - 1:
                 last_top1[lens_name].append(stats.topk_ids[0])
-    rows.sort(key=lambda r: (r["lens"], r["layer"], r["position"]))
+    rows = in_record_order(rows)
     first_layer, stable = answer_layers(last_top1["logit"], answer_id)
     n_answer = len(item.answer_ids)
     span = slice(first, first + n_answer)
