@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from workflow.errors import UserError
 from workflow.secrets import KEY_VARIABLES, redact
-from workflow.evaluation import offline
+from workflow.evaluation import analyst
 from workflow.evaluation.cache import DEFAULT_CACHE_DIR, ResponseCache, cache_key
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class OfflineProvider:
         return {"provider": self.name}
 
     def complete(self, request: EvaluationRequest) -> str:
-        return offline.write(request.stage, request.title, request.headings, request.facts, request.sections or {})
+        return analyst.write(request.stage, request.title, request.headings, request.facts, request.sections or {})
 
     def repair(self, request: EvaluationRequest, draft: str, problems: dict[str, str]) -> str | None:
         return None  # its output is fixed by its rules; a broken contract is a bug

@@ -2,5 +2,5 @@
 
 ``run`` runs the probes and writes ``results/001/output-{model}.json`` and its records;
 ``analysis`` computes the facts the evaluations use, ``digest`` writes them for an LLM's
-prompt, ``offline`` is the offline analyst's sections and ``plots`` the figures.
+prompt, ``sections`` the offline analyst's sections and ``plots`` the figures.
 """

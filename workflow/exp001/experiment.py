@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from workflow.experiments import Experiment
-from workflow.exp001 import analysis, digest, offline
+from workflow.exp001 import analysis, digest, sections
 
 
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
@@ -30,7 +30,7 @@ EXPERIMENT = Experiment(
     name="layers and logits",
     model_facts=lambda summary, records: analysis.model_facts(summary, records),
     digest=digest.model_digest,
-    sections={"single-model": offline.SINGLE, "cross-model": offline.CROSS, "meta": offline.META},
+    sections={"single-model": sections.SINGLE, "cross-model": sections.CROSS, "meta": sections.META},
     variables=_variables,
     # The probes and the identity check are in the digest (the identity check as orders of magnitude).
     summary_details=("probes", "timings", "packages", "identity_check"),

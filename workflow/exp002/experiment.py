@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from workflow.experiments import Experiment
-from workflow.exp002 import analysis, digest, offline
+from workflow.exp002 import analysis, digest, sections
 
 
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
@@ -27,7 +27,7 @@ EXPERIMENT = Experiment(
     name="activation patching",
     model_facts=lambda summary, records, lens_summary=None: analysis.model_facts(summary, records, lens_summary),
     digest=digest.model_digest,
-    sections={"single-model": offline.SINGLE, "cross-model": offline.CROSS, "meta": offline.META},
+    sections={"single-model": sections.SINGLE, "cross-model": sections.CROSS, "meta": sections.META},
     variables=_variables,
     summary_details=("pairs", "timings", "packages", "identity_check"),
 )

@@ -4,5 +4,5 @@
 cache on) and writes ``results/003/output-{model}.json`` and its records (001's columns,
 ``position`` the generated index, ``answer_*`` the generated token); ``analysis`` computes
 the facts (where generated tokens settle, by word class), ``digest`` writes them for an
-LLM's prompt, ``offline`` is the offline analyst's sections and ``plots`` the figures.
+LLM's prompt, ``sections`` the offline analyst's sections and ``plots`` the figures.
 """

@@ -2,7 +2,7 @@
 
 Every sentence is a figure computed from the recorded outputs
 (``workflow.exp001.analysis``) put into words by fixed rules, so the same outputs
-always give the same document (``workflow.evaluation.offline.write`` puts the
+always give the same document (``workflow.evaluation.analyst.write`` puts the
 sections together under the template's headings).
 """
 
