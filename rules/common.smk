@@ -267,6 +267,13 @@ def lens_resource(name):
     return resource
 
 
+# What every rule that loads a model asks the scheduler for (from the parameter count and
+# dtype, workflow/resources.py; models.{model}.resources overrides) and reads of the config:
+# written once, unpacked into run_lens, run_patching, run_generation and train_tuned_lens.
+MODEL_RESOURCES = {name: lens_resource(name) for name in ("mem_mb", "runtime", "gpu")}
+MODEL_PARAMS = {"entry": get_model_settings, "device": config["device"], "dtype": config["dtype"], "backend": config["backend"]}
+
+
 def prepare_resource(name):
     def resource(wildcards):
         return _user_errors(prepare_resources, get_model(wildcards), wildcards.model)[name]

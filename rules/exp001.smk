@@ -57,15 +57,9 @@ rule run_lens:
         "benchmarks/001/run_lens-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        # From the parameter count and dtype (workflow/resources.py); models.{model}.resources overrides.
-        mem_mb=lens_resource("mem_mb"),
-        runtime=lens_resource("runtime"),
-        gpu=lens_resource("gpu"),
+        **MODEL_RESOURCES,
     params:
-        entry=get_model_settings,
-        device=config["device"],
-        dtype=config["dtype"],
-        backend=config["backend"],
+        **MODEL_PARAMS,
         lens=lens_settings("run_lens"),
         probes=PROBES,
         lenses=LENSES,

@@ -51,14 +51,9 @@ rule run_patching:
         "benchmarks/002/run_patching-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        mem_mb=lens_resource("mem_mb"),
-        runtime=lens_resource("runtime"),
-        gpu=lens_resource("gpu"),
+        **MODEL_RESOURCES,
     params:
-        entry=get_model_settings,
-        device=config["device"],
-        dtype=config["dtype"],
-        backend=config["backend"],
+        **MODEL_PARAMS,
         lens=lens_settings("run_patching"),
         patching={**config["patching"], "pairs": PAIRS},
         code=code_version("scripts/run_patching.py"),

@@ -47,14 +47,9 @@ rule run_generation:
         "benchmarks/003/run_generation-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        mem_mb=lens_resource("mem_mb"),
-        runtime=lens_resource("runtime"),
-        gpu=lens_resource("gpu"),
+        **MODEL_RESOURCES,
     params:
-        entry=get_model_settings,
-        device=config["device"],
-        dtype=config["dtype"],
-        backend=config["backend"],
+        **MODEL_PARAMS,
         lens=lens_settings("run_generation"),
         generation=config["generation"],
         probes=GENERATION_PROBES,

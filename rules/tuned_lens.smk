@@ -19,14 +19,9 @@ rule train_tuned_lens:
         "benchmarks/lenses/train_tuned_lens-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        mem_mb=lens_resource("mem_mb"),
-        runtime=lens_resource("runtime"),
-        gpu=lens_resource("gpu"),
+        **MODEL_RESOURCES,
     params:
-        entry=get_model_settings,
-        device=config["device"],
-        dtype=config["dtype"],
-        backend=config["backend"],
+        **MODEL_PARAMS,
         lens=lens_settings("train_tuned_lens"),
         settings=config["tuned_lens"],
         code=code_version("scripts/train_tuned_lens.py"),
