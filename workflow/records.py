@@ -166,6 +166,21 @@ def write_records_file(
         return write_records(fh, rows, columns, list_columns)
 
 
+def write_outputs(
+    summary_path, records_path, document: dict[str, Any], rows: list[Mapping[str, Any]],
+    columns: tuple[str, ...] = COLUMNS, list_columns: tuple[str, ...] = LIST_COLUMNS,
+) -> int:
+    """An experiment's two outputs for one model: its JSON ``document`` (numbers rounded)
+    and its records file (Parquet where ``records_path`` ends in .parquet, else CSV), both
+    or neither (``workflow.atomic.atomic_paths``). Returns the row count."""
+    from workflow.atomic import atomic_paths, dumps_json
+
+    fmt = "parquet" if str(records_path).endswith(".parquet") else "csv"
+    with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
+        summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
+        return write_records_file(records_tmp, rows, fmt, columns, list_columns)
+
+
 def read_records(
     path: str | os.PathLike[str],
     parse_lists: bool = True,

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
 from workflow.backends import canonical_length
 from workflow.lens import lens_statistics, rows_padded
@@ -35,7 +34,7 @@ from workflow.lens_setup import (
     tokenize_probe,
 )
 from workflow.models import LoadedModel
-from workflow.records import in_record_order, lens_row, rounded, write_records_file
+from workflow.records import in_record_order, lens_row, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +346,6 @@ def write_lens_outputs(
         **({"tuned_lens": tuned_info} if tuned_info else {}),
         **summary,
     }
-    with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
-        summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
-        count = write_records_file(records_tmp, rows, "parquet" if str(records_path).endswith(".parquet") else "csv")
+    count = write_outputs(summary_path, records_path, document, rows)
     log.info("wrote %d records for %d probes (%.1f s)", count, len(probes), time.perf_counter() - started)
     return document

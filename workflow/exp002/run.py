@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-from workflow.atomic import atomic_paths, dumps_json
 from workflow.errors import UserError
 from workflow.exp002.patching import (
     PatchingSettings,
@@ -27,7 +26,7 @@ from workflow.exp002.patching import (
 from workflow.exp002.pairs import resolve_pair
 from workflow.lens_setup import IdentityCheck, LensSettings, TokenNames, check_context, lens_heads, model_metadata
 from workflow.models import LoadedModel
-from workflow.records import read_records, rounded, write_records
+from workflow.records import read_records, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +162,7 @@ def write_patching_outputs(
     summary, rows = run_patching(model, pairs, settings, lens_settings)
     log.info("loaded in %.1f s, patched in %.1f s", load_seconds, time.perf_counter() - started - load_seconds)
     document = {**model_metadata(model), **summary}
-    with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
-        summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
-        with open(records_tmp, "w", encoding="utf-8", newline="") as fh:
-            count = write_records(fh, rows, RECORD_COLUMNS, ())
+    count = write_outputs(summary_path, records_path, document, rows, RECORD_COLUMNS, ())
     log.info("wrote %d records for %d pairs", count, len(pairs))
     return document
 
@@ -178,7 +174,8 @@ def expected_rows(summary: dict[str, Any]) -> int:
 
 def read_patching_records(records_path: str, summary: dict[str, Any]) -> pd.DataFrame:
     """The records CSV, checked against the JSON the same run wrote."""
-    fix = "re-run the patching (snakemake --cores 1 --forcerun run_patching) or restore both files (git checkout results/)"
+    fix = ("run snakemake again (the file no longer matches its provenance record, so its job is planned again) "
+           "or restore both files (git checkout results/)")
     try:
         frame = read_records(records_path, parse_lists=False, string_columns=STRING_COLUMNS, list_columns=())
     except (ValueError, pd.errors.ParserError) as error:

@@ -6,11 +6,10 @@ import logging
 import time
 from typing import Any
 
-from workflow.atomic import atomic_paths, dumps_json
 from workflow.exp003.probes import generation_probes
 from workflow.generation import LensGenerator, stop_token_ids
 from workflow.lens_setup import LensSettings, check_context, model_metadata, open_tuned_lens, tokenize_probe
-from workflow.records import rounded, write_records_file
+from workflow.records import write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +93,6 @@ def write_generation_outputs(
                        "cache": "key-value cache; the lens reads each new position"},
         **summary,
     }
-    with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
-        summary_tmp.write_text(dumps_json(rounded(document)), encoding="utf-8")
-        count = write_records_file(records_tmp, rows, "csv")
+    count = write_outputs(summary_path, records_path, document, rows)
     log.info("wrote %d records for %d probes", count, len(summary["probes"]))
     return document
