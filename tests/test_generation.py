@@ -114,7 +114,7 @@ def test_a_lens_that_does_not_reproduce_the_model_fails_the_reply(loaded):
 
     model = loaded["llama"]
     generator = LensGenerator(model, LensSettings(top_k=3))
-    generator.reference.postprocess = lambda z: z * 1.5  # a missed logit step
+    generator.heads.reference.postprocess = lambda z: z * 1.5  # a missed logit step
     prompt = model.tokenizer(PROBES[0]["prompt"])["input_ids"]
     with pytest.raises(LensIdentityError, match="generated token 0"):
         generator.generate(prompt, 4, stop_ids=set())

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from workflow.backends import input_device, layer_residuals, stacked
-from workflow.lens import RowStats, lens_statistics, rows_padded
-from workflow.lens_setup import IdentityCheck, LensSettings, TokenNames, answer_layers, lens_heads
+from workflow.lens import RowStats, rows_padded
+from workflow.lens_setup import LensSession, LensSettings, answer_layers
 from workflow.models import LoadedModel
 from workflow.records import in_record_order, lens_row
 
@@ -87,19 +87,13 @@ def stop_token_ids(model: LoadedModel) -> set[int]:
     return ids
 
 
-class LensGenerator:
+class LensGenerator(LensSession):
     """Generates from one loaded model with the lens on every new token."""
 
     def __init__(self, model: LoadedModel, settings: LensSettings, tuned=None, pending: int = PENDING):
-        self.model = model
-        self.settings = settings
-        self.head, self.reference = lens_heads(model, settings)
-        self.tuned = tuned
-        self.lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
-        self.identity = IdentityCheck(model, settings)
+        super().__init__(model, settings, tuned)
         self.pending = pending
         self.layers = model.backend.blocks.layers
-        self.names = TokenNames(model.tokenizer)
 
     # ------------------------------------------------------------------ the model's side
 
@@ -227,13 +221,10 @@ class LensGenerator:
         per_lens: dict[str, list[list[RowStats]]] = {}
         for name, translator in self.lenses:
             rows: list[list[RowStats]] = [[] for _ in items]
-            for stats in lens_statistics(
-                residuals, self.head, self.reference, answers, self.settings.top_k, self.model.vocab_size,
-                self.settings.working_memory_mb, translator, separate_positions=True,
-            ):
+            for stats in self.statistics(residuals, answers, translator, separate_positions=True):
                 rows[stats.position].append(stats)
             per_lens[name] = [sorted(r, key=lambda s: s.layer) for r in rows]
-        lens_logits = rows_padded(self.reference.logits, residuals[-1])
+        lens_logits = rows_padded(self.heads.reference.logits, residuals[-1])
         traces = []
         for k, (index, chosen, input_id, _, model_logits) in enumerate(items):
             deviation = self.identity(lens_logits[k : k + 1], model_logits[None], f"generated token {index}")

@@ -10,13 +10,14 @@ knows an experiment.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
 
 from workflow.errors import UserError
 from workflow.head import LensHead
-from workflow.lens import uses_kernel
+from workflow.lens import RowStats, lens_statistics, uses_kernel
 from workflow.logit_steps import logit_postprocessor, logit_steps, unapplied_logit_keys
 from workflow.models import LoadedModel, dtype_name
 from workflow.settings import LensSettings
@@ -157,6 +158,36 @@ class IdentityCheck:
                " If the architecture changes its logits after the unembedding, add that step to LOGIT_STEPS in "
                "workflow/logit_steps.py; otherwise the device may compute wrong results: try device: cpu and dtype: float32.")
             + " Nothing was written."
+        )
+
+
+class LensSession:
+    """A lens run on one loaded model, as every experiment, generation and the chat hold it:
+    the settings, both heads (``heads``), the lenses (``lenses``: the normalised logit lens,
+    and the tuned lens where one is given, as (name, translator) pairs), the identity check
+    and the token names."""
+
+    def __init__(self, model: LoadedModel, settings: LensSettings, tuned=None):
+        self.model = model
+        self.settings = settings
+        self.heads = lens_heads(model, settings)
+        self.tuned = tuned
+        self.lenses: list[tuple[str, Any]] = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
+        self.identity = IdentityCheck(model, settings)
+        self.names = TokenNames(model.tokenizer)
+
+    @property
+    def lens_names(self) -> list[str]:
+        return [name for name, _ in self.lenses]
+
+    def statistics(
+        self, residuals: torch.Tensor, answers: int | torch.Tensor, translator=None, separate_positions: bool = False
+    ) -> Iterator[RowStats]:
+        """``workflow.lens.lens_statistics`` of ``residuals`` [L+1, T, d] through this run's
+        heads and settings; ``translator`` is a lens's change of basis (None: the logit lens)."""
+        return lens_statistics(
+            residuals, self.heads.lens, self.heads.reference, answers, self.settings.top_k, self.model.vocab_size,
+            self.settings.working_memory_mb, translator, separate_positions,
         )
 
 

@@ -18,16 +18,14 @@ import torch
 
 from workflow.errors import UserError
 from workflow.backends import canonical_length
-from workflow.lens import lens_statistics, rows_padded
+from workflow.lens import rows_padded
 from workflow.lens_setup import (
-    IdentityCheck,
+    LensSession,
     LensSettings,
-    TokenNames,
     answer_layers,
     answer_warnings,
     check_context,
     check_finite,
-    lens_heads,
     model_metadata,
     open_tuned_lens,
     recorded_deviation,
@@ -166,11 +164,9 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     ``tuned`` (a ``workflow.tuned.TunedLens``) adds rows with ``lens`` = ``tuned``: the same
     residuals through the layer's translator, then the same norm and unembedding.
     """
-    names = TokenNames(model.tokenizer)
-    settings = settings.for_probes(len(probes))
-    head, reference = lens_heads(model, settings)
-    identity = IdentityCheck(model, settings)
-    lenses = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
+    session = LensSession(model, settings.for_probes(len(probes)), tuned)
+    settings, names, identity = session.settings, session.names, session.identity
+    head, reference = session.heads
     items = [Tokenised(i, p, *tokenize_probe(model.tokenizer, p)) for i, p in enumerate(probes)]
     for item in items:  # before any work
         check_context(model, item.probe, len(item.sequence))
@@ -196,27 +192,18 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
         offsets = [0]
         for _, item, _ in spans:
             offsets.append(offsets[-1] + len(item.answer_ids))
-        per_lens: dict[str, dict[int, list]] = {name: {} for name, _ in lenses}
+        per_lens: dict[str, dict[int, list]] = {name: {} for name in session.lens_names}
         if settings.positions == "last":
             last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)  # [L+1, B, d]
             answers = torch.tensor([item.answer_ids[0] for item in batch])
-            for name, translator in lenses:
-                for stats in lens_statistics(
-                    last, head, reference, answers, settings.top_k, model.vocab_size, settings.working_memory_mb,
-                    translator, separate_positions=True,
-                ):
+            for name, translator in session.lenses:
+                for stats in session.statistics(last, answers, translator, separate_positions=True):
                     per_lens[name].setdefault(stats.position, []).append((reads[stats.position], stats))
         else:
             for b, item in enumerate(batch):
                 own = residuals[:, b, : len(item.input_ids)]
-                for name, translator in lenses:
-                    per_lens[name][b] = [
-                        (stats.position, stats)
-                        for stats in lens_statistics(
-                            own, head, reference, item.answer_ids[0], settings.top_k, model.vocab_size,
-                            settings.working_memory_mb, translator,
-                        )
-                    ]
+                for name, translator in session.lenses:
+                    per_lens[name][b] = [(stats.position, stats) for stats in session.statistics(own, item.answer_ids[0], translator)]
         if tuned is not None:
             last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)
             tempered, correct = layer_calibration(head, tuned, last, [item.answer_ids[0] for item in batch])

@@ -24,7 +24,7 @@ from workflow.exp002.patching import (
     tokenise_pair,
 )
 from workflow.exp002.pairs import resolve_pair
-from workflow.lens_setup import IdentityCheck, LensSettings, TokenNames, check_context, lens_heads, model_metadata
+from workflow.lens_setup import LensSession, LensSettings, check_context, model_metadata
 from workflow.models import LoadedModel
 from workflow.records import read_records, write_outputs
 
@@ -50,9 +50,8 @@ STRING_COLUMNS = ("model", "pair", "direction", "token", "corruption", "source_t
 
 def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: PatchingSettings, lens: LensSettings):
     """Patch every pair; return (summary for the JSON, record rows)."""
-    names = TokenNames(model.tokenizer)
-    reference = lens_heads(model, lens).reference
-    identity = IdentityCheck(model, lens)
+    session = LensSession(model, lens)
+    names, reference, identity = session.names, session.heads.reference, session.identity
     # A pair made from the probe set whose probe has no partner of its token length on this
     # model is left out (said in the JSON, the log and its figure); any other problem stops.
     resolved, skipped = [], []
