@@ -336,6 +336,8 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
     decoder layers) is the final norm (a dropout after it would match too). If the output embedding reads the last
     layer's output unchanged, the model has no final norm (Identity).
     """
+    # Kept as one function: one recorded forward pass, its hooks and the comparison of what
+    # they saw.
     unembed = model.get_output_embeddings()
     inside = {id(m) for m in layers.modules()} | {id(m) for m in unembed.modules()}
     outputs: list[tuple[nn.Module, torch.Tensor]] = []

@@ -189,6 +189,8 @@ def stream_weights(header, gguf_path: Path, meta_model, config: dict[str, Any], 
     weights); ``config`` the parsed GGUF config (what transformers' tensor processors
     read). Returns counts for the log.
     """
+    # Kept as one function: one pass over the file's tensor table, each tensor read, converted
+    # and written into the open shard before the next is read (the point is bounded memory).
     import torch
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 

@@ -381,6 +381,47 @@ def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch
     return HooksBackend(model, probe_ids=[0, 1, 2])
 
 
+def _boot(key: str, choice: str, location, kwargs, device_name: str, torch_dtype: torch.dtype, placed):
+    """The model under the backend ``choice``: hooks, the bridge, or (auto) the bridge with
+    forward hooks where the bridge cannot load it."""
+    if choice == "hooks":
+        return _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
+    try:
+        return _boot_bridge(location, kwargs, device_name, torch_dtype, placed)
+    except Exception as error:  # the bridge's own errors differ by version and architecture
+        if choice == "bridge":
+            raise
+        log.warning(
+            "TransformerBridge cannot load %s (%s: %s); falling back to forward hooks",
+            key, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
+        )
+        return _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
+
+
+def model_info(entry: dict[str, Any], prepared_dir, hf_config, estimate: MemoryEstimate, loaded, placement: dict[str, Any] | None) -> dict[str, Any]:
+    """What the outputs record of where the model came from, its memory estimate and,
+    when placed across devices, where its weights are."""
+    info: dict[str, Any] = {"source": source_description(entry), "memory_estimate": estimate.describe()}
+    commit = getattr(hf_config, "_commit_hash", None)
+    if entry["source"] == "hf" and commit:
+        info["source_commit"] = commit
+    if prepared_dir is not None and (Path(prepared_dir) / MANIFEST).is_file():
+        manifest = json.loads((Path(prepared_dir) / MANIFEST).read_text())
+        info["source_sha256"] = manifest["gguf_sha256"]
+    if placement is not None:
+        from workflow.head import OffloadedLinear
+
+        head = {id(t): t for m in (loaded.final_norm, loaded.unembed) for t in [*m.parameters(), *m.buffers()]}
+        info["placement"] = {
+            **placement,
+            # The lens decodes every layer through these: kept in memory on the main device,
+            # or for an offloaded unembedding read there at each decoding.
+            "lens_unembedding": "read when decoding" if isinstance(loaded.unembed, OffloadedLinear) else "resident",
+            "lens_head_resident_bytes": sum(t.numel() * t.element_size() for t in head.values()),
+        }
+    return info
+
+
 def load_model(
     key: str,
     entry: dict[str, Any],
@@ -426,42 +467,13 @@ def load_model(
             ", ".join(f"{where} {size / 1e9:.2f} GB" for where, size in described["weights_bytes_by_device"].items()),
             f"; offloaded weights read from {placed.offload_folder} or the checkpoint" if placed.offload_folder else "",
         )
-    if choice == "hooks":
-        loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
-    else:
-        try:
-            loaded = _boot_bridge(location, kwargs, device_name, torch_dtype, placed)
-        except Exception as error:  # the bridge's own errors differ by version and architecture
-            if choice == "bridge":
-                raise
-            log.warning(
-                "TransformerBridge cannot load %s (%s: %s); falling back to forward hooks",
-                key, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
-            )
-            loaded = _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
+    loaded = _boot(key, choice, location, kwargs, device_name, torch_dtype, placed)
     if placed is not None:
         loaded.final_norm = resident(loaded.final_norm, placed.main_device)
         loaded.unembed = lens_unembedding(loaded.unembed, placed.main_device)
     tokenizer = load_tokenizer(location, kwargs)
     hf_config = loaded.hf_model.config
-    info: dict[str, Any] = {"source": source_description(entry), "memory_estimate": estimate.describe()}
-    commit = getattr(hf_config, "_commit_hash", None)
-    if entry["source"] == "hf" and commit:
-        info["source_commit"] = commit
-    if prepared_dir is not None and (Path(prepared_dir) / MANIFEST).is_file():
-        manifest = json.loads((Path(prepared_dir) / MANIFEST).read_text())
-        info["source_sha256"] = manifest["gguf_sha256"]
-    if placed is not None:
-        from workflow.head import OffloadedLinear
-
-        head = {id(t): t for m in (loaded.final_norm, loaded.unembed) for t in [*m.parameters(), *m.buffers()]}
-        info["placement"] = {
-            **described,
-            # The lens decodes every layer through these: kept in memory on the main device,
-            # or for an offloaded unembedding read there at each decoding.
-            "lens_unembedding": "read when decoding" if isinstance(loaded.unembed, OffloadedLinear) else "resident",
-            "lens_head_resident_bytes": sum(t.numel() * t.element_size() for t in head.values()),
-        }
+    info = model_info(entry, prepared_dir, hf_config, estimate, loaded, described if placed is not None else None)
     log.info(
         "loaded %s on %s as %s with %s (%.1f s)",
         key, device_name, dtype_name(torch_dtype), loaded.name, time.perf_counter() - started,

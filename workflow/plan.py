@@ -252,6 +252,8 @@ def install(workflow: Any, check_job: Callable[[Any], None] | None = None) -> No
     """Make this Snakemake process plan from the records (see the module's docstring).
     ``check_job(job)``: raises what is known to be wrong with a job's inputs (a model
     source that cannot be read), for every job of the plan, whether or not it runs."""
+    # Kept as one function: the patches below are closures over one planner and are
+    # installed together, so that Snakemake never plans with some of them in place.
     from snakemake.dag import DAG
     from snakemake.exceptions import WorkflowError
     from snakemake.jobs import Job

@@ -62,6 +62,8 @@ def relation_probes(
     name: str, base: Path, directions: str = "forward", template: int = 0, limit: int | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Probes of one shipped relation, and notes on what was left out."""
+    # Kept as one function: one shipped relation file read and checked field by field, each
+    # check naming the config key it concerns.
     known = relation_names(base)
     if name not in known:
         raise UserError(

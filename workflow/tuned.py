@@ -212,6 +212,8 @@ def train(head: LensHead, residuals: torch.Tensor, settings: TunedLensSettings, 
     softmax(z) - p. All layers go through the unembedding together, in blocks of rows,
     so the matrix products are large enough to be efficient.
     """
+    # Kept as one function: one optimisation loop, its sampling, loss and progress sharing the
+    # generator's state; the closed-form start is ``least_squares``.
     n, layers_plus_one, d_model = residuals.shape
     n_layers = layers_plus_one - 1
     generator = torch.Generator().manual_seed(settings.seed)

@@ -141,6 +141,7 @@ def statistics_figure(facts: ModelFacts):
     """Five panels: accuracy per relation (95% Wilson intervals), first-top-1 depth per
     relation, forward against reverse per fact pair, the reliability diagram, and each lens's
     calibration error by layer (the tuned lens's also at its best temperature per layer)."""
+    # Kept as one function: the five panels of one figure, drawn in order on shared axes.
     data = statistics_data(facts)
     fig, axes = plt.subplots(1, 5, figsize=(21, 4.2))
     names = [name if len(name) <= 28 else name[:27] + "…" for name, _, _ in data["relations"]]

@@ -165,8 +165,6 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     residuals through the layer's translator, then the same norm and unembedding.
     """
     session = LensSession(model, settings.for_probes(len(probes)), tuned)
-    settings, names, identity = session.settings, session.names, session.identity
-    head, reference = session.heads
     items = [Tokenised(i, p, *tokenize_probe(model.tokenizer, p)) for i, p in enumerate(probes)]
     for item in items:  # before any work
         check_context(model, item.probe, len(item.sequence))
@@ -177,48 +175,72 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
     done = 0
     started = time.perf_counter()
     for length, batch in batches(items, batch_size):
-        reads = [len(item.input_ids) - 1 for item in batch]
-        residuals, model_logits = model.backend.capture_batch([item.sequence for item in batch], length, reads)
-        for b, item in enumerate(batch):
-            check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
-        # The last layer at the last prompt position and at every answer position after it.
-        spans = [(b, item, range(len(item.input_ids) - 1, len(item.sequence))) for b, item in enumerate(batch)]
-        scores = final_scores(
-            reference,
-            torch.cat([residuals[-1, b, list(span)] for b, _, span in spans]),
-            [t for _, item, _ in spans for t in item.answer_ids],
-            [k == 0 for _, item, _ in spans for k in range(len(item.answer_ids))],
-        )
-        offsets = [0]
-        for _, item, _ in spans:
-            offsets.append(offsets[-1] + len(item.answer_ids))
-        per_lens: dict[str, dict[int, list]] = {name: {} for name in session.lens_names}
-        if settings.positions == "last":
-            last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)  # [L+1, B, d]
-            answers = torch.tensor([item.answer_ids[0] for item in batch])
-            for name, translator in session.lenses:
-                for stats in session.statistics(last, answers, translator, separate_positions=True):
-                    per_lens[name].setdefault(stats.position, []).append((reads[stats.position], stats))
-        else:
-            for b, item in enumerate(batch):
-                own = residuals[:, b, : len(item.input_ids)]
-                for name, translator in session.lenses:
-                    per_lens[name][b] = [(stats.position, stats) for stats in session.statistics(own, item.answer_ids[0], translator)]
-        if tuned is not None:
-            last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)
-            tempered, correct = layer_calibration(head, tuned, last, [item.answer_ids[0] for item in batch])
-            for b, item in enumerate(batch):
-                calibration[item.index] = (tempered[:, b], correct[:, b])
-        for b, item in enumerate(batch):
-            first = offsets[b]
-            deviation = identity(scores["logits"][b : b + 1], model_logits[b : b + 1], f"probe {item.probe['id']!r}")
-            results[item.index] = probe_outputs(model, item, per_lens, b, scores, first, deviation, names)
+        batch_results, batch_calibration = lens_batch(session, batch, length)
+        results.update(batch_results)
+        calibration.update(batch_calibration)
         done += len(batch)
         log.info("probes %d/%d (padded length %d, batch of %d) in %.1f s", done, len(items), length, len(batch), time.perf_counter() - started)
     rows = [row for index in range(len(items)) for row in results[index][0]]
-    summary = {
-        "lens": settings.recorded(),
-        "identity_check": identity.recorded(),
+    return lens_summary(session, [results[i][1] for i in range(len(items))], [calibration[i] for i in sorted(calibration)]), rows
+
+
+def lens_batch(session: LensSession, batch: list[Tokenised], length: int):
+    """One batch of probes through the model and the lenses: ({probe index: (record rows,
+    JSON summary)}, {probe index: (tempered top-1 probabilities, correct)} for the tuned lens)."""
+    model = session.model
+    reads = [len(item.input_ids) - 1 for item in batch]
+    residuals, model_logits = model.backend.capture_batch([item.sequence for item in batch], length, reads)
+    for b, item in enumerate(batch):
+        check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
+    # The last layer at the last prompt position and at every answer position after it.
+    spans = [(b, item, range(len(item.input_ids) - 1, len(item.sequence))) for b, item in enumerate(batch)]
+    scores = final_scores(
+        session.heads.reference,
+        torch.cat([residuals[-1, b, list(span)] for b, _, span in spans]),
+        [t for _, item, _ in spans for t in item.answer_ids],
+        [k == 0 for _, item, _ in spans for k in range(len(item.answer_ids))],
+    )
+    offsets = [0]
+    for _, item, _ in spans:
+        offsets.append(offsets[-1] + len(item.answer_ids))
+    per_lens = lens_rows_of_batch(session, batch, residuals, reads)
+    calibration = {}
+    if session.tuned is not None:
+        last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)
+        tempered, correct = layer_calibration(session.heads.lens, session.tuned, last, [item.answer_ids[0] for item in batch])
+        for b, item in enumerate(batch):
+            calibration[item.index] = (tempered[:, b], correct[:, b])
+    results = {}
+    for b, item in enumerate(batch):
+        deviation = session.identity(scores["logits"][b : b + 1], model_logits[b : b + 1], f"probe {item.probe['id']!r}")
+        results[item.index] = probe_outputs(model, item, per_lens, b, scores, offsets[b], deviation, session.names)
+    return results, calibration
+
+
+def lens_rows_of_batch(session: LensSession, batch: list[Tokenised], residuals: torch.Tensor, reads: list[int]):
+    """Per lens, per probe of the batch: (position, statistics) of every layer, at every
+    prompt position or (positions: last) at its last one."""
+    per_lens: dict[str, dict[int, list]] = {name: {} for name in session.lens_names}
+    if session.settings.positions == "last":
+        last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)  # [L+1, B, d]
+        answers = torch.tensor([item.answer_ids[0] for item in batch])
+        for name, translator in session.lenses:
+            for stats in session.statistics(last, answers, translator, separate_positions=True):
+                per_lens[name].setdefault(stats.position, []).append((reads[stats.position], stats))
+    else:
+        for b, item in enumerate(batch):
+            own = residuals[:, b, : len(item.input_ids)]
+            for name, translator in session.lenses:
+                per_lens[name][b] = [(stats.position, stats) for stats in session.statistics(own, item.answer_ids[0], translator)]
+    return per_lens
+
+
+def lens_summary(session: LensSession, probe_summaries: list[dict[str, Any]], calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """The JSON of the run, less the model's metadata: settings, identity check, answer
+    scoring, temperatures, the tuned lens's calibration bins, and every probe's summary."""
+    return {
+        "lens": session.settings.recorded(),
+        "identity_check": session.identity.recorded(),
         "answer_scoring": {
             "records": "the answer's first token, at every layer",
             "answer_logprob": "the whole answer, teacher-forced, by the model at its last layer",
@@ -228,13 +250,12 @@ def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSet
             {"tuned_calibration": {
                 "about": "per layer, per temperature, per confidence bin k/10..(k+1)/10 of the tuned lens's top-1 "
                          "probability at each probe's last position: [count, sum of confidences, count correct]",
-                "bins": calibration_bins([calibration[i][0] for i in range(len(items))], [calibration[i][1] for i in range(len(items))]),
+                "bins": calibration_bins([c[0] for c in calibration], [c[1] for c in calibration]),
             }}
-            if tuned is not None else {}
+            if session.tuned is not None else {}
         ),
-        "probes": [results[index][1] for index in range(len(items))],
+        "probes": probe_summaries,
     }
-    return summary, rows
 
 
 def probe_outputs(model, item: Tokenised, per_lens, b: int, scores, first: int, deviation, names) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -51,21 +51,7 @@ STRING_COLUMNS = ("model", "pair", "direction", "token", "corruption", "source_t
 def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: PatchingSettings, lens: LensSettings):
     """Patch every pair; return (summary for the JSON, record rows)."""
     session = LensSession(model, lens)
-    names, reference, identity = session.names, session.heads.reference, session.identity
-    # A pair made from the probe set whose probe has no partner of its token length on this
-    # model is left out (said in the JSON, the log and its figure); any other problem stops.
-    resolved, skipped = [], []
-    for pair in pairs:
-        try:
-            resolved.append(resolve_pair(model.tokenizer, pair, model.key))
-        except UserError as error:
-            if "corrupted_candidates" not in pair:
-                raise
-            log.warning("%s", error)
-            skipped.append({"id": pair["id"], "probe": pair.get("probe"), "reason": str(error)})
-    pairs = resolved
-    if not pairs:
-        raise UserError(f"model {model.key!r}: no pair can be patched ({len(skipped)} made from the probe set, none with a partner)")
+    pairs, skipped = resolved_pairs(model, pairs)
     tokenised = [tokenise_pair(model.tokenizer, pair, model.key) for pair in pairs]
     for pair, tp in zip(pairs, tokenised):  # before any work
         check_context(model, pair, len(tp.clean_ids), "its prompts")
@@ -74,7 +60,7 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
         runs = {}
         for which, ids in (("clean", tp.clean_ids), ("corrupted", tp.corrupted_ids)):
             residuals, model_logits = model.backend.capture(ids, "all")
-            identity(reference.logits(residuals[-1, -1:]), model_logits, f"pair {pair['id']!r} ({which} prompt)")
+            session.identity(session.heads.reference.logits(residuals[-1, -1:]), model_logits, f"pair {pair['id']!r} ({which} prompt)")
             runs[which] = residuals
         captured.append(runs)
     noise_std = settings.trace_noise * subject_embedding_std(
@@ -85,38 +71,11 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
     for index, (pair, tp, runs) in enumerate(zip(pairs, tokenised, captured), start=1):
         for warning in tp.warnings:
             log.warning("model %s, pair %s: %s", model.key, pair["id"], warning)
-        done = patch_pair(model.backend, reference, tp, runs["clean"], runs["corrupted"], noise_std, settings)
-        clean_tokens = [names(i) for i in tp.clean_ids]
-        corrupted_tokens = [names(i) for i in tp.corrupted_ids]
-        for (corruption, direction), cells in done["results"].items():
-            reads, source = sweep_tokens(corruption, direction, clean_tokens, corrupted_tokens)
-            for (layer, position), ld, rec in cells:
-                rows.append({
-                    "model": model.key, "pair": pair["id"], "direction": direction, "layer": layer, "position": position,
-                    "token": reads[position], "logit_diff": ld, "recovered": rec, "corruption": corruption,
-                    "source_token": source[position],
-                })
+        done = patch_pair(model.backend, session.heads.reference, tp, runs["clean"], runs["corrupted"], noise_std, settings)
+        pair_rows, pair_summary = pair_outputs(session, pair, tp, done)
+        rows += pair_rows
+        summaries.append(pair_summary)
         baselines = done["baselines"]
-        summaries.append({
-            "id": pair["id"],
-            "clean_prompt": pair["clean"],
-            "corrupted_prompt": pair["corrupted"],
-            "clean_answer": pair["clean_answer"],
-            "corrupted_answer": pair["corrupted_answer"],
-            "probe": pair.get("probe"),
-            **({"from_probes": True} if pair.get("from_probes") else {}),
-            "clean_input_ids": tp.clean_ids,
-            "corrupted_input_ids": tp.corrupted_ids,
-            "clean_tokens": clean_tokens,
-            "corrupted_tokens": corrupted_tokens,
-            "subject_positions": tp.subject_positions,
-            "clean_answer_token_id": tp.clean_answer_id,
-            "corrupted_answer_token_id": tp.corrupted_answer_id,
-            "clean_answer_token": names(tp.clean_answer_id),
-            "corrupted_answer_token": names(tp.corrupted_answer_id),
-            **baselines,
-            "warnings": tp.warnings,
-        })
         log.info(
             "pair %d/%d %s: %d tokens, LD clean %.3f, corrupted %.3f%s (%d patched runs)",
             index, len(pairs), pair["id"], len(tp.clean_ids), baselines["logit_diff_clean"], baselines["logit_diff_corrupted"],
@@ -126,11 +85,66 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
         "patching": settings.recorded(),
         "lens": {"use_fp32_unembed": lens.use_fp32_unembed},
         "trace_noise_std": noise_std,
-        "identity_check": identity.recorded(),
+        "identity_check": session.identity.recorded(),
         "pairs": summaries,
         **({"skipped_pairs": skipped} if skipped else {}),
     }
     return summary, rows
+
+
+def resolved_pairs(model: LoadedModel, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the pairs patched on this model, those left out). A pair made from the probe set
+    whose probe has no partner of its token length on this model is left out (said in the
+    JSON, the log and its figure); any other problem stops."""
+    resolved, skipped = [], []
+    for pair in pairs:
+        try:
+            resolved.append(resolve_pair(model.tokenizer, pair, model.key))
+        except UserError as error:
+            if "corrupted_candidates" not in pair:
+                raise
+            log.warning("%s", error)
+            skipped.append({"id": pair["id"], "probe": pair.get("probe"), "reason": str(error)})
+    if not resolved:
+        raise UserError(f"model {model.key!r}: no pair can be patched ({len(skipped)} made from the probe set, none with a partner)")
+    return resolved, skipped
+
+
+def pair_outputs(session: LensSession, pair: dict[str, Any], tp, done: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One pair's record rows (RECORD_COLUMNS) and its JSON summary, from its sweeps (``done``)."""
+    names, key = session.names, session.model.key
+    clean_tokens = [names(i) for i in tp.clean_ids]
+    corrupted_tokens = [names(i) for i in tp.corrupted_ids]
+    rows = []
+    for (corruption, direction), cells in done["results"].items():
+        reads, source = sweep_tokens(corruption, direction, clean_tokens, corrupted_tokens)
+        for (layer, position), ld, rec in cells:
+            rows.append({
+                "model": key, "pair": pair["id"], "direction": direction, "layer": layer, "position": position,
+                "token": reads[position], "logit_diff": ld, "recovered": rec, "corruption": corruption,
+                "source_token": source[position],
+            })
+    summary = {
+        "id": pair["id"],
+        "clean_prompt": pair["clean"],
+        "corrupted_prompt": pair["corrupted"],
+        "clean_answer": pair["clean_answer"],
+        "corrupted_answer": pair["corrupted_answer"],
+        "probe": pair.get("probe"),
+        **({"from_probes": True} if pair.get("from_probes") else {}),
+        "clean_input_ids": tp.clean_ids,
+        "corrupted_input_ids": tp.corrupted_ids,
+        "clean_tokens": clean_tokens,
+        "corrupted_tokens": corrupted_tokens,
+        "subject_positions": tp.subject_positions,
+        "clean_answer_token_id": tp.clean_answer_id,
+        "corrupted_answer_token_id": tp.corrupted_answer_id,
+        "clean_answer_token": names(tp.clean_answer_id),
+        "corrupted_answer_token": names(tp.corrupted_answer_id),
+        **done["baselines"],
+        "warnings": tp.warnings,
+    }
+    return rows, summary
 
 
 def write_patching_outputs(
