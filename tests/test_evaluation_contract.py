@@ -180,6 +180,16 @@ def test_figures_are_read_as_a_reader_reads_them():
     ]
 
 
+def test_numbers_beyond_a_float_are_read_not_fatal():
+    """A prompt or digest can hold any text (a random model's tokens: "9e999"); reading it
+    must not stop the evaluation job (an OverflowError did)."""
+    (huge,) = fig.extract("a token 9e999 here")
+    assert huge.value == float("inf") and huge.quantum == 1e300
+    (tiny,) = fig.extract("a token 1e-999 here")
+    assert tiny.value == 0.0 and tiny.quantum == 1e-320
+    assert not fig.Evidence("the data hold 0.5").supports(huge)
+
+
 def test_a_figure_is_supported_within_the_datas_rounding():
     evidence = fig.Evidence("p 0.5213, depth 0.52, layer 24, share 0.85, 1e-05, entropy 3.0")
     def ok(text):

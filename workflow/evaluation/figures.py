@@ -47,10 +47,16 @@ class Figure:
     section: str  # the level-2 section it is in ("" before the first)
 
 
+# Powers of ten a quantum is kept within: a token such as "9e999" in a random model's
+# vocabulary reads as a number, and 10.0 ** 999 overflows.
+QUANTUM_POWERS = (-320, 300)
+
+
 def _quantum(text: str) -> float:
     mantissa, _, exponent = text.lower().replace(",", "").partition("e")
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-    return 10.0 ** (int(exponent or 0) - decimals)
+    low, high = QUANTUM_POWERS
+    return 10.0 ** min(high, max(low, int(exponent or 0) - decimals))
 
 
 def _blanked(markdown: str) -> str:
