@@ -122,8 +122,8 @@ class LensGenerator(LensSession):
         end-of-sequence ids), which is traced too. ``on_token(index, id)`` is called as each
         token is chosen, ``on_trace(trace)`` as its lens statistics are ready (both in the
         calling thread, in order)."""
-    # Kept as one function: the model's loop, the lens thread and the delivery of traces share
-    # the two queues, the cache and the hooks' buffers, and must start and stop together.
+        # Kept as one function: the model's loop, the lens thread and the delivery of traces
+        # share the two queues, the cache and the hooks' buffers, and start and stop together.
         from transformers import DynamicCache
 
         if max_new_tokens < 1:

@@ -23,6 +23,7 @@ from workflow.models import LoadedModel, dtype_name
 from workflow.settings import LensSettings
 from workflow.provenance import package_versions
 
+
 class LensIdentityError(RuntimeError):
     """The lens at the last layer does not reproduce the model's own output."""
 
