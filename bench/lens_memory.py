@@ -43,22 +43,22 @@ def child(args) -> None:
     import torch
 
     from workflow.lens_setup import LensSettings
-    from workflow.exp001.run import run_lens
+    from workflow.lens_run import read_probes
     from workflow.models import load_model
 
     model = load_model(args.model, {"source": "local", "path": args.path}, None, device="cpu", dtype="float32", backend=args.backend, lens=LensSettings(working_memory_mb=args.budget))
     ids = model.tokenizer(TEXT * 40, add_special_tokens=False)["input_ids"][: args.tokens - 1]
     prompt = model.tokenizer.decode(ids)
     started = time.perf_counter()
-    summary, rows = run_lens(
+    read = read_probes(
         model, [{"id": "long", "prompt": prompt, "answer": " Berlin"}], LensSettings(positions=args.positions, working_memory_mb=args.budget)
     )
     seconds = time.perf_counter() - started
     params = {id(p): p for p in model.backend.hf_model.parameters()}
     weights = sum(p.numel() for p in params.values()) * 4
     print(json.dumps({
-        "tokens": len(summary["probes"][0]["input_ids"]),
-        "rows": len(rows),
+        "tokens": len(read.probes[0]["input_ids"]),
+        "rows": len(read.rows),
         "lens_seconds": round(seconds, 2),
         "fp32_weights_bytes": weights,
         "torch_threads": torch.get_num_threads(),

@@ -7,7 +7,7 @@ For each embedded model, one prompt of --tokens tokens, every layer and position
 CPU, float32, each method in a fresh child process (its own peak RSS), timed from
 "model loaded" to "statistics for every layer and position in hand", best of --repeats:
 
-- ours: ``workflow.exp001.run.run_lens`` (forward pass with hooks, identity check,
+- ours: ``workflow.lens_run.read_probes`` (forward pass with hooks, identity check,
   streamed unembedding and every recorded statistic), with the fused CPU kernel;
 - ours-torch: the same with ``LAYERWISE_LENS_KERNEL=torch`` (the path taken where no C
   compiler is found, and on GPUs);
@@ -75,15 +75,16 @@ def worker(args) -> None:
     out: dict = {"method": args.method, "model": args.model}
     if args.method in ("ours", "ours-torch"):  # the second with LAYERWISE_LENS_KERNEL=torch
         from workflow.lens_setup import LensSettings
-        from workflow.exp001.run import run_lens
+        from workflow.lens_run import read_probes
         from workflow.models import load_model
 
         model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")
         ids = prompt_ids(model.tokenizer, args.tokens)
         probe = {"id": "bench", "prompt": model.tokenizer.decode(ids), "answer": " Berlin"}
         settings = LensSettings(top_k=TOP_K)
-        seconds, (summary, rows) = best_of(args.repeats, lambda: run_lens(model, [probe], settings))
-        n_pos = len(summary["probes"][0]["input_ids"])
+        seconds, read = best_of(args.repeats, lambda: read_probes(model, [probe], settings))
+        rows = read.rows
+        n_pos = len(read.probes[0]["input_ids"])
         n_layers = model.n_layers + 1
         grid = np.zeros((n_layers, n_pos, TOP_K)), np.zeros((n_layers, n_pos))
         for row in rows:
@@ -94,8 +95,8 @@ def worker(args) -> None:
 
         out["kernel"] = "native" if uses_kernel(logit_postprocessor(model.hf_config), "cpu") else "torch"
         out.update(seconds=seconds, layers=n_layers, positions=n_pos, vocab=int(model.backend.unembed.original_component.weight.shape[0]),
-                   d_model=model.d_model, answer=summary["probes"][0]["answer_token_id"],
-                   input_ids=summary["probes"][0]["input_ids"])
+                   d_model=model.d_model, answer=read.probes[0]["answer_token_id"],
+                   input_ids=read.probes[0]["input_ids"])
         np.savez(args.arrays, topk=grid[0], answer=grid[1])
     elif args.method == "tuned-lens":
         from transformers import AutoModelForCausalLM, AutoTokenizer

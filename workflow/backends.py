@@ -44,6 +44,11 @@ class Backend(Protocol):
         """Residuals [L+1, B, length, d] of token sequences right-padded to ``length``, and the
         model's logits [B, V] at position ``read[b]`` of each."""
 
+    def step(self, tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass of generation: ``tokens`` [1, T] after what the key-value ``cache``
+        holds (the cache extended). The last position's residual at every layer [L+1, d] and
+        the model's logits there [V] (float32)."""
+
     blocks: BlockRunner  # the decoder layers, run from any layer (activation patching)
 
 
@@ -200,6 +205,11 @@ class BridgeBackend:
         logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, **kw), tokens)
         return stacked(captured), logits
 
+    def step(self, tokens, cache):
+        captured, hooks = self.residual_hooks(lambda t: t[0, -1])
+        logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, past_key_values=cache, **kw), tokens)
+        return stacked(captured), logits[0].float()
+
     def capture_batch(self, sequences, length, read):
         captured, hooks = self.residual_hooks(lambda t: t)
         batch = padded_batch(sequences, length, input_device(self.hf_model))
@@ -285,8 +295,7 @@ def layer_residuals(layers: nn.ModuleList, select: Callable[[torch.Tensor], torc
     """The residual stream of every forward pass run inside, entering the first decoder
     layer and leaving each one, ``select``-ed (a position, all rows), in a list [L+1] that
     each pass overwrites: forward hooks on the model's own decoder layers, removed on exit.
-    The hooks backend captures with it, and generation, on either backend (a bridge's
-    layers are the original model's)."""
+    How the hooks backend captures (the bridge has its own hook points: ``residual_hooks``)."""
     captured: list[torch.Tensor | None] = [None] * (len(layers) + 1)
 
     def entering(module, args, kwargs):
@@ -434,6 +443,13 @@ class HooksBackend:
         with layer_residuals(self.layers, lambda t: t[0, keep]) as captured:
             logits = last_logits(lambda t, **kw: self.hf_model(t, **kw).logits, tokens)
         return stacked(captured), logits
+
+    def step(self, tokens, cache):
+        with layer_residuals(self.layers, lambda t: t[0, -1]) as captured:
+            logits = last_logits(
+                lambda t, **kw: self.hf_model(input_ids=t, past_key_values=cache, use_cache=True, **kw).logits, tokens
+            )
+        return stacked(captured), logits[0].float()
 
     def capture_batch(self, sequences, length, read):
         with layer_residuals(self.layers, lambda t: t) as captured:

@@ -133,13 +133,13 @@ class Chat:
         self.turn = 0
 
     def header(self) -> str:
-        lenses = "   ".join(f"{name + ' lens: top-1 from (stays)':<28}" for name, _ in self.generator.lenses)
+        lenses = "   ".join(f"{name + ' lens: top-1 from (stays)':<28}" for name in self.generator.lens_names)
         return COLUMNS.format(index="#", token="token", prob="p", lenses=lenses)
 
     def line(self, trace) -> str:
         n = self.model.n_layers
         cells = []
-        for name, _ in self.generator.lenses:
+        for name in self.generator.lens_names:
             first, stable = trace.first_top1_layer(name), trace.stable_top1_layer(name)
             cells.append(f"{'never top-1' if first is None else f'layer {first} ({stable}) of {n}':<28}")
         return COLUMNS.format(index=trace.index, token=shown(self.generator.names(trace.token_id)),

@@ -1,9 +1,10 @@
 """The lens on generation: every generated token decoded at every layer, as it is made.
 
 ``LensGenerator`` generates with the model's own key-value cache (one position per step
-after the prompt) and reads, at each step, the residual stream of the new position only
-(forward hooks on the decoder layers, the same residuals as experiment 001's: layer 0
-entering the first block, layer k after block k). The lens statistics of a step are
+after the prompt) and reads, at each step, the residual stream of the new position only,
+through the run's backend (``Backend.step``: the bridge's hook points or forward hooks on
+the decoder layers; the same residuals as experiment 001's: layer 0 entering the first
+block, layer k after block k). The lens statistics of a step are
 computed in a second thread while the model computes the next steps; the thread takes
 every step waiting for it at once (up to ``pending``), so the unembedding is read once
 for several tokens. The statistics of a token do not depend on which others shared its
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from workflow.backends import input_device, layer_residuals, stacked
+from workflow.backends import input_device
 from workflow.lens import RowStats, rows_padded
 from workflow.lens_setup import LensSession, LensSettings, answer_layers
 from workflow.models import LoadedModel
@@ -93,18 +94,8 @@ class LensGenerator(LensSession):
     def __init__(self, model: LoadedModel, settings: LensSettings, tuned=None, pending: int = PENDING):
         super().__init__(model, settings, tuned)
         self.pending = pending
-        self.layers = model.backend.blocks.layers
 
     # ------------------------------------------------------------------ the model's side
-
-    def _step(self, tokens: torch.Tensor, cache) -> torch.Tensor:
-        """The model's logits [V] at the last position of ``tokens`` [1, T], the cache extended."""
-        hf = self.model.backend.hf_model
-        try:
-            out = hf(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        except TypeError:  # a model whose forward does not take logits_to_keep
-            out = hf(input_ids=tokens, past_key_values=cache, use_cache=True)
-        return out.logits[0, -1].float()
 
     def generate(
         self,
@@ -156,25 +147,24 @@ class LensGenerator(LensSession):
 
         worker.start()
         try:
-            # The last position's residual at every layer of each forward pass.
-            with layer_residuals(self.layers, lambda t: t[0, -1]) as captured:
-                cache = DynamicCache(config=hf.config)
-                tokens = torch.tensor([list(prompt_ids)], device=device)
-                previous = int(prompt_ids[-1])
-                with torch.no_grad():
-                    for index in range(max_new_tokens):
-                        logits = self._step(tokens, cache)
-                        chosen = self._choose(logits, temperature, generator)
-                        residuals = stacked(captured)
-                        work.put((index, chosen, previous, residuals, logits))
-                        if on_token is not None:
-                            on_token(index, chosen)
-                        deliver(block=False)
-                        previous = chosen
-                        if chosen in stop_ids:
-                            reply.stopped = "stop"
-                            break
-                        tokens = torch.tensor([[chosen]], device=device)
+            # Each step through the backend (the bridge's hook points or the model's layers):
+            # the last position's residual at every layer, and the model's logits there.
+            cache = DynamicCache(config=hf.config)
+            tokens = torch.tensor([list(prompt_ids)], device=device)
+            previous = int(prompt_ids[-1])
+            with torch.no_grad():
+                for index in range(max_new_tokens):
+                    residuals, logits = self.model.backend.step(tokens, cache)
+                    chosen = self._choose(logits, temperature, generator)
+                    work.put((index, chosen, previous, residuals, logits))
+                    if on_token is not None:
+                        on_token(index, chosen)
+                    deliver(block=False)
+                    previous = chosen
+                    if chosen in stop_ids:
+                        reply.stopped = "stop"
+                        break
+                    tokens = torch.tensor([[chosen]], device=device)
         finally:
             work.put(None)
         deliver(block=True)
@@ -221,11 +211,11 @@ class LensGenerator(LensSession):
         residuals = torch.stack([r for _, _, _, r, _ in items], 1)  # [L+1, k, d]
         answers = torch.tensor([chosen for _, chosen, _, _, _ in items])
         per_lens: dict[str, list[list[RowStats]]] = {}
-        for name, translator in self.lenses:
+        for lens in self.lenses:
             rows: list[list[RowStats]] = [[] for _ in items]
-            for stats in self.statistics(residuals, answers, translator, separate_positions=True):
+            for stats in self.statistics(residuals, answers, lens, separate_positions=True):
                 rows[stats.position].append(stats)
-            per_lens[name] = [sorted(r, key=lambda s: s.layer) for r in rows]
+            per_lens[lens.name] = [sorted(r, key=lambda s: s.layer) for r in rows]
         lens_logits = rows_padded(self.heads.reference.logits, residuals[-1])
         traces = []
         for k, (index, chosen, input_id, _, model_logits) in enumerate(items):

@@ -162,33 +162,74 @@ class IdentityCheck:
         )
 
 
+class Lens:
+    """A lens: what the residual stream at a layer predicts, as logits over the vocabulary,
+    ``forward(hidden, layer)`` [.., d] -> [.., V] (the shape tuned-lens gives its lenses).
+    ``name`` is the records' ``lens`` column; ``head`` the head it decodes with;
+    ``translator`` its change of basis per layer before the head (None: none), which
+    ``workflow.lens.lens_statistics`` streams through in blocks instead of calling
+    ``forward`` on the whole vocabulary."""
+
+    name = ""
+    translator: Any = None
+
+    def __init__(self, head: LensHead):
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        if self.translator is not None:
+            hidden = self.translator(hidden, layer)
+        return self.head.logits(hidden)
+
+    __call__ = forward
+
+
+class LogitLens(Lens):
+    """Every layer's residual through the model's own final norm and unembedding (the
+    normalised logit lens; the unembedding alone with ``use_norm_lens: false``)."""
+
+    name = "logit"
+
+
+class TunedLensReader(Lens):
+    """Every layer's residual through its trained affine translator (``workflow.tuned.TunedLens``)
+    and then the logit lens's head."""
+
+    name = "tuned"
+
+    def __init__(self, head: LensHead, translator):
+        super().__init__(head)
+        self.translator = translator
+
+
 class LensSession:
     """A lens run on one loaded model, as every experiment, generation and the chat hold it:
-    the settings, both heads (``heads``), the lenses (``lenses``: the normalised logit lens,
-    and the tuned lens where one is given, as (name, translator) pairs), the identity check
-    and the token names."""
+    the settings, both heads (``heads``), the lenses (``lenses``: the logit lens, and the
+    tuned lens where its translators are given), the identity check and the token names."""
 
     def __init__(self, model: LoadedModel, settings: LensSettings, tuned=None):
         self.model = model
         self.settings = settings
         self.heads = lens_heads(model, settings)
         self.tuned = tuned
-        self.lenses: list[tuple[str, Any]] = [("logit", None)] + ([("tuned", tuned)] if tuned is not None else [])
+        self.lenses: list[Lens] = [LogitLens(self.heads.lens)]
+        if tuned is not None:
+            self.lenses.append(TunedLensReader(self.heads.lens, tuned))
         self.identity = IdentityCheck(model, settings)
         self.names = TokenNames(model.tokenizer)
 
     @property
     def lens_names(self) -> list[str]:
-        return [name for name, _ in self.lenses]
+        return [lens.name for lens in self.lenses]
 
     def statistics(
-        self, residuals: torch.Tensor, answers: int | torch.Tensor, translator=None, separate_positions: bool = False
+        self, residuals: torch.Tensor, answers: int | torch.Tensor, lens: Lens, separate_positions: bool = False
     ) -> Iterator[RowStats]:
-        """``workflow.lens.lens_statistics`` of ``residuals`` [L+1, T, d] through this run's
-        heads and settings; ``translator`` is a lens's change of basis (None: the logit lens)."""
+        """``workflow.lens.lens_statistics`` of ``residuals`` [L+1, T, d] through ``lens``
+        (one of ``lenses``), with this run's model-faithful head and settings."""
         return lens_statistics(
-            residuals, self.heads.lens, self.heads.reference, answers, self.settings.top_k, self.model.vocab_size,
-            self.settings.working_memory_mb, translator, separate_positions,
+            residuals, lens.head, self.heads.reference, answers, self.settings.top_k, self.model.vocab_size,
+            self.settings.working_memory_mb, lens.translator, separate_positions,
         )
 
 

@@ -11,28 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from workflow.errors import UserError
-from workflow.backends import canonical_length
 from workflow.lens import rows_padded
-from workflow.lens_setup import (
-    LensSession,
-    LensSettings,
-    answer_layers,
-    answer_warnings,
-    check_context,
-    check_finite,
-    model_metadata,
-    open_tuned_lens,
-    recorded_deviation,
-    tokenize_probe,
-)
+from workflow.lens_run import LensBatch, ProbeReading, lens_batches
+from workflow.lens_setup import LensSession, LensSettings, model_metadata, open_tuned_lens
 from workflow.models import LoadedModel
-from workflow.records import in_record_order, lens_row, write_outputs
+from workflow.records import write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -45,37 +33,11 @@ TEMPERATURES = tuple(round(2 ** (k / 2), 4) for k in range(-4, 9))
 FINAL_ROWS = 32
 
 
-@dataclass
-class Tokenised:
-    index: int  # in the probe set
-    probe: dict[str, Any]
-    input_ids: list[int]
-    answer_ids: list[int]
-
-    @property
-    def sequence(self) -> list[int]:
-        """The prompt and all but the last answer token: the last layer scores every answer
-        token (teacher-forced) in the same forward pass."""
-        return self.input_ids + self.answer_ids[:-1]
-
-    def warnings(self, tokenizer) -> list[str]:
-        return answer_warnings(tokenizer, self.probe, self.answer_ids)
-
-
-def batches(items: list[Tokenised], batch_size: int) -> list[tuple[int, list[Tokenised]]]:
-    """(padded length, probes) batches: probes of one canonical length together, in probe
-    order, at most ``batch_size`` each."""
-    groups: dict[int, list[Tokenised]] = {}
-    for item in items:
-        groups.setdefault(canonical_length(len(item.sequence)), []).append(item)
-    return [(length, group[i : i + batch_size]) for length, group in sorted(groups.items()) for i in range(0, len(group), batch_size)]
-
-
 def final_scores(reference, rows: torch.Tensor, targets: list[int], firsts: list[bool]) -> dict[str, torch.Tensor]:
     """For rows [n, d] of last-layer residuals: the model-faithful logits' log-probability of
     each row's target token and its rank, the top-1 id and log-probability, and, for the
-    rows ``firsts`` marks (a probe's last prompt position), the logits themselves (for the
-    identity check) and the top-1 log-probability at each of TEMPERATURES (NaN elsewhere).
+    rows ``firsts`` marks (a probe's last prompt position), the top-1 log-probability at
+    each of TEMPERATURES (NaN elsewhere).
     Decoded FINAL_ROWS rows at a time, each block padded to MIN_PRODUCT_ROWS rows, and each
     row's sums taken alone, so a row's numbers do not depend on its neighbours."""
     n = rows.shape[0]
@@ -86,7 +48,6 @@ def final_scores(reference, rows: torch.Tensor, targets: list[int], firsts: list
         "top1_lp": torch.empty(n, dtype=torch.float64),
         "tempered": torch.full((n, len(TEMPERATURES)), float("nan"), dtype=torch.float64),
     }
-    kept: list[torch.Tensor] = []
     for r0 in range(0, n, FINAL_ROWS):
         logits = rows_padded(reference.logits, rows[r0 : r0 + FINAL_ROWS]).cpu()
         for i, z in enumerate(logits):
@@ -100,9 +61,7 @@ def final_scores(reference, rows: torch.Tensor, targets: list[int], firsts: list
             out["top1"][r] = top
             out["top1_lp"][r] = float(z[top]) - lse
             if firsts[r]:
-                kept.append(z)
                 out["tempered"][r] = tempered_top1(z)
-    out["logits"] = torch.stack(kept)
     return out
 
 
@@ -155,84 +114,44 @@ def calibration_bins(tempered: list[torch.Tensor], correct: list[torch.Tensor], 
 
 
 def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings, tuned=None, batch_size: int = 32):
-    """Run every probe; return (summary for the JSON, list of record rows).
+    """Experiment 001 on every probe: (summary for the JSON, list of record rows).
 
-    Probes run in batches of ``batch_size`` that share a padded length (``batches``); the
-    records and JSON of a probe are the same whatever its batch (every probe is padded to
-    its canonical length, every matrix product has at least MIN_PRODUCT_ROWS rows, and a
-    batch's last positions are decoded over vocabulary blocks of a fixed width).
-    ``tuned`` (a ``workflow.tuned.TunedLens``) adds rows with ``lens`` = ``tuned``: the same
-    residuals through the layer's translator, then the same norm and unembedding.
+    The lens run is ``workflow.lens_run``'s (records, top-1 layers, identity check); 001
+    adds, from the same residuals, the answer's scores at the last layer (``final_scores``)
+    and, with ``tuned`` (a ``workflow.tuned.TunedLens``), the tuned lens's calibration.
     """
     session = LensSession(model, settings.for_probes(len(probes)), tuned)
-    items = [Tokenised(i, p, *tokenize_probe(model.tokenizer, p)) for i, p in enumerate(probes)]
-    for item in items:  # before any work
-        check_context(model, item.probe, len(item.sequence))
-        for warning in item.warnings(model.tokenizer):
-            log.warning("model %s, probe %s: %s", model.key, item.probe["id"], warning)
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     calibration: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # tuned lens, per probe
-    done = 0
-    started = time.perf_counter()
-    for length, batch in batches(items, batch_size):
-        batch_results, batch_calibration = lens_batch(session, batch, length)
-        results.update(batch_results)
-        calibration.update(batch_calibration)
-        done += len(batch)
-        log.info("probes %d/%d (padded length %d, batch of %d) in %.1f s", done, len(items), length, len(batch), time.perf_counter() - started)
-    rows = [row for index in range(len(items)) for row in results[index][0]]
-    return lens_summary(session, [results[i][1] for i in range(len(items))], [calibration[i] for i in sorted(calibration)]), rows
+    for batch in lens_batches(session, probes, batch_size):
+        results.update(scored_batch(session, batch))
+        if session.tuned is not None:
+            tempered, correct = layer_calibration(
+                session.heads.lens, session.tuned, batch.last_position(), [item.answer_ids[0] for item in batch.items]
+            )
+            for b, item in enumerate(batch.items):
+                calibration[item.index] = (tempered[:, b], correct[:, b])
+    rows = [row for index in range(len(probes)) for row in results[index][0]]
+    summaries = [results[i][1] for i in range(len(probes))]
+    return lens_summary(session, summaries, [calibration[i] for i in sorted(calibration)]), rows
 
 
-def lens_batch(session: LensSession, batch: list[Tokenised], length: int):
-    """One batch of probes through the model and the lenses: ({probe index: (record rows,
-    JSON summary)}, {probe index: (tempered top-1 probabilities, correct)} for the tuned lens)."""
-    model = session.model
-    reads = [len(item.input_ids) - 1 for item in batch]
-    residuals, model_logits = model.backend.capture_batch([item.sequence for item in batch], length, reads)
-    for b, item in enumerate(batch):
-        check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
-    # The last layer at the last prompt position and at every answer position after it.
-    spans = [(b, item, range(len(item.input_ids) - 1, len(item.sequence))) for b, item in enumerate(batch)]
+def scored_batch(session: LensSession, batch: LensBatch) -> dict[int, tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """{probe index: (record rows, JSON summary)} of a batch the lens has read: the last
+    layer scores the answer at the last prompt position and at every answer position after it."""
+    spans = [(b, item, range(item.read, len(item.sequence))) for b, item in enumerate(batch.items)]
     scores = final_scores(
         session.heads.reference,
-        torch.cat([residuals[-1, b, list(span)] for b, _, span in spans]),
+        torch.cat([batch.residuals[-1, b, list(span)] for b, _, span in spans]),
         [t for _, item, _ in spans for t in item.answer_ids],
         [k == 0 for _, item, _ in spans for k in range(len(item.answer_ids))],
     )
-    offsets = [0]
-    for _, item, _ in spans:
-        offsets.append(offsets[-1] + len(item.answer_ids))
-    per_lens = lens_rows_of_batch(session, batch, residuals, reads)
-    calibration = {}
-    if session.tuned is not None:
-        last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)
-        tempered, correct = layer_calibration(session.heads.lens, session.tuned, last, [item.answer_ids[0] for item in batch])
-        for b, item in enumerate(batch):
-            calibration[item.index] = (tempered[:, b], correct[:, b])
     results = {}
-    for b, item in enumerate(batch):
-        deviation = session.identity(scores["logits"][b : b + 1], model_logits[b : b + 1], f"probe {item.probe['id']!r}")
-        results[item.index] = probe_outputs(model, item, per_lens, b, scores, offsets[b], deviation, session.names)
-    return results, calibration
-
-
-def lens_rows_of_batch(session: LensSession, batch: list[Tokenised], residuals: torch.Tensor, reads: list[int]):
-    """Per lens, per probe of the batch: (position, statistics) of every layer, at every
-    prompt position or (positions: last) at its last one."""
-    per_lens: dict[str, dict[int, list]] = {name: {} for name in session.lens_names}
-    if session.settings.positions == "last":
-        last = torch.stack([residuals[:, b, reads[b]] for b in range(len(batch))], 1)  # [L+1, B, d]
-        answers = torch.tensor([item.answer_ids[0] for item in batch])
-        for name, translator in session.lenses:
-            for stats in session.statistics(last, answers, translator, separate_positions=True):
-                per_lens[name].setdefault(stats.position, []).append((reads[stats.position], stats))
-    else:
-        for b, item in enumerate(batch):
-            own = residuals[:, b, : len(item.input_ids)]
-            for name, translator in session.lenses:
-                per_lens[name][b] = [(stats.position, stats) for stats in session.statistics(own, item.answer_ids[0], translator)]
-    return per_lens
+    first = 0
+    for reading in batch.readings:
+        results[reading.item.index] = (reading.rows, probe_summary(session, reading, scores, first))
+        first += len(reading.item.answer_ids)
+    return results
 
 
 def lens_summary(session: LensSession, probe_summaries: list[dict[str, Any]], calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
@@ -258,36 +177,22 @@ def lens_summary(session: LensSession, probe_summaries: list[dict[str, Any]], ca
     }
 
 
-def probe_outputs(model, item: Tokenised, per_lens, b: int, scores, first: int, deviation, names) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One probe's record rows and its JSON summary."""
-    probe, input_ids = item.probe, item.input_ids
-    answer_id = item.answer_ids[0]
-    answer_token = names(answer_id)
-    rows = []
-    last_top1: dict[str, list[int]] = {}
-    for lens_name, found in per_lens.items():
-        last_top1[lens_name] = []
-        for position, stats in sorted(found[b], key=lambda ps: (ps[1].layer, ps[0])):
-            rows.append(lens_row(model.key, probe["id"], lens_name, stats, position, names(input_ids[position]), answer_token, names))
-            if position == len(input_ids) - 1:
-                last_top1[lens_name].append(stats.topk_ids[0])
-    rows = in_record_order(rows)
-    first_layer, stable = answer_layers(last_top1["logit"], answer_id)
-    n_answer = len(item.answer_ids)
-    span = slice(first, first + n_answer)
+def probe_summary(session: LensSession, reading: ProbeReading, scores, first: int) -> dict[str, Any]:
+    """One probe's JSON summary: the lens run's (``ProbeReading.summary``) with the answer's
+    scores at the last layer; its answer tokens are rows ``first``.. of ``scores``."""
+    names = session.names
+    probe = reading.item.probe
+    read = reading.summary(session.model.tokenizer)
+    span = slice(first, first + len(reading.item.answer_ids))
     final_top1 = int(scores["top1"][first])
-    summary = {
-        "id": probe["id"],
-        "prompt": probe["prompt"],
-        "answer": probe["answer"],
-        "answer_token": answer_token,
-        "answer_token_id": answer_id,
+    return {
+        **{key: read[key] for key in ("id", "prompt", "answer", "answer_token", "answer_token_id")},
         "reverse_of": probe.get("reverse_of"),
         "style": probe.get("style", "plain"),
         **({"relation": probe["relation"]} if probe.get("relation") else {}),
-        "input_ids": input_ids,
-        "input_tokens": [names(i) for i in input_ids],
-        "answer_token_ids": item.answer_ids,
+        "input_ids": read["input_ids"],
+        "input_tokens": [names(i) for i in read["input_ids"]],
+        "answer_token_ids": read["answer_token_ids"],
         "final_top1_token": names(final_top1),
         "final_top1_prob": math.exp(float(scores["top1_lp"][first])),
         "final_answer_prob": math.exp(float(scores["target_lp"][first])),
@@ -297,17 +202,8 @@ def probe_outputs(model, item: Tokenised, per_lens, b: int, scores, first: int, 
         "answer_logprob": float(scores["target_lp"][span].sum()),
         "answer_greedy": bool((scores["target_rank"][span] == 1).all()),
         "final_top1_prob_by_temperature": [math.exp(float(v)) for v in scores["tempered"][first]],
-        "first_top1_layer": first_layer,
-        "stable_top1_layer": stable,
-        **(
-            {"tuned": dict(zip(("first_top1_layer", "stable_top1_layer"), answer_layers(last_top1["tuned"], answer_id)))}
-            if "tuned" in last_top1
-            else {}
-        ),
-        "identity_check": recorded_deviation(deviation),
-        "warnings": item.warnings(model.tokenizer),
+        **{key: read[key] for key in ("first_top1_layer", "stable_top1_layer", "tuned", "identity_check", "warnings") if key in read},
     }
-    return rows, summary
 
 
 def write_lens_outputs(

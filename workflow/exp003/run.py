@@ -86,7 +86,7 @@ def write_generation_outputs(
     summary, rows = run_generation(generator, generation_probes(probes, generation), generation["max_new_tokens"])
     document = {
         **model_metadata(model),
-        "lenses": [name for name, _ in generator.lenses],
+        "lenses": generator.lens_names,
         **({"tuned_lens": tuned_info} if tuned_info else {}),
         "lens": settings.recorded(),
         "generation": {**generation, "decoding": "greedy", "stop": "the model's end-of-sequence tokens",
