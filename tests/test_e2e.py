@@ -142,7 +142,7 @@ def test_patching_equals_plain_transformers_hooks(default_run, plain_transformer
     pass and the model's own logits per (layer, position): every position at five depths,
     both directions, for the first pair; and the exact 1 of the last cell."""
     from test_patching import reference_logit_diff, reference_residuals
-    from workflow.exp002.run import read_patching_records
+    from workflow.exp002.records import read_patching_records
 
     workdir, _ = default_run
     summary = json.loads((workdir / "results" / "002" / f"output-{model}.json").read_text())

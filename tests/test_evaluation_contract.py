@@ -256,3 +256,21 @@ def test_an_invented_figure_that_only_a_probe_prompt_holds_is_marked(llm, tmp_pa
     llm.script = [document(bodies)]
     run(llm, tmp_path)
     assert "0.9871 [not in the data]" in (tmp_path / "evaluation.md").read_text()
+
+
+def test_every_experiments_digest_writes_the_models_source_one_way():
+    """The model's source (its config entry's identifying fields) reads the same in the
+    digest of every experiment: JSON with sorted keys, from the same JSON field."""
+    from workflow.experiments import experiment
+
+    source = json.loads((REPO / "results" / "001" / f"output-{MODEL}.json").read_text())["source"]
+    written = f"source {json.dumps(source, sort_keys=True)}"
+    for exp in ("001", "002", "003"):
+        paths = {"summary": str(REPO / "results" / exp / f"output-{MODEL}.json"),
+                 "records": str(REPO / "results" / exp / f"output-{MODEL}-records.csv")}
+        if exp == "002":
+            paths["lens_summary"] = str(REPO / "results" / "001" / f"output-{MODEL}.json")
+        found = experiment(exp)
+        facts = found.model_facts(**paths)
+        assert facts.source == source, exp
+        assert written in found.digest(facts, 100_000), exp

@@ -16,7 +16,8 @@ import torch
 
 from workflow.errors import UserError
 from workflow.exp002.patching import PatchingSettings, noised_embeddings, tokenise_pair
-from workflow.exp002.run import RECORD_COLUMNS, run_patching, write_patching_outputs
+from workflow.exp002.records import RECORD_COLUMNS
+from workflow.exp002.run import run_patching, write_patching_outputs
 from workflow.lens_setup import LensSettings
 
 PAIR = {
@@ -280,7 +281,7 @@ def test_the_chain_builds_from_nothing_with_lens_figures_beside(patched_run):
 
 def test_offline_figures_are_the_records(patched_run):
     """The depth the analyst writes for a pair is the first layer whose last-position record reaches 0.5."""
-    from workflow.exp002.run import read_patching_records
+    from workflow.exp002.records import read_patching_records
 
     results = patched_run / "results" / "002"
     summary = json.loads((results / "output-tiny-gemma3.json").read_text())

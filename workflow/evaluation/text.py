@@ -4,8 +4,10 @@ its order of magnitude (so another processor's rounding cannot change a prompt).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 EXACT_RANKS = 100  # ranks above this are written to two significant digits
 
@@ -18,6 +20,12 @@ def rank_text(rank: int) -> str:
 def magnitude_text(value: float) -> str:
     """A float-noise figure as the power of ten it does not exceed ("at most 1e-06", or "0")."""
     return "0" if value <= 0 else f"at most 1e{math.ceil(math.log10(value)):+03d}"
+
+
+def source_text(source: dict[str, Any]) -> str:
+    """Where a model's weights came from (the JSON's ``source``: the config entry's
+    identifying fields), as every experiment's digest writes it."""
+    return json.dumps(source, sort_keys=True)
 
 
 def identity_text(difference: float) -> str:

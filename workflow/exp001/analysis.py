@@ -73,7 +73,7 @@ class ModelFacts:
     vocab_size: int
     dtype: str
     device: str
-    source: dict[str, Any]
+    source: dict[str, Any]  # the config entry's identifying fields (evaluation.text.source_text)
     lens: dict[str, Any]
     identity_max_prob_diff: float
     probes: list[ProbeFacts]

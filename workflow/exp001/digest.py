@@ -14,7 +14,7 @@ rounding of another processor cannot change a prompt (and so its cached response
 
 from __future__ import annotations
 
-from workflow.evaluation.text import fitted, magnitude_text, rank_text
+from workflow.evaluation.text import fitted, magnitude_text, rank_text, source_text
 from workflow.exp001.analysis import ModelFacts, ProbeFacts
 
 DEFAULT_MAX_CHARS = 24_000
@@ -116,7 +116,7 @@ def model_digest(facts: ModelFacts, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     header = (
         f"## model {facts.model}\n"
         f"{facts.architecture}, {facts.n_layers} layers, d_model {facts.d_model}, vocabulary "
-        f"{facts.vocab_size}, {facts.dtype} on {facts.device}; source {facts.source}\n"
+        f"{facts.vocab_size}, {facts.dtype} on {facts.device}; source {source_text(facts.source)}\n"
         f"lens settings {facts.lens}; largest lens-vs-model probability difference at the last layer "
         f"{magnitude_text(facts.identity_max_prob_diff)}\n"
         f"answer is the final top-1 on {facts.n_correct} of {len(facts.probes)} probes\n"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from workflow.exp002.run import read_patching_records
+from workflow.exp002.records import read_patching_records
 
 RESTORED = 0.5  # recovered at or above this counts as "restores the answer"
 
@@ -75,7 +75,7 @@ class ModelFacts:
     d_model: int
     dtype: str
     device: str
-    source: str
+    source: dict[str, Any]  # the config entry's identifying fields (evaluation.text.source_text)
     backend: str
     identity_max_prob_diff: float
     trace_noise_std: float

@@ -10,7 +10,7 @@ and last always stay) until the digest fits its budget, and it says so.
 
 from __future__ import annotations
 
-from workflow.evaluation.text import fitted, magnitude_text
+from workflow.evaluation.text import fitted, magnitude_text, source_text
 from workflow.exp002.analysis import RESTORED, ModelFacts, PairFacts
 
 SWEEP_NAMES = {
@@ -57,7 +57,7 @@ def model_digest(facts: ModelFacts, max_chars: int) -> str:
     header = (
         f"## model {facts.model}\n"
         f"{facts.architecture}, {facts.n_layers} layers, d_model {facts.d_model}, {facts.dtype} on {facts.device}; "
-        f"source {facts.source}; backend {facts.backend}\n"
+        f"source {source_text(facts.source)}; backend {facts.backend}\n"
         f"largest lens-vs-model probability difference of the unpatched runs {magnitude_text(facts.identity_max_prob_diff)}\n"
         f"causal tracing: {facts.trace_samples} noise samples of standard deviation {facts.trace_noise_std:.3g}"
     )

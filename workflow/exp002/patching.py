@@ -256,11 +256,3 @@ def patch_pair(backend, head: LensHead, pair: TokenisedPair, clean: torch.Tensor
     runs = 2 * n_cells + (settings.trace_samples * (n_cells + 1) if traced else 0)
     log.info("pair %s: %d patched runs of %d tokens in %.2f s", pair.id, runs, len(pair.clean_ids), time.perf_counter() - started)
     return {"baselines": baselines, "results": results, "runs": runs}
-
-
-def sweep_tokens(corruption: str, direction: str, clean: list[str], corrupted: list[str]) -> tuple[list[str], list[str]]:
-    """(the tokens the patched run reads, the tokens of the run its written residual comes
-    from) of a sweep: denoise reads the corrupted prompt, noise and tracing the clean one."""
-    if corruption == "prompt":
-        return (corrupted, clean) if direction == "denoise" else (clean, corrupted)
-    return clean, clean

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workflow.exp002.analysis import ModelFacts, PairFacts
-from workflow.exp002.patching import sweep_tokens
+from workflow.exp002.records import sweep_tokens
 from workflow.plots import plt, save, visible
 
 SWEEP_ORDER = ("prompt/denoise", "prompt/noise", "gaussian/denoise")

@@ -4,7 +4,7 @@
 patching settings, the identity check, and per pair both prompts, their token ids, both
 answers' token ids and the logit differences of the unpatched runs.
 ``results/002/output-{model}-records.csv``: one row per pair x corruption x direction x
-layer x position (RECORD_COLUMNS).
+layer x position (``workflow.exp002.records.RECORD_COLUMNS``).
 """
 
 from __future__ import annotations
@@ -13,39 +13,22 @@ import logging
 import time
 from typing import Any
 
-import pandas as pd
 
 from workflow.errors import UserError
 from workflow.exp002.patching import (
     PatchingSettings,
     patch_pair,
     subject_embedding_std,
-    sweep_tokens,
     tokenise_pair,
 )
 from workflow.exp002.pairs import resolve_pair
+from workflow.exp002.records import RECORD_COLUMNS, sweep_tokens
 from workflow.lens_setup import LensSession, LensSettings, check_context, model_metadata
 from workflow.models import LoadedModel
-from workflow.records import read_records, write_outputs
+from workflow.records import write_outputs
 
 log = logging.getLogger(__name__)
 
-# The records contract (README, "Data contract"): extend, don't rename. ``token`` is the token at that
-# position of the prompt the patched run reads; ``source_token`` that of the run the written
-# residual comes from (the same token at positions where the prompts agree).
-RECORD_COLUMNS = (
-    "model",
-    "pair",
-    "direction",
-    "layer",
-    "position",
-    "token",
-    "logit_diff",
-    "recovered",
-    "corruption",
-    "source_token",
-)
-STRING_COLUMNS = ("model", "pair", "direction", "token", "corruption", "source_token")
 
 
 def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: PatchingSettings, lens: LensSettings):
@@ -178,23 +161,3 @@ def write_patching_outputs(
     count = write_outputs(summary_path, records_path, document, rows, RECORD_COLUMNS, ())
     log.info("wrote %d records for %d pairs", count, len(pairs))
     return document
-
-
-def expected_rows(summary: dict[str, Any]) -> int:
-    kinds = 3 if summary["patching"]["trace"]["samples"] > 0 else 2
-    return sum(kinds * (int(summary["n_layers"]) + 1) * len(p["clean_input_ids"]) for p in summary["pairs"])
-
-
-def read_patching_records(records_path: str, summary: dict[str, Any]) -> pd.DataFrame:
-    """The records CSV, checked against the JSON the same run wrote."""
-    fix = ("run snakemake again (the file no longer matches its provenance record, so its job is planned again) "
-           "or restore both files (git checkout results/)")
-    try:
-        frame = read_records(records_path, parse_lists=False, string_columns=STRING_COLUMNS, list_columns=())
-    except (ValueError, pd.errors.ParserError) as error:
-        raise UserError(f"{records_path}: cannot be read as a patching records CSV ({error}); {fix}") from None
-    if tuple(frame.columns) != RECORD_COLUMNS:
-        raise UserError(f"{records_path}: its columns are {list(frame.columns)}, not experiment 002's {list(RECORD_COLUMNS)}; {fix}")
-    if len(frame) != expected_rows(summary):
-        raise UserError(f"{records_path} has {len(frame)} rows, but its JSON describes {expected_rows(summary)}: damaged or from another run; {fix}")
-    return frame

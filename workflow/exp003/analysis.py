@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 from workflow.records import read_records
 
@@ -87,7 +88,7 @@ class ModelFacts:
     d_model: int
     dtype: str
     device: str
-    source: str
+    source: dict[str, Any]  # the config entry's identifying fields (evaluation.text.source_text)
     backend: str
     lenses: list[str]
     max_new_tokens: int
@@ -159,7 +160,7 @@ def model_facts(summary: str | Path, records: str | Path) -> ModelFacts:
         d_model=int(document["d_model"]),
         dtype=document["dtype"],
         device=document["device"],
-        source=json.dumps(document["source"], sort_keys=True) if isinstance(document["source"], dict) else str(document["source"]),
+        source=document["source"],
         backend=document["backend"],
         lenses=lenses,
         max_new_tokens=int(document["generation"]["max_new_tokens"]),

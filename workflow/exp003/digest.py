@@ -7,7 +7,7 @@ and, per token, its class, the model's probability and those layers.
 
 from __future__ import annotations
 
-from workflow.evaluation.text import fitted, magnitude_text
+from workflow.evaluation.text import fitted, magnitude_text, source_text
 from workflow.exp003.analysis import CLASSES, ModelFacts, ProbeFacts
 
 
@@ -40,7 +40,7 @@ def model_digest(facts: ModelFacts, max_chars: int) -> str:
     header = "\n".join([
         f"## model {facts.model}",
         f"{facts.architecture}, {facts.n_layers} layers, d_model {facts.d_model}, {facts.dtype} on {facts.device}; "
-        f"source {facts.source}; backend {facts.backend}",
+        f"source {source_text(facts.source)}; backend {facts.backend}",
         f"{len(facts.probes)} probes, greedy, up to {facts.max_new_tokens} new tokens each: {facts.n_tokens} generated tokens",
         f"largest lens-vs-model probability difference at the last layer {magnitude_text(facts.identity_max_prob_diff)}",
         *class_lines(facts),
