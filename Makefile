@@ -1,6 +1,6 @@
 # Two commands for a fresh clone (see README):
 #   make demo   set up .venv with everything, build experiments 001-003, write report.html
-#   make test   set up .venv with everything, then run the full test suite
+#   make test   set up .venv with everything, then run the full test suite (TEST_WORKERS=2 workers)
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -41,8 +41,12 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
 
+# Two test workers (pytest-xdist), each taking whole test files: most of the suite waits
+# on Snakemake's job processes starting, so two keep a 2-core machine busy. A pipeline
+# the suite builds is built once and shared by both (tests/pipeline.py, built_once).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Is every result under results/ current? (see README)
 check: setup

@@ -1,6 +1,6 @@
 """Generation speed with the lens on every token, against plain generation.
 
-    .venv/bin/python bench/generation.py [--tokens 48] [--repeats 2] [--models smollm2-135m-instruct gemma-3-270m]
+    .venv/bin/python bench/generation.py [--tokens 48] [--repeats 2] [--models smollm2-135m-instruct gemma-3-270m] [--backend auto]
 
 For each embedded model (prepared into resources/models/ if needed), CPU, float32, greedy
 generation of --tokens tokens after "The capital of France is" (no stop token, so every
@@ -14,6 +14,9 @@ by ``min_new_tokens``), tokens per second, best of --repeats, in one process:
 - lens: the logit lens as lens-chat runs it (steps waiting for the lens decoded together);
 - lens + tuned: both lenses, where the pipeline has trained the tuned lens
   (resources/lenses/{model}/).
+
+The lens reads each step through the model's backend (--backend: the config's choice,
+``auto`` the TransformerBridge where it supports the model, or ``hooks``).
 
 The ratio is the lens's rate over plain generation's (issue: at least one half).
 """
@@ -35,14 +38,15 @@ from lens_speed import best_of  # noqa: E402
 PROMPT = "The capital of France is"
 
 
-def measure(model_key: str, tokens: int, repeats: int) -> dict:
+def measure(model_key: str, tokens: int, repeats: int, backend: str = "auto") -> dict:
     import torch
 
     from workflow.generation import LensGenerator, stop_token_ids
     from workflow.lens_setup import LensSettings, lens_heads
     from workflow.models import load_model
 
-    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32")
+    model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32",
+                       backend=backend)
     ids = model.tokenizer(PROMPT)["input_ids"]
     hf = model.backend.hf_model
     settings = LensSettings()
@@ -78,11 +82,11 @@ def measure(model_key: str, tokens: int, repeats: int) -> dict:
     if lenses.is_dir():
         from workflow.tuned import load as load_tuned
 
-        tuned, _ = load_tuned(lenses, lens_heads(model, settings)[1], model_key)
+        tuned, _ = load_tuned(lenses, lens_heads(model, settings).reference, model_key)
         seconds, both = best_of(repeats, run(LensGenerator(model, settings, tuned)))
         assert both == batched
         rates["lens + tuned"] = tokens / seconds
-    return {"model": model_key, "layers": model.n_layers, "vocab": model.vocab_size, **rates}
+    return {"model": model_key, "backend": model.backend.name, "layers": model.n_layers, "vocab": model.vocab_size, **rates}
 
 
 def main() -> None:
@@ -90,19 +94,21 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma-3-270m"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "bridge", "hooks"])
     args = parser.parse_args()
     import torch
 
     print(f"# generation with the lens: {args.tokens} greedy tokens, best of {args.repeats}; {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     columns = ["plain", "loop", "lens, 1 at a time", "lens", "lens + tuned"]
-    print("| model | layers | vocabulary | " + " | ".join(f"{c} tok/s" for c in columns) + " | lens / plain | lens + tuned / plain |")
-    print("|---" * (len(columns) + 5) + "|")
+    print("| model | backend | layers | vocabulary | " + " | ".join(f"{c} tok/s" for c in columns) + " | lens / plain | lens + tuned / plain |")
+    print("|---" * (len(columns) + 6) + "|")
     for key in args.models:
-        row = measure(key, args.tokens, args.repeats)
+        row = measure(key, args.tokens, args.repeats, args.backend)
         cells = [f"{row[c]:.1f}" if c in row else "not trained" for c in columns]
         both = f"{row['lens + tuned'] / row['plain']:.2f}" if "lens + tuned" in row else "n/a"
-        print(f"| {key} | {row['layers']} | {row['vocab']} | " + " | ".join(cells) + f" | {row['lens'] / row['plain']:.2f} | {both} |", flush=True)
+        print(f"| {key} | {row['backend']} | {row['layers']} | {row['vocab']} | " + " | ".join(cells)
+              + f" | {row['lens'] / row['plain']:.2f} | {both} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,22 @@ from tiny import make_model_dir  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+TINY_ARCHS = ["llama", "gemma3"]
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
-    """Saved tiny random models, one per architecture family, in Hugging Face format."""
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {arch: make_model_dir(root / arch, arch, seed=i) for i, arch in enumerate(["llama", "gemma3"])}
+    """Saved tiny random models, one per architecture family, in Hugging Face format; the
+    same directories for every test worker, so their pipeline configs (which name them)
+    are the same and their runs are shared (``pipeline.shared_run``)."""
+    from pipeline import built_once
+
+    def build(root):
+        for i, arch in enumerate(TINY_ARCHS):
+            make_model_dir(root / arch, arch, seed=i)
+
+    root = built_once(tmp_path_factory, "tiny-models", build)
+    return {arch: root / arch for arch in TINY_ARCHS}
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -9,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -18,7 +22,37 @@ WORKFLOW_FILES = ["Snakefile", "rules", "scripts", "prompts", "config", "workflo
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-_PREPARED: dict[str, Path] = {}
+def session_root(tmp_path_factory) -> Path:
+    """The directory every process of this test session shares: the session's base
+    temporary directory, or with pytest-xdist (``make test`` runs two workers) its parent,
+    which holds each worker's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """``session_root/shared/name``, made by ``build(path)`` once per test session: the
+    first process to ask builds it while the others wait for it, then all read it (a
+    build that failed is tried again by the next to ask)."""
+    root = session_root(tmp_path_factory) / "shared"
+    root.mkdir(exist_ok=True)
+    target, done = root / name, root / f"{name}.done"
+    with _exclusive(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            build(target)
+            done.touch()
+    return target
 
 
 def prepared_model(key: str, tmp_path_factory) -> Path:
@@ -29,11 +63,8 @@ def prepared_model(key: str, tmp_path_factory) -> Path:
     path = REPO / "resources" / "models" / key
     if (path / "manifest.json").is_file():
         return path
-    if key not in _PREPARED:
-        entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][key]
-        _PREPARED[key] = tmp_path_factory.mktemp("prepared") / key
-        prepare_model(key, entry, _PREPARED[key])
-    return _PREPARED[key]
+    entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][key]
+    return built_once(tmp_path_factory, f"prepared-{key}", lambda target: prepare_model(key, entry, target))
 
 
 def scratch_copy(dest: Path, config: dict | None = None) -> Path:
@@ -99,18 +130,13 @@ def finished_run(dest: Path, config: dict | None = None, *targets: str, cores: i
     return workdir
 
 
-_SHARED: dict[str, Path] = {}
-
-
 def shared_run(tmp_path_factory, config: dict, *targets: str) -> Path:
     """A finished run of ``config`` (to ``targets``), built once per test session and shared
-    by every module asking for the same config and targets: the pipelines of the suite are
-    its slowest part. Read it in place; ``private_copy`` it before anything that changes
-    it (a run, an edit, a report)."""
-    key = json.dumps([config, targets], sort_keys=True)
-    if key not in _SHARED:
-        _SHARED[key] = finished_run(tmp_path_factory.mktemp("shared-run"), config, *targets)
-    return _SHARED[key]
+    by every module (and test worker) asking for the same config and targets: the pipelines
+    of the suite are its slowest part. Read it in place; ``private_copy`` it before
+    anything that changes it (a run, an edit, a report)."""
+    key = hashlib.sha256(json.dumps([config, targets], sort_keys=True).encode()).hexdigest()[:16]
+    return built_once(tmp_path_factory, f"run-{key}", lambda target: finished_run(target, config, *targets))
 
 
 def private_copy(workdir: Path, dest: Path) -> Path:

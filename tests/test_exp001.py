@@ -71,15 +71,11 @@ def test_batched_records_equal_one_probe_at_a_time(arch, positions, loaded):
     """Every record, and every per-probe JSON figure but the identity check's float-noise
     differences, is the same whether a probe runs alone or in a batch of any size: padded,
     with an attention mask, its last positions decoded beside other probes'."""
+    from tiny import random_translators
     from workflow.records import rounded
-    from workflow.tuned import TunedLens
 
     model = loaded[arch]
-    tuned = TunedLens(model.n_layers, model.d_model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        tuned.weight.normal_(0, 0.02, generator=generator)
-        tuned.bias.normal_(0, 0.02, generator=generator)
+    tuned = random_translators(model, seed=0, weight_std=0.02, bias_std=0.02)
     settings = LensSettings(top_k=3, positions=positions)
     runs = {size: run_lens(model, [dict(p) for p in BATCH_PROBES], settings, tuned, size) for size in (1, 3, 64)}
 

@@ -2,10 +2,9 @@
 001's records of the prompt extended by the generated tokens, sampling, stopping."""
 
 import pytest
-import torch
 
 from conftest import PROBES
-from workflow import tuned
+from tiny import random_translators
 from workflow import lens_run
 from workflow.generation import LensGenerator, stop_token_ids
 from workflow.lens_setup import LensSettings
@@ -15,15 +14,6 @@ ANSWER = ("answer_token", "answer_prob", "answer_rank")
 # The generated run decodes residuals from the key-value cache, one position per forward;
 # 001 runs the whole sequence at once: the same numbers up to float32 summation order.
 ABS = 2e-5
-
-
-def random_tuned(model, seed=5):
-    gen = torch.Generator().manual_seed(seed)
-    lens = tuned.TunedLens(model.n_layers, model.d_model)
-    with torch.no_grad():
-        lens.weight.copy_(torch.randn(lens.weight.shape, generator=gen) * 0.05)
-        lens.bias.copy_(torch.randn(lens.bias.shape, generator=gen) * 0.5)
-    return lens
 
 
 def lens_records_of(model, sequences, tuned_lens, monkeypatch):
@@ -50,7 +40,7 @@ def assert_row_equal(got, want):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_greedy_trace_equals_001_records_of_the_extended_prompt(arch, loaded, monkeypatch):
     model = loaded[arch]
-    lens = random_tuned(model)
+    lens = random_translators(model)
     generator = LensGenerator(model, LensSettings(top_k=3), lens, pending=3)
     prompt = model.tokenizer(PROBES[0]["prompt"])["input_ids"]
     seen = []

@@ -70,11 +70,11 @@ def test_lens_uses_the_norm_module_itself(arch, loaded):
     ids = model.tokenizer("The capital of Germany is")["input_ids"]
     residuals, _ = model.backend.capture(ids, "all")
     middle = residuals[1]
-    before = lens_heads(model, LensSettings())[0].logits(middle)
+    before = lens_heads(model, LensSettings()).lens.logits(middle)
     norm = model.backend.hf_model.model.norm
     with torch.no_grad():
         norm.weight.mul_(torch.linspace(0.1, 3.0, norm.weight.numel()))
-    after = lens_heads(model, LensSettings())[0].logits(middle)
+    after = lens_heads(model, LensSettings()).lens.logits(middle)
     assert (after - before).abs().max().item() > 1e-2
     # ... and what it reads then is exactly that perturbed module's output.
     with torch.no_grad():
@@ -164,15 +164,11 @@ def test_each_lens_forward_gives_the_distribution_its_records_describe(arch, loa
     lens's equal plain transformers' final norm and lm_head at every layer; the tuned lens's
     are the translator then the same head; and the streamed records of both lenses are the
     softmax of those logits."""
+    from tiny import random_translators
     from workflow.lens_setup import LensSession, LogitLens, TunedLensReader
-    from workflow.tuned import TunedLens
 
     model = loaded[arch]
-    translator = TunedLens(model.n_layers, model.d_model)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        translator.weight.normal_(0, 0.05, generator=generator)
-        translator.bias.normal_(0, 0.5, generator=generator)
+    translator = random_translators(model, seed=1)
     settings = LensSettings(top_k=3)
     session = LensSession(model, settings, translator)
     logit, tuned = session.lenses

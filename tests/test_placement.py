@@ -106,7 +106,7 @@ def test_the_lens_reads_an_offloaded_unembedding_when_it_decodes(placed_tiny):
     head, _ = lens_heads(placed, LensSettings())
     weight, _ = head.linear()
     assert head.linear()[0] is weight  # one read shared while held
-    expected = lens_heads(whole, LensSettings())[0].linear()[0]
+    expected = lens_heads(whole, LensSettings()).lens.linear()[0]
     assert torch.equal(weight, expected)
     assert read_probes(placed, PROBES, LensSettings(top_k=3)) == read_probes(whole, PROBES, LensSettings(top_k=3))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import PROBES
+from tiny import random_translators
 from pipeline import planned_jobs, said, snakemake
 from workflow.errors import UserError
 from workflow.lens_setup import LensSettings, lens_heads
@@ -162,11 +163,7 @@ def test_retraining_invalidates_the_lens_run(tuned_run, tmp_path):
 def test_tuned_rows_decode_the_translated_residual(kernel, loaded):
     """Against an independent computation: softmax(lm_head(norm(h + A h + b))) at every layer."""
     model = loaded["llama"]
-    gen = torch.Generator().manual_seed(5)
-    lens = tuned.TunedLens(model.n_layers, model.d_model)
-    with torch.no_grad():
-        lens.weight.copy_(torch.randn(lens.weight.shape, generator=gen) * 0.05)
-        lens.bias.copy_(torch.randn(lens.bias.shape, generator=gen) * 0.5)
+    lens = random_translators(model)
     probe = dict(PROBES[0])
     read = read_probes(model, [probe], LensSettings(), lens)
     rows = read.rows

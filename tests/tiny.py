@@ -139,3 +139,16 @@ def make_qwen2_dir(path: Path, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return save_random(path, config, tokenizer, seed)
+
+
+def random_translators(model, seed: int = 5, weight_std: float = 0.05, bias_std: float = 0.5):
+    """A tuned lens (``workflow.tuned.TunedLens``) for ``model`` with seeded random
+    translators: far enough from the identity that a lens skipping them would show."""
+    from workflow.tuned import TunedLens
+
+    generator = torch.Generator().manual_seed(seed)
+    lens = TunedLens(model.n_layers, model.d_model)
+    with torch.no_grad():
+        lens.weight.copy_(torch.randn(lens.weight.shape, generator=generator) * weight_std)
+        lens.bias.copy_(torch.randn(lens.bias.shape, generator=generator) * bias_std)
+    return lens

@@ -1,10 +1,11 @@
-"""The lens run every experiment shares, on a loaded model: the lens settings from the
-config, the two heads (``LensHeads``: the recorded lens and the model-faithful reference),
-the trained tuned lens (``open_tuned_lens``), tokenising a probe, the identity check
-(``IdentityCheck``: the lens at the last layer against the model's own logits, one
-tolerance and one message for every experiment), where an answer becomes top-1
-(``answer_layers``), and the model metadata every experiment's JSON records. Nothing here
-knows an experiment.
+"""What a lens run is made of, on a loaded model: the lenses (``Lens``: ``forward(hidden,
+layer)`` gives logits; ``LogitLens``, ``TunedLensReader``), the two heads (``LensHeads``:
+the recorded lens's and the model-faithful reference), the trained tuned lens
+(``open_tuned_lens``), tokenising a probe, the identity check (``IdentityCheck``: the lens at
+the last layer against the model's own logits, one tolerance and one message for every
+experiment), where an answer becomes top-1 (``answer_layers``), and the model metadata
+every experiment's JSON records; ``LensSession`` holds them for one run. The run on probes
+is ``workflow.lens_run``'s. Nothing here knows an experiment.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Experiment 001, layers and logits: the normalised logit lens at every layer.
 
-``run_lens`` runs every probe through a loaded model, captures the residual
-stream with hooks (layer 0 = entering block 0, layer k = after block k), decodes
-each layer through the model's own final norm and unembedding, and checks at run
-time that the lens at the last layer reproduces the model's own logits.
+``run_lens`` is the lens run on probes (``workflow.lens_run``: the residual stream of every
+probe, layer 0 = entering block 0, layer k = after block k, decoded at each layer through
+the model's own final norm and unembedding, the lens at the last layer checked against the
+model's own logits) and, from the same residuals, the answer's scores at the last layer
+and the tuned lens's calibration; ``write_lens_outputs`` loads the model and writes the
+JSON and the records.
 """
 
 from __future__ import annotations
