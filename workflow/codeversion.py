@@ -6,6 +6,11 @@ in turn), plus the files those modules read as code (the C kernel). Python is ha
 syntax tree without docstrings (``ast.unparse``), so comments, docstrings and formatting
 change nothing; other files by their bytes. Each rule carries its script's version as a
 param: Snakemake alone does not re-run a script rule when a module it imports changes.
+
+Parsing and unparsing every module took a second of each Snakemake start (planning and dry
+runs included), so what a file's bytes give is kept in the per-user cache
+(``workflow.cache``, ``codeversion/``), named by the sha256 of the Python version, the file's
+path in the repository and its bytes: a changed file is a new name, never a stale entry.
 """
 
 from __future__ import annotations
@@ -13,8 +18,13 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
 import os
+import sys
+import tempfile
 from pathlib import Path
+
+from workflow.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 # Files a module reads as code, beside the modules it imports.
@@ -34,7 +44,8 @@ def _module_file(name: str) -> Path | None:
 
 
 def _imports(path: Path, tree: ast.AST) -> set[str]:
-    """The ``workflow`` modules ``path`` imports anywhere (also inside functions)."""
+    """Every module ``path`` imports anywhere (also inside functions), with the packages
+    each import runs; ``_parsed`` keeps the ``workflow`` ones."""
     found: set[str] = set()
     package = ".".join(path.relative_to(REPO).with_suffix("").parts)
     if path.name != "__init__.py":
@@ -54,7 +65,7 @@ def _imports(path: Path, tree: ast.AST) -> set[str]:
         parts = name.split(".")
         # Importing workflow.a.b runs workflow/__init__.py and workflow/a/__init__.py too.
         modules.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {m for m in modules if _module_file(m) is not None}
+    return modules
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
@@ -66,12 +77,40 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+# Bumped when what a parsed entry holds, or how it is made, changes.
+CACHE_FORMAT = 1
+
+
 @functools.lru_cache(maxsize=None)
 def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str]]:
     """(the code as its syntax tree says it, the workflow modules it imports) of a .py file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    imports = frozenset(_imports(path, tree))
-    return ast.unparse(_without_docstrings(tree)), imports
+    data = path.read_bytes()
+    key = hashlib.sha256(f"{CACHE_FORMAT}\0{sys.version}\0{path.relative_to(REPO)}\0".encode() + data).hexdigest()
+    entry = cache_dir() / "codeversion" / f"{key}.json"
+    try:
+        kept = json.loads(entry.read_text(encoding="utf-8"))
+        text, modules = kept["code"], kept["imports"]
+    except (OSError, ValueError, KeyError, TypeError):
+        tree = ast.parse(data.decode("utf-8"), filename=str(path))
+        modules = sorted(_imports(path, tree))
+        text = ast.unparse(_without_docstrings(tree))
+        _keep(entry, {"code": text, "imports": modules})
+    return text, frozenset(m for m in modules if _module_file(m) is not None)
+
+
+def _keep(entry: Path, value: dict) -> None:
+    """Write a cache entry whole or not at all; a cache that cannot be written is no error."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".json")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(value, out)
+        os.replace(partial, entry)
+    except OSError:
+        Path(partial).unlink(missing_ok=True)
 
 
 def code_files(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> list[Path]:

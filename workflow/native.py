@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from workflow.cache import cache_dir
 from workflow.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,6 @@ def mode() -> str:
     if value not in MODES:
         raise UserError(f"environment variable {ENV}={value!r} is not one of {', '.join(MODES)}; unset it or pick one")
     return value
-
-
-def cache_dir() -> Path:
-    if os.environ.get("LAYERWISE_LENS_CACHE"):
-        return Path(os.environ["LAYERWISE_LENS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "layerwise-lens"
 
 
 def _compiler() -> str:

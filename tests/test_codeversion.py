@@ -1,0 +1,54 @@
+"""Code versions (workflow/codeversion.py): a module's syntax, not its bytes, and the
+per-user cache of parsed modules that spares each Snakemake start the parsing."""
+
+import json
+
+import pytest
+
+from workflow import codeversion
+
+SCRIPT = "scripts/run_lens.py"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERWISE_LENS_CACHE", str(tmp_path / "cache"))
+    codeversion._parsed.cache_clear()
+    yield tmp_path / "cache" / "codeversion"
+    codeversion._parsed.cache_clear()
+
+
+def test_a_cached_parse_gives_the_same_versions_and_is_used(cache, monkeypatch):
+    cold = codeversion.code_digests(SCRIPT), codeversion.code_version(SCRIPT)
+    entries = sorted(cache.glob("*.json"))
+    files = codeversion.code_files(SCRIPT)
+    assert len(entries) == sum(1 for f in files if f.suffix == ".py") > 10
+    assert "workflow/lens_run.py" in cold[0] and "workflow/native/lens_block.c" in cold[0]
+    codeversion._parsed.cache_clear()
+    # Warm: nothing is parsed again, and every version is the same.
+    monkeypatch.setattr(codeversion.ast, "parse", lambda *a, **k: pytest.fail("parsed although cached"))
+    assert (codeversion.code_digests(SCRIPT), codeversion.code_version(SCRIPT)) == cold
+
+
+def test_a_damaged_entry_is_parsed_again_and_a_changed_file_is_a_new_entry(cache, tmp_path, monkeypatch):
+    want = codeversion.code_version(SCRIPT)
+    for entry in cache.glob("*.json"):
+        entry.write_text("{not json")
+    codeversion._parsed.cache_clear()
+    assert codeversion.code_version(SCRIPT) == want
+    assert all(isinstance(json.loads(e.read_text())["code"], str) for e in cache.glob("*.json"))
+    # A module of a copy of the repository edited: its entry is another one, its version another.
+    repo = tmp_path / "repo"
+    (repo / "workflow").mkdir(parents=True)
+    (repo / "scripts").mkdir()
+    (repo / "workflow" / "__init__.py").write_text("")
+    (repo / "workflow" / "a.py").write_text('"""Doc."""\nX = 1  # a comment\n')
+    (repo / "scripts" / "s.py").write_text("from workflow import a\n")
+    monkeypatch.setattr(codeversion, "REPO", repo)
+    first = codeversion.code_version("scripts/s.py")
+    before = set(cache.glob("*.json"))
+    (repo / "workflow" / "a.py").write_text('"""Another doc."""\nX = 1\n')  # same syntax
+    assert codeversion.code_version("scripts/s.py") == first
+    (repo / "workflow" / "a.py").write_text("X = 2\n")
+    assert codeversion.code_version("scripts/s.py") != first
+    assert len(set(cache.glob("*.json")) - before) == 2  # one entry per new content
