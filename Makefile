@@ -41,12 +41,13 @@ demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
 
-# Two test workers (pytest-xdist), each taking whole test files: most of the suite waits
-# on Snakemake's job processes starting, so two keep a 2-core machine busy. A pipeline
-# the suite builds is built once and shared by both (tests/pipeline.py, built_once).
+# Two test workers (pytest-xdist), each taking whole test files, slowest first
+# (tests/conftest.py, SLOWEST_FIRST): most of the suite waits on Snakemake's job processes
+# starting, so two keep a 2-core machine busy. A pipeline the suite builds is built once
+# and shared by both (tests/pipeline.py, built_once).
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Is every result under results/ current? (see README)
 check: setup

@@ -10,6 +10,18 @@ from tiny import make_model_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The slowest test files first (measured, README "Performance"): `make test`'s two workers
+# take whole files in this order (--no-loadscope-reorder), so a long file starts first
+# instead of being left for the end while the other worker idles.
+SLOWEST_FIRST = ("test_e2e.py", "test_provenance.py", "test_readme_commands.py", "test_batching.py",
+                 "test_placement.py", "test_failures.py", "test_llm_providers.py", "test_reproducible.py",
+                 "test_chat.py", "test_pipeline.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
+
 
 TINY_ARCHS = ["llama", "gemma3"]
 

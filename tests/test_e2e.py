@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline import REPO, files_under, said, scratch_copy, snakemake
-from workflow.prepare import locate_gguf
+from workflow.prepare import gguf_parsed_once, locate_gguf
 
 pytestmark = pytest.mark.e2e
 
@@ -93,8 +93,11 @@ def plain_transformers(tmp_path_factory):
     def load(model):
         if model not in loaded:
             gguf = locate_gguf(model, config["models"][model], tmp_path_factory.mktemp("gguf"))
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            # transformers reads the file three times (tokenizer, config, weights); its
+            # reader parses it once for all three here, the rest is transformers' own.
+            with gguf_parsed_once():
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             loaded[model] = (tok, hf)
         return loaded[model]
 
