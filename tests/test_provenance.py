@@ -333,7 +333,7 @@ def test_a_broken_source_is_refused_while_planning_even_when_prepared(workdir, b
 
 
 def test_an_unreadable_gguf_architecture_is_refused_while_planning(workdir, built, tmp_path):
-    """A GGUF whose general.architecture transformers cannot read: the dry run says so."""
+    """A GGUF whose general.architecture this pipeline cannot read: the dry run says so."""
     source = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["models"]["tiny-gguf"]["path"]
     data = bytearray(open(source, "rb").read())
     at = data.find(b"llama", data.find(b"general.architecture"))
@@ -343,7 +343,7 @@ def test_an_unreadable_gguf_architecture_is_refused_while_planning(workdir, buil
     edit_config(workdir, lambda c: c["models"]["tiny-gguf"].update(path=str(path)))
     result = snakemake(workdir, "-n")
     assert result.returncode != 0
-    assert "transformers cannot read GGUF architecture 'lamma'" in said(result)
+    assert "this pipeline cannot read GGUF architecture 'lamma'" in said(result)
     assert "Traceback" not in said(result)
 
 

@@ -17,7 +17,7 @@ import math
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MAGIC = b"GGUF"
@@ -25,7 +25,10 @@ VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 # Scalar value types and their sizes (GGUFValueType: 8 is a string, 9 an array).
 SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 STRING, ARRAY = 8, 9
+KEPT_ARRAY = 4096  # metadata arrays up to this many scalars are kept (per-layer values); longer ones skipped
+KEPT_STRING = 4096  # bytes: chat templates are kept, vocabularies are arrays and skipped
 MAX_NESTING = 8  # arrays of arrays: llama.cpp writes at most two levels
 
 
@@ -53,6 +56,9 @@ class GGUFHeader:
     data_end: int  # bytes the tensors need: the file must be at least this long
     size: int
     table: tuple[TensorEntry, ...] = ()
+    # the model's own metadata (``{architecture}.*`` and ``general.*``), with the
+    # architecture prefix removed from its keys; vocabularies are not read
+    metadata: dict = field(default_factory=dict)
 
     @property
     def largest_tensor(self) -> int:
@@ -76,6 +82,23 @@ class _Cursor:
 
     def string(self, what: str) -> bytes:
         return self.take(self.unpack("Q", what + " length"), what)
+
+    def value(self, kind: int, what: str):
+        """A scalar, a short string or a short array of scalars; None (and skipped) otherwise."""
+        if kind in FORMATS:
+            return self.unpack(FORMATS[kind], what)
+        if kind == STRING:
+            length = self.unpack("Q", what + " length")
+            raw = self.take(length, what)
+            return raw.decode("utf-8", "replace") if length <= KEPT_STRING else None
+        if kind == ARRAY:
+            start = self.at
+            item, count = self.unpack("I", what), self.unpack("Q", what)
+            if item in FORMATS and count <= KEPT_ARRAY:
+                return list(struct.unpack(f"<{count}{FORMATS[item]}", self.take(SCALARS[item] * count, what)))
+            self.at = start
+        self.skip_value(kind, what)
+        return None
 
     def skip_value(self, kind: int, what: str, depth: int = 0) -> None:
         if kind in SCALARS:
@@ -117,18 +140,21 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader:
         if version not in VERSIONS:
             raise GGUFError(f"GGUF version {version} is not one this pipeline reads ({', '.join(map(str, VERSIONS))})")
         n_tensors, n_metadata = cursor.unpack("Q", "tensor count"), cursor.unpack("Q", "metadata count")
-        architecture, alignment = None, DEFAULT_ALIGNMENT
+        alignment, values = DEFAULT_ALIGNMENT, {}
         for _ in range(n_metadata):
             key = cursor.string("a metadata key").decode("utf-8", "replace")
             kind = cursor.unpack("I", key)
-            if key == "general.architecture" and kind == STRING:
-                architecture = cursor.string(key).decode("utf-8", "replace")
-            elif key == "general.alignment" and kind == 4:
-                alignment = cursor.unpack("I", key)
-                if alignment == 0 or alignment & (alignment - 1):
-                    raise GGUFError(f"general.alignment is {alignment}, not a power of two: the file is damaged")
+            if key.startswith("tokenizer.") and kind not in FORMATS:
+                cursor.skip_value(kind, key)  # vocabularies, merges, templates: the tokenizer's
             else:
-                cursor.skip_value(kind, key)
+                values[key] = cursor.value(kind, key)
+        architecture = values.get("general.architecture") if isinstance(values.get("general.architecture"), str) else None
+        if isinstance(values.get("general.alignment"), int):
+            alignment = values["general.alignment"]
+            if alignment == 0 or alignment & (alignment - 1):
+                raise GGUFError(f"general.alignment is {alignment}, not a power of two: the file is damaged")
+        prefix = f"{architecture}."
+        metadata = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in values.items() if v is not None}
         parameters, end, entries = 0, 0, []
         for _ in range(n_tensors):
             name = cursor.string("a tensor name").decode("utf-8", "replace")
@@ -144,7 +170,7 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader:
             entries.append((name, tuple(dims), kind, offset))
         data_start = -(-cursor.at // alignment) * alignment
     table = tuple(TensorEntry(name, dims, kind, data_start + offset) for name, dims, kind, offset in entries)
-    header = GGUFHeader(architecture, parameters, n_tensors, data_start + end, size, table)
+    header = GGUFHeader(architecture, parameters, n_tensors, data_start + end, size, table, metadata)
     if header.data_end > size:
         raise GGUFError(
             f"the file has {size:,} bytes but its {n_tensors} tensors need {header.data_end:,}: it is truncated "

@@ -258,3 +258,33 @@ def stream_weights(header, gguf_path: Path, meta_model, config: dict[str, Any], 
         writer.abort()
         raise
     return {"tensors": len(written), "shards": len(shards), "weights_bytes": writer.total_bytes, "largest_tensor_bytes": largest}
+
+
+def stream_planned(plan, read, config, expected: dict[str, Any], out_dir: Path, source: str,
+                   max_shard_bytes: int | None = None) -> dict[str, Any]:
+    """Write the parameters of an own-table plan (workflow/gguf_arch.py) into ``out_dir``,
+    block by block in file order, each made from its file tensors just before it is written."""
+    from workflow.errors import UserError
+
+    writer = ShardWriter(out_dir, max_shard_bytes)
+    largest = 0
+    started = time.perf_counter()
+    names = sorted(plan.rules, key=lambda n: (plan.block_of(n) is not None, plan.block_of(n) or 0, n))
+    try:
+        for number, name in enumerate(names, 1):
+            array = np.asarray(plan.rules[name].make(read, config), dtype=np.float32)
+            if tuple(array.shape) != tuple(expected[name].shape):
+                raise UserError(
+                    f"{source}: tensor {name} has shape {tuple(array.shape)} in the file but the model built "
+                    f"from its metadata needs {tuple(expected[name].shape)}; the file's metadata and tensors disagree"
+                )
+            writer.add(name, array)
+            largest = max(largest, array.nbytes)
+            del array
+            if number % 50 == 0 or number == len(names):
+                log.info("wrote %d of %d weights (%.1f s)", number, len(names), time.perf_counter() - started)
+        shards = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"tensors": len(names), "shards": len(shards), "weights_bytes": writer.total_bytes, "largest_tensor_bytes": largest}

@@ -113,13 +113,26 @@ def readable_gguf_architectures() -> list[str]:
     return found
 
 
+def readable_architectures() -> list[str]:
+    """Every GGUF architecture this pipeline prepares, as llama.cpp names them: the
+    project's own tables (workflow/gguf_arch.py) and those transformers reads."""
+    from workflow.gguf_arch import ARCHITECTURES, TRANSFORMERS_SPELLING
+
+    spelled = {hf: gguf for gguf, hf in TRANSFORMERS_SPELLING.items()}
+    return sorted(set(ARCHITECTURES) | {spelled.get(a, a) for a in readable_gguf_architectures()})
+
+
 def check_gguf_supported(key: str, path: Path) -> str:
+    from workflow.gguf_arch import TRANSFORMERS_SPELLING, own_architecture
+
     arch = gguf_architecture(path, key)
+    if own_architecture(arch) is not None:
+        return arch
     readable = readable_gguf_architectures()  # mapping sections (general, tokenizer) left out
-    if arch not in readable:
+    if arch not in readable and TRANSFORMERS_SPELLING.get(arch) not in readable:
         raise UserError(
-            f"model {key!r}: transformers cannot read GGUF architecture {arch!r} "
-            f"(it reads: {', '.join(readable)}). "
+            f"model {key!r}: this pipeline cannot read GGUF architecture {arch!r} "
+            f"(it reads: {', '.join(readable_architectures())}). "
             "Use the original safetensors checkpoint instead (source: hf or local)."
         )
     return arch
@@ -193,7 +206,9 @@ def streamable(arch: str) -> bool:
     most architectures use) rather than through its newer whole-model conversion."""
     from transformers.integrations.gguf.utils import is_gguf_arch_supported
 
-    return not is_gguf_arch_supported(arch)
+    from workflow.gguf_arch import TRANSFORMERS_SPELLING
+
+    return not is_gguf_arch_supported(TRANSFORMERS_SPELLING.get(arch, arch))
 
 
 def convert_metadata(gguf_path: Path, out: Path, parsed_config: Path) -> None:
@@ -203,6 +218,13 @@ def convert_metadata(gguf_path: Path, out: Path, parsed_config: Path) -> None:
     from transformers import AutoConfig, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+    from workflow.gguf_arch import build_tokenizer, own_architecture
+    from workflow.gguf_file import read_header
+
+    if own_architecture(read_header(gguf_path).architecture) is not None:
+        build_tokenizer(gguf_path).save_pretrained(out)
+        Path(parsed_config).write_text("{}", encoding="utf-8")
+        return
     with gguf_parsed_once():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         tokenizer.save_pretrained(out)
@@ -257,6 +279,34 @@ def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path) -> dict[
     return {"architecture": config.architectures[0], "preparation": "streamed"}
 
 
+def _weights_own(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, Any]:
+    """Tokenizer, config and weights of an architecture read by the project's own table
+    (workflow/gguf_arch.py), one parameter in memory at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from workflow.gguf_arch import model_config, tensor_reader, weight_plan
+    from workflow.gguf_file import read_header
+    from workflow.gguf_stream import stream_planned
+
+    header = read_header(gguf_path)
+    config = model_config(header, gguf_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    config.architectures = [type(model).__name__]
+    plan = weight_plan(header, model, key)  # a file that does not fit is refused before any work
+    _metadata_in_child(key, gguf_path, out, work)
+    stats = stream_planned(plan, tensor_reader(gguf_path, header), config, model.state_dict(), out, gguf_path.name)
+    config.save_pretrained(out)
+    if model.can_generate():
+        GenerationConfig.from_model_config(config).save_pretrained(out)
+    log.info(
+        "wrote %d tensors (%.2f GB) in %d shard(s) by the project's %r table",
+        stats["tensors"], stats["weights_bytes"] / 1e9, stats["shards"], header.architecture,
+    )
+    return {"architecture": config.architectures[0], "preparation": "own-table"}
+
+
 def _weights_whole(gguf_path: Path, out: Path) -> dict[str, Any]:
     """The whole model loaded by transformers and saved: for the architectures its newer
     GGUF conversion reads, which converts the model as a whole. Peaks at several times
@@ -290,6 +340,8 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
     ``whole`` loads the whole model instead (the way it was done before, kept for the
     architectures that need it and for comparison).
     """
+    from workflow.gguf_arch import own_architecture
+
     if entry["source"] not in PREPARED_SOURCES:
         raise UserError(f"model {key!r}: source {entry['source']!r} needs no preparation")
     started = time.perf_counter()
@@ -298,7 +350,9 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
         arch = check_gguf_supported(key, gguf_path)
         digest = sha256_file(gguf_path)
         log.info("dequantising %s (%s, sha256 %s)", gguf_path.name, arch, digest[:12])
-        if whole or not streamable(arch):
+        if own_architecture(arch) is not None:
+            prepared = _weights_own(key, gguf_path, tmp, Path(work))
+        elif whole or not streamable(arch):
             if not whole:
                 log.warning(
                     "transformers converts GGUF architecture %r as a whole model: preparing it needs several "
@@ -322,6 +376,4 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
 
 
 if __name__ == "__main__":  # the child process of _metadata_in_child
-    import sys
-
     convert_metadata(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

