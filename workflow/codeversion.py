@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from workflow.cache import cache_dir
@@ -100,17 +99,13 @@ def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str]]:
 
 def _keep(entry: Path, value: dict) -> None:
     """Write a cache entry whole or not at all; a cache that cannot be written is no error."""
+    from workflow.atomic import write_text
+
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".json")
+        write_text(entry, json.dumps(value))
     except OSError:
-        return
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(value, out)
-        os.replace(partial, entry)
-    except OSError:
-        Path(partial).unlink(missing_ok=True)
+        pass
 
 
 def code_files(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> list[Path]:
