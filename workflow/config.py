@@ -11,7 +11,7 @@ from workflow.errors import UserError
 
 RESERVED_MODEL_KEYS = ("cross-model", "meta")
 # Keys of a model entry that say where its weights come from: all that prepare_model reads.
-SOURCE_KEYS = ("source", "repo", "revision", "trust_remote_code", "path", "package", "file", "assemble")
+SOURCE_KEYS = ("source", "repo", "revision", "trust_remote_code", "path", "package", "file", "assemble", "weights")
 # Keys that change no result: a label, and what a scheduler is asked for.
 LABEL_KEYS = ("description", "resources")
 
@@ -69,6 +69,12 @@ def check_config(config: dict[str, Any], configfile: str, base: str = ".") -> No
     for key in config["models"]:
         if key in RESERVED_MODEL_KEYS:
             raise UserError(f"{configfile}: model key {key!r} is reserved for a file name; rename it")
+        entry = config["models"][key]
+        if "weights" in entry and entry["source"] not in ("gguf", "package"):
+            raise UserError(
+                f"{configfile}: models.{key}.weights applies to GGUF files (source: gguf or package), and "
+                f"model {key!r} has source {entry['source']!r}; remove the key"
+            )
     from workflow.probes import load
 
     # The probe set, loaded and checked (unique ids, reverse_of naming a probe, ...).

@@ -354,7 +354,9 @@ def _load_hf(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dt
     return model.eval()
 
 
-def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, placement: Placement | None = None):
+def _boot_bridge(load, location: str, device: str, dtype: torch.dtype):
+    """The bridge around the model ``load`` builds, on ``device`` (the main device of a
+    placed model)."""
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     from workflow.backends import BridgeBackend
@@ -362,9 +364,7 @@ def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torc
     # The bridge is built around a model we load, without a tokenizer: the bridge would
     # adjust one (even reload it with add_bos_token=True), and the lens tokenises with
     # the model's own, untouched. Eager attention, as the bridge's own loader uses.
-    model = _load_hf(location, kwargs, device, dtype, placement, attn_implementation="eager")
-    if placement is not None:
-        device = placement.main_device
+    model = load(attn_implementation="eager")
     architecture = (model.config.architectures or [type(model).__name__])[0]
     bridge = build_bridge_from_module(
         model, architecture, hf_config=model.config, dtype=dtype, device=device, model_name=location
@@ -373,12 +373,11 @@ def _boot_bridge(location: str, kwargs: dict[str, Any], device: str, dtype: torc
     return BridgeBackend(bridge)
 
 
-def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch.dtype, placement: Placement | None = None):
+def _boot_hooks(load):
     from workflow.backends import HooksBackend
 
-    model = _load_hf(location, kwargs, device, dtype, placement)
     # Any valid ids do to trace which module feeds the output embedding.
-    return HooksBackend(model, probe_ids=[0, 1, 2])
+    return HooksBackend(load(), probe_ids=[0, 1, 2])
 
 
 # Architectures the bridge loads but whose lens through it disagrees with an independent
@@ -389,17 +388,17 @@ def _boot_hooks(location: str, kwargs: dict[str, Any], device: str, dtype: torch
 BRIDGE_LENS_DISAGREES = {"falcon"}
 
 
-def _boot(key: str, choice: str, location, kwargs, device_name: str, torch_dtype: torch.dtype, placed,
-          model_type: str | None = None):
-    """The model under the backend ``choice``: hooks, the bridge, or (auto) the bridge with
-    forward hooks where the bridge cannot load it or its lens is known to disagree."""
+def _boot(key: str, choice: str, load, location: str, device: str, dtype: torch.dtype, model_type: str | None = None):
+    """The model ``load`` builds, under the backend ``choice``: hooks, the bridge, or (auto)
+    the bridge with forward hooks where the bridge cannot load it or its lens is known to
+    disagree."""
     if choice == "auto" and model_type in BRIDGE_LENS_DISAGREES:
         log.info("%s: %s is read through forward hooks (its lens through the bridge disagrees)", key, model_type)
         choice = "hooks"
     if choice == "hooks":
-        return _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
+        return _boot_hooks(load)
     try:
-        return _boot_bridge(location, kwargs, device_name, torch_dtype, placed)
+        return _boot_bridge(load, location, device, dtype)
     except Exception as error:  # the bridge's own errors differ by version and architecture
         if choice == "bridge":
             raise
@@ -407,7 +406,7 @@ def _boot(key: str, choice: str, location, kwargs, device_name: str, torch_dtype
             "TransformerBridge cannot load %s (%s: %s); falling back to forward hooks",
             key, type(error).__name__, str(error).splitlines()[0] if str(error) else "",
         )
-        return _boot_hooks(location, kwargs, device_name, torch_dtype, placed)
+        return _boot_hooks(load)
 
 
 def model_info(entry: dict[str, Any], prepared_dir, hf_config, estimate: MemoryEstimate, loaded, placement: dict[str, Any] | None) -> dict[str, Any]:
@@ -432,6 +431,16 @@ def model_info(entry: dict[str, Any], prepared_dir, hf_config, estimate: MemoryE
             "lens_head_resident_bytes": sum(t.numel() * t.element_size() for t in head.values()),
         }
     return info
+
+
+def file_budget(key: str, settings: dict[str, Any], device: str, estimate: MemoryEstimate) -> int:
+    """Bytes a ``weights: quantised`` model may hold on ``device``: its placement budget there
+    (``placement.max_memory``), else what is free, less the lens's working memory."""
+    requested = settings.get("max_memory") or {}
+    for name, size in requested.items():
+        if device_key(name, f"placement.max_memory.{name}") == (0 if device == "cuda" else device):
+            return parse_size(size, f"placement.max_memory.{name}")
+    return max(0, available_memory(device) - (estimate.total_bytes - estimate.weights_bytes))
 
 
 def load_model(
@@ -470,7 +479,10 @@ def load_model(
         key, parameter_count(estimate.parameters), estimate.total_bytes / 1e9, dtype_name(torch_dtype),
     )
     settings = effective_placement(entry, placement)
-    placed = plan_placement(key, config, estimate, device_name, torch_dtype, settings)
+    from workflow.gguf_weights import file_model, quantised_manifest
+
+    from_file = quantised_manifest(location) is not None if prepared_dir is not None else False
+    placed = None if from_file else plan_placement(key, config, estimate, device_name, torch_dtype, settings)
     if placed is not None:
         sizes = module_bytes(config, torch_dtype, placed.device_map)
         described = placed.describe(sizes)
@@ -479,13 +491,26 @@ def load_model(
             ", ".join(f"{where} {size / 1e9:.2f} GB" for where, size in described["weights_bytes_by_device"].items()),
             f"; offloaded weights read from {placed.offload_folder} or the checkpoint" if placed.offload_folder else "",
         )
-    loaded = _boot(key, choice, location, kwargs, device_name, torch_dtype, placed, config.model_type)
-    if placed is not None:
-        loaded.final_norm = resident(loaded.final_norm, placed.main_device)
-        loaded.unembed = lens_unembedding(loaded.unembed, placed.main_device)
+    main_device = placed.main_device if placed is not None else device_name
+    file_backed = []
+    if from_file:
+        budget = file_budget(key, settings, device_name, estimate)
+
+        def load(**extra):
+            file_backed.append(file_model(key, Path(location), device_name, torch_dtype, budget, **extra))
+            return file_backed[-1].model
+    else:
+        def load(**extra):
+            return _load_hf(location, kwargs, device_name, torch_dtype, placed, **extra)
+    loaded = _boot(key, choice, load, location, main_device, torch_dtype, config.model_type)
+    if placed is not None or from_file:
+        loaded.final_norm = resident(loaded.final_norm, main_device)
+        loaded.unembed = lens_unembedding(loaded.unembed, main_device)
     tokenizer = load_tokenizer(location, kwargs)
     hf_config = loaded.hf_model.config
     info = model_info(entry, prepared_dir, hf_config, estimate, loaded, described if placed is not None else None)
+    if file_backed:
+        info["weights_from_file"] = file_backed[-1].describe()
     log.info(
         "loaded %s on %s as %s with %s (%.1f s)",
         key, device_name, dtype_name(torch_dtype), loaded.name, time.perf_counter() - started,

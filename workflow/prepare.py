@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -253,9 +254,10 @@ def _metadata_in_child(key: str, gguf_path: Path, out: Path, work: Path) -> dict
     return json.loads(parsed_config.read_text(encoding="utf-8"))
 
 
-def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, Any]:
+def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path, quantised: bool = False) -> dict[str, Any]:
     """Tokenizer, config, generation config and weights, one tensor in memory at a time
-    (workflow/gguf_stream.py)."""
+    (workflow/gguf_stream.py); ``quantised``: no weights, the plan that reads them from the
+    file at run time checked instead (workflow/gguf_weights.py)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -268,20 +270,26 @@ def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path) -> dict[
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     config.architectures = [type(model).__name__]
-    stats = stream_weights(read_header(gguf_path), gguf_path, model, parsed, out)
+    if quantised:
+        from workflow.gguf_weights import PARSED_CONFIG, check_plan
+
+        write_text(out / PARSED_CONFIG, json.dumps(parsed))
+        check_plan(key, gguf_path, out, config)
+    else:
+        stats = stream_weights(read_header(gguf_path), gguf_path, model, parsed, out)
+        log.info(
+            "wrote %d tensors (%.2f GB) in %d shard(s); the largest is %.0f MB",
+            stats["tensors"], stats["weights_bytes"] / 1e9, stats["shards"], stats["largest_tensor_bytes"] / 1e6,
+        )
     config.save_pretrained(out)
     if model.can_generate() and model.generation_config is not None:
         model.generation_config.save_pretrained(out)
-    log.info(
-        "wrote %d tensors (%.2f GB) in %d shard(s); the largest is %.0f MB",
-        stats["tensors"], stats["weights_bytes"] / 1e9, stats["shards"], stats["largest_tensor_bytes"] / 1e6,
-    )
-    return {"architecture": config.architectures[0], "preparation": "streamed"}
+    return {"architecture": config.architectures[0], "preparation": "quantised" if quantised else "streamed"}
 
 
-def _weights_own(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, Any]:
+def _weights_own(key: str, gguf_path: Path, out: Path, work: Path, quantised: bool = False) -> dict[str, Any]:
     """Tokenizer, config and weights of an architecture read by the project's own table
-    (workflow/gguf_arch.py), one parameter in memory at a time."""
+    (workflow/gguf_arch.py), one parameter in memory at a time; ``quantised``: no weights."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -296,15 +304,16 @@ def _weights_own(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, 
     config.architectures = [type(model).__name__]
     plan = weight_plan(header, model, key)  # a file that does not fit is refused before any work
     _metadata_in_child(key, gguf_path, out, work)
-    stats = stream_planned(plan, tensor_reader(gguf_path, header), config, model.state_dict(), out, gguf_path.name)
+    if not quantised:
+        stats = stream_planned(plan, tensor_reader(gguf_path, header), config, model.state_dict(), out, gguf_path.name)
+        log.info(
+            "wrote %d tensors (%.2f GB) in %d shard(s) by the project's %r table",
+            stats["tensors"], stats["weights_bytes"] / 1e9, stats["shards"], header.architecture,
+        )
     config.save_pretrained(out)
     if model.can_generate():
         GenerationConfig.from_model_config(config).save_pretrained(out)
-    log.info(
-        "wrote %d tensors (%.2f GB) in %d shard(s) by the project's %r table",
-        stats["tensors"], stats["weights_bytes"] / 1e9, stats["shards"], header.architecture,
-    )
-    return {"architecture": config.architectures[0], "preparation": "own-table"}
+    return {"architecture": config.architectures[0], "preparation": "quantised" if quantised else "own-table"}
 
 
 def _weights_whole(gguf_path: Path, out: Path) -> dict[str, Any]:
@@ -338,20 +347,28 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
     and ``manifest.json`` (source, the GGUF's sha256, how it was prepared). The weights
     are streamed tensor by tensor where transformers reads the architecture that way;
     ``whole`` loads the whole model instead (the way it was done before, kept for the
-    architectures that need it and for comparison).
+    architectures that need it and for comparison). With ``weights: quantised`` in the
+    entry no weights are written: the lens reads them from the GGUF file when it runs
+    (workflow/gguf_weights.py), and the manifest says where that file is.
     """
     from workflow.gguf_arch import own_architecture
 
     if entry["source"] not in PREPARED_SOURCES:
         raise UserError(f"model {key!r}: source {entry['source']!r} needs no preparation")
+    quantised = entry.get("weights", "dequantised") == "quantised"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gguf-") as work, atomic_directory(out_dir) as tmp, gguf_parsed_once():
         gguf_path = locate_gguf(key, entry, Path(work))
         arch = check_gguf_supported(key, gguf_path)
         digest = sha256_file(gguf_path)
-        log.info("dequantising %s (%s, sha256 %s)", gguf_path.name, arch, digest[:12])
+        log.info("%s %s (%s, sha256 %s)", "reading" if quantised else "dequantising", gguf_path.name, arch, digest[:12])
         if own_architecture(arch) is not None:
-            prepared = _weights_own(key, gguf_path, tmp, Path(work))
+            prepared = _weights_own(key, gguf_path, tmp, Path(work), quantised)
+        elif quantised and not streamable(arch):
+            raise UserError(
+                f"model {key!r}: weights: quantised reads a GGUF file tensor by tensor, but transformers converts "
+                f"architecture {arch!r} only as a whole model; set models.{key}.weights: dequantised"
+            )
         elif whole or not streamable(arch):
             if not whole:
                 log.warning(
@@ -360,7 +377,7 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
                 )
             prepared = _weights_whole(gguf_path, tmp)
         else:
-            prepared = _weights_streamed(key, gguf_path, tmp, Path(work))
+            prepared = _weights_streamed(key, gguf_path, tmp, Path(work), quantised)
         manifest = {
             "model": key,
             "source": source_description(entry),
@@ -370,9 +387,24 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
             "architecture": prepared["architecture"],
             "preparation": prepared["preparation"],
         }
+        if quantised:
+            manifest.update(_kept_gguf(gguf_path, Path(work), tmp, Path(out_dir)))
         (tmp / MANIFEST).write_text(dumps_json(manifest), encoding="utf-8")
     log.info("prepared %s in %.1f s (%s)", key, time.perf_counter() - started, prepared["preparation"])
     return manifest
+
+
+def _kept_gguf(gguf_path: Path, work: Path, tmp: Path, out_dir: Path) -> dict[str, Any]:
+    """Where a ``weights: quantised`` model's GGUF file stays for the runs: where it is, or
+    for a file a package assembled (made in the work folder) inside the prepared folder."""
+    if gguf_path.resolve().is_relative_to(work.resolve()):
+        shutil.move(gguf_path, tmp / "model.gguf")
+        kept = out_dir.resolve() / "model.gguf"
+        size = (tmp / "model.gguf").stat().st_size
+    else:
+        kept = gguf_path.resolve()
+        size = kept.stat().st_size
+    return {"gguf_path": str(kept), "gguf_bytes": size}
 
 
 if __name__ == "__main__":  # the child process of _metadata_in_child
