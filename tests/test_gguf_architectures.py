@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,9 @@ from workflow.lens_run import read_probes
 from workflow.lens_setup import LensSettings
 from workflow.models import load_model
 from workflow.prepare import prepare_model
+from workflow.errors import UserError
+from workflow.gguf_weights import file_weights
+from test_gguf_weights import assert_same_records, both_ways
 
 CONVERTER = Path(sys.prefix) / "convert-hf-to-gguf"
 PROBE = {"id": "capital", "prompt": "The capital of Germany is Berlin, and the capital of France is", "answer": " Paris"}
@@ -167,3 +171,56 @@ def test_a_gguf_whose_tensors_do_not_fit_its_table_is_refused(converted, tmp_pat
     with pytest.raises(UserError, match=r"do not fit architecture 'olmoe'.*blk\.0\.ffn_gate\.weight has no place"):
         prepare_model("m", {"source": "gguf", "path": str(path)}, out)
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- weights: quantised
+# (the helpers and the tests that need no converted file: tests/test_gguf_weights.py)
+
+@pytest.mark.parametrize("arch", ["llama4", "qwen3moe", "falcon"])
+def test_a_quantised_file_read_on_use_gives_the_records_of_its_dequantised_weights(arch, converted, tmp_path):
+    _, gguf = converted[arch, "q8_0"]
+    found = both_ways(arch, {"source": "gguf", "path": str(gguf)}, tmp_path)
+    # Llama 4's experts run one at a time from the file (not all at once): the same sums
+    # in another order (float32: entropies differ by about 6e-8); everything else is the same bits.
+    assert_same_records(found, 1e-6 if arch == "llama4" else 0.0)
+    model, folder = found["quantised"][1], found["quantised"][2]
+    assert not list(folder.glob("*.safetensors")), "a quantised preparation writes no weights"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["preparation"] == "quantised" and manifest["gguf_path"] == str(gguf.resolve())
+    assert model.info["weights_from_file"]["gguf_file"] == str(gguf.resolve())
+    assert not any(p.device.type != "meta" for n, p in model.backend.hf_model.named_parameters()
+                   if ".layers." in n or ".h." in n), "block weights are made on use, not kept"
+
+
+def test_llama4_reads_only_the_experts_tokens_are_routed_to(converted, tmp_path):
+    import torch
+
+    _, gguf = converted["llama4", "q8_0"]
+    entry = {"source": "gguf", "path": str(gguf), "weights": "quantised"}
+    prepare_model("l4", entry, tmp_path / "p")
+    model = load_model("l4", entry, tmp_path / "p", device="cpu", dtype="float32", backend="hooks")
+    hf = model.backend.hf_model
+    weights = file_weights(hf)
+    read: list[tuple[str, int]] = []
+    original = weights.expert
+    weights.expert = lambda name, index: (read.append((name, index)), original(name, index))[1]
+    with torch.no_grad():
+        hf(torch.tensor([[5]]))  # one token, top-1 routing: one expert per layer
+    layers = hf.config.num_hidden_layers
+    assert len(read) == 2 * layers, read  # its gate/up and its down matrices, once per layer
+    assert len({(name.split(".")[2], index) for name, index in read}) == layers
+
+
+def test_a_missing_file_or_a_budget_too_small_is_refused_naming_what_to_do(converted, tmp_path):
+    _, gguf = converted["qwen3moe", "q8_0"]
+    moved = tmp_path / "model.gguf"
+    shutil.copy(gguf, moved)
+    entry = {"source": "gguf", "path": str(moved), "weights": "quantised"}
+    prepare_model("q", entry, tmp_path / "p")
+    with pytest.raises(UserError, match=r"needs about .* GB at once .* budget is 0\.00 GB; raise placement\.max_memory"):
+        load_model("q", entry, tmp_path / "p", device="cpu", dtype="float32", placement={"max_memory": {"cpu": "1KB"}})
+    moved.unlink()
+    with pytest.raises(UserError, match=r"model\.gguf.*no longer exists; put the file back or prepare the model again"):
+        load_model("q", entry, tmp_path / "p", device="cpu", dtype="float32")
+
+

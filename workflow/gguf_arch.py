@@ -86,6 +86,13 @@ class Experts:
         stacked = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         return np.ascontiguousarray(stacked.swapaxes(1, 2)) if self.transpose else stacked
 
+    def expert(self, read_expert: Callable[[str, int], np.ndarray], index: int) -> np.ndarray:
+        """Expert ``index``'s slice of the parameter, from that expert's part of each file
+        tensor alone (``read_expert(name, index)``: out x in)."""
+        parts = [read_expert(name, index) for name in self.names]
+        stacked = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return np.ascontiguousarray(stacked.T) if self.transpose else stacked
+
 
 @dataclass(frozen=True)
 class FalconQKV:

@@ -116,44 +116,53 @@ class FileWeights(Mapping):
         rule = self.plan.rules.get(name)
         if rule is None:
             raise KeyError(name)
+        with self._lock:
+            self.bytes += sum(self._file_bytes(s) for s in rule.sources())
+        return self._timed(lambda: rule.make(self._read, self.config))
+
+    def _slices(self, name: str, indices: list[int]) -> np.ndarray:
+        """File tensor ``name``'s slices ``indices`` along its outermost dimension (an
+        embedding's row, an expert's matrix: contiguous in the file), dequantised."""
+        from gguf import GGMLQuantizationType
+
+        from workflow.gguf_stream import dequantise, numpy_layout
+
+        entry = self._entries[name]
+        dtype, shape = numpy_layout(entry)
+        count = int(np.prod(shape[1:]))
+        raw = np.empty((len(indices), *shape[1:]), dtype=dtype)
+        with open(self.path, "rb") as fh:
+            for i, index in enumerate(indices):
+                fh.seek(entry.offset + index * count * dtype.itemsize)
+                raw[i] = np.frombuffer(fh.read(count * dtype.itemsize), dtype=dtype).reshape(shape[1:])
+        with self._lock:
+            self.bytes += raw.nbytes
+        return dequantise(raw, GGMLQuantizationType(entry.ggml_type))
+
+    def _timed(self, make) -> torch.Tensor:
         started = time.perf_counter()
-        array = np.ascontiguousarray(rule.make(self._read, self.config), dtype=np.float32)
-        tensor = torch.from_numpy(array).to(self.dtype)
+        tensor = torch.from_numpy(np.ascontiguousarray(make(), dtype=np.float32)).to(self.dtype)
         with self._lock:
             self.reads += 1
-            self.bytes += sum(self._file_bytes(s) for s in rule.sources())
             self.seconds += time.perf_counter() - started
         return tensor
 
     def rows(self, name: str, ids: list[int]) -> torch.Tensor | None:
-        """Rows ``ids`` of parameter ``name`` read alone (an embedding's rows are contiguous
-        runs of blocks in the file); None where its rule does more than take one tensor."""
-        from gguf import GGMLQuantizationType
-
+        """Rows ``ids`` of parameter ``name`` read alone; None where its rule does more than
+        take one two-dimensional tensor."""
         from workflow.gguf_arch import Take
-        from workflow.gguf_stream import dequantise, numpy_layout
 
         rule = self.plan.rules.get(name)
         if not isinstance(rule, (Take, Processed)) or len(rule.sources()) != 1:
             return None
-        entry = self._entries[rule.sources()[0]]
-        dtype, shape = numpy_layout(entry)
-        if len(shape) != 2:
+        if len(self._entries[rule.sources()[0]].dims) != 2:
             return None
-        started = time.perf_counter()
-        row_bytes = shape[1] * dtype.itemsize
-        raw = np.empty((len(ids), shape[1]), dtype=dtype)
-        with open(self.path, "rb") as fh:
-            for i, row in enumerate(ids):
-                fh.seek(entry.offset + row * row_bytes)
-                raw[i] = np.frombuffer(fh.read(row_bytes), dtype=dtype)
-        values = torch.from_numpy(np.ascontiguousarray(dequantise(raw, GGMLQuantizationType(entry.ggml_type)),
-                                                        dtype=np.float32)).to(self.dtype)
-        with self._lock:
-            self.reads += 1
-            self.bytes += raw.nbytes
-            self.seconds += time.perf_counter() - started
-        return values
+        return self._timed(lambda: self._slices(rule.sources()[0], ids))
+
+    def expert(self, name: str, index: int) -> torch.Tensor:
+        """Expert ``index`` of the fused expert parameter ``name``, from its part of the file."""
+        rule = self.plan.rules[name]
+        return self._timed(lambda: rule.expert(lambda source, e: self._slices(source, [e])[0], index))
 
     def _file_bytes(self, name: str) -> int:
         from workflow.gguf_stream import numpy_layout
@@ -191,11 +200,40 @@ class EmbeddingRows(ModelHook):
         used, inverse = torch.unique(input_ids, return_inverse=True)
         rows = self.weights.rows(self.name, used.tolist())
         module._parameters["weight"] = nn.Parameter(rows.to(self.device), requires_grad=False)
+        # padding_idx changes only gradients, and names a row of the full table
+        self.padding_idx, module.padding_idx = getattr(module, "padding_idx", None), None
         return (inverse.reshape(input_ids.shape).to(self.device), *args), kwargs
 
     def post_forward(self, module, output):
         module._parameters["weight"] = self.placeholder
+        module.padding_idx = self.padding_idx
         return output
+
+
+def llama4_experts_by_one(module: nn.Module, weights: FileWeights, prefix: str, device: str) -> None:
+    """Llama 4's routed experts run one expert at a time, each read from its own part of the
+    file, and only the experts some token is routed to. transformers' ``Llama4TextExperts``
+    gets every expert's input stacked (a token not routed to an expert has a zero row
+    there, whose output is zero) and multiplies all experts at once; here each expert's
+    rows that are not zero go through that expert's matrices alone."""
+    gate_up, down = f"{prefix}gate_up_proj", f"{prefix}down_proj"
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        stacked = hidden_states.view(module.num_experts, -1, module.hidden_size)
+        out = torch.zeros_like(stacked)
+        for expert in range(module.num_experts):
+            rows = stacked[expert].ne(0).any(-1).nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                continue
+            gate, up = (stacked[expert, rows] @ weights.expert(gate_up, expert).to(device)).chunk(2, dim=-1)
+            out[expert, rows] = (up * module.act_fn(gate)) @ weights.expert(down, expert).to(device)
+        return out.view(-1, module.hidden_size)
+
+    module.forward = forward
+
+
+# Expert modules run one expert at a time from the file (their class name -> how).
+EXPERTS_BY_ONE = {"Llama4TextExperts": llama4_experts_by_one}
 
 
 @dataclass(frozen=True)
@@ -214,6 +252,11 @@ class FileModel:
             "resident_bytes": self.resident_bytes,
             "largest_module_bytes": self.largest_module_bytes,
         }
+
+
+def file_weights(model: nn.Module) -> FileWeights | None:
+    """What a model built by ``file_model`` reads its weights through (its counters), else None."""
+    return getattr(model, "_file_weights", None)
 
 
 def quantised_manifest(prepared_dir: Path) -> dict[str, Any] | None:
@@ -268,6 +311,7 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
     from accelerate.utils import PrefixedDataset, set_module_tensor_to_device
     from transformers import AutoConfig
 
+    from workflow.gguf_arch import Experts
     from workflow.gguf_file import read_header
 
     manifest = quantised_manifest(prepared_dir)
@@ -293,8 +337,14 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
     embedding = model.get_input_embeddings()
     by_rows = {name for name, module in hooked
                if module is embedding and weights.rows(f"{name}.weight", [0]) is not None}
-    largest = max((_tensor_bytes(list(m.parameters(recurse=False)), dtype) for n, m in hooked if n not in by_rows),
-                  default=0)
+    by_expert = {name for name, module in hooked if type(module).__name__ in EXPERTS_BY_ONE
+                 and all(isinstance(plan.rules.get(f"{name}.{p}"), Experts) for p, _ in module.named_parameters())}
+
+    def held(name: str, module: nn.Module) -> int:
+        own = list(module.parameters(recurse=False))
+        return _tensor_bytes(own, dtype) // (module.num_experts if name in by_expert else 1)
+
+    largest = max((held(n, m) for n, m in hooked if n not in by_rows), default=0)
     need = resident_bytes + MADE_COPIES * largest
     if budget is not None and need > budget:
         raise UserError(
@@ -319,6 +369,9 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
         if module_name in by_rows:
             add_hook_to_module(module, EmbeddingRows(weights, f"{module_name}.weight", device))
             continue
+        if module_name in by_expert:
+            EXPERTS_BY_ONE[type(module).__name__](module, weights, f"{module_name}.", device)
+            continue
         add_hook_to_module(module, AlignDevicesHook(
             execution_device=device, offload=True, weights_map=PrefixedDataset(weights, f"{module_name}."),
         ))
@@ -328,6 +381,7 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
     # Where inputs go (its parameters are on the meta device until used), as accelerate
     # records it for a model it places.
     model.hf_device_map = {"": device}
+    model._file_weights = weights
     log.info(
         "%s: weights read from %s on use (%d parameters by %s); %.2f GB resident, at most %.2f GB made at a time",
         key, path.name, len(plan.rules), "the project's table" if not isinstance(next(iter(plan.rules.values())), Processed)

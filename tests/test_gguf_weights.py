@@ -1,0 +1,118 @@
+"""weights: quantised — a GGUF model run from its file, each module's weights read and
+dequantised just before use (workflow/gguf_weights.py).
+
+The records must be those of the same file prepared as float32 safetensors (the weights are
+made by the same rules); the prepared folder must hold no weights; what is read must be
+what the run uses (an embedding's rows, the experts tokens are routed to); every
+quantisation type gguf-py dequantises must give gguf-py's values when read in parts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import REPO, prepared_model
+from workflow.errors import UserError
+from workflow.lens_run import read_probes
+from workflow.lens_setup import LensSettings
+from workflow.models import load_model
+from workflow.prepare import prepare_model
+
+PROBES = [
+    {"id": "capital", "prompt": "The capital of Germany is Berlin, and the capital of France is", "answer": " Paris"},
+    {"id": "short", "prompt": "Paris is the capital of", "answer": " France"},
+]
+
+
+def both_ways(key: str, entry: dict, tmp_path, prepared=None):
+    """(records, model) of ``entry`` prepared as float32 weights and read from its file."""
+    found = {}
+    for mode in ("dequantised", "quantised"):
+        folder = prepared if (mode == "dequantised" and prepared is not None) else tmp_path / mode
+        if not (folder / "manifest.json").is_file():
+            prepare_model(key, {**entry, "weights": mode}, folder)
+        model = load_model(key, {**entry, "weights": mode}, folder, device="cpu", dtype="float32")
+        found[mode] = (read_probes(model, PROBES, LensSettings(top_k=3)), model, folder)
+    return found
+
+
+def assert_same_records(found, tolerance: float) -> None:
+    dequantised, quantised = found["dequantised"][0], found["quantised"][0]
+    assert len(quantised.rows) == len(dequantised.rows) > 0
+    for a, b in zip(dequantised.rows, quantised.rows):
+        assert (a["layer"], a["position"], a["lens"]) == (b["layer"], b["position"], b["lens"])
+        assert a["top1_token"] == b["top1_token"], (a["layer"], a["position"])
+        for column in ("top1_prob", "answer_prob", "entropy"):
+            assert b[column] == pytest.approx(a[column], abs=tolerance), (column, a["layer"], a["position"])
+    assert quantised.probes[0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
+
+
+def test_the_embedded_q4_k_m_gemma_read_from_its_file_gives_its_records(tmp_path_factory, tmp_path):
+    """A real K-quant file (Q4_K_M and Q6_K blocks, a tied embedding of 262k rows)."""
+    key = "gemma-3-270m"
+    entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][key]
+    found = both_ways(key, entry, tmp_path, prepared=prepared_model(key, tmp_path_factory))
+    assert_same_records(found, 0.0)
+    folder = found["quantised"][2]
+    # The package assembles the file: kept in the prepared folder, the only copy.
+    manifest = yaml.safe_load((folder / "manifest.json").read_text())
+    assert manifest["gguf_path"] == str((folder / "model.gguf").resolve())
+    # Beside it: the tokenizer (33 MB of JSON for 262k tokens, whatever the model's size) and
+    # under a megabyte of config and manifest; no weights.
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.name != "model.gguf"}
+    assert sum(size for name, size in sizes.items() if not name.startswith("tokenizer")) < 2**20, sizes
+    assert not [name for name in sizes if name.endswith((".safetensors", ".bin", ".pt"))]
+
+
+def test_weights_applies_to_gguf_sources_only():
+    from workflow.config import check_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["models"] = {"m": {"source": "local", "path": "/x", "weights": "quantised"}}
+    with pytest.raises(UserError, match=r"models\.m\.weights applies to GGUF files .* source 'local'; remove the key"):
+        check_config(config, "c.yaml")
+
+
+def quant_types():
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import _type_traits
+
+    return sorted({Q.F16, *_type_traits} - {Q.F32}, key=lambda t: t.value)
+
+
+@pytest.mark.parametrize("qtype", quant_types(), ids=lambda t: t.name)
+def test_every_quantisation_type_read_in_parts_gives_gguf_py_values(qtype, tmp_path):
+    """An expert's slice and an embedding's rows, read alone from the file, dequantise to
+    gguf-py's dequantisation of the whole tensor, for every type gguf-py dequantises.
+    Blocks are gguf-py's own quantisation where it has one, else random bytes (every
+    byte pattern is a valid block; a NaN scale is the same NaN both ways)."""
+    import gguf
+    from gguf import GGML_QUANT_SIZES
+
+    from gguf_writer import finish
+    from workflow.gguf_arch import Experts, Plan, Take
+    from workflow.gguf_file import read_header
+    from workflow.gguf_weights import FileWeights
+
+    block, block_bytes = GGML_QUANT_SIZES[qtype]
+    experts, rows, columns = 3, 4, 2 * max(block, 256)
+    rng = np.random.default_rng(qtype.value)
+    values = rng.standard_normal((experts, rows, columns)).astype(np.float32)
+    try:
+        raw = gguf.quants.quantize(values, qtype)
+    except NotImplementedError:
+        raw = rng.integers(0, 256, (experts, rows, columns // block * block_bytes), dtype=np.uint8)
+    path = tmp_path / "types.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("ffn_down_exps.weight", raw, raw_dtype=qtype)
+    writer.add_tensor("token_embd.weight", raw[0], raw_dtype=qtype)
+    finish(writer)
+    whole = gguf.quants.dequantize(raw, qtype)
+    plan = Plan({"experts": Experts(("ffn_down_exps.weight",)), "embed": Take("token_embd.weight")}, (), {})
+    weights = FileWeights(path, read_header(path), plan, None, dtype=__import__("torch").float32)
+    for expert in range(experts):
+        np.testing.assert_array_equal(weights.expert("experts", expert).numpy(), whole[expert])
+    np.testing.assert_array_equal(weights.rows("embed", [3, 1]).numpy(), whole[0][[3, 1]])
+    np.testing.assert_array_equal(weights["experts"].numpy(), whole)
