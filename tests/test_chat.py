@@ -194,3 +194,27 @@ def test_a_message_longer_than_the_context_is_refused_not_run(chat_config):
     term.read_until(r"tokens in [\d.]+ s")
     term.type("\n")
     assert term.wait() == 0
+
+
+def test_a_model_read_from_its_gguf_file_says_its_seconds_per_token_and_is_refused_over_the_limit(tiny_dirs, tmp_path):
+    """weights: quantised reads the whole file (but unrouted experts) at every token: the chat
+    says what a token costs, and does not start where that is over --max-seconds-per-token."""
+    from gguf_writer import write_gguf
+
+    gguf = write_gguf(tiny_dirs["llama"], tmp_path / "tiny.gguf", "llama")
+    config = {"device": "cpu", "dtype": "float32", "lenses": ["logit"],
+              "models": {"tiny-gguf": {"source": "gguf", "path": str(gguf), "weights": "quantised"}},
+              "probes": [{"id": "p", "prompt": "The capital of Germany is", "answer": " Berlin"}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    refused = chat(path, "--workdir", str(work), "--once", "Berlin is", "--raw", "--max-new-tokens", "50",
+                   "--max-seconds-per-token", "1e-9")
+    assert refused.returncode == 1
+    assert re.search(r"reads its weights from its GGUF file at every generated token .* GB of the file per token, "
+                     r".* at least [0-9.]+ s per token .* min for 50 tokens: over --max-seconds-per-token 1e-09, "
+                     r"so lens-chat does not start", refused.stderr), refused.stderr
+    assert not list((work / "resources" / "chat-models" / "tiny-gguf").glob("*.safetensors"))
+    ran = chat(path, "--workdir", str(work), "--once", "Berlin is", "--raw", "--max-new-tokens", "2")
+    assert ran.returncode == 0, ran.stderr
+    assert "s per token" in ran.stderr and "tokens in" in ran.stdout

@@ -75,7 +75,8 @@ def prepared_dir(key: str, entry: dict[str, Any], workdir: Path) -> str | None:
         return str(pipeline)
     out = workdir / "resources" / "chat-models" / key
     if not (out / MANIFEST).is_file():
-        print(f"preparing {key} once into {out} (dequantising its GGUF file) ...", file=sys.stderr)
+        how = "reading" if entry.get("weights") == "quantised" else "dequantising"
+        print(f"preparing {key} once into {out} ({how} its GGUF file) ...", file=sys.stderr)
         prepare_model(key, entry, out)
     return str(out)
 
@@ -119,6 +120,14 @@ class Chat:
         self.model = load_model(
             key, entry, prepared_dir(key, entry, workdir), device=args.device or config["device"], dtype=args.dtype or config["dtype"],
             backend=config["backend"], lens=settings, placement=config.get("placement"))
+        if self.model.from_file is not None:
+            seconds, cost = self.model.from_file.token_cost(key, args.max_new_tokens)
+            if seconds > args.max_seconds_per_token:
+                raise UserError(
+                    f"{cost}: over --max-seconds-per-token {args.max_seconds_per_token:g}, so lens-chat does not start. "
+                    "Raise it to chat anyway, or give the model memory to run from (weights: dequantised, where it fits)"
+                )
+            print(f"({cost})", file=sys.stderr)
         tuned = None
         lenses_dir = workdir / "resources" / "lenses" / key
         if "tuned" in config["lenses"] and not args.no_tuned:
@@ -226,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sampled at this temperature")
     p.add_argument("--seed", type=int, default=0, help="the sampling seed (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--max-seconds-per-token", type=float, default=10.0,
+                   help="refuse a model read from its GGUF file (weights: quantised) that is expected to be slower "
+                        "than this (default: %(default)s)")
     p.add_argument("--trace", metavar="FILE", help="write every reply's per-token records here (CSV, or .parquet)")
     p.add_argument("--no-tuned", action="store_true", help="the logit lens only, even where a tuned lens is trained")
     p.add_argument("--device", help="override the config's device (cpu, cuda, mps)")

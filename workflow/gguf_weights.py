@@ -108,6 +108,7 @@ class FileWeights(Mapping):
         self._read = tensor_reader(self.path, header)
         self._entries = {t.name: t for t in header.table}
         self._lock = threading.Lock()
+        self._rates: dict[int, float] = {}
         self.reads = 0
         self.bytes = 0
         self.seconds = 0.0
@@ -163,6 +164,29 @@ class FileWeights(Mapping):
         """Expert ``index`` of the fused expert parameter ``name``, from its part of the file."""
         rule = self.plan.rules[name]
         return self._timed(lambda: rule.expert(lambda source, e: self._slices(source, [e])[0], index))
+
+    def rate(self, kind: int, sample_bytes: int = 8 * 2**20) -> float:
+        """File bytes of GGML type ``kind`` dequantised per second here, measured (once) on
+        up to ``sample_bytes`` of the first tensor of that type."""
+        if kind not in self._rates:
+            self._rates[kind] = self._measured_rate(kind, sample_bytes)
+        return self._rates[kind]
+
+    def _measured_rate(self, kind: int, sample_bytes: int) -> float:
+        from gguf import GGMLQuantizationType
+
+        from workflow.gguf_stream import dequantise, numpy_layout
+
+        entry = next(t for t in self._entries.values() if t.ggml_type == kind)
+        dtype, shape = numpy_layout(entry)
+        row = int(shape[-1]) * dtype.itemsize
+        rows = max(1, min(int(np.prod(shape[:-1])), sample_bytes // row))
+        with open(self.path, "rb") as fh:
+            fh.seek(entry.offset)
+            raw = np.frombuffer(fh.read(rows * row), dtype=dtype).reshape(rows, shape[-1])
+        started = time.perf_counter()
+        dequantise(raw, GGMLQuantizationType(kind))
+        return raw.nbytes / max(time.perf_counter() - started, 1e-9)
 
     def _file_bytes(self, name: str) -> int:
         from workflow.gguf_stream import numpy_layout
@@ -244,6 +268,25 @@ class FileModel:
     weights: FileWeights
     resident_bytes: int  # the unembedding (and a tied embedding), kept
     largest_module_bytes: int  # the most one module makes at a time
+    token_bytes: dict[int, float]  # file bytes read for one generated token, per GGML type
+
+    def seconds_per_token(self) -> float:
+        """What generating one token costs at least: the file bytes one forward pass reads
+        (every module's weights; of the experts, those a token is routed to; one embedding
+        row), dequantised at the rate measured on this machine for each of their types.
+        The arithmetic comes on top."""
+        return sum(size / self.weights.rate(kind) for kind, size in self.token_bytes.items())
+
+    def token_cost(self, key: str, tokens: int) -> tuple[float, str]:
+        """Seconds per generated token (``seconds_per_token``), and what generating ``tokens``
+        tokens costs, said for a user."""
+        seconds = self.seconds_per_token()
+        return seconds, (
+            f"model {key!r} reads its weights from its GGUF file at every generated token (weights: quantised): "
+            f"{sum(self.token_bytes.values()) / 1e9:.2f} GB of the file per token, dequantised at the rate measured "
+            f"here, so at least {seconds:.1f} s per token (the arithmetic comes on top) and "
+            f"{seconds * tokens / 60:.1f} min for {tokens} tokens"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -251,6 +294,7 @@ class FileModel:
             "gguf_file": str(self.weights.path),
             "resident_bytes": self.resident_bytes,
             "largest_module_bytes": self.largest_module_bytes,
+            "file_bytes_per_token": int(sum(self.token_bytes.values())),
         }
 
 
@@ -382,9 +426,19 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
     # records it for a model it places.
     model.hf_device_map = {"": device}
     model._file_weights = weights
+    token_bytes: dict[int, float] = {}
+    routed = getattr(config, "num_experts_per_tok", 1)
+    for module_name, module in hooked:
+        if module_name in by_rows:
+            continue
+        share = routed / module.num_experts if module_name in by_expert else 1.0
+        for attr, _ in module.named_parameters(recurse=False):
+            for source in plan.rules[f"{module_name}.{attr}"].sources():
+                kind = weights._entries[source].ggml_type
+                token_bytes[kind] = token_bytes.get(kind, 0.0) + weights._file_bytes(source) * share
     log.info(
         "%s: weights read from %s on use (%d parameters by %s); %.2f GB resident, at most %.2f GB made at a time",
         key, path.name, len(plan.rules), "the project's table" if not isinstance(next(iter(plan.rules.values())), Processed)
         else "transformers' tensor processors", resident_bytes / 1e9, largest / 1e9,
     )
-    return FileModel(model, weights, resident_bytes, largest)
+    return FileModel(model, weights, resident_bytes, largest, token_bytes)

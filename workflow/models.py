@@ -317,6 +317,7 @@ class LoadedModel:
     device: str
     dtype: torch.dtype
     info: dict[str, Any] = field(default_factory=dict)
+    from_file: Any = None  # workflow.gguf_weights.FileModel where the weights are read from a GGUF file on use
 
     @property
     def n_layers(self) -> int:
@@ -515,4 +516,5 @@ def load_model(
         "loaded %s on %s as %s with %s (%.1f s)",
         key, device_name, dtype_name(torch_dtype), loaded.name, time.perf_counter() - started,
     )
-    return LoadedModel(key, loaded, tokenizer, hf_config, device_name, torch_dtype, info)
+    return LoadedModel(key, loaded, tokenizer, hf_config, device_name, torch_dtype, info,
+                       file_backed[-1] if file_backed else None)

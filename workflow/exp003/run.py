@@ -78,6 +78,8 @@ def write_generation_outputs(
     model = load_model(
         model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=settings
     )
+    if model.from_file is not None:  # a long job, said before it starts
+        log.warning("%s", model.from_file.token_cost(model_key, len(probes) * generation["max_new_tokens"])[1])
     tuned = tuned_info = None
     if tuned_dir is not None:
         tuned, tuned_config = open_tuned_lens(model, settings, tuned_dir)
