@@ -18,7 +18,9 @@ probes through the logit lens three ways, each in a fresh child process:
 Budget: the GGUF's size / 2.5 (``--ratio``). Columns: preparation seconds and disk beside
 the GGUF, load seconds, seconds per probe, peak RSS of the process and its growth from
 before the model was loaded, what was read from the file, and the largest difference of
-any record's probabilities from the in-memory run's.
+any record's probabilities from the in-memory run's; then generation (the lens on every new
+token): seconds per token measured, and for the file the estimate ``lens-chat`` refuses by
+(file bytes per token at the dequantisation rate measured here).
 """
 
 from __future__ import annotations
@@ -119,9 +121,19 @@ def child(args) -> None:
     peak = rss("VmHWM")
     weights = file_weights(model.backend.hf_model)
     Path(args.records).write_text(json.dumps(read.rows))
+    # Generation: seconds per token measured (the prompt's pass left out), and for the file
+    # the estimate lens-chat refuses by.
+    from workflow.generation import LensGenerator
+
+    generator = LensGenerator(model, LensSettings(positions="last"))
+    prompt = model.tokenizer(probes[0]["prompt"])["input_ids"]
+    first = generator.generate(prompt, 1, stop_ids=set()).seconds
+    tokens = 9
+    token_seconds = (generator.generate(prompt, tokens + 1, stop_ids=set()).seconds - first) / tokens
     print(json.dumps({
         "load": loaded - started, "per_probe": seconds / len(probes), "peak": peak, "growth": peak - before,
-        "read": weights.bytes if weights else None, "offload": folder_bytes(Path(args.offload)) if args.budget else 0,
+        "read": weights.bytes if weights else None, "token": token_seconds,
+        "estimate": model.from_file.seconds_per_token() if model.from_file else None, "offload": folder_bytes(Path(args.offload)) if args.budget else 0,
         "by_device": model.info.get("placement", {}).get("weights_bytes_by_device"),
     }))
 
@@ -140,14 +152,16 @@ def prepare(gguf: Path, work: Path, weights: str) -> tuple[Path, float]:
     return folder, json.loads(timing.read_text())
 
 
-def dequantisation_rates(types=("Q4_K", "Q6_K", "Q8_0"), megabytes: int = 64) -> dict[str, float]:
-    """File bytes dequantised per second by gguf-py (what a forward pass from the file costs
-    beside the arithmetic), per type, on blocks of random bytes with finite scales."""
+def dequantisation_rates(types=("Q4_K", "Q5_K", "Q6_K", "Q8_0"), megabytes: int = 64) -> dict[str, tuple[float, float]]:
+    """File bytes dequantised per second, per type: by gguf-py's numpy code and by the
+    native kernel (workflow/native/dequant.c, on PyTorch's threads), on random blocks."""
+    import gguf
     import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from workflow.gguf_stream import dequantise
+    from workflow.native import dequantise
 
+    dequantise(np.zeros((1, 34), dtype=np.uint8), 8)  # built (once) before anything is timed
     rates = {}
     rng = np.random.default_rng(0)
     for name in types:
@@ -155,11 +169,12 @@ def dequantisation_rates(types=("Q4_K", "Q6_K", "Q8_0"), megabytes: int = 64) ->
         block, block_bytes = GGML_QUANT_SIZES[kind]
         rows = megabytes * 2**20 // (4096 // block * block_bytes)
         raw = rng.integers(0, 256, (rows, 4096 // block * block_bytes), dtype=np.uint8)
-        if name == "Q8_0":  # its scale is each block's first two bytes: keep them finite
-            raw.reshape(rows, -1, block_bytes)[:, :, 1] &= 0x3B
-        started = time.perf_counter()
-        dequantise(raw, kind)
-        rates[name] = raw.nbytes / (time.perf_counter() - started)
+        found = []
+        for way in (lambda: gguf.quants.dequantize(raw, kind), lambda: dequantise(raw, int(kind))):
+            started = time.perf_counter()
+            way()
+            found.append(raw.nbytes / (time.perf_counter() - started))
+        rates[name] = tuple(found)
     return rates
 
 
@@ -189,7 +204,7 @@ def main() -> None:
           f"Q8_0 GGUF {size / GB:.2f} GB; memory budget {budget / GB:.2f} GB (GGUF / {args.ratio}); the 9 default "
           f"probes, logit lens; one fresh process per row; GB = 1e9 bytes\n")
     print(f"{'way':<22} {'prepare s':>9} {'disk GB':>7} {'load s':>6} {'s/probe':>7} {'peak RSS GB':>11} "
-          f"{'RSS growth GB':>13} {'read GB':>7} {'max diff':>9}")
+          f"{'RSS growth GB':>13} {'read GB':>7} {'max diff':>9} {'s/token':>7} {'estimate':>8}")
     baseline = None
     for label, weights, limited in (("in memory", "dequantised", False), ("accelerate offload", "dequantised", True),
                                     ("from the file", "quantised", True)):
@@ -209,10 +224,14 @@ def main() -> None:
         disk = folder_bytes(folder) + row["offload"]
         read = f"{row['read'] / GB:>7.2f}" if row["read"] is not None else f"{'—':>7}"
         print(f"{label:<22} {prepare_seconds:>9.1f} {disk / GB:>7.2f} {row['load']:>6.1f} {row['per_probe']:>7.2f} "
-              f"{row['peak'] / GB:>11.2f} {row['growth'] / GB:>13.2f} {read} {largest_difference(rows, baseline):>9.1e}")
-    rates = dequantisation_rates()
-    print("\ngguf-py dequantisation, file GB per second (one thread as numpy runs it): "
-          + ", ".join(f"{name} {rate / GB:.2f}" for name, rate in rates.items()))
+              f"{row['peak'] / GB:>11.2f} {row['growth'] / GB:>13.2f} {read} {largest_difference(rows, baseline):>9.1e} "
+              f"{row['token']:>7.2f} {'—' if row['estimate'] is None else format(row['estimate'], '.2f'):>8}")
+    import torch
+
+    print(f"\nDequantisation, GB of file per second (random blocks; native on {torch.get_num_threads()} threads):")
+    print(f"{'type':<6} {'gguf-py':>8} {'native':>8} {'ratio':>6}")
+    for name, (numpy_rate, native_rate) in dequantisation_rates().items():
+        print(f"{name:<6} {numpy_rate / GB:>8.2f} {native_rate / GB:>8.2f} {native_rate / numpy_rate:>6.1f}")
 
 
 if __name__ == "__main__":

@@ -116,3 +116,20 @@ def test_every_quantisation_type_read_in_parts_gives_gguf_py_values(qtype, tmp_p
         np.testing.assert_array_equal(weights.expert("experts", expert).numpy(), whole[expert])
     np.testing.assert_array_equal(weights.rows("embed", [3, 1]).numpy(), whole[0][[3, 1]])
     np.testing.assert_array_equal(weights["experts"].numpy(), whole)
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "Q5_K", "Q6_K"])
+def test_the_native_dequantisation_gives_gguf_py_bits(name):
+    """workflow/native/dequant.c, which reads Q4_K_M, Q5_K_M, Q6_K and Q8_0 files: the same
+    bits as gguf-py (NaNs from random scales included), on 4096 random rows of blocks."""
+    import gguf
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from workflow.native import dequantise
+
+    kind = GGMLQuantizationType[name]
+    block, size = GGML_QUANT_SIZES[kind]
+    raw = np.random.default_rng(kind.value).integers(0, 256, (4096, 1024 // block * size), dtype=np.uint8)
+    native = dequantise(raw, int(kind))
+    assert native is not None, "the dequantisation kernel did not build"
+    np.testing.assert_array_equal(native.view(np.uint32), gguf.quants.dequantize(raw, kind).view(np.uint32))

@@ -154,8 +154,13 @@ def dequantise(raw: np.ndarray, qtype) -> np.ndarray:
     """
     from gguf import GGMLQuantizationType, dequantize
 
+    from workflow.native import dequantise as native_dequantise
+
     if qtype == GGMLQuantizationType.F32:
         return raw.view(np.float32)
+    fast = native_dequantise(raw, int(qtype)) if raw.ndim else None  # the same values (workflow/native/dequant.c)
+    if fast is not None:
+        return fast
     if raw.ndim == 0 or raw.size == 0:
         return dequantize(raw, qtype).astype(np.float32, copy=False)
     rows = raw.reshape(-1, raw.shape[-1])

@@ -74,8 +74,9 @@ def _processor() -> str:
     return platform.machine() + " " + platform.processor()
 
 
-def build(compiler: str | None = None, directory: Path | None = None, march: str = MARCH) -> Path:
-    """Compile the kernel unless a build for this source, compiler and processor exists.
+def build(compiler: str | None = None, directory: Path | None = None, march: str = MARCH, source: Path = SOURCE) -> Path:
+    """Compile ``source`` (default the lens kernel) unless a build of it for this compiler
+    and processor exists.
 
     ``march``: the instruction set to build for (``-march=``); tests build others than this
     processor's to check that every build gives the same bits.
@@ -84,25 +85,25 @@ def build(compiler: str | None = None, directory: Path | None = None, march: str
     flags = (*FLAGS, f"-march={march}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), version.encode(), _processor().encode()])
+        b"\0".join([source.read_bytes(), " ".join(flags).encode(), version.encode(), _processor().encode()])
     ).hexdigest()[:16]
     directory = directory or cache_dir()
-    target = directory / f"lens_block-{key}.so"
+    target = directory / f"{source.stem}-{key}.so"
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
     # Built beside the target and moved into place: concurrent jobs never load a partial file.
-    handle, partial = tempfile.mkstemp(dir=directory, prefix=".lens_block-", suffix=".so")
+    handle, partial = tempfile.mkstemp(dir=directory, prefix=f".{source.stem}-", suffix=".so")
     os.close(handle)
     try:
-        result = subprocess.run([compiler, *flags, "-o", partial, str(SOURCE)], capture_output=True, text=True, check=False)
+        result = subprocess.run([compiler, *flags, "-o", partial, str(source)], capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise RuntimeError(f"{Path(compiler).name} failed on {SOURCE.name}: {result.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{Path(compiler).name} failed on {source.name}: {result.stderr.strip()[-500:]}")
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    log.info("built the fused lens kernel: %s", target)
+    log.info("built %s: %s", source.name, target)
     return target
 
 
@@ -203,3 +204,44 @@ def _parallel(kernel, head: tuple, tail: tuple, begin: int, end: int) -> None:
     futures = [_pool().submit(kernel, *head, bounds[i], bounds[i + 1], *tail) for i in range(chunks)]
     for future in futures:
         future.result()
+
+
+# GGUF dequantisation (native/dequant.c): the types it handles, by GGML type number, with
+# each type's (values, bytes) per block. Same bits as gguf-py's numpy dequantisers, many
+# times faster (bench/gguf_layers.py); other types, or LAYERWISE_LENS_KERNEL=torch, use gguf-py.
+DEQUANT_SOURCE = Path(__file__).resolve().parent / "native" / "dequant.c"
+DEQUANT_TYPES = {8: (32, 34), 12: (256, 144), 13: (256, 176), 14: (256, 210)}
+
+
+@functools.lru_cache(maxsize=1)
+def _dequant_library() -> ctypes.CDLL | None:
+    if mode() == "torch":
+        return None
+    try:
+        library = ctypes.CDLL(str(build(source=DEQUANT_SOURCE)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        if mode() == "native":
+            raise UserError(f"{ENV}=native, but the GGUF dequantisation kernel cannot be built or loaded: {error}") from error
+        log.warning("GGUF dequantisation kernel unavailable (%s); using gguf-py's, which gives the same values more slowly", error)
+        return None
+    library.dequantise.argtypes = [ctypes.c_int, _P, _I, _I, _P]
+    library.dequantise.restype = ctypes.c_int
+    return library
+
+
+def dequantise(raw, kind: int, library: ctypes.CDLL | None = None):
+    """float32 values of the blocks in ``raw`` (a uint8 array, rows of whole blocks) of GGML
+    type ``kind``, by the native kernel on PyTorch's number of threads; None where the
+    kernel does not handle the type or is not available."""
+    import numpy as np
+
+    library = library or _dequant_library()
+    if kind not in DEQUANT_TYPES or library is None:
+        return None
+    values, size = DEQUANT_TYPES[kind]
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8)
+    count = blocks.size // size
+    out = np.empty((*blocks.shape[:-1], blocks.shape[-1] // size * values), dtype=np.float32)
+    _parallel(lambda begin, end: library.dequantise(kind, blocks.ctypes.data, begin, end, out.ctypes.data), (), (),
+              0, count)
+    return out
