@@ -75,6 +75,7 @@ bench: demo
 	$(BIN)/python bench/prepare_memory.py --model gemma-3-270m --model smollm2-135m-instruct
 	$(BIN)/python bench/offload.py
 	$(BIN)/python bench/generation.py
+	$(BIN)/python bench/gguf_layers.py
 
 lint: setup
 	$(BIN)/snakemake --lint

@@ -120,6 +120,7 @@ def child(args) -> None:
     seconds = time.perf_counter() - loaded
     peak = rss("VmHWM")
     weights = file_weights(model.backend.hf_model)
+    lens_read = weights.bytes if weights else None
     Path(args.records).write_text(json.dumps(read.rows))
     # Generation: seconds per token measured (the prompt's pass left out), and for the file
     # the estimate lens-chat refuses by.
@@ -132,7 +133,7 @@ def child(args) -> None:
     token_seconds = (generator.generate(prompt, tokens + 1, stop_ids=set()).seconds - first) / tokens
     print(json.dumps({
         "load": loaded - started, "per_probe": seconds / len(probes), "peak": peak, "growth": peak - before,
-        "read": weights.bytes if weights else None, "token": token_seconds,
+        "read": lens_read, "token": token_seconds,
         "estimate": model.from_file.seconds_per_token() if model.from_file else None, "offload": folder_bytes(Path(args.offload)) if args.budget else 0,
         "by_device": model.info.get("placement", {}).get("weights_bytes_by_device"),
     }))

@@ -119,17 +119,24 @@ def test_every_quantisation_type_read_in_parts_gives_gguf_py_values(qtype, tmp_p
 
 
 @pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "Q5_K", "Q6_K"])
-def test_the_native_dequantisation_gives_gguf_py_bits(name):
+def test_the_native_dequantisation_gives_gguf_py_bits(name, tmp_path):
     """workflow/native/dequant.c, which reads Q4_K_M, Q5_K_M, Q6_K and Q8_0 files: the same
-    bits as gguf-py (NaNs from random scales included), on 4096 random rows of blocks."""
+    bits as gguf-py (NaNs from random scales included), on 4096 random rows of blocks, built
+    for this processor and, on x86-64, for the baseline instruction set."""
+    import platform
+
     import gguf
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from workflow.native import dequantise
+    from workflow.native import DEQUANT_SOURCE, build, dequantise, load_dequant
 
     kind = GGMLQuantizationType[name]
     block, size = GGML_QUANT_SIZES[kind]
     raw = np.random.default_rng(kind.value).integers(0, 256, (4096, 1024 // block * size), dtype=np.uint8)
+    expected = gguf.quants.dequantize(raw, kind).view(np.uint32)
     native = dequantise(raw, int(kind))
     assert native is not None, "the dequantisation kernel did not build"
-    np.testing.assert_array_equal(native.view(np.uint32), gguf.quants.dequantize(raw, kind).view(np.uint32))
+    np.testing.assert_array_equal(native.view(np.uint32), expected)
+    if platform.machine() in ("x86_64", "AMD64"):
+        baseline = load_dequant(build(directory=tmp_path, march="x86-64", source=DEQUANT_SOURCE))
+        np.testing.assert_array_equal(dequantise(raw, int(kind), baseline).view(np.uint32), expected)

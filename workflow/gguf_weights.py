@@ -284,7 +284,7 @@ class FileModel:
         return seconds, (
             f"model {key!r} reads its weights from its GGUF file at every generated token (weights: quantised): "
             f"{sum(self.token_bytes.values()) / 1e9:.2f} GB of the file per token, dequantised at the rate measured "
-            f"here, so at least {seconds:.1f} s per token (the arithmetic comes on top) and "
+            f"here, so about {seconds:.1f} s per token and "
             f"{seconds * tokens / 60:.1f} min for {tokens} tokens"
         )
 

@@ -74,7 +74,7 @@ def _processor() -> str:
     return platform.machine() + " " + platform.processor()
 
 
-def build(compiler: str | None = None, directory: Path | None = None, march: str = MARCH, source: Path = SOURCE) -> Path:
+def build(compiler: str | None = None, directory: Path | None = None, march: str = MARCH, source: Path | None = None) -> Path:
     """Compile ``source`` (default the lens kernel) unless a build of it for this compiler
     and processor exists.
 
@@ -82,6 +82,7 @@ def build(compiler: str | None = None, directory: Path | None = None, march: str
     processor's to check that every build gives the same bits.
     """
     compiler = compiler or _compiler()
+    source = source or SOURCE
     flags = (*FLAGS, f"-march={march}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(
@@ -218,12 +219,17 @@ def _dequant_library() -> ctypes.CDLL | None:
     if mode() == "torch":
         return None
     try:
-        library = ctypes.CDLL(str(build(source=DEQUANT_SOURCE)))
+        return load_dequant(build(source=DEQUANT_SOURCE))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         if mode() == "native":
             raise UserError(f"{ENV}=native, but the GGUF dequantisation kernel cannot be built or loaded: {error}") from error
         log.warning("GGUF dequantisation kernel unavailable (%s); using gguf-py's, which gives the same values more slowly", error)
         return None
+
+
+def load_dequant(path: Path) -> ctypes.CDLL:
+    """A built dequantisation kernel, ready to call."""
+    library = ctypes.CDLL(str(path))
     library.dequantise.argtypes = [ctypes.c_int, _P, _I, _I, _P]
     library.dequantise.restype = ctypes.c_int
     return library
