@@ -479,10 +479,6 @@ class Plan:
         return None
 
 
-def _patterns(table: Architecture) -> list[tuple[str, Rule]]:
-    return list(table.tensors.items())
-
-
 def _fill(rule: Rule, i: str) -> Rule:
     if isinstance(rule, Experts):
         return Experts(tuple(n.replace("{i}", i) for n in rule.names), rule.transpose)
@@ -498,7 +494,7 @@ def plan(table: Architecture, parameters: Iterable[str], file_tensors: Iterable[
 
     in_file = set(file_tensors)
     compiled = []
-    for pattern, rule in _patterns(table):
+    for pattern, rule in table.tensors.items():
         regex = re.compile("^" + re.escape(pattern).replace(r"\{i\}", r"(\d+)") + "$")
         compiled.append((regex, rule))
     rules: dict[str, Rule] = {}
