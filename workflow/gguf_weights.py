@@ -291,7 +291,7 @@ class FileModel:
     def describe(self) -> dict[str, Any]:
         return {
             "weights": "read from the GGUF file on use (weights: quantised)",
-            "gguf_file": str(self.weights.path),
+            "gguf_file": self.weights.path.name,  # the config names where it is
             "resident_bytes": self.resident_bytes,
             "largest_module_bytes": self.largest_module_bytes,
             "file_bytes_per_token": int(sum(self.token_bytes.values())),
