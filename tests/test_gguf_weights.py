@@ -140,3 +140,22 @@ def test_the_native_dequantisation_gives_gguf_py_bits(name, tmp_path):
     if platform.machine() in ("x86_64", "AMD64"):
         baseline = load_dequant(build(directory=tmp_path, march="x86-64", source=DEQUANT_SOURCE))
         np.testing.assert_array_equal(dequantise(raw, int(kind), baseline).view(np.uint32), expected)
+
+
+def test_a_gguf_published_in_parts_is_refused_with_the_merge_command(tmp_path):
+    """Large models come split (``-00001-of-00002.gguf``); a part alone lacks most tensors,
+    which would read as a file that does not fit its architecture."""
+    import gguf
+
+    from gguf_writer import finish
+    from workflow.prepare import check_gguf_supported
+
+    path = tmp_path / "model-00001-of-00002.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama4")
+    writer.add_uint16("split.no", 0)
+    writer.add_uint16("split.count", 2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    finish(writer)
+    with pytest.raises(UserError, match=r"model 'scout': .*model-00001-of-00002\.gguf.* is part 1 of a GGUF model "
+                                        r"published in 2 parts.*llama-gguf-split --merge FIRST-PART\.gguf MERGED\.gguf"):
+        check_gguf_supported("scout", path)

@@ -184,9 +184,19 @@ def check(path: str | os.PathLike[str], model: str, key: str, configfile: str = 
     from workflow.errors import UserError
 
     try:
-        return read_header(path)
+        header = read_header(path)
     except GGUFError as error:
         raise UserError(
             f"model {model!r}: {str(path)!r} (config key {key} in {configfile}) is not a usable GGUF file: {error}. "
             "Download it again, or point the key at the right file."
         ) from None
+    parts = header.metadata.get("split.count")
+    if isinstance(parts, int) and parts > 1:
+        number = header.metadata.get("split.no")
+        raise UserError(
+            f"model {model!r}: {str(path)!r} (config key {key} in {configfile}) is "
+            f"{f'part {number + 1} ' if isinstance(number, int) else 'one part '}of a GGUF model published in {parts} "
+            "parts, and this pipeline reads a model from one file: merge the parts with llama.cpp's "
+            "`llama-gguf-split --merge FIRST-PART.gguf MERGED.gguf` and point the key at the merged file"
+        )
+    return header
