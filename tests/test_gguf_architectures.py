@@ -29,7 +29,7 @@ from workflow.models import load_model
 from workflow.prepare import prepare_model
 from workflow.errors import UserError
 from workflow.gguf_weights import file_weights
-from test_gguf_weights import assert_same_records, both_ways
+from test_gguf_weights import assert_same_rows
 
 CONVERTER = Path(sys.prefix) / "convert-hf-to-gguf"
 PROBE = {"id": "capital", "prompt": "The capital of Germany is Berlin, and the capital of France is", "answer": " Paris"}
@@ -148,6 +148,8 @@ def test_a_q8_0_gguf_gives_the_lens_of_the_original_model_within_its_quantisatio
     diffs += [abs(r["top1_prob"] - probs[r["layer"], r["position"]].max().item()) for r in rows]
     assert max(diffs) < 0.03, (arch, max(diffs))
     assert max(r["top1_prob"] for r in rows) > 100 / model.vocab_size
+    if arch in READ_FROM_FILE:
+        read_from_the_file(arch, gguf, rows, tmp_path)
 
 
 def test_a_gguf_whose_tensors_do_not_fit_its_table_is_refused(converted, tmp_path):
@@ -176,17 +178,24 @@ def test_a_gguf_whose_tensors_do_not_fit_its_table_is_refused(converted, tmp_pat
 # ---------------------------------------------------------------------------- weights: quantised
 # (the helpers and the tests that need no converted file: tests/test_gguf_weights.py)
 
-@pytest.mark.parametrize("arch", ["llama4", "qwen3moe", "falcon"])
-def test_a_quantised_file_read_on_use_gives_the_records_of_its_dequantised_weights(arch, converted, tmp_path):
-    _, gguf = converted[arch, "q8_0"]
-    found = both_ways(arch, {"source": "gguf", "path": str(gguf)}, tmp_path)
+# Also run from the file (weights: quantised): Llama 4's experts one at a time, Qwen 3 MoE's
+# per layer, Falcon through forward hooks.
+READ_FROM_FILE = ("llama4", "qwen3moe", "falcon")
+
+
+def read_from_the_file(arch: str, gguf: Path, dequantised_rows: list[dict], tmp_path: Path) -> None:
+    """The Q8_0 file run with weights: quantised gives the records of its dequantised weights."""
+    entry = {"source": "gguf", "path": str(gguf), "weights": "quantised"}
+    folder = tmp_path / "quantised"
+    manifest = prepare_model(arch, entry, folder)
+    assert manifest["preparation"] == "quantised" and manifest["gguf_path"] == str(gguf.resolve())
+    assert not list(folder.glob("*.safetensors")), "a quantised preparation writes no weights"
+    model = load_model("m", entry, folder, device="cpu", dtype="float32")
+    read = read_probes(model, [PROBE], LensSettings(top_k=3))
     # Llama 4's experts run one at a time from the file (not all at once): the same sums
     # in another order (float32: entropies differ by about 6e-8); everything else is the same bits.
-    assert_same_records(found, 1e-6 if arch == "llama4" else 0.0)
-    model, folder = found["quantised"][1], found["quantised"][2]
-    assert not list(folder.glob("*.safetensors")), "a quantised preparation writes no weights"
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["preparation"] == "quantised" and manifest["gguf_path"] == str(gguf.resolve())
+    assert_same_rows(dequantised_rows, read.rows, 1e-6 if arch == "llama4" else 0.0)
+    assert read.probes[0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
     assert model.info["weights_from_file"]["gguf_file"] == gguf.name
     assert not any(p.device.type != "meta" for n, p in model.backend.hf_model.named_parameters()
                    if ".layers." in n or ".h." in n), "block weights are made on use, not kept"

@@ -13,49 +13,46 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import REPO, prepared_model
+from pipeline import REPO
 from workflow.errors import UserError
 from workflow.lens_run import read_probes
 from workflow.lens_setup import LensSettings
 from workflow.models import load_model
 from workflow.prepare import prepare_model
 
-PROBES = [
-    {"id": "capital", "prompt": "The capital of Germany is Berlin, and the capital of France is", "answer": " Paris"},
-    {"id": "short", "prompt": "Paris is the capital of", "answer": " France"},
-]
-
-
-def both_ways(key: str, entry: dict, tmp_path, prepared=None):
-    """(records, model) of ``entry`` prepared as float32 weights and read from its file."""
-    found = {}
-    for mode in ("dequantised", "quantised"):
-        folder = prepared if (mode == "dequantised" and prepared is not None) else tmp_path / mode
-        if not (folder / "manifest.json").is_file():
-            prepare_model(key, {**entry, "weights": mode}, folder)
-        model = load_model(key, {**entry, "weights": mode}, folder, device="cpu", dtype="float32")
-        found[mode] = (read_probes(model, PROBES, LensSettings(top_k=3)), model, folder)
-    return found
-
-
-def assert_same_records(found, tolerance: float) -> None:
-    dequantised, quantised = found["dequantised"][0], found["quantised"][0]
-    assert len(quantised.rows) == len(dequantised.rows) > 0
-    for a, b in zip(dequantised.rows, quantised.rows):
+def assert_same_rows(dequantised: list[dict], quantised: list[dict], tolerance: float) -> None:
+    """The records of a run from the file against those of the same file's dequantised weights."""
+    assert len(quantised) == len(dequantised) > 0
+    for a, b in zip(dequantised, quantised):
         assert (a["layer"], a["position"], a["lens"]) == (b["layer"], b["position"], b["lens"])
         assert a["top1_token"] == b["top1_token"], (a["layer"], a["position"])
         for column in ("top1_prob", "answer_prob", "entropy"):
             assert b[column] == pytest.approx(a[column], abs=tolerance), (column, a["layer"], a["position"])
-    assert quantised.probes[0]["identity_check"]["max_abs_prob_diff"] <= 1e-5
 
 
-def test_the_embedded_q4_k_m_gemma_read_from_its_file_gives_its_records(tmp_path_factory, tmp_path):
-    """A real K-quant file (Q4_K_M and Q6_K blocks, a tied embedding of 262k rows)."""
+def test_the_embedded_q4_k_m_gemma_read_from_its_file_gives_the_committed_records(tmp_path):
+    """A real K-quant file (Q4_K and Q6_K blocks, a tied 262k-row embedding) read from the
+    file gives the logit-lens records the pipeline committed for it from its dequantised
+    weights (results/001; rounded to six digits there, and machines differ by about 1e-5)."""
+    from workflow.probes import load
+    from workflow.records import read_records
+
     key = "gemma-3-270m"
-    entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][key]
-    found = both_ways(key, entry, tmp_path, prepared=prepared_model(key, tmp_path_factory))
-    assert_same_records(found, 0.0)
-    folder = found["quantised"][2]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    entry = {**config["models"][key], "weights": "quantised"}
+    folder = tmp_path / "quantised"
+    prepare_model(key, entry, folder)
+    model = load_model(key, entry, folder, device="cpu", dtype="float32")
+    probes = load(config["probes"], REPO)
+    read = read_probes(model, probes, LensSettings.from_config(config["lens"]))
+    committed = read_records(REPO / "results" / "001" / f"output-{key}-records.csv")
+    committed = committed[committed["lens"] == "logit"].to_dict("records")
+    assert len(read.rows) == len(committed) > 0
+    for ours, theirs in zip(read.rows, committed):
+        assert (ours["probe"], ours["layer"], ours["position"]) == (theirs["probe"], theirs["layer"], theirs["position"])
+        assert ours["top1_token"] == theirs["top1_token"], (ours["probe"], ours["layer"], ours["position"])
+        for column in ("top1_prob", "answer_prob"):
+            assert ours[column] == pytest.approx(theirs[column], abs=1e-4), (column, ours["probe"], ours["layer"])
     # The package assembles the file: kept in the prepared folder, the only copy.
     manifest = yaml.safe_load((folder / "manifest.json").read_text())
     assert manifest["gguf_path"] == str((folder / "model.gguf").resolve())
