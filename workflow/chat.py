@@ -11,7 +11,8 @@ it (its device, dtype, backend and placement). A GGUF or packaged model is read 
 pipeline's resources/models/{model}/ where it has prepared it, else dequantised once into
 resources/chat-models/{model}/: never into the pipeline's own directory, whose newer time
 would make Snakemake re-run every job of that model. The tuned
-lens is shown where the pipeline has trained it (resources/lenses/{model}/). The reply goes
+lens is shown where the pipeline has trained it (resources/lenses/{model}/), or the Python
+API (workflow/api.py) has (resources/chat-lenses/{model}/). The reply goes
 through the model's own chat template; ``--raw`` continues the text instead (for base
 models, which have none). Generation uses the key-value cache, and the lens reads only the
 new position's residuals at each step (workflow/generation.py).
@@ -26,59 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workflow.api import OWN_LENSES, load_config, prepared_dir
 from workflow.errors import UserError
 
 log = logging.getLogger("workflow.chat")
 
 COLUMNS = "{index:>4}  {token:<18} {prob:>7}  {lenses}"
-
-
-def load_config(path: Path) -> dict[str, Any]:
-    """The config at ``path``, checked against config/schema.yaml and completed with its
-    defaults, as Snakemake reads it."""
-    import yaml
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
-    from workflow.config import coerce_strings, describe_validation_error, schema_violation
-
-    if not path.is_file():
-        raise UserError(f"{path}: no such config file; run from the repository's root or give --config FILE")
-    schema_path = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
-    try:
-        with open(path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not a readable YAML config ({error})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: a config is a mapping of keys (models, probes, lens, ...), not a {type(config).__name__}")
-    coerce_strings(config, yaml.safe_load(schema_path.read_text(encoding="utf-8")))
-    try:
-        validate(config, schema=str(schema_path))
-    except WorkflowError as error:
-        cause = schema_violation(error)
-        if cause is None:
-            raise
-        raise UserError(describe_validation_error(cause, str(path))) from None
-    return config
-
-
-def prepared_dir(key: str, entry: dict[str, Any], workdir: Path) -> str | None:
-    """Where a GGUF or packaged model's prepared weights are: the pipeline's, or the chat's
-    own (prepared now if missing)."""
-    from workflow.prepare import MANIFEST, PREPARED_SOURCES, prepare_model
-
-    if entry["source"] not in PREPARED_SOURCES:
-        return None
-    pipeline = workdir / "resources" / "models" / key
-    if (pipeline / MANIFEST).is_file():
-        return str(pipeline)
-    out = workdir / "resources" / "chat-models" / key
-    if not (out / MANIFEST).is_file():
-        how = "reading" if entry.get("weights") == "quantised" else "dequantising"
-        print(f"preparing {key} once into {out} ({how} its GGUF file) ...", file=sys.stderr)
-        prepare_model(key, entry, out)
-    return str(out)
 
 
 def prompt_ids(tokenizer, messages: list[dict[str, str]], raw: bool, key: str) -> list[int]:
@@ -129,13 +83,14 @@ class Chat:
                 )
             print(f"({cost})", file=sys.stderr)
         tuned = None
-        lenses_dir = workdir / "resources" / "lenses" / key
+        lenses_dirs = [workdir / "resources" / "lenses" / key, workdir / OWN_LENSES / key]
         if "tuned" in config["lenses"] and not args.no_tuned:
-            if lenses_dir.is_dir():
-                tuned, _ = open_tuned_lens(self.model, settings, lenses_dir)
+            trained = next((d for d in lenses_dirs if (d / "config.json").is_file()), None)
+            if trained is not None:
+                tuned, _ = open_tuned_lens(self.model, settings, trained)
             else:
-                print(f"(logit lens only: no tuned lens in {lenses_dir}; the pipeline trains it there when it computes "
-                      "the model's results from nothing)", file=sys.stderr)
+                print(f"(logit lens only: no tuned lens in {lenses_dirs[0]}; the pipeline trains it there when it computes "
+                      "the model's results from nothing, and the Python API's Model.tuned_lens() beside it)", file=sys.stderr)
         self.generator = LensGenerator(self.model, settings, tuned)
         self.key, self.args = key, args
         self.rows: list[dict[str, Any]] = []

@@ -49,15 +49,21 @@ def tokenize_probe(tokenizer, probe: dict[str, Any]) -> tuple[list[int], list[in
 
     Per layer the lens follows the answer's first token; the whole answer is scored at the
     last layer, teacher-forced (``answer_logprob`` in experiment 001's JSON)."""
+    ids = tokenize_prompt(tokenizer, probe)
+    answer_ids = tokenizer(probe["answer"], add_special_tokens=False)["input_ids"]
+    if not answer_ids:
+        raise UserError(f"probe {probe['id']!r}: the answer {probe['answer']!r} tokenises to nothing")
+    return ids, [int(i) for i in answer_ids]
+
+
+def tokenize_prompt(tokenizer, probe: dict[str, Any]) -> list[int]:
+    """Token ids of a probe's prompt, as the model's tokenizer makes them."""
     if not probe["prompt"].strip():
         raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
     ids = tokenizer(probe["prompt"], add_special_tokens=True)["input_ids"]
     if not ids:
         raise UserError(f"probe {probe['id']!r}: the prompt tokenises to nothing")
-    answer_ids = tokenizer(probe["answer"], add_special_tokens=False)["input_ids"]
-    if not answer_ids:
-        raise UserError(f"probe {probe['id']!r}: the answer {probe['answer']!r} tokenises to nothing")
-    return list(ids), [int(i) for i in answer_ids]
+    return [int(i) for i in ids]
 
 
 class LensHeads(NamedTuple):

@@ -14,7 +14,10 @@ import unicodedata
 
 import matplotlib
 
-matplotlib.use("Agg")
+# In a notebook (ipykernel sets its inline backend) figures are drawn the same way and
+# shown in the page; everywhere else, Agg.
+if "inline" not in os.environ.get("MPLBACKEND", ""):
+    matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 

@@ -25,23 +25,29 @@ class HeatmapData:
     top1: list[list[str]]  # [layer][position] top-1 token
     value: np.ndarray  # [layer, position] top-1 probability (or entropy)
     value_name: str
+    lens: str = "logit"
 
 
-def heatmap_data(records: pd.DataFrame, model: str, probe: str, value: str = "top1_prob") -> HeatmapData:
-    """The layers x positions grid of one probe's logit-lens records."""
-    rows = records[(records["probe"] == probe) & (records["lens"] == "logit")]
+def heatmap_data(records: pd.DataFrame, model: str, probe: str, value: str = "top1_prob", lens: str = "logit") -> HeatmapData:
+    """The layers x positions grid of one probe's records through ``lens``."""
+    rows = records[(records["probe"] == probe) & (records["lens"] == lens)]
     if rows.empty:
-        raise ValueError(f"no logit-lens records for probe {probe!r}")
+        raise ValueError(f"no {lens}-lens records for probe {probe!r}")
     layers = sorted(rows["layer"].unique().tolist())
     positions = sorted(rows["position"].unique().tolist())
     grid = rows.set_index(["layer", "position"])
     top1 = [[grid.loc[(layer, pos), "top1_token"] for pos in positions] for layer in layers]
     values = np.array([[float(grid.loc[(layer, pos), value]) for pos in positions] for layer in layers])
     inputs = [grid.loc[(layers[0], pos), "input_token"] for pos in positions]
-    return HeatmapData(model, probe, layers, inputs, top1, values, value)
+    return HeatmapData(model, probe, layers, inputs, top1, values, value, lens)
 
 
 def plot_heatmap(data: HeatmapData, path: str | os.PathLike[str]) -> None:
+    """``heatmap_figure`` saved to ``path``."""
+    save(heatmap_figure(data), path)
+
+
+def heatmap_figure(data: HeatmapData):
     """Rows = layers (0 at the bottom), columns = input positions, cell text = top-1 token."""
     n_layers, n_pos = data.value.shape
     fig, ax = plt.subplots(figsize=(max(7.5, 0.85 * n_pos + 2.5), max(4.0, 0.32 * n_layers + 1.8)))
@@ -57,10 +63,10 @@ def plot_heatmap(data: HeatmapData, path: str | os.PathLike[str]) -> None:
     ax.set_xlabel("input position (token)")
     ax.set_ylabel("layer (0 = embedding)")
     # Two lines, so the title fits over a prompt of a few tokens too.
-    ax.set_title(f"{data.model} · {data.probe}\ntop-1 token per layer and position", fontsize=10)
+    ax.set_title(f"{data.model} · {data.probe} · {data.lens} lens\ntop-1 token per layer and position", fontsize=10)
     fig.colorbar(image, ax=ax, label="top-1 probability" if data.value_name == "top1_prob" else data.value_name)
     fig.tight_layout()
-    save(fig, path)
+    return fig
 
 
 TRAJECTORY_METRICS = (

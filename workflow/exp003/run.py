@@ -8,7 +8,7 @@ from typing import Any
 
 from workflow.exp003.probes import generation_probes
 from workflow.generation import LensGenerator, stop_token_ids
-from workflow.lens_setup import LensSettings, check_context, model_metadata, open_tuned_lens, tokenize_probe
+from workflow.lens_setup import LensSettings, check_context, model_metadata, open_tuned_lens, tokenize_prompt
 from workflow.records import write_outputs
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_n
     stops = stop_token_ids(model)
     summaries, rows = [], []
     started = time.perf_counter()
-    prompts = [tokenize_probe(model.tokenizer, probe)[0] for probe in probes]
+    prompts = [tokenize_prompt(model.tokenizer, probe) for probe in probes]
     for probe, input_ids in zip(probes, prompts):  # before any work
         check_context(model, probe, len(input_ids) + max_new_tokens, f"its prompt and {max_new_tokens} generated tokens")
     for done, (probe, input_ids) in enumerate(zip(probes, prompts), 1):

@@ -1,0 +1,194 @@
+"""The Python API (workflow/api.py): the pipeline's numbers from a notebook or a script.
+
+The records it returns are compared with records the pipeline wrote (a tiny models' run with
+both lenses, and the embedded SmolLM2's committed records); generation with transformers' own
+greedy decoding; patching with a plain forward pass patched by hooks. The example notebook is
+checked to be its script's cells here, and executed in tests/test_e2e.py where the embedded
+models are prepared and their tuned lenses trained.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from pipeline import REPO, prepared_model
+from workflow import api
+from workflow.errors import UserError
+from workflow.records import COLUMNS, read_records
+
+
+def same_records(ours, theirs, rel: float, abs_: float) -> None:
+    """``ours`` (an API frame) row for row equal to ``theirs`` (read from a records file,
+    numbers rounded to six significant digits there)."""
+    assert list(ours.columns) == list(COLUMNS)
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(ours.to_dict("records"), theirs.to_dict("records")):
+        where = (a["probe"], a["lens"], a["layer"], a["position"])
+        assert where == (b["probe"], b["lens"], b["layer"], b["position"])
+        for column in ("input_token", "top1_token", "answer_token", "answer_rank", "topk_tokens"):
+            assert a[column] == b[column], (column, where)
+        for column in ("top1_prob", "entropy", "answer_prob", "kl_to_final"):
+            assert a[column] == pytest.approx(b[column], rel=rel, abs=abs_), (column, where)
+
+
+@pytest.mark.parametrize("key", ["tiny-llama", "tiny-gemma3"])
+def test_lens_gives_the_records_the_pipeline_wrote(tuned_run, key):
+    """Both lenses, the run's own probes and settings: the records of results/001 (the tuned
+    lens is the one the pipeline trained, found in the run's resources/lenses/)."""
+    config = yaml.safe_load((tuned_run / "config" / "config.yaml").read_text())
+    model = api.load(key, workdir=tuned_run)
+    assert model.n_layers == json.loads((tuned_run / "results" / "001" / f"output-{key}.json").read_text())["n_layers"]
+    frame = model.lens(config["probes"])
+    written = read_records(tuned_run / "results" / "001" / f"output-{key}-records.csv")
+    same_records(frame, written, rel=1e-5, abs_=1e-9)
+    summary = json.loads((tuned_run / "results" / "001" / f"output-{key}.json").read_text())
+    for ours, theirs in zip(frame.attrs["summary"]["probes"], summary["probes"]):
+        for field in ("id", "input_ids", "first_top1_layer", "stable_top1_layer", "tuned", "final_top1_token"):
+            assert ours[field] == theirs[field], field
+    # No tuned lens was trained again: the pipeline's was read.
+    assert not (tuned_run / api.OWN_LENSES).exists()
+
+
+def test_lens_gives_the_committed_records_of_an_embedded_model(tmp_path, tmp_path_factory):
+    """SmolLM2's logit-lens records as committed in results/001 (made on another machine:
+    they agree to about 1e-5 there), read through the API in a folder holding the model
+    the pipeline prepared."""
+    key = "smollm2-135m-instruct"
+    (tmp_path / "resources" / "models").mkdir(parents=True)
+    os.symlink(prepared_model(key, tmp_path_factory), tmp_path / "resources" / "models" / key)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    model = api.load(key, workdir=tmp_path, config=REPO / "config" / "config.yaml")
+    frame = model.lens(config["probes"][:3], lenses=("logit",))
+    committed = read_records(REPO / "results" / "001" / f"output-{key}-records.csv")
+    ids = [p["id"] for p in config["probes"][:3]]
+    committed = committed[(committed["lens"] == "logit") & committed["probe"].isin(ids)]
+    same_records(frame, committed, rel=1e-4, abs_=1e-5)
+    assert not (tmp_path / api.OWN_MODELS).exists()  # the pipeline's prepared model was used
+    # Without an answer the model's own next token is the answer: its final top-1.
+    own = model.lens("The capital of Germany is", lenses=("logit",), positions="last")
+    final = frame[(frame["probe"] == "capital-germany") & (frame["layer"] == model.n_layers)]
+    final = final[final["position"] == final["position"].max()]
+    assert (own["answer_token"] == final["top1_token"].item()).all()
+    assert own[own["layer"] == model.n_layers]["answer_rank"].item() == 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dirs, tmp_path_factory):
+    """The tiny Llama loaded by its directory (not a config key), logit lens only."""
+    config = tmp_path_factory.mktemp("api-config") / "config.yaml"
+    config.write_text(yaml.safe_dump({"device": "cpu", "dtype": "float32", "lenses": ["logit"], "lens": {"top_k": 3},
+                                      "models": {"catalogued": {"source": "local", "path": str(tiny_dirs["gemma3"])}},
+                                      "probes": [{"id": "p", "prompt": "x", "answer": " y"}]}))
+    return api.load(str(tiny_dirs["llama"]), config=config, workdir=config.parent)
+
+
+def test_a_prompt_without_an_answer_needs_a_next_token_that_reads_back(tiny):
+    # The tiny random model's next token is a piece of a character: it cannot be an answer.
+    with pytest.raises(UserError, match="does not read back as one token; give the answer"):
+        tiny.lens("The capital of Germany is", lenses=("logit",))
+    frame = tiny.lens(["The capital of Germany is", "The capital of Germany is"], [" Berlin", " Paris"], positions="last",
+                      lenses=("logit",))
+    assert frame["probe"].unique().tolist() == ["the-capital-of-germany-is", "the-capital-of-germany-is-2"]
+    assert frame.groupby("probe")["answer_token"].first().tolist() == [" Berlin", " Paris"]
+
+
+def test_generate_is_transformers_greedy_decoding(tiny, tiny_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    frame = tiny.generate("The capital of Germany is", max_new_tokens=5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"], dtype=torch.float32)
+    ids = tokenizer("The capital of Germany is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = hf.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    summary = frame.attrs["summary"]
+    assert summary["generated_ids"] == out[: len(summary["generated_ids"])]
+    assert sorted(frame["position"].unique()) == list(range(len(summary["generated_ids"])))
+    assert list(frame.columns) == list(COLUMNS)
+    assert (frame[frame["layer"] == tiny.n_layers]["top1_token"].tolist()
+            == [tokenizer.decode([t]) for t in summary["generated_ids"]])
+
+
+def test_patch_equals_a_forward_pass_patched_by_hooks(tiny, tiny_dirs):
+    from test_patching import reference_logit_diff, reference_residuals
+    from transformers import AutoModelForCausalLM
+
+    frame = tiny.patch("The capital of Germany is", " Berlin", "The capital of France is", " Paris")
+    summary = frame.attrs["summary"]["pairs"][0]
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dirs["llama"], dtype=torch.float32)
+    clean_ids, corrupted_ids = summary["clean_input_ids"], summary["corrupted_input_ids"]
+    a, b = summary["clean_answer_token_id"], summary["corrupted_answer_token_id"]
+    clean = reference_residuals(hf, clean_ids)
+    ld_clean, ld_corrupted = reference_logit_diff(hf, clean_ids, a, b), reference_logit_diff(hf, corrupted_ids, a, b)
+    rows = frame[(frame["corruption"] == "prompt") & (frame["direction"] == "denoise")]
+    assert len(rows) == (tiny.n_layers + 1) * len(clean_ids)
+    for layer, position in [(0, 1), (1, len(clean_ids) - 1), (tiny.n_layers, len(clean_ids) - 1)]:
+        ld = reference_logit_diff(hf, corrupted_ids, a, b, [(layer, position, clean[layer, position])])
+        got = rows[(rows["layer"] == layer) & (rows["position"] == position)]["recovered"].item()
+        assert got == pytest.approx((ld - ld_corrupted) / (ld_clean - ld_corrupted), abs=1e-4), (layer, position)
+    figure = api.plot_patching(frame)
+    assert "recovered" in figure.axes[0].get_title()
+
+
+def test_plots_name_their_lens_and_show_the_records(tiny):
+    frame = tiny.lens("The capital of Germany is", " Berlin", lenses=("logit",))
+    figure = api.plot_heatmap(frame)
+    assert "logit lens" in figure.axes[0].get_title()
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert len(texts) == len(frame)
+    figure = api.plot_answer_by_layer({"tiny": frame})
+    line = figure.axes[0].lines[0]
+    last = frame[frame["position"] == frame["position"].max()].sort_values("layer")
+    assert list(line.get_ydata()) == pytest.approx(last["answer_prob"].tolist())
+    with pytest.raises(UserError, match="no tuned-lens records"):
+        api.plot_heatmap(frame, lens="tuned")
+
+
+def test_bad_input_is_a_clear_error(tiny, tmp_path):
+    config = {"models": {"a": {}}}
+    with pytest.raises(UserError, match=r"missing\.gguf: no such GGUF file"):
+        api.model_source(str(tmp_path / "missing.gguf"), config, "c.yaml")
+    with pytest.raises(UserError, match="without config.json"):
+        api.model_source(str(tmp_path), config, "c.yaml")
+    with pytest.raises(UserError, match=r"'nothing' is not a model key of c.yaml \(a\)"):
+        api.model_source("nothing", config, "c.yaml")
+    assert api.model_source("org/Some-Model", config, "c.yaml") == ("org--some-model", {"source": "hf", "repo": "org/Some-Model"})
+    with pytest.raises(UserError, match="2 prompts but 1 answers"):
+        tiny.lens(["a b", "c d"], [" e"])
+    with pytest.raises(UserError, match="the lenses are 'logit'"):
+        tiny.lens("a b", " c", lenses=("logit", "tunde"))
+    with pytest.raises(UserError, match="no such config file"):
+        api.load("x", config=tmp_path / "absent.yaml")
+
+
+def test_a_model_prepared_from_another_source_is_prepared_again(tmp_path, monkeypatch):
+    import workflow.prepare as prepare
+
+    entry = {"source": "gguf", "path": str(tmp_path / "a.gguf")}
+    out = tmp_path / api.OWN_MODELS / "m"
+    out.mkdir(parents=True)
+    made = []
+    monkeypatch.setattr(prepare, "prepare_model", lambda key, entry, folder: made.append(folder))
+    (out / "manifest.json").write_text(json.dumps({"source": prepare.source_description(entry)}))
+    assert api.prepared_dir("m", entry, tmp_path) == str(out) and made == []
+    (out / "manifest.json").write_text(json.dumps({"source": prepare.source_description({**entry, "path": "/elsewhere.gguf"})}))
+    assert api.prepared_dir("m", entry, tmp_path) == str(out) and made == [out]
+
+
+def test_the_notebook_is_its_scripts_cells():
+    """examples/capital-of-germany.ipynb is written from examples/capital_of_germany.py
+    (examples/make_notebook.py); the two say the same."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("make_notebook", REPO / "examples" / "make_notebook.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    made = maker.notebook((REPO / "examples" / "capital_of_germany.py").read_text(encoding="utf-8"))
+    committed = nbformat.read(REPO / "examples" / "capital-of-germany.ipynb", as_version=4)
+    assert nbformat.writes(made) == nbformat.writes(committed), "run .venv/bin/python examples/make_notebook.py"
+    assert sum(c.cell_type == "code" for c in committed.cells) >= 6

@@ -1,0 +1,395 @@
+"""The Python API: the pipeline's lens, patching and generation on one model, from a notebook
+or a script, with the pipeline's numbers.
+
+    from workflow import api
+
+    model = api.load("smollm2-135m-instruct")          # a key of config/config.yaml
+    records = model.lens("The capital of Germany is", " Berlin")
+    api.plot_heatmap(records, lens="tuned")           # a matplotlib figure
+    model.patch("The capital of Germany is", " Berlin", "The capital of France is", " Paris")
+    model.generate("The capital of Germany is")
+
+``load`` takes a key of the config, a Hugging Face model directory, a GGUF file or a Hugging
+Face hub id. A GGUF or packaged model is read from the pipeline's ``resources/models/{key}/``
+where the pipeline has prepared it, else prepared once into ``resources/chat-models/{key}/``
+(the folder ``lens-chat`` shares; never the pipeline's own, whose newer time would make
+Snakemake run that model's jobs again). The tuned lens is the pipeline's
+(``resources/lenses/{key}/``) where it has trained one, else trained once into
+``resources/chat-lenses/{key}/`` with the config's ``tuned_lens`` settings (a minute or two on
+the embedded models).
+
+Each method returns a pandas DataFrame with the columns of the experiment's records (README,
+"Data contract"), unrounded, and the experiment's JSON summary of the run in
+``frame.attrs["summary"]``. Everything else in ``workflow`` belongs to the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workflow.errors import UserError
+
+__all__ = ["Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", "plot_patching"]
+
+log = logging.getLogger("workflow.api")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+# Where lens-chat and the API keep what they prepare or train outside the pipeline.
+OWN_MODELS = Path("resources") / "chat-models"
+OWN_LENSES = Path("resources") / "chat-lenses"
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The config at ``path``, checked against config/schema.yaml and completed with its
+    defaults, as Snakemake reads it."""
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from workflow.config import coerce_strings, describe_validation_error, schema_violation
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file; run from the repository's root or give the config's path")
+    schema_path = REPOSITORY / "config" / "schema.yaml"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a readable YAML config ({error})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: a config is a mapping of keys (models, probes, lens, ...), not a {type(config).__name__}")
+    coerce_strings(config, yaml.safe_load(schema_path.read_text(encoding="utf-8")))
+    try:
+        validate(config, schema=str(schema_path))
+    except WorkflowError as error:
+        cause = schema_violation(error)
+        if cause is None:
+            raise
+        raise UserError(describe_validation_error(cause, str(path))) from None
+    return config
+
+
+def prepared_dir(key: str, entry: dict[str, Any], workdir: Path) -> str | None:
+    """Where a GGUF or packaged model's prepared weights are: the pipeline's, or the folder
+    outside the pipeline (prepared now if missing, or again if it was prepared from another
+    source)."""
+    import json
+
+    from workflow.prepare import MANIFEST, PREPARED_SOURCES, prepare_model, source_description
+
+    if entry["source"] not in PREPARED_SOURCES:
+        return None
+    pipeline = workdir / "resources" / "models" / key
+    if (pipeline / MANIFEST).is_file():
+        return str(pipeline)
+    out = workdir / OWN_MODELS / key
+    wanted = source_description(entry)
+    if (out / MANIFEST).is_file():
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("source") == wanted and ("gguf_path" in manifest) == (entry.get("weights") == "quantised"):
+            return str(out)
+        print(f"{out} was prepared from another source or another weights setting; preparing it again", file=sys.stderr)
+    how = "reading" if entry.get("weights") == "quantised" else "dequantising"
+    print(f"preparing {key} once into {out} ({how} its GGUF file) ...", file=sys.stderr)
+    prepare_model(key, entry, out)
+    return str(out)
+
+
+def model_source(model: str, config: dict[str, Any], configfile: str) -> tuple[str, dict[str, Any]]:
+    """(key, catalog entry) of what ``load`` was given: a key of the config, a GGUF file, a
+    Hugging Face model directory, or a hub id."""
+    if model in config["models"]:
+        return model, dict(config["models"][model])
+    path = Path(model).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise UserError(f"{model}: no such GGUF file; give the path of a .gguf file (or a model key of {configfile})")
+        return _key(path.stem), {"source": "gguf", "path": str(path.resolve())}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{model}: a directory without config.json is not a Hugging Face model directory")
+        return _key(path.name), {"source": "local", "path": str(path.resolve())}
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) and not path.exists():
+        return _key(model.replace("/", "--")), {"source": "hf", "repo": model}
+    known = ", ".join(config["models"]) or "(none)"
+    raise UserError(
+        f"{model!r} is not a model key of {configfile} ({known}), a .gguf file, a model directory or a hub id (org/name)"
+    )
+
+
+def _key(name: str) -> str:
+    """A model key (it names files) from a file or hub name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "model"
+
+
+def _frame(rows: list[dict[str, Any]], columns: Sequence[str], summary: dict[str, Any]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=list(columns))
+    frame.attrs["summary"] = summary
+    return frame
+
+
+def _probes(prompts: str | Sequence[str] | Sequence[dict[str, Any]], answers, model) -> list[dict[str, Any]]:
+    """Probes (id, prompt, answer) from what ``Model.lens`` was given; a prompt without an
+    answer is scored against the model's own next token."""
+    from workflow.probes import check, slug
+
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if isinstance(answers, str):
+        answers = [answers]
+    if answers is not None and len(answers) != len(prompts):
+        raise UserError(f"{len(prompts)} prompts but {len(answers)} answers: give one answer per prompt, or none")
+    probes = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, dict):
+            probes.append(dict(prompt))
+            continue
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"prompt {i + 1}: expected some text, found {prompt!r}")
+        answer = answers[i] if answers is not None else model.next_token(prompt)
+        probes.append({"id": slug(prompt)[:40] or f"prompt-{i + 1}", "prompt": prompt, "answer": answer})
+    seen: dict[str, int] = {}
+    for probe in probes:  # the same prompt twice keeps two ids
+        n = seen[probe["id"]] = seen.get(probe["id"], 0) + 1
+        if n > 1:
+            probe["id"] = f"{probe['id']}-{n}"
+    return check(probes, "Model.lens")
+
+
+@dataclass
+class Model:
+    """A model loaded the way the pipeline loads it (``load``)."""
+
+    key: str
+    entry: dict[str, Any] = field(repr=False)
+    config: dict[str, Any] = field(repr=False)
+    workdir: Path
+    loaded: Any = field(repr=False)  # workflow.models.LoadedModel
+    _tuned: Any = field(default=None, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        """Decoder layers; the records' layers run 0 (the embedding) to ``n_layers``."""
+        return int(self.loaded.backend.n_layers)
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    def lens_settings(self, **overrides: Any):
+        from workflow.lens_setup import LensSettings
+
+        return LensSettings.from_config({**self.config["lens"], **overrides})
+
+    def next_token(self, prompt: str) -> str:
+        """The model's own greedy next token after ``prompt``, as text (refused where that
+        text does not tokenise back to the token alone, as with a piece of a character)."""
+        import torch
+
+        ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        with torch.no_grad():
+            _, logits = self.loaded.backend.capture(list(ids), "last")
+        token = int(logits[-1].argmax())
+        text = self.tokenizer.decode([token])
+        if self.tokenizer(text, add_special_tokens=False)["input_ids"] != [token]:
+            raise UserError(
+                f"{self.key}: the next token after {prompt!r} is token {token} ({text!r}), which does not read back "
+                "as one token; give the answer to score"
+            )
+        return text
+
+    def tuned_lens(self):
+        """The tuned lens's translators: the pipeline's, else trained once outside it."""
+        from workflow.lens_setup import open_tuned_lens
+        from workflow.tuned import TunedLensSettings, train_for_model
+
+        if self._tuned is None:
+            directory = self.workdir / "resources" / "lenses" / self.key
+            if not directory.is_dir():
+                directory = self.workdir / OWN_LENSES / self.key
+                if not (directory / "config.json").is_file():
+                    print(f"training the tuned lens of {self.key} once into {directory} ...", file=sys.stderr)
+                    train_for_model(
+                        self.key, self.entry, prepared_dir(self.key, self.entry, self.workdir), directory,
+                        device=self.loaded.device, dtype=_dtype_name(self.loaded), backend=self.config["backend"],
+                        settings=TunedLensSettings.from_config(self.config["tuned_lens"]), lens_settings=self.lens_settings(),
+                    )
+            self._tuned, _ = open_tuned_lens(self.loaded, self.lens_settings(), directory)
+        return self._tuned
+
+    def lens(
+        self,
+        prompts: str | Sequence[str] | Sequence[dict[str, Any]],
+        answers: str | Sequence[str] | None = None,
+        *,
+        lenses: Sequence[str] = ("logit", "tuned"),
+        positions: str = "all",
+        top_k: int | None = None,
+    ) -> pd.DataFrame:
+        """Experiment 001 on ``prompts``: one row per prompt x lens x layer x position
+        (``positions: last``: the last prompt position only), with 001's record columns.
+        ``answers`` (one per prompt) are scored at every layer; without them each prompt's
+        answer is the model's own next token. Prompts may also be probes (dicts with id,
+        prompt and answer, as in the config)."""
+        from workflow.exp001.run import run_lens
+        from workflow.records import COLUMNS
+
+        unknown = [name for name in lenses if name not in ("logit", "tuned")]
+        if unknown or "logit" not in lenses:
+            raise UserError(f"lenses {list(lenses)}: the lenses are 'logit' (always read) and 'tuned'")
+        settings = self.lens_settings(positions=positions, **({"top_k": top_k} if top_k is not None else {}))
+        probes = _probes(prompts, answers, self)
+        tuned = self.tuned_lens() if "tuned" in lenses else None
+        summary, rows = run_lens(self.loaded, probes, settings, tuned, self.config["lens"]["batch_size"])
+        return _frame(rows, COLUMNS, summary)
+
+    def patch(self, clean: str, clean_answer: str, corrupted: str, corrupted_answer: str, *, pair_id: str = "pair") -> pd.DataFrame:
+        """Experiment 002 on one pair of prompts of the same token length: the residual of
+        every layer x position patched from one run into the other (both directions, and
+        causal tracing where the config's ``patching.trace.samples`` asks), with 002's
+        record columns; ``recovered`` is the fraction of the logit difference restored."""
+        from workflow.exp002.patching import PatchingSettings
+        from workflow.exp002.records import RECORD_COLUMNS
+        from workflow.exp002.run import run_patching
+
+        pair = {"id": pair_id, "clean": clean, "clean_answer": clean_answer, "corrupted": corrupted,
+                "corrupted_answer": corrupted_answer}
+        summary, rows = run_patching(self.loaded, [pair], PatchingSettings.from_config(self.config["patching"]), self.lens_settings())
+        return _frame(rows, RECORD_COLUMNS, summary)
+
+    def generate(self, prompt: str, max_new_tokens: int = 12, *, lenses: Sequence[str] = ("logit",)) -> pd.DataFrame:
+        """Experiment 003 on one prompt: greedy generation with the lens on every new token;
+        003's record columns (``position`` is the generated token's index). The reply is
+        ``frame.attrs["summary"]["text"]``."""
+        from workflow.exp003.run import run_generation
+        from workflow.generation import LensGenerator
+        from workflow.records import COLUMNS
+
+        settings = self.lens_settings(positions="last")
+        generator = LensGenerator(self.loaded, settings, self.tuned_lens() if "tuned" in lenses else None)
+        summary, rows = run_generation(generator, [{"id": "prompt", "prompt": prompt, "answer": None}], max_new_tokens)
+        return _frame(rows, COLUMNS, {**summary, **summary["probes"][0]})
+
+
+def _dtype_name(loaded) -> str:
+    from workflow.models import dtype_name
+
+    return dtype_name(loaded.dtype)
+
+
+def load(
+    model: str,
+    *,
+    config: str | Path | None = None,
+    workdir: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str | None = None,
+) -> Model:
+    """Load ``model`` the way the pipeline loads it: a key of the config (default
+    ``config/config.yaml`` of the repository), a GGUF file, a Hugging Face model directory,
+    or a hub id (downloaded by transformers). ``device``, ``dtype`` and ``backend`` default to
+    the config's (and a model entry's own); ``workdir`` is where ``resources/`` is (default:
+    the repository)."""
+    from workflow.models import load_model
+
+    workdir = Path(workdir) if workdir is not None else REPOSITORY
+    configfile = Path(config) if config is not None else workdir / "config" / "config.yaml"
+    settings = load_config(configfile)
+    key, entry = model_source(model, settings, str(configfile))
+    from workflow.lens_setup import LensSettings
+
+    loaded = load_model(
+        key, entry, prepared_dir(key, entry, workdir),
+        device=device or settings["device"], dtype=dtype or settings["dtype"], backend=backend or settings["backend"],
+        lens=LensSettings.from_config(settings["lens"]), placement=settings.get("placement"),
+    )
+    return Model(key, entry, settings, workdir, loaded)
+
+
+def _records_of(records: pd.DataFrame, probe: str | None, lens: str) -> tuple[pd.DataFrame, str, str]:
+    models = records["model"].unique().tolist()
+    probe = probe if probe is not None else records["probe"].iloc[0]
+    rows = records[(records["probe"] == probe) & (records["lens"] == lens)]
+    if rows.empty:
+        raise UserError(f"no {lens}-lens records for probe {probe!r} (probes: {', '.join(records['probe'].unique())})")
+    return rows, probe, models[0]
+
+
+def plot_heatmap(records: pd.DataFrame, probe: str | None = None, lens: str = "logit", value: str = "top1_prob"):
+    """The layers x positions grid of one probe (default the first) through ``lens``: the
+    top-1 token in each cell, coloured by ``value``; a matplotlib figure."""
+    from workflow.exp001.plots import heatmap_data, heatmap_figure
+
+    _, probe, model = _records_of(records, probe, lens)
+    return _shown(heatmap_figure(heatmap_data(records, model, probe, value, lens)))
+
+
+def plot_answer_by_layer(records: dict[str, pd.DataFrame] | pd.DataFrame, probe: str | None = None,
+                         lenses: Sequence[str] = ("logit", "tuned")):
+    """The answer's probability at the last prompt position across relative depth (layer /
+    layers), one line per model and lens: where the answer emerges, and how models differ.
+    ``records``: one model's ``Model.lens`` frame, or several by name."""
+    from workflow.plots import plt
+
+    frames = records if isinstance(records, dict) else {"": records}
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name, frame in frames.items():
+        for lens in lenses:
+            if not (frame["lens"] == lens).any():
+                continue
+            rows, shown_probe, model = _records_of(frame, probe, lens)
+            last = rows[rows["position"] == rows["position"].max()].sort_values("layer")
+            depth = last["layer"] / last["layer"].max()
+            ax.plot(depth, last["answer_prob"], marker="o", markersize=3,
+                    linestyle="-" if lens == "logit" else "--", label=f"{name or model} · {lens} lens")
+    ax.set_xlabel("relative depth (layer / layers; 0 = embedding)")
+    ax.set_ylabel("answer probability at the last prompt position")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"answer probability by layer · {shown_probe}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _shown(fig)
+
+
+def plot_patching(records: pd.DataFrame, direction: str = "denoise", corruption: str = "prompt"):
+    """Experiment 002's grid of one pair: the fraction of the logit difference recovered
+    when the residual at (layer, position) is patched, ``direction`` denoise (clean into
+    corrupted) or noise; a matplotlib figure."""
+    import numpy as np
+
+    from workflow.plots import plt, visible
+
+    rows = records[(records["direction"] == direction) & (records["corruption"] == corruption)]
+    if rows.empty:
+        raise UserError(f"no {corruption} {direction} records (directions: {', '.join(records['direction'].unique())})")
+    grid = rows.pivot(index="layer", columns="position", values="recovered").sort_index()
+    tokens = rows.drop_duplicates("position").sort_values("position")["token"].tolist()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * grid.shape[1] + 2.5), max(4.0, 0.25 * grid.shape[0] + 1.8)))
+    image = ax.imshow(grid.to_numpy(dtype=np.float64), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(tokens)), [visible(t) for t in tokens], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), [str(layer) for layer in grid.index], fontsize=7)
+    ax.set_xlabel("position patched (token read)")
+    ax.set_ylabel("layer (0 = embedding)")
+    ax.set_title(f"{rows['model'].iloc[0]} · {rows['pair'].iloc[0]} · {direction}\nfraction of the logit difference recovered", fontsize=10)
+    fig.colorbar(image, ax=ax, label="recovered")
+    fig.tight_layout()
+    return _shown(fig)
+
+
+def _shown(fig):
+    """``fig`` let go by pyplot: the caller holds it (a notebook shows it once, as the
+    cell's value; a script saves it with ``fig.savefig``)."""
+    from workflow.plots import plt
+
+    plt.close(fig)
+    return fig
