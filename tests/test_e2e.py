@@ -5,6 +5,7 @@ The final top-1 of every probe is checked against a plain transformers forward
 pass of the same GGUF file, loaded independently of the pipeline.
 """
 
+import contextlib
 import json
 
 import pytest
@@ -80,6 +81,26 @@ def test_provenance_check_passes_on_the_fresh_run(default_run):
     assert check.stdout.strip().endswith(f"{recorded} ok, 0 not ok")
 
 
+@contextlib.contextmanager
+def native_blocks():
+    """gguf-py's ``dequantize`` served by the native kernel where it handles the type."""
+    import gguf
+
+    from workflow.native import dequantise
+
+    original = gguf.dequantize
+
+    def faster(data, qtype):
+        out = dequantise(data, int(qtype)) if data.ndim else None
+        return out if out is not None else original(data, qtype)
+
+    gguf.dequantize = faster
+    try:
+        yield
+    finally:
+        gguf.dequantize = original
+
+
 @pytest.fixture(scope="module")
 def plain_transformers(tmp_path_factory):
     """Each embedded model's GGUF file loaded by transformers alone (its own GGUF reader, not
@@ -94,8 +115,11 @@ def plain_transformers(tmp_path_factory):
         if model not in loaded:
             gguf = locate_gguf(model, config["models"][model], tmp_path_factory.mktemp("gguf"))
             # transformers reads the file three times (tokenizer, config, weights); its
-            # reader parses it once for all three here, the rest is transformers' own.
-            with gguf_parsed_once():
+            # reader parses it once for all three here, and the blocks of the types the
+            # native kernel handles are dequantised by it (gguf-py's values to the bit:
+            # tests/test_gguf_weights.py; gguf-py's Q4_K alone took 40 s of this test).
+            # The names, shapes, permutations and config are transformers' own.
+            with gguf_parsed_once(), native_blocks():
                 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
                 hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             loaded[model] = (tok, hf)

@@ -15,3 +15,14 @@ __version__ = "0.1.0"
 # the thread count, at no cost in speed that bench/lens_speed.py shows. Read by MKL at its first call, so set
 # before torch computes anything; a value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+_API = ("Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", "plot_patching")
+
+
+def __getattr__(name: str):
+    """The Python API's names (``workflow.api``), imported on first use: ``from workflow import load``."""
+    if name in _API:
+        from workflow import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'workflow' has no attribute {name!r}")

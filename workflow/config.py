@@ -51,17 +51,45 @@ def describe_validation_error(error, configfile: str, overrides: dict[str, Any] 
         configfile = "--config on the command line"
     hint = ""
     if error.validator == "additionalProperties" or error.validator == "unevaluatedProperties":
-        hint = " (unknown key: check its spelling against config/schema.yaml)"
+        hint = _unknown_key(error)
     elif error.validator == "pattern" and key.endswith("prompt"):
         hint = " (the prompt is empty or blank)"
     elif error.validator == "pattern" and key.endswith("max_memory"):
         hint = " (a device: cpu, mps, cuda or cuda:N)"
     elif error.validator == "pattern" and ".max_memory." in key:
         hint = " (a memory size: bytes, or a number with a unit: 300MB, 20GiB)"
+    elif error.validator == "required" and isinstance(error.instance, dict):
+        hint = _misspelt(error)
     elif error.validator == "not" and key == "models":
         hint = (" (a model key names its files, results/NNN/evaluation-KEY.md: cross-model and meta, with or without "
                 "a suffix, are the cross-model and meta-evaluations' names; choose another key)")
     return f"{configfile}: invalid value at key {key!r}: {error.message}{hint}"
+
+
+def _unknown_key(error) -> str:
+    """For a key the schema does not know: the known key spelt like it, if any."""
+    import difflib
+
+    known = list(error.schema.get("properties", {}))
+    for key in (k for k in error.instance if isinstance(k, str) and k not in known):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if close:
+            return f" (unknown key {key!r}: did you mean {close[0]!r}?)"
+    return " (unknown key: check its spelling against config/schema.yaml)"
+
+
+def _misspelt(error) -> str:
+    """For a required key that is missing: the key given instead, where one is spelt like it
+    (``sorce:`` for ``source:``)."""
+    import difflib
+
+    known = set(error.schema.get("properties", {}))
+    given = [k for k in error.instance if isinstance(k, str) and k not in known]
+    for missing in (k for k in error.validator_value if k not in error.instance):
+        close = difflib.get_close_matches(missing, given, n=1, cutoff=0.6)
+        if close:
+            return f" (the key {close[0]!r} is given instead: did you mean {missing!r}?)"
+    return ""
 
 
 def check_config(config: dict[str, Any], configfile: str, base: str = ".") -> None:
