@@ -148,17 +148,24 @@ class FileWeights(Mapping):
             self.seconds += time.perf_counter() - started
         return tensor
 
-    def rows(self, name: str, ids: list[int]) -> torch.Tensor | None:
-        """Rows ``ids`` of parameter ``name`` read alone; None where its rule does more than
-        take one two-dimensional tensor."""
+    def by_rows(self, name: str) -> bool:
+        """Whether rows of parameter ``name`` can be read alone: its rule takes one
+        two-dimensional tensor of the file."""
         from workflow.gguf_arch import Take
 
         rule = self.plan.rules.get(name)
-        if not isinstance(rule, (Take, Processed)) or len(rule.sources()) != 1:
+        return (isinstance(rule, (Take, Processed)) and len(rule.sources()) == 1
+                and len(self._entries[rule.sources()[0]].dims) == 2)
+
+    def rows(self, name: str, ids: list[int]) -> torch.Tensor | None:
+        """Rows ``ids`` of parameter ``name`` read alone; None where ``by_rows`` says no."""
+        if not self.by_rows(name):
             return None
-        if len(self._entries[rule.sources()[0]].dims) != 2:
-            return None
-        return self._timed(lambda: self._slices(rule.sources()[0], ids))
+        return self._timed(lambda: self._slices(self.plan.rules[name].sources()[0], ids))
+
+    def source_size(self, source: str) -> tuple[int, int]:
+        """(GGML type, bytes in the file) of tensor ``source`` of the file."""
+        return int(self._entries[source].ggml_type), self._file_bytes(source)
 
     def expert(self, name: str, index: int) -> torch.Tensor:
         """Expert ``index`` of the fused expert parameter ``name``, from its part of the file."""
@@ -380,7 +387,7 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
               and not any(id(p) in head_ids for p in module.parameters(recurse=False))]
     embedding = model.get_input_embeddings()
     by_rows = {name for name, module in hooked
-               if module is embedding and weights.rows(f"{name}.weight", [0]) is not None}
+               if module is embedding and weights.by_rows(f"{name}.weight")}
     by_expert = {name for name, module in hooked if type(module).__name__ in EXPERTS_BY_ONE
                  and all(isinstance(plan.rules.get(f"{name}.{p}"), Experts) for p, _ in module.named_parameters())}
 
@@ -434,11 +441,11 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
         share = routed / module.num_experts if module_name in by_expert else 1.0
         for attr, _ in module.named_parameters(recurse=False):
             for source in plan.rules[f"{module_name}.{attr}"].sources():
-                kind = weights._entries[source].ggml_type
-                token_bytes[kind] = token_bytes.get(kind, 0.0) + weights._file_bytes(source) * share
+                kind, size = weights.source_size(source)
+                token_bytes[kind] = token_bytes.get(kind, 0.0) + size * share
     log.info(
-        "%s: weights read from %s on use (%d parameters by %s); %.2f GB resident, at most %.2f GB made at a time",
+        "%s: weights read from %s on use (%d parameters by %s); %.1f MB resident, at most %.1f MB made at a time",
         key, path.name, len(plan.rules), "the project's table" if not isinstance(next(iter(plan.rules.values())), Processed)
-        else "transformers' tensor processors", resident_bytes / 1e9, largest / 1e9,
+        else "transformers' tensor processors", resident_bytes / 1e6, largest / 1e6,
     )
     return FileModel(model, weights, resident_bytes, largest, token_bytes)
