@@ -22,7 +22,10 @@ _API = ("Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", 
 def __getattr__(name: str):
     """The Python API's names (``workflow.api``), imported on first use: ``from workflow import load``."""
     if name in _API:
-        from workflow import api
+        # Imported by name, not by an import statement: no rule's script uses the API, so
+        # its code is not part of any rule's code version (workflow/codeversion.py reads
+        # import statements), and editing it re-runs nothing.
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module("workflow.api"), name)
     raise AttributeError(f"module 'workflow' has no attribute {name!r}")
