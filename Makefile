@@ -1,4 +1,4 @@
-# Two commands for a fresh clone (see README):
+# Two commands for a fresh clone (README, "Two commands"):
 #   make demo   set up .venv with everything, build experiments 001-003, write report.html
 #   make test   set up .venv with everything, then run the full test suite (TEST_WORKERS=2 workers)
 PYTHON ?= python3
@@ -56,7 +56,7 @@ TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-# Is every result under results/ current? (see README)
+# Is every result under results/ current? (docs/reproducibility.md)
 check: setup
 	$(BIN)/python -m workflow.check
 

@@ -5,7 +5,7 @@ E001 = "results/001"
 PROBE_IDS = [p["id"] for p in PROBES]
 # A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands).
 HEATMAP_IDS = PROBE_IDS[: config["lens"]["heatmap_probes"]]
-# The records file: CSV, or Parquet for large probe sets (lens.records_format; README, "Probe sets").
+# The records file: CSV, or Parquet for large probe sets (lens.records_format; docs/experiments.md, "Probe sets").
 RECORDS_001 = f"{E001}/output-{{model}}-records.{records_format(config['lens']['records_format'], len(PROBES))}"
 
 
@@ -44,7 +44,7 @@ rule run_lens:
             }
         ),
     # update(): Snakemake keeps the previous outputs until the job succeeds and puts them
-    # back if it fails (README, "When a job fails"), instead of deleting them first.
+    # back if it fails (docs/reproducibility.md, "When something fails"), instead of deleting them first.
     output:
         summary=update(f"{E001}/output-{{model}}.json"),
         records=update(RECORDS_001),

@@ -5,7 +5,7 @@ from workflow.exp002.pairs import check_pairs, derive_pairs
 
 E002 = "results/002"
 # The config's pairs, and patching.from_probes pairs made from the probe set (each probe
-# against another of its relation: README, "Probe sets").
+# against another of its relation: docs/experiments.md, "Probe sets").
 PAIRS = config["patching"]["pairs"] + derive_pairs(PROBES, config["patching"]["from_probes"])
 PAIR_IDS = [p["id"] for p in PAIRS]
 # A pair's probe must be in the config's probe list; with a probe set from a file or the

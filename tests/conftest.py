@@ -19,7 +19,7 @@ from tiny import make_model_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The slowest test files first (measured, README "Performance"): `make test`'s two workers
+# The slowest test files first (measured, docs/performance.md "Performance"): `make test`'s two workers
 # take whole files in this order (--no-loadscope-reorder), so a long file starts first
 # instead of being left for the end while the other worker idles.
 SLOWEST_FIRST = ("test_e2e.py", "test_provenance.py", "test_readme_commands.py", "test_batching.py",

@@ -1,4 +1,4 @@
-"""Every Snakemake command the README shows, run as written on the tiny-model pipeline.
+"""Every Snakemake command the README and docs/ show, run as written on the tiny-model pipeline.
 
 A README command that fails for a newcomer is the worst bug this project can ship, so
 the commands are read from the README itself: one that is added there without being
@@ -57,10 +57,15 @@ PATCHING = {"patching": {"trace": {"samples": 1}, "pairs": [{
     "corrupted": "The capital of France is", "corrupted_answer": " Paris", "probe": "capital"}]}}
 
 
+def documents() -> list:
+    """The README and the reference pages under docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_commands() -> list[str]:
-    """The snakemake command lines in the README's bash blocks (comments removed) and in its
-    inline code, each once."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """The snakemake command lines in the bash blocks (comments removed) and inline code of
+    the README and docs/, each once."""
+    text = "\n".join(path.read_text(encoding="utf-8") for path in documents())
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
@@ -74,6 +79,7 @@ def readme_commands() -> list[str]:
 def test_every_readme_command_is_exercised():
     found = readme_commands()
     assert found, "no snakemake command found in the README"
+    assert len(documents()) > 5
     missing = [c for c in found if c not in HOW]
     assert missing == [], f"README commands no test runs (add them to HOW): {missing}"
     assert [c for c in HOW if c not in found] == [], "HOW lists commands the README no longer shows"

@@ -18,8 +18,8 @@ Snakemake run that model's jobs again). The tuned lens is the pipeline's
 ``resources/chat-lenses/{key}/`` with the config's ``tuned_lens`` settings (a minute or two on
 the embedded models).
 
-Each method returns a pandas DataFrame with the columns of the experiment's records (README,
-"Data contract"), unrounded, and the experiment's JSON summary of the run in
+Each method returns a pandas DataFrame with the columns of the experiment's records
+(docs/data-contract.md), unrounded, and the experiment's JSON summary of the run in
 ``frame.attrs["summary"]``. Everything else in ``workflow`` belongs to the pipeline.
 """
 

@@ -136,7 +136,7 @@ def fits(estimate: MemoryEstimate, device: str) -> bool:
     return estimate.total_bytes <= available_memory(device)
 
 
-# Placement (README, "Models larger than the machine"): where the weights go when they do
+# Placement (docs/large-models.md, "Models larger than the machine"): where the weights go when they do
 # not fit the device, planned by accelerate from a budget per device.
 @dataclass(frozen=True)
 class Placement:

@@ -41,7 +41,7 @@ def package_dir(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            f"package {module!r} is not installed; install it (see README, 'Setup') "
+            f"package {module!r} is not installed; install it (see docs/running.md, 'Setup') "
             "or change the model's source in config/config.yaml"
         )
     return Path(next(iter(spec.submodule_search_locations)))

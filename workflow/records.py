@@ -2,7 +2,7 @@
 row per probe x lens x layer x position, built by ``lens_row``; experiments 001 and 003
 write them) have COLUMNS; other experiments give their own columns.
 
-Column names are a data contract (README, "Data contract"); extend, don't rename. Tokens can
+Column names are a data contract (docs/data-contract.md, "Data contract"); extend, don't rename. Tokens can
 hold newlines, commas, quotes and any Unicode, so every field is quoted and the
 file is UTF-8; ``read_records`` reads it back unchanged.
 

@@ -141,7 +141,7 @@ def lens_resources(entry: dict[str, Any], config: dict[str, Any], prepared_dir: 
         weights_mb = parameters * BYTES_PER_PARAMETER[job_dtype(entry, config)] / MB
         cpu_budget = placement_budget(entry, config, "cpu")
         if device == "cpu" and cpu_budget is not None:
-            # Placed within a budget (README, "Models larger than the machine"): the rest is on disk.
+            # Placed within a budget (docs/large-models.md, "Models larger than the machine"): the rest is on disk.
             weights_mb = min(weights_mb, cpu_budget / MB)
         working_mb = LensSettings.from_config(config.get("lens", {})).working_memory_mb
         mem_mb = math.ceil(HOST_FACTOR.get(device, 2.0) * weights_mb + working_mb + HOST_OVERHEAD_MB)

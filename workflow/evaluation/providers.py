@@ -347,7 +347,7 @@ def check_settings(settings: dict[str, Any], stage: str | None = None) -> None:
     if not settings.get("model"):
         raise UserError(
             f"evaluation.model is required for provider {name!r}{which}: name the model to ask "
-            "(see README, 'Evaluations written by an LLM')"
+            "(see docs/configuration.md, 'Evaluations written by an LLM')"
         )
 
 

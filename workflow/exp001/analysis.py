@@ -246,7 +246,7 @@ def lens_calibration(records: pd.DataFrame, summary: dict[str, Any]) -> dict[str
 
 
 def probe_statistics(facts: ModelFacts) -> dict[str, Any]:
-    """The probe set's statistics (README, 'Probe sets'): accuracy with Wilson intervals,
+    """The probe set's statistics (docs/experiments.md, 'Probe sets'): accuracy with Wilson intervals,
     overall and per relation; the relative depth where the answer first becomes top-1
     (median, IQR) per lens; forward against reverse on the facts stated both ways (paired
     accuracy difference with Newcombe's interval, mean difference of the whole answer's

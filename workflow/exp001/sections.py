@@ -316,7 +316,7 @@ def _caveats(models: list[ModelFacts]) -> str:
         "the lens's error, not the model's uncertainty). A tuned lens corrects for this.",
         f"Each model is judged on {len(models[0].probes)} probes; accuracies and differences come with 95% intervals "
         "(section 'Statistics'), which are wide on a set this size"
-        + (" (a few hundred facts narrow them: README, 'Probe sets')" if len(models[0].probes) < 100 else "")
+        + (" (a few hundred facts narrow them: docs/experiments.md, 'Probe sets')" if len(models[0].probes) < 100 else "")
         + ". The per-layer figures follow the answer's first token.",
     ]
     for f in models:

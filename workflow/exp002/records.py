@@ -11,7 +11,7 @@ import pandas as pd
 from workflow.errors import UserError
 from workflow.records import read_records
 
-# The records contract (README, "Data contract"): extend, don't rename. ``token`` is the token at that
+# The records contract (docs/data-contract.md, "Data contract"): extend, don't rename. ``token`` is the token at that
 # position of the prompt the patched run reads; ``source_token`` that of the run the written
 # residual comes from (the same token at positions where the prompts agree).
 RECORD_COLUMNS = (
