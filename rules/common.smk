@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints, input functions shared by all rules, and the
 # registry of experiments (each rules/expNNN.smk registers what its rules make).
 import os
+import sys
 from typing import Callable, NamedTuple
 
 import yaml
@@ -28,6 +29,14 @@ from workflow.codeversion import code_version
 from workflow.resources import lens_resources, prepare_resources
 
 CONFIGFILE = "config/config.yaml"
+
+
+def stop(message):
+    """End the run with ``message``, one line on its own: a mistake in the config, a path or
+    the environment found while the run is planned. (Raised as an exception, Snakemake
+    prints it inside its own traceback and the input function's wildcards.) Planning has
+    taken no lock, started no job and written nothing, so there is nothing to undo."""
+    sys.exit(f"Error: {message}")
 # The software of every rule, for --sdm conda (pinned as in pyproject.toml).
 CONDA_ENV = "../workflow/envs/pipeline.yaml"
 
@@ -46,9 +55,9 @@ except WorkflowError as e:
     cause = schema_violation(e)
     if cause is None:
         raise
-    raise WorkflowError(describe_validation_error(cause, CONFIGFILE, OVERRIDES)) from None
+    stop(describe_validation_error(cause, CONFIGFILE, OVERRIDES))
 except UserError as e:
-    raise WorkflowError(str(e)) from None
+    stop(str(e))
 
 # The model-heavy rules (prepare_model, train_tuned_lens, run_lens) ask for every core of
 # the machine; Snakemake lowers that to --cores (and --max-threads), so `--cores 1` means
@@ -97,10 +106,10 @@ def experiment_rules(experiment_id):
     try:
         return EXPERIMENTS[experiment_id]
     except KeyError:
-        raise WorkflowError(
+        stop(
             f"no experiment {experiment_id!r}: the experiments are {', '.join(sorted(EXPERIMENTS))} "
             "(each has its rules/expNNN.smk, included by the Snakefile)"
-        ) from None
+        )
 
 
 EVALUATIONS = ["cross-model", "meta"]  # beside one per model
@@ -130,7 +139,7 @@ def get_model(wildcards):
     try:
         return model_entry(config, wildcards.model)
     except UserError as e:
-        raise WorkflowError(str(e)) from None
+        stop(str(e))
 
 
 def get_model_source(wildcards):
@@ -158,13 +167,22 @@ def get_gguf_input(wildcards):
     any job runs, naming the config key (get_source_fingerprint)."""
     entry = get_model(wildcards)
     if entry["source"] not in PREPARED_SOURCES:
-        raise WorkflowError(f"model {wildcards.model!r}: source {entry['source']!r} needs no preparation")
+        stop(f"model {wildcards.model!r}: source {entry['source']!r} needs no preparation")
     get_source_fingerprint(wildcards)
     return [os.path.expanduser(entry["path"])] if entry["source"] == "gguf" else []
 
 
 def _user_errors(function, *args):
-    """``function(*args)``, a UserError becoming the WorkflowError Snakemake prints plainly."""
+    """``function(*args)`` while the run is planned, a UserError ending the run (``stop``)."""
+    try:
+        return function(*args)
+    except UserError as e:
+        stop(str(e))
+
+
+def _job_errors(function, *args):
+    """``function(*args)`` for a job's resources, a UserError becoming the WorkflowError
+    Snakemake reports for that job."""
     try:
         return function(*args)
     except UserError as e:
@@ -185,7 +203,7 @@ def check_device(wildcards):
             resolve_device(device)
         except UserError as e:
             key = f"models.{wildcards.model}.device" if "device" in entry else "device"
-            raise WorkflowError(f"model {wildcards.model!r} (config key {key}): {e}") from None
+            stop(f"model {wildcards.model!r} (config key {key}): {e}")
 
 
 def get_lens_model_input(wildcards):
@@ -198,7 +216,7 @@ def get_lens_model_input(wildcards):
         path = os.path.expanduser(entry["path"])
         if not os.path.isfile(os.path.join(path, "config.json")):
             what = "does not exist" if not os.path.exists(path) else "is not a Hugging Face model directory (no config.json)"
-            raise WorkflowError(
+            stop(
                 f"model {wildcards.model!r}: {entry['path']!r} {what} (config key models.{wildcards.model}.path "
                 f"in {CONFIGFILE}); point it at a directory saved with save_pretrained"
             )
@@ -262,7 +280,7 @@ def lens_resource(name):
     Evaluated again just before the job runs, when prepared weights exist."""
 
     def resource(wildcards, input):
-        return _user_errors(lens_resources, get_model(wildcards), config, input.get("prepared"), wildcards.model)[name]
+        return _job_errors(lens_resources, get_model(wildcards), config, input.get("prepared"), wildcards.model)[name]
 
     return resource
 
@@ -276,7 +294,7 @@ MODEL_PARAMS = {"entry": get_model_settings, "device": config["device"], "dtype"
 
 def prepare_resource(name):
     def resource(wildcards):
-        return _user_errors(prepare_resources, get_model(wildcards), wildcards.model)[name]
+        return _job_errors(prepare_resources, get_model(wildcards), wildcards.model)[name]
 
     return resource
 
@@ -363,7 +381,7 @@ def get_page_inputs(wildcards):
     elif name == "meta":
         figures = []
     else:
-        raise WorkflowError(
+        stop(
             f"no evaluation named {name!r}: pages exist for the models in {CONFIGFILE} "
             f"({', '.join(MODELS)}), 'cross-model' and 'meta'"
         )

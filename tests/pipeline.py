@@ -149,3 +149,17 @@ def private_copy(workdir: Path, dest: Path) -> Path:
 def said(result: subprocess.CompletedProcess) -> str:
     """Everything Snakemake printed (it reports some errors on stdout, others on stderr)."""
     return result.stdout + result.stderr
+
+
+def planning_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    """The one line a mistake found while planning ends the run with: Snakemake's last word,
+    ``Error: ...`` holding ``words``, with no traceback, exception name or wildcards around
+    it, and no lock left behind."""
+    assert result.returncode == 1, said(result)[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("Error: "), said(result)[-3000:]
+    for word in words:
+        assert word in lines[-1], (word, lines[-1])
+    for noise in ("Traceback", "Exception", "Wildcards:", 'File "'):
+        assert noise not in said(result), (noise, said(result)[-3000:])
+    return lines[-1]

@@ -58,7 +58,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such config file; run from the repository's root or give the config's path")
+        raise UserError(f"{path}: no such config file; run from the repository's root, or give the config file "
+                        "(lens-chat --config FILE; api.load(..., config=FILE))")
     schema_path = REPOSITORY / "config" / "schema.yaml"
     try:
         with open(path, encoding="utf-8") as fh:
