@@ -3,7 +3,7 @@
 import matplotlib.image
 import pytest
 
-from conftest import PROBES
+from conftest import PROBES, REPO
 from workflow.exp001.analysis import model_facts
 from workflow.exp001.run import write_lens_outputs
 from workflow.exp001.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure
@@ -86,3 +86,21 @@ def test_kl_panel_shows_both_the_embedding_spike_and_the_last_layers(outputs):
     axes = trajectory_figure(facts).get_axes()
     scales = [ax.get_yscale() for ax in axes[:: len(PROBES)]]
     assert scales == ["linear", "log", "linear", "symlog"]
+
+
+def test_the_statistics_panels_say_what_they_show():
+    """On the committed default run (probes without relations): every panel titled, the
+    probes' group named "all probes", the accuracy bar and its interval the statistics'."""
+    from workflow.exp001.analysis import model_facts
+    from workflow.exp001.plots import statistics_figure
+
+    results = REPO / "results" / "001"
+    facts = model_facts(results / "output-smollm2-135m-instruct.json", results / "output-smollm2-135m-instruct-records.csv")
+    figure = statistics_figure(facts)
+    titles = [ax.get_title() for ax in figure.axes[:5]]
+    assert titles == ["accuracy", "where the answer first becomes top-1", "each fact forward and reverse",
+                      "reliability of the final top-1 probability", "calibration error by layer, per lens"]
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["all probes"]
+    (bar,) = figure.axes[0].patches
+    assert bar.get_width() == pytest.approx(facts.statistics["accuracy"].estimate)
+    assert facts.statistics["n"] == 9

@@ -150,7 +150,9 @@ def statistics_figure(facts: ModelFacts):
     # Kept as one function: the five panels of one figure, drawn in order on shared axes.
     data = statistics_data(facts)
     fig, axes = plt.subplots(1, 5, figsize=(21, 4.2))
-    names = [name if len(name) <= 28 else name[:27] + "…" for name, _, _ in data["relations"]]
+    # Probes without a relation (the default set) are "all probes" alone, "other probes" beside relations.
+    unnamed = "all probes" if len(data["relations"]) == 1 else "other probes"
+    names = [unnamed if name == "(no relation)" else name if len(name) <= 28 else name[:27] + "…" for name, _, _ in data["relations"]]
     ys = np.arange(len(names))
     acc, depth_ax, pair_ax, rel_ax, layer_ax = axes
     estimates = [a.estimate for _, a, _ in data["relations"]]
@@ -160,12 +162,14 @@ def statistics_figure(facts: ModelFacts):
     acc.set_xlim(0, 1)
     acc.set_xlabel("accuracy (final top-1 = answer), 95% CI")
     acc.invert_yaxis()
+    acc.set_title("accuracy" + (" per relation" if len(names) > 1 else ""), fontsize=9)
     depths = [d if d else [np.nan] for _, _, d in data["relations"]]
     depth_ax.boxplot(depths, vert=False, positions=ys, widths=0.6)
     depth_ax.set_yticks(ys, names, fontsize=7)
     depth_ax.set_xlim(0, 1.02)
     depth_ax.set_xlabel("relative depth of first top-1 (logit lens)")
     depth_ax.invert_yaxis()
+    depth_ax.set_title("where the answer first becomes top-1" + (" per relation" if len(names) > 1 else ""), fontsize=9)
     if data["pairs"]:
         colours = {(True, True): "#2ca02c", (True, False): "#1f77b4", (False, True): "#ff7f0e", (False, False): "#7f7f7f"}
         labels = {(True, True): "both right", (True, False): "forward only", (False, True): "reverse only", (False, False): "neither"}
@@ -178,6 +182,7 @@ def statistics_figure(facts: ModelFacts):
         pair_ax.legend(fontsize=7)
     else:
         pair_ax.text(0.5, 0.5, "no probe states a fact\nin both directions", ha="center", va="center", transform=pair_ax.transAxes)
+    pair_ax.set_title("each fact forward and reverse", fontsize=9)
     pair_ax.set_xlabel("forward: log-probability of the whole answer")
     pair_ax.set_ylabel("reverse: log-probability of the whole answer")
     bins = data["bins"]
@@ -189,6 +194,7 @@ def statistics_figure(facts: ModelFacts):
             rel_ax.annotate(str(b.count), ((b.low + b.high) / 2, min(b.accuracy + 0.03, 0.97)), ha="center", fontsize=6)
     rel_ax.set_xlim(0, 1)
     rel_ax.set_ylim(0, 1)
+    rel_ax.set_title("reliability of the final top-1 probability", fontsize=9)
     rel_ax.set_xlabel("final top-1 probability (bins; dots: mean)")
     rel_ax.set_ylabel("accuracy in bin (n above)")
     for lens, values in facts.layer_ece.items():
@@ -197,6 +203,7 @@ def statistics_figure(facts: ModelFacts):
         layer_ax.plot([r[0] for r in facts.tuned_temperature], [r[3] for r in facts.tuned_temperature], marker=".",
                       linewidth=1, linestyle="--", label="tuned lens, best T per layer")
     layer_ax.set_ylim(0, 1)
+    layer_ax.set_title("calibration error by layer, per lens", fontsize=9)
     layer_ax.set_xlabel("layer")
     layer_ax.set_ylabel("calibration error (ECE) of the top-1 probability")
     layer_ax.legend(fontsize=7)
