@@ -63,6 +63,9 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     heatmaps = [f"heatmap-{p['id']}.png" for p in PROBES]
     categories = report_data(html, "categories")
     assert list(categories) == ["tiny-llama", "tiny-gemma3", "Cross-model", "Method"]
+    # It opens on an overview of the experiments and the run's models, not on one experiment.
+    assert "Layer-by-layer lens experiments: overview" in html and "003, generation" in html
+    assert "<strong>tiny-llama</strong>" in html and "<strong>tiny-gemma3</strong>" in html
     # Experiments 001 and 003 (002 has no pairs in this config).
     for model in ("tiny-llama", "tiny-gemma3"):
         assert sorted(categories[model]["Heatmaps"]) == sorted(f"results/001/plots/{model}/{h}" for h in heatmaps)
