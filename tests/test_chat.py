@@ -1,6 +1,7 @@
 """``lens-chat`` (workflow/chat.py), driven in a terminal (a pty) as a user would, and with
 --once and --trace."""
 
+import ast
 import os
 import pty
 import re
@@ -105,6 +106,13 @@ def test_chat_in_a_terminal_answers_a_typed_question(chat_config):
     rows = re.findall(r"^\s+(\d+)\s+('.*?'|\".*?\")\s+(\d\.\d{3})\s+(layer \d+ \(\d+\) of 3|never top-1)", table, re.M)
     assert [int(r[0]) for r in rows] == list(range(len(rows))) and 1 <= len(rows) <= 5
     assert "tiny-chat: " in table
+    # /layers N: every layer's top-1 where reply token N was chosen; a bad N is said, not fatal.
+    term.type("/layers 0\n")
+    layers = term.read_until(r"/layers 0[\s\S]*you> ")
+    assert re.search(r"token 0 .*: the top-1 of every layer", layers)
+    assert len(re.findall(r"^\s+[0-3]  [* ]('.*'|\".*\") +\d\.\d{3}\s*$", layers, re.M)) == 4
+    term.type("/layers 99\n")
+    assert "99 is not one of them" in term.read_until(r"/layers 99[\s\S]*you> ")
     # A second turn carries the conversation; an empty line ends the chat.
     term.type("And of Germany?\n")
     term.read_until(r"And of Germany\?[\s\S]*tokens/s with the lens[\s\S]*you> ")
@@ -115,9 +123,10 @@ def test_chat_in_a_terminal_answers_a_typed_question(chat_config):
 def test_once_writes_the_trace_as_records(chat_config, tmp_path):
     trace = tmp_path / "reply.csv"
     result = chat(chat_config, "--model", "tiny-chat", "--once", "Capital of Japan?", "--max-new-tokens", "6",
-                  "--trace", str(trace))
+                  "--trace", str(trace), "--layers", "0")
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if re.match(r"^\s+\d+\s+'", line)]
+    reply, _, table = result.stdout.partition("\ntoken 0 ")
+    lines = [line for line in reply.splitlines() if re.match(r"^\s+\d+\s+'", line)]
     frame = read_records(trace)
     n = len(lines)
     assert 1 <= n <= 6 and len(frame) == n * 4  # tokens x layers 0..3, logit lens only
@@ -128,6 +137,13 @@ def test_once_writes_the_trace_as_records(chat_config, tmp_path):
     assert (last["answer_rank"] == 1).all()
     shown = [float(re.split(r"\s+", line.strip())[2]) for line in lines]
     assert shown == pytest.approx(list(last["answer_prob"]), abs=1e-3)
+    # --layers 0: what every layer predicted where the first reply token was chosen, as recorded.
+    first = frame[frame["position"] == 0].sort_values("layer")
+    rows = [re.match(r"^\s+(\d+)  (\*| )('.*'|\".*\") +([\d.]+)\s*$", line) for line in table.splitlines()[2:]]
+    assert all(rows) and [int(r[1]) for r in rows] == list(first["layer"])
+    assert [ast.literal_eval(r[3]) for r in rows] == list(first["top1_token"])
+    assert [float(r[4]) for r in rows] == pytest.approx(list(first["top1_prob"]), abs=1e-3)
+    assert [r[2] == "*" for r in rows] == list(first["top1_token"] == first["answer_token"])
 
 
 def test_a_model_without_chat_template_is_told_to_use_raw(chat_config):

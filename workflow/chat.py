@@ -95,6 +95,7 @@ class Chat:
         self.key, self.args = key, args
         self.rows: list[dict[str, Any]] = []
         self.turn = 0
+        self.last = None  # the last reply (workflow.generation.Reply)
 
     def header(self) -> str:
         lenses = "   ".join(f"{name + ' lens: top-1 from (stays)':<28}" for name in self.generator.lens_names)
@@ -108,6 +109,28 @@ class Chat:
             cells.append(f"{'never top-1' if first is None else f'layer {first} ({stable}) of {n}':<28}")
         return COLUMNS.format(index=trace.index, token=shown(self.generator.names(trace.token_id)),
                               prob=f"{trace.model_prob:.3f}", lenses="   ".join(cells))
+
+    def layers(self, index: int) -> str:
+        """What every layer's lens predicted at the position that chose reply token ``index``
+        of the last reply: per layer and lens the top-1 token and its probability, the
+        chosen token marked where it is the top-1."""
+        if self.last is None or not self.last.tokens:
+            raise UserError("no reply yet: ask something first")
+        if not 0 <= index < len(self.last.tokens):
+            raise UserError(f"the last reply has tokens 0 to {len(self.last.tokens) - 1}; {index} is not one of them")
+        trace = self.last.tokens[index]
+        names = self.generator.names
+        lenses = self.generator.lens_names
+        lines = [f"token {index} {shown(names(trace.token_id))}: the top-1 of every layer (* = this token)",
+                 (f"{'layer':>5}  " + "  ".join(f"{name + ' lens':<28}" for name in lenses)).rstrip()]
+        for layer in range(self.model.n_layers + 1):
+            cells = []
+            for name in lenses:
+                stats = trace.stats[name][layer]
+                mark = "*" if stats.topk_ids[0] == trace.token_id else " "
+                cells.append(f"{mark}{shown(names(stats.topk_ids[0])):<20} {stats.topk_probs[0]:.3f}")
+            lines.append((f"{layer:>5}  " + "  ".join(f"{cell:<28}" for cell in cells)).rstrip())
+        return "\n".join(lines)
 
     def fitted(self, messages: list[dict[str, str]]) -> tuple[list[int], list[dict[str, str]]]:
         """The prompt's ids, with the oldest turns left out until the prompt and the reply fit
@@ -140,6 +163,7 @@ class Chat:
         print(f"({len(reply.tokens)} tokens in {reply.seconds:.1f} s, {rate:.1f} tokens/s with the lens; "
               f"{'stopped at end of turn' if reply.stopped == 'stop' else 'max new tokens reached'})", flush=True)
         self.turn += 1
+        self.last = reply
         self.rows += self.generator.records(reply, f"turn-{self.turn}")
         if self.args.trace:
             self.write_trace()
@@ -156,7 +180,7 @@ class Chat:
     def interactive(self) -> None:
         messages: list[dict[str, str]] = []
         print(f"chatting with {self.key} ({'raw text' if self.args.raw else 'its chat template'}); "
-              "an empty line or Ctrl-D ends", flush=True)
+              "/layers N shows every layer's top-1 for token N of the reply; an empty line or Ctrl-D ends", flush=True)
         while True:
             try:
                 text = input("you> ")
@@ -165,6 +189,13 @@ class Chat:
                 return
             if not text.strip():
                 return
+            if text.strip().startswith("/layers"):
+                try:
+                    print(self.layers(int(text.split()[1])) if len(text.split()) == 2 and text.split()[1].isdigit()
+                          else "lens-chat: /layers N, with N a token number of the last reply", flush=True)
+                except UserError as error:
+                    print(f"lens-chat: {error}", flush=True)
+                continue
             messages = [{"role": "user", "content": text}] if self.args.raw else [*messages, {"role": "user", "content": text}]
             try:
                 answer = self.reply(messages)
@@ -194,6 +225,8 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse a model read from its GGUF file (weights: quantised) that is expected to be slower "
                         "than this (default: %(default)s)")
     p.add_argument("--trace", metavar="FILE", help="write every reply's per-token records here (CSV, or .parquet)")
+    p.add_argument("--layers", metavar="N", type=int, action="append", default=[],
+                   help="with --once: after the reply, the top-1 of every layer for reply token N (repeatable)")
     p.add_argument("--no-tuned", action="store_true", help="the logit lens only, even where a tuned lens is trained")
     p.add_argument("--device", help="override the config's device (cpu, cuda, mps)")
     p.add_argument("--dtype", help="override the config's dtype")
@@ -207,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--max-new-tokens must be at least 1")
     if args.temperature < 0:
         parser().error("--temperature must be 0 or more")
+    if args.layers and args.once is None:
+        parser().error("--layers goes with --once (in a conversation, type /layers N after a reply)")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from workflow.lens_setup import LensIdentityError
@@ -215,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         chat = Chat(args)
         if args.once is not None:
             chat.reply([{"role": "user", "content": args.once}])
+            for index in args.layers:
+                print(f"\n{chat.layers(index)}", flush=True)
         else:
             chat.interactive()
     except (UserError, LensIdentityError) as error:
