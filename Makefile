@@ -8,7 +8,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test check lint bench clean-results clean constraints
+.PHONY: setup demo test test-all check lint bench clean-results clean constraints
 
 setup: $(STAMP)
 
@@ -53,7 +53,13 @@ demo: setup
 # starting, so two keep a 2-core machine busy. A pipeline the suite builds is built once
 # and shared by both (tests/pipeline.py, built_once).
 TEST_WORKERS ?= 2
+# `make test` leaves out the end-to-end run from nothing on the embedded models (marker e2e,
+# tests/test_e2e.py, about 15 minutes more); its checks run on the committed results instead
+# (tests/test_committed.py). `make test-all` runs everything.
 test: setup
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not e2e"
+
+test-all: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Is every result under results/ current? (docs/reproducibility.md)
