@@ -37,6 +37,8 @@ def stop(message):
     prints it inside its own traceback and the input function's wildcards.) Planning has
     taken no lock, started no job and written nothing, so there is nothing to undo."""
     sys.exit(f"Error: {message}")
+
+
 # The software of every rule, for --sdm conda (pinned as in pyproject.toml).
 CONDA_ENV = "../workflow/envs/pipeline.yaml"
 

@@ -31,11 +31,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from workflow.errors import UserError
+
+if TYPE_CHECKING:  # pandas is imported where frames are made (lens-chat imports this module)
+    import pandas as pd
 
 __all__ = ["Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", "plot_patching"]
 
@@ -105,6 +106,15 @@ def prepared_dir(key: str, entry: dict[str, Any], workdir: Path) -> str | None:
     return str(out)
 
 
+def trained_lens_dir(key: str, workdir: Path) -> Path | None:
+    """Where model ``key``'s tuned lens is trained: the pipeline's ``resources/lenses/{key}/``,
+    else the one trained outside it, else None."""
+    for directory in (workdir / "resources" / "lenses" / key, workdir / OWN_LENSES / key):
+        if (directory / "config.json").is_file():
+            return directory
+    return None
+
+
 def model_source(model: str, config: dict[str, Any], configfile: str) -> tuple[str, dict[str, Any]]:
     """(key, catalog entry) of what ``load`` was given: a key of the config, a GGUF file, a
     Hugging Face model directory, or a hub id."""
@@ -133,6 +143,8 @@ def _key(name: str) -> str:
 
 
 def _frame(rows: list[dict[str, Any]], columns: Sequence[str], summary: dict[str, Any]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=list(columns))
     frame.attrs["summary"] = summary
     return frame
@@ -214,16 +226,15 @@ class Model:
         from workflow.tuned import TunedLensSettings, train_for_model
 
         if self._tuned is None:
-            directory = self.workdir / "resources" / "lenses" / self.key
-            if not directory.is_dir():
+            directory = trained_lens_dir(self.key, self.workdir)
+            if directory is None:
                 directory = self.workdir / OWN_LENSES / self.key
-                if not (directory / "config.json").is_file():
-                    print(f"training the tuned lens of {self.key} once into {directory} ...", file=sys.stderr)
-                    train_for_model(
-                        self.key, self.entry, prepared_dir(self.key, self.entry, self.workdir), directory,
-                        device=self.loaded.device, dtype=_dtype_name(self.loaded), backend=self.config["backend"],
-                        settings=TunedLensSettings.from_config(self.config["tuned_lens"]), lens_settings=self.lens_settings(),
-                    )
+                print(f"training the tuned lens of {self.key} once into {directory} ...", file=sys.stderr)
+                train_for_model(
+                    self.key, self.entry, prepared_dir(self.key, self.entry, self.workdir), directory,
+                    device=self.loaded.device, dtype=_dtype_name(self.loaded), backend=self.config["backend"],
+                    settings=TunedLensSettings.from_config(self.config["tuned_lens"]), lens_settings=self.lens_settings(),
+                )
             self._tuned, _ = open_tuned_lens(self.loaded, self.lens_settings(), directory)
         return self._tuned
 

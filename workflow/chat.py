@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workflow.api import OWN_LENSES, load_config, prepared_dir
+from workflow.api import OWN_LENSES, load_config, prepared_dir, trained_lens_dir
 from workflow.errors import UserError
 
 log = logging.getLogger("workflow.chat")
@@ -83,14 +83,14 @@ class Chat:
                 )
             print(f"({cost})", file=sys.stderr)
         tuned = None
-        lenses_dirs = [workdir / "resources" / "lenses" / key, workdir / OWN_LENSES / key]
         if "tuned" in config["lenses"] and not args.no_tuned:
-            trained = next((d for d in lenses_dirs if (d / "config.json").is_file()), None)
+            trained = trained_lens_dir(key, workdir)
             if trained is not None:
                 tuned, _ = open_tuned_lens(self.model, settings, trained)
             else:
-                print(f"(logit lens only: no tuned lens in {lenses_dirs[0]}; the pipeline trains it there when it computes "
-                      "the model's results from nothing, and the Python API's Model.tuned_lens() beside it)", file=sys.stderr)
+                print(f"(logit lens only: no tuned lens in {workdir / 'resources' / 'lenses' / key}; the pipeline trains it "
+                      f"there when it computes the model's results from nothing, and the Python API's Model.tuned_lens() "
+                      f"in {workdir / OWN_LENSES / key})", file=sys.stderr)
         self.generator = LensGenerator(self.model, settings, tuned)
         self.key, self.args = key, args
         self.rows: list[dict[str, Any]] = []
