@@ -94,6 +94,9 @@ class ExperimentRules(NamedTuple):
     # Whether `snakemake` with no target builds it (an experiment the config gives nothing
     # to run, such as no patching pairs, is left out; its files can still be asked for).
     default: bool = True
+    # The probes its explorer page shows (the interactive page of its records, rule explorer):
+    # None, every probe or pair in its JSON.
+    explorer_probes: list | None = None
 
 
 EXPERIMENTS: dict[str, ExperimentRules] = {}
@@ -133,6 +136,8 @@ def get_final_output():
             *expand(f"{results}/provenance/evaluation-{{name}}.prov.json", name=names),
             *expand(f"{results}/html/evaluation-{{name}}.html", name=names),
             *expand(f"{results}/provenance/page-{{name}}.prov.json", name=names),
+            *expand(f"{results}/html/explorer-{{model}}.html", model=MODELS),
+            *expand(f"{results}/provenance/explorer-{{model}}.prov.json", model=MODELS),
         ]
     return outputs
 
@@ -388,6 +393,14 @@ def get_page_inputs(wildcards):
             f"({', '.join(MODELS)}), 'cross-model' and 'meta'"
         )
     return {"evaluation": f"results/{wildcards.exp}/evaluation-{name}.md", "figures": figures}
+
+
+def get_explorer_inputs(wildcards):
+    """A model's JSON summary and records file of the experiment, as its evaluation reads them."""
+    if wildcards.model not in MODELS:
+        stop(f"no model {wildcards.model!r} in {CONFIGFILE}: its models are {', '.join(MODELS)}")
+    inputs = experiment_rules(wildcards.exp).model_inputs(wildcards.model)
+    return {"summary": inputs["summary"], "records": inputs["records"]}
 
 
 def page_category(wildcards):

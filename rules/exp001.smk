@@ -3,8 +3,15 @@
 
 E001 = "results/001"
 PROBE_IDS = [p["id"] for p in PROBES]
-# A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands).
+# A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands),
+# through each lens: heatmap-{probe}.png the logit lens's, tuned-heatmap-{probe}.png the tuned lens's.
 HEATMAP_IDS = PROBE_IDS[: config["lens"]["heatmap_probes"]]
+HEATMAP_LENSES = [lens for lens in ("logit", "tuned") if lens in LENSES]
+
+
+def heatmap_file(model, probe, lens):
+    return f"{E001}/plots/{model}/{'' if lens == 'logit' else lens + '-'}heatmap-{probe}.png"
+
 # The records file: CSV, or Parquet for large probe sets (lens.records_format; docs/experiments.md, "Probe sets").
 RECORDS_001 = f"{E001}/output-{{model}}-records.{records_format(config['lens']['records_format'], len(PROBES))}"
 
@@ -17,11 +24,12 @@ register_experiment(
         *expand(f"{E001}/plots/{model}/heatmap-{{probe}}.png", probe=HEATMAP_IDS),
     ],
     cross_figures=[f"{E001}/plots/cross-model-trajectories.png"],
+    explorer_probes=HEATMAP_IDS,
     artefacts=[
         *expand(f"{E001}/output-{{model}}.json", model=MODELS),
         *expand(RECORDS_001, model=MODELS),
         *expand(f"{E001}/provenance/output-{{model}}.prov.json", model=MODELS),
-        *expand(f"{E001}/plots/{{model}}/heatmap-{{probe}}.png", model=MODELS, probe=HEATMAP_IDS),
+        *[heatmap_file(model, probe, lens) for model in MODELS for probe in HEATMAP_IDS for lens in HEATMAP_LENSES],
         *expand(f"{E001}/plots/{{model}}/statistics.png", model=MODELS),
         *expand(f"{E001}/provenance/{{plot}}-{{model}}.prov.json", plot=["heatmaps", "statistics"], model=MODELS),
         f"{E001}/plots/cross-model-trajectories.png",
@@ -75,13 +83,14 @@ rule plot_heatmaps:
     output:
         heatmaps=[
             update(report(
-                f"{E001}/plots/{{model}}/heatmap-{probe}.png",
+                heatmap_file("{model}", probe, lens),
                 caption="../workflow/report/heatmap.rst",
                 category="{model}",
                 subcategory="Heatmaps",
-                labels={"probe": probe},
+                labels={"probe": probe, "lens": lens},
             ))
             for probe in HEATMAP_IDS
+            for lens in HEATMAP_LENSES
         ],
         provenance=update(f"{E001}/provenance/heatmaps-{{model}}.prov.json"),
     log:
@@ -89,7 +98,7 @@ rule plot_heatmaps:
     conda:
         CONDA_ENV
     params:
-        probes=HEATMAP_IDS,
+        figures=[(probe, lens) for probe in HEATMAP_IDS for lens in HEATMAP_LENSES],
         code=code_version("scripts/plot_heatmaps.py"),
     localrule: True
     script:

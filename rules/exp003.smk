@@ -12,6 +12,7 @@ register_experiment(
     model_inputs=lambda model: {"summary": f"{E003}/output-{model}.json", "records": f"{E003}/output-{model}-records.csv"},
     model_figures=lambda model: expand(f"{E003}/plots/{model}/generation-{{probe}}.png", probe=GENERATION_IDS),
     cross_figures=[f"{E003}/plots/cross-model-settling.png"],
+    explorer_probes=GENERATION_IDS,
     # With generation.max_probes 0, `snakemake` leaves experiment 003 out.
     default=bool(GENERATION_PROBES),
     artefacts=[

@@ -1,4 +1,4 @@
-# Evaluations of every experiment as HTML pages, and what `snakemake --report report.html` shows.
+# Evaluations of every experiment as HTML pages, each experiment's explorer page per model, and what `snakemake --report report.html` shows.
 #
 # Results are grouped by category: one per model (its heatmaps and its evaluation),
 # "Cross-model" and "Method". Captions are in workflow/report/.
@@ -27,3 +27,27 @@ rule evaluation_page:
     localrule: True
     script:
         "../scripts/evaluation_page.py"
+
+
+rule explorer:
+    input:
+        unpack(get_explorer_inputs),
+    output:
+        page=update(report(
+            "results/{exp}/html/explorer-{model}.html",
+            caption="../workflow/report/explorer.rst",
+            category="{model}",
+            subcategory="Explorer",
+            labels={"experiment": "{exp}", "page": "explorer"},
+        )),
+        provenance=update("results/{exp}/provenance/explorer-{model}.prov.json"),
+    log:
+        "logs/{exp}/explorer-{model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        probes=lambda wildcards: experiment_rules(wildcards.exp).explorer_probes,
+        code=code_version("scripts/explorer.py"),
+    localrule: True
+    script:
+        "../scripts/explorer.py"

@@ -1,4 +1,4 @@
-"""Rule plot_heatmaps: one logit-lens heatmap per probe of one model."""
+"""Rule plot_heatmaps: one heatmap per probe and lens (logit, and tuned where run) of one model."""
 
 import sys
 from pathlib import Path
@@ -12,8 +12,8 @@ from workflow.records import load_checked  # noqa: E402
 
 def main(sm):
     records = load_checked(sm.input.records, sm.input.summary)
-    for probe, path in zip(sm.params.probes, sm.output.heatmaps):
-        plot_heatmap(heatmap_data(records, sm.wildcards.model, probe), path)
+    for (probe, lens), path in zip(sm.params.figures, sm.output.heatmaps):
+        plot_heatmap(heatmap_data(records, sm.wildcards.model, probe, lens=lens), path)
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

@@ -63,3 +63,12 @@ def test_the_python_api_and_chat_are_in_no_rules_code_version():
         files = {str(p.relative_to(codeversion.REPO)) for p in codeversion.code_files(script)}
         assert "workflow/__init__.py" in files  # read, so a static import of the API there would count
         assert not files & {"workflow/api.py", "workflow/chat.py"}, script.name
+
+
+def test_the_explorers_script_and_style_are_in_its_code_version():
+    """The explorer page inlines workflow/report/explorer.js and explorer.css: editing them
+    must re-run the explorer (and nothing else)."""
+    for script in sorted((codeversion.REPO / "scripts").glob("*.py")):
+        digests = codeversion.code_digests(str(script.relative_to(codeversion.REPO)))
+        assets = {"workflow/report/explorer.js", "workflow/report/explorer.css"} & set(digests)
+        assert assets == ({"workflow/report/explorer.js", "workflow/report/explorer.css"} if script.name == "explorer.py" else set()), script.name

@@ -23,7 +23,7 @@ def per_model(*rules):
 EVALUATIONS = per_model("evaluate_model", "evaluation_page") | {
     ("evaluate_cross", None), ("evaluate_meta", None), ("evaluation_page", "cross-model"), ("evaluation_page", "meta")
 }
-LENS_001 = per_model("run_lens", "plot_heatmaps", "plot_statistics") | {("plot_cross", None)}
+LENS_001 = per_model("run_lens", "plot_heatmaps", "plot_statistics", "explorer") | {("plot_cross", None)}
 GENERATION_003 = per_model("run_generation", "plot_generation") | {("plot_generation_cross", None)}
 
 

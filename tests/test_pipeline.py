@@ -72,6 +72,7 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
         assert sorted(categories[model]["Generation"]) == sorted(f"results/003/plots/{model}/generation-{p['id']}.png" for p in PROBES)
         assert sorted(categories[model]["Evaluation"]) == [f"results/{e}/html/evaluation-{model}.html" for e in ("001", "003")]
         assert categories[model]["Statistics"] == [f"results/001/plots/{model}/statistics.png"]
+        assert sorted(categories[model]["Explorer"]) == [f"results/{e}/html/explorer-{model}.html" for e in ("001", "003")]
     assert {k: sorted(v) for k, v in categories["Cross-model"].items()} == {
         "Figures": ["results/001/plots/cross-model-trajectories.png", "results/003/plots/cross-model-settling.png"],
         "Evaluation": [f"results/{e}/html/evaluation-cross-model.html" for e in ("001", "003")],

@@ -59,10 +59,13 @@ def test_cross_model_trajectories_have_one_panel_per_metric_and_probe(outputs, t
     axes = figure.get_axes()
     assert len(axes) == len(TRAJECTORY_METRICS) * len(PROBES)
     assert all(len(ax.get_lines()) == 2 for ax in axes)  # one line per model
-    assert [ax.get_title() for ax in axes[: len(PROBES)]] == [p["id"] for p in PROBES]
+    # a row per probe, a column per metric, each panel titled by both
+    assert [ax.get_title() for ax in axes[:: len(TRAJECTORY_METRICS)]] == [f"{p['id']} · answer probability" for p in PROBES]
+    assert [ax.get_title() for ax in axes[: len(TRAJECTORY_METRICS)]] == [f"{PROBES[0]['id']} · {label}" for _, label, _ in TRAJECTORY_METRICS]
     path = tmp_path / "cross.png"
     plot_trajectories(facts, path)
-    assert matplotlib.image.imread(path).shape[1] >= 800
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert 800 <= width <= 1600  # four panels wide whatever the number of probes: legible at a page's width
 
 
 def test_whitespace_is_visible():
@@ -84,7 +87,7 @@ def test_undrawable_characters_become_code_points_not_boxes():
 def test_kl_panel_shows_both_the_embedding_spike_and_the_last_layers(outputs):
     facts = [model_facts(*outputs[arch]) for arch in ("llama", "gemma3")]
     axes = trajectory_figure(facts).get_axes()
-    scales = [ax.get_yscale() for ax in axes[:: len(PROBES)]]
+    scales = [ax.get_yscale() for ax in axes[: len(TRAJECTORY_METRICS)]]
     assert scales == ["linear", "log", "linear", "symlog"]
 
 

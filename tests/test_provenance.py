@@ -19,7 +19,8 @@ PER_MODEL_EVALS = {("evaluate_model", m) for m in MODELS}
 # An evaluation's HTML page (rule evaluation_page) follows its markdown.
 MODEL_PAGES = {("evaluation_page", m) for m in MODELS}
 CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None), ("evaluation_page", "cross-model"), ("evaluation_page", "meta")}
-PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_statistics", m) for m in MODELS} | {("plot_cross", None)}
+# The explorer pages (rule explorer, one per experiment and model) follow the records they show.
+PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_statistics", m) for m in MODELS} | {("plot_cross", None)} | {("explorer", m) for m in MODELS}
 # Experiment 003 decodes generated tokens with the same lens settings: its jobs follow the lens's.
 GENERATION = {("run_generation", m) for m in MODELS} | {("plot_generation", m) for m in MODELS} | {("plot_generation_cross", None)}
 
@@ -211,6 +212,7 @@ def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
         ("evaluate_model", "tiny-extra"),
         ("plot_heatmaps", "tiny-extra"),
         ("plot_statistics", "tiny-extra"),
+        ("explorer", "tiny-extra"),
         ("evaluation_page", "tiny-extra"),
         ("plot_cross", None),
         ("run_generation", "tiny-extra"),
@@ -258,7 +260,7 @@ def test_description_and_scheduler_resources_plan_nothing(workdir):
 def test_one_models_dtype_plans_that_models_jobs_only(workdir):
     edit_config(workdir, lambda c: c["models"]["tiny-gguf"].update(dtype="bfloat16"))
     assert_plan(workdir, {
-        ("run_lens", "tiny-gguf"), ("plot_heatmaps", "tiny-gguf"), ("plot_statistics", "tiny-gguf"),
+        ("run_lens", "tiny-gguf"), ("plot_heatmaps", "tiny-gguf"), ("plot_statistics", "tiny-gguf"), ("explorer", "tiny-gguf"),
         ("evaluate_model", "tiny-gguf"), ("evaluation_page", "tiny-gguf"), ("plot_cross", None),
         ("run_generation", "tiny-gguf"), ("plot_generation", "tiny-gguf"), ("plot_generation_cross", None),
     } | CROSS_AND_META)

@@ -110,7 +110,7 @@ def test_pipeline_runs_its_lens_jobs_as_slurm_jobs(cluster, tiny_dirs, tmp_path)
     assert all(states.get(job) == "COMPLETED" for job in job_ids), queue
     # Light rules ran where Snakemake runs (a login node), not as cluster jobs.
     output = said(result)
-    for rule in ("evaluate_model", "evaluate_cross", "evaluate_meta", "plot_heatmaps", "plot_cross", "evaluation_page"):
+    for rule in ("evaluate_model", "evaluate_cross", "evaluate_meta", "plot_heatmaps", "plot_cross", "evaluation_page", "explorer"):
         assert f"localrule {rule}:" in output, rule
     assert "localrule run_lens:" not in output
     assert "SLURM job" not in (workdir / "logs" / "001" / "evaluate_cross.log").read_text()

@@ -27,7 +27,10 @@ from workflow.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 # Files a module reads as code, beside the modules it imports.
-CODE_DATA: dict[str, tuple[str, ...]] = {"workflow/native.py": ("workflow/native/lens_block.c",)}
+CODE_DATA: dict[str, tuple[str, ...]] = {
+    "workflow/native.py": ("workflow/native/lens_block.c",),
+    "workflow/explorer.py": ("workflow/report/explorer.js", "workflow/report/explorer.css"),
+}
 
 
 def _module_file(name: str) -> Path | None:

@@ -82,7 +82,7 @@ def trajectories(facts: list[ModelFacts], metric: str) -> dict[str, dict[str, tu
     """probe -> model -> (relative depths, metric values) at the last position."""
     out: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for f in facts:
-        for p in f.probes[:DETAIL_PROBES]:  # one column per probe: the first few of a large set
+        for p in f.probes[:DETAIL_PROBES]:  # one row per probe: the first few of a large set
             depth = [step["layer"] / f.n_layers for step in p.trajectory]
             out.setdefault(p.id, {})[f.model] = (depth, [float(step[metric]) for step in p.trajectory])
     return out
@@ -93,16 +93,21 @@ def plot_trajectories(facts: list[ModelFacts], path: str | os.PathLike[str]) -> 
 
 
 def trajectory_figure(facts: list[ModelFacts]):
-    """One row of panels per metric, one column per probe, one line per model."""
+    """One row of panels per probe, one column per metric, one line per model.
+
+    Probes are rows so that the figure's width stays that of four panels however many
+    probes there are: shown at a report's or a page's width, its text stays legible.
+    """
     probes = list(trajectories(facts, "answer_prob"))
-    fig, axes = plt.subplots(len(TRAJECTORY_METRICS), len(probes), figsize=(2.6 * len(probes) + 1, 2.2 * len(TRAJECTORY_METRICS)),
+    columns = len(TRAJECTORY_METRICS)
+    fig, axes = plt.subplots(len(probes), columns, figsize=(3.1 * columns + 1.2, 2.3 * len(probes) + 1.1),
                              squeeze=False, sharex=True)
-    for row, (metric, label, scale) in enumerate(TRAJECTORY_METRICS):
+    for col, (metric, label, scale) in enumerate(TRAJECTORY_METRICS):
         data = trajectories(facts, metric)
-        for col, probe in enumerate(probes):
+        for row, probe in enumerate(probes):
             ax = axes[row][col]
             for model, (x, y) in data[probe].items():
-                ax.plot(x, y, marker=".", linewidth=1, label=model)
+                ax.plot(x, y, marker=".", linewidth=1.2, label=model)
             if scale == "symlog":
                 ax.set_yscale("symlog", linthresh=KL_LINEAR_BELOW)
                 ax.set_ylim(bottom=0)
@@ -110,16 +115,14 @@ def trajectory_figure(facts: list[ModelFacts]):
                 ax.set_yscale("log")
             if metric == "answer_prob":
                 ax.set_ylim(-0.02, 1.02)  # the same scale in every panel, so probes compare
-            if row == 0:
-                ax.set_title(probe, fontsize=8)
-            if col == 0:
-                ax.set_ylabel(label, fontsize=8)
-            if row == len(TRAJECTORY_METRICS) - 1:
-                ax.set_xlabel("relative depth", fontsize=8)
-            ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Last position, by relative depth (layer / number of layers)")
-    fig.tight_layout()
+            ax.set_title(f"{probe} · {label}", fontsize=9)
+            if row == len(probes) - 1:
+                ax.set_xlabel("relative depth", fontsize=9)
+            ax.tick_params(labelsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=9, ncol=len(labels))
+    fig.suptitle("Last position, by relative depth (layer / number of layers)", x=0.02, ha="left", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     return fig
 
 
@@ -149,7 +152,10 @@ def statistics_figure(facts: ModelFacts):
     calibration error by layer (the tuned lens's also at its best temperature per layer)."""
     # Kept as one function: the five panels of one figure, drawn in order on shared axes.
     data = statistics_data(facts)
-    fig, axes = plt.subplots(1, 5, figsize=(21, 4.2))
+    # Two rows (three panels, then two): shown at a page's width, the text stays legible.
+    fig, grid = plt.subplots(2, 3, figsize=(14, 8.6))
+    fig.delaxes(grid[1][2])
+    axes = [*grid[0], *grid[1][:2]]
     # Probes without a relation (the default set) are "all probes" alone, "other probes" beside relations.
     unnamed = "all probes" if len(data["relations"]) == 1 else "other probes"
     names = [unnamed if name == "(no relation)" else name if len(name) <= 28 else name[:27] + "…" for name, _, _ in data["relations"]]
@@ -164,7 +170,7 @@ def statistics_figure(facts: ModelFacts):
     acc.invert_yaxis()
     acc.set_title("accuracy" + (" per relation" if len(names) > 1 else ""), fontsize=9)
     depths = [d if d else [np.nan] for _, _, d in data["relations"]]
-    depth_ax.boxplot(depths, vert=False, positions=ys, widths=0.6)
+    depth_ax.boxplot(depths, orientation="horizontal", positions=ys, widths=0.6)
     depth_ax.set_yticks(ys, names, fontsize=7)
     depth_ax.set_xlim(0, 1.02)
     depth_ax.set_xlabel("relative depth of first top-1 (logit lens)")

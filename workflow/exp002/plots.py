@@ -80,13 +80,16 @@ def depth_curves(facts: list[ModelFacts], sweep: str = "prompt/denoise") -> dict
 
 
 def depth_figure(facts: list[ModelFacts]):
+    """One row of panels per pair, one column per sweep, one line per model: four panels wide
+    at most however many pairs there are, so its text stays legible at a page's width."""
     sweeps = [s for s in SWEEP_ORDER if any(s in p.sweeps for m in facts for p in m.pairs)]
     pairs = sorted({p.id for m in facts for p in m.pairs})
-    fig, axes = plt.subplots(len(sweeps), len(pairs), figsize=(2.4 * len(pairs) + 1, 2.2 * len(sweeps) + 0.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(pairs), len(sweeps), figsize=(3.4 * len(sweeps) + 1.2, 2.2 * len(pairs) + 1.2),
+                             squeeze=False, sharey=True, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for row, sweep in enumerate(sweeps):
+    for col, sweep in enumerate(sweeps):
         curves = depth_curves(facts, sweep)
-        for col, pair in enumerate(pairs):
+        for row, pair in enumerate(pairs):
             ax = axes[row][col]
             for i, m in enumerate(facts):
                 if m.model in curves.get(pair, {}):
@@ -97,17 +100,17 @@ def depth_figure(facts: list[ModelFacts]):
                         ax.axvline(lens.lens_first_top1_layer / m.n_layers, color=colours[i % len(colours)], linestyle=":", linewidth=1)
             ax.axhline(0.0, color="grey", linewidth=0.5)
             ax.set_ylim(-0.25, 1.1)
-            if row == 0:
-                ax.set_title(pair, fontsize=8)
+            ax.set_title(f"{pair} · {SWEEP_TITLES[sweep]}", fontsize=9)
             if col == 0:
-                ax.set_ylabel(f"{SWEEP_TITLES[sweep]}\nrecovered", fontsize=8)
-            if row == len(sweeps) - 1:
-                ax.set_xlabel("relative depth", fontsize=8)
-            ax.tick_params(labelsize=7)
+                ax.set_ylabel("recovered", fontsize=9)
+            if row == len(pairs) - 1:
+                ax.set_xlabel("relative depth", fontsize=9)
+            ax.tick_params(labelsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(facts), fontsize=8)
-    fig.suptitle("Patching the last position alone, by relative depth (dotted: where experiment 001's lens first reads the answer)", fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.legend(handles, labels, loc="upper right", ncol=len(facts), fontsize=9)
+    fig.suptitle("Patching the last position alone, by relative depth\n(dotted: where experiment 001's lens first reads the answer)",
+                 x=0.02, ha="left", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     return fig
 
 

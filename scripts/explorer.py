@@ -1,0 +1,20 @@
+"""Rule explorer: one experiment's interactive page of one model's records (workflow/explorer.py)."""
+
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.explorer import write_explorer  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+
+
+def main(sm):
+    data = write_explorer(sm.wildcards.exp, sm.input.summary, sm.input.records, sm.output.page, sm.params.probes)
+    shown = len(data["probes"] if data["kind"] == "lens" else data["pairs"])
+    logging.getLogger("workflow").info("%s: %d %s, %d bytes", sm.output.page, shown,
+                                       "probes" if data["kind"] == "lens" else "pairs", Path(sm.output.page).stat().st_size)
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

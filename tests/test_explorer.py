@@ -1,0 +1,211 @@
+"""The interactive explorer (workflow/explorer.py): the page's data are the records, and in a
+real headless browser the page loads without console errors, a click or a hover shows that
+cell's top-k, and every number it shows equals the records.
+
+The browser is Debian's Chromium with its ChromeDriver, driven by selenium (the test extra);
+`.ci/run` installs both packages. Without them the browser tests are skipped and say why.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from workflow.exp002.records import read_patching_records
+from workflow.explorer import lens_page_data, write_explorer
+from workflow.records import read_records
+
+MODEL = "gemma-3-270m"
+
+
+def committed(experiment: str, model: str = MODEL) -> tuple[Path, Path]:
+    results = REPO / "results" / experiment
+    return results / f"output-{model}.json", results / f"output-{model}-records.csv"
+
+
+def test_the_page_data_are_the_records():
+    summary_path, records_path = committed("001")
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    records = read_records(records_path)
+    data = lens_page_data("001", summary, records, ["capital-germany", "capital-france"])
+    assert [p["id"] for p in data["probes"]] == ["capital-germany", "capital-france"]
+    assert data["lenses"] == ["logit", "tuned"] and data["probes_total"] == len(summary["probes"])
+    tokens = data["tokens"]
+    checked = 0
+    for probe in data["probes"]:
+        for lens in data["lenses"]:
+            rows = records[(records["probe"] == probe["id"]) & (records["lens"] == lens)]
+            assert len(rows) == len(probe["layers"]) * len(probe["positions"])
+            for row in rows.itertuples():
+                cell = probe["cells"][lens][probe["layers"].index(row.layer)][probe["positions"].index(row.position)]
+                assert tokens[cell[0]] == row.top1_token
+                assert cell[1:6] == [row.top1_prob, row.entropy, row.answer_prob, row.answer_rank, row.kl_to_final]
+                assert [tokens[t] for t in cell[6]] == row.topk_tokens and cell[7] == row.topk_probs
+                assert tokens[probe["inputs"][probe["positions"].index(row.position)]] == row.input_token
+                checked += 1
+    assert checked == 2 * 2 * 19 * 6  # two probes, two lenses, 19 layers, six positions
+
+
+def test_a_token_cannot_end_the_pages_script(tmp_path):
+    """Tokens are arbitrary text: one that reads "</script>" must stay inside the data."""
+    summary_path, records_path = committed("001")
+    records = read_records(records_path)
+    records.loc[0, "top1_token"] = "</script><script>alert(1)</script>"
+    records.loc[0, "topk_tokens"][0] = "</script><script>alert(1)</script>"
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    from workflow.explorer import render
+
+    page = render(lens_page_data("001", summary, records, ["capital-germany"]))
+    assert "</script><script>alert" not in page and page.count("</script>") == 2
+
+
+# ---- in a real browser ----------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in the test extra: make setup)")
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium and its ChromeDriver are not installed (Debian: apt install chromium chromium-driver; .ci/run installs them)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    # Headless, and nothing that would reach for the network (a closed network refuses it loudly).
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1400,1000"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def open_page(browser, path: Path):
+    browser.get(path.as_uri())
+    browser.find_element("css selector", "#grid")  # drawn by the script
+    return browser
+
+
+def console_errors(browser) -> list[str]:
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+
+
+def shown_cell(browser) -> dict:
+    """What the details panel shows: its heading, the top-k rows and the named facts."""
+    details = browser.find_element("css selector", "#details")
+    return {
+        "heading": details.find_element("css selector", "h2").text,
+        "topk": [(td.get_attribute("data-token"), float(p.get_attribute("data-value")), p.text)
+                 for td, p in zip(details.find_elements("css selector", "#topk td.token"),
+                                  details.find_elements("css selector", "#topk td.prob"))],
+        "facts": {td.get_attribute("data-key"): float(td.get_attribute("data-value"))
+                  for td in details.find_elements("css selector", "td[data-key][data-value]")},
+    }
+
+
+def test_the_lens_explorer_shows_the_records_of_the_cell_clicked(browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    summary_path, records_path = committed("001")
+    page = tmp_path / "explorer-001.html"
+    write_explorer("001", summary_path, records_path, page, ["capital-germany", "capital-france", "capital-japan"])
+    records = read_records(records_path)
+    open_page(browser, page)
+    assert console_errors(browser) == []
+
+    def record(probe, lens, layer, position):
+        rows = records[(records["probe"] == probe) & (records["lens"] == lens) & (records["layer"] == layer) & (records["position"] == position)]
+        assert len(rows) == 1
+        return rows.iloc[0]
+
+    def check(shown, row):
+        assert [t for t, _, _ in shown["topk"]] == row["topk_tokens"]
+        assert [p for _, p, _ in shown["topk"]] == row["topk_probs"]
+        # the text a reader sees: four significant digits of the same values
+        assert [float(text) for _, _, text in shown["topk"]] == pytest.approx(row["topk_probs"], rel=5e-4, abs=1e-300)
+        assert shown["facts"] == {"entropy": row["entropy"], "answer_prob": row["answer_prob"],
+                                  "answer_rank": row["answer_rank"], "kl_to_final": row["kl_to_final"]}
+
+    # The page opens on the first probe through the logit lens, the last layer's last position chosen.
+    opened = shown_cell(browser)
+    assert opened["heading"] == 'layer 18 · position 5 (" is")'
+    check(opened, record("capital-germany", "logit", 18, 5))
+
+    # Another probe, the tuned lens, a click on a mid-stack cell.
+    Select(browser.find_element("css selector", "#item")).select_by_visible_text("capital-france")
+    browser.find_element("css selector", ".lens-toggle button[data-lens='tuned']").click()
+    cell = browser.find_element("css selector", "#grid td[data-layer='12'][data-position='4']")
+    row = record("capital-france", "tuned", 12, 4)
+    shown = "".join({" ": "␣", "\n": "\\n"}.get(c, c) for c in row["top1_token"])
+    assert cell.text == (shown if len(shown) <= 10 else shown[:9] + "…")
+    cell.click()
+    clicked = shown_cell(browser)
+    assert clicked["heading"] == 'layer 12 · position 4 (" France")'
+    check(clicked, row)
+    assert "pinned" in cell.get_attribute("class")
+
+    # The answer's probability and rank by layer at that position, for both lenses.
+    for chart, column in (("answer_prob", "answer_prob"), ("answer_rank", "answer_rank")):
+        for lens in ("logit", "tuned"):
+            points = browser.find_elements("css selector", f"svg[data-chart='{chart}'] circle[data-series='{lens} lens']")
+            shown = {int(p.get_attribute("data-layer")): float(p.get_attribute("data-value")) for p in points}
+            rows = records[(records["probe"] == "capital-france") & (records["lens"] == lens) & (records["position"] == 4)]
+            assert shown == dict(zip(rows["layer"].astype(int), rows[column].astype(float)))
+
+    # While a cell is kept, hovering another changes nothing; arrow keys move the kept cell.
+    ActionChains(browser).move_to_element(browser.find_element("css selector", "#grid td[data-layer='3'][data-position='1']")).perform()
+    assert shown_cell(browser)["heading"] == clicked["heading"]
+    browser.find_element("css selector", "body").send_keys(Keys.ARROW_UP)
+    check(shown_cell(browser), record("capital-france", "tuned", 13, 4))
+    # Clicking the kept cell lets go; then hovering shows the cell under the pointer.
+    browser.find_element("css selector", "#grid td[data-layer='13'][data-position='4']").click()
+    ActionChains(browser).move_to_element(browser.find_element("css selector", "#grid td[data-layer='3'][data-position='1']")).perform()
+    check(shown_cell(browser), record("capital-france", "tuned", 3, 1))
+    # Back to the logit lens: the same cell through the other lens.
+    browser.find_element("css selector", ".lens-toggle button[data-lens='logit']").click()
+    ActionChains(browser).move_to_element(browser.find_element("css selector", "#grid td[data-layer='3'][data-position='1']")).perform()
+    check(shown_cell(browser), record("capital-france", "logit", 3, 1))
+    assert console_errors(browser) == []
+    # What was shown is drawn: a screenshot of the page is not one colour.
+    shot = tmp_path / "explorer.png"
+    browser.save_screenshot(str(shot))
+    import matplotlib.image
+
+    image = matplotlib.image.imread(shot)
+    assert image.shape[0] > 500 and len({tuple(p) for p in image[::40, ::40].reshape(-1, image.shape[2])}) > 20
+
+
+def test_the_patching_explorer_shows_the_records_of_the_cell_clicked(browser, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    summary_path, records_path = committed("002", "smollm2-135m-instruct")
+    page = tmp_path / "explorer-002.html"
+    write_explorer("002", summary_path, records_path, page)
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    records = read_patching_records(str(records_path), summary)
+    open_page(browser, page)
+    assert console_errors(browser) == []
+    Select(browser.find_element("css selector", "#item")).select_by_visible_text("capital-germany-reverse")
+    Select(browser.find_element("css selector", "#sweep")).select_by_visible_text("noise · prompt")
+    browser.find_element("css selector", "#grid td[data-layer='20'][data-position='2']").click()
+    row = records[(records["pair"] == "capital-germany-reverse") & (records["direction"] == "noise") & (records["corruption"] == "prompt")
+                  & (records["layer"] == 20) & (records["position"] == 2)].iloc[0]
+    facts = shown_cell(browser)["facts"]
+    assert facts == {"recovered": row["recovered"], "logit_diff": row["logit_diff"]}
+    points = browser.find_elements("css selector", "svg[data-chart='recovered'] circle")
+    rows = records[(records["pair"] == "capital-germany-reverse") & (records["direction"] == "noise")
+                   & (records["corruption"] == "prompt") & (records["position"] == 2)]
+    assert {int(p.get_attribute("data-layer")): float(p.get_attribute("data-value")) for p in points} == dict(
+        zip(rows["layer"].astype(int), rows["recovered"].astype(float)))
+    assert console_errors(browser) == []
