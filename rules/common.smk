@@ -94,8 +94,8 @@ class ExperimentRules(NamedTuple):
     # Whether `snakemake` with no target builds it (an experiment the config gives nothing
     # to run, such as no patching pairs, is left out; its files can still be asked for).
     default: bool = True
-    # The probes its explorer page shows (the interactive page of its records, rule explorer):
-    # None, every probe or pair in its JSON.
+    # The probes its explorer page shows (the interactive page of its records, made by the
+    # explorer rule); None, every probe or pair in its JSON.
     explorer_probes: list | None = None
 
 
@@ -393,6 +393,13 @@ def get_page_inputs(wildcards):
             f"({', '.join(MODELS)}), 'cross-model' and 'meta'"
         )
     return {"evaluation": f"results/{wildcards.exp}/evaluation-{name}.md", "figures": figures}
+
+
+def heatmap_file(model, probe, lens):
+    """Experiment 001's heatmap of one probe through one lens: heatmap-{probe}.png the logit
+    lens's, tuned-heatmap-{probe}.png the tuned lens's."""
+    prefix = "" if lens == "logit" else f"{lens}-"
+    return f"results/001/plots/{model}/{prefix}heatmap-{probe}.png"
 
 
 def get_explorer_inputs(wildcards):

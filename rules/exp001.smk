@@ -4,13 +4,9 @@
 E001 = "results/001"
 PROBE_IDS = [p["id"] for p in PROBES]
 # A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands),
-# through each lens: heatmap-{probe}.png the logit lens's, tuned-heatmap-{probe}.png the tuned lens's.
+# through each lens (heatmap_file, rules/common.smk).
 HEATMAP_IDS = PROBE_IDS[: config["lens"]["heatmap_probes"]]
 HEATMAP_LENSES = [lens for lens in ("logit", "tuned") if lens in LENSES]
-
-
-def heatmap_file(model, probe, lens):
-    return f"{E001}/plots/{model}/{'' if lens == 'logit' else lens + '-'}heatmap-{probe}.png"
 
 # The records file: CSV, or Parquet for large probe sets (lens.records_format; docs/experiments.md, "Probe sets").
 RECORDS_001 = f"{E001}/output-{{model}}-records.{records_format(config['lens']['records_format'], len(PROBES))}"
