@@ -192,3 +192,24 @@ def test_the_notebook_is_its_scripts_cells():
     committed = nbformat.read(REPO / "examples" / "capital-of-germany.ipynb", as_version=4)
     assert nbformat.writes(made) == nbformat.writes(committed), "run .venv/bin/python examples/make_notebook.py"
     assert sum(c.cell_type == "code" for c in committed.cells) >= 6
+
+
+def test_explore_writes_the_explorer_page_of_a_frame(tiny, tmp_path):
+    """The pipeline's explorer page, made from the API's frames: the page's data are the frame's rows."""
+    import json
+    import re
+
+    import pandas as pd
+
+    frame = tiny.lens(["The capital of Germany is", "Paris is the capital of"], [" Berlin", " France"], lenses=("logit",))
+    page = api.explore(frame, tmp_path / "lens.html")
+    data = json.loads(re.search(r'id="explorer-data">(.*?)</script>', page.read_text(encoding="utf-8"), re.S).group(1))
+    assert data["kind"] == "lens" and data["experiment"] == "001" and len(data["probes"]) == 2
+    first = frame.iloc[0]
+    cell = data["probes"][0]["cells"]["logit"][0][0]
+    assert data["tokens"][cell[0]] == first["top1_token"] and cell[1] == pytest.approx(first["top1_prob"])
+    generated = tiny.generate("The capital of Germany is", max_new_tokens=3)
+    assert json.loads(re.search(r'id="explorer-data">(.*?)</script>', api.explore(generated, tmp_path / "g.html").read_text(encoding="utf-8"),
+                                re.S).group(1))["experiment"] == "003"
+    with pytest.raises(UserError, match="needs a frame made by Model.lens"):
+        api.explore(pd.DataFrame(frame.to_dict()), tmp_path / "bare.html")  # the same rows, no summary

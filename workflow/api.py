@@ -38,7 +38,7 @@ from workflow.errors import UserError
 if TYPE_CHECKING:  # pandas is imported where frames are made (lens-chat imports this module)
     import pandas as pd
 
-__all__ = ["Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", "plot_patching"]
+__all__ = ["Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", "plot_patching", "explore"]
 
 log = logging.getLogger("workflow.api")
 
@@ -396,6 +396,28 @@ def plot_patching(records: pd.DataFrame, direction: str = "denoise", corruption:
     fig.colorbar(image, ax=ax, label="recovered")
     fig.tight_layout()
     return _shown(fig)
+
+
+def explore(records: pd.DataFrame, path: str | Path) -> Path:
+    """Write the interactive explorer page of ``records`` (a frame from ``Model.lens``,
+    ``Model.generate`` or ``Model.patch``) to ``path``, the page the pipeline writes for each
+    experiment (docs/running.md, "The explorer"): one self-contained HTML file that opens
+    from disk. In a notebook, ``IPython.display.IFrame(str(path), width="100%", height=900)``
+    shows it in place. Returns the path."""
+    from workflow.explorer import lens_page_data, patching_page_data, render
+    from workflow.atomic import write_text
+
+    summary = records.attrs.get("summary")
+    if not summary:
+        raise UserError("explore() needs a frame made by Model.lens, Model.generate or Model.patch "
+                        "(its attrs['summary'] describes the run)")
+    if "pair" in records.columns:
+        data = patching_page_data(summary, records)
+    else:
+        data = lens_page_data("003" if "text" in summary or "generation" in summary else "001", summary, records)
+    path = Path(path)
+    write_text(path, render(data))
+    return path
 
 
 def _shown(fig):

@@ -87,8 +87,8 @@ def lens_page_data(experiment: str, summary: dict[str, Any], records, probes: li
     return {
         "kind": "lens",
         "experiment": experiment,
-        "model": summary["model"],
-        "n_layers": int(summary["n_layers"]),
+        "model": summary.get("model") or str(records["model"].iloc[0]),
+        "n_layers": int(summary.get("n_layers", records["layer"].max())),
         "lenses": lenses,
         "probes": out,
         "probes_total": len(summary["probes"]),
@@ -150,8 +150,8 @@ def patching_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
     return {
         "kind": "patching",
         "experiment": "002",
-        "model": summary["model"],
-        "n_layers": int(summary["n_layers"]),
+        "model": summary.get("model") or str(records["model"].iloc[0]),
+        "n_layers": int(summary.get("n_layers", records["layer"].max())),
         "pairs": out,
         "skipped": [{"id": s["id"], "reason": s["reason"]} for s in summary.get("skipped_pairs", [])],
         "tokens": tokens.table,
