@@ -77,11 +77,24 @@ figures["gemma-patching"] = api.plot_patching(patched)
 figures["gemma-patching"]
 
 # %% [markdown]
-# Run as a script (not in a notebook), the figures go to PNG files in the current folder.
+# The same records in the interactive explorer: hover a layer and position for its top-k
+# tokens, switch between the lenses, follow " Berlin" by layer at any position.
 
 # %%
 import sys
 
+page = api.explore(records["gemma-3-270m"], "capital-of-germany-explorer.html")
+if "ipykernel" in sys.modules:
+    from IPython.display import IFrame, display
+
+    display(IFrame(str(page), width="100%", height=900))
+else:
+    print(f"wrote {page}: open it in a browser")
+
+# %% [markdown]
+# Run as a script (not in a notebook), the figures go to PNG files in the current folder.
+
+# %%
 if "ipykernel" not in sys.modules:
     for name, figure in figures.items():
         figure.savefig(f"{name}.png", dpi=110)

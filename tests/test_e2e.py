@@ -146,3 +146,5 @@ def test_the_example_notebook_runs_on_the_embedded_models(default_run):
         assert found[(model, "logit")] == (str(probe["first_top1_layer"]), str(probe["stable_top1_layer"]))
         assert found[(model, "tuned")] == (str(probe["tuned"]["first_top1_layer"]), str(probe["tuned"]["stable_top1_layer"]))
     assert not (workdir / "resources" / "chat-lenses").exists()  # the pipeline's tuned lenses were read
+    page = (workdir / "capital-of-germany-explorer.html").read_text(encoding="utf-8")  # the explorer cell's page
+    assert '"model":"gemma-3-270m"' in page and '"lenses":["logit","tuned"]' in page
