@@ -209,3 +209,23 @@ def test_the_patching_explorer_shows_the_records_of_the_cell_clicked(browser, tm
     assert {int(p.get_attribute("data-layer")): float(p.get_attribute("data-value")) for p in points} == dict(
         zip(rows["layer"].astype(int), rows["recovered"].astype(float)))
     assert console_errors(browser) == []
+
+
+def test_invisible_characters_are_shown_as_code_points(browser, tmp_path):
+    """A no-break space or a zero-width space would make an empty-looking cell: shown as their
+    code points, as the heatmaps show them."""
+    from workflow.explorer import render
+
+    summary_path, records_path = committed("001")
+    records = read_records(records_path)
+    for position, token in ((0, "\xa0A "), (1, "\u200b")):
+        row = records.index[(records["probe"] == "capital-germany") & (records["lens"] == "logit") & (records["layer"] == 0)
+                            & (records["position"] == position)][0]
+        records.at[row, "top1_token"] = token
+    page = tmp_path / "invisible.html"
+    page.write_text(render(lens_page_data("001", json.loads(summary_path.read_text(encoding="utf-8")), records, ["capital-germany"])),
+                    encoding="utf-8")
+    open_page(browser, page)
+    cells = [browser.find_element("css selector", f"#grid td[data-layer='0'][data-position='{p}']").text for p in (0, 1)]
+    assert cells == ["\\u00a0A␣", "\\u200b"]
+    assert console_errors(browser) == []

@@ -24,8 +24,18 @@
     return node;
   }
   const VISIBLE = { " ": "\u2423", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\ufffd": "<byte>" };
+  // Whitespace and invisible characters (a no-break space, a zero-width joiner, a control
+  // character) are written as their code point, as the heatmaps write them.
+  function visibleChar(ch) {
+    if (VISIBLE[ch]) return VISIBLE[ch];
+    if (/[\p{C}\p{Z}]/u.test(ch)) {
+      const cp = ch.codePointAt(0);
+      return cp <= 0xffff ? "\\u" + cp.toString(16).padStart(4, "0") : "\\U" + cp.toString(16).padStart(8, "0");
+    }
+    return ch;
+  }
   function visible(token) {
-    const text = Array.from(token).map((ch) => VISIBLE[ch] || ch).join("");
+    const text = Array.from(token).map(visibleChar).join("");
     return text || "\u2205";
   }
   function short(token, max) {
