@@ -404,19 +404,17 @@ def explore(records: pd.DataFrame, path: str | Path) -> Path:
     experiment (docs/running.md, "The explorer"): one self-contained HTML file that opens
     from disk. In a notebook, ``IPython.display.IFrame(str(path), width="100%", height=900)``
     shows it in place. Returns the path."""
-    from workflow.explorer import lens_page_data, patching_page_data, render
     from workflow.atomic import write_text
+    from workflow.explorer import page_data, render
 
     summary = records.attrs.get("summary")
     if not summary:
         raise UserError("explore() needs a frame made by Model.lens, Model.generate or Model.patch "
                         "(its attrs['summary'] describes the run)")
-    if "pair" in records.columns:
-        data = patching_page_data(summary, records)
-    else:
-        data = lens_page_data("003" if "text" in summary or "generation" in summary else "001", summary, records)
+    # Model.patch's frames have 002's columns; Model.generate's summary holds the reply's text.
+    experiment = "002" if "pair" in records.columns else "003" if "text" in summary or "generation" in summary else "001"
     path = Path(path)
-    write_text(path, render(data))
+    write_text(path, render(page_data(experiment, summary, records)))
     return path
 
 

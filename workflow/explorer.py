@@ -183,6 +183,13 @@ def render(data: dict[str, Any]) -> str:
     )
 
 
+def page_data(experiment: str, summary: dict[str, Any], records, probes: list[str] | None = None) -> dict[str, Any]:
+    """What the page of ``experiment`` shows of ``records`` (a DataFrame of its records)."""
+    if experiment == "002":
+        return patching_page_data(summary, records)
+    return lens_page_data(experiment, summary, records, probes)
+
+
 def write_explorer(
     experiment: str,
     summary_path: str | os.PathLike[str],
@@ -196,14 +203,15 @@ def write_explorer(
     if experiment == "002":
         from workflow.exp002.records import read_patching_records
 
-        data = patching_page_data(summary, read_patching_records(str(records_path), summary))
+        records = read_patching_records(str(records_path), summary)
     elif experiment == "001":
         from workflow.records import load_checked
 
-        data = lens_page_data(experiment, summary, load_checked(records_path, summary_path), probes)
+        records = load_checked(records_path, summary_path)
     else:
         from workflow.records import read_records
 
-        data = lens_page_data(experiment, summary, read_records(records_path), probes)
+        records = read_records(records_path)
+    data = page_data(experiment, summary, records, probes)
     write_text(output, render(data))
     return data

@@ -46,6 +46,36 @@ def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     return None
 
 
+@dataclass
+class Block:
+    """One decoder layer's parts: its attention and MLP modules, and the attention's output
+    projection and head width where its heads are read (a linear projection of H x d_head)."""
+
+    attention: nn.Module
+    mlp: nn.Module
+    projection: nn.Linear | None
+    d_head: int | None
+
+    @property
+    def n_heads(self) -> int:
+        return self.projection.in_features // self.d_head if self.projection is not None else 0
+
+
+def blocks(layers: nn.ModuleList) -> list[Block]:
+    out = []
+    for layer in layers:
+        attention, mlp = _child(layer, ATTENTION_NAMES), _child(layer, MLP_NAMES)
+        if attention is None or mlp is None:
+            raise NotDecomposable(f"{type(layer).__name__}: no attention ({'/'.join(ATTENTION_NAMES)}) or MLP "
+                                  f"({'/'.join(MLP_NAMES)}) module found")
+        projection = _child(attention, OUT_PROJECTION_NAMES)
+        d_head = getattr(attention, "head_dim", None)
+        if not isinstance(projection, nn.Linear) or not d_head or projection.in_features % d_head:
+            projection, d_head = None, None
+        out.append(Block(attention, mlp, projection, d_head))
+    return out
+
+
 def _tensor(value):
     if isinstance(value, torch.Tensor):
         return value
@@ -118,12 +148,8 @@ def capture(model: nn.Module, layers: nn.ModuleList, input_ids: list[int]) -> Ca
     seen: dict[tuple[int, str], object] = {}
     children: dict[int, list[tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {}
     handles = []
-    for index, layer in enumerate(layers):
-        attention, mlp = _child(layer, ATTENTION_NAMES), _child(layer, MLP_NAMES)
-        if attention is None or mlp is None:
-            raise NotDecomposable(f"{type(layer).__name__}: no attention ({'/'.join(ATTENTION_NAMES)}) or MLP "
-                                  f"({'/'.join(MLP_NAMES)}) module found")
-        projection = _child(attention, OUT_PROJECTION_NAMES)
+    for index, (layer, block) in enumerate(zip(layers, blocks(layers))):
+        attention, mlp = block.attention, block.mlp
 
         def pre(module, args, kwargs, index=index):
             hidden = args[0] if args else kwargs.get("hidden_states")
@@ -147,8 +173,8 @@ def capture(model: nn.Module, layers: nn.ModuleList, input_ids: list[int]) -> Ca
         handles += [layer.register_forward_pre_hook(pre, with_kwargs=True), layer.register_forward_hook(post),
                     attention.register_forward_hook(attention_out), mlp.register_forward_pre_hook(mlp_in),
                     mlp.register_forward_hook(mlp_out)]
-        if isinstance(projection, nn.Linear):
-            handles.append(projection.register_forward_pre_hook(z_in))
+        if block.projection is not None:
+            handles.append(block.projection.register_forward_pre_hook(z_in))
         for child in layer.children():
             if child is attention or child is mlp:
                 continue
@@ -258,12 +284,13 @@ def attribute(model: nn.Module, layers: nn.ModuleList, final_norm: nn.Module, in
         return torch.softmax(logits, -1)[tokens], (logits[None, :] > chosen[:, None]).sum(-1) + 1
 
     shares = {"embedding": logit_share(run.pre[0])}
+    parts = blocks(layers)
     for layer in range(len(layers)):
         attention = run.mid[layer].to(torch.float64) - run.pre[layer].to(torch.float64)
         mlp = run.post[layer].to(torch.float64) - run.mid[layer].to(torch.float64)
         shares[f"L{layer}.attention"] = logit_share(attention)
         shares[f"L{layer}.mlp"] = logit_share(mlp)
-        for name, share in _head_shares(layers[layer], run, layer, logit_share).items():
+        for name, share in _head_shares(parts[layer], run, layer, logit_share).items():
             shares[f"L{layer}.{name}"] = share
     constant = rows @ frozen.b + bias
     model_logits = run.logits[tokens].to(torch.float64)
@@ -276,18 +303,15 @@ def attribute(model: nn.Module, layers: nn.ModuleList, final_norm: nn.Module, in
     )
 
 
-def _head_shares(layer: nn.Module, run: Capture, index: int, logit_share) -> dict[str, torch.Tensor]:
+def _head_shares(block: Block, run: Capture, index: int, logit_share) -> dict[str, torch.Tensor]:
     """Per head: ``z_h W_O,h`` through the post-attention norm (frozen at what the attention
     returned), and the projection's bias; {} where the heads are not read through a linear
     output projection."""
     z = run.z[index]
-    attention = _child(layer, ATTENTION_NAMES)
-    projection = _child(attention, OUT_PROJECTION_NAMES)
-    weight = projection.weight.detach().to(torch.float64) if isinstance(projection, nn.Linear) else None  # [d, H * d_head]
-    d_head = getattr(attention, "head_dim", None)
-    if z is None or weight is None or not d_head or weight.shape[1] % d_head:
+    if z is None or block.projection is None:
         return {}
-    n_heads = weight.shape[1] // d_head
+    projection, d_head, n_heads = block.projection, block.d_head, block.n_heads
+    weight = projection.weight.detach().to(torch.float64)  # [d, H * d_head]
     z = z.to(torch.float64)
     norm = run.post_attention_norm[index]
     frozen = FrozenNorm(norm, run.attention_out[index]) if norm is not None else None

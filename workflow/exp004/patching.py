@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workflow.exp004.dla import ATTENTION_NAMES, MLP_NAMES, OUT_PROJECTION_NAMES, NotDecomposable, _child, _tensor
+from workflow.exp004.dla import Block, _tensor, blocks
 
 
 @dataclass(frozen=True)
@@ -38,35 +38,12 @@ class Component:
         return f"L{self.layer}.{self.kind if self.head is None else f'head{self.head}'}"
 
 
-@dataclass
-class Block:
-    attention: nn.Module
-    mlp: nn.Module
-    projection: nn.Linear | None  # the attention's output projection, where heads are read
-    d_head: int | None
-
-
-def blocks(layers: nn.ModuleList) -> list[Block]:
-    out = []
-    for layer in layers:
-        attention, mlp = _child(layer, ATTENTION_NAMES), _child(layer, MLP_NAMES)
-        if attention is None or mlp is None:
-            raise NotDecomposable(f"{type(layer).__name__}: no attention or MLP module found")
-        projection = _child(attention, OUT_PROJECTION_NAMES)
-        d_head = getattr(attention, "head_dim", None)
-        if not isinstance(projection, nn.Linear) or not d_head or projection.in_features % d_head:
-            projection, d_head = None, None
-        out.append(Block(attention, mlp, projection, d_head))
-    return out
-
-
 def components(parts: list[Block]) -> list[Component]:
     """Every block's attention and MLP, and its heads where they are read."""
     out = []
     for layer, block in enumerate(parts):
         out += [Component(layer, "attention"), Component(layer, "mlp")]
-        if block.projection is not None:
-            out += [Component(layer, "head", h) for h in range(block.projection.in_features // block.d_head)]
+        out += [Component(layer, "head", h) for h in range(block.n_heads)]
     return out
 
 
@@ -143,26 +120,24 @@ def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupt
         chunk = sites[start:start + batch_size]
         rows = max(len(chunk), 2)  # a lone row runs beside a copy: its numbers are a batch's
 
-        def patch(kind):
-            def write(layer, value, width=None):
-                for row, (c, p) in enumerate(chunk):
-                    if c.layer != layer or c.kind != kind:
-                        continue
-                    if kind == "head":
-                        part = slice(c.head * width, (c.head + 1) * width)
-                        value[row, p, part] = clean.z[layer][p, part]
-                    else:
-                        value[row, p] = (clean.attention if kind == "attention" else clean.mlp)[layer][p]
-            return write
+        # Which rows of the batch are patched where: (layer, kind) -> [(row, component, position)].
+        where: dict[tuple[int, str], list[tuple[int, Component, int]]] = {}
+        for row, (c, p) in enumerate(chunk):
+            where.setdefault((c.layer, c.kind), []).append((row, c, p))
 
         def on_attention(layer, out):
-            patch("attention")(layer, _tensor(out))
+            for row, _, p in where.get((layer, "attention"), ()):
+                _tensor(out)[row, p] = clean.attention[layer][p]
 
         def on_mlp(layer, out):
-            patch("mlp")(layer, _tensor(out))
+            for row, _, p in where.get((layer, "mlp"), ()):
+                _tensor(out)[row, p] = clean.mlp[layer][p]
 
         def on_z(layer, args):
-            patch("head")(layer, args[0], parts[layer].d_head)
+            width = parts[layer].d_head
+            for row, c, p in where.get((layer, "head"), ()):
+                part = slice(c.head * width, (c.head + 1) * width)
+                args[0][row, p, part] = clean.z[layer][p, part]
 
         ids = torch.tensor([corrupted_ids] * rows, device=device)
         with torch.no_grad():
