@@ -1,6 +1,7 @@
 """Architecture conformance: every family in the project's notes, as a tiny random model.
 
-Each is saved as a ``local`` model and run through the pipeline's loader and lens.
+Each is saved as a ``local`` model and run through the pipeline's loader and lens, and through
+experiment 004's attribution and component patching.
 At the last layer the records must equal the model's own softmax; at every layer
 they must equal the independent reference (tests/reference.py).
 """
@@ -140,3 +141,61 @@ def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
     with pytest.raises(UserError, match=r"model 'rwkv': this pipeline cannot read GGUF architecture 'rwkv6' \(it reads: .*llama, llama4.*qwen3moe.*\)\. Use the original safetensors checkpoint"):
         prepare_model("rwkv", {"source": "gguf", "path": str(path)}, out)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["rwkv.gguf"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_components_decompose_every_architecture(arch, arch_dirs):
+    """Experiment 004 on every family: each block's attention and MLP shares (through the final
+    norm frozen) plus the embedding's and biases' are the logits of a separate plain forward
+    (parallel blocks, OPT's MLP as two linears, Llama 4's experts included); heads add up to
+    their attention where the attention reads them through a linear projection (all but
+    GPT-2's Conv1D); an exactly patched MLP and attention output equal one hooked forward."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workflow.backends import find_decoder_layers, find_final_norm
+    from workflow.exp004.dla import attribute, blocks, by_position
+    from workflow.exp004.patching import exact
+
+    model = AutoModelForCausalLM.from_pretrained(arch_dirs[arch], dtype=torch.float32).eval()
+    n_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer
+    layers = find_decoder_layers(model, n_layers)
+    clean, corrupted, tokens = [1, 5, 9, 14, 3, 22, 7], [1, 5, 9, 18, 3, 22, 7], [11, 4, 30]
+    result = attribute(model, layers, find_final_norm(model, layers, clean), clean, tokens)
+    with torch.no_grad():
+        logits = model(torch.tensor([clean])).logits[0, -1].double()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * torch.atanh(logits / cap)
+    assert (result.total() - logits[tokens]).abs().max() < 1e-4
+    assert result.n_heads == (0 if arch == "gpt2" else model.config.num_attention_heads)
+    assert result.head_deviation() < 1e-4
+    assert result.parallel == (arch in ("gptj", "gpt_neox"))
+    effects = exact(model, layers, clean, corrupted, (11, 4), batch_size=16)
+    parts = blocks(layers)
+
+    def logit_diff(ids, hook_module=None, value=None, position=None):
+        handle = None
+        if hook_module is not None:
+            def write(module, args, output):
+                by_position(output, 1, len(ids))[0, position] = value
+            handle = hook_module.register_forward_hook(write)
+        with torch.no_grad():
+            out = model(torch.tensor([ids])).logits[0, -1]
+        if handle:
+            handle.remove()
+        return float(out[11] - out[4])
+
+    def output_of(module, ids):
+        seen = {}
+        handle = module.register_forward_hook(lambda m, a, o: seen.__setitem__("v", by_position(o, 1, len(ids))[0, 3].clone()))
+        with torch.no_grad():
+            model(torch.tensor([ids]))
+        handle.remove()
+        return seen["v"]
+
+    ld_clean, ld_corrupted = logit_diff(clean), logit_diff(corrupted)
+    for kind, module in (("mlp", parts[0].mlp), ("attention", parts[1].attention)):
+        layer = 0 if kind == "mlp" else 1
+        patched = logit_diff(corrupted, module, output_of(module, clean), 3)
+        assert float(effects[f"L{layer}.{kind}"][3]) == pytest.approx((patched - ld_corrupted) / (ld_clean - ld_corrupted), abs=1e-4)

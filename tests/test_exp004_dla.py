@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workflow.backends import find_decoder_layers, find_final_norm
-from workflow.exp004.dla import NotDecomposable, attribute
+from workflow.exp004.dla import NotDecomposable, attribute, capture
 
 PROMPT = [1, 5, 9, 14, 3, 22, 7]
 TOKENS = [11, 4, 30]
@@ -127,8 +127,33 @@ def test_a_layernorm_model_with_biases_adds_up_too(tiny_arch_dirs):
     assert not any(".head" in name for name in result.shares)
 
 
-def test_a_parallel_block_is_refused_in_words(tiny_arch_dirs):
+def test_a_parallel_block_adds_both_outputs_to_one_residual(tiny_arch_dirs):
+    """GPT-NeoX's attention and MLP read the same residual: the attention's share is its
+    output, the MLP's the rest of what the block added; they add up to the model's logits,
+    and the lens "after attention" reads the block's input plus the attention's write."""
     model = load(tiny_arch_dirs["gpt_neox"])
     layers = find_decoder_layers(model, model.config.num_hidden_layers)
-    with pytest.raises(NotDecomposable, match="parallel block"):
-        attribute(model, layers, find_final_norm(model, layers, PROMPT), PROMPT, TOKENS)
+    norm = find_final_norm(model, layers, PROMPT)
+    result = attribute(model, layers, norm, PROMPT, TOKENS)
+    assert result.parallel and result.deviation() < 1e-4 and result.n_heads == model.config.num_attention_heads
+    run = capture(model, layers, PROMPT)
+    assert run.parallel == [True] * len(layers)
+    for layer in range(len(layers)):
+        assert torch.equal(run.mid[layer], run.pre[layer] + run.attention_out[layer])
+        assert torch.allclose(run.post[layer] - run.mid[layer], run.mlp_out[layer], atol=1e-5)
+
+
+def test_a_norm_that_is_not_a_scale_times_a_weight_is_refused_in_words():
+    """A module that mixes the width (here a linear map) has no frozen elementwise form."""
+    from workflow.exp004.dla import FrozenNorm
+
+    torch.manual_seed(0)
+    mixing = torch.nn.Linear(8, 8, bias=False)
+    with pytest.raises(NotDecomposable, match="is not a scale times an elementwise weight"):
+        FrozenNorm(mixing, torch.randn(3, 8))
+    rms = torch.nn.RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        rms.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(3, 8)
+    frozen = FrozenNorm(rms, x)
+    assert torch.allclose(frozen.linear(x.double()) + frozen.b, rms(x).double(), atol=1e-6)

@@ -14,9 +14,10 @@ Everything is found by data flow on a Hugging Face model, not by a per-architect
 a block's components are what its residual gains between its input, the input of the norm
 that feeds its MLP (the residual between attention and MLP), and its output; a post-norm is
 the child module that turns a component's output into what the residual gained. Blocks
-whose attention and MLP read the same residual (GPT-J, parallel NeoX) have no residual in
-between and are refused for now, as are norms that are not a scale times an elementwise
-weight (checked, not assumed).
+whose attention and MLP read the same residual (GPT-J, GPT-NeoX, Falcon, Phi) add both
+outputs to it: the attention's share is its output, the MLP's the rest of what the block
+added (checked to be the MLP's output). Norms that are not a scale times an elementwise
+weight are refused (checked, not assumed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from torch import nn
 
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 MLP_NAMES = ("mlp", "feed_forward", "ffn")
+# An MLP written as two linear children of the layer rather than one module (OPT): the first
+# reads what the MLP reads, the second writes what it adds.
+MLP_LINEARS = (("fc1", "fc2"),)
 OUT_PROJECTION_NAMES = ("o_proj", "out_proj", "dense", "c_proj")
 # How far what a component's module returned may differ from what the residual gained
 # before a post-norm is looked for (float32 additions in the model round at about 1e-7).
@@ -52,9 +56,14 @@ class Block:
     projection and head width where its heads are read (a linear projection of H x d_head)."""
 
     attention: nn.Module
-    mlp: nn.Module
+    mlp: nn.Module  # the module whose output is what the MLP writes
     projection: nn.Linear | None
     d_head: int | None
+    mlp_reads: nn.Module | None = None  # the module whose input is what the MLP reads, where not ``mlp``
+
+    @property
+    def mlp_input(self) -> nn.Module:
+        return self.mlp_reads if self.mlp_reads is not None else self.mlp
 
     @property
     def n_heads(self) -> int:
@@ -65,14 +74,20 @@ def blocks(layers: nn.ModuleList) -> list[Block]:
     out = []
     for layer in layers:
         attention, mlp = _child(layer, ATTENTION_NAMES), _child(layer, MLP_NAMES)
+        reads = None
+        if mlp is None:
+            for first, second in MLP_LINEARS:
+                if isinstance(getattr(layer, first, None), nn.Module) and isinstance(getattr(layer, second, None), nn.Module):
+                    reads, mlp = getattr(layer, first), getattr(layer, second)
+                    break
         if attention is None or mlp is None:
             raise NotDecomposable(f"{type(layer).__name__}: no attention ({'/'.join(ATTENTION_NAMES)}) or MLP "
                                   f"({'/'.join(MLP_NAMES)}) module found")
         projection = _child(attention, OUT_PROJECTION_NAMES)
-        d_head = getattr(attention, "head_dim", None)
+        d_head = getattr(attention, "head_dim", None) or getattr(attention, "head_size", None)
         if not isinstance(projection, nn.Linear) or not d_head or projection.in_features % d_head:
             projection, d_head = None, None
-        out.append(Block(attention, mlp, projection, d_head))
+        out.append(Block(attention, mlp, projection, d_head, reads))
     return out
 
 
@@ -82,6 +97,13 @@ def _tensor(value):
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
         return value[0]
     return None
+
+
+def by_position(value, rows: int, positions: int) -> torch.Tensor:
+    """A module's output as [rows, positions, width], a view of it (writing into it writes the
+    output): most modules return that shape, a mixture of experts (Llama 4) its tokens
+    flattened to [rows * positions, width]."""
+    return _tensor(value).view(rows, positions, -1)
 
 
 class FrozenNorm:
@@ -139,6 +161,7 @@ class Capture:
     z: list[torch.Tensor | None] = field(default_factory=list)  # the heads' outputs entering W_O
     post_attention_norm: list[nn.Module | None] = field(default_factory=list)
     post_mlp_norm: list[nn.Module | None] = field(default_factory=list)
+    parallel: list[bool] = field(default_factory=list)  # attention and MLP read the same residual
     logits: torch.Tensor | None = None  # the model's own, at the last position [V]
 
 
@@ -159,29 +182,33 @@ def capture(model: nn.Module, layers: nn.ModuleList, input_ids: list[int]) -> Ca
             seen[(index, "post")] = _tensor(output).detach()[0]
 
         def attention_out(module, args, output, index=index):
-            seen[(index, "attention")] = _tensor(output).detach()[0]
+            seen[(index, "attention")] = by_position(output, 1, len(input_ids)).detach()[0]
 
         def mlp_in(module, args, index=index):
-            seen[(index, "mlp_in")] = args[0].detach()[0]
+            seen[(index, "mlp_in")] = by_position(args[0], 1, len(input_ids)).detach()[0]
 
         def mlp_out(module, args, output, index=index):
-            seen[(index, "mlp")] = _tensor(output).detach()[0]
+            seen[(index, "mlp")] = by_position(output, 1, len(input_ids)).detach()[0]
 
         def z_in(module, args, index=index):
             seen[(index, "z")] = args[0].detach()[0]
 
         handles += [layer.register_forward_pre_hook(pre, with_kwargs=True), layer.register_forward_hook(post),
-                    attention.register_forward_hook(attention_out), mlp.register_forward_pre_hook(mlp_in),
+                    attention.register_forward_hook(attention_out), block.mlp_input.register_forward_pre_hook(mlp_in),
                     mlp.register_forward_hook(mlp_out)]
         if block.projection is not None:
             handles.append(block.projection.register_forward_pre_hook(z_in))
         for child in layer.children():
-            if child is attention or child is mlp:
+            if child is attention or child is mlp or child is block.mlp_input:
                 continue
 
             def record(module, args, output, index=index):
                 if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
-                    children.setdefault(index, []).append((module, args[0].detach()[0], output.detach()[0]))
+                    try:  # read by position (OPT runs its MLP's norm on the tokens flattened)
+                        given, made = by_position(args[0], 1, len(input_ids)), by_position(output, 1, len(input_ids))
+                    except RuntimeError:  # not one row per position: no norm of the residual
+                        return
+                    children.setdefault(index, []).append((module, given.detach()[0], made.detach()[0]))
 
             handles.append(child.register_forward_hook(record))
     device = next(model.parameters()).device
@@ -197,9 +224,13 @@ def capture(model: nn.Module, layers: nn.ModuleList, input_ids: list[int]) -> Ca
         mlp_input = seen[(index, "mlp_in")]
         feeding = [(m, i) for m, i, o in children.get(index, []) if o.shape == mlp_input.shape and torch.equal(o, mlp_input)]
         mid = feeding[0][1] if feeding else mlp_input
-        if torch.equal(mid, pre):
-            raise NotDecomposable(f"{type(layer).__name__}: attention and MLP read the same residual (a parallel block); "
-                                  "there is no residual between them to attribute by")
+        parallel = bool(torch.equal(mid, pre))
+        if parallel:
+            # Attention and MLP read the same residual (GPT-J, GPT-NeoX, Falcon, Phi): the block
+            # adds both outputs to it. The point "after attention" is then the residual plus
+            # the attention's write, and what the MLP writes is checked to be the rest.
+            mid = pre + seen[(index, "attention")]
+        result.parallel.append(parallel)
         result.pre.append(pre)
         result.mid.append(mid)
         result.post.append(post)
@@ -241,6 +272,7 @@ class Attribution:
     mid_lens: list[tuple[torch.Tensor, torch.Tensor]]
     post_lens: list[tuple[torch.Tensor, torch.Tensor]]
     softcap: float | None = None  # the model's final soft-capping: shares are of the logit before it
+    parallel: bool = False  # parallel blocks: ``mid_lens`` reads the block's input plus its attention's write
 
     def total(self) -> torch.Tensor:
         blocks = [v for k, v in self.shares.items() if k == "embedding" or k.endswith((".attention", ".mlp"))]
@@ -300,6 +332,7 @@ def attribute(model: nn.Module, layers: nn.ModuleList, final_norm: nn.Module, in
         tokens=list(tokens), shares=shares, constant=constant, model_logits=model_logits,
         n_heads=sum(1 for name in shares if name.startswith("L0.head")),
         mid_lens=[lens(x) for x in run.mid], post_lens=[lens(x) for x in run.post], softcap=softcap,
+        parallel=any(run.parallel),
     )
 
 

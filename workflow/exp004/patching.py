@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workflow.exp004.dla import Block, _tensor, blocks
+from workflow.exp004.dla import Block, _tensor, blocks, by_position
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,10 @@ def activations(model: nn.Module, parts: list[Block], input_ids: list[int], answ
     found = Activations([None] * n, [None] * n, [None] * n, math.nan)
 
     def attention(layer, out):
-        found.attention[layer] = _tensor(out).detach()[0]
+        found.attention[layer] = by_position(out, 1, len(input_ids)).detach()[0]
 
     def mlp(layer, out):
-        found.mlp[layer] = _tensor(out).detach()[0]
+        found.mlp[layer] = by_position(out, 1, len(input_ids)).detach()[0]
 
     def z(layer, args):
         found.z[layer] = args[0].detach()[0]
@@ -105,15 +105,22 @@ def _recovered(diff: torch.Tensor, clean: float, corrupted: float) -> torch.Tens
 
 
 def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int], answers: tuple[int, int],
-          batch_size: int = 32) -> dict[str, torch.Tensor]:
+          batch_size: int = 32, skip_unchanged: bool = True) -> dict[str, torch.Tensor]:
     """Each component's recovered fraction at each position [T], one patched forward per
-    site. ``answers``: (clean answer, corrupted answer) token ids."""
+    site. ``answers``: (clean answer, corrupted answer) token ids. ``skip_unchanged``: no
+    forward for the sites where both runs write the same (their effect is exactly 0);
+    False patches every site, as TransformerLens's patching functions do (a baseline)."""
     if len(clean_ids) != len(corrupted_ids):
         raise ValueError(f"the prompts have {len(clean_ids)} and {len(corrupted_ids)} tokens: patching needs the same length")
     parts = blocks(layers)
     clean = activations(model, parts, clean_ids, answers)
     corrupted = activations(model, parts, corrupted_ids, answers)
-    sites = [(c, p) for c in components(parts) for p in range(len(clean_ids))]
+    every = [(c, p) for c in components(parts) for p in range(len(clean_ids))]
+    # Where the two runs' component outputs are equal (every position before the first token
+    # the prompts differ in, by causality), writing one into the other changes nothing: the
+    # effect is exactly 0 and no forward pass is needed.
+    sites = [(c, p) for c, p in every
+             if not (skip_unchanged and torch.equal(_value(clean, c, p, parts), _value(corrupted, c, p, parts)))]
     device = next(model.parameters()).device
     effect = torch.empty(len(sites), dtype=torch.float64)
     for start in range(0, len(sites), batch_size):
@@ -127,11 +134,11 @@ def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupt
 
         def on_attention(layer, out):
             for row, _, p in where.get((layer, "attention"), ()):
-                _tensor(out)[row, p] = clean.attention[layer][p]
+                by_position(out, rows, len(clean_ids))[row, p] = clean.attention[layer][p]
 
         def on_mlp(layer, out):
             for row, _, p in where.get((layer, "mlp"), ()):
-                _tensor(out)[row, p] = clean.mlp[layer][p]
+                by_position(out, rows, len(clean_ids))[row, p] = clean.mlp[layer][p]
 
         def on_z(layer, args):
             width = parts[layer].d_head
@@ -143,14 +150,18 @@ def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupt
         with torch.no_grad():
             diff = _run(model, ids, parts, answers, on_attention, on_mlp, on_z)
         effect[start:start + len(chunk)] = _recovered(diff[: len(chunk)], clean.logit_diff, corrupted.logit_diff)
-    return _by_component(sites, effect, len(clean_ids))
-
-
-def _by_component(sites, effect: torch.Tensor, n_positions: int) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
+    out = {c.name: torch.zeros(len(clean_ids), dtype=torch.float64) for c in components(parts)}
     for (c, p), value in zip(sites, effect):
-        out.setdefault(c.name, torch.full((n_positions,), math.nan, dtype=torch.float64))[p] = value
+        out[c.name][p] = value
     return out
+
+
+def _value(run: Activations, c: Component, position: int, parts: list[Block]) -> torch.Tensor:
+    """What a run's component wrote at one position (a head: its slice of z)."""
+    if c.kind == "head":
+        width = parts[c.layer].d_head
+        return run.z[c.layer][position, c.head * width:(c.head + 1) * width]
+    return (run.attention if c.kind == "attention" else run.mlp)[c.layer][position]
 
 
 def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int],
@@ -162,12 +173,13 @@ def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], c
     not a sign: it finds effects that cancel in the plain estimate)."""
     parts = blocks(layers)
     clean = activations(model, parts, clean_ids, answers)
-    corrupted = activations(model, parts, corrupted_ids, answers)
-    denominator = clean.logit_diff - corrupted.logit_diff
     drops = [None] if not grad_drop else list(range(len(parts)))
     estimates = []
     for dropped in drops:
-        linear = _linear_estimate(model, layers, parts, clean, corrupted_ids, answers, dropped)
+        # The pass's own forward gives the corrupted run's logit difference (stopping a
+        # gradient changes no value).
+        linear, corrupted_diff = _linear_estimate(model, layers, parts, clean, corrupted_ids, answers, dropped)
+        denominator = clean.logit_diff - corrupted_diff
         estimates.append({name: value / denominator for name, value in linear.items()})
     names = [c.name for c in components(parts)]
     if grad_drop:
@@ -177,13 +189,18 @@ def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], c
     return estimates[0]
 
 
-def _linear_estimate(model, layers, parts, clean: Activations, corrupted_ids, answers, dropped: int | None) -> dict[str, torch.Tensor]:
+def _linear_estimate(model, layers, parts, clean: Activations, corrupted_ids, answers,
+                     dropped: int | None) -> tuple[dict[str, torch.Tensor], float]:
+    """(each site's (clean - corrupted) . gradient of the logit difference, the corrupted
+    run's logit difference)."""
     kept: dict[tuple[str, int], torch.Tensor] = {}
 
     def keep(key, tensor):
         tensor.retain_grad()
         kept[key] = tensor
 
+    # The outputs themselves are kept (their gradients fill only where the model uses them),
+    # and read by position after the backward pass.
     def on_attention(layer, out):
         keep(("attention", layer), _tensor(out))
 
@@ -234,19 +251,22 @@ def _linear_estimate(model, layers, parts, clean: Activations, corrupted_ids, an
             grad = tensor.grad[0][:, part] if tensor.grad is not None else torch.zeros_like(delta)
         else:
             tensor = kept[(c.kind, c.layer)]
-            delta = (clean.attention if c.kind == "attention" else clean.mlp)[c.layer] - tensor.detach()[0]
-            grad = tensor.grad[0] if tensor.grad is not None else torch.zeros_like(delta)
+            positions = len(corrupted_ids)
+            delta = (clean.attention if c.kind == "attention" else clean.mlp)[c.layer] - by_position(tensor.detach(), 1, positions)[0]
+            grad = by_position(tensor.grad, 1, positions)[0] if tensor.grad is not None else torch.zeros_like(delta)
         out[c.name] = (delta.to(torch.float64) * grad.to(torch.float64)).sum(-1)
-    return out
+    return out, float(diff[0].detach())
 
 
 def agreement(exact_effects: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor], k: int = 10) -> dict[str, float]:
     """How well the estimates rank the sites as exact patching does: Spearman's rank
-    correlation over every site, and the overlap of the k sites of largest |effect|."""
+    correlation over the sites patching can change (those where both are exactly 0, the two
+    runs writing the same there, are left out: agreeing on them is no evidence), and the
+    overlap of the k sites of largest |effect|."""
     names = sorted(exact_effects)
     a = torch.cat([exact_effects[n] for n in names])
     b = torch.cat([estimates[n] for n in names])
-    keep = ~(torch.isnan(a) | torch.isnan(b))
+    keep = ~(torch.isnan(a) | torch.isnan(b) | ((a == 0) & (b == 0)))
     a, b = a[keep], b[keep]
 
     def ranks(x):
