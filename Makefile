@@ -1,5 +1,5 @@
 # Two commands for a fresh clone (README, "Two commands"):
-#   make demo   set up .venv with everything, build experiments 001-003, write report.html
+#   make demo   set up .venv with everything, build experiments 001-004, write report.html
 #   make test   set up .venv with everything, then run the full test suite (TEST_WORKERS=2 workers)
 PYTHON ?= python3
 VENV ?= .venv

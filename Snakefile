@@ -2,10 +2,12 @@
 #   001 layers and logits (rules/exp001.smk)
 #   002 activation patching (rules/exp002.smk)
 #   003 generation: the lens on every generated token (rules/exp003.smk)
+#   004 components: which attention, MLP and head writes the answer (rules/exp004.smk)
 #
 #   snakemake --cores 1 results/001/evaluation-cross-model.md   # the whole chain up to the comparison
 #   snakemake --cores 1 results/002/evaluation-cross-model.md   # the same for experiment 002
 #   snakemake --cores 1 results/003/evaluation-cross-model.md   # the same for experiment 003
+#   snakemake --cores 1 results/004/evaluation-cross-model.md   # the same for experiment 004
 #   snakemake --cores 1                                         # everything, meta-evaluation included
 #   snakemake -n                                                # what is stale, and why
 #   snakemake --report report.html                              # one self-contained HTML file: plots, captions, evaluations
@@ -33,6 +35,7 @@ include: "rules/tuned_lens.smk"
 include: "rules/exp001.smk"
 include: "rules/exp002.smk"
 include: "rules/exp003.smk"
+include: "rules/exp004.smk"
 # The generic evaluation chain, for every experiment.
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

@@ -97,6 +97,8 @@ class ExperimentRules(NamedTuple):
     # The probes its explorer page shows (the interactive page of its records, made by the
     # explorer rule); None, every probe or pair in its JSON.
     explorer_probes: list | None = None
+    # Whether the explorer rule makes its interactive page per model.
+    explorer: bool = True
 
 
 EXPERIMENTS: dict[str, ExperimentRules] = {}
@@ -136,9 +138,12 @@ def get_final_output():
             *expand(f"{results}/provenance/evaluation-{{name}}.prov.json", name=names),
             *expand(f"{results}/html/evaluation-{{name}}.html", name=names),
             *expand(f"{results}/provenance/page-{{name}}.prov.json", name=names),
-            *expand(f"{results}/html/explorer-{{model}}.html", model=MODELS),
-            *expand(f"{results}/provenance/explorer-{{model}}.prov.json", model=MODELS),
         ]
+        if rules.explorer:
+            outputs += [
+                *expand(f"{results}/html/explorer-{{model}}.html", model=MODELS),
+                *expand(f"{results}/provenance/explorer-{{model}}.prov.json", model=MODELS),
+            ]
     return outputs
 
 
@@ -243,6 +248,7 @@ LENS_KEYS = {
     "run_lens": None,  # all but LENS_RUN_ONLY
     "run_generation": ("use_norm_lens", "use_fp32_unembed", "top_k", "identity_tolerance", "working_memory_mb"),
     "run_patching": ("use_fp32_unembed", "identity_tolerance", "working_memory_mb"),
+    "run_components": ("use_fp32_unembed", "identity_tolerance", "working_memory_mb"),
     "train_tuned_lens": ("use_fp32_unembed", "working_memory_mb"),
 }
 
@@ -270,7 +276,7 @@ def get_source_fingerprint(wildcards):
     return _user_errors(source_fingerprint, key, entry, CONFIGFILE)
 
 
-MODEL_RULES = ("prepare_model", "train_tuned_lens", "run_lens", "run_patching", "run_generation")
+MODEL_RULES = ("prepare_model", "train_tuned_lens", "run_lens", "run_patching", "run_generation", "run_components")
 
 
 def check_plan_job(job):
@@ -406,7 +412,10 @@ def get_explorer_inputs(wildcards):
     """A model's JSON summary and records file of the experiment, as its evaluation reads them."""
     if wildcards.model not in MODELS:
         stop(f"no model {wildcards.model!r} in {CONFIGFILE}: its models are {', '.join(MODELS)}")
-    inputs = experiment_rules(wildcards.exp).model_inputs(wildcards.model)
+    rules = experiment_rules(wildcards.exp)
+    if not rules.explorer:
+        stop(f"experiment {wildcards.exp} has no explorer page: its figures and evaluations are under results/{wildcards.exp}/")
+    inputs = rules.model_inputs(wildcards.model)
     return {"summary": inputs["summary"], "records": inputs["records"]}
 
 

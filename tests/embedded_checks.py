@@ -6,7 +6,8 @@ folder holding that run's results/.
 
 The final top-1 of every probe is checked against a plain transformers forward pass of the
 same GGUF file, loaded independently of the pipeline; experiment 002's patching against that
-model patched by forward hooks; the tuned lens's held-out quality against the logit lens's.
+model patched by forward hooks; experiment 004's attributions and component patching against
+that model's logits and hooked forwards; the tuned lens's held-out quality against the logit lens's.
 """
 
 import contextlib
@@ -130,3 +131,39 @@ def test_patching_equals_plain_transformers_hooks(results_root, plain_transforme
             ld = reference_logit_diff(hf, clean_ids, a, b, [(layer, position, corrupted[layer, position])])
             expected = (ld - ld_clean) / (ld_corrupted - ld_clean)
             assert got[("noise", layer, position)] == pytest.approx(expected, abs=1e-3), (layer, position)
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_components_equal_plain_transformers(results_root, plain_transformers, model):
+    """Experiment 004 against a plain transformers model loaded from the same GGUF file, for the
+    first pair: every block's attention and MLP shares plus the embedding's and the biases'
+    add up to that model's logits (before a soft-cap) for each target; the competitor is its
+    top other token; the five sites of largest recovered fraction, patched by forward hooks
+    on its own modules (one full forward each), recover what the records say."""
+    from test_exp004 import _clean_values, _patched_logit_diff
+    from workflow.exp004.records import read_component_records
+
+    summary = json.loads((results_root / "results" / "004" / f"output-{model}.json").read_text())
+    frame = read_component_records(str(results_root / "results" / "004" / f"output-{model}-records.csv"), summary)
+    _, hf = plain_transformers(model)
+    pair = summary["pairs"][0]
+    last = len(pair["clean_input_ids"]) - 1
+    with torch.no_grad():
+        logits = hf(torch.tensor([pair["clean_input_ids"]])).logits[0, -1].double()
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * torch.atanh(logits / cap)
+    rows = frame[(frame.pair == pair["id"]) & (frame.position == last) & frame.component.isin(["attention", "mlp"])]
+    for target, t in pair["targets"].items():
+        total = rows[f"dla_{target}"].sum() + t["dla_embedding"] + t["dla_constant"]
+        assert total == pytest.approx(float(logits[t["token_id"]]), abs=2e-3), target
+    answer = pair["targets"]["answer"]["token_id"]
+    assert pair["targets"]["competitor"]["token_id"] == next(i for i in torch.argsort(logits, descending=True).tolist() if i != answer)
+    answers = (answer, pair["targets"]["corrupted_answer"]["token_id"])
+    span = pair["logit_diff_clean"] - pair["logit_diff_corrupted"]
+    patched = frame[(frame.pair == pair["id"]) & frame.exact.notna()]
+    for _, row in patched.reindex(patched.exact.abs().sort_values(ascending=False).index).head(5).iterrows():
+        clean = _clean_values(hf, pair["clean_input_ids"], int(row.layer))
+        value = clean["z"] if row.component.startswith("head") else clean[row.component]
+        ld = _patched_logit_diff(hf, pair["corrupted_input_ids"], value, int(row.layer), row.component, int(row.position), answers)
+        assert (ld - pair["logit_diff_corrupted"]) / span == pytest.approx(row.exact, abs=1e-3), row.to_dict()

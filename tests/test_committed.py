@@ -10,6 +10,7 @@ import pytest
 
 from embedded_checks import (  # noqa: F401 (the shared checks, run on this module's results_root)
     plain_transformers,
+    test_components_equal_plain_transformers,
     test_final_top1_matches_plain_transformers,
     test_patching_equals_plain_transformers_hooks,
     test_tuned_lens_beats_the_logit_lens_on_held_out_text,

@@ -13,6 +13,7 @@ import pytest
 
 from embedded_checks import (  # noqa: F401 (the shared checks, run on this module's results_root)
     plain_transformers,
+    test_components_equal_plain_transformers,
     test_final_top1_matches_plain_transformers,
     test_patching_equals_plain_transformers_hooks,
     test_tuned_lens_beats_the_logit_lens_on_held_out_text,
@@ -60,6 +61,7 @@ def default_run(tmp_path_factory):
     targets = ["results/001/evaluation-cross-model.md", "results/001/evaluation-meta.md"]
     targets += [f"results/001/lens-quality-{model}.csv" for model in ("smollm2-135m-instruct", "gemma-3-270m")]
     targets += ["results/002/evaluation-cross-model.md", "results/002/evaluation-meta.md"]
+    targets += ["results/004/evaluation-cross-model.md", "results/004/evaluation-meta.md"]
     result = snakemake(workdir, "--cores", "2", *targets, timeout=3000)
     assert result.returncode == 0, said(result)[-5000:]
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -71,13 +73,14 @@ def results_root(default_run):
     return default_run[0]
 
 
-@pytest.mark.parametrize("experiment", ["001", "002"])
+@pytest.mark.parametrize("experiment", ["001", "002", "004"])
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma-3-270m"])
 def test_the_records_equal_the_committed_ones(default_run, experiment, model):
     """Made again from nothing here, the records are the committed ones: the same rows and
     tokens, the numbers within what machines differ by (about 1e-5; the committed were made on
     another processor, perhaps of another family)."""
     from workflow.exp002.records import read_patching_records
+    from workflow.exp004.records import read_component_records
     from workflow.records import read_records
 
     workdir, _ = default_run
@@ -85,8 +88,11 @@ def test_the_records_equal_the_committed_ones(default_run, experiment, model):
 
     def read(root):
         path = root / "results" / experiment / name
+        summary = json.loads(path.with_name(f"output-{model}.json").read_text()) if experiment != "001" else None
         if experiment == "002":
-            return read_patching_records(str(path), json.loads(path.with_name(f"output-{model}.json").read_text()))
+            return read_patching_records(str(path), summary)
+        if experiment == "004":
+            return read_component_records(str(path), summary)
         return read_records(path)
 
     fresh, committed = read(workdir), read(REPO)
@@ -95,7 +101,7 @@ def test_the_records_equal_the_committed_ones(default_run, experiment, model):
     for a, b in zip(fresh.to_dict("records"), committed.to_dict("records")):
         for column in fresh.columns:
             if column in numbers:
-                assert a[column] == pytest.approx(b[column], rel=1e-4, abs=5e-5), (column, a)
+                assert a[column] == pytest.approx(b[column], rel=1e-4, abs=5e-5, nan_ok=True), (column, a)
             elif column == "top1_token" and abs(a["topk_probs"][0] - a["topk_probs"][1]) < 1e-4:
                 continue  # a near tie: which comes first may differ between machines
             elif column not in ("topk_tokens", "topk_probs"):
@@ -116,7 +122,7 @@ def test_provenance_check_passes_on_the_fresh_run(default_run):
     workdir, _ = default_run
     check = subprocess.run([sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
-    # Every artefact a record names (records, JSON, figures, evaluations of 001 and 002) is ok.
+    # Every artefact a record names (records, JSON, figures, evaluations of 001, 002 and 004) is ok.
     recorded = sum(len(json.loads(f.read_text())["artefacts"]) for f in (workdir / "results").rglob("*.prov.json"))
     assert recorded > 40
     assert check.stdout.strip().endswith(f"{recorded} ok, 0 not ok")

@@ -28,6 +28,7 @@ HOW = {
     "snakemake --cores 1 results/001/evaluation-cross-model.md": RUN,
     "snakemake --cores 1 results/002/evaluation-cross-model.md": RUN,
     "snakemake --cores 1 results/003/evaluation-cross-model.md": RUN,
+    "snakemake --cores 1 results/004/evaluation-cross-model.md": RUN,
     "snakemake --cores 1": RUN,
     "snakemake -n": RUN,
     "snakemake -n --config lens='{top_k: 10}'": RUN,
@@ -103,8 +104,9 @@ def test_readme_command(command, built, tiny_dirs, tmp_path):
     if "profiles/slurm" in command and importlib_missing("snakemake_executor_plugin_slurm"):
         pytest.skip('snakemake-executor-plugin-slurm is not installed (pip install -e ".[cluster]")')
     if command.startswith("snakemake --cores 1 results/"):
-        # Built from nothing; experiment 002 with a pair of prompts the tiny tokenizer gives equal lengths.
-        workdir = scratch_copy(tmp_path / "fresh", tiny_config(tiny_dirs, **(PATCHING if "results/002" in command else {})))
+        # Built from nothing; experiments 002 and 004 with a pair of prompts the tiny tokenizer gives equal lengths.
+        pairs = "results/002" in command or "results/004" in command
+        workdir = scratch_copy(tmp_path / "fresh", tiny_config(tiny_dirs, **(PATCHING if pairs else {})))
     else:
         workdir = tmp_path / "wd"
         shutil.copytree(built, workdir, symlinks=True)

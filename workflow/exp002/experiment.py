@@ -9,16 +9,21 @@ from workflow.experiments import Experiment
 from workflow.exp002 import analysis, digest, sections
 
 
+def described_pairs(summary: dict[str, Any]) -> str:
+    """The pairs of a model's JSON (002's, or 004's: the same pairs) as the meta template's ``${pairs}``."""
+    pairs = [
+        {k: p[k] for k in ("id", "clean_prompt", "clean_answer", "corrupted_prompt", "corrupted_answer")}
+        for p in summary["pairs"]
+    ]
+    return json.dumps(pairs, indent=2, ensure_ascii=False)
+
+
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
     if stage != "meta":
         return {}
-    pairs = [
-        {k: p[k] for k in ("id", "clean_prompt", "clean_answer", "corrupted_prompt", "corrupted_answer")}
-        for p in summaries[0]["pairs"]
-    ]
     return {
         "patching_settings": json.dumps(summaries[0]["patching"], sort_keys=True),
-        "pairs": json.dumps(pairs, indent=2, ensure_ascii=False),
+        "pairs": described_pairs(summaries[0]),
     }
 
 

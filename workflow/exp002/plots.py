@@ -119,6 +119,20 @@ def plot_depth(facts: list[ModelFacts], path: str | os.PathLike[str]) -> None:
 
 
 
+def plot_pairs(model: str, pairs: dict, summary_path: str, pair_ids: list[str], paths: list[str], draw) -> None:
+    """One figure per pair id (002's or 004's), ``draw(model, pair, path)``; a pair the model
+    could not patch (the JSON's ``skipped_pairs``) gets a figure saying why."""
+    import json
+
+    with open(summary_path, encoding="utf-8") as fh:
+        skipped = {s["id"]: s["reason"] for s in json.load(fh).get("skipped_pairs", [])}
+    for pair, path in zip(pair_ids, paths):
+        if pair in skipped:
+            plot_skipped(model, pair, skipped[pair], path)
+        else:
+            draw(model, pairs[pair], path)
+
+
 def plot_skipped(model: str, pair_id: str, reason: str, path: str | os.PathLike[str]) -> None:
     """The figure of a pair made from the probe set that this model could not patch: why."""
     import textwrap

@@ -93,6 +93,22 @@ def resolved_pairs(model: LoadedModel, pairs: list[dict[str, Any]]) -> tuple[lis
     return resolved, skipped
 
 
+def pair_identity(pair: dict[str, Any], tp) -> dict[str, Any]:
+    """What a pair's JSON entry says of it whatever the experiment (002's, 004's): its id,
+    prompts, answers, probe, and the token ids run."""
+    return {
+        "id": pair["id"],
+        "clean_prompt": pair["clean"],
+        "corrupted_prompt": pair["corrupted"],
+        "clean_answer": pair["clean_answer"],
+        "corrupted_answer": pair["corrupted_answer"],
+        "probe": pair.get("probe"),
+        **({"from_probes": True} if pair.get("from_probes") else {}),
+        "clean_input_ids": tp.clean_ids,
+        "corrupted_input_ids": tp.corrupted_ids,
+    }
+
+
 def pair_outputs(session: LensSession, pair: dict[str, Any], tp, done: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One pair's record rows (RECORD_COLUMNS) and its JSON summary, from its sweeps (``done``)."""
     names, key = session.names, session.model.key
@@ -108,15 +124,7 @@ def pair_outputs(session: LensSession, pair: dict[str, Any], tp, done: dict[str,
                 "source_token": source[position],
             })
     summary = {
-        "id": pair["id"],
-        "clean_prompt": pair["clean"],
-        "corrupted_prompt": pair["corrupted"],
-        "clean_answer": pair["clean_answer"],
-        "corrupted_answer": pair["corrupted_answer"],
-        "probe": pair.get("probe"),
-        **({"from_probes": True} if pair.get("from_probes") else {}),
-        "clean_input_ids": tp.clean_ids,
-        "corrupted_input_ids": tp.corrupted_ids,
+        **pair_identity(pair, tp),
         "clean_tokens": clean_tokens,
         "corrupted_tokens": corrupted_tokens,
         "subject_positions": tp.subject_positions,

@@ -1,0 +1,19 @@
+"""Rule plot_components: one component figure per pair of one model (experiment 004)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.exp002.plots import plot_pairs  # noqa: E402
+from workflow.exp004.analysis import model_facts  # noqa: E402
+from workflow.exp004.plots import plot_pair  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+
+
+def main(sm):
+    facts = model_facts(sm.input.summary, sm.input.records)
+    plot_pairs(facts.model, {p.id: p for p in facts.pairs}, sm.input.summary, sm.params.pairs, sm.output.figures, plot_pair)
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

@@ -1,0 +1,18 @@
+"""Rule plot_components_cross: attention and MLPs by relative depth and AtP's agreement, all models (experiment 004)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.exp004.analysis import model_facts  # noqa: E402
+from workflow.exp004.plots import plot_cross  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+
+
+def main(sm):
+    facts = [model_facts(s, r) for s, r in zip(sm.input.outputs, sm.input.records)]
+    plot_cross(facts, sm.output[0])
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

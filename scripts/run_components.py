@@ -1,0 +1,30 @@
+"""Rule run_components: which component of each block writes the answer, for every pair of one model (experiment 004)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.exp004.run import write_component_outputs  # noqa: E402
+from workflow.logs import run_script  # noqa: E402
+from workflow.provenance import record_rule  # noqa: E402
+
+
+def main(sm):
+    document = write_component_outputs(
+        model_key=sm.wildcards.model,
+        entry=sm.params.entry,
+        prepared_dir=sm.input.get("prepared"),
+        device=sm.params.device,
+        dtype=sm.params.dtype,
+        lens=sm.params.lens,
+        components=sm.params.components,
+        pairs=sm.params.pairs,
+        summary_path=sm.output.summary,
+        records_path=sm.output.records,
+    )
+    source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
+    record_rule(sm, "scripts/run_components.py", [sm.output.summary, sm.output.records], {"model_source": source})
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)
