@@ -10,7 +10,6 @@ register_experiment(
     model_figures=lambda model: expand(f"{E004}/plots/{model}/components-{{pair}}.png", pair=PAIR_IDS),
     cross_figures=[f"{E004}/plots/cross-model-components.png"],
     # Its records are components x positions, not the lens's layers x positions grid.
-    explorer=False,
     # Without patching pairs, `snakemake` leaves experiment 004 out too.
     default=bool(PAIRS),
     artefacts=[

@@ -217,6 +217,31 @@ def test_a_changed_setting_reruns_experiment_004_alone(component_run, tmp_path):
     assert "components.top_k 5 -> 3" in said(result)
 
 
+def test_the_explorer_page_shows_every_pair_and_component(component_run, tmp_path):
+    """The rule explorer makes experiment 004's page from its records (the page's script is
+    checked in a browser by tests/test_explorer.py)."""
+    import re
+    import shutil
+
+    from pipeline import said, snakemake
+
+    workdir = tmp_path / "wd"
+    shutil.copytree(component_run, workdir, symlinks=True)
+    page = workdir / "results" / "004" / "html" / "explorer-tiny-llama.html"
+    result = snakemake(workdir, "--cores", "1", str(page.relative_to(workdir)))
+    assert result.returncode == 0, said(result)[-3000:]
+    data = json.loads(re.search(r'id="explorer-data">(.*?)</script>', page.read_text(encoding="utf-8"), re.S).group(1))
+    summary, frame = _outputs(workdir, "tiny-llama")
+    assert data["kind"] == "components" and [p["id"] for p in data["pairs"]] == [p["id"] for p in summary["pairs"]]
+    heads = [f"head{h}" for h in range(summary["heads"]["n_heads"])] if summary["heads"]["exposed"] else []
+    for pair in data["pairs"]:
+        assert [v["component"] for v in pair["sweeps"]] == ["attention", "mlp", *heads]
+        rows = frame[(frame.pair == pair["id"]) & (frame.component == "mlp")]
+        view = pair["sweeps"][1]
+        assert [cell[0] for layer in view["cells"] for cell in layer] == pytest.approx(
+            rows.sort_values(["layer", "position"]).exact.tolist(), nan_ok=True)
+
+
 def _session(loaded, arch):
     from workflow.models import load_model
 

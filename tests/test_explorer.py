@@ -211,6 +211,72 @@ def test_the_patching_explorer_shows_the_records_of_the_cell_clicked(browser, tm
     assert console_errors(browser) == []
 
 
+def component_records(model: str = MODEL):
+    from workflow.exp004.records import read_component_records
+
+    summary_path, records_path = committed("004", model)
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    return summary_path, records_path, summary, read_component_records(str(records_path), summary)
+
+
+def test_the_component_page_data_are_the_records():
+    from workflow.explorer import components_page_data
+
+    _, _, summary, records = component_records()
+    data = components_page_data(summary, records)
+    assert [p["id"] for p in data["pairs"]] == [p["id"] for p in summary["pairs"]] and data["heads_exposed"]
+    measures = ["exact", "atp", "grad_drop", "dla_answer", "dla_competitor", "dla_corrupted_answer"]
+    checked = 0
+    for pair, described in zip(data["pairs"], summary["pairs"]):
+        assert [v["component"] for v in pair["sweeps"]] == ["attention", "mlp", "head0", "head1", "head2", "head3"]
+        assert pair["targets"]["answer"]["post_prob"] == described["targets"]["answer"]["post_prob"]
+        for view in pair["sweeps"]:
+            rows = records[(records["pair"] == pair["id"]) & (records["component"] == view["component"])]
+            assert len(rows) == len(view["layers"]) * len(view["positions"]) == 18 * len(described["clean_tokens"])
+            for row in rows.itertuples():
+                i, j = view["layers"].index(row.layer), view["positions"].index(row.position)
+                expected = [getattr(row, m) for m in measures]
+                assert view["cells"][i][j] == [None if v != v else v for v in expected]  # NaN as null
+                assert data["tokens"][view["tokens"][j]] == row.token
+                checked += 1
+    # every record but the attention bias's (direct logit attribution only, in the figures)
+    assert checked == int((records["component"] != "attention_bias").sum()) > 0
+
+
+def test_the_component_explorer_shows_the_records_of_the_cell_clicked(browser, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    summary_path, records_path, summary, records = component_records()
+    page = tmp_path / "explorer-004.html"
+    write_explorer("004", summary_path, records_path, page)
+    open_page(browser, page)
+    assert console_errors(browser) == []
+    Select(browser.find_element("css selector", "#item")).select_by_visible_text("capital-france")
+    Select(browser.find_element("css selector", "#sweep")).select_by_visible_text("head 2")
+    last = len(summary["pairs"][1]["clean_tokens"]) - 1
+    of_pair = records[(records["pair"] == "capital-france") & (records["component"] == "head2")]
+    for position, dla in ((last, True), (4, False)):
+        browser.find_element("css selector", f"#grid td[data-layer='12'][data-position='{position}']").click()
+        row = of_pair[(of_pair["layer"] == 12) & (of_pair["position"] == position)].iloc[0]
+        expected = {"exact": row["exact"], "atp": row["atp"], "grad_drop": row["grad_drop"]}
+        if dla:  # direct logit attribution is read at the last position only
+            expected.update({k: row[k] for k in ("dla_answer", "dla_competitor", "dla_corrupted_answer")})
+        assert shown_cell(browser)["facts"] == expected
+        # the cell shows the exact value, rounded; the AtP toggle shows the estimate
+        cell = browser.find_element("css selector", f"#grid td[data-layer='12'][data-position='{position}']")
+        assert cell.text == f"{row['exact']:.2f}"
+    points = browser.find_elements("css selector", "svg[data-chart='recovered'] circle[data-series='exact']")
+    at = of_pair[of_pair["position"] == 4]
+    assert {int(p.get_attribute("data-layer")): float(p.get_attribute("data-value")) for p in points} == dict(
+        zip(at["layer"].astype(int), at["exact"].astype(float)))
+    lens = browser.find_elements("css selector", "svg[data-chart='lens'] circle[data-series='after MLP']")
+    assert [float(p.get_attribute("data-value")) for p in lens] == summary["pairs"][1]["targets"]["answer"]["post_prob"]
+    browser.find_element("css selector", "button[data-measure='atp']").click()
+    row = of_pair[(of_pair["layer"] == 12) & (of_pair["position"] == 4)].iloc[0]
+    assert browser.find_element("css selector", "#grid td[data-layer='12'][data-position='4']").text == f"{row['atp']:.2f}"
+    assert console_errors(browser) == []
+
+
 def test_invisible_characters_are_shown_as_code_points(browser, tmp_path):
     """A no-break space or a zero-width space would make an empty-looking cell: shown as their
     code points, as the heatmaps show them."""

@@ -412,7 +412,7 @@ def explore(records: pd.DataFrame, path: str | Path) -> Path:
         raise UserError("explore() needs a frame made by Model.lens, Model.generate or Model.patch "
                         "(its attrs['summary'] describes the run)")
     # Model.patch's frames have 002's columns; Model.generate's summary holds the reply's text.
-    experiment = "002" if "pair" in records.columns else "003" if "text" in summary or "generation" in summary else "001"
+    experiment = "004" if "component" in records.columns else "002" if "pair" in records.columns else "003" if "text" in summary or "generation" in summary else "001"
     path = Path(path)
     write_text(path, render(page_data(experiment, summary, records)))
     return path

@@ -5,7 +5,11 @@ top-1 token coloured by its probability, a toggle between the lenses the run rec
 top-k tokens with their probabilities for the cell under the pointer or clicked, and the
 answer's probability and rank across layers at the chosen position. Experiment 002 (the
 patching records): per pair and sweep, the layers x positions grid of the recovered
-fraction, and the recovered fraction across layers at the chosen position.
+fraction, and the recovered fraction across layers at the chosen position. Experiment 004
+(the component records): per pair and component (attention, MLP, each head), the layers x
+positions grid of the recovered fraction by exact patching or by attribution patching, the
+chosen cell's exact, AtP and GradDrop values and direct logit attributions, the two measures
+across layers at the chosen position, and the lens after attention and after the MLP.
 
 The page is the records themselves (the values as the records file holds them, in a JSON
 block) and a small script and style sheet (``workflow/report/explorer.js`` and
@@ -158,10 +162,70 @@ def patching_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
     }
 
 
+def components_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
+    """What experiment 004's page shows: per pair, one grid per component (attention, MLP,
+    each head; the attention's bias has no patching and is left out) of [exact, AtP,
+    GradDrop, direct logit attribution to the answer, the competitor, the corrupted answer],
+    and the targets' probabilities through the lens after each block's attention and MLP."""
+    tokens = _Tokens()
+    by_pair = {pair: rows for pair, rows in records.groupby("pair", sort=False)}
+    measures = ["exact", "atp", "grad_drop", "dla_answer", "dla_competitor", "dla_corrupted_answer"]
+    out = []
+    for pair in summary["pairs"]:
+        if pair["id"] not in by_pair:
+            continue
+        rows = by_pair[pair["id"]]
+        views = []
+        for component, part in rows.groupby("component", sort=False):
+            if component == "attention_bias":
+                continue
+            layers = sorted(int(v) for v in part["layer"].unique())
+            positions = sorted(int(v) for v in part["position"].unique())
+            grid = part.set_index(["layer", "position"])
+            first = grid.loc[layers[0]]
+            views.append({
+                "component": component,
+                "layers": layers,
+                "positions": positions,
+                "tokens": [tokens(first.loc[p, "token"]) for p in positions],
+                "cells": [[[_number(grid.loc[(layer, p), m]) for m in measures] for p in positions] for layer in layers],
+            })
+        targets = {
+            name: {
+                "token": target["token"],
+                **{key: [_number(v) for v in target[key]] for key in ("mid_prob", "post_prob", "mid_rank", "post_rank")},
+            }
+            for name, target in pair["targets"].items()
+        }
+        out.append({
+            "id": pair["id"],
+            "clean_prompt": pair["clean_prompt"],
+            "corrupted_prompt": pair["corrupted_prompt"],
+            "clean_answer": pair["clean_answer"],
+            "corrupted_answer": pair["corrupted_answer"],
+            "logit_diff_clean": _number(pair["logit_diff_clean"]),
+            "logit_diff_corrupted": _number(pair["logit_diff_corrupted"]),
+            "targets": targets,
+            "sweeps": views,
+        })
+    return {
+        "kind": "components",
+        "experiment": "004",
+        "model": summary.get("model") or str(records["model"].iloc[0]),
+        "n_layers": int(summary.get("n_layers", records["layer"].max() + 1)),
+        "heads_exposed": bool(summary.get("heads", {}).get("exposed", False)),
+        "exact_run": bool(summary.get("components", {}).get("exact", True)),
+        "pairs": out,
+        "skipped": [{"id": s["id"], "reason": s["reason"]} for s in summary.get("skipped_pairs", [])],
+        "tokens": tokens.table,
+    }
+
+
 TITLES = {
     "001": "layers and logits",
     "002": "activation patching",
     "003": "generation",
+    "004": "components",
 }
 
 
@@ -187,6 +251,8 @@ def page_data(experiment: str, summary: dict[str, Any], records, probes: list[st
     """What the page of ``experiment`` shows of ``records`` (a DataFrame of its records)."""
     if experiment == "002":
         return patching_page_data(summary, records)
+    if experiment == "004":
+        return components_page_data(summary, records)
     return lens_page_data(experiment, summary, records, probes)
 
 
@@ -204,6 +270,10 @@ def write_explorer(
         from workflow.exp002.records import read_patching_records
 
         records = read_patching_records(str(records_path), summary)
+    elif experiment == "004":
+        from workflow.exp004.records import read_component_records
+
+        records = read_component_records(str(records_path), summary)
     elif experiment == "001":
         from workflow.records import load_checked
 

@@ -6,8 +6,13 @@
   const T = D.tokens;
   const app = document.getElementById("app");
   const LENS = D.kind === "lens";
+  // Experiment 004: per pair one grid per component, coloured by exact patching or by AtP.
+  const COMPONENTS = D.kind === "components";
+  const MEASURES = { exact: "exact patching", atp: "attribution patching (AtP)" };
+  const CELL = { exact: 0, atp: 1, grad_drop: 2, dla_answer: 3, dla_competitor: 4, dla_corrupted_answer: 5 };
   const items = LENS ? D.probes : D.pairs;
-  const state = { item: 0, view: LENS ? D.lenses[0] : 0, layer: null, pos: null, pinned: false };
+  const state = { item: 0, view: LENS ? D.lenses[0] : 0, layer: null, pos: null, pinned: false,
+    measure: COMPONENTS && !D.exact_run ? "atp" : "exact" };
 
   // ---- small helpers -------------------------------------------------------------------
   function el(tag, attrs, children) {
@@ -89,17 +94,37 @@
         }))));
     } else {
       const sweeps = el("select", { id: "sweep", on: { change: (e) => { state.view = Number(e.target.value); draw(); } } },
-        item().sweeps.map((s, i) => el("option", { value: String(i), text: `${s.direction} \u00b7 ${s.corruption}` })));
+        item().sweeps.map((s, i) => el("option", { value: String(i), text: sweepName(s) })));
       sweeps.value = String(state.view);
-      parts.push(el("label", { for: "sweep", text: " Sweep " }), sweeps);
+      parts.push(el("label", { for: "sweep", text: COMPONENTS ? " Component " : " Sweep " }), sweeps);
+      if (COMPONENTS) {
+        parts.push(el("span", { class: "lens-toggle", role: "group", "aria-label": "measure" },
+          Object.entries(MEASURES).map(([key, name]) => el("button", {
+            type: "button", "data-measure": key, class: key === state.measure ? "active" : null,
+            "aria-pressed": key === state.measure ? "true" : "false", text: key === "exact" ? "exact" : "AtP", title: name,
+            on: { click: () => { state.measure = key; draw(); } },
+          }))));
+      }
     }
     const shown = LENS && D.probes.length < D.probes_total ? ` (the first ${D.probes.length} of ${D.probes_total} probes)` : "";
     parts.push(el("span", { class: "hint", text: ` Hover a cell to read it, click to keep it; arrow keys move${shown}.` }));
     return el("div", { class: "controls" }, parts);
   }
 
+  function sweepName(s) {
+    if (!COMPONENTS) return `${s.direction} \u00b7 ${s.corruption}`;
+    return s.component === "mlp" ? "MLP" : s.component.startsWith("head") ? `head ${s.component.slice(4)}` : s.component;
+  }
+
   function caption() {
     const it = item();
+    if (COMPONENTS) {
+      const heads = D.heads_exposed ? "" : " (head outputs are not exposed for this model: attention and MLP only)";
+      return el("p", { class: "prompt" }, [
+        el("span", { text: "clean " }), el("code", { text: it.clean_prompt }), el("span", { text: ` \u2192 ${JSON.stringify(it.clean_answer)}; corrupted ` }),
+        el("code", { text: it.corrupted_prompt }), el("span", { text: ` \u2192 ${JSON.stringify(it.corrupted_answer)}; cells: fraction of the logit difference recovered when the block's ${sweepName(sweep())} output at that position is patched from the clean run into the corrupted one, by ${MEASURES[state.measure]}${heads}` }),
+      ]);
+    }
     if (LENS) {
       const answers = new Set(it.answers);
       const answer = answers.size === 1 ? `answer ${JSON.stringify(T[it.answers[0]])}` : "answer: the next generated token at each position";
@@ -124,7 +149,8 @@
         if (LENS) {
           text = short(T[c[0]], 10); colour = viridis(c[1]); dark = c[1] !== null && c[1] > 0.55;
         } else {
-          text = c[0] === null ? "\u2013" : c[0].toFixed(2); colour = diverging(c[0]); dark = c[0] === null || Math.abs(c[0]) < 0.55;
+          const v = COMPONENTS ? c[CELL[state.measure]] : c[0];
+          text = v === null ? "\u2013" : v.toFixed(2); colour = diverging(v); dark = v === null || Math.abs(v) < 0.55;
         }
         const selected = i === state.layer && j === state.pos;
         tds.push(el("td", {
@@ -156,6 +182,23 @@
     const i = state.layer, j = state.pos;
     const c = cell(i, j);
     const where = `layer ${s.layers[i]} \u00b7 position ${s.positions[j]} (${JSON.stringify(positionToken(j))})`;
+    if (COMPONENTS) {
+      const t = item().targets;
+      const last = j === s.positions.length - 1;
+      const dla = (key, name) => row(`${name} ${JSON.stringify(t[name.replace(" ", "_")].token)}`, fmt(c[CELL[key]], 6), c[CELL[key]], key);
+      return el("div", { id: "details" }, [
+        el("h2", { text: where }),
+        el("p", { class: "lens-name", text: `${sweepName(s)} output of block ${s.layers[i]}` }),
+        el("table", { class: "facts" }, [
+          row("recovered, exact patching", fmt(c[0], 6), c[0], "exact"),
+          row("recovered, AtP's estimate", fmt(c[1], 6), c[1], "atp"),
+          row("GradDrop (magnitude)", fmt(c[2], 6), c[2], "grad_drop"),
+          row("clean / corrupted logit difference", `${fmt(item().logit_diff_clean, 6)} / ${fmt(item().logit_diff_corrupted, 6)}`),
+        ]),
+        el("p", { class: "lens-name", text: last ? "direct logit attribution (written into the final logit)" : "direct logit attribution: at the last position only" }),
+        el("table", { class: "facts" }, last ? [dla("dla_answer", "answer"), dla("dla_competitor", "competitor"), dla("dla_corrupted_answer", "corrupted answer")] : []),
+      ]);
+    }
     if (!LENS) {
       return el("div", { id: "details" }, [
         el("h2", { text: where }),
@@ -207,7 +250,9 @@
       return options.log ? TOP + f * (H - TOP - B) : H - B - f * (H - TOP - B);
     };
     const svg = el("svg:svg", { width: String(W), height: String(H), viewBox: `0 0 ${W} ${H}`, class: "chart", "data-chart": options.id });
-    svg.appendChild(el("svg:text", { x: String(L), y: "14", class: "chart-title", text: title }));
+    // With options.legend, the series' names follow the title in their colours.
+    svg.appendChild(el("svg:text", { x: String(L), y: "14", class: "chart-title" }, [document.createTextNode(title),
+      ...(options.legend ? series.flatMap((s) => [document.createTextNode("  "), el("svg:tspan", { class: `key ${s.cls}`, text: `\u25a0 ${s.name}` })]) : [])]));
     const ticks = options.log ? Array.from({ length: Math.floor(hi) + 1 }, (_, k) => Math.pow(10, k)) : [lo, (lo + hi) / 2, hi];
     for (const t of ticks) {
       svg.appendChild(el("svg:line", { x1: String(L), x2: String(W - R), y1: String(y(t)), y2: String(y(t)), class: "gridline" }));
@@ -238,6 +283,23 @@
     const s = sweep();
     const j = state.pos;
     const column = (view, k) => s.layers.map((_, i) => cell(i, j, view)[k]);
+    if (COMPONENTS) {
+      const t = item().targets;
+      const last = s.positions.length - 1;
+      const across = (k, at) => s.layers.map((_, i) => cell(i, at, null)[k]);
+      const byLayer = (values) => s.layers.map((layer) => (values[layer] === undefined ? null : values[layer]));
+      return el("div", { id: "charts" }, [
+        chart(`${sweepName(s)}, position ${s.positions[j]}: recovered`,
+          [{ name: "exact", cls: "s0", current: state.measure === "exact", values: across(0, j) },
+           { name: "AtP", cls: "s1", current: state.measure === "atp", values: across(1, j) }], { id: "recovered", min: 0, max: 1, legend: true }),
+        chart(`${sweepName(s)}: DLA at the last position`,
+          [{ name: visible(t.answer.token), cls: "s0", current: true, values: across(3, last) },
+           { name: visible(t.competitor.token), cls: "s1", current: false, values: across(4, last) }], { id: "dla", min: 0, max: 0, legend: true }),
+        chart(`lens, last position: P(${visible(t.answer.token)})`,
+          [{ name: "after attention", cls: "s0", current: false, values: byLayer(t.answer.mid_prob) },
+           { name: "after MLP", cls: "s1", current: true, values: byLayer(t.answer.post_prob) }], { id: "lens", min: 0, max: 1, legend: true }),
+      ]);
+    }
     if (!LENS) {
       return el("div", { id: "charts" }, [chart(`recovered fraction at position ${s.positions[j]} (${JSON.stringify(positionToken(j))})`,
         [{ name: `${s.direction} \u00b7 ${s.corruption}`, cls: "s0", current: true, values: column(null, 0) }], { id: "recovered", min: 0, max: 1 })]);
@@ -267,7 +329,7 @@
     if (state.layer === null || state.layer >= s.layers.length || state.pos >= s.positions.length) {
       state.layer = s.layers.length - 1; state.pos = s.positions.length - 1;
     }
-    const skipped = !LENS && D.skipped.length
+    const skipped = !LENS && (D.skipped || []).length
       ? el("p", { class: "hint", text: `Not patched: ${D.skipped.map((p) => `${p.id} (${p.reason})`).join("; ")}` }) : null;
     app.replaceChildren(controls(), caption(), el("div", { class: "main" }, [grid(), details()]), charts(), skipped || el("span"));
   }
