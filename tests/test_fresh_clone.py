@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from pipeline import REPO, planned_jobs, said, snakemake
+from workflow.experiments import registered
 
 MODELS = ["smollm2-135m-instruct", "gemma-3-270m"]
-EXPERIMENTS = 3
+# Every registered experiment (001-004) has committed results and evaluations.
+EXPERIMENTS = len(registered())
 DERIVED = ("prepare_model", "train_tuned_lens")
 
 
@@ -84,6 +86,17 @@ def test_a_lens_setting_plans_the_lens_and_what_reads_it(clone):
     assert "run_lens smollm2-135m-instruct: lens.top_k 5 -> 10 (results/001/provenance/output-smollm2-135m-instruct.prov.json)" in said(result)
     # Patching does not read top_k; the tuned lens is trained only because a clone has none.
     assert not any(rule == "run_patching" for rule, _ in planned_jobs(said(result)))
+
+
+def test_a_components_setting_plans_experiment_004_alone(clone):
+    result = dry_run(clone, "--config", "components={top_k: 3}")
+    assert jobs(result) == per_model("run_components", "plot_components", "explorer") | {("plot_components_cross", None)} | EVALUATIONS
+    assert "run_components gemma-3-270m: components.top_k 10 -> 3 (results/004/provenance/output-gemma-3-270m.prov.json)" in said(result)
+    # Only experiment 004's results: its evaluations and explorer pages, no other experiment's
+    # (a clone also plans the prepared models it does not have, under resources/).
+    outputs = [line.split(":", 1)[1].strip() for line in said(result).splitlines() if line.strip().startswith("output:")]
+    results = [line for line in outputs if line.startswith("results/")]
+    assert len(results) == len(outputs) - 2 and all(line.startswith("results/004/") for line in results), results
 
 
 ITALY = {"id": "capital-italy", "prompt": "The capital of Italy is", "answer": " Rome"}
