@@ -163,3 +163,13 @@ def planning_error(result: subprocess.CompletedProcess, *words: str) -> str:
     for noise in ("Traceback", "Exception", "Wildcards:", 'File "'):
         assert noise not in said(result), (noise, said(result)[-3000:])
     return lines[-1]
+
+
+def same_rank_elsewhere(ours: int, theirs: int) -> bool:
+    """A token's rank recomputed on another machine: equal at the top of the distribution.
+    float32 logits agree across CPUs (and MKL's kernels) to about 1e-5, and deep in the tail
+    thousands of tokens lie within a few nats of each other, so a rank in the thousands can
+    move by the tokens within that noise of the answer's logit (seen: 4305 against 4306)."""
+    if ours == theirs:
+        return True
+    return min(ours, theirs) > 100 and abs(ours - theirs) <= max(1.0, 1e-3 * theirs)

@@ -14,22 +14,27 @@ import pytest
 import torch
 import yaml
 
-from pipeline import REPO, prepared_model
+from pipeline import REPO, prepared_model, same_rank_elsewhere
 from workflow import api
 from workflow.errors import UserError
 from workflow.records import COLUMNS, read_records
 
 
-def same_records(ours, theirs, rel: float, abs_: float) -> None:
+def same_records(ours, theirs, rel: float, abs_: float, elsewhere: bool = False) -> None:
     """``ours`` (an API frame) row for row equal to ``theirs`` (read from a records file,
-    numbers rounded to six significant digits there)."""
+    numbers rounded to six significant digits there; ``elsewhere``: written on another
+    machine, where a rank deep in the tail can differ by float noise)."""
     assert list(ours.columns) == list(COLUMNS)
     assert len(ours) == len(theirs) > 0
     for a, b in zip(ours.to_dict("records"), theirs.to_dict("records")):
         where = (a["probe"], a["lens"], a["layer"], a["position"])
         assert where == (b["probe"], b["lens"], b["layer"], b["position"])
-        for column in ("input_token", "top1_token", "answer_token", "answer_rank", "topk_tokens"):
+        for column in ("input_token", "top1_token", "answer_token", "topk_tokens"):
             assert a[column] == b[column], (column, where)
+        if elsewhere:
+            assert same_rank_elsewhere(a["answer_rank"], b["answer_rank"]), (a["answer_rank"], b["answer_rank"], where)
+        else:
+            assert a["answer_rank"] == b["answer_rank"], where
         for column in ("top1_prob", "entropy", "answer_prob", "kl_to_final"):
             assert a[column] == pytest.approx(b[column], rel=rel, abs=abs_), (column, where)
 
@@ -65,7 +70,7 @@ def test_lens_gives_the_committed_records_of_an_embedded_model(tmp_path, tmp_pat
     committed = read_records(REPO / "results" / "001" / f"output-{key}-records.csv")
     ids = [p["id"] for p in config["probes"][:3]]
     committed = committed[(committed["lens"] == "logit") & committed["probe"].isin(ids)]
-    same_records(frame, committed, rel=1e-4, abs_=1e-5)
+    same_records(frame, committed, rel=1e-4, abs_=1e-5, elsewhere=True)
     assert not (tmp_path / api.OWN_MODELS).exists()  # the pipeline's prepared model was used
     # Without an answer the model's own next token is the answer: its final top-1.
     own = model.lens("The capital of Germany is", lenses=("logit",), positions="last")

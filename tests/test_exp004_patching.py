@@ -87,9 +87,15 @@ def test_exact_patching_equals_a_hooked_forward_per_site(tiny_dirs, arch):
         assert result[c.name][position].item() == pytest.approx(expected, abs=1e-5), (c.name, position)
     # Positions before the prompts differ read the same tokens: patching there changes nothing,
     # exactly (no forward pass is run for them), and a hooked forward agrees to float noise.
+    last_block = f"L{len(layers_of(model)) - 1}."
     for name, values in result.items():
         assert values[:3].tolist() == [0.0, 0.0, 0.0], name
-        assert values[3] != 0, name  # the token the prompts differ in
+        if name.startswith(last_block):
+            # The last block's write at position 3 reaches no later block, so not the last
+            # position's logits: 0 up to float noise (exactly 0 on some CPUs, ~1e-8 on others).
+            assert abs(values[3].item()) < 1e-6, name
+        else:
+            assert values[3] != 0, name  # the token the prompts differ in
     c = Component(1, "mlp")
     patched = logit_diff(model, CORRUPTED, (c, 1, clean_value(model, c, 1)))
     assert abs(patched - corrupted) < 1e-5

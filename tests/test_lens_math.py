@@ -91,8 +91,12 @@ def check_against_numpy(rows, logits, answer, top_k=4):
         order = np.argsort(-z[0])[:top_k]  # by logit: probabilities can underflow to ties
         assert row.topk_ids == order.tolist()
         assert np.allclose(row.topk_probs, p[0, order], atol=1e-6)
-        assert row.entropy == pytest.approx(entropy[0], rel=1e-6, abs=2e-5)
-        assert row.kl_to_final == pytest.approx(max(kl[0], 0.0), rel=1e-6, abs=2e-5)  # float32
+        # float32: a logit is known to a few ulps of its size, and the streamed blocks are
+        # computed in other shapes than the reference's whole rows (other kernels, other
+        # bits): with logits of hundreds of nats that is 1e-5 to 1e-4 nats, not 2e-5.
+        noise = max(2e-5, 4 * float(np.finfo(np.float32).eps) * float(max(np.abs(z).max(), np.abs(logits[-1, row.position]).max())))
+        assert row.entropy == pytest.approx(entropy[0], rel=1e-6, abs=noise)
+        assert row.kl_to_final == pytest.approx(max(kl[0], 0.0), rel=1e-6, abs=noise)
         assert row.answer_prob == pytest.approx(p[0, answer], abs=1e-7)
         assert row.answer_rank == rank[0]
 
