@@ -213,6 +213,13 @@ def test_explore_writes_the_explorer_page_of_a_frame(tiny, tmp_path):
     first = frame.iloc[0]
     cell = data["probes"][0]["cells"]["logit"][0][0]
     assert data["tokens"][cell[0]] == first["top1_token"] and cell[1] == pytest.approx(first["top1_prob"])
+    # A frame with both lenses shows both (an API summary does not list them; its rows do).
+    both = pd.concat([frame, frame.assign(lens="tuned", top1_prob=frame["top1_prob"] / 2)], ignore_index=True)
+    both.attrs["summary"] = frame.attrs["summary"]
+    data = json.loads(re.search(r'id="explorer-data">(.*?)</script>', api.explore(both, tmp_path / "both.html").read_text(encoding="utf-8"),
+                                re.S).group(1))
+    assert data["lenses"] == ["logit", "tuned"]
+    assert data["probes"][0]["cells"]["tuned"][0][0][1] == pytest.approx(first["top1_prob"] / 2)
     generated = tiny.generate("The capital of Germany is", max_new_tokens=3)
     assert json.loads(re.search(r'id="explorer-data">(.*?)</script>', api.explore(generated, tmp_path / "g.html").read_text(encoding="utf-8"),
                                 re.S).group(1))["experiment"] == "003"

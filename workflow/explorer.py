@@ -61,7 +61,8 @@ def lens_page_data(experiment: str, summary: dict[str, Any], records, probes: li
     tokens = _Tokens()
     described = {p["id"]: p for p in summary["probes"]}
     order = [p["id"] for p in summary["probes"]] if probes is None else list(probes)
-    lenses = [lens for lens in summary.get("lenses", ["logit"]) if lens in set(records["lens"])]
+    # The pipeline's summaries name their lenses; an API frame's holds the lenses in its rows.
+    lenses = [lens for lens in summary.get("lenses", ["logit", "tuned"]) if lens in set(records["lens"])]
     by_probe = {probe: rows for probe, rows in records.groupby("probe", sort=False)}
     out = []
     for probe in order:
