@@ -116,6 +116,22 @@ def _cell(row, tokens: _Tokens) -> list[Any]:
     ]
 
 
+def _grid(rows, tokens: _Tokens, columns: list[str]) -> dict[str, Any]:
+    """One layers x positions grid of ``rows`` (a frame with ``layer``, ``position`` and
+    ``token``): its layers, positions, the token at each position, and per cell ``columns``'
+    values (explorer.js reads them in that order)."""
+    layers = sorted(int(v) for v in rows["layer"].unique())
+    positions = sorted(int(v) for v in rows["position"].unique())
+    grid = rows.set_index(["layer", "position"])
+    first = grid.loc[layers[0]]
+    return {
+        "layers": layers,
+        "positions": positions,
+        "tokens": [tokens(first.loc[p, "token"]) for p in positions],
+        "cells": [[[_number(grid.loc[(layer, p), c]) for c in columns] for p in positions] for layer in layers],
+    }
+
+
 def patching_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
     """What experiment 002's page shows: per pair, one grid per sweep (direction and
     corruption) of the recovered fraction, with the logit difference and both tokens."""
@@ -128,19 +144,15 @@ def patching_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
         rows = by_pair[pair["id"]]
         sweeps = []
         for (direction, corruption), sweep in rows.groupby(["direction", "corruption"], sort=False):
-            layers = sorted(int(v) for v in sweep["layer"].unique())
-            positions = sorted(int(v) for v in sweep["position"].unique())
-            grid = sweep.set_index(["layer", "position"])
-            first = grid.loc[layers[0]]
+            grid = _grid(sweep, tokens, ["recovered", "logit_diff"])
+            first = sweep.set_index(["layer", "position"]).loc[grid["layers"][0]]
+            cells = grid.pop("cells")
             sweeps.append({
                 "direction": direction,
                 "corruption": corruption,
-                "layers": layers,
-                "positions": positions,
-                "tokens": [tokens(first.loc[p, "token"]) for p in positions],
-                "sources": [tokens(first.loc[p, "source_token"]) for p in positions],
-                "cells": [[[_number(grid.loc[(layer, p), "recovered"]), _number(grid.loc[(layer, p), "logit_diff"])]
-                           for p in positions] for layer in layers],
+                **grid,
+                "sources": [tokens(first.loc[p, "source_token"]) for p in grid["positions"]],
+                "cells": cells,
             })
         out.append({
             "id": pair["id"],
@@ -180,17 +192,7 @@ def components_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
         for component, part in rows.groupby("component", sort=False):
             if component == "attention_bias":
                 continue
-            layers = sorted(int(v) for v in part["layer"].unique())
-            positions = sorted(int(v) for v in part["position"].unique())
-            grid = part.set_index(["layer", "position"])
-            first = grid.loc[layers[0]]
-            views.append({
-                "component": component,
-                "layers": layers,
-                "positions": positions,
-                "tokens": [tokens(first.loc[p, "token"]) for p in positions],
-                "cells": [[[_number(grid.loc[(layer, p), m]) for m in measures] for p in positions] for layer in layers],
-            })
+            views.append({"component": component, **_grid(part, tokens, measures)})
         targets = {
             name: {
                 "token": target["token"],
