@@ -105,16 +105,17 @@ def _recovered(diff: torch.Tensor, clean: float, corrupted: float) -> torch.Tens
 
 
 def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int], answers: tuple[int, int],
-          batch_size: int = 32, skip_unchanged: bool = True) -> dict[str, torch.Tensor]:
+          batch_size: int = 32, skip_unchanged: bool = True,
+          runs: tuple[Activations, Activations] | None = None) -> dict[str, torch.Tensor]:
     """Each component's recovered fraction at each position [T], one patched forward per
     site. ``answers``: (clean answer, corrupted answer) token ids. ``skip_unchanged``: no
     forward for the sites where both runs write the same (their effect is exactly 0);
-    False patches every site, as TransformerLens's patching functions do (a baseline)."""
+    False patches every site, as TransformerLens's patching functions do (a baseline).
+    ``runs``: the clean and corrupted prompts' ``activations`` where the caller has them."""
     if len(clean_ids) != len(corrupted_ids):
         raise ValueError(f"the prompts have {len(clean_ids)} and {len(corrupted_ids)} tokens: patching needs the same length")
     parts = blocks(layers)
-    clean = activations(model, parts, clean_ids, answers)
-    corrupted = activations(model, parts, corrupted_ids, answers)
+    clean, corrupted = runs or (activations(model, parts, clean_ids, answers), activations(model, parts, corrupted_ids, answers))
     every = [(c, p) for c in components(parts) for p in range(len(clean_ids))]
     # Where the two runs' component outputs are equal (every position before the first token
     # the prompts differ in, by causality), writing one into the other changes nothing: the
@@ -165,14 +166,15 @@ def _value(run: Activations, c: Component, position: int, parts: list[Block]) ->
 
 
 def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int],
-                answers: tuple[int, int], grad_drop: bool = False) -> dict[str, torch.Tensor]:
+                answers: tuple[int, int], grad_drop: bool = False, clean: Activations | None = None) -> dict[str, torch.Tensor]:
     """AtP's linear estimate of every component's recovered fraction at each position [T]:
     one forward and one backward pass on the corrupted prompt. With ``grad_drop``, AtP*'s
     GradDrop instead: for each layer, the estimate with the gradient through that block's
     writes to the residual stopped; a site's value is the mean of their magnitudes (a size,
-    not a sign: it finds effects that cancel in the plain estimate)."""
+    not a sign: it finds effects that cancel in the plain estimate). ``clean``: the clean
+    prompt's ``activations`` where the caller has them."""
     parts = blocks(layers)
-    clean = activations(model, parts, clean_ids, answers)
+    clean = clean or activations(model, parts, clean_ids, answers)
     drops = [None] if not grad_drop else list(range(len(parts)))
     estimates = []
     for dropped in drops:

@@ -129,14 +129,17 @@ def run_components(model: LoadedModel, pairs: list[dict[str, Any]], settings: Co
         worst["max_head_diff"] = max(worst["max_head_diff"], head_deviation)
         dla_done = time.perf_counter()
         answers = (tp.clean_answer_id, tp.corrupted_answer_id)
-        exact = (patching.exact(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, batch_size=settings.batch_size)
+        # Both prompts' component outputs and logit differences, once: the patching baselines,
+        # and what exact patching and AtP read.
+        runs = (patching.activations(hf, parts, tp.clean_ids, answers), patching.activations(hf, parts, tp.corrupted_ids, answers))
+        baselines = {"logit_diff_clean": runs[0].logit_diff, "logit_diff_corrupted": runs[1].logit_diff}
+        exact = (patching.exact(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, batch_size=settings.batch_size, runs=runs)
                  if settings.exact else None)
         exact_done = time.perf_counter()
-        atp = patching.attribution(hf, layers, tp.clean_ids, tp.corrupted_ids, answers)
+        atp = patching.attribution(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, clean=runs[0])
         atp_done = time.perf_counter()
-        drop = (patching.attribution(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, grad_drop=True)
+        drop = (patching.attribution(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, grad_drop=True, clean=runs[0])
                 if settings.grad_drop else None)
-        baselines = _baselines(hf, parts, tp, answers)
         tokens = [names(i) for i in tp.clean_ids]
         rows += _rows(model.key, pair["id"], parts, tokens, attribution, exact, atp, drop)
         summary = _pair_summary(pair, tp, tokens, targets, names, attribution, baselines)
@@ -174,12 +177,6 @@ def _heads_note(parts: list[dla.Block], n_heads: int) -> dict[str, Any]:
         "note": "the attention's heads are not read through a linear output projection of H x d_head here "
                 "(a fused kernel or another layout): attention is attributed and patched per layer only",
     }
-
-
-def _baselines(hf, parts, tp, answers) -> dict[str, float]:
-    clean = patching.activations(hf, parts, tp.clean_ids, answers)
-    corrupted = patching.activations(hf, parts, tp.corrupted_ids, answers)
-    return {"logit_diff_clean": clean.logit_diff, "logit_diff_corrupted": corrupted.logit_diff}
 
 
 def recorded_components(parts, attribution: dla.Attribution) -> list[tuple[int, str]]:
