@@ -109,19 +109,24 @@ def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupt
           runs: tuple[Activations, Activations] | None = None) -> dict[str, torch.Tensor]:
     """Each component's recovered fraction at each position [T], one patched forward per
     site. ``answers``: (clean answer, corrupted answer) token ids. ``skip_unchanged``: no
-    forward for the sites where both runs write the same (their effect is exactly 0);
-    False patches every site, as TransformerLens's patching functions do (a baseline).
+    forward for the sites where both runs write the same or nothing reads the write (their
+    effect is exactly 0); False patches every site, as TransformerLens's patching functions do (a baseline).
     ``runs``: the clean and corrupted prompts' ``activations`` where the caller has them."""
     if len(clean_ids) != len(corrupted_ids):
         raise ValueError(f"the prompts have {len(clean_ids)} and {len(corrupted_ids)} tokens: patching needs the same length")
     parts = blocks(layers)
     clean, corrupted = runs or (activations(model, parts, clean_ids, answers), activations(model, parts, corrupted_ids, answers))
     every = [(c, p) for c in components(parts) for p in range(len(clean_ids))]
-    # Where the two runs' component outputs are equal (every position before the first token
-    # the prompts differ in, by causality), writing one into the other changes nothing: the
-    # effect is exactly 0 and no forward pass is needed.
+    last_layer, last = len(parts) - 1, len(clean_ids) - 1
+    # Sites whose patch cannot change the last position's logits: the effect is exactly 0
+    # and no forward pass is needed. Where the two runs' component outputs are equal (every
+    # position before the first token the prompts differ in, by causality), and what the last
+    # block writes before the last position (no later block reads it). A forward there gives
+    # 0 or float noise of 1e-8 depending on the CPU's kernels: skipped, every machine records
+    # the same sites as 0 and AtP's agreement compares the same sites.
     sites = [(c, p) for c, p in every
-             if not (skip_unchanged and torch.equal(_value(clean, c, p, parts), _value(corrupted, c, p, parts)))]
+             if not (skip_unchanged and ((c.layer == last_layer and p != last)
+                                         or torch.equal(_value(clean, c, p, parts), _value(corrupted, c, p, parts))))]
     device = next(model.parameters()).device
     effect = torch.empty(len(sites), dtype=torch.float64)
     for start in range(0, len(sites), batch_size):
@@ -263,7 +268,8 @@ def _linear_estimate(model, layers, parts, clean: Activations, corrupted_ids, an
 def agreement(exact_effects: dict[str, torch.Tensor], estimates: dict[str, torch.Tensor], k: int = 10) -> dict[str, float]:
     """How well the estimates rank the sites as exact patching does: Spearman's rank
     correlation over the sites patching can change (those where both are exactly 0, the two
-    runs writing the same there, are left out: agreeing on them is no evidence), and the
+    runs writing the same there or nothing reading the write, are left out: agreeing on them
+    is no evidence), and the
     overlap of the k sites of largest |effect|."""
     names = sorted(exact_effects)
     a = torch.cat([exact_effects[n] for n in names])

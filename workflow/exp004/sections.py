@@ -111,7 +111,7 @@ def _single_agreement(f: ModelFacts) -> str:
     return (
         f"Attribution patching (one forward and one backward pass) against exact patching (one forward per site): Spearman "
         f"correlation over the sites patching can change (those before the prompts differ, where both runs write the same, "
-        f"are exactly 0 in both and left out), overlap of the {k} sites of largest |effect|, GradDrop's Spearman against "
+        f"and the last block's writes before the last position, which nothing reads, are exactly 0 in both and left out), overlap of the {k} sites of largest |effect|, GradDrop's Spearman against "
         "|exact|, and the site where AtP is furthest off.\n\n"
         + table(["pair", "sites compared", "Spearman", f"top-{k} overlap", "GradDrop Spearman", "furthest off"], rows)
     )
