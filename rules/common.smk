@@ -97,8 +97,6 @@ class ExperimentRules(NamedTuple):
     # The probes its explorer page shows (the interactive page of its records, made by the
     # explorer rule); None, every probe or pair in its JSON.
     explorer_probes: list | None = None
-    # Whether the explorer rule makes its interactive page per model.
-    explorer: bool = True
 
 
 EXPERIMENTS: dict[str, ExperimentRules] = {}
@@ -138,12 +136,9 @@ def get_final_output():
             *expand(f"{results}/provenance/evaluation-{{name}}.prov.json", name=names),
             *expand(f"{results}/html/evaluation-{{name}}.html", name=names),
             *expand(f"{results}/provenance/page-{{name}}.prov.json", name=names),
+            *expand(f"{results}/html/explorer-{{model}}.html", model=MODELS),
+            *expand(f"{results}/provenance/explorer-{{model}}.prov.json", model=MODELS),
         ]
-        if rules.explorer:
-            outputs += [
-                *expand(f"{results}/html/explorer-{{model}}.html", model=MODELS),
-                *expand(f"{results}/provenance/explorer-{{model}}.prov.json", model=MODELS),
-            ]
     return outputs
 
 
@@ -412,10 +407,7 @@ def get_explorer_inputs(wildcards):
     """A model's JSON summary and records file of the experiment, as its evaluation reads them."""
     if wildcards.model not in MODELS:
         stop(f"no model {wildcards.model!r} in {CONFIGFILE}: its models are {', '.join(MODELS)}")
-    rules = experiment_rules(wildcards.exp)
-    if not rules.explorer:
-        stop(f"experiment {wildcards.exp} has no explorer page: its figures and evaluations are under results/{wildcards.exp}/")
-    inputs = rules.model_inputs(wildcards.model)
+    inputs = experiment_rules(wildcards.exp).model_inputs(wildcards.model)
     return {"summary": inputs["summary"], "records": inputs["records"]}
 
 
