@@ -264,7 +264,8 @@ def _cross_depth(models: list[ModelFacts]) -> str:
 
 def _cross_differences(models: list[ModelFacts]) -> str:
     if len(models) < 2:
-        return "One model only: nothing to compare."
+        return (f"One model only ({models[0].model if models else 'none'}): nothing to compare. Add a second model under "
+                "`models:` in the config to compare the depths at which they move the fact.")
     medians = {m.model: _median([relative(_first(p, DENOISE), m.n_layers) for p in m.pairs]) for m in models}
     known = {k: v for k, v in medians.items() if v is not None}
     if len(known) < 2:
