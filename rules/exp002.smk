@@ -6,11 +6,12 @@ from workflow.exp002.pairs import check_pairs, derive_pairs
 E002 = "results/002"
 # The config's pairs, and patching.from_probes pairs made from the probe set (each probe
 # against another of its relation: docs/experiments.md, "Probe sets").
-PAIRS = config["patching"]["pairs"] + derive_pairs(PROBES, config["patching"]["from_probes"])
+# Each is linked to its probe of experiment 001 (its `probe:`, which must be in the probe set,
+# or the probe with its clean prompt and answer).
+PAIRS = _user_errors(
+    check_pairs, config["patching"]["pairs"] + derive_pairs(PROBES, config["patching"]["from_probes"]), PROBES, CONFIGFILE
+)
 PAIR_IDS = [p["id"] for p in PAIRS]
-# A pair's probe must be in the config's probe list; with a probe set from a file or the
-# shipped relations the default pairs' probes may be absent (no lens comparison for them).
-_user_errors(check_pairs, PAIRS, [p["id"] for p in PROBES], CONFIGFILE, isinstance(config["probes"], list))
 
 register_experiment(
     "002",

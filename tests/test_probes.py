@@ -120,3 +120,51 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
     path.write_bytes("\ufeffid,prompt,answer\np1,The capital of Germany is, Berlin\n".encode("utf-8"))
     (probe,) = load({"file": str(path)}, tmp_path)
     assert probe == {"id": "p1", "prompt": "The capital of Germany is", "answer": " Berlin"}
+
+
+def test_a_csv_that_names_a_column_twice_is_refused_naming_it(tmp_path):
+    path = tmp_path / "probes.csv"
+    path.write_text('id,prompt,answer,answer\nq1,The capital of Germany is, Berlin, Paris\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"probes.csv: the header names answer more than once"):
+        load({"file": str(path)}, tmp_path)
+
+
+def test_an_error_about_one_of_50000_probes_is_one_short_line(tmp_path):
+    from workflow.exp002.pairs import check_pairs
+
+    probes = [{"id": f"p{i}", "prompt": f"Prompt {i} is", "answer": " x"} for i in range(50_000)]
+    pair = {"id": "pair", "clean": "A is", "clean_answer": " b", "corrupted": "C is", "corrupted_answer": " d", "probe": "p-typo"}
+    with pytest.raises(UserError) as error:
+        check_pairs([pair], probes, "config/config.yaml")
+    message = str(error.value)
+    assert "names probe 'p-typo'" in message and "(and 49,990 more)" in message and "\n" not in message
+    assert len(message) < 600
+    with pytest.raises(UserError) as error:
+        load(probes + probes[:20], tmp_path)
+    assert "repeated: p0, p1" in str(error.value) and "(and 10 more)" in str(error.value) and len(str(error.value)) < 600
+    with pytest.raises(UserError) as error:
+        load([{"id": "x" * 100_000, "prompt": "y", "answer": " z"}], tmp_path)
+    assert "at most 100 of them" in str(error.value) and len(str(error.value)) < 600
+    with pytest.raises(UserError) as error:
+        load([["not", "a", "mapping", "x" * 100_000]], tmp_path)
+    assert len(str(error.value)) < 600
+
+
+def test_a_pair_names_a_probe_of_the_set_whatever_its_source(tmp_path):
+    """A pair's probe: must be in the probe set whether the set is inline, from a file or
+    from the shipped relations; a pair naming none is linked to the probe with its clean
+    prompt and answer."""
+    from workflow.exp002.pairs import check_pairs
+
+    path = tmp_path / "probes.csv"
+    path.write_text("id,prompt,answer\ngermany,The capital of Germany is, Berlin\n", encoding="utf-8")
+    probes = load({"file": str(path)}, tmp_path)
+    pair = {"id": "g", "clean": "The capital of Germany is", "clean_answer": " Berlin",
+            "corrupted": "The capital of France is", "corrupted_answer": " Paris"}
+    with pytest.raises(UserError, match=r"pair 'g' names probe 'germny', which is not one of the probes \(germany\); did you mean 'germany'\?"):
+        check_pairs([{**pair, "probe": "germny"}], probes, "config/config.yaml")
+    assert check_pairs([pair], probes, "c")[0]["probe"] == "germany"
+    assert "probe" not in check_pairs([{**pair, "clean": "The capital of Italy is"}], probes, "c")[0]
+    relations = load({"relations": ["country_capital_city"]}, Path(__file__).resolve().parents[1])
+    with pytest.raises(UserError, match="names probe 'capital-germany', which is not one of the probes"):
+        check_pairs([{**pair, "probe": "capital-germany"}], relations, "c")

@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from workflow.errors import UserError
+from workflow.errors import UserError, listed, shown
 
 LRE_DIR = Path("data/lre-relations/data")
 REVERSE_FILE = Path("data/lre-reverse.yaml")
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # as config/schema.yaml: it names files
 PROBE_KEYS = ("id", "prompt", "answer", "reverse_of", "style", "relation")
 DIRECTIONS = ("forward", "reverse", "both")
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
@@ -156,7 +156,10 @@ def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
     reader = csv.reader(text.splitlines(keepends=True))
     header = next(reader, None) or []
     if not {"id", "prompt", "answer"} <= set(header):
-        raise UserError(f"{path}: the header must name id, prompt and answer; it has {header}")
+        raise UserError(f"{path}: the header must name id, prompt and answer; it has {shown(header)}")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise UserError(f"{path}: the header names {listed(repeated)} more than once; each column once, please")
     rows = []
     for fields in reader:
         if not fields:
@@ -164,7 +167,7 @@ def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
         if len(fields) > len(header):
             raise UserError(
                 f"{path}, line {reader.line_num}: {len(fields)} fields but the header has {len(header)} "
-                f"({fields!r}); a comma inside a prompt or answer needs the field in double quotes"
+                f"({shown(fields)}); a comma inside a prompt or answer needs the field in double quotes"
             )
         rows.append(dict(zip(header, fields)))
     # Empty cells of optional columns are absent, not empty strings.
@@ -205,7 +208,7 @@ def check(probes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     for number, probe in enumerate(probes, start=1):
         label = f"{where}, probe {number}"
         if not isinstance(probe, dict):
-            raise UserError(f"{label}: expected a mapping with id, prompt and answer, found {probe!r}")
+            raise UserError(f"{label}: expected a mapping with id, prompt and answer, found {shown(probe)}")
         unknown = [k for k in probe if k not in PROBE_KEYS and k not in ("direction", "subject")]
         if unknown:
             raise UserError(f"{label}: unknown keys {unknown}; a probe has {', '.join(PROBE_KEYS)}")
@@ -213,14 +216,14 @@ def check(probes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
             if not isinstance(probe.get(key), str) or not probe[key].strip():
                 raise UserError(f"{label}: {key} is missing or blank")
         if not ID_PATTERN.match(probe["id"]):
-            raise UserError(f"{label}: id {probe['id']!r} must be letters, digits, '.', '_' or '-' (it names files)")
+            raise UserError(f"{label}: id {shown(probe['id'])} must be letters, digits, '.', '_' or '-', at most 100 of them (it names files)")
     ids = [p["id"] for p in probes]
     counts: dict[str, int] = {}
     for i in ids:
         counts[i] = counts.get(i, 0) + 1
     duplicates = sorted(i for i, n in counts.items() if n > 1)
     if duplicates:
-        raise UserError(f"{where}: probe ids must be unique; repeated: {', '.join(duplicates[:10])}")
+        raise UserError(f"{where}: probe ids must be unique; repeated: {listed(duplicates)}")
     known = set(ids)
     for probe in probes:
         target = probe.get("reverse_of")

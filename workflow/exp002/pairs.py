@@ -4,9 +4,10 @@ a dry run stays quick."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
-from workflow.errors import UserError
+from workflow.errors import UserError, listed
 
 
 def derive_pairs(probes: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -55,19 +56,33 @@ def resolve_pair(tokenizer, pair: dict[str, Any], model_key: str = "") -> dict[s
     )
 
 
-def check_pairs(pairs: list[dict[str, Any]], probe_ids: list[str], configfile: str, strict: bool = True) -> None:
-    """What the schema cannot say about patching.pairs: unique ids, and a ``probe`` that is
-    one of experiment 001's probes. With ``strict`` off (the probe set comes from a file or
-    the shipped relations, not the config's list), a pair may name a probe the set does not
-    have: it is patched all the same, and its evaluation says it has no lens run to compare."""
+def check_pairs(pairs: list[dict[str, Any]], probes: list[dict[str, Any]], configfile: str) -> list[dict[str, Any]]:
+    """``pairs`` checked against what the schema cannot say, each linked to the probe of
+    experiment 001 its evaluation compares with: unique ids; a pair's ``probe`` must name a
+    probe of the set, wherever the set comes from (a name that is not there is a mistake,
+    not a pair without a lens run); a pair that names none is linked to the probe with its
+    clean prompt and answer, if the set has one (so the shipped pairs keep their lens
+    comparison with the shipped probes, and run without it on a probe set from a file)."""
     ids = [p["id"] for p in pairs]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
-        raise UserError(f"{configfile}: pair ids under patching.pairs must be unique; repeated: {', '.join(repeated)}")
+        raise UserError(f"{configfile}: pair ids under patching.pairs must be unique; repeated: {listed(repeated)}")
+    probe_ids = [p["id"] for p in probes]
+    known = set(probe_ids)
+    by_text = {(p["prompt"], p["answer"]): p["id"] for p in reversed(probes)}
+    linked = []
     for pair in pairs:
         probe = pair.get("probe")
-        if strict and probe is not None and probe not in probe_ids:
+        if probe is None:
+            found = by_text.get((pair.get("clean"), pair.get("clean_answer")))
+            linked.append(pair if found is None else {**pair, "probe": found})
+            continue
+        if probe not in known:
+            close = difflib.get_close_matches(str(probe), probe_ids, n=1, cutoff=0.6)
             raise UserError(
                 f"{configfile}: pair {pair['id']!r} names probe {probe!r}, which is not one of the probes "
-                f"({', '.join(probe_ids)}); fix patching.pairs or drop the key"
+                f"({listed(probe_ids)}){f'; did you mean {close[0]!r}?' if close else ''}; fix patching.pairs or drop the "
+                "key (a pair without it is linked to the probe with its clean prompt and answer, if there is one)"
             )
+        linked.append(pair)
+    return linked
