@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 from workflow.config import (
     check_config,
+    check_top_level_keys,
     coerce_strings,
     describe_validation_error,
     model_entry,
@@ -20,6 +21,7 @@ from workflow.config import (
     source_params,
 )
 from workflow.errors import UserError
+from workflow.limits import check_size
 from workflow.probes import load as load_probes
 from workflow.records import records_format
 from workflow.evaluation.providers import check_settings, stage_settings
@@ -48,7 +50,11 @@ OVERRIDES = workflow.config_settings.overwrite_config or {}
 
 try:
     with open(SCHEMA, encoding="utf-8") as fh:
-        coerce_strings(config, yaml.safe_load(fh))
+        SCHEMA_DATA = yaml.safe_load(fh)
+    # Before anything walks the config: keys the schema does not know, then its size.
+    check_top_level_keys(config, SCHEMA_DATA, CONFIGFILE if not OVERRIDES else f"{CONFIGFILE} (with --config)")
+    check_size(config, CONFIGFILE if not OVERRIDES else f"{CONFIGFILE} (with --config)")
+    coerce_strings(config, SCHEMA_DATA)
     validate(config, schema=SCHEMA)
     check_config(config, CONFIGFILE, workflow.basedir)
     # The probe set (config key probes: a list, a file or shipped relations; workflow/probes.py).

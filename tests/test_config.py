@@ -83,3 +83,46 @@ def test_cross_field_checks():
 def test_unknown_model_lists_known_ones():
     with pytest.raises(UserError, match="unknown model 'gpt5'.*smollm2-135m-instruct, gemma-3-270m"):
         model_entry(default_config(), "gpt5")
+
+
+def _alias_bomb(levels: int) -> str:
+    """YAML whose few lines expand to 10**levels values (anchors and aliases nested)."""
+    text = '  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    names = "abcdefghijklmnop"
+    for previous, name in zip(names, names[1:levels]):
+        text += f"  {name}: &{name} [" + ", ".join([f"*{previous}"] * 10) + "]\n"
+    return text
+
+
+@pytest.mark.parametrize("where", ["unknown", "known"])
+def test_a_yaml_alias_bomb_in_the_config_is_refused_at_once(tmp_path, where):
+    """Nine levels of aliases stand for a billion values: refused in a second or two, naming the
+    key, instead of the dry run growing past 8 GB (an unknown key is named as unknown first)."""
+    import time
+
+    from pipeline import planning_error, scratch_copy, snakemake
+
+    workdir = scratch_copy(tmp_path / "w")
+    config = workdir / "config" / "config.yaml"
+    text = config.read_text(encoding="utf-8")
+    if where == "unknown":
+        config.write_text(text + "\nlaughs:\n" + _alias_bomb(9), encoding="utf-8")
+    else:
+        config.write_text(text.replace("\nlens:\n", "\nlens:\n  bomb:\n" + _alias_bomb(9).replace("\n  ", "\n    ").replace("  a:", "    a:", 1), 1), encoding="utf-8")
+    started = time.monotonic()
+    result = snakemake(workdir, "-n", timeout=120)
+    seconds = time.monotonic() - started
+    if where == "unknown":
+        planning_error(result, "config/config.yaml: unknown top-level key 'laughs'")
+    else:
+        planning_error(result, "config/config.yaml: key 'lens' holds more than 1,000,000 values")
+    assert seconds < 60
+
+
+def test_a_probe_file_of_aliases_is_refused_naming_it(tmp_path):
+    from workflow.probes import load
+
+    path = tmp_path / "probes.yaml"
+    path.write_text("base:\n" + _alias_bomb(8) + "probes: *h\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"probes.yaml: key '(base|probes)' holds more than 1,000,000 values"):
+        load({"file": str(path)}, tmp_path)

@@ -16,6 +16,20 @@ SOURCE_KEYS = ("source", "repo", "revision", "trust_remote_code", "path", "packa
 LABEL_KEYS = ("description", "resources")
 
 
+def check_top_level_keys(config: dict[str, Any], schema: dict[str, Any], where: str) -> None:
+    """Every top-level key unknown to the schema, named at once (with the known key spelt like
+    each), before anything reads their values."""
+    import difflib
+
+    known = list(schema.get("properties", {}))
+    unknown = [str(k) for k in config if k not in known]
+    if unknown:
+        hints = [f"{k!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, known, n=1, cutoff=0.6)) else "")
+                 for k in unknown]
+        raise UserError(f"{where}: unknown top-level key{'s' if len(unknown) > 1 else ''} {', '.join(hints[:10])}; "
+                        f"the keys are {', '.join(known)} (config/schema.yaml)")
+
+
 def config_path_of(error) -> str:
     """'models.gemma.source'-style path of a jsonschema ValidationError."""
     parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from workflow.errors import UserError, listed, shown
+from workflow.limits import check_size
 
 LRE_DIR = Path("data/lre-relations/data")
 REVERSE_FILE = Path("data/lre-reverse.yaml")
@@ -182,6 +183,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise UserError(f"{path}: not valid YAML ({error})") from None
+        check_size(data, str(path))
         if isinstance(data, dict) and "probes" in data:
             data = data["probes"]
         if not isinstance(data, list):
