@@ -213,3 +213,16 @@ def test_the_fit_gives_the_same_bits_on_one_and_two_threads():
         torch.set_num_threads(threads)
     assert torch.equal(fits[0].weight, fits[1].weight) and torch.equal(fits[0].bias, fits[1].bias)
     assert torch.get_num_threads() == threads
+
+
+def test_a_training_sequence_longer_than_the_model_or_the_text_is_refused_naming_the_key(loaded, tiny_dirs, tmp_path):
+    """tuned_lens.seq_len 1e9 ended in "torch.cat(): expected a non-empty list"."""
+    model = loaded["llama"]
+    train_docs, _ = tuned.corpus_documents()
+    with pytest.raises(UserError, match=r"config key tuned_lens.seq_len: the training text holds [0-9,]+ tokens .* fewer than one sequence of 1,000,000,000"):
+        tuned.sequences(model.tokenizer, train_docs[:3], 10**9, 4)
+    huge = tuned.TunedLensSettings(seq_len=10**9)
+    with pytest.raises(UserError, match=r"config key tuned_lens.seq_len: 1,000,000,000 tokens .* more than model 'tiny-llama' takes"):
+        tuned.train_for_model("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, tmp_path / "lens",
+                              device="cpu", dtype="float32", settings=huge)
+    assert not (tmp_path / "lens").exists()

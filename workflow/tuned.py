@@ -121,7 +121,13 @@ def sequences(tokenizer, documents: list[str], seq_len: int, count: int) -> list
         stream += tokenizer(document, add_special_tokens=False)["input_ids"] + separator
         if len(stream) >= body * count:
             break
-    return [prefix + stream[i : i + body] for i in range(0, min(len(stream), body * count) - body + 1, body)]
+    found = [prefix + stream[i : i + body] for i in range(0, min(len(stream), body * count) - body + 1, body)]
+    if not found:
+        raise UserError(
+            f"config key tuned_lens.seq_len: the training text holds {len(stream):,} tokens for this tokenizer, fewer than "
+            f"one sequence of {seq_len:,}; lower tuned_lens.seq_len"
+        )
+    return found
 
 
 @torch.no_grad()
@@ -372,11 +378,17 @@ def train_for_model(
     """Train and save the tuned lens of one model; returns its config (held-out figures included)."""
     from tqdm import tqdm
 
-    from workflow.lens_setup import lens_heads
+    from workflow.lens_setup import context_limit, lens_heads
     from workflow.models import load_model
 
     torch.manual_seed(settings.seed)
     model = load_model(model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=lens_settings)
+    limit = context_limit(model)
+    if limit is not None and settings.seq_len > limit:
+        raise UserError(
+            f"config key tuned_lens.seq_len: {settings.seq_len:,} tokens per training sequence, more than model {model_key!r} "
+            f"takes ({limit:,} positions); lower it to {limit:,} or less"
+        )
     head = lens_heads(model, lens_settings).reference
     train_docs, heldout_docs = corpus_documents()
     started = time.perf_counter()
