@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,43 @@ def identity_text(difference: float) -> str:
     return "exactly" if difference <= 0 else f"to within {magnitude_text(difference).removeprefix('at most ')}"
 
 
+# What can start markdown inside a line: a backslash escape, a code span, emphasis, a link
+# or image ("![" needs "["), an autolink or tag, an entity, strikethrough (GitHub's) and a
+# heading. Backslash-escaped, each is shown as itself. ("|" is table()'s to escape: a cell's
+# pipe escaped twice splits the cell on GitHub.)
+_MARKUP = re.compile(r"[\\`*_\[\]<>&~#]")
+# What starts a block where the text starts a line: a list item, a thematic break or a
+# setext heading's underline ("-", "+", "="), an ordered list item ("1." or "1)" and a space).
+_BLOCK_START = re.compile(r"^(?:([-+=])|([0-9]{1,9})(?=[.)](?:\s|$)))")
+_LINE_BREAK = re.compile(r"[\r\n]")  # CommonMark's line endings
+
+
+def escaped(text: str) -> str:
+    """The user's or a model's text (a relation, a probe's style, a warning quoting an
+    answer, a model key) as literal markdown: wherever it is put in a line, nothing in it
+    forms markup (an image, a link, emphasis, code, a heading or list, an indented code block,
+    a hard line break), a line break in it is a space, and space around it is dropped.
+    Every writer of an evaluation puts such text through this, or ``code``."""
+    text = _MARKUP.sub(lambda m: "\\" + m.group(0), _LINE_BREAK.sub(" ", text).strip())
+    return _BLOCK_START.sub(
+        lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\", text, count=1
+    )
+
+
+def code(text: str) -> str:
+    """``text`` as an inline code span, whatever it holds: fenced by more backticks than its
+    longest run of them (a backtick inside cannot end it), padded with a space where it
+    starts or ends with a backtick (CommonMark strips the pair), on one line."""
+    text = _LINE_BREAK.sub(" ", text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def tok(token: str) -> str:
-    return "`" + repr(token)[1:-1].replace("`", "\\`") + "`"
+    """A token (or any text a model wrote) as code, written as Python writes it in a string
+    (newlines as \\n, so every token is one line)."""
+    return code(repr(token)[1:-1])
 
 
 def layer_text(layer: int | None, n_layers: int) -> str:

@@ -9,9 +9,10 @@ sections together under the template's headings).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from statistics import median
 
-from workflow.evaluation.text import identity_text
+from workflow.evaluation.text import code, escaped, identity_text
 from workflow.evaluation.text import layer_text as _layer
 from workflow.evaluation.text import nats as _nats
 from workflow.evaluation.text import pct as _pct
@@ -45,7 +46,9 @@ def _single_statistics(f: ModelFacts) -> str:
         "layers) over the probes whose answer becomes top-1 at all. Calibration bins the final top-1 probability in "
         "ten equal-width bins; the temperature is the one of the recorded grid with the lowest error."
     )
-    return "\n".join(f"- {line}" for line in statistics_lines(f)) + "\n\n" + intervals
+    # The relations' names are the user's text (statistics_lines writes them as they are, for the digest).
+    shown = replace(f, statistics={**f.statistics, "relations": {escaped(k): v for k, v in f.statistics["relations"].items()}})
+    return "\n".join(f"- {line}" for line in statistics_lines(shown)) + "\n\n" + intervals
 
 
 def _cross_statistics(models: list[ModelFacts]) -> str:
@@ -65,7 +68,7 @@ def _cross_statistics(models: list[ModelFacts]) -> str:
         ["model", "n", "accuracy (95% CI)", "first top-1 depth, median (IQR)", "forward − reverse accuracy (95% CI)",
          "ECE; lowest (temperature)"],
         [
-            [f.model, str(f.statistics["n"]), f.statistics["accuracy"].text(percent=True), cell_depth(f), cell_direction(f),
+            [escaped(f.model), str(f.statistics["n"]), f.statistics["accuracy"].text(percent=True), cell_depth(f), cell_direction(f),
              cell_calibration(f)]
             for f in models
         ],
@@ -75,17 +78,17 @@ def _cross_statistics(models: list[ModelFacts]) -> str:
         ranked = sorted(models, key=lambda f: (-f.statistics["accuracy"].estimate, f.model))
         a, b = ranked[0], ranked[1]
         if a.statistics["accuracy"].low > b.statistics["accuracy"].high:
-            notes.append(f"{a.model}'s accuracy interval lies above {b.model}'s: the difference is larger than sampling noise on this probe set.")
+            notes.append(f"{escaped(a.model)}'s accuracy interval lies above {escaped(b.model)}'s: the difference is larger than sampling noise on this probe set.")
         else:
             notes.append(
-                f"The accuracy intervals of {a.model} and {b.model} overlap: on this probe set the difference in accuracy "
+                f"The accuracy intervals of {escaped(a.model)} and {escaped(b.model)} overlap: on this probe set the difference in accuracy "
                 "could be sampling noise."
             )
     for f in models:
         d = f.statistics.get("directions")
         if d and not (d["difference"].low <= 0 <= d["difference"].high):
             side = "forward" if d["difference"].estimate > 0 else "reverse"
-            notes.append(f"{f.model} is more accurate in the {side} direction, and the paired interval excludes zero.")
+            notes.append(f"{escaped(f.model)} is more accurate in the {side} direction, and the paired interval excludes zero.")
     return table + ("\n\n" + " ".join(notes) if notes else "")
 
 def _median_depth(layers: list[int | None], n_layers: int) -> float | None:
@@ -100,7 +103,7 @@ def _single_summary(f: ModelFacts) -> str:
     first = _median_depth([p.first_top1_layer for p in f.probes], f.n_layers)
     stable = _median_depth([p.stable_top1_layer for p in f.probes], f.n_layers)
     text = (
-        f"{f.model} ({f.architecture}, {f.n_layers} layers, d_model {f.d_model}) gives the expected answer "
+        f"{escaped(f.model)} ({escaped(f.architecture)}, {f.n_layers} layers, d_model {f.d_model}) gives the expected answer "
         f"as its final top-1 token on {f.n_correct} of {len(f.probes)} probes."
     )
     n_stable = sum(p.stable_top1_layer is not None for p in f.probes)
@@ -124,7 +127,7 @@ def _single_summary(f: ModelFacts) -> str:
 def _single_emergence(f: ModelFacts) -> str:
     rows = [
         [
-            p.id,
+            escaped(p.id),
             _tok(p.answer),
             f"{_tok(p.final_top1)} ({p.final_top1_prob:.2f})",
             f"{p.final_answer_prob:.3f} / {p.final_answer_rank}",
@@ -147,14 +150,14 @@ def _single_emergence(f: ModelFacts) -> str:
             notes.append(f"Wherever the answer reaches top-1, it does so first at layer {earliest.first_top1_layer}.")
         else:
             notes.append(
-                f"The answer surfaces earliest on `{earliest.id}` (layer {earliest.first_top1_layer}) and latest on "
-                f"`{latest.id}` (layer {latest.first_top1_layer})."
+                f"The answer surfaces earliest on {code(earliest.id)} (layer {earliest.first_top1_layer}) and latest on "
+                f"{code(latest.id)} (layer {latest.first_top1_layer})."
             )
     lost = [p for p in f.probes if p.first_top1_layer is not None and p.stable_top1_layer is None]
     if lost:
         notes.append(
             "On "
-            + _listed([f"`{p.id}` (top-1 at layer {p.first_top1_layer}, final {_tok(p.final_top1)})" for p in lost])
+            + _listed([f"{code(p.id)} (top-1 at layer {p.first_top1_layer}, final {_tok(p.final_top1)})" for p in lost])
             + " the answer is top-1 part-way up the stack and then displaced: the fact is readable mid-stack but "
             "the last layers prefer another continuation."
         )
@@ -162,7 +165,7 @@ def _single_emergence(f: ModelFacts) -> str:
     if missed:
         notes.append(
             "The answer is never top-1 on "
-            + _listed([f"`{p.id}` (best rank {p.best_rank} at layer {p.best_rank_layer}, final {_tok(p.final_top1)})" for p in missed])
+            + _listed([f"{code(p.id)} (best rank {p.best_rank} at layer {p.best_rank_layer}, final {_tok(p.final_top1)})" for p in missed])
             + "."
         )
     if "tuned" in f.lenses:
@@ -184,12 +187,12 @@ def _lens_disagreements(f: ModelFacts) -> str:
     return (
         "The tuned lens and the logit lens disagree on where the answer surfaces on "
         + _listed([
-            f"`{p.id}` (tuned lens: {where(p.tuned_first_top1_layer, p.tuned_stable_top1_layer)}; "
+            f"{code(p.id)} (tuned lens: {where(p.tuned_first_top1_layer, p.tuned_stable_top1_layer)}; "
             f"logit lens: {where(p.first_top1_layer, p.stable_top1_layer)})"
             for p in differ
         ])
         + ". The two lenses read the same residuals in different bases; the tuned lens's is trained to match the output "
-        "distribution (how well, per layer, on held-out text: results/001/lens-quality-" + f.model + ".csv), so where "
+        "distribution (how well, per layer, on held-out text: results/001/lens-quality-" + escaped(f.model) + ".csv), so where "
         "they differ and the tuned lens is the closer one at that layer, its reading is the better-founded."
     )
 
@@ -197,7 +200,7 @@ def _lens_disagreements(f: ModelFacts) -> str:
 def _single_entropy(f: ModelFacts) -> str:
     rows = [
         [
-            p.id,
+            escaped(p.id),
             _nats(p.entropy_layer0),
             f"{p.collapse_layer - 1}→{p.collapse_layer} (−{p.collapse_drop:.2f})",
             _layer(p.first_confident_layer, f.n_layers),
@@ -256,10 +259,10 @@ def _single_middle(f: ModelFacts) -> str:
 def _pair_rows(f: ModelFacts) -> list[list[str]]:
     return [
         [
-            fwd.id,
+            escaped(fwd.id),
             f"{fwd.final_answer_prob:.3f} / {fwd.final_answer_rank}",
             _layer(fwd.first_top1_layer, f.n_layers),
-            rev.id,
+            escaped(rev.id),
             f"{rev.final_answer_prob:.3f} / {rev.final_answer_rank}",
             _layer(rev.first_top1_layer, f.n_layers),
         ]
@@ -302,9 +305,9 @@ def _single_reverse(f: ModelFacts) -> str:
         plain = next((q for q in f.probes if q.style == "plain" and q.answer == p.answer and not q.reverse_of), None)
         if plain is not None:
             parts.append(
-                f"The {p.style}-style probe `{p.id}` ends with answer probability {p.final_answer_prob:.3f} "
+                f"The {escaped(p.style)}-style probe {code(p.id)} ends with answer probability {p.final_answer_prob:.3f} "
                 f"(first top-1: {_layer(p.first_top1_layer, f.n_layers)}) against {plain.final_answer_prob:.3f} "
-                f"({_layer(plain.first_top1_layer, f.n_layers)}) for the plain `{plain.id}`."
+                f"({_layer(plain.first_top1_layer, f.n_layers)}) for the plain {code(plain.id)}."
             )
     return "\n\n".join(parts)
 
@@ -322,16 +325,16 @@ def _caveats(models: list[ModelFacts]) -> str:
     for f in models:
         if f.source.get("source") in ("gguf", "package"):
             items.append(
-                f"`{f.model}` runs on weights dequantised from a quantised GGUF file; its probabilities can differ "
+                f"{code(f.model)} runs on weights dequantised from a quantised GGUF file; its probabilities can differ "
                 "slightly from the original release's."
             )
-        warned = [f"`{p.id}`: {w}" for p in f.probes for w in p.warnings]
+        warned = [f"{code(p.id)}: {escaped(w)}" for p in f.probes for w in p.warnings]
         if warned:
-            items.append(f"`{f.model}`: " + _listed(warned) + ".")
+            items.append(f"{code(f.model)}: " + _listed(warned) + ".")
         if not f.lens.get("use_norm_lens", True):
-            items.append(f"`{f.model}` was decoded without its final norm (`use_norm_lens: false`): raw residuals.")
+            items.append(f"{code(f.model)} was decoded without its final norm (`use_norm_lens: false`): raw residuals.")
         if f.lens.get("positions") == "last":
-            items.append(f"`{f.model}` was recorded at the last position only; input-copy rates cover that position alone.")
+            items.append(f"{code(f.model)} was recorded at the last position only; input-copy rates cover that position alone.")
     return "\n".join(f"- {item}" for item in items)
 
 
@@ -354,11 +357,11 @@ def _cross_summary(models: list[ModelFacts]) -> str:
     for f in models:
         first = _median_depth([p.first_top1_layer for p in f.probes], f.n_layers)
         depth = "never reaches top-1" if first is None else f"first reaches top-1 at a median relative depth of {first:.2f}"
-        parts.append(f"{f.model} answers {f.n_correct} of {len(f.probes)} probes correctly and its answer {depth}")
+        parts.append(f"{escaped(f.model)} answers {f.n_correct} of {len(f.probes)} probes correctly and its answer {depth}")
     text = "; ".join(parts) + "."
     if len(models) > 1:
         scores = sorted({f.n_correct for f in models}, reverse=True)
-        best = [f.model for f in models if f.n_correct == scores[0]]
+        best = [escaped(f.model) for f in models if f.n_correct == scores[0]]
         if len(best) == len(models):
             text += " The models tie on the number of correct answers; they differ in which probes they get right."
         else:
@@ -371,8 +374,8 @@ def _cross_models(models: list[ModelFacts]) -> str:
         ["model", "architecture", "layers", "d_model", "vocabulary", "dtype / device", "source", "correct"],
         [
             [
-                f.model,
-                f.architecture,
+                escaped(f.model),
+                escaped(f.architecture),
                 str(f.n_layers),
                 str(f.d_model),
                 str(f.vocab_size),
@@ -403,8 +406,8 @@ def _depth_cell(p: ProbeFacts | None, n_layers: int) -> str:
 
 def _cross_depth(models: list[ModelFacts]) -> str:
     ids, note = _shown(_probe_ids(models))
-    rows = [[pid] + [_depth_cell(f.probe(pid), f.n_layers) for f in models] for pid in ids]
-    table = _table(["probe"] + [f"{f.model}: first / stable depth" for f in models], rows) + note
+    rows = [[escaped(pid)] + [_depth_cell(f.probe(pid), f.n_layers) for f in models] for pid in ids]
+    table = _table(["probe"] + [f"{escaped(f.model)}: first / stable depth" for f in models], rows) + note
     return (
         "Relative depth is layer / number of layers, so models of different depth line up (0 = embedding, "
         "1 = last layer).\n\n" + table
@@ -415,18 +418,18 @@ def _cross_probes(models: list[ModelFacts]) -> str:
     rows = []
     ids, note = _shown(_probe_ids(models))
     for pid in ids:
-        row = [pid]
+        row = [escaped(pid)]
         for f in models:
             p = f.probe(pid)
             row.append("—" if p is None else f"{_tok(p.final_top1)} ({p.final_top1_prob:.2f}); answer {p.final_answer_prob:.2f}")
         rows.append(row)
     disagree = []
     for pid in _probe_ids(models):
-        verdicts = {f.model: f.probe(pid).correct for f in models if f.probe(pid) is not None}
+        verdicts = {escaped(f.model): f.probe(pid).correct for f in models if f.probe(pid) is not None}
         if len(set(verdicts.values())) > 1:
             right = [m for m, ok in verdicts.items() if ok]
-            disagree.append(f"`{pid}` (right: {', '.join(right)})")
-    text = _table(["probe"] + [f"{f.model}: final top-1 (p); answer p" for f in models], rows) + note
+            disagree.append(f"{code(pid)} (right: {', '.join(right)})")
+    text = _table(["probe"] + [f"{escaped(f.model)}: final top-1 (p); answer p" for f in models], rows) + note
     if disagree:
         text += f"\n\nThe models disagree on {len(disagree)} probe(s): " + _listed(disagree) + "."
     return text
@@ -438,7 +441,7 @@ def _cross_differences(models: list[ModelFacts]) -> str:
         collapse = median(p.collapse_layer / f.n_layers for p in f.probes)
         entropy_final = median(p.entropy_final for p in f.probes)
         lines.append(
-            f"- {f.model}: largest entropy drop at median depth {collapse:.2f}; median final entropy "
+            f"- {escaped(f.model)}: largest entropy drop at median depth {collapse:.2f}; median final entropy "
             f"{entropy_final:.2f} nats; top-1 repeats the input token in {_pct(f.copy_rate['early'])} of early-band "
             f"rows and {_pct(f.copy_rate['late'])} of late-band rows; middle-band favourites: "
             + (", ".join(_tok(t) for t, _ in f.middle_tokens[:4]) or "none")
@@ -447,7 +450,7 @@ def _cross_differences(models: list[ModelFacts]) -> str:
         )
     if len(models) > 1:
         confident = min(models, key=lambda f: (median(p.entropy_final for p in f.probes), f.model))
-        lines.append(f"\n{confident.model} ends with the lowest median entropy: it is the more decisive model at its output.")
+        lines.append(f"\n{escaped(confident.model)} ends with the lowest median entropy: it is the more decisive model at its output.")
     return "\n".join(lines)
 
 
@@ -482,7 +485,7 @@ def _meta_measures(models: list[ModelFacts]) -> str:
     return (
         "For each probe, layer 0..L and position, the records hold the top-k tokens of the lens distribution, its "
         "entropy, the expected answer's probability and rank, and KL(final ‖ layer). Settings: "
-        + ", ".join(f"`{k}: {v}`" for k, v in sorted(lens.items()))
+        + ", ".join(code(f"{k}: {v}") for k, v in sorted(lens.items()))
         + ". Layer 0 is the residual stream entering the first block; layer L is after the last block, where the "
         "lens equals the model's output."
     )
@@ -493,7 +496,7 @@ def _meta_threats(models: list[ModelFacts]) -> str:
     for f in models:
         early = [p.trajectory[0]["kl_to_final"] for p in f.probes]
         items.append(
-            f"`{f.model}`: KL to final is {median(early):.1f} nats at layer 0; readings of the early band are dominated "
+            f"{code(f.model)}: KL to final is {median(early):.1f} nats at layer 0; readings of the early band are dominated "
             f"by the lens's basis mismatch. The last-layer identity holds {identity_text(f.identity_max_prob_diff)}."
         )
     items += [
@@ -510,7 +513,7 @@ def _meta_threats(models: list[ModelFacts]) -> str:
 
 def _meta_realism(models: list[ModelFacts]) -> str:
     rows = [
-        [f.model, _pct(f.copy_rate["early"]), _pct(f.copy_rate["late"]), _pct(f.answer_rate["early"]), _pct(f.answer_rate["late"])]
+        [escaped(f.model), _pct(f.copy_rate["early"]), _pct(f.copy_rate["late"]), _pct(f.answer_rate["early"]), _pct(f.answer_rate["late"])]
         for f in models
     ]
     table = _table(
@@ -523,13 +526,13 @@ def _meta_realism(models: list[ModelFacts]) -> str:
         real = f.answer_rate["late"] > f.answer_rate["early"]
         if nominal and real:
             verdicts.append(
-                f"{f.model} fits the picture: early layers read as names of the tokens in front of them "
+                f"{escaped(f.model)} fits the picture: early layers read as names of the tokens in front of them "
                 "(nominalist), late layers as the thing the prompt is about (realist)."
             )
         elif real:
-            verdicts.append(f"{f.model} reaches the answer late, but its early layers do not mostly echo the input.")
+            verdicts.append(f"{escaped(f.model)} reaches the answer late, but its early layers do not mostly echo the input.")
         else:
-            verdicts.append(f"{f.model} does not show the early-surface / late-concept pattern on these probes.")
+            verdicts.append(f"{escaped(f.model)} does not show the early-surface / late-concept pattern on these probes.")
     return (
         "The project's question is whether layers look 'nominalist' early (representations tied to surface tokens, "
         "read here as the lens echoing the current input token) and 'realist' late (representations of the entity "
@@ -549,7 +552,7 @@ def _meta_next_probes(models: list[ModelFacts]) -> str:
     if failed:
         items.append(
             "Paraphrases of the probes some model got wrong ("
-            + _listed([f"`{i}`" for i in failed])
+            + _listed([code(i) for i in failed])
             + "), to tell a missing fact from a prompt the model reads differently."
         )
     items += [

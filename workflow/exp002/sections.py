@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from statistics import median
 
-from workflow.evaluation.text import identity_text, layer_text, table, tok
+from workflow.evaluation.text import code, escaped, identity_text, layer_text, table, tok
 from workflow.exp002.analysis import RESTORED, ModelFacts, PairFacts, SweepFacts, relative
 
 DENOISE, NOISE, TRACE = "prompt/denoise", "prompt/noise", "gaussian/denoise"
@@ -48,7 +48,7 @@ def _single_summary(f: ModelFacts) -> str:
     subject = _median([relative(p.sweeps[DENOISE].subject_last_layer, f.n_layers) for p in f.pairs if DENOISE in p.sweeps])
     flips = sum(p.logit_diff_clean > 0 > p.logit_diff_corrupted for p in f.pairs)
     text = (
-        f"{f.model} ({f.architecture}, {f.n_layers} layers) was patched on {n} pair(s) of prompts, every layer x position, "
+        f"{escaped(f.model)} ({escaped(f.architecture)}, {f.n_layers} layers) was patched on {n} pair(s) of prompts, every layer x position, "
         f"both directions. On {flips} of {n} pairs the model prefers the clean answer on the clean prompt and the "
         "corrupted answer on the corrupted one (logit difference positive, then negative), so the pair isolates one fact."
     )
@@ -70,7 +70,7 @@ def _single_where(f: ModelFacts) -> str:
         n = p.sweeps.get(NOISE)
         peak = d.peak_elsewhere if d else None
         rows.append([
-            p.id,
+            escaped(p.id),
             f"{p.logit_diff_clean:.2f} / {p.logit_diff_corrupted:.2f}",
             layer_text(d.last_first_layer if d else None, f.n_layers),
             layer_text(n.last_first_layer if n else None, f.n_layers),
@@ -98,7 +98,7 @@ def _single_subject(f: ModelFacts) -> str:
             continue
         subject_tokens = ", ".join(tok(p.tokens[i]) for i in p.subject_positions)
         if d.subject_last_layer is None:
-            lines.append(f"- `{p.id}`: no single subject position ({subject_tokens}) restores {RESTORED} at any layer.")
+            lines.append(f"- {code(p.id)}: no single subject position ({subject_tokens}) restores {RESTORED} at any layer.")
             continue
         handoff = d.last_first_layer
         if handoff is None:
@@ -110,7 +110,7 @@ def _single_subject(f: ModelFacts) -> str:
         else:
             relation = f" (a gap of {handoff - d.subject_last_layer - 1} layer(s) where no single position carries it)"
         lines.append(
-            f"- `{p.id}`: the subject ({subject_tokens}) carries the fact up to layer {d.subject_last_layer}"
+            f"- {code(p.id)}: the subject ({subject_tokens}) carries the fact up to layer {d.subject_last_layer}"
             + (f"; the last position carries it from layer {handoff}" if handoff is not None else "")
             + relation
             + "."
@@ -136,7 +136,7 @@ def _single_trace(f: ModelFacts) -> str:
         t = p.sweeps[TRACE]
         peak = t.peak_elsewhere
         rows.append([
-            p.id,
+            escaped(p.id),
             f"{p.logit_diff_clean:.2f} / {_v(p.logit_diff_noised) if p.logit_diff_noised is not None else 'n/a'}",
             layer_text(t.last_first_layer, f.n_layers),
             f"{_v(peak.recovered)} at layer {peak.layer}, {tok(p.tokens[peak.position])}" if peak else "n/a",
@@ -154,7 +154,7 @@ def _single_trace(f: ModelFacts) -> str:
     )
     if weak:
         text += (
-            " On " + ", ".join(f"`{i}`" for i in weak) + " the noise moves the logit difference by less than 1 nat, so "
+            " On " + ", ".join(code(i) for i in weak) + " the noise moves the logit difference by less than 1 nat, so "
             "recovered there is a ratio of small numbers."
         )
     return text
@@ -167,7 +167,7 @@ def _single_lens(f: ModelFacts) -> str:
     rows = []
     for p in linked:
         rows.append([
-            p.id,
+            escaped(p.id),
             layer_text(p.lens_first_top1_layer, f.n_layers),
             layer_text(_first(p, DENOISE), f.n_layers),
             layer_text(_first(p, TRACE), f.n_layers) if TRACE in p.sweeps else "n/a",
@@ -190,9 +190,9 @@ def _single_lens(f: ModelFacts) -> str:
                  "reading is not yet the cause of the output."),
     ):
         if ids:
-            text += " On " + ", ".join(f"`{i}`" for i in ids) + " " + finding
+            text += " On " + ", ".join(code(i) for i in ids) + " " + finding
     if never:
-        text += " On " + ", ".join(f"`{i}`" for i in never) + " the lens never reads the answer as top-1, while patching still locates it."
+        text += " On " + ", ".join(code(i) for i in never) + " the lens never reads the answer as top-1, while patching still locates it."
     return text
 
 
@@ -206,12 +206,12 @@ def _caveats(models: list[ModelFacts]) -> str:
     ]
     warned = [(m.model, p.id, w) for m in models for p in m.pairs for w in p.warnings]
     for model, pair, warning in warned:
-        notes.append(f"- {model}, `{pair}`: {warning}.")
+        notes.append(f"- {escaped(model)}, {code(pair)}: {escaped(warning)}.")
     for m in models:
         if m.skipped:
             notes.append(
-                f"- {m.model}: {len(m.skipped)} pair(s) made from the probe set had no partner of their token length and "
-                "were not patched: " + ", ".join(f"`{pid}`" for pid, _ in m.skipped[:12])
+                f"- {escaped(m.model)}: {len(m.skipped)} pair(s) made from the probe set had no partner of their token length and "
+                "were not patched: " + ", ".join(code(pid) for pid, _ in m.skipped[:12])
                 + (f" and {len(m.skipped) - 12} more" if len(m.skipped) > 12 else "") + "."
             )
     return "\n".join(notes)
@@ -234,7 +234,7 @@ def _cross_summary(models: list[ModelFacts]) -> str:
     parts = []
     for m in models:
         handoff = _median([relative(_first(p, DENOISE), m.n_layers) for p in m.pairs])
-        parts.append(f"{m.model} ({m.n_layers} layers): last position restores from a median depth of {_depth(handoff)}")
+        parts.append(f"{escaped(m.model)} ({m.n_layers} layers): last position restores from a median depth of {_depth(handoff)}")
     return "Patched on the same pairs: " + "; ".join(parts) + "."
 
 
@@ -242,7 +242,7 @@ def _cross_depth(models: list[ModelFacts]) -> str:
     ids = sorted({p.id for m in models for p in m.pairs})
     rows = []
     for pair_id in ids:
-        row = [pair_id]
+        row = [escaped(pair_id)]
         for m in models:
             p = next((q for q in m.pairs if q.id == pair_id), None)
             if p is None:
@@ -255,7 +255,7 @@ def _cross_depth(models: list[ModelFacts]) -> str:
                 f"{_depth(relative(d.last_first_layer, m.n_layers) if d else None)}, lens {lens}"
             )
         rows.append(row)
-    return table(["pair", *[m.model for m in models]], rows) + (
+    return table(["pair", *[escaped(m.model) for m in models]], rows) + (
         "\n\nRelative depth = layer / number of layers. 'subject to': the last depth where a subject token alone restores "
         f"{RESTORED}; 'last from': the first depth where the last position does; 'lens': where experiment 001's logit lens "
         "first reads the answer as top-1."
@@ -264,9 +264,9 @@ def _cross_depth(models: list[ModelFacts]) -> str:
 
 def _cross_differences(models: list[ModelFacts]) -> str:
     if len(models) < 2:
-        return (f"One model only ({models[0].model if models else 'none'}): nothing to compare. Add a second model under "
+        return (f"One model only ({escaped(models[0].model) if models else 'none'}): nothing to compare. Add a second model under "
                 "`models:` in the config to compare the depths at which they move the fact.")
-    medians = {m.model: _median([relative(_first(p, DENOISE), m.n_layers) for p in m.pairs]) for m in models}
+    medians = {escaped(m.model): _median([relative(_first(p, DENOISE), m.n_layers) for p in m.pairs]) for m in models}
     known = {k: v for k, v in medians.items() if v is not None}
     if len(known) < 2:
         return "The last position restores the answer in fewer than two models; no depth comparison."
@@ -317,7 +317,7 @@ def _meta_threats(models: list[ModelFacts]) -> str:
         "- Gaussian noise puts activations off the model's distribution; its scale (3x the embedding spread) is a convention."
     )
     if small:
-        text += "\n- Small clean-to-corrupted gaps (under 1 nat) make recovered unstable: " + ", ".join(f"{m} `{p}`" for m, p in small) + "."
+        text += "\n- Small clean-to-corrupted gaps (under 1 nat) make recovered unstable: " + ", ".join(f"{escaped(m)} {code(p)}" for m, p in small) + "."
     return text
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from statistics import median
 
-from workflow.evaluation.text import identity_text, table, tok
+from workflow.evaluation.text import escaped, identity_text, table, tok
 from workflow.exp003.analysis import CLASSES, ModelFacts
 from workflow.exp003.digest import depth
 
@@ -32,7 +32,7 @@ def _single_summary(f: ModelFacts) -> str:
     settled = [t.stable["logit"] / f.n_layers for p in f.probes for t in p.tokens]
     late = sum(v >= 0.9 for v in settled)
     return (
-        f"{f.model} ({f.architecture}, {f.n_layers} layers) generated {f.n_tokens} tokens greedily after {len(f.probes)} "
+        f"{escaped(f.model)} ({escaped(f.architecture)}, {f.n_layers} layers) generated {f.n_tokens} tokens greedily after {len(f.probes)} "
         f"prompts (up to {f.max_new_tokens} each), and the logit lens decoded every layer of the position that predicted each "
         f"one. {late} of {len(settled)} tokens become the lens's lasting top-1 only in the last tenth of the depth. Over "
         f"{stats['content'].count} content and {stats['function'].count} function words, {_later_text(f.content_later['logit'])}. "
@@ -45,7 +45,7 @@ def _single_settle(f: ModelFacts) -> str:
     for p in f.probes:
         stables = [t.stable["logit"] for t in p.tokens]
         earliest = min(p.tokens, key=lambda t: (t.stable["logit"], t.index))
-        rows.append([p.id, tok(p.text[:40]), str(len(p.tokens)), depth(median(stables) / f.n_layers),
+        rows.append([escaped(p.id), tok(p.text[:40]), str(len(p.tokens)), depth(median(stables) / f.n_layers),
                      f"{tok(earliest.token)} at {earliest.stable['logit']}"])
     return (
         "Settling depth: the layer from which the logit lens's top-1 stays the generated token, over the number of layers "
@@ -98,7 +98,7 @@ SINGLE: dict[str, Callable[[ModelFacts], str]] = {
 
 
 def _cross_summary(models: list[ModelFacts]) -> str:
-    parts = [f"{m.model} {depth(m.by_class['logit']['content'].median_stable)} / {depth(m.by_class['logit']['function'].median_stable)}" for m in models]
+    parts = [f"{escaped(m.model)} {depth(m.by_class['logit']['content'].median_stable)} / {depth(m.by_class['logit']['function'].median_stable)}" for m in models]
     return (
         f"{len(models)} models generated greedily after the same prompts. Median relative settling depth of content / function "
         "words under the logit lens: " + "; ".join(parts) + "."
@@ -106,13 +106,13 @@ def _cross_summary(models: list[ModelFacts]) -> str:
 
 
 def _cross_depth(models: list[ModelFacts]) -> str:
-    rows = [[m.model, str(m.n_layers), str(m.n_tokens)] + [depth(m.by_class["logit"][c].median_stable) for c in ("content", "function", "continuation", "other")]
+    rows = [[escaped(m.model), str(m.n_layers), str(m.n_tokens)] + [depth(m.by_class["logit"][c].median_stable) for c in ("content", "function", "continuation", "other")]
             + [depth(m.content_later["logit"])] for m in models]
     return table(["model", "layers", "tokens", "content", "function", "continuation", "other", "P(content deeper)"], rows)
 
 
 def _cross_differences(models: list[ModelFacts]) -> str:
-    same = [m.model for m in models if m.content_later["logit"] is not None and m.content_later["logit"] > 0.6]
+    same = [escaped(m.model) for m in models if m.content_later["logit"] is not None and m.content_later["logit"] > 0.6]
     return (
         f"Content words settle clearly deeper than function words in {len(same)} of {len(models)} models"
         + (f" ({', '.join(same)})" if same else "")

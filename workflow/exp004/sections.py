@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from statistics import mean
 
-from workflow.evaluation.text import identity_text, table, tok
-from workflow.exp004.analysis import ModelFacts, PairFacts, relative
+from workflow.evaluation.text import escaped, identity_text, table, tok
+from workflow.exp004.analysis import ModelFacts, PairFacts, Site, relative
 from workflow.exp004.digest import site_text
+
+
+def _site(site: Site) -> str:
+    # site_text quotes the site's token as Python writes it, for the digest; here it is markdown.
+    return escaped(site_text(site))
 
 
 def _depth(value: float | None) -> str:
@@ -41,7 +46,7 @@ def _single_summary(f: ModelFacts) -> str:
     heads = f"{f.n_heads} heads per block" if f.heads_exposed else "attention per block only (heads not exposed)"
     agreement = f.mean_agreement()
     return (
-        f"On {len(f.pairs)} pairs, {f.model} ({f.architecture}, {f.n_layers} blocks, {heads}) was decomposed at the clean "
+        f"On {len(f.pairs)} pairs, {escaped(f.model)} ({escaped(f.architecture)}, {f.n_layers} blocks, {heads}) was decomposed at the clean "
         f"prompt's last position into what each block's attention and MLP write into the logit of the answer minus that of "
         f"the model's top competing token. Summed over pairs, the attention layers write {attention:+.2f} and the MLPs "
         f"{mlp:+.2f}; the attributions add up to the model's own logits {identity_text(f.exactness)}. "
@@ -56,7 +61,7 @@ def _writers_table(f: ModelFacts, sign: int) -> str:
         order = p.writers if sign > 0 else p.writers[::-1]
         chosen = [s for s in order[:3] if s.value * sign > 0]
         target = p.answer.token if sign > 0 else p.competitor.token
-        rows.append([p.id, tok(target), "; ".join(site_text(s) for s in chosen) or "none"])
+        rows.append([escaped(p.id), tok(target), "; ".join(_site(s) for s in chosen) or "none"])
     return table(["pair", "token", "largest shares (answer minus competitor)"], rows)
 
 
@@ -68,7 +73,7 @@ def _single_answer(f: ModelFacts) -> str:
         "",
     ]
     for p in f.pairs:
-        lines.append(f"- {p.id}: {_leader(p)}; the largest single share is {_winner(p)}.")
+        lines.append(f"- {escaped(p.id)}: {_leader(p)}; the largest single share is {_winner(p)}.")
     return "\n".join(lines)
 
 
@@ -78,7 +83,7 @@ def _single_competitor(f: ModelFacts) -> str:
         c = p.competitor
         gap = p.answer.logit - c.logit
         verdict = "the model still prefers the answer" if gap > 0 else "the competitor wins in the model"
-        lines.append(f"- {p.id}: the competitor is {tok(c.token)} ({verdict}: answer minus competitor {gap:+.2f}).")
+        lines.append(f"- {escaped(p.id)}: the competitor is {tok(c.token)} ({verdict}: answer minus competitor {gap:+.2f}).")
     return "\n".join(lines)
 
 
@@ -89,8 +94,8 @@ def _single_patching(f: ModelFacts) -> str:
     for p in f.pairs:
         top = p.patched[0]
         subject = "subject" if top.position in p.subject_positions else ("last" if top.position == len(p.tokens) - 1 else "other")
-        rows.append([p.id, f"{p.logit_diff_clean:.2f} / {p.logit_diff_corrupted:.2f}", site_text(top), subject,
-                     "; ".join(site_text(s) for s in p.patched[1:3])])
+        rows.append([escaped(p.id), f"{p.logit_diff_clean:.2f} / {p.logit_diff_corrupted:.2f}", _site(top), subject,
+                     "; ".join(_site(s) for s in p.patched[1:3])])
     return (
         "Each component's clean output patched into the corrupted run at one position; recovered = the fraction of the logit "
         "difference (clean answer minus corrupted answer) that the patch brings back.\n\n"
@@ -106,7 +111,7 @@ def _single_agreement(f: ModelFacts) -> str:
     for p in f.pairs:
         a, w = p.agreement, p.atp_worst
         drop = f"{p.grad_drop_agreement['spearman']:.2f}" if p.grad_drop_agreement else "n/a"
-        rows.append([p.id, str(a["sites"]), f"{a['spearman']:.2f}", f"{a[f'top{k}_overlap']:.1f}", drop,
+        rows.append([escaped(p.id), str(a["sites"]), f"{a['spearman']:.2f}", f"{a[f'top{k}_overlap']:.1f}", drop,
                      f"{w.name} at {w.position} ({tok(w.token)}): exact {p.atp_worst_exact:.2f}, AtP {p.atp_worst_exact + w.value:.2f}"])
     return (
         f"Attribution patching (one forward and one backward pass) against exact patching (one forward per site): Spearman "
@@ -146,7 +151,7 @@ def _relative_peak(m: ModelFacts, kind: str) -> float | None:
 
 
 def _cross_summary(models: list[ModelFacts]) -> str:
-    parts = [f"{m.model}: attention {sum(p.share('attention') for p in m.pairs):+.2f}, MLPs {sum(p.share('mlp') for p in m.pairs):+.2f}"
+    parts = [f"{escaped(m.model)}: attention {sum(p.share('attention') for p in m.pairs):+.2f}, MLPs {sum(p.share('mlp') for p in m.pairs):+.2f}"
              for m in models]
     return (
         f"{len(models)} models, the same pairs. What attention and MLPs write into answer minus competitor, summed over pairs: "
@@ -155,7 +160,7 @@ def _cross_summary(models: list[ModelFacts]) -> str:
 
 
 def _cross_depth(models: list[ModelFacts]) -> str:
-    rows = [[m.model, str(m.n_layers), _depth(_relative_peak(m, "attention")), _depth(_relative_peak(m, "mlp")),
+    rows = [[escaped(m.model), str(m.n_layers), _depth(_relative_peak(m, "attention")), _depth(_relative_peak(m, "mlp")),
              _depth(mean([relative(p.first_top1("post"), m.n_layers) or 1.0 for p in m.pairs]))] for m in models]
     return (
         "Relative depth (block + 1 over the number of blocks) of the attention and the MLP that write most for the answer, "
@@ -170,11 +175,11 @@ def _cross_agreement(models: list[ModelFacts]) -> str:
     for m in models:
         values = [p.agreement for p in m.pairs if p.agreement]
         if not values:
-            rows.append([m.model, "n/a", "n/a", "n/a"])
+            rows.append([escaped(m.model), "n/a", "n/a", "n/a"])
             continue
         k = int(m.settings["top_k"])
         spearman = [a["spearman"] for a in values]
-        rows.append([m.model, f"{min(spearman):.2f}-{max(spearman):.2f}", f"{mean(spearman):.2f}",
+        rows.append([escaped(m.model), f"{min(spearman):.2f}-{max(spearman):.2f}", f"{mean(spearman):.2f}",
                      f"{mean(a[f'top{k}_overlap'] for a in values):.2f}"])
     return table(["model", "Spearman range", "mean Spearman", "mean top-k overlap"], rows)
 
@@ -183,7 +188,7 @@ def _cross_differences(models: list[ModelFacts]) -> str:
     lines = []
     for m in models:
         mlp_led = sum(1 for p in m.pairs if p.share("mlp") > p.share("attention"))
-        lines.append(f"- {m.model}: the MLPs write more for the answer than the attention in {mlp_led} of {len(m.pairs)} pairs.")
+        lines.append(f"- {escaped(m.model)}: the MLPs write more for the answer than the attention in {mlp_led} of {len(m.pairs)} pairs.")
     return "\n".join(lines)
 
 
