@@ -32,7 +32,8 @@ NUMBER = re.compile(
     r"(?P<percent>\s?%)?"
     r"(?![\w]|\.\d)"
 )
-CODE = re.compile(r"`[^`\n]*`|\]\([^)\n]*\)|<[^>\n]*>")  # code spans, link targets, tags
+# Code spans (fenced by any run of backticks: ``a`b``), link targets, tags.
+CODE = re.compile(r"(?<!`)(`+)(?!`)[^\n]*?(?<!`)\1(?!`)|\]\([^)\n]*\)|<[^>\n]*>")
 LIST_MARKER = re.compile(r"^(\s*)\d+[.)](?=\s)", re.MULTILINE)
 MARK = " [not in the data]"
 
@@ -97,9 +98,11 @@ def _forms(figure: Figure) -> list[tuple[float, float]]:
     return forms
 
 
-# Keys whose values are the user's own text (probes, pairs), not measured values: a number in
-# a prompt ("... 0.999 ...") is no evidence for a figure.
-USER_TEXT_KEYS = ("prompt", "answer", "clean", "corrupted", "clean_answer", "corrupted_answer")
+# Keys whose values are the user's own text (probes, pairs: in the config, the JSON and the
+# facts), not measured values: a number in a prompt ("... 0.999 ...") or a relation's name
+# ("founded in 1887") is no evidence for a figure.
+USER_TEXT_KEYS = ("prompt", "answer", "relation", "style", "clean", "corrupted", "clean_answer", "corrupted_answer",
+                  "clean_prompt", "corrupted_prompt")
 
 
 def user_texts(facts: Any) -> list[str]:
@@ -127,15 +130,39 @@ def user_texts(facts: Any) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def _written(quoted: str) -> re.Pattern[str]:
+    """``quoted`` as a document writes it: as it is, markdown-escaped (evaluation.text.escaped)
+    or as Python writes it in a string (``repr``, evaluation.text.tok): any backslashes
+    before a character, a line break also as a space or ``\\n``, the space around it
+    optional. Not where it is part of a longer word or number (a probe answering " 1" is
+    not in "15.3")."""
+    quoted = quoted.strip()
+    breaks = {"\n": "n", "\r": "r"}
+    chars = "".join(
+        rf"(?:\\*{breaks[c]}|\s)" if c in breaks else r"\\*" + re.escape(c) for c in quoted
+    )
+    before = r"(?<![\w.])" if quoted[:1].isalnum() else ""
+    after = r"(?!\w|\.\d)" if quoted[-1:].isalnum() else ""
+    return re.compile(before + chars + after)
+
+
+def _blank(text: str, user: list[str]) -> str:
+    """``text`` with every written form of the user's texts blanked (same length). Only texts
+    with a digit can hold a number; longest first, so a prompt goes before an answer in it."""
+    for quoted in sorted((u for u in user if any(c.isdigit() for c in u)), key=len, reverse=True):
+        text = _written(quoted).sub(lambda m: " " * len(m.group(0)), text)
+    return text
+
+
 class Evidence:
     """The numbers an evaluation may cite: those of ``texts``, less the numbers inside the
-    user's own text (``user``: probe prompts and answers, which a document may quote)."""
+    user's own text (``user``: probe prompts, answers and relations, which a document may
+    quote, escaped or not)."""
 
     def __init__(self, *texts: str, user: tuple[str, ...] | list[str] = ()):
         self.numbers: list[tuple[float, float]] = []
         for text in texts:
-            for quoted in user:
-                text = text.replace(quoted, " " * len(quoted))
+            text = _blank(text, list(user))
             for figure in extract(text):
                 if text.startswith(MARK, figure.end):  # marked unsupported in an earlier evaluation
                     continue
