@@ -10,7 +10,9 @@ from workflow.pages import write_page  # noqa: E402
 
 
 def main(sm):
-    write_page(sm.input.evaluation, sm.output[0], title=f"Experiment {sm.wildcards.exp} · evaluation-{sm.wildcards.name}")
+    # Only the figures the rule declares are embedded: the evaluation's text is an LLM's and the user's too.
+    write_page(sm.input.evaluation, sm.output[0], title=f"Experiment {sm.wildcards.exp} · evaluation-{sm.wildcards.name}",
+               figures=sm.input.figures)
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

@@ -27,7 +27,7 @@ def evaluation(tmp_path):
 
 
 def test_markdown_is_rendered_and_figures_are_embedded(evaluation):
-    page = render_page(evaluation, "Evaluation <x>")
+    page = render_page(evaluation, "Evaluation <x>", figures=[evaluation.parent / "plots" / "a.png"])
     assert "<title>Evaluation &lt;x&gt;</title>" in page
     assert "<h2>Table</h2>" in page and "<table>" in page and "<code>capital</code>" in page
     # Raw HTML in the evaluator's text is shown as text, never run.
@@ -38,13 +38,13 @@ def test_markdown_is_rendered_and_figures_are_embedded(evaluation):
 
 
 def test_same_inputs_same_bytes(evaluation, tmp_path):
-    write_page(evaluation, tmp_path / "one.html", "t")
-    write_page(evaluation, tmp_path / "two.html", "t")
+    write_page(evaluation, tmp_path / "one.html", "t", figures=[tmp_path / "plots" / "a.png"])
+    write_page(evaluation, tmp_path / "two.html", "t", figures=[tmp_path / "plots" / "a.png"])
     assert (tmp_path / "one.html").read_bytes() == (tmp_path / "two.html").read_bytes()
 
 
 def test_missing_figure_is_a_clear_error_and_writes_nothing(evaluation, tmp_path):
     (tmp_path / "plots" / "a.png").unlink()
     with pytest.raises(UserError, match=r"evaluation-x\.md: the figure 'plots/a\.png'"):
-        write_page(evaluation, tmp_path / "page.html", "t")
+        write_page(evaluation, tmp_path / "page.html", "t", figures=[tmp_path / "plots" / "a.png"])
     assert not (tmp_path / "page.html").exists()
