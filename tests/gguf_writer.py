@@ -3,11 +3,14 @@
 Follows llama.cpp's conventions, which transformers' GGUF reader undoes: tensor
 names (``blk.N.attn_q.weight``, …), the Llama Q/K head permutation, Gemma's norm
 weights stored as 1 + w, and a GPT-2 style BPE tokenizer in the metadata.
+``rewrite_gguf``, ``field_at`` and ``patch`` make damaged copies of such a file (a
+header that disagrees with its tensors, a count the file cannot hold).
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +132,45 @@ def finish(writer) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def rewrite_gguf(source: Path, out: Path, values: dict | None = None, drop=lambda name: False) -> Path:
+    """A copy of GGUF ``source`` with metadata ``values`` replaced or added (key -> value;
+    a list is written as an array, an int as uint32) and the tensors ``drop(name)`` picks
+    left out: a file whose header disagrees with its tensors, written by gguf's own writer."""
+    import gguf
+
+    values = dict(values or {})
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(str(out), str(reader.fields["general.architecture"].contents()))
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture" or field.name in values:
+            continue
+        if field.types[0] == gguf.GGUFValueType.ARRAY:
+            writer.add_array(field.name, field.contents())
+        else:
+            writer.add_key_value(field.name, field.contents(), field.types[0])
+    for key, value in values.items():
+        if isinstance(value, list):
+            writer.add_array(key, value)
+        else:
+            writer.add_key_value(key, value, gguf.GGUFValueType.UINT32 if isinstance(value, int) else gguf.GGUFValueType.STRING)
+    for tensor in reader.tensors:
+        if not drop(tensor.name):
+            writer.add_tensor(tensor.name, np.array(tensor.data), raw_shape=list(reversed(tensor.shape.tolist())),
+                              raw_dtype=tensor.tensor_type)
+    finish(writer)
+    return out
+
+
+def field_at(data: bytes, name: str) -> int:
+    """Where the header field after the first length-prefixed string ``name`` starts: a
+    metadata key's value type, or a tensor entry's dimension count."""
+    encoded = name.encode()
+    return data.index(struct.pack("<Q", len(encoded)) + encoded) + 8 + len(encoded)
+
+
+def patch(data: bytes, at: int, fmt: str, value) -> bytes:
+    """``data`` with the little-endian ``fmt`` value at byte ``at`` replaced."""
+    size = struct.calcsize("<" + fmt)
+    return data[:at] + struct.pack("<" + fmt, value) + data[at + size :]

@@ -247,3 +247,47 @@ def test_preparation_asks_the_scheduler_for_memory_by_the_largest_tensor_not_the
         requests.append(prepare_resources({"source": "gguf", "path": str(path)}, "tiny"))
     assert requests[0]["mem_mb"] == requests[1]["mem_mb"]
     assert requests[1]["runtime"] >= requests[0]["runtime"]
+
+
+def test_a_block_count_smaller_than_the_file_is_refused_before_any_work(tmp_path):
+    """Issue 42, item 6: a file whose block_count (2) is smaller than its tensor table (3
+    blocks) was prepared as a 2-layer model, blk.2 dropped without a word ("dequantised 30
+    of 30 tensors", 21 written). It is refused naming the key, leaving nothing behind."""
+    from gguf_writer import rewrite_gguf
+    from workflow.errors import UserError
+
+    full = write_gguf(make_model_dir(tmp_path / "hf", "llama"), tmp_path / "full.gguf", "llama")
+    path = rewrite_gguf(full, tmp_path / "fewer.gguf", {"llama.block_count": 2})
+    prepared = tmp_path / "prepared"
+    with pytest.raises(UserError, match=r"fewer\.gguf.*llama\.block_count is 2 but the file's tensors are those of 3 blocks"):
+        prepare_model("tiny", {"source": "gguf", "path": str(path)}, prepared)
+    assert not prepared.exists() and not list(tmp_path.glob(".prepared*"))
+
+
+@pytest.mark.parametrize("damage", ["fewer blocks", "100000 blocks", "2^32 dimensions"])
+def test_a_gguf_header_whose_counts_the_file_cannot_hold_is_refused_when_planning(damage, tiny_dirs, tmp_path):
+    """Issue 42, items 6, 11 and 12: a block_count of 2 for 3 blocks and one of 100000 both
+    passed the dry run (the second then built 100000 layers in prepare_model, 20 GB); a
+    tensor's n_dims of 0xFFFFFFFF in a 1 GB file took the dry run 109 s and 2.1 GB. Each
+    is refused by the dry run in one line naming the model, the file, the config key and
+    the GGUF key or tensor."""
+    from conftest import tiny_config
+    from gguf_writer import field_at, patch, rewrite_gguf
+    from pipeline import planning_error, scratch_copy, snakemake
+
+    full = write_gguf(tiny_dirs["llama"], tmp_path / "full.gguf", "llama")
+    path = tmp_path / "model.gguf"
+    if damage == "2^32 dimensions":
+        data = full.read_bytes()
+        path.write_bytes(patch(data, field_at(data, "token_embd.weight"), "I", 0xFFFFFFFF))
+        with open(path, "r+b") as fh:
+            fh.truncate(64 * 2**20)
+        expected = "tensor 'token_embd.weight' has 4,294,967,295 dimensions, and GGUF allows at most 4"
+    else:
+        count = 2 if damage == "fewer blocks" else 100000
+        rewrite_gguf(full, path, {"llama.block_count": count})
+        expected = f"llama.block_count is {count:,} but the file's tensors are those of 3 blocks, blk.0 to blk.2"
+    config = tiny_config(tiny_dirs)
+    config["models"] = {"broken": {"source": "gguf", "path": str(path)}}
+    result = snakemake(scratch_copy(tmp_path / "wd", config), "-n")
+    planning_error(result, "model 'broken'", f"'{path}'", "config key models.broken.path", expected)
