@@ -15,6 +15,7 @@ each code file's digest, so that a plan can name the file that changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,13 +29,10 @@ RECORD_SUFFIX = ".prov.json"
 # hash instead of the directory's bytes, so that re-creating it the same way (on a fresh
 # clone, where resources/ is empty) makes nothing that read it stale.
 RECIPE_FILE = ".recipe.json"
-# Files at least this large keep their sha256 in a cache keyed by their size, mtime and
-# inode (.snakemake/provenance-digests.json): a dry run does not hash a 60 GB GGUF again.
+# Files at least this large keep their sha256 in a cache (.snakemake/provenance-digests.json),
+# so that a dry run does not hash a 60 GB GGUF again; smaller ones are hashed each time.
 CACHED_DIGEST_SIZE = 16 * 2**20
 DIGEST_CACHE = Path(".snakemake") / "provenance-digests.json"
-# Files in a directory input larger than this are fingerprinted by size, not content
-# (a prepared model's weights are pinned by the GGUF sha256 in its manifest).
-DIRECTORY_CONTENT_LIMIT = 64 * 2**20
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "tokenizers", "safetensors", "gguf", "numpy", "pandas", "snakemake", "openai", "anthropic")
 
@@ -61,38 +59,76 @@ def _hash_file(path: str | os.PathLike[str]) -> str:
 
 
 _digests: dict[tuple, str] = {}
+# The folder whose .snakemake/ keeps the cache: the working directory (a Snakemake run's),
+# or the API's and lens-chat's workdir while they check a model (``digests_kept_in``).
+_cache_root: Path = Path(".")
+
+
+@contextlib.contextmanager
+def digests_kept_in(workdir: str | os.PathLike[str]):
+    """Within the block the digest cache is ``workdir``'s, the one the pipeline run there
+    keeps: lens-chat or a notebook started elsewhere does not hash its GGUF files again."""
+    global _cache_root
+    saved, _cache_root = _cache_root, Path(workdir)
+    try:
+        yield
+    finally:
+        _cache_root = saved
+
+
+def cache_file(name: str | os.PathLike[str]) -> Path:
+    """``name`` under the .snakemake/ folder that keeps the digest cache (``digests_kept_in``)."""
+    return _cache_root / DIGEST_CACHE.parent / name
 
 
 def _digest_cache() -> dict[str, Any]:
     try:
-        return json.loads(DIGEST_CACHE.read_text(encoding="utf-8"))
+        cache = json.loads(cache_file(DIGEST_CACHE.name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _stat_key(path: str | os.PathLike[str]) -> tuple:
+    """What identifies a version of a file without reading it. Size, modification time and
+    inode can all be the same for other bytes: ``tar -x`` or ``cp -p`` of another model of
+    the same size sets the archived time, and a new file may get a freed inode. The change
+    time cannot be set: the kernel sets it to the present on every write, create, rename or
+    utime, which no tool (tar, touch, utime) can give a past value (short of setting the
+    system clock back), so a file written since has another key. The device tells the same
+    inode number on two filesystems apart. A chmod or a new hard link also changes the
+    change time: the file is hashed once more, which costs time, never a wrong digest."""
+    stat = os.stat(path)
+    return (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, remembered by (path, size, mtime, inode) in this process and, for
-    large files, in .snakemake/ across processes (a cache only: a changed stat hashes again)."""
-    stat = os.stat(path)
-    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    """sha256 of a file, remembered by its version (``_stat_key``) in this process and, for
+    large files, across processes in .snakemake/ (a cache only: another stat hashes again;
+    hashing reads the whole file, a few seconds per GB)."""
+    key = _stat_key(path)
     if key in _digests:
         return _digests[key]
-    if stat.st_size < CACHED_DIGEST_SIZE:
-        digest = _digests[key] = _hash_file(path)
-        return digest
     name = "\0".join(map(str, key))
-    cache = _digest_cache()
+    large = key[1] >= CACHED_DIGEST_SIZE
+    cache = _digest_cache() if large else {}
     digest = cache.get(name)
     if not isinstance(digest, str):
         digest = _hash_file(path)
-        cache[name] = digest
-        try:
-            from workflow.atomic import write_json
+        if _stat_key(path) != key:
+            return digest  # written while it was read: this digest names no version of it
+        if large:
+            # One entry per file: the entries of its earlier versions go.
+            cache = {k: v for k, v in cache.items() if not k.startswith(key[0] + "\0")}
+            cache[name] = digest
+            try:
+                from workflow.atomic import write_json
 
-            DIGEST_CACHE.parent.mkdir(parents=True, exist_ok=True)
-            write_json(DIGEST_CACHE, cache)
-        except OSError:
-            pass  # a read-only checkout hashes again next time
+                target = cache_file(DIGEST_CACHE.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_json(target, cache)
+            except OSError:
+                pass  # a read-only checkout hashes again next time
     _digests[key] = digest
     return digest
 
@@ -117,7 +153,9 @@ def recipe_of(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def input_digest(path: str | os.PathLike[str]) -> str | None:
     """sha256 of a file; for a derived directory, ``recipe:`` and its recipe's hash; for
-    another directory, of its file names, sizes and (small) contents."""
+    another directory (a local model's), of its file names, sizes and contents: every file
+    hashed, however large (a model's weights are its largest files), through the digest
+    cache, so a local model is read once per version of its files."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
@@ -128,9 +166,7 @@ def input_digest(path: str | os.PathLike[str]) -> str | None:
         return "recipe:" + recipe_hash(recipe)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".snakemake", RECIPE_FILE))):
-        size = file.stat().st_size
-        content = sha256_file(file) if size <= DIRECTORY_CONTENT_LIMIT else "large"
-        digest.update(f"{file.relative_to(path)}\0{size}\0{content}\n".encode())
+        digest.update(f"{file.relative_to(path)}\0{file.stat().st_size}\0{sha256_file(file)}\n".encode())
     return "dir:" + digest.hexdigest()
 
 
