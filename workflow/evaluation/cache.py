@@ -4,7 +4,8 @@ The key is the sha256 of the provider, model, generation parameters, endpoint an
 the full conversation (system prompt and messages). A re-run with unchanged
 inputs therefore reads every response from here and makes no API call, and the
 written evaluation is byte-identical. Entries are small JSON files meant to be
-committed with the results; they never hold an API key.
+committed with the results; they never hold an API key or an endpoint's credentials
+(the request names the endpoint without them: workflow/secrets.py).
 
 On another machine the same pipeline computes the same figures up to float rounding,
 and a figure in a prompt can come out one unit higher or lower in its last digit. When
@@ -19,12 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from workflow.atomic import dumps_json, write_text
+from workflow.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,18 @@ def _same_request_but_rounding(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _entry(path: Path) -> dict[str, Any] | None:
     """A cache entry, or None when the file is damaged (then it is a miss, and the answer
-    asked for again replaces it)."""
+    asked for again replaces it) or cannot be read (``check_storable`` stops a call)."""
     try:
-        entry = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        log.warning("unreadable response-cache entry %s (%s): skipped", path, error)
+        return None
+    try:
+        entry = json.loads(text)
         if isinstance(entry, dict) and isinstance(entry.get("response"), str) and isinstance(entry.get("request"), dict):
             return entry
         problem = "it lacks its request or response"
-    except (OSError, ValueError) as error:
+    except ValueError as error:
         problem = str(error)
     log.warning("damaged response-cache entry %s (%s): taken as a miss; the answer asked for again replaces it", path, problem)
     return None
@@ -114,6 +122,34 @@ class ResponseCache:
         self.misses += 1
         log.info("cache miss %s", key[:16])
         return None
+
+    def check_storable(self, key: str) -> None:
+        """That the answer to ``key`` can be stored, checked before it is asked for: a paid
+        answer that cannot be kept would be paid for again on every run."""
+        path = self.path(key)
+        if path.exists() and not path.is_file():
+            raise UserError(
+                f"the response-cache entry {path} is a directory (or another thing that is not a file), where the answer "
+                f"to this request is to be stored: remove it (rm -r '{path}') and re-run. No request was made"
+            )
+        if path.exists():
+            try:
+                open(path, "rb").close()
+            except OSError as error:  # it may hold this very answer: not asked for again
+                raise UserError(
+                    f"the response-cache entry {path} cannot be read ({error.strerror or error}): make it readable "
+                    f"(chmod u+rw '{path}') or remove it to ask again, and re-run. No request was made"
+                ) from None
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:  # the nearest folder there is
+            folder = folder.parent
+        problem = ("is not a folder" if not folder.is_dir()
+                   else "is not writable" if not os.access(folder, os.W_OK | os.X_OK) else None)
+        if problem:
+            raise UserError(
+                f"the response cache {self.directory} cannot store answers: {folder} {problem}. Set evaluation.cache_dir "
+                "to a folder you can write (or fix that one), and re-run. No request was made"
+            )
 
     def put(self, key: str, request: dict[str, Any], response: str, usage: dict[str, Any] | None) -> None:
         entry = {"key": key, "request": request, "response": response, "usage": usage or {}}

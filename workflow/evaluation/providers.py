@@ -10,22 +10,23 @@ settings.
   talks to any OpenAI-compatible server (llama.cpp, vLLM, Ollama).
 - ``anthropic``: the official ``anthropic`` SDK, Messages API.
 
-API keys come from the environment only (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``)
-and are never recorded: ``describe()`` lists what determines the output, not
-credentials.
+API keys come from the environment only (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``),
+and so do an endpoint's credentials (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``: the
+whole URL; ``base_url`` names it without them). None is recorded: ``describe()`` lists
+what determines the output, not credentials (workflow/secrets.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from workflow.errors import UserError
-from workflow.secrets import KEY_VARIABLES, redact
+from workflow.secrets import KEY_VARIABLES, api_key, check_endpoint, endpoint, redact
 from workflow.evaluation import analyst
 from workflow.evaluation.cache import DEFAULT_CACHE_DIR, ResponseCache, cache_key
 
@@ -100,14 +101,14 @@ class ChatProvider:
 
     def __init__(self, settings: dict[str, Any]):
         check_settings(settings)
-        self._api_key = os.environ[KEY_VARIABLES[self.name]]
+        self._api_key = api_key(self.name)
         self.model = settings["model"]
         self.temperature = settings.get("temperature")
         self.max_tokens = int(settings.get("max_tokens", 4096))
         self.seed = settings.get("seed")
         self.timeout = float(settings.get("timeout", 300))
         self.max_retries = int(settings.get("max_retries", 4))
-        self.base_url = settings.get("base_url")
+        self.base_url = settings.get("base_url")  # without credentials (check_settings)
         self.cache = ResponseCache(settings.get("cache_dir") or DEFAULT_CACHE_DIR)
         self.cache_keys: list[str] = []  # every request of this run, for provenance
 
@@ -141,6 +142,7 @@ class ChatProvider:
         cached = self.cache.get(key, request)
         if cached is not None:
             return cached
+        self.cache.check_storable(key)  # before the call: an answer paid for must be kept
         text, usage = self._call(system, messages)
         log.info("%s %s answered: %d characters, usage %s", self.name, self.model, len(text), usage)
         if text.strip():
@@ -177,6 +179,17 @@ class ChatProvider:
             f"(evaluation.max_tokens = {self.max_tokens}): raise evaluation.max_tokens (for this stage: "
             "evaluation.stages.<stage>.max_tokens). Nothing was written or cached."
         )
+
+    def _client_endpoint(self) -> dict[str, Any]:
+        """The SDK client's ``base_url`` and ``default_query``: the URL to call, credentials
+        included, with its query apart (the SDKs append their paths to the whole
+        ``base_url``, a query included, which breaks it)."""
+        url = endpoint(self.name, self.base_url)
+        if url is None:
+            return {"base_url": None}
+        split = urlsplit(url)
+        return {"base_url": urlunsplit(split._replace(query="")),
+                "default_query": dict(parse_qsl(split.query, keep_blank_values=True)) or None}
 
     def _call(self, system: str, messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError
@@ -244,7 +257,7 @@ class OpenAIProvider(ChatProvider):
         import openai
 
         client = openai.OpenAI(
-            api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+            api_key=self._api_key, timeout=self.timeout, max_retries=self.max_retries, **self._client_endpoint()
         )
         kwargs: dict[str, Any] = {"model": self.model}
         if self.temperature is not None:
@@ -298,7 +311,7 @@ class AnthropicProvider(ChatProvider):
         import anthropic
 
         client = anthropic.Anthropic(
-            api_key=self._api_key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+            api_key=self._api_key, timeout=self.timeout, max_retries=self.max_retries, **self._client_endpoint()
         )
         kwargs: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
         if system:
@@ -325,7 +338,9 @@ class AnthropicProvider(ChatProvider):
 
 
 def check_settings(settings: dict[str, Any], stage: str | None = None) -> None:
-    """What an LLM provider needs before any request: its key in the environment and a model.
+    """What an LLM provider needs before any request: its key in the environment, a model,
+    and an endpoint named without credentials (checked whatever the provider: the settings
+    are recorded).
 
     Called when the workflow is planned, so that a missing key fails before any job runs
     (and before Snakemake removes an evaluation it would have rewritten), and again by the
@@ -333,12 +348,13 @@ def check_settings(settings: dict[str, Any], stage: str | None = None) -> None:
     """
     name = settings.get("provider", "offline")
     which = f" (the {stage} evaluation)" if stage else ""
+    check_endpoint(name, settings.get("base_url"), which)
     if name == "offline":
         return
     if name not in KEY_VARIABLES:
         raise UserError(f"evaluation.provider {name!r}{which} is not available; use one of: {', '.join(PROVIDERS)}")
     variable = KEY_VARIABLES[name]
-    if not os.environ.get(variable, ""):
+    if not api_key(name):
         raise UserError(
             f"evaluation.provider is {name!r}{which} but the environment variable {variable} is not set; "
             f"export it (for a local OpenAI-compatible server any non-empty value works), "
