@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from llm_server import KEY, MARKER
-from pipeline import files_under, finished_run, said, snakemake, write_config
+from pipeline import files_under, finished_run, planning_error, said, snakemake, write_config
 from workflow.errors import UserError
 from workflow.evaluation.providers import EvaluationRequest, ProviderError, make_provider
 from workflow.evaluation.run import EvaluationError, complete
@@ -204,6 +204,52 @@ def test_missing_key_fails_when_planning_before_any_job(llm, lens_done, tmp_path
     assert llm.requests == []
     assert not (workdir / "logs/001/evaluate_model-tiny-llama.log").exists()  # no job ran
     assert not (workdir / "results/001/evaluation-tiny-llama.md").exists()
+
+
+PASSWORD = "pw-5e0b7c21-never-write-me"
+
+
+def no_file_holds(workdir, *secrets, but=()):
+    """Not one file of the workflow (results, logs, Snakemake's metadata) holds a secret."""
+    for path in workdir.rglob("*"):
+        if path.is_file() and path.relative_to(workdir).as_posix() not in but:
+            data = path.read_bytes()
+            assert not any(secret.encode() in data for secret in secrets), path
+
+
+def test_credentials_in_base_url_are_refused_when_planning(llm, lens_done, tmp_path):
+    """The configuration is recorded (rule params in provenance records and Snakemake's
+    metadata, the footer, the cache's request): credentials there were written into all."""
+    url = llm.openai_url.replace("http://", f"http://user:{PASSWORD}@") + "?api_key=tok-never-write-me"
+    workdir = workflow_with(lens_done, tmp_path, {"provider": "openai", "model": "test-model", "base_url": url})
+    for args in (["-n"], []):
+        result = snakemake(workdir, *args, "results/001/evaluation-tiny-llama.md")
+        line = planning_error(result, "evaluation.base_url", "holds credentials", f"'{llm.openai_url}'", "OPENAI_BASE_URL")
+        assert PASSWORD not in said(result) and "tok-never" not in said(result), line
+    assert llm.requests == []
+    assert not (workdir / "results/001/evaluation-tiny-llama.md").exists()
+    no_file_holds(workdir, PASSWORD, "tok-never-write-me", but=["config/config.yaml"])  # where the test wrote it
+
+
+def test_endpoint_credentials_from_the_environment_reach_no_file(llm, lens_done, tmp_path, monkeypatch):
+    import base64
+    import json
+
+    monkeypatch.setenv("OPENAI_BASE_URL", llm.openai_url.replace("http://", f"http://user:{PASSWORD}@"))
+    workdir = workflow_with(lens_done, tmp_path, {"provider": "openai", "model": "test-model", "base_url": llm.openai_url,
+                                                  "max_retries": 1})
+    result = snakemake(workdir, "results/001/evaluation-tiny-llama.md")
+    assert result.returncode == 0, said(result)[-3000:]
+    basic = base64.b64encode(f"user:{PASSWORD}".encode()).decode()
+    (request,) = llm.requests
+    assert request["headers"]["authorization"] == f"Basic {basic}"  # the credentials were sent
+    text = (workdir / "results/001/evaluation-tiny-llama.md").read_text()
+    assert f"base_url {llm.openai_url}," in text  # the footer names the endpoint without them
+    record = json.loads((workdir / "results/001/provenance/evaluation-tiny-llama.prov.json").read_text())
+    assert record["evaluator"]["base_url"] == record["params"]["evaluation"]["base_url"] == llm.openai_url
+    assert (workdir / ".snakemake" / "metadata").is_dir() and (workdir / "logs/001/evaluate_model-tiny-llama.log").is_file()
+    assert PASSWORD not in said(result)
+    no_file_holds(workdir, PASSWORD, basic, KEY)
 
 
 # ------------------------------------------------------------ only complete answers are taken
