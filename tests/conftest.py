@@ -140,4 +140,7 @@ def llm(server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # An endpoint of the developer's own would not be the one a test's config names.
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
     return server

@@ -94,7 +94,8 @@ def built(default_run):
 
 def run_as_written(workdir, command: str, dry: bool) -> subprocess.CompletedProcess:
     words = shlex.split(command)[1:] + (["-n"] if dry else [])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **KEYS)
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **KEYS)
     return subprocess.run([sys.executable, "-m", "snakemake", *words], cwd=workdir, capture_output=True, text=True,
                           timeout=900, env=env)
 

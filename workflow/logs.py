@@ -40,7 +40,7 @@ def setup_logging(log_path: str | None) -> None:
         file_handler.setFormatter(logging.Formatter(FORMAT))
         file_handler.addFilter(Redact())
         root.addHandler(file_handler)
-    for noisy in ("httpx", "urllib3", "filelock", "transformers", "transformer_lens"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "transformers", "transformer_lens"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
