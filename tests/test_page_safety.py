@@ -295,3 +295,19 @@ def test_the_pipeline_embeds_no_file_a_probe_names(tiny_dirs, tmp_path, monkeypa
     assert data_uris(meta) == [] and "<img" not in meta
     for text in (page, meta):
         assert SECRET not in text
+
+
+def test_the_footer_writes_the_evaluator_settings_as_text():
+    """The footer names the provider's settings (a model name from the config): as text, so a
+    model named like an image or link forms none."""
+    from workflow.evaluation.run import footer
+    from workflow.evaluation.templates import load_template
+
+    class Provider:
+        def describe(self):
+            return {"provider": "openai", "model": "![k](/etc/hostname) [x](javascript:alert(1)) *em*"}
+
+    template = load_template(str(REPO / "prompts" / "001" / "meta-evaluation.md"))
+    html = MarkdownIt("commonmark", {"html": False}).render(footer(template, "prompt", Provider()))
+    assert "<img" not in html and "<a " not in html and "<em>" not in html
+    assert "![k](/etc/hostname)" in html

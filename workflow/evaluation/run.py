@@ -17,6 +17,7 @@ from workflow.errors import UserError
 from workflow.records import rounded
 from workflow.evaluation.figures import Evidence, Verification, marked, user_texts, verify
 from workflow.evaluation.providers import EvaluationRequest, OfflineProvider, Provider, make_provider
+from workflow.evaluation.text import escaped
 from workflow.evaluation.templates import MIN_SECTION_CHARS, PromptTemplate, failing_sections, load_template, merged, without_title
 from workflow.experiments import Experiment, experiment
 
@@ -62,7 +63,7 @@ def _sha(text: str) -> str:
 
 def footer(template: PromptTemplate, prompt: str, provider: Provider) -> str:
     """A last line that ties the document to what made it (no timestamps)."""
-    settings = ", ".join(f"{k} {v}" for k, v in sorted(provider.describe().items()) if v is not None)
+    settings = ", ".join(f"{k} {escaped(str(v))}" for k, v in sorted(provider.describe().items()) if v is not None)
     return (
         f"\n---\n<sub>Template `{Path(template.path).name}` (sha256 {template.sha256[:12]}); rendered prompt "
         f"sha256 {_sha(prompt)[:12]}; {settings}.</sub>\n"
