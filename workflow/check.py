@@ -1,13 +1,16 @@
-"""Is every result current? The plan's comparison with the provenance records, per artefact.
+"""Is every result current? The dry run's plan, per artefact.
 
-``python -m workflow.check`` (or ``make check``) reports each artefact under ``results/`` as
-``ok``, ``stale`` (the plan would make it again: its params, code or an input changed since
-its record, or it reads what another stale job makes again; the reason says which),
-``modified`` (the artefact was edited after it was made), ``missing`` (a record names it and
-it is gone) or ``unrecorded`` (no record names it). Staleness comes from a dry run of the
-workflow (``snakemake -n``, the default target), which compares the current config and code
-with the records exactly as every plan does (workflow/plan.py): the check and the dry run
-cannot disagree.
+``python -m workflow.check`` (or ``make check``) runs the dry run of the default target
+(``snakemake -n``), which compares the current config and code with the records exactly as
+every plan does (workflow/plan.py), and reports every output of every job of that plan
+under ``results/`` (a provenance record by the artefacts it names), and any output of a
+planned job elsewhere, as ``ok`` (the plan does not make it again), ``stale`` (the plan
+makes it again: its params, code or an input changed since its record, or it reads what
+another job makes again; the reason says which), ``modified`` (edited after it was made)
+or ``missing`` (not there, whether or not a record names it). Every other file under
+``results/`` is ``unplanned`` (a record names it, but no job of the plan makes it: a model
+or experiment no longer in the config) or ``unrecorded`` (no record names it). What the
+check does not call ok is what the dry run plans: the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workflow.plan import REPORT_ENV
-from workflow.provenance import RECORD_SUFFIX, sha256_file
+from workflow.provenance import RECORD_SUFFIX
 
 
 @dataclass(frozen=True)
 class Finding:
-    status: str  # ok | stale | modified | missing | unrecorded
+    status: str  # ok | stale | modified | missing | unplanned | unrecorded
     artefact: str
     reason: str = ""
 
@@ -36,8 +40,8 @@ class PlanError(RuntimeError):
     """The workflow cannot be planned (a config error, say); the message is Snakemake's."""
 
 
-def planned(root: str | os.PathLike[str] = ".") -> dict[str, str]:
-    """artefact -> why the plan makes it again, from a dry run in ``root``."""
+def plan(root: str | os.PathLike[str] = ".") -> list[dict[str, Any]]:
+    """Every job of the dry run's plan in ``root`` (workflow.plan.plan_entry)."""
     with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
         report = Path(tmp) / "plan.json"
         done = subprocess.run(
@@ -47,40 +51,54 @@ def planned(root: str | os.PathLike[str] = ".") -> dict[str, str]:
         )
         if done.returncode != 0:
             raise PlanError((done.stdout + done.stderr).strip()[-3000:])
-        jobs = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else []
-    return {output: "; ".join(job["reasons"]) for job in jobs for output in job["outputs"]}
+        if not report.is_file():
+            raise PlanError(f"the dry run wrote no plan ({REPORT_ENV}): the Snakefile must install workflow.plan")
+        return json.loads(report.read_text(encoding="utf-8"))
 
 
 def check(root: str | os.PathLike[str] = ".", results: str = "results") -> list[Finding]:
-    """Every recorded artefact under ``root/results``, checked against its record and the plan."""
+    """Every artefact of the plan of ``root``, and every other file under ``root/results``."""
     root = Path(root)
-    stale = planned(root)
     findings: list[Finding] = []
-    recorded: set[str] = set()
-    for record_file in sorted((root / results).rglob(f"*{RECORD_SUFFIX}")):
-        name_of_record = str(record_file.relative_to(root))
-        recorded.add(name_of_record)
-        try:
-            artefacts = json.loads(record_file.read_text(encoding="utf-8"))["artefacts"]
-        except (OSError, ValueError, KeyError):
-            findings.append(Finding("stale", name_of_record, "cannot be read as a provenance record"))
-            continue
-        for name, digest in artefacts.items():
-            recorded.add(str(Path(name)))
+    made: set[str] = set()
+    for job in plan(root):
+        reason = "; ".join(job["reasons"])
+        for name in job["outputs"]:
+            made.add(name)
             path = root / name
-            if not path.is_file():
-                findings.append(Finding("missing", name, f"recorded in {name_of_record}"))
-            elif sha256_file(path) != digest:
-                findings.append(Finding("modified", name, "edited after it was made"))
-            elif name in stale:
-                findings.append(Finding("stale", name, stale[name]))
-            else:
-                findings.append(Finding("ok", name))
+            is_record = name.endswith(RECORD_SUFFIX)
+            if not job["planned"]:
+                if Path(name).parts[:1] == (results,) and not is_record:
+                    findings.append(Finding("ok", name))
+            elif not path.exists():
+                findings.append(Finding("missing", name, reason))
+            elif name in job["modified"]:
+                findings.append(Finding("modified", name, reason))
+            elif not is_record:
+                findings.append(Finding("stale", name, reason))
+    named = recorded(root / results, root)
     for path in sorted((root / results).rglob("*")):
         name = str(path.relative_to(root))
-        if path.is_file() and "cache" not in path.relative_to(root / results).parts and name not in recorded:
-            findings.append(Finding("unrecorded", name, "no provenance record names it"))
-    return findings
+        if path.is_file() and "cache" not in path.relative_to(root / results).parts and name not in made:
+            if name in named:
+                findings.append(Finding("unplanned", name, f"{named[name]} names it, but no job of the plan makes it"))
+            else:
+                findings.append(Finding("unrecorded", name, "no provenance record names it"))
+    return sorted(findings, key=lambda f: f.artefact)
+
+
+def recorded(folder: Path, root: Path) -> dict[str, str]:
+    """Each record under ``folder``, and each artefact it names -> that record."""
+    named = {}
+    for record_file in sorted(folder.rglob(f"*{RECORD_SUFFIX}")):
+        record = str(record_file.relative_to(root))
+        named[record] = record
+        try:
+            artefacts = json.loads(record_file.read_text(encoding="utf-8"))["artefacts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # the plan says what is wrong with it, if a job of the plan writes it
+        named.update({str(Path(name)): record for name in artefacts})
+    return named
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,17 +17,24 @@ what made its outputs:
 
 A stale job is planned with everything that reads what it makes (but not through a derived
 directory: there the consumer's own comparison of recipes decides). Snakemake still plans
-what is missing and needed, and what ``--forcerun`` or an incomplete job asks for. The dry
-run prints, for each job planned from a record, what changed, from what to what, and which
-record says so.
+what is missing and needed, and what ``--forcerun`` asks for. The dry run prints, for each
+job planned from a record, what changed, from what to what, and which record says so.
 
-``install(workflow, ...)`` is called once by the Snakefile. It works through one method of
-Snakemake's DAG (``update_needrun``), wrapped: the Snakemake version is pinned in
-workflow/envs/constraints.txt and tests/test_provenance.py fails if that method changes.
+Snakemake's marks of a job that did not finish (``.snakemake/incomplete/``, left by Ctrl-C
+or ``kill -9``) decide nothing either: every job writes its outputs atomically and its
+record last, and update() keeps the previous outputs in place, so an interrupted job left
+either its previous outputs with their record (current, unless something else changed) or
+outputs that do not match their record (stale by it, with the reason). A real run removes
+what an interrupted one left of the jobs it does not run (marks, backups, temporaries).
+
+``install(workflow, ...)`` is called once by the Snakefile. It works through Snakemake's
+DAG (``update_needrun`` and ``postprocess`` wrapped, ``check_incomplete`` replaced): the
+Snakemake version is pinned in workflow/envs/constraints.txt.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections import defaultdict
@@ -115,6 +122,7 @@ class Planner:
         self.dag = dag
         self.check_job = check_job
         self.stale: dict[Any, tuple[list[str], str]] = {}  # job -> (reasons, record)
+        self.modified: dict[Any, list[str]] = {}  # job -> its artefacts that differ from its record
         self._found: dict[Any, tuple[list[str], str]] = {}
         self._recipes: dict[Any, dict[str, Any]] = {}
 
@@ -194,10 +202,10 @@ class Planner:
             inputs, artefacts = record["inputs"], record["artefacts"]
         except (OSError, ValueError, KeyError, TypeError):
             return [f"{record_file} cannot be read as a provenance record"]
-        reasons = []
-        for name, digest in sorted(artefacts.items()):
-            if os.path.isfile(name) and sha256_file(name) != digest:
-                reasons.append(f"{name} was changed after {job.rule.name} wrote it")
+        modified = [name for name, digest in sorted(artefacts.items()) if os.path.isfile(name) and sha256_file(name) != digest]
+        if modified:
+            self.modified[job] = modified
+        reasons = [f"{name} was changed after {job.rule.name} wrote it" for name in modified]
         params = self.params(job)
         reasons += differences(recorded_params, {k: v for k, v in params.items() if k not in CODE_PARAMS})
         if params.get("code") != code.get("version"):
@@ -312,21 +320,96 @@ def install(workflow: Any, check_job: Callable[[Any], None] | None = None) -> No
         if report:
             from workflow.atomic import write_json
 
-            found = []
-            for job, via in planned.items():
-                if via is None:
-                    reasons, record = planner.stale[job]
-                else:
-                    reasons = [f"reads {', '.join(sorted(via[1]))}, which {describe(via[0])} makes again"]
-                    record = planner.record_file(job) or ""
-                found.append({"rule": job.rule.name, "outputs": [str(f) for f in job.output], "reasons": reasons, "record": record})
-            write_json(report, found)
+            write_json(report, [plan_entry(self, planner, planned, job) for job in self.jobs if not job.rule.norun])
+
+    async def check_incomplete(self: Any) -> None:
+        """Snakemake plans again (or refuses to plan) a job it marked incomplete, whatever
+        its outputs are: here the records decide (the module's docstring)."""
 
     update_needrun.__wrapped__ = original  # type: ignore[attr-defined]
     DAG.update_needrun = update_needrun
+    DAG.check_incomplete = check_incomplete
+    _install_leftover_cleanup()
     _install_reason()
     _install_backup_cleanup()
     logger.addFilter(_without_metadata_warnings)
+
+
+def plan_entry(dag: Any, planner: Planner, planned: dict[Any, Any], job: Any) -> dict[str, Any]:
+    """One job of the plan as ``python -m workflow.check`` reads it: its outputs, whether it
+    runs and why (the record's reasons, what it reads that runs again, or Snakemake's own:
+    a missing output, --forcerun), and its artefacts that differ from its record."""
+    record = planner.record_file(job) or ""
+    if not dag.needrun(job):
+        reasons = []
+    elif job in planner.stale:
+        reasons, record = planner.stale[job]
+    elif planned.get(job) is not None:
+        producer, files = planned[job]
+        reasons = [f"reads {', '.join(sorted(files))}, which {describe(producer)} makes again"]
+    else:
+        reasons = [str(dag.reason(job))]
+    return {"rule": job.rule.name, "job": describe(job), "outputs": [str(f) for f in job.output], "planned": dag.needrun(job),
+            "reasons": reasons, "record": record, "modified": planner.modified.get(job, [])}
+
+
+def temporaries(output: str) -> list[str]:
+    """The atomic writers' hidden siblings of ``output`` (``.NAME.tmp-*``, workflow/atomic.py)."""
+    folder, name = os.path.split(output)
+    return glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.tmp-*"))
+
+
+def _install_leftover_cleanup() -> None:
+    """A run that executes jobs removes, once it holds Snakemake's lock, what an interrupted
+    run left of the jobs it does not run (their outputs are current by their records, or
+    not needed): Snakemake's incomplete marks, its copies of update() outputs in
+    .snakemake/backups/, the writers' temporaries. A job it runs removes its own. Outputs
+    another run holds its output lock on are being made there right now: left alone."""
+    from snakemake.dag import DAG
+    from snakemake_interface_executor_plugins.settings import ExecMode
+
+    original = getattr(DAG.postprocess, "__wrapped__", DAG.postprocess)
+
+    async def postprocess(self: Any, *args: Any, check_initial: bool = False, **kwargs: Any) -> None:
+        await original(self, *args, check_initial=check_initial, **kwargs)
+        # check_initial: only Workflow.execute asks for it, inside its lock.
+        if check_initial and not self.workflow.dryrun and self.workflow.exec_mode == ExecMode.DEFAULT:
+            remove_interrupted_leftovers(self)
+
+    postprocess.__wrapped__ = original  # type: ignore[attr-defined]
+    DAG.postprocess = postprocess
+
+
+def remove_interrupted_leftovers(dag: Any) -> None:
+    """What _install_leftover_cleanup says, for the jobs of ``dag`` that do not run."""
+    import shutil
+
+    from snakemake.logging import logger
+
+    persistence = dag.workflow.persistence
+    elsewhere = {key for kind, key in persistence._read_locks() if kind == "output"}
+    for job in list(dag.jobs):
+        outputs = [str(f) for f in job.output]
+        if job.rule.norun or dag.needrun(job) or not elsewhere.isdisjoint(outputs):
+            continue
+        marks = persistence._filter_incomplete_keys(persistence._get_key(f) for f in job.output)
+        backups = [b for b in (persistence._get_backup_path(Path(f)) for f in outputs) if b.exists() or b.is_symlink()]
+        temps = [t for f in outputs for t in temporaries(f)]
+        if not (marks or backups or temps):
+            continue
+        for key in marks:
+            persistence._unmark_incomplete(key)
+        for f in outputs:
+            persistence.cleanup_backup(Path(f))
+        for temp in temps:
+            if os.path.isdir(temp):
+                shutil.rmtree(temp, ignore_errors=True)
+            else:
+                os.remove(temp)
+        left = [f"{len(marks)} incomplete mark(s)" if marks else "", f"{len(backups)} backup(s)" if backups else "",
+                f"{len(temps)} temporary file(s)" if temps else ""]
+        logger.info(f"{describe(job)}: removed what an interrupted run left ({', '.join(filter(None, left))}); "
+                    "its provenance record says it need not run")
 
 
 def _without_metadata_warnings(record: Any) -> bool:
