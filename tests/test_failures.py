@@ -187,6 +187,28 @@ def test_a_failing_lens_job_keeps_the_committed_records(workdir, tiny_dirs, tmp_
     assert "Nothing to be done" not in said(snakemake(workdir, "-n", "results/001/output-tiny-llama.json"))
 
 
+def test_the_outputs_a_failed_job_never_made_are_reported_missing(workdir, tiny_dirs, tmp_path):
+    """A new model whose first job fails: no record names its outputs, but the plan makes
+    them, so `make check` reports them missing and fails, as `snakemake -n` plans them."""
+    damaged = tmp_path / "damaged-llama"
+    shutil.copytree(tiny_dirs["llama"], damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])  # the header intact: it fails when loaded
+    config = tiny_config(tiny_dirs, **TUNED)
+    config["models"]["tiny-broken"] = {"source": "local", "path": str(damaged)}
+    write_config(workdir, config)
+    result = snakemake(workdir, "--keep-going", "results/001/output-tiny-broken.json")
+    assert result.returncode != 0
+    assert not (workdir / "results/001/output-tiny-broken.json").exists()
+    check = provenance_check(workdir)
+    assert check.returncode == 1, check.stdout[-3000:]
+    found = {line.split()[1]: line.split()[0] for line in check.stdout.splitlines()[:-1]}
+    for name in ("results/001/output-tiny-broken.json", "results/001/output-tiny-broken-records.csv",
+                 "results/001/evaluation-tiny-broken.md", "results/003/output-tiny-broken.json"):
+        assert found.get(name) == "missing", (name, check.stdout[-3000:])
+    assert found["results/001/output-tiny-llama.json"] == "ok"
+
+
 def test_a_failing_training_keeps_the_trained_lens(workdir, tiny_dirs):
     """Without a ridge term, fewer positions than the width leave the fit undetermined."""
     before = snapshot(workdir, "results", "resources/lenses")
