@@ -169,6 +169,83 @@ def test_bad_input_is_a_clear_error(tiny, tmp_path):
         api.load("x", config=tmp_path / "absent.yaml")
 
 
+def test_bad_arguments_are_one_clear_error_before_any_work(tiny, tmp_path, monkeypatch):
+    """Arguments of the wrong type or value are a TypeError or ValueError naming the function,
+    the argument and what it takes, raised before a model is prepared or loaded."""
+    import workflow.models as models
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a model was prepared or loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load_model", no_work)
+    monkeypatch.setattr(api, "prepared_dir", no_work)
+    config = tiny.workdir / "config.yaml"
+    with pytest.raises(TypeError, match=r"api\.load: model is a config key, a model directory, a \.gguf file or a hub id "
+                                        r"\(a str\), not NoneType None"):
+        api.load(None, config=config)
+    with pytest.raises(ValueError, match=r"api\.load: dtype='float8' is not one of 'auto', 'float32', 'float16', 'bfloat16'"):
+        api.load("catalogued", config=config, dtype="float8")
+    with pytest.raises(ValueError, match=r"device='gpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"):
+        api.load("catalogued", config=config, device="gpu")
+    with pytest.raises(ValueError, match=r"backend='lens' is not one of"):
+        api.load("catalogued", config=config, backend="lens")
+    with pytest.raises(TypeError, match=r"Model\.lens: prompts are a str, or a list of str or of probes .*not int 123"):
+        tiny.lens(123, " x")
+    with pytest.raises(TypeError, match=r"Model\.lens: answers are a str, or a list of str"):
+        tiny.lens(["a b"], [7])
+    with pytest.raises(ValueError, match=r"Model\.lens: no prompts given"):
+        tiny.lens([])
+    with pytest.raises(TypeError, match=r"Model\.generate: prompt is a str, not int 5"):
+        tiny.generate(5)
+    with pytest.raises(ValueError, match=r"Model\.generate: max_new_tokens is a whole number of at least 1, not 0"):
+        tiny.generate("a b", max_new_tokens=0)
+    with pytest.raises(TypeError, match=r"Model\.patch: corrupted is a str, not NoneType None"):
+        tiny.patch("a b", " c", None, " d")
+
+
+def test_plot_functions_refuse_what_is_not_records(tiny):
+    frame = tiny.lens("The capital of Germany is", " Berlin", lenses=("logit",), positions="last")
+    with pytest.raises(ValueError, match=r"plot_answer_by_layer: no records; give a frame made by Model\.lens"):
+        api.plot_answer_by_layer({})
+    with pytest.raises(TypeError, match=r"plot_answer_by_layer\['a'\]: records are a DataFrame made by Model\.lens.*not int 3"):
+        api.plot_answer_by_layer({"a": 3})
+    with pytest.raises(ValueError, match=r"plot_answer_by_layer: no records of the lenses \['tuned'\] \(the records have \['logit'\]\)"):
+        api.plot_answer_by_layer(frame, lenses=("tuned",))
+    with pytest.raises(ValueError, match=r"plot_answer_by_layer: the records are empty"):
+        api.plot_answer_by_layer(frame.iloc[:0])
+    with pytest.raises(TypeError, match=r"plot_heatmap: records are a DataFrame"):
+        api.plot_heatmap("records.csv")
+    with pytest.raises(ValueError, match=r"plot_patching: the records have no column 'pair', 'direction', 'corruption'"):
+        api.plot_patching(frame)
+    with pytest.raises(TypeError, match=r"explore: records are a DataFrame"):
+        api.explore([1, 2], tiny.workdir / "x.html")
+
+
+def test_a_gguf_file_given_as_such_is_refused_naming_the_file_not_a_config_key(tiny, tmp_path):
+    """api.load(path) has no config key to name: the errors name the file; a directory is
+    called a directory, not missing."""
+    from workflow.prepare import locate_gguf
+
+    config = tiny.workdir / "config.yaml"
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all, only some text" * 2)
+    with pytest.raises(UserError) as refused:
+        api.load(str(bad), config=config, workdir=tmp_path)
+    message = str(refused.value)
+    assert "bad.gguf' is not a usable GGUF file: " in message and "GGUF magic" in message
+    assert "config key" not in message and "models.bad" not in message
+    assert not (tmp_path / api.OWN_MODELS / "bad").exists()
+    folder = tmp_path / "folder.gguf"
+    folder.mkdir()
+    with pytest.raises(UserError, match=r"folder\.gguf: a directory, not a GGUF file; give the path of a \.gguf file"):
+        api.load(str(folder), config=config, workdir=tmp_path)
+    with pytest.raises(UserError, match=r"model 'm': GGUF file '.*folder\.gguf' is a directory, not a GGUF file "
+                                        r"\(config key models\.m\.path in c\.yaml\); point it at the \.gguf file"):
+        locate_gguf("m", {"source": "gguf", "path": str(folder)}, tmp_path, "c.yaml")
+    with pytest.raises(UserError, match=r"GGUF file '.*absent\.gguf' does not exist \(config key models\.m\.path in c\.yaml\)"):
+        locate_gguf("m", {"source": "gguf", "path": str(tmp_path / "absent.gguf")}, tmp_path, "c.yaml")
+
+
 def test_a_model_prepared_from_another_source_is_prepared_again(tmp_path, monkeypatch):
     import workflow.prepare as prepare
 
@@ -176,10 +253,15 @@ def test_a_model_prepared_from_another_source_is_prepared_again(tmp_path, monkey
     out = tmp_path / api.OWN_MODELS / "m"
     out.mkdir(parents=True)
     made = []
-    monkeypatch.setattr(prepare, "prepare_model", lambda key, entry, folder: made.append(folder))
-    (out / "manifest.json").write_text(json.dumps({"source": prepare.source_description(entry)}))
+    monkeypatch.setattr(prepare, "prepare_model", lambda key, entry, folder, **kwargs: made.append(folder))
+    # The file as it is now (tests/test_stale_weights.py: a file that changed is prepared again).
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(prepare, "source_fingerprint", lambda key, entry, configfile=None: {"sha256": "f" * 64})
+    fingerprint = {"source_fingerprint": {"sha256": "f" * 64}}
+    (out / "manifest.json").write_text(json.dumps({"source": prepare.source_description(entry), **fingerprint}))
     assert api.prepared_dir("m", entry, tmp_path) == str(out) and made == []
-    (out / "manifest.json").write_text(json.dumps({"source": prepare.source_description({**entry, "path": "/elsewhere.gguf"})}))
+    (out / "manifest.json").write_text(json.dumps({"source": prepare.source_description({**entry, "path": "/elsewhere.gguf"}),
+                                                   **fingerprint}))
     assert api.prepared_dir("m", entry, tmp_path) == str(out) and made == [out]
 
 

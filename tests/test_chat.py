@@ -234,3 +234,56 @@ def test_a_model_read_from_its_gguf_file_says_its_seconds_per_token_and_is_refus
     ran = chat(path, "--workdir", str(work), "--once", "Berlin is", "--raw", "--max-new-tokens", "2")
     assert ran.returncode == 0, ran.stderr
     assert "s per token" in ran.stderr and "tokens in" in ran.stdout
+
+
+def test_bad_arguments_are_one_error_line_before_the_model_loads(chat_config, tmp_path):
+    """Each is refused before loading (--trace into a directory failed after the reply;
+    --temperature nan failed in sampling)."""
+    cases = [
+        (["--temperature", "nan"], "--temperature must be a number, 0 or more (0: greedy), not nan"),
+        (["--temperature", "inf"], "--temperature must be a number, 0 or more (0: greedy), not inf"),
+        (["--max-seconds-per-token", "nan"], "--max-seconds-per-token must be a number above 0, not nan"),
+        (["--trace", str(tmp_path)], f"--trace {tmp_path}: a directory; give a file to write (CSV, or .parquet)"),
+        (["--trace", str(tmp_path / "absent" / "t.csv")],
+         f"--trace {tmp_path / 'absent' / 't.csv'}: folder '{tmp_path / 'absent'}' does not exist; make it or give another file"),
+    ]
+    for args, message in cases:
+        result = chat(chat_config, "--model", "tiny-chat", "--once", "hi", *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == [f"lens-chat: error: {message}"], result.stderr
+    wrong = chat(chat_config, "--model", "tiny-chat", "--once", "hi", "--dtype", "float8")
+    assert wrong.returncode == 2 and "argument --dtype: invalid choice: 'float8'" in wrong.stderr
+    assert "Traceback" not in wrong.stderr and "loading" not in wrong.stderr
+
+
+def test_a_gguf_file_changed_after_preparation_is_prepared_again_and_a_truncated_one_refused(tiny_dirs, tmp_path):
+    """The prepared copy is used only while it is the file's as the file is now: another model
+    of the same size and time, written over it, is prepared again; a truncated file is refused."""
+    from gguf_writer import write_gguf
+    from tiny import make_model_dir
+
+    gguf = write_gguf(tiny_dirs["llama"], tmp_path / "tiny.gguf", "llama")
+    other = write_gguf(make_model_dir(tmp_path / "other", "llama", seed=9), tmp_path / "other.gguf", "llama")
+    config = {"device": "cpu", "dtype": "float32", "lenses": ["logit"], "models": {"tiny-gguf": {"source": "gguf", "path": str(gguf)}},
+              "probes": [{"id": "p", "prompt": "The capital of Germany is", "answer": " Berlin"}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    args = ("--workdir", str(work), "--once", "The capital of Germany is", "--raw", "--max-new-tokens", "3")
+    first = chat(path, *args)
+    assert first.returncode == 0 and "preparing tiny-gguf once into" in first.stderr, first.stderr
+    stat = gguf.stat()
+    assert other.stat().st_size == stat.st_size
+    with open(gguf, "r+b") as fh:
+        fh.write(other.read_bytes())
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = chat(path, *args)
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"chat-models/tiny-gguf was prepared from another version of its source \(the GGUF file's sha256 "
+                     r"[0-9a-f]{12}… then, [0-9a-f]{12}… now\); preparing it again", again.stderr), again.stderr
+    with open(gguf, "r+b") as fh:
+        fh.truncate(stat.st_size - 4096)
+    truncated = chat(path, *args)
+    assert truncated.returncode == 1
+    assert truncated.stderr.strip().splitlines()[-1].startswith("lens-chat: error: model 'tiny-gguf': ")
+    assert "truncated" in truncated.stderr and "Traceback" not in truncated.stderr

@@ -11,7 +11,8 @@ or a script, with the pipeline's numbers.
 
 ``load`` takes a key of the config, a Hugging Face model directory, a GGUF file or a Hugging
 Face hub id. A GGUF or packaged model is read from the pipeline's ``resources/models/{key}/``
-where the pipeline has prepared it, else prepared once into ``resources/chat-models/{key}/``
+where the pipeline has prepared it from its source as the source is now (the manifest's
+sha256 or package version), else prepared once into ``resources/chat-models/{key}/``
 (the folder ``lens-chat`` shares; never the pipeline's own, whose newer time would make
 Snakemake run that model's jobs again). The tuned lens is the pipeline's
 (``resources/lenses/{key}/``) where it has trained one, else trained once into
@@ -26,6 +27,7 @@ Each method returns a pandas DataFrame with the columns of the experiment's reco
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -80,29 +82,35 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def prepared_dir(key: str, entry: dict[str, Any], workdir: Path) -> str | None:
-    """Where a GGUF or packaged model's prepared weights are: the pipeline's, or the folder
-    outside the pipeline (prepared now if missing, or again if it was prepared from another
-    source)."""
-    import json
-
-    from workflow.prepare import MANIFEST, PREPARED_SOURCES, prepare_model, source_description
+def prepared_dir(key: str, entry: dict[str, Any], workdir: Path, configfile: str | None = "config/config.yaml") -> str | None:
+    """Where a GGUF or packaged model's prepared weights are: the pipeline's where they were
+    prepared from its source as it is now, else the folder outside the pipeline (prepared
+    now if missing, or again if it was prepared from another source or another version of
+    it). A prepared folder is judged by its manifest's source fingerprint against the
+    source's (``workflow.prepare.why_stale``: the GGUF's sha256 through the digest cache, a
+    package's version); a missing, truncated or unreadable source is refused (UserError).
+    ``configfile`` None: the model was given as a file, not a config key."""
+    from workflow.prepare import MANIFEST, PREPARED_SOURCES, prepare_model, why_stale
+    from workflow.provenance import digests_kept_in
 
     if entry["source"] not in PREPARED_SOURCES:
         return None
-    pipeline = workdir / "resources" / "models" / key
-    if (pipeline / MANIFEST).is_file():
-        return str(pipeline)
-    out = workdir / OWN_MODELS / key
-    wanted = source_description(entry)
-    if (out / MANIFEST).is_file():
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-        if manifest.get("source") == wanted and ("gguf_path" in manifest) == (entry.get("weights") == "quantised"):
-            return str(out)
-        print(f"{out} was prepared from another source or another weights setting; preparing it again", file=sys.stderr)
-    how = "reading" if entry.get("weights") == "quantised" else "dequantising"
-    print(f"preparing {key} once into {out} ({how} its GGUF file) ...", file=sys.stderr)
-    prepare_model(key, entry, out)
+    with digests_kept_in(workdir):
+        pipeline = workdir / "resources" / "models" / key
+        if (pipeline / MANIFEST).is_file():
+            why = why_stale(key, entry, pipeline, configfile)
+            if why is None:
+                return str(pipeline)
+            print(f"{pipeline} {why}: not used (the pipeline prepares it again with the model's next job)", file=sys.stderr)
+        out = workdir / OWN_MODELS / key
+        if (out / MANIFEST).is_file():
+            why = why_stale(key, entry, out, configfile)
+            if why is None:
+                return str(out)
+            print(f"{out} {why}; preparing it again", file=sys.stderr)
+        how = "reading" if entry.get("weights") == "quantised" else "dequantising"
+        print(f"preparing {key} once into {out} ({how} its GGUF file) ...", file=sys.stderr)
+        prepare_model(key, entry, out, configfile=configfile)
     return str(out)
 
 
@@ -122,6 +130,8 @@ def model_source(model: str, config: dict[str, Any], configfile: str) -> tuple[s
         return model, dict(config["models"][model])
     path = Path(model).expanduser()
     if path.suffix.lower() == ".gguf":
+        if path.is_dir():
+            raise UserError(f"{model}: a directory, not a GGUF file; give the path of a .gguf file (or a model key of {configfile})")
         if not path.is_file():
             raise UserError(f"{model}: no such GGUF file; give the path of a .gguf file (or a model key of {configfile})")
         return _key(path.stem), {"source": "gguf", "path": str(path.resolve())}
@@ -150,6 +160,20 @@ def _frame(rows: list[dict[str, Any]], columns: Sequence[str], summary: dict[str
     return frame
 
 
+def _text(method: str, name: str, value: Any) -> None:
+    """An argument that must be some text."""
+    if not isinstance(value, str):
+        raise TypeError(f"{method}: {name} is a str, not {_shown_value(value)}")
+    if not value.strip():
+        raise ValueError(f"{method}: {name} is empty")
+
+
+def _shown_value(value: Any) -> str:
+    """A wrong argument as a message names it: its type and the start of its repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
 def _probes(prompts: str | Sequence[str] | Sequence[dict[str, Any]], answers, model) -> list[dict[str, Any]]:
     """Probes (id, prompt, answer) from what ``Model.lens`` was given; a prompt without an
     answer is scored against the model's own next token."""
@@ -159,6 +183,13 @@ def _probes(prompts: str | Sequence[str] | Sequence[dict[str, Any]], answers, mo
         prompts = [prompts]
     if isinstance(answers, str):
         answers = [answers]
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, (str, dict)) for p in prompts):
+        raise TypeError(f"Model.lens: prompts are a str, or a list of str or of probes (dicts with id, prompt and "
+                        f"answer), not {_shown_value(prompts)}")
+    if not prompts:
+        raise ValueError("Model.lens: no prompts given")
+    if answers is not None and (not isinstance(answers, (list, tuple)) or not all(isinstance(a, str) for a in answers)):
+        raise TypeError(f"Model.lens: answers are a str, or a list of str (one per prompt), or None, not {_shown_value(answers)}")
     if answers is not None and len(answers) != len(prompts):
         raise UserError(f"{len(prompts)} prompts but {len(answers)} answers: give one answer per prompt, or none")
     probes = []
@@ -188,6 +219,7 @@ class Model:
     workdir: Path
     loaded: Any = field(repr=False)  # workflow.models.LoadedModel
     _tuned: Any = field(default=None, repr=False)
+    configfile: str | None = field(default=None, repr=False)  # None: given as a file or directory, not a config key
 
     @property
     def n_layers(self) -> int:
@@ -223,6 +255,7 @@ class Model:
     def tuned_lens(self):
         """The tuned lens's translators: the pipeline's, else trained once outside it."""
         from workflow.lens_setup import open_tuned_lens
+        from workflow.provenance import digests_kept_in
         from workflow.tuned import TunedLensSettings, train_for_model
 
         if self._tuned is None:
@@ -230,11 +263,12 @@ class Model:
             if directory is None:
                 directory = self.workdir / OWN_LENSES / self.key
                 print(f"training the tuned lens of {self.key} once into {directory} ...", file=sys.stderr)
-                train_for_model(
-                    self.key, self.entry, prepared_dir(self.key, self.entry, self.workdir), directory,
-                    device=self.loaded.device, dtype=_dtype_name(self.loaded), backend=self.config["backend"],
-                    settings=TunedLensSettings.from_config(self.config["tuned_lens"]), lens_settings=self.lens_settings(),
-                )
+                with digests_kept_in(self.workdir):
+                    train_for_model(
+                        self.key, self.entry, prepared_dir(self.key, self.entry, self.workdir, self.configfile), directory,
+                        device=self.loaded.device, dtype=_dtype_name(self.loaded), backend=self.config["backend"],
+                        settings=TunedLensSettings.from_config(self.config["tuned_lens"]), lens_settings=self.lens_settings(),
+                    )
             self._tuned, _ = open_tuned_lens(self.loaded, self.lens_settings(), directory)
         return self._tuned
 
@@ -275,6 +309,8 @@ class Model:
 
         pair = {"id": pair_id, "clean": clean, "clean_answer": clean_answer, "corrupted": corrupted,
                 "corrupted_answer": corrupted_answer}
+        for name, value in pair.items():
+            _text("Model.patch", name, value)
         summary, rows = run_patching(self.loaded, [pair], PatchingSettings.from_config(self.config["patching"]), self.lens_settings())
         return _frame(rows, RECORD_COLUMNS, summary)
 
@@ -286,6 +322,9 @@ class Model:
         from workflow.generation import LensGenerator
         from workflow.records import COLUMNS
 
+        _text("Model.generate", "prompt", prompt)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"Model.generate: max_new_tokens is a whole number of at least 1, not {max_new_tokens!r}")
         settings = self.lens_settings(positions="last")
         generator = LensGenerator(self.loaded, settings, self.tuned_lens() if "tuned" in lenses else None)
         summary, rows = run_generation(generator, [{"id": "prompt", "prompt": prompt, "answer": None}], max_new_tokens)
@@ -312,20 +351,67 @@ def load(
     or a hub id (downloaded by transformers). ``device``, ``dtype`` and ``backend`` default to
     the config's (and a model entry's own); ``workdir`` is where ``resources/`` is (default:
     the repository)."""
+    from workflow.lens_setup import LensSettings
     from workflow.models import load_model
+    from workflow.provenance import digests_kept_in
 
+    model = _model_argument(model)
+    _check_choices(device=device, dtype=dtype, backend=backend)
     workdir = Path(workdir) if workdir is not None else REPOSITORY
     configfile = Path(config) if config is not None else workdir / "config" / "config.yaml"
     settings = load_config(configfile)
     key, entry = model_source(model, settings, str(configfile))
-    from workflow.lens_setup import LensSettings
+    named = str(configfile) if model in settings["models"] else None
+    with digests_kept_in(workdir):
+        loaded = load_model(
+            key, entry, prepared_dir(key, entry, workdir, named),
+            device=device or settings["device"], dtype=dtype or settings["dtype"], backend=backend or settings["backend"],
+            lens=LensSettings.from_config(settings["lens"]), placement=settings.get("placement"), configfile=named,
+        )
+    return Model(key, entry, settings, workdir, loaded, configfile=named)
 
-    loaded = load_model(
-        key, entry, prepared_dir(key, entry, workdir),
-        device=device or settings["device"], dtype=dtype or settings["dtype"], backend=backend or settings["backend"],
-        lens=LensSettings.from_config(settings["lens"]), placement=settings.get("placement"),
-    )
-    return Model(key, entry, settings, workdir, loaded)
+
+def _model_argument(model: Any) -> str:
+    """``load``'s model as text: a key, a path (also a ``pathlib.Path``) or a hub id."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        raise TypeError(f"api.load: model is a config key, a model directory, a .gguf file or a hub id (a str), "
+                        f"not {type(model).__name__} {model!r}")
+    if not model.strip():
+        raise ValueError("api.load: model is empty; give a config key, a model directory, a .gguf file or a hub id")
+    return model
+
+
+def setting_choices(name: str) -> list[str]:
+    """The values config/schema.yaml allows for the top-level setting ``name`` (device, dtype, backend)."""
+    import yaml
+
+    return yaml.safe_load((REPOSITORY / "config" / "schema.yaml").read_text(encoding="utf-8"))["properties"][name]["enum"]
+
+
+def _check_choices(**given: Any) -> None:
+    """``load``'s overrides checked against the config schema's choices, before any work."""
+    for name, value in given.items():
+        choices = setting_choices(name)
+        if value is not None and value not in choices:
+            raise ValueError(f"api.load: {name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _records_frame(records: Any, function: str, columns: Sequence[str] = ("model", "probe", "lens", "layer", "position")) -> pd.DataFrame:
+    """``records`` checked to be a frame of records (``Model.lens``'s or the records files'), with rows."""
+    import pandas as pd
+
+    if not isinstance(records, pd.DataFrame):
+        raise TypeError(f"{function}: records are a DataFrame made by Model.lens (or read from records), "
+                        f"not {_shown_value(records)}")
+    missing = [c for c in columns if c not in records.columns]
+    if missing:
+        raise ValueError(f"{function}: the records have no column {', '.join(map(repr, missing))}; "
+                         "give a frame made by Model.lens (or read from records)")
+    if records.empty:
+        raise ValueError(f"{function}: the records are empty")
+    return records
 
 
 def _records_of(records: pd.DataFrame, probe: str | None, lens: str) -> tuple[pd.DataFrame, str, str]:
@@ -342,6 +428,7 @@ def plot_heatmap(records: pd.DataFrame, probe: str | None = None, lens: str = "l
     top-1 token in each cell, coloured by ``value``; a matplotlib figure."""
     from workflow.exp001.plots import heatmap_data, heatmap_figure
 
+    _records_frame(records, "plot_heatmap")
     _, probe, model = _records_of(records, probe, lens)
     return _shown(heatmap_figure(heatmap_data(records, model, probe, value, lens)))
 
@@ -354,16 +441,23 @@ def plot_answer_by_layer(records: dict[str, pd.DataFrame] | pd.DataFrame, probe:
     from workflow.plots import plt
 
     frames = records if isinstance(records, dict) else {"": records}
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if not frames:
+        raise ValueError("plot_answer_by_layer: no records; give a frame made by Model.lens, or a dict of them by name")
     for name, frame in frames.items():
-        for lens in lenses:
-            if not (frame["lens"] == lens).any():
-                continue
-            rows, shown_probe, model = _records_of(frame, probe, lens)
-            last = rows[rows["position"] == rows["position"].max()].sort_values("layer")
-            depth = last["layer"] / last["layer"].max()
-            ax.plot(depth, last["answer_prob"], marker="o", markersize=3,
-                    linestyle="-" if lens == "logit" else "--", label=f"{name or model} · {lens} lens")
+        _records_frame(frame, f"plot_answer_by_layer{f'[{name!r}]' if name else ''}",
+                       ("model", "probe", "lens", "layer", "position", "answer_prob"))
+    lines = [(name, frame, lens) for name, frame in frames.items() for lens in lenses if (frame["lens"] == lens).any()]
+    if not lines:
+        raise ValueError(f"plot_answer_by_layer: no records of the lenses {list(lenses)} "
+                         f"(the records have {sorted({l for f in frames.values() for l in f['lens'].unique()})})")
+    series = []  # every line's rows found (or refused) before a figure is made
+    for name, frame, lens in lines:
+        rows, shown_probe, model = _records_of(frame, probe, lens)
+        series.append((rows[rows["position"] == rows["position"].max()].sort_values("layer"), lens, f"{name or model} · {lens} lens"))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for last, lens, label in series:
+        ax.plot(last["layer"] / last["layer"].max(), last["answer_prob"], marker="o", markersize=3,
+                linestyle="-" if lens == "logit" else "--", label=label)
     ax.set_xlabel("relative depth (layer / layers; 0 = embedding)")
     ax.set_ylabel("answer probability at the last prompt position")
     ax.set_ylim(0, 1)
@@ -381,6 +475,7 @@ def plot_patching(records: pd.DataFrame, direction: str = "denoise", corruption:
 
     from workflow.plots import plt, visible
 
+    _records_frame(records, "plot_patching", ("model", "pair", "direction", "corruption", "layer", "position", "token", "recovered"))
     rows = records[(records["direction"] == direction) & (records["corruption"] == corruption)]
     if rows.empty:
         raise UserError(f"no {corruption} {direction} records (directions: {', '.join(records['direction'].unique())})")
@@ -407,6 +502,11 @@ def explore(records: pd.DataFrame, path: str | Path) -> Path:
     from workflow.atomic import write_text
     from workflow.explorer import page_data, render
 
+    import pandas as pd
+
+    if not isinstance(records, pd.DataFrame):
+        raise TypeError(f"explore: records are a DataFrame made by Model.lens, Model.generate or Model.patch, "
+                        f"not {_shown_value(records)}")
     summary = records.attrs.get("summary")
     if not summary:
         raise UserError("explore() needs a frame made by Model.lens, Model.generate or Model.patch "

@@ -8,7 +8,8 @@ layer where it first became the lens's top-1 and its final probability.
 
 Any model key of the config (GGUF, package, local, hf) is loaded the way the pipeline loads
 it (its device, dtype, backend and placement). A GGUF or packaged model is read from the
-pipeline's resources/models/{model}/ where it has prepared it, else dequantised once into
+pipeline's resources/models/{model}/ where it has prepared it from the source as it is now
+(its manifest's sha256 or package version), else dequantised once into
 resources/chat-models/{model}/: never into the pipeline's own directory, whose newer time
 would make Snakemake re-run every job of that model. The tuned
 lens is shown where the pipeline has trained it (resources/lenses/{model}/), or the Python
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from workflow.api import OWN_LENSES, load_config, prepared_dir, trained_lens_dir
+from workflow.api import OWN_LENSES, load_config, prepared_dir, setting_choices, trained_lens_dir
 from workflow.errors import UserError
 
 log = logging.getLogger("workflow.chat")
@@ -62,6 +64,7 @@ class Chat:
         from workflow.generation import LensGenerator
         from workflow.lens_setup import LensSettings, open_tuned_lens
         from workflow.models import load_model
+        from workflow.provenance import digests_kept_in
 
         config = load_config(Path(args.config))
         key = args.model or next(iter(config["models"]), None)
@@ -71,9 +74,11 @@ class Chat:
         workdir = Path(args.config).resolve().parent.parent if args.workdir is None else Path(args.workdir)
         settings = LensSettings.from_config({**config["lens"], "positions": "last"})
         print(f"loading {key} ...", file=sys.stderr)
-        self.model = load_model(
-            key, entry, prepared_dir(key, entry, workdir), device=args.device or config["device"], dtype=args.dtype or config["dtype"],
-            backend=config["backend"], lens=settings, placement=config.get("placement"))
+        with digests_kept_in(workdir):  # the pipeline's digest cache, wherever lens-chat is started
+            self.model = load_model(
+                key, entry, prepared_dir(key, entry, workdir, args.config), device=args.device or config["device"],
+                dtype=args.dtype or config["dtype"], backend=config["backend"], lens=settings,
+                placement=config.get("placement"), configfile=args.config)
         if self.model.from_file is not None:
             seconds, cost = self.model.from_file.token_cost(key, args.max_new_tokens)
             if seconds > args.max_seconds_per_token:
@@ -228,20 +233,40 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", metavar="N", type=int, action="append", default=[],
                    help="with --once: after the reply, the top-1 of every layer for reply token N (repeatable)")
     p.add_argument("--no-tuned", action="store_true", help="the logit lens only, even where a tuned lens is trained")
-    p.add_argument("--device", help="override the config's device (cpu, cuda, mps)")
-    p.add_argument("--dtype", help="override the config's dtype")
+    p.add_argument("--device", choices=setting_choices("device"), help="override the config's device")
+    p.add_argument("--dtype", choices=setting_choices("dtype"), help="override the config's dtype")
     p.add_argument("-v", "--verbose", action="store_true", help="show the loader's progress messages")
     return p
 
 
+def argument_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, found before any model is loaded, or None."""
+    if args.max_new_tokens < 1:
+        return "--max-new-tokens must be at least 1"
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        return f"--temperature must be a number, 0 or more (0: greedy), not {args.temperature}"
+    if math.isnan(args.max_seconds_per_token) or args.max_seconds_per_token <= 0:
+        return f"--max-seconds-per-token must be a number above 0, not {args.max_seconds_per_token}"
+    if args.layers and args.once is None:
+        return "--layers goes with --once (in a conversation, type /layers N after a reply)"
+    if args.trace is not None:
+        trace = Path(args.trace)
+        if trace.is_dir():
+            return f"--trace {args.trace}: a directory; give a file to write (CSV, or .parquet)"
+        folder = trace.parent
+        if not folder.is_dir():
+            return f"--trace {args.trace}: folder {str(folder)!r} does not exist; make it or give another file"
+        if not os.access(folder, os.W_OK) or (trace.exists() and not os.access(trace, os.W_OK)):
+            return f"--trace {args.trace}: cannot be written here; give a file in a writable folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser().error("--max-new-tokens must be at least 1")
-    if args.temperature < 0:
-        parser().error("--temperature must be 0 or more")
-    if args.layers and args.once is None:
-        parser().error("--layers goes with --once (in a conversation, type /layers N after a reply)")
+    wrong = argument_error(args)
+    if wrong is not None:  # one line, before any model is loaded
+        print(f"lens-chat: error: {wrong}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from workflow.lens_setup import LensIdentityError

@@ -32,6 +32,7 @@ from accelerate.hooks import ModelHook
 from torch import nn
 
 from workflow.errors import UserError
+from workflow.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,10 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
 
     manifest = quantised_manifest(prepared_dir)
     path = Path(manifest["gguf_path"])
-    if not path.is_file() or path.stat().st_size != manifest["gguf_bytes"]:
+    # By content: another file of the same size (another quantisation of the same model)
+    # must not run with this preparation's config and plan. Hashed once per version of the
+    # file (the digest cache), which the plan or the API has done already.
+    if not path.is_file() or path.stat().st_size != manifest["gguf_bytes"] or sha256_file(path) != manifest["gguf_sha256"]:
         raise UserError(
             f"model {key!r}: its weights are read from {str(path)!r} (weights: quantised), which "
             f"{'no longer exists' if not path.is_file() else 'has changed since it was prepared'}; "

@@ -24,7 +24,7 @@ from torch import nn
 
 from workflow.config import DEFAULT_OFFLOAD_FOLDER, device_key, effective_placement, parse_size
 from workflow.errors import UserError
-from workflow.prepare import MANIFEST, source_description
+from workflow.prepare import MANIFEST, source_description, why_stale
 from workflow.settings import LensSettings
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,16 @@ def resolve_device(requested: str = "auto") -> str:
         raise UserError("device: cuda was requested but no CUDA device is available; use device: auto or cpu")
     if requested == "mps" and not torch.backends.mps.is_available():
         raise UserError("device: mps was requested but MPS is not available; use device: auto or cpu")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device: {requested!r} is not one of auto, cpu, cuda, mps")
     return requested
 
 
 def resolve_dtype(requested: str, device: str) -> torch.dtype:
     """``auto`` is float32 on the CPU, bfloat16 on CUDA where supported, else float16."""
     if requested != "auto":
+        if requested not in DTYPES:
+            raise UserError(f"dtype: {requested!r} is not one of auto, {', '.join(DTYPES)}")
         return DTYPES[requested]
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -62,8 +66,12 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def load_location(key: str, entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None) -> tuple[str, dict[str, Any]]:
-    """Where to load the model from (a directory or hub id) and the from_pretrained kwargs."""
+def load_location(key: str, entry: dict[str, Any], prepared_dir: str | os.PathLike[str] | None,
+                  configfile: str | None = "config/config.yaml") -> tuple[str, dict[str, Any]]:
+    """Where to load the model from (a directory or hub id) and the from_pretrained kwargs.
+    A prepared model is used only while it is its source's as the source is now
+    (``workflow.prepare.why_stale``), however it was found: a pipeline job, the API or
+    lens-chat."""
     source = entry["source"]
     if source == "hf":
         return entry["repo"], {"revision": entry.get("revision", "main"), "trust_remote_code": entry.get("trust_remote_code", False)}
@@ -77,6 +85,12 @@ def load_location(key: str, entry: dict[str, Any], prepared_dir: str | os.PathLi
         return str(path), {}
     if prepared_dir is None or not (Path(prepared_dir) / MANIFEST).is_file():
         raise UserError(f"model {key!r}: prepared weights missing; run the prepare_model rule first")
+    why = why_stale(key, entry, prepared_dir, configfile)
+    if why is not None:
+        raise UserError(
+            f"model {key!r}: {prepared_dir} {why}; prepare it again (snakemake --forcerun prepare_model, "
+            "or delete the folder)"
+        )
     return str(prepared_dir), {}
 
 
@@ -454,6 +468,7 @@ def load_model(
     backend: str = "auto",
     lens: LensSettings = LensSettings(),
     placement: dict[str, Any] | None = None,
+    configfile: str | None = "config/config.yaml",
 ) -> LoadedModel:
     """Load a model through TransformerLens 4's TransformerBridge, or plain hooks.
 
@@ -463,13 +478,14 @@ def load_model(
     device; a model over its budgets, or one that does not fit its device, is placed by
     accelerate across GPUs, CPU and disk (``plan_placement``), the lens keeping the final
     norm and unembedding resident on the main device. ``lens``: the lens settings, whose
-    float32 head and working memory count in the memory estimate. Everything after
-    ``prepared_dir`` is passed by name.
+    float32 head and working memory count in the memory estimate. ``configfile``: where the
+    entry is, for messages (None: a model given as a file, not by a config key). Everything
+    after ``prepared_dir`` is passed by name.
     """
     device_name = resolve_device(entry.get("device", device))
     torch_dtype = resolve_dtype(entry.get("dtype", dtype), device_name)
     choice = entry.get("backend", backend)
-    location, kwargs = load_location(key, entry, prepared_dir)
+    location, kwargs = load_location(key, entry, prepared_dir, configfile)
     started = time.perf_counter()
     from transformers import AutoConfig
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from workflow.atomic import atomic_directory, dumps_json, write_text
 from workflow.errors import UserError
-from workflow.provenance import sha256_file
+from workflow.provenance import cache_file, recipe_of, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +47,27 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def locate_gguf(key: str, entry: dict[str, Any], workdir: Path, configfile: str = "config/config.yaml") -> Path:
+def config_key(key: str, field: str, configfile: str | None) -> str:
+    """Where a model entry's value came from, for a message: its config key, or nothing for a
+    model given as a file (``api.load(path)``; ``configfile`` None), which has no key."""
+    return f" (config key models.{key}.{field} in {configfile})" if configfile is not None else ""
+
+
+def locate_gguf(key: str, entry: dict[str, Any], workdir: Path, configfile: str | None = "config/config.yaml") -> Path:
     """Path of the GGUF file behind a ``gguf`` or ``package`` model entry."""
     if entry["source"] == "gguf":
         path = Path(entry["path"]).expanduser()
         if not path.is_file():
-            raise UserError(
-                f"model {key!r}: GGUF file {entry['path']!r} does not exist "
-                f"(config key models.{key}.path in {configfile}); fix the path or download the file"
-            )
+            what = "is a directory, not a GGUF file" if path.is_dir() else "does not exist"
+            fix = "point it at the .gguf file" if path.is_dir() else "fix the path or download the file"
+            raise UserError(f"model {key!r}: GGUF file {entry['path']!r} {what}{config_key(key, 'path', configfile)}; {fix}")
         return path
     module = entry["package"]
     if "file" in entry:
         path = package_dir(module) / entry["file"]
         if not path.is_file():
             raise UserError(
-                f"model {key!r}: package {module!r} has no file {entry['file']!r} "
-                f"(config key models.{key}.file)"
+                f"model {key!r}: package {module!r} has no file {entry['file']!r}{config_key(key, 'file', configfile)}"
             )
         return path
     package_dir(module)  # a clear error if it is missing
@@ -75,10 +79,21 @@ def locate_gguf(key: str, entry: dict[str, Any], workdir: Path, configfile: str 
     return Path(assemble(target))
 
 
-def gguf_architecture(path: Path, key: str = "?") -> str:
-    from workflow.gguf_file import check
+def gguf_architecture(path: Path, key: str = "?", configfile: str | None = "config/config.yaml") -> str:
+    from workflow.gguf_file import GGUFError, check, read_header
 
-    header = check(path, key, f"models.{key}")
+    if configfile is not None:
+        header = check(path, key, f"models.{key}", configfile)
+    else:  # a file given as such: the message names it, and no config key
+        try:
+            header = read_header(path)
+        except GGUFError as error:
+            raise UserError(f"model {key!r}: {str(path)!r} is not a usable GGUF file: {error}. "
+                            "Download it again, or give the right file.") from None
+        parts = header.metadata.get("split.count")
+        if isinstance(parts, int) and parts > 1:
+            raise UserError(f"model {key!r}: {str(path)!r} is one part of a GGUF model published in {parts} parts; "
+                            "merge them with llama.cpp's `llama-gguf-split --merge` and give the merged file")
     if header.architecture is None:
         raise UserError(f"model {key!r}: {str(path)!r} names no general.architecture; it is not a model GGUF file")
     return header.architecture
@@ -91,7 +106,7 @@ def readable_gguf_architectures() -> list[str]:
     from importlib import metadata
 
     version = metadata.version("transformers")
-    cache = Path(".snakemake") / f"gguf-architectures-transformers-{version}.json"
+    cache = cache_file(f"gguf-architectures-transformers-{version}.json")
     try:
         found = json.loads(cache.read_text(encoding="utf-8"))
         if isinstance(found, list) and all(isinstance(a, str) for a in found):
@@ -123,10 +138,10 @@ def readable_architectures() -> list[str]:
     return sorted(set(ARCHITECTURES) | {spelled.get(a, a) for a in readable_gguf_architectures()})
 
 
-def check_gguf_supported(key: str, path: Path) -> str:
+def check_gguf_supported(key: str, path: Path, configfile: str | None = "config/config.yaml") -> str:
     from workflow.gguf_arch import TRANSFORMERS_SPELLING, own_architecture
 
-    arch = gguf_architecture(path, key)
+    arch = gguf_architecture(path, key, configfile)
     if own_architecture(arch) is not None:
         return arch
     readable = readable_gguf_architectures()  # mapping sections (general, tokenizer) left out
@@ -152,10 +167,11 @@ def distribution_version(module: str) -> str | None:
     return None
 
 
-def source_fingerprint(key: str, entry: dict[str, Any], configfile: str = "config/config.yaml") -> dict[str, Any]:
+def source_fingerprint(key: str, entry: dict[str, Any], configfile: str | None = "config/config.yaml") -> dict[str, Any]:
     """What identifies a GGUF or packaged model's weights beyond its config keys, checked
     as a plan needs it (the header read, the architecture one transformers reads): the
-    GGUF file's sha256; a package's version and, for a packaged file, its sha256."""
+    GGUF file's sha256; a package's version and, for a packaged file, its sha256. A
+    prepared model's manifest keeps it (``why_stale``)."""
     if entry["source"] not in PREPARED_SOURCES:
         return {}
     found: dict[str, Any] = {}
@@ -164,9 +180,67 @@ def source_fingerprint(key: str, entry: dict[str, Any], configfile: str = "confi
         found["version"] = distribution_version(entry["package"])
     if entry["source"] == "gguf" or "file" in entry:  # not an assembled one: made when prepared
         path = locate_gguf(key, entry, Path("."), configfile)
-        check_gguf_supported(key, path)
+        check_gguf_supported(key, path, configfile)
         found["sha256"] = sha256_file(path)
     return found
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A prepared folder's manifest, or None (none there, or unreadable)."""
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+FINGERPRINT_NAMES = {"sha256": "the GGUF file's sha256", "version": "package {package}'s version"}
+
+
+def why_stale(key: str, entry: dict[str, Any], directory: str | os.PathLike[str],
+              configfile: str | None = "config/config.yaml") -> str | None:
+    """Why the model prepared in ``directory`` is not ``entry``'s source as it is now (a
+    phrase that follows the folder's name), or None where it is. The source is checked as a
+    plan checks it, a missing, truncated or unreadable file raising UserError, and its GGUF
+    file hashed (through the digest cache: read once per version of the file)."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return f"has no readable {MANIFEST}"
+    wanted = source_description(entry)
+    recorded_source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    if recorded_source != wanted:
+        changed = sorted(k for k in set(wanted) | set(recorded_source) if wanted.get(k) != recorded_source.get(k))
+        return f"was prepared from another source ({', '.join(f'{k} {recorded_source.get(k)}' for k in changed)})"
+    quantised = entry.get("weights", "dequantised") == "quantised"
+    if ("gguf_path" in manifest) != quantised:
+        return f"was prepared with weights: {'quantised' if 'gguf_path' in manifest else 'dequantised'}"
+    if entry["source"] == "gguf" and not os.path.exists(os.path.expanduser(entry["path"])):
+        raise UserError(
+            f"model {key!r}: the GGUF file {entry['path']!r}{config_key(key, 'path', configfile)} that {directory} was "
+            "prepared from no longer exists; put the file back or prepare the model again from the right path"
+        )
+    now = source_fingerprint(key, entry, configfile)
+    recorded = manifest.get("source_fingerprint")
+    if not isinstance(recorded, dict):  # prepared before manifests kept it
+        params = (recipe_of(directory) or {}).get("params")
+        recorded = params.get("source") if isinstance(params, dict) else None
+    if not isinstance(recorded, dict):
+        recorded = {"sha256": manifest.get("gguf_sha256")} if "sha256" in now else {}
+    if recorded == now:
+        return None
+    changes = [
+        f"{FINGERPRINT_NAMES.get(name, name).format(package=entry.get('package'))} "
+        f"{_short(recorded.get(name))} then, {_short(now.get(name))} now"
+        for name in sorted(set(recorded) | set(now)) if recorded.get(name) != now.get(name)
+    ]
+    return f"was prepared from another version of its source ({'; '.join(changes)})"
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "unknown"
+    text = str(value)
+    return text[:12] + "…" if len(text) == 64 else text
 
 
 def source_description(entry: dict[str, Any]) -> dict[str, Any]:
@@ -340,11 +414,13 @@ def _weights_whole(gguf_path: Path, out: Path) -> dict[str, Any]:
     return {"architecture": architecture, "preparation": "whole"}
 
 
-def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[str], whole: bool = False) -> dict[str, Any]:
+def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[str], whole: bool = False,
+                  configfile: str | None = "config/config.yaml") -> dict[str, Any]:
     """Dequantise a GGUF (file or packaged) model once into ``out_dir``.
 
     Writes float32 safetensors weights (sharded above 4 GB), the config, the tokenizer
-    and ``manifest.json`` (source, the GGUF's sha256, how it was prepared). The weights
+    and ``manifest.json`` (source, its fingerprint: the GGUF's sha256 and a package's
+    version, how it was prepared; ``why_stale`` compares it with the source's now). The weights
     are streamed tensor by tensor where transformers reads the architecture that way;
     ``whole`` loads the whole model instead (the way it was done before, kept for the
     architectures that need it and for comparison). With ``weights: quantised`` in the
@@ -358,9 +434,13 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
     quantised = entry.get("weights", "dequantised") == "quantised"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gguf-") as work, atomic_directory(out_dir) as tmp, gguf_parsed_once():
-        gguf_path = locate_gguf(key, entry, Path(work))
-        arch = check_gguf_supported(key, gguf_path)
+        gguf_path = locate_gguf(key, entry, Path(work), configfile)
+        arch = check_gguf_supported(key, gguf_path, configfile)
         digest = sha256_file(gguf_path)
+        fingerprint = {
+            **({"version": distribution_version(entry["package"])} if entry["source"] == "package" else {}),
+            **({"sha256": digest} if entry["source"] == "gguf" or "file" in entry else {}),  # as source_fingerprint
+        }
         log.info("%s %s (%s, sha256 %s)", "reading" if quantised else "dequantising", gguf_path.name, arch, digest[:12])
         if own_architecture(arch) is not None:
             prepared = _weights_own(key, gguf_path, tmp, Path(work), quantised)
@@ -383,6 +463,7 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
             "source": source_description(entry),
             "gguf_file": gguf_path.name,
             "gguf_sha256": digest,
+            "source_fingerprint": fingerprint,
             "gguf_architecture": arch,
             "architecture": prepared["architecture"],
             "preparation": prepared["preparation"],
