@@ -262,7 +262,8 @@ def test_a_prepared_folder_of_another_source_or_weights_setting_is_stale(tmp_pat
     entry = {"source": "gguf", "path": str(two_ggufs["a.gguf"])}
     prepared = tmp_path / "prepared"
     fake_preparation(prepared, {**entry, "path": "/elsewhere.gguf"})
-    assert prepare.why_stale("m", entry, prepared) == "was prepared from another source (path /elsewhere.gguf)"
+    assert prepare.why_stale("m", entry, prepared) == (
+        f"was prepared from another source (path /elsewhere.gguf then, {two_ggufs['a.gguf']} now)")
     (prepared / prepare.MANIFEST).write_text(json.dumps({"source": prepare.source_description(entry), "gguf_path": "x"}))
     assert prepare.why_stale("m", entry, prepared) == "was prepared with weights: quantised"
     (prepared / prepare.MANIFEST).write_text("{not json")

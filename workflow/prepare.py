@@ -210,7 +210,8 @@ def why_stale(key: str, entry: dict[str, Any], directory: str | os.PathLike[str]
     recorded_source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     if recorded_source != wanted:
         changed = sorted(k for k in set(wanted) | set(recorded_source) if wanted.get(k) != recorded_source.get(k))
-        return f"was prepared from another source ({', '.join(f'{k} {recorded_source.get(k)}' for k in changed)})"
+        return ("was prepared from another source ("
+                + "; ".join(f"{k} {_short(recorded_source.get(k))} then, {_short(wanted.get(k))} now" for k in changed) + ")")
     quantised = entry.get("weights", "dequantised") == "quantised"
     if ("gguf_path" in manifest) != quantised:
         return f"was prepared with weights: {'quantised' if 'gguf_path' in manifest else 'dequantised'}"
