@@ -134,10 +134,12 @@ def finish(writer) -> None:
     writer.close()
 
 
-def rewrite_gguf(source: Path, out: Path, values: dict | None = None, drop=lambda name: False) -> Path:
+def rewrite_gguf(source: Path, out: Path, values: dict | None = None, drop=lambda name: False,
+                 tensors: dict | None = None) -> Path:
     """A copy of GGUF ``source`` with metadata ``values`` replaced or added (key -> value;
-    a list is written as an array, an int as uint32) and the tensors ``drop(name)`` picks
-    left out: a file whose header disagrees with its tensors, written by gguf's own writer."""
+    a list is written as an array, an int as uint32), the tensors ``drop(name)`` picks left
+    out and float32 ``tensors`` (name -> array) added: a file whose header disagrees with
+    its tensors, written by gguf's own writer."""
     import gguf
 
     values = dict(values or {})
@@ -159,6 +161,8 @@ def rewrite_gguf(source: Path, out: Path, values: dict | None = None, drop=lambd
         if not drop(tensor.name):
             writer.add_tensor(tensor.name, np.array(tensor.data), raw_shape=list(reversed(tensor.shape.tolist())),
                               raw_dtype=tensor.tensor_type)
+    for name, array in (tensors or {}).items():
+        writer.add_tensor(name, np.asarray(array, dtype=np.float32))
     finish(writer)
     return out
 

@@ -186,6 +186,22 @@ def test_per_layer_head_counts_that_fit_are_read(tiny, tmp_path):
     assert read_header(path).metadata["attention.head_count_kv"] == [2, 2, 2]
 
 
+def test_rotary_dimensions_past_a_head_or_its_factors_are_refused(tiny, tmp_path):
+    """rope.dimension_count sizes the rotary frequency tables (np.arange(0, dim, 2) in
+    gguf_arch's Llama 3 scaling, the model's inv_freq): at most a head's dimensions (16
+    here), and rope_freqs holds one factor per pair of them."""
+    import numpy as np
+
+    refused(rewrite_gguf(tiny["f32"], tmp_path / "a.gguf", {"llama.rope.dimension_count": 1_000_000}),
+            "llama.rope.dimension_count is 1000000 but a head has 16 dimensions")
+    refused(rewrite_gguf(tiny["f32"], tmp_path / "b.gguf", {"llama.rope.dimension_count": 16},
+                         tensors={"rope_freqs.weight": np.ones(5)}),
+            "tensor rope_freqs.weight has 5 factors, not one per pair")
+    fits = rewrite_gguf(tiny["f32"], tmp_path / "c.gguf", {"llama.rope.dimension_count": 16},
+                        tensors={"rope_freqs.weight": np.ones(8)})
+    assert read_header(fits).metadata["rope.dimension_count"] == 16
+
+
 def test_a_vocabulary_or_width_that_disagrees_with_the_embedding_is_refused(tiny, tmp_path):
     import gguf
 

@@ -7,9 +7,9 @@ This walks the header (magic, version, metadata, tensor table) reading only leng
 small values, and checks every count and size it declares against what the file can
 hold before anything is allocated or looped over: the counts of pairs, tensors, array
 elements and dimensions, the lengths of keys, names and strings, each tensor's extent,
-and the model's own counts (its blocks, heads and vocabulary) against its tensors. A
-damaged count (a block count of 100000, 2^32 dimensions) is refused here, not found
-after minutes and gigabytes of work.
+and the model's own counts (its blocks, heads, rotary dimensions and vocabulary) against
+its tensors. A damaged count (a block count of 100000, 2^32 dimensions) is refused here,
+not found after minutes and gigabytes of work.
 
 Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md (version 2 and 3:
 little-endian, 64-bit counts). Limits the format sets are its own (names, keys,
@@ -308,6 +308,14 @@ def _check_model(header: GGUFHeader, lengths: dict[str, int]) -> None:
             entry = entries.get(tensor)
             if n and entry is not None and len(entry.dims) == 2 and entry.dims[1] % n:
                 raise damaged(f"{arch}.attention.{key} is {n} but tensor {tensor} has {entry.dims[1]} rows, not a whole number per head")
+    # The rotary dimensions size the frequency tables made from them (and rope_freqs holds one factor per pair).
+    rotary, head_count, width = meta.get("rope.dimension_count"), meta.get("attention.head_count"), meta.get("embedding_length")
+    head_size = meta.get("attention.key_length") or (_whole(head_count) and _whole(width) and head_count and width // head_count)
+    if rotary is not None and not (_whole(rotary) and (not _whole(head_size) or rotary <= head_size)):
+        raise damaged(f"{arch}.rope.dimension_count is {rotary!r} but a head has {head_size} dimensions")
+    factors = entries.get("rope_freqs.weight")
+    if rotary is not None and factors is not None and factors.elements != rotary // 2:
+        raise damaged(f"{arch}.rope.dimension_count is {rotary} but tensor rope_freqs.weight has {factors.elements} factors, not one per pair")
     embedding = entries.get("token_embd.weight")
     if embedding is None or len(embedding.dims) != 2:
         return
