@@ -16,9 +16,21 @@ from pathlib import Path
 from typing import Any
 
 
+def _prefix(name: str) -> str:
+    return f".{name}.tmp-"
+
+
+def temporaries(output: str | os.PathLike[str]) -> list[str]:
+    """The temporary siblings of ``output`` that a writer interrupted before its rename left."""
+    import glob
+
+    folder, name = os.path.split(os.fspath(output))
+    return glob.glob(os.path.join(glob.escape(folder or "."), glob.escape(_prefix(name)) + "*"))
+
+
 def _temp_sibling(path: Path, directory: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
+    prefix = _prefix(path.name)
     if directory:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)

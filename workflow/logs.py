@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from workflow.atomic import temporaries
 from workflow.errors import UserError
 from workflow.secrets import redact
 
@@ -47,12 +48,10 @@ def setup_logging(log_path: str | None) -> None:
 def remove_leftovers(outputs: Any) -> None:
     """Temporaries of this job's outputs left by an earlier run that was killed (the atomic
     writers' hidden siblings, ``.NAME.tmp-*``): no job but this one writes them now."""
-    import glob
     import shutil
 
     for output in map(str, outputs):
-        folder, name = os.path.split(output)
-        for left in glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.tmp-*")):
+        for left in temporaries(output):
             logging.getLogger("workflow").info("removing %s, left by a run that was killed", left)
             if os.path.isdir(left):
                 shutil.rmtree(left, ignore_errors=True)

@@ -34,7 +34,6 @@ Snakemake version is pinned in workflow/envs/constraints.txt.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections import defaultdict
@@ -43,6 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from workflow.atomic import temporaries
 from workflow.provenance import (
     RECIPE_FILE,
     RECORD_SUFFIX,
@@ -351,12 +351,6 @@ def plan_entry(dag: Any, planner: Planner, planned: dict[Any, Any], job: Any) ->
         reasons = [str(dag.reason(job))]
     return {"rule": job.rule.name, "job": describe(job), "outputs": [str(f) for f in job.output], "planned": dag.needrun(job),
             "reasons": reasons, "record": record, "modified": planner.modified.get(job, [])}
-
-
-def temporaries(output: str) -> list[str]:
-    """The atomic writers' hidden siblings of ``output`` (``.NAME.tmp-*``, workflow/atomic.py)."""
-    folder, name = os.path.split(output)
-    return glob.glob(os.path.join(glob.escape(folder or "."), f".{glob.escape(name)}.tmp-*"))
 
 
 def _install_leftover_cleanup() -> None:
