@@ -285,7 +285,9 @@ def _check_model(header: GGUFHeader, lengths: dict[str, int]) -> None:
     entries = {t.name: t for t in header.table}
     blocks = {int(m.group(1)) for m in map(BLOCK.search, entries) if m}
     count = meta.get("block_count")
-    if blocks or f"{arch}.block_count" in lengths or count is not None:
+    # Only where the file states a block count under its architecture's name: a file whose
+    # keys are not its architecture's is refused for that architecture, by name, not as damaged.
+    if f"{arch}.block_count" in lengths or count is not None:
         if not _whole(count):
             raise damaged(f"{arch}.block_count is {count!r}, not a count of blocks, and the file has tensors of {len(blocks)}")
         # distinct block numbers, as many as the count and none past it: blk.0 to blk.{count - 1}
