@@ -160,7 +160,7 @@ def dequantisation_rates(types=("Q4_K", "Q5_K", "Q6_K", "Q8_0"), megabytes: int 
     import numpy as np
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from workflow.native import dequantise
+    from workflow.native.dequant import dequantise
 
     dequantise(np.zeros((1, 34), dtype=np.uint8), 8)  # built (once) before anything is timed
     rates = {}

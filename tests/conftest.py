@@ -111,7 +111,7 @@ def tuned_run(tiny_dirs, tmp_path_factory):
 @pytest.fixture(params=["native", "torch"])
 def kernel(request, monkeypatch):
     """Each streamed-lens test runs twice: with the fused CPU kernel and with the torch path."""
-    from workflow import native
+    from workflow.native import lens_block as native
 
     monkeypatch.setenv(native.ENV, request.param)
     native._library.cache_clear()

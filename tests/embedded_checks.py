@@ -25,7 +25,7 @@ def native_blocks():
     """gguf-py's ``dequantize`` served by the native kernel where it handles the type."""
     import gguf
 
-    from workflow.native import dequantise
+    from workflow.native.dequant import dequantise
 
     original = gguf.dequantize
 

@@ -125,7 +125,7 @@ def test_the_native_dequantisation_gives_gguf_py_bits(name, tmp_path):
     import gguf
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from workflow.native import DEQUANT_SOURCE, build, dequantise, load_dequant
+    from workflow.native.dequant import build, dequantise, load
 
     kind = GGMLQuantizationType[name]
     block, size = GGML_QUANT_SIZES[kind]
@@ -135,7 +135,7 @@ def test_the_native_dequantisation_gives_gguf_py_bits(name, tmp_path):
     assert native is not None, "the dequantisation kernel did not build"
     np.testing.assert_array_equal(native.view(np.uint32), expected)
     if platform.machine() in ("x86_64", "AMD64"):
-        baseline = load_dequant(build(directory=tmp_path, march="x86-64", source=DEQUANT_SOURCE))
+        baseline = load(build(directory=tmp_path, march="x86-64"))
         np.testing.assert_array_equal(dequantise(raw, int(kind), baseline).view(np.uint32), expected)
 
 

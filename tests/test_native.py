@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from workflow import native
+from workflow.native import build as native_build
+from workflow.native import lens_block as native
 from workflow.errors import UserError
 from workflow.lens import EXP_FLOOR, REBASE_ABOVE
 
@@ -72,7 +73,7 @@ def one_block(z: torch.Tensor, answer: torch.Tensor, n_pos: int, shift: torch.Te
 def instruction_sets() -> list[str]:
     """x86-64 levels to build for: plain SSE2, AVX2 (x86-64-v3, what an AMD EPYC without
     AVX-512 runs), and AVX-512 (x86-64-v4) where this processor can run it."""
-    flags = native._processor().split()
+    flags = native_build._processor().split()
     levels = ["x86-64", "x86-64-v3"] if "avx2" in flags and "fma" in flags else ["x86-64"]
     return levels + (["x86-64-v4"] if "avx512f" in flags else [])
 
@@ -138,7 +139,7 @@ def test_without_a_compiler_the_torch_path_runs_and_says_why(fresh, monkeypatch,
     def no_compiler():
         raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
 
-    monkeypatch.setattr(native, "_compiler", no_compiler)
+    monkeypatch.setattr(native_build, "_compiler", no_compiler)
     monkeypatch.delenv(native.ENV, raising=False)
     with caplog.at_level(logging.WARNING, logger="workflow.native"):
         assert not native.available()

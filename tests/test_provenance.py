@@ -419,3 +419,21 @@ def test_a_killed_lens_job_with_nothing_changed_is_not_planned_again_and_a_force
 def test_a_deleted_provenance_record_is_planned_again(workdir):
     (workdir / "results" / "001" / "provenance" / "output-tiny-gemma3.prov.json").unlink()
     assert ("run_lens", "tiny-gemma3") in plan(workdir)
+
+
+@pytest.mark.parametrize("kernel", ["lens_block.c", "dequant.c"])
+def test_a_c_kernel_edit_plans_exactly_the_jobs_that_run_it(used, kernel):
+    """Each C source is in the code version of exactly the jobs whose results it can change:
+    the lens kernel in the jobs that run the lens, not in prepare_model, which never runs
+    it; dequant.c in prepare_model, whose weights it makes, and in the lens jobs, which
+    read a `weights: quantised` model through it. (Before each kernel had a loader of its
+    own, editing the lens kernel re-prepared every GGUF model and editing dequant.c re-ran
+    nothing.)"""
+    with open(used / "workflow" / "native" / kernel, "a") as fh:
+        fh.write("\n/* edited */\n")
+    result = snakemake(used, "-n")
+    assert result.returncode == 0, said(result)[-3000:]
+    why = f"code changed: workflow/native/{kernel}"
+    direct = {line.strip().split(":")[0].split()[0] for line in said(result).splitlines() if why in line}
+    runs_the_lens = {"run_lens", "run_generation", "run_patching", "train_tuned_lens", "lens_quality"}
+    assert direct == runs_the_lens | ({"prepare_model"} if kernel == "dequant.c" else set()), said(result)[-3000:]

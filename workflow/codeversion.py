@@ -2,7 +2,9 @@
 
 ``code_version(script)`` hashes a rule script and every ``workflow/`` module it imports
 (found by reading the imports, also those inside functions, and what those modules import
-in turn), plus the files those modules read as code (the C kernel). Python is hashed as its
+in turn), plus the files those modules read as code: a C kernel, a page's script or style,
+named by a string in the module (``Path(__file__).with_name("lens_block.c")``) and found
+under the module's own folder. Python is hashed as its
 syntax tree without docstrings (``ast.unparse``), so comments, docstrings and formatting
 change nothing; other files by their bytes. Each rule carries its script's version as a
 param: Snakemake alone does not re-run a script rule when a module it imports changes.
@@ -26,11 +28,9 @@ from pathlib import Path
 from workflow.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
-# Files a module reads as code, beside the modules it imports.
-CODE_DATA: dict[str, tuple[str, ...]] = {
-    "workflow/native.py": ("workflow/native/lens_block.c",),
-    "workflow/explorer.py": ("workflow/report/explorer.js", "workflow/report/explorer.css"),
-}
+# Files of these kinds that a module names are code it runs (compiled, or inlined into a
+# page), so their bytes belong to its code version; no map of them is kept by hand.
+CODE_DATA_SUFFIXES = (".c", ".h", ".js", ".css")
 
 
 def _module_file(name: str) -> Path | None:
@@ -80,24 +80,37 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
 
 
 # Bumped when what a parsed entry holds, or how it is made, changes.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @functools.lru_cache(maxsize=None)
-def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str]]:
-    """(the code as its syntax tree says it, the workflow modules it imports) of a .py file."""
+def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str], frozenset[str]]:
+    """(the code as its syntax tree says it, the workflow modules it imports, the names of code
+    files it reads: string constants ending in CODE_DATA_SUFFIXES) of a .py file."""
     data = path.read_bytes()
     key = hashlib.sha256(f"{CACHE_FORMAT}\0{sys.version}\0{path.relative_to(REPO)}\0".encode() + data).hexdigest()
     entry = cache_dir() / "codeversion" / f"{key}.json"
     try:
         kept = json.loads(entry.read_text(encoding="utf-8"))
-        text, modules = kept["code"], kept["imports"]
+        text, modules, data_names = kept["code"], kept["imports"], kept["data"]
     except (OSError, ValueError, KeyError, TypeError):
         tree = ast.parse(data.decode("utf-8"), filename=str(path))
         modules = sorted(_imports(path, tree))
         text = ast.unparse(_without_docstrings(tree))
-        _keep(entry, {"code": text, "imports": modules})
-    return text, frozenset(m for m in modules if _module_file(m) is not None)
+        data_names = sorted({node.value for node in ast.walk(_without_docstrings(ast.parse(data.decode("utf-8"))))
+                             if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                             and node.value.endswith(CODE_DATA_SUFFIXES) and "\n" not in node.value})
+        _keep(entry, {"code": text, "imports": modules, "data": data_names})
+    return text, frozenset(m for m in modules if _module_file(m) is not None), frozenset(data_names)
+
+
+def _code_data(module: Path, names: frozenset[str]) -> list[Path]:
+    """The files under ``module``'s folder whose names end with one of ``names`` (a bare
+    name or a path below the folder), the code files the module reads."""
+    if not names:
+        return []
+    return sorted(p for p in module.parent.rglob("*") if p.is_file() and p.suffix in CODE_DATA_SUFFIXES
+                  and any(p.as_posix().endswith("/" + name.lstrip("/")) for name in names))
 
 
 def _keep(entry: Path, value: dict) -> None:
@@ -113,7 +126,7 @@ def _keep(entry: Path, value: dict) -> None:
 
 def code_files(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> list[Path]:
     """``script`` and every file of this repository it runs: the ``workflow`` modules it
-    imports, what they import in turn, and the files they read as code (CODE_DATA).
+    imports, what they import in turn, and the files they read as code (``_code_data``).
     ``also``: further files it runs that no import names (the package of the experiment a
     generic evaluation script is asked for, ``workflow/exp001/__init__.py``)."""
     seen: set[Path] = set()
@@ -125,9 +138,9 @@ def code_files(script: str | os.PathLike[str], *also: str | os.PathLike[str]) ->
         seen.add(path)
         if path.suffix == ".py":
             stat = path.stat()
-            _, imports = _parsed(path, (stat.st_mtime_ns, stat.st_size))
+            _, imports, data_names = _parsed(path, (stat.st_mtime_ns, stat.st_size))
             pending.extend(_module_file(m) for m in imports)  # type: ignore[misc]
-        pending.extend(REPO / data for data in CODE_DATA.get(str(path.relative_to(REPO)), ()))
+            pending.extend(_code_data(path, data_names))
     return sorted(seen)
 
 
@@ -154,7 +167,7 @@ def code_version(script: str | os.PathLike[str], *also: str | os.PathLike[str]) 
     Each rule carries it as a param: Snakemake alone does not re-run a rule when a module
     its script imports changes. Python is hashed as its syntax tree without docstrings
     (``ast.unparse``), so comments, docstrings and formatting change nothing; other files
-    (the C kernel) by their bytes. Which modules count is read from the imports.
+    (a C kernel) by their bytes. Which modules count is read from the imports.
     """
     digest = hashlib.sha256()
     for path in code_files(script, *also):

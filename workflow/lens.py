@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from workflow import native
+from workflow.native import lens_block as kernel
 from workflow.head import LensHead
 
 FLOAT32_BYTES = 4
@@ -241,10 +241,10 @@ def batch_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_mb
 
 
 def uses_kernel(postprocess: Callable, device: torch.device | str) -> bool:
-    """Whether the streamed lens runs the fused CPU kernel (workflow/native.py): on a CPU,
+    """Whether the streamed lens runs the fused CPU kernel (workflow/native/lens_block.py): on a CPU,
     where the logits are the linear map itself, and where the kernel builds and pays
-    (``native.preferred``)."""
-    return getattr(postprocess, "is_identity", False) and torch.device(device).type == "cpu" and native.preferred()
+    (``kernel.preferred``)."""
+    return getattr(postprocess, "is_identity", False) and torch.device(device).type == "cpu" and kernel.preferred()
 
 
 @torch.no_grad()
@@ -420,7 +420,7 @@ def sums_for(head: LensHead, rows: StreamRows, vocab_block: int):
 
 
 class FusedSums:
-    """The fused CPU kernel (workflow/native.py): per block one sweep per row (block maximum,
+    """The fused CPU kernel (workflow/native/lens_block.py): per block one sweep per row (block maximum,
     rank count, rebasing, S, Q and C), in float64 sums and exact counts. It reads the
     logits buffer only."""
 
@@ -439,7 +439,7 @@ class FusedSums:
 
     def count(self, z: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
         n_p, width = self.rows.n_p, z.shape[1]
-        native.lens_block(z, self.rows.answer_z, REBASE_ABOVE, n_p, self.state, self.e_final[: n_p * width].view(n_p, width))
+        kernel.lens_block(z, self.rows.answer_z, REBASE_ABOVE, n_p, self.state, self.e_final[: n_p * width].view(n_p, width))
         return self.state["block_max"]
 
     def uncount(self, own: torch.Tensor, above_itself: torch.Tensor) -> None:
