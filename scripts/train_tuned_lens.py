@@ -7,7 +7,8 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the rep
 
 from workflow.logs import run_script  # noqa: E402
 from workflow.settings import LensSettings  # noqa: E402
-from workflow.tuned import TunedLensSettings, train_for_model  # noqa: E402
+from workflow.tuned import TunedLensSettings  # noqa: E402
+from workflow.tuned_training import train_for_model  # noqa: E402
 
 
 def main(sm):

@@ -15,6 +15,7 @@ from workflow.lens_setup import LensSettings, lens_heads
 from workflow.lens_run import read_probes
 from workflow.records import read_records
 from workflow import tuned
+from workflow.tuned_training import train_for_model
 
 SETTINGS = tuned.TunedLensSettings(steps=40, batch_positions=16, seq_len=32, train_sequences=24, heldout_positions=96, learning_rate=3e-3)
 
@@ -223,6 +224,6 @@ def test_a_training_sequence_longer_than_the_model_or_the_text_is_refused_naming
         tuned.sequences(model.tokenizer, train_docs[:3], 10**9, 4)
     huge = tuned.TunedLensSettings(seq_len=10**9)
     with pytest.raises(UserError, match=r"config key tuned_lens.seq_len: 1,000,000,000 tokens .* more than model 'tiny-llama' takes"):
-        tuned.train_for_model("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, tmp_path / "lens",
+        train_for_model("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, tmp_path / "lens",
                               device="cpu", dtype="float32", settings=huge)
     assert not (tmp_path / "lens").exists()

@@ -256,7 +256,8 @@ class Model:
         """The tuned lens's translators: the pipeline's, else trained once outside it."""
         from workflow.lens_setup import open_tuned_lens
         from workflow.provenance import digests_kept_in
-        from workflow.tuned import TunedLensSettings, train_for_model
+        from workflow.tuned import TunedLensSettings
+        from workflow.tuned_training import train_for_model
 
         if self._tuned is None:
             directory = trained_lens_dir(self.key, self.workdir)

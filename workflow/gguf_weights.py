@@ -32,12 +32,11 @@ from accelerate.hooks import ModelHook
 from torch import nn
 
 from workflow.errors import UserError
+from workflow.prepared import MANIFEST, PARSED_CONFIG
 from workflow.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
-# Files a ``weights: quantised`` preparation writes besides the tokenizer and config.
-PARSED_CONFIG = "gguf-config.json"  # transformers' parsed GGUF config, which its tensor processors read
 # A module's weights exist this many times over while they are made: the float32 array
 # dequantised from the file, a rule's reordered copy (experts concatenated and transposed),
 # and the tensor in the model's dtype (bench/gguf_layers.py measures the peak).
@@ -313,8 +312,6 @@ def file_weights(model: nn.Module) -> FileWeights | None:
 
 def quantised_manifest(prepared_dir: Path) -> dict[str, Any] | None:
     """The manifest of a ``weights: quantised`` preparation, else None."""
-    from workflow.prepare import MANIFEST
-
     path = Path(prepared_dir) / MANIFEST
     if not path.is_file():
         return None

@@ -24,12 +24,12 @@ from typing import Any
 
 from workflow.atomic import atomic_directory, dumps_json, write_text
 from workflow.errors import UserError
+from workflow.prepared import MANIFEST, PARSED_CONFIG
 from workflow.provenance import cache_file, recipe_of, sha256_file
 
 log = logging.getLogger(__name__)
 
 PREPARED_SOURCES = ("gguf", "package")
-MANIFEST = "manifest.json"
 
 
 def package_dir(module: str) -> Path:
@@ -346,7 +346,7 @@ def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path, quantise
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     config.architectures = [type(model).__name__]
     if quantised:
-        from workflow.gguf_weights import PARSED_CONFIG, check_plan
+        from workflow.gguf_weights import check_plan
 
         write_text(out / PARSED_CONFIG, json.dumps(parsed))
         check_plan(key, gguf_path, out, config)
