@@ -61,9 +61,9 @@ def shown(token: str) -> str:
 class Chat:
     def __init__(self, args: argparse.Namespace):
         from workflow.config import model_entry
-        from workflow.generation import LensGenerator
-        from workflow.lens_setup import LensSettings, open_tuned_lens
-        from workflow.models import load_model
+        from workflow.generation import LensGenerator  # torch: not at lens-chat's start
+        from workflow.lens_setup import LensSettings, open_tuned_lens  # torch: not at lens-chat's start
+        from workflow.models import load_model  # torch: not at lens-chat's start
         from workflow.provenance import digests_kept_in
 
         config = load_config(Path(args.config))
@@ -140,7 +140,7 @@ class Chat:
     def fitted(self, messages: list[dict[str, str]]) -> tuple[list[int], list[dict[str, str]]]:
         """The prompt's ids, with the oldest turns left out until the prompt and the reply fit
         the model's positions; a single message too long for them is refused."""
-        from workflow.lens_setup import context_limit
+        from workflow.lens_setup import context_limit  # torch: not at lens-chat's start
 
         limit = context_limit(self.model)
         room = None if limit is None else limit - self.args.max_new_tokens
@@ -176,7 +176,7 @@ class Chat:
 
     def write_trace(self) -> None:
         from workflow.atomic import atomic_paths
-        from workflow.records import write_records_file
+        from workflow.records import write_records_file  # pandas: not at lens-chat's start
 
         path = self.args.trace
         with atomic_paths(path) as (tmp,):
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from workflow.lens_setup import LensIdentityError
+    from workflow.lens_setup import LensIdentityError  # torch: only after the arguments are checked
 
     try:
         chat = Chat(args)
