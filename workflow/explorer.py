@@ -270,19 +270,19 @@ def write_explorer(
     write its explorer page to ``output``; returns the page's data."""
     summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
     if experiment == "002":
-        from workflow.exp002.records import read_patching_records
+        from workflow.exp002.records import read_patching_records  # pandas: only when records are read
 
         records = read_patching_records(str(records_path), summary)
     elif experiment == "004":
-        from workflow.exp004.records import read_component_records
+        from workflow.exp004.records import read_component_records  # pandas: only when records are read
 
         records = read_component_records(str(records_path), summary)
     elif experiment == "001":
-        from workflow.records import load_checked
+        from workflow.records import load_checked  # pandas: only when records are read
 
         records = load_checked(records_path, summary_path)
     else:
-        from workflow.records import read_records
+        from workflow.records import read_records  # pandas: only when records are read
 
         records = read_records(records_path)
     data = page_data(experiment, summary, records, probes)

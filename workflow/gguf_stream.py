@@ -154,7 +154,7 @@ def dequantise(raw: np.ndarray, qtype) -> np.ndarray:
     """
     from gguf import GGMLQuantizationType, dequantize
 
-    from workflow.native.dequant import dequantise as native_dequantise
+    from workflow.native.dequant import dequantise as native_dequantise  # torch (native.build): only when dequantising
 
     if qtype == GGMLQuantizationType.F32:
         return raw.view(np.float32)

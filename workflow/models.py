@@ -496,7 +496,7 @@ def load_model(
         key, parameter_count(estimate.parameters), estimate.total_bytes / 1e9, dtype_name(torch_dtype),
     )
     settings = effective_placement(entry, placement)
-    from workflow.gguf_weights import file_model, quantised_manifest
+    from workflow.gguf_weights import file_model, quantised_manifest  # accelerate: not when check_device plans a GPU run
 
     from_file = quantised_manifest(location) is not None if prepared_dir is not None else False
     placed = None if from_file else plan_placement(key, config, estimate, device_name, torch_dtype, settings)

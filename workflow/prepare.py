@@ -346,7 +346,7 @@ def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path, quantise
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     config.architectures = [type(model).__name__]
     if quantised:
-        from workflow.gguf_weights import check_plan
+        from workflow.gguf_weights import check_plan  # torch: not at planning time
 
         write_text(out / PARSED_CONFIG, json.dumps(parsed))
         check_plan(key, gguf_path, out, config)
