@@ -242,6 +242,8 @@ def test_bad_arguments_are_one_error_line_before_the_model_loads(chat_config, tm
     cases = [
         (["--temperature", "nan"], "--temperature must be a number, 0 or more (0: greedy), not nan"),
         (["--temperature", "inf"], "--temperature must be a number, 0 or more (0: greedy), not inf"),
+        (["--seed", str(2**70)], f"--seed must be a whole number from 0 to {2**63 - 1}, not {2**70}"),
+        (["--seed", "-1"], f"--seed must be a whole number from 0 to {2**63 - 1}, not -1"),
         (["--max-seconds-per-token", "nan"], "--max-seconds-per-token must be a number above 0, not nan"),
         (["--trace", str(tmp_path)], f"--trace {tmp_path}: a directory; give a file to write (CSV, or .parquet)"),
         (["--trace", str(tmp_path / "absent" / "t.csv")],

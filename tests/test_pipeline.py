@@ -5,9 +5,10 @@ import json
 import re
 
 import pytest
+import yaml
 
 from conftest import PROBES, tiny_config
-from pipeline import files_under, planning_error, private_copy, said, scratch_copy, snakemake
+from pipeline import files_under, planning_error, private_copy, said, scratch_copy, snakemake, write_config
 from workflow.evaluation.templates import heading_problems, load_template
 from workflow.records import read_records
 
@@ -92,6 +93,26 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     page = (finished / "results/001/html/evaluation-tiny-llama.html").read_text(encoding="utf-8")
     assert page.count('<img src="data:image/png;base64,') == len(PROBES) + 1  # the heatmaps and the statistics
     assert "<h2>Figures</h2>" in page
+
+
+def test_a_models_description_forms_no_markup_in_the_report(finished, tmp_path):
+    """A model's description is the user's text: in the report's overview it stays text (an
+    include or image directive in it embedded a local file and a remote beacon)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-FILE-CONTENT-4242\n")
+    workdir = private_copy(finished, tmp_path / "copy")
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    model = next(iter(config["models"]))
+    config["models"][model]["description"] = (f"a label\n\n.. include:: {secret}\n\n.. image:: https://example.org/beacon.png\n\n"
+                                              ".. raw:: html\n\n   <script>alert(1)</script>\n\n`x <javascript:alert(1)>`_ **bold**")
+    write_config(workdir, config)
+    result = snakemake(workdir, "--report", "report.html")
+    assert result.returncode == 0, said(result)[-3000:]
+    html = (workdir / "report.html").read_text(encoding="utf-8")
+    assert "SECRET-FILE-CONTENT-4242" not in html
+    assert not re.search(r'(src|href)="https?://', html)  # no beacon fetched when opened
+    assert "alert(1)</script>" not in html and 'href="javascript' not in html
+    assert "a label" in html and ".. include::" in html
 
 
 def test_nothing_left_to_do_after_a_full_run(finished):

@@ -245,6 +245,8 @@ def argument_error(args: argparse.Namespace) -> str | None:
         return "--max-new-tokens must be at least 1"
     if not math.isfinite(args.temperature) or args.temperature < 0:
         return f"--temperature must be a number, 0 or more (0: greedy), not {args.temperature}"
+    if not 0 <= args.seed < 2**63:  # torch.manual_seed takes a 64-bit seed
+        return f"--seed must be a whole number from 0 to {2**63 - 1}, not {args.seed}"
     if math.isnan(args.max_seconds_per_token) or args.max_seconds_per_token <= 0:
         return f"--max-seconds-per-token must be a number above 0, not {args.max_seconds_per_token}"
     if args.layers and args.once is None:

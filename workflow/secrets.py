@@ -64,18 +64,21 @@ def _is_credential(part: str) -> bool:
 
 
 def credentials(url: str) -> list[str]:
-    """What in ``url`` is a credential, in words (for messages; never the values)."""
+    """What in ``url`` may be a credential, in words (for messages; never the values): a
+    user:password@ part, and any query or fragment, whatever its parameters are called
+    (``?code=``, ``;token=``: no list of names can know every server's)."""
     split = urlsplit(url)
     found = ["a user:password@ part"] if "@" in split.netloc else []
-    found += [f"the query parameter {part.partition('=')[0]!r}" for part in _query_parts(split.query) if _is_credential(part)]
+    found += ["a query (?...)"] if split.query else []
+    found += ["a fragment (#...)"] if split.fragment else []
     return found
 
 
 def public_url(url: str) -> str:
-    """``url`` without its credentials: what names the endpoint in every record."""
+    """``url`` without what may be a credential (see ``credentials``): scheme, host, port and
+    path, what names the endpoint in every record."""
     split = urlsplit(url)
-    query = "&".join(part for part in _query_parts(split.query) if not _is_credential(part))
-    return urlunsplit(split._replace(netloc=split.netloc.rpartition("@")[2], query=query))
+    return urlunsplit(split._replace(netloc=split.netloc.rpartition("@")[2], query="", fragment=""))
 
 
 def _same_endpoint(a: str, b: str) -> bool:
@@ -86,6 +89,12 @@ def check_endpoint(provider: str, base_url: str | None, which: str = "") -> None
     """``base_url`` (evaluation.base_url) holds no credential, and the provider's URL
     variable, where set, names the same endpoint: the credentials come from there."""
     variable = URL_VARIABLES.get(provider, " or ".join(URL_VARIABLES.values()))
+    split = urlsplit(base_url) if base_url else None
+    if split is not None and (split.scheme.lower() not in ("http", "https") or not split.hostname):
+        raise UserError(  # not shown: without its scheme, a user:password@ part reads as a path
+            f"evaluation.base_url{which} is not an http:// or https:// URL with a host (such as http://localhost:8080/v1); "
+            f"write it so, without credentials, and export {variable} with the whole URL if the server needs them"
+        )
     found = credentials(base_url) if base_url else []
     if found:
         raise UserError(
@@ -122,10 +131,11 @@ def _url_secrets(url: str) -> list[str]:
         user, _, password = userinfo.partition(":")
         found += [userinfo, unquote(userinfo), password, unquote(password),
                   base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()]
-    for part in _query_parts(split.query):
-        if _is_credential(part):
-            value = part.partition("=")[2]
-            found += [value, unquote(value)]
+    for part in _query_parts(split.query.replace(";", "&")):
+        value = part.partition("=")[2]
+        found += [value, unquote(value)]
+    if split.fragment:
+        found += [split.fragment, split.fragment.partition("=")[2]]
     return found
 
 
