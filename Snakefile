@@ -11,6 +11,7 @@
 #   snakemake --cores 1                                         # everything, meta-evaluation included
 #   snakemake -n                                                # what is stale, and why
 #   snakemake --report report.html                              # one self-contained HTML file: plots, captions, evaluations
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -19,6 +20,17 @@ min_version("9.0")
 
 # The repository's own library, whether or not it is pip-installed.
 sys.path.insert(0, workflow.basedir)
+
+
+# Measured before Snakemake reads it: Snakemake copies every aliased mapping once per use
+# (workflow/limits.py).
+from workflow.errors import UserError
+from workflow.limits import check_yaml_file
+
+try:
+    check_yaml_file(os.path.join(workflow.basedir, "config", "config.yaml"), "config/config.yaml")
+except UserError as e:
+    sys.exit(f"Error: {e}")
 
 
 configfile: "config/config.yaml"

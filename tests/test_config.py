@@ -85,19 +85,24 @@ def test_unknown_model_lists_known_ones():
         model_entry(default_config(), "gpt5")
 
 
-def _alias_bomb(levels: int) -> str:
-    """YAML whose few lines expand to 10**levels values (anchors and aliases nested)."""
-    text = '  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+def _alias_bomb(levels: int, mappings: bool = False) -> str:
+    """YAML whose few lines expand to 10**levels values (anchors and aliases nested), in lists
+    or in mappings (which Snakemake copies once per use while it reads the config)."""
+    def node(item):
+        return "{" + ", ".join(f"k{i}: {item}" for i in range(10)) + "}" if mappings else "[" + ", ".join([item] * 10) + "]"
+
+    text = f'  a: &a {node(chr(34) + "lol" + chr(34))}\n'
     names = "abcdefghijklmnop"
     for previous, name in zip(names, names[1:levels]):
-        text += f"  {name}: &{name} [" + ", ".join([f"*{previous}"] * 10) + "]\n"
+        text += f"  {name}: &{name} {node('*' + previous)}\n"
     return text
 
 
-@pytest.mark.parametrize("where", ["unknown", "known"])
+@pytest.mark.parametrize("where", ["unknown", "known", "mapping"])
 def test_a_yaml_alias_bomb_in_the_config_is_refused_at_once(tmp_path, where):
     """Nine levels of aliases stand for a billion values: refused in a second or two, naming the
-    key, instead of the dry run growing past 8 GB (an unknown key is named as unknown first)."""
+    key, instead of the dry run growing past 8 GB, whether they nest lists or mappings (which
+    Snakemake copies once per use); unknown top-level keys are named at once."""
     import time
 
     from pipeline import planning_error, scratch_copy, snakemake
@@ -105,15 +110,19 @@ def test_a_yaml_alias_bomb_in_the_config_is_refused_at_once(tmp_path, where):
     workdir = scratch_copy(tmp_path / "w")
     config = workdir / "config" / "config.yaml"
     text = config.read_text(encoding="utf-8")
-    if where == "unknown":
-        config.write_text(text + "\nlaughs:\n" + _alias_bomb(9), encoding="utf-8")
+    if where == "unknown":  # named at once, with the known key each is spelt like
+        config.write_text(text + "\nlaughs: 1\nlenz: {top_k: 3}\n", encoding="utf-8")
+    elif where == "mapping":
+        config.write_text(text + "\nlaughs:\n" + _alias_bomb(9, mappings=True), encoding="utf-8")
     else:
         config.write_text(text.replace("\nlens:\n", "\nlens:\n  bomb:\n" + _alias_bomb(9).replace("\n  ", "\n    ").replace("  a:", "    a:", 1), 1), encoding="utf-8")
     started = time.monotonic()
     result = snakemake(workdir, "-n", timeout=120)
     seconds = time.monotonic() - started
     if where == "unknown":
-        planning_error(result, "config/config.yaml: unknown top-level key 'laughs'")
+        planning_error(result, "config/config.yaml: unknown top-level keys 'laughs', 'lenz' (did you mean 'lens'?)")
+    elif where == "mapping":
+        planning_error(result, "config/config.yaml: key 'laughs' holds more than 1,000,000 values")
     else:
         planning_error(result, "config/config.yaml: key 'lens' holds more than 1,000,000 values")
     assert seconds < 60
