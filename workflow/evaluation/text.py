@@ -105,3 +105,29 @@ def fitted(header: str, blocks: Callable[[int], list[str]], n_layers: int, max_c
     if len(text) > max_chars:
         text = text[: max_chars - 40].rsplit("\n", 1)[0] + "\n(digest truncated to fit the size budget)\n"
     return text
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 probe', '3 probes'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def layers_text(layers: list[int], n_layers: int, noun: str = "probe", word: str = "layer") -> str:
+    """Where a finding sits, in the words a reader checks against a table: "layer 30 of 30",
+    "layer 13 of 18 on 3 probes and layer 16 on 1", or for many distinct layers "layers 11-17
+    of 18 (median 13, over 9 probes)"."""
+    from collections import Counter
+    from statistics import median
+
+    counts = sorted(Counter(layers).items())
+    if not counts:
+        return "no " + word
+    if len(counts) == 1:
+        ((layer, n),) = counts
+        return f"{word} {layer} of {n_layers}" + (f" (all {counted(n, noun)})" if n > 1 else "")
+    if len(counts) <= 3:
+        (first, n), *rest = counts
+        others = [f"{word} {layer} on {n}" for layer, n in rest]
+        return f"{word} {first} of {n_layers} on {counted(n, noun)}" + (", " if len(others) > 1 else " and ") + (
+            " and ".join(others) if len(others) == 1 else f"{others[0]} and {others[1]}")
+    return f"{word}s {counts[0][0]}–{counts[-1][0]} of {n_layers} (median {median(layers):g}, over {counted(len(layers), noun)})"

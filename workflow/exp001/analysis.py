@@ -62,6 +62,7 @@ class ProbeFacts:
     answer_logprob: float | None = None  # the whole answer, teacher-forced
     answer_greedy: bool | None = None  # greedy decoding gives the whole answer
     top1_prob_by_temperature: list[float] = field(default_factory=list)
+    input_token: str = ""  # the prompt's last token (the position every per-layer figure here is read at)
 
 
 @dataclass
@@ -89,6 +90,9 @@ class ModelFacts:
     # Through the tuned lens, per layer: (layer, ECE at temperature 1, the temperature with the
     # lowest ECE, that ECE), from the JSON's tuned_calibration bins.
     tuned_temperature: list[tuple[int, float, float, float]] = field(default_factory=list)
+    # Through the tuned lens, per layer: the share of probes whose top-1 at the last position is the
+    # answer (from the same bins; temperature does not change the top-1).
+    tuned_accuracy: list[float] = field(default_factory=list)
 
     @property
     def n_correct(self) -> int:
@@ -163,6 +167,7 @@ def probe_facts(summary: dict[str, Any], rows: pd.DataFrame) -> ProbeFacts:
         answer_logprob=summary.get("answer_logprob"),
         answer_greedy=summary.get("answer_greedy"),
         top1_prob_by_temperature=list(summary.get("final_top1_prob_by_temperature") or []),
+        input_token=str(last["input_token"].iloc[0]),
     )
 
 
@@ -210,6 +215,7 @@ def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFact
         layer_ece=layer_ece,
     )
     facts.tuned_temperature = layer_temperatures(summary)
+    facts.tuned_accuracy = layer_accuracy(summary)
     facts.statistics = probe_statistics(facts)
     return facts
 
@@ -230,6 +236,29 @@ def layer_temperatures(summary: dict[str, Any]) -> list[tuple[int, float, float,
         best = min(range(len(temperatures)), key=lambda j: (round(errors[j], 12), abs(math.log(temperatures[j]))))
         found.append((layer, errors[temperatures.index(1.0)], temperatures[best], errors[best]))
     return found
+
+
+def layer_accuracy(summary: dict[str, Any]) -> list[float]:
+    """Per layer of the tuned lens: the share of probes whose top-1 is the answer; [] without a tuned lens."""
+    table = (summary.get("tuned_calibration") or {}).get("bins")
+    if not table:
+        return []
+    found = []
+    for per_t in table:
+        cells = per_t[0]
+        n = sum(count for count, _, _ in cells)
+        found.append(sum(hits for _, _, hits in cells) / n if n else float("nan"))
+    return found
+
+
+def calibration_fit(temperatures: list[float], temperature: float, accuracy: float) -> str:
+    """What the temperature with the lowest calibration error means: "fit" (inside the grid),
+    "bound" (at an end of the grid: the best may lie beyond it) or "degenerate" (at an end of
+    the grid with accuracy 0 or 1, where the error falls only because the temperature flattens
+    every probability towards 0, or sharpens it towards 1: no calibration was found)."""
+    if not temperatures or temperature not in (min(temperatures), max(temperatures)):
+        return "fit"
+    return "degenerate" if accuracy in (0.0, 1.0) else "bound"
 
 
 def lens_calibration(records: pd.DataFrame, summary: dict[str, Any]) -> dict[str, list[float]]:
@@ -317,3 +346,22 @@ def reverse_pairs(facts: ModelFacts) -> list[tuple[ProbeFacts, ProbeFacts]]:
 
 def relative(layer: int | None, n_layers: int) -> float | None:
     return None if layer is None else layer / n_layers
+
+
+def answer_peak(probe: ProbeFacts) -> tuple[int, float]:
+    """The layer where the logit lens gives the answer its highest probability at the last
+    position (the earliest such layer), and that probability."""
+    step = max(probe.trajectory, key=lambda s: (s["answer_prob"], -s["layer"]))
+    return int(step["layer"]), float(step["answer_prob"])
+
+
+def lowered_at_the_end(probe: ProbeFacts) -> bool:
+    """Whether the last layers lower the answer: its probability peaks before the output
+    layer and is lower at the output."""
+    layer, prob = answer_peak(probe)
+    return layer < probe.trajectory[-1]["layer"] and probe.final_answer_prob < prob
+
+
+def displaced(probe: ProbeFacts) -> bool:
+    """Whether the logit lens reads the answer as top-1 at some layer and the output does not keep it."""
+    return probe.first_top1_layer is not None and probe.stable_top1_layer is None

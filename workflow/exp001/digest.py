@@ -15,7 +15,7 @@ rounding of another processor cannot change a prompt (and so its cached response
 from __future__ import annotations
 
 from workflow.evaluation.text import fitted, magnitude_text, rank_text, source_text
-from workflow.exp001.analysis import ModelFacts, ProbeFacts
+from workflow.exp001.analysis import ModelFacts, ProbeFacts, calibration_fit
 
 DEFAULT_MAX_CHARS = 24_000
 TOP_TOKENS = 3
@@ -59,18 +59,21 @@ def statistics_lines(facts: ModelFacts) -> list[str]:
     if calibration:
         lines.append(
             f"calibration of the final top-1 probability: expected calibration error {calibration['ece']:.3f} at "
-            f"temperature 1; lowest {calibration['ece_at_temperature']:.3f} at temperature {calibration['temperature']:g} "
+            f"temperature 1; lowest (at temperature) {_fitted(facts, calibration['ece_at_temperature'], calibration['temperature'], st['accuracy'].estimate)} "
             f"(n = {calibration['n']}, {len(calibration['bins'])} non-empty bins of 10)"
         )
     if facts.tuned_temperature:
         n = len(facts.tuned_temperature) - 1
         shown = sorted({0, n // 4, n // 2, 3 * n // 4, n})
+        accuracy = facts.tuned_accuracy or [float("nan")] * (n + 1)
+        cells = [
+            f"layer {layer} {e1:.3f} -> {_fitted(facts, best, t, accuracy[layer])}"
+            for layer, e1, t, best in (facts.tuned_temperature[i] for i in shown)
+        ]
         lines.append(
             "tuned lens, temperature scaling by layer (calibration error at temperature 1 -> lowest, at temperature): "
-            + "; ".join(
-                f"layer {layer} {e1:.3f} -> {best:.3f} at {t:g}"
-                for layer, e1, t, best in (facts.tuned_temperature[i] for i in shown)
-            )
+            + "; ".join(cells)
+            + (f" ({DEGENERATE})" if any("degenerate" in c for c in cells) else "")
         )
     for lens, values in facts.layer_ece.items():
         best = min(range(len(values)), key=lambda i: (values[i], i))
@@ -79,6 +82,20 @@ def statistics_lines(facts: ModelFacts) -> list[str]:
             f"lowest {values[best]:.3f} at layer {best}, last layer {values[-1]:.3f}"
         )
     return lines
+
+
+DEGENERATE = (
+    "degenerate: accuracy 0% or 100% at that layer, so the error falls only as the temperature reaches an end of the grid "
+    "and pushes every probability towards the accuracy; no calibration is found there"
+)
+
+
+def _fitted(facts: ModelFacts, error: float, temperature: float, accuracy: float) -> str:
+    """The lowest calibration error and its temperature, said as what it is (analysis.calibration_fit)."""
+    fit = calibration_fit(facts.temperatures, temperature, accuracy)
+    if fit == "degenerate":
+        return f"degenerate (accuracy {100 * accuracy:.0f}%; {error:.3f} only at the grid's bound {temperature:g})"
+    return f"{error:.3f} at {temperature:g}" + (" (the grid's bound: the best may lie beyond it)" if fit == "bound" else "")
 
 
 def _layer_line(step: dict) -> str:

@@ -12,13 +12,24 @@ from collections.abc import Callable
 from dataclasses import replace
 from statistics import median
 
-from workflow.evaluation.text import code, escaped, identity_text
+from workflow.evaluation.text import code, counted, escaped, identity_text, layers_text
 from workflow.evaluation.text import layer_text as _layer
 from workflow.evaluation.text import nats as _nats
 from workflow.evaluation.text import pct as _pct
 from workflow.evaluation.text import table as _table
 from workflow.evaluation.text import tok as _tok
-from workflow.exp001.analysis import BANDS, CONFIDENT_NATS, ModelFacts, ProbeFacts, relative, reverse_pairs
+from workflow.exp001.analysis import (
+    BANDS,
+    CONFIDENT_NATS,
+    ModelFacts,
+    ProbeFacts,
+    answer_peak,
+    calibration_fit,
+    displaced,
+    lowered_at_the_end,
+    relative,
+    reverse_pairs,
+)
 from workflow.exp001.digest import DETAIL_PROBES, statistics_lines
 
 
@@ -52,8 +63,10 @@ def _single_statistics(f: ModelFacts) -> str:
 
 
 def _cross_statistics(models: list[ModelFacts]) -> str:
-    def cell_depth(f: ModelFacts) -> str:
-        depth = f.statistics["depth"]["logit"]
+    def cell_depth(f: ModelFacts, lens: str = "logit") -> str:
+        if lens not in f.statistics["depth"]:
+            return "—"
+        depth = f.statistics["depth"][lens]
         return "never" if depth is None else f"{depth.median:.2f} ({depth.q1:.2f}–{depth.q3:.2f})"
 
     def cell_direction(f: ModelFacts) -> str:
@@ -62,14 +75,20 @@ def _cross_statistics(models: list[ModelFacts]) -> str:
 
     def cell_calibration(f: ModelFacts) -> str:
         c = f.statistics.get("calibration")
-        return "—" if not c else f"{c['ece']:.3f}; {c['ece_at_temperature']:.3f} at T = {c['temperature']:g}"
+        if not c:
+            return "—"
+        fit = calibration_fit(f.temperatures, c["temperature"], f.statistics["accuracy"].estimate)
+        return f"{c['ece']:.3f}; " + ("degenerate" if fit == "degenerate" else f"{c['ece_at_temperature']:.3f} at T = {c['temperature']:g}"
+                                       + (" (grid's bound)" if fit == "bound" else ""))
 
+    tuned = any("tuned" in f.statistics["depth"] for f in models)
     table = _table(
-        ["model", "n", "accuracy (95% CI)", "first top-1 depth, median (IQR)", "forward − reverse accuracy (95% CI)",
+        ["model", "n", "accuracy (95% CI)", "logit lens: first top-1 depth, median (IQR)",
+         *(["tuned lens: first top-1 depth, median (IQR)"] if tuned else []), "forward − reverse accuracy (95% CI)",
          "ECE; lowest (temperature)"],
         [
-            [escaped(f.model), str(f.statistics["n"]), f.statistics["accuracy"].text(percent=True), cell_depth(f), cell_direction(f),
-             cell_calibration(f)]
+            [escaped(f.model), str(f.statistics["n"]), f.statistics["accuracy"].text(percent=True), cell_depth(f),
+             *([cell_depth(f, "tuned")] if tuned else []), cell_direction(f), cell_calibration(f)]
             for f in models
         ],
     )
@@ -99,32 +118,121 @@ def _median_depth(layers: list[int | None], n_layers: int) -> float | None:
 # ---------------------------------------------------------------- single model
 
 
-def _single_summary(f: ModelFacts) -> str:
-    first = _median_depth([p.first_top1_layer for p in f.probes], f.n_layers)
-    stable = _median_depth([p.stable_top1_layer for p in f.probes], f.n_layers)
-    text = (
-        f"{escaped(f.model)} ({escaped(f.architecture)}, {f.n_layers} layers, d_model {f.d_model}) gives the expected answer "
-        f"as its final top-1 token on {f.n_correct} of {len(f.probes)} probes."
-    )
-    n_stable = sum(p.stable_top1_layer is not None for p in f.probes)
-    if first is not None:
-        text += f" Where the answer becomes top-1 at all, it does so first at a median relative depth of {first:.2f}"
+# The answer to the experiment's question, first in every evaluation: at which layer (of how
+# many) the answer becomes the top-1 reading and stays there to the output, through each lens,
+# and what the last layers do to it. Every figure is one the document's tables hold.
+
+ANSWER_RULE = (
+    "The answer counts as read at a layer when it is the lens's top-1 token at the prompt's last position (its first "
+    "token, for answers of several); 'stays' means top-1 from that layer to the output. Layer 0 is the embedding, "
+    "layer L the output."
+)
+
+
+def _stays(f: ModelFacts, probes: list[ProbeFacts], lens: str) -> list[int]:
+    return [
+        layer for p in probes
+        if (layer := (p.stable_top1_layer if lens == "logit" else p.tuned_stable_top1_layer)) is not None
+    ]
+
+
+def _firsts(probes: list[ProbeFacts], lens: str) -> list[int]:
+    return [
+        layer for p in probes
+        if (layer := (p.first_top1_layer if lens == "logit" else p.tuned_first_top1_layer)) is not None
+    ]
+
+
+def _lens_names(f: ModelFacts) -> list[str]:
+    return [lens for lens in ("logit", "tuned") if lens in f.lenses]
+
+
+def _settles(f: ModelFacts) -> str:
+    """Where the answer becomes top-1 and stays, through each lens, on the probes the model answers."""
+    correct = [p for p in f.probes if p.correct]
+    text = f"the model's own output (its final top-1 token) is the expected answer on {f.n_correct} of {len(f.probes)} probes"
+    if not correct:
+        return text
+    parts = []
+    for lens in _lens_names(f):
+        layers = _stays(f, correct, lens)
+        if layers:
+            part = f"through the {lens} lens from {layers_text(layers, f.n_layers)}"
+            if len(layers) < len(correct):
+                part += f" (on {len(correct) - len(layers)} of them this lens does not keep it to the output)"
+        else:
+            part = f"through the {lens} lens on none of them"
+        parts.append(part)
+    return text + "; on those, the answer becomes top-1 and stays there to the output " + "; ".join(parts)
+
+
+def _elsewhere(f: ModelFacts) -> str:
+    """Where the lenses read the answer as top-1 on the probes the model does not answer."""
+    wrong = [p for p in f.probes if not p.correct]
+    if not wrong:
+        return ""
+    parts = []
+    for lens in _lens_names(f):
+        layers = _firsts(wrong, lens)
+        parts.append(
+            f"the {lens} lens reads it as top-1 part-way on {len(layers)} of them (first at {layers_text(layers, f.n_layers)})"
+            if layers else f"the {lens} lens never reads it as top-1"
+        )
+    return f"On the other {counted(len(wrong), 'probe')}, " + " and ".join(parts) + ", but the output does not keep it."
+
+
+def _last_layers(f: ModelFacts) -> str:
+    """What the last layers do to the answer (logit lens, which at the output is the model itself)."""
+    lowered = [p for p in f.probes if lowered_at_the_end(p)]
+    raised = [p for p in f.probes if answer_peak(p)[0] == f.n_layers]
+    out = [p for p in f.probes if displaced(p)]
+    parts = []
+    if raised:
+        parts.append(
+            f"on {len(raised)} of {len(f.probes)} probes the answer's probability is highest at the output layer itself "
+            "(the last layers raise it)"
+        )
+    if lowered:
+        peaks = [answer_peak(p) for p in lowered]
+        parts.append(
+            f"on {len(lowered)} of {len(f.probes)} probes the answer's probability peaks before the output (median {median(pr for _, pr in peaks):.2f}, at "
+            f"{layers_text([layer for layer, _ in peaks], f.n_layers)}) and the last layers lower it (median "
+            f"{median(p.final_answer_prob for p in lowered):.2f} at the output)"
+        )
+    text = "What the last layers do, through the logit lens: " + "; ".join(parts) + "."
+    if out:
+        finals = sorted({p.final_top1 for p in out})
         text += (
-            f"; on the {n_stable} probe(s) where it stays top-1 to the end, it stays from a median depth of {stable:.2f}."
-            if stable is not None
-            else ", but it does not stay there to the last layer on any probe."
+            f" On {counted(len(out), 'probe')} they push the answer out of top-1 after the logit lens read it there (first "
+            f"at {layers_text([p.first_top1_layer for p in out], f.n_layers)}), in favour of "
+            + " or ".join(_tok(t) for t in finals) + "."
         )
     else:
-        text += " The answer is never the top-1 token at the last position on any layer."
-    text += (
-        f" The lens at the last layer reproduces the model's own probabilities {identity_text(f.identity_max_prob_diff)} "
-        "(checked at run time on every probe, on logits and KL too), so the last row of every trajectory "
-        "is the model's real output."
-    )
+        text += " They never push out of top-1 an answer the logit lens read there."
     return text
 
 
+def _answer(f: ModelFacts) -> str:
+    """The single-model answer, one paragraph."""
+    text = f"In {escaped(f.model)} ({f.n_layers} layers), " + _settles(f) + "."
+    elsewhere = _elsewhere(f)
+    return text + (" " + elsewhere if elsewhere else "") + " " + _last_layers(f)
+
+
+def _single_summary(f: ModelFacts) -> str:
+    return (
+        _answer(f)
+        + "\n\n"
+        + ANSWER_RULE
+        + f" {escaped(f.model)} is a {escaped(f.architecture)} with d_model {f.d_model}. The lens at the last layer reproduces "
+        f"the model's own probabilities {identity_text(f.identity_max_prob_diff)} (checked at run time on every probe, on "
+        "logits and KL too), so the last row of every trajectory is the model's real output. Per probe: the section 'Where "
+        "the answer emerges'; intervals: 'Statistics'."
+    )
+
+
 def _single_emergence(f: ModelFacts) -> str:
+    tuned = "tuned" in f.lenses
     rows = [
         [
             escaped(p.id),
@@ -133,12 +241,16 @@ def _single_emergence(f: ModelFacts) -> str:
             f"{p.final_answer_prob:.3f} / {p.final_answer_rank}",
             _layer(p.first_top1_layer, f.n_layers),
             _layer(p.stable_top1_layer, f.n_layers),
+            *([_layer(p.tuned_first_top1_layer, f.n_layers), _layer(p.tuned_stable_top1_layer, f.n_layers)] if tuned else []),
+            _peak_cell(p),
             f"{p.best_rank} (layer {p.best_rank_layer})",
         ]
         for p in _shown(f.probes)[0]
     ]
     table = _table(
-        ["probe", "expected", "final top-1 (p)", "answer p / rank", "first top-1 layer (depth)", "stays top-1 from", "best rank (layer)"],
+        ["probe", "expected", "final top-1 (p)", "answer p / rank", "logit lens: first top-1 layer (depth)", "logit lens: stays top-1 from",
+         *(["tuned lens: first top-1 layer", "tuned lens: stays top-1 from"] if tuned else []),
+         "logit lens: answer p peak (layer) / output", "logit lens: best rank (layer)"],
         rows,
     ) + _shown(f.probes)[1]
     notes = []
@@ -171,6 +283,11 @@ def _single_emergence(f: ModelFacts) -> str:
     if "tuned" in f.lenses:
         notes.append(_lens_disagreements(f))
     return table + ("\n\n" + " ".join(notes) if notes else "")
+
+
+def _peak_cell(p: ProbeFacts) -> str:
+    layer, prob = answer_peak(p)
+    return f"{prob:.2f} ({layer}) / {p.final_answer_prob:.2f}"
 
 
 def _lens_disagreements(f: ModelFacts) -> str:
@@ -221,11 +338,13 @@ def _single_entropy(f: ModelFacts) -> str:
     )
     if near is not None:
         text += f" The lens distribution comes within 1 nat of the final one (KL) from a median depth of {near:.2f}."
-    low0 = [p.id for p in f.probes if p.entropy_layer0 < CONFIDENT_NATS]
+    low0 = [p for p in f.probes if p.entropy_layer0 < CONFIDENT_NATS]
     if low0:
+        echo = sum(p.trajectory[0]["top1"] == p.input_token for p in low0)
         text += (
             f" At layer 0 the entropy is already below {CONFIDENT_NATS:g} nat on {len(low0)} probe(s): the embedding, "
-            "decoded through the final norm, is confident about a surface token, not about the answer."
+            f"decoded through the final norm, is confident about one token, the prompt's own last token on {echo} of them"
+            + (", not about the answer." if not any(p.trajectory[0]["answer_rank"] == 1 for p in low0) else ".")
         )
     return table + "\n\n" + text
 
@@ -242,13 +361,12 @@ def _single_middle(f: ModelFacts) -> str:
         f"In the middle band (layers {lo}–{hi}), the most frequent top-1 tokens at the last position across all "
         f"probes are {tokens}."
     )
-    if share_answers / total < 0.5:
-        text += (
-            " Most of these are not the expected answers: the middle of the stack, read through the final "
-            "unembedding, favours generic continuations and formatting tokens over the fact."
-        )
-    else:
-        text += " Most of them are expected answers: the fact is readable well before the last layer."
+    shown = sum(n for _, n in f.middle_tokens)
+    text += (
+        f" {share_answers} of these {shown} readings are an expected answer"
+        + (": under half, so the middle of the stack, read through the final unembedding, mostly shows other tokens than the fact."
+           if share_answers / total < 0.5 else ": at least half, so the fact is readable well before the last layer.")
+    )
     text += "\n\n" + _table(
         ["band", "top-1 repeats the input token (all positions)", "answer is top-1 (last position)"],
         [[b, _pct(f.copy_rate[b]), _pct(f.answer_rate[b])] for b in BANDS],
@@ -316,7 +434,12 @@ def _caveats(models: list[ModelFacts]) -> str:
     items = [
         "The logit lens reads every layer through the final layer's norm and unembedding; early and middle "
         "layers use a different basis, so their distributions are biased (high KL to final there is partly "
-        "the lens's error, not the model's uncertainty). A tuned lens corrects for this.",
+        "the lens's error, not the model's uncertainty)."
+        + (" The tuned lens (a translator per layer, trained to match the output) is meant to remove that bias; its "
+           "readings stand beside the logit lens's in the Summary and the per-probe tables, and how close it comes to the "
+           "output per layer on held-out text is in "
+           + ", ".join(code(f"results/001/lens-quality-{f.model}.csv") for f in models if "tuned" in f.lenses) + "."
+           if any("tuned" in f.lenses for f in models) else " A tuned lens (config `lenses`) is meant to remove that bias."),
         f"Each model is judged on {len(models[0].probes)} probes; accuracies and differences come with 95% intervals "
         "(section 'Statistics'), which are wide on a set this size"
         + (" (a few hundred facts narrow them: docs/experiments.md, 'Probe sets')" if len(models[0].probes) < 100 else "")
@@ -352,21 +475,66 @@ SINGLE: dict[str, Callable[[ModelFacts], str]] = {
 # ---------------------------------------------------------------- cross model
 
 
+def _last_layers_short(f: ModelFacts, raised: int, lowered: int, out: int) -> str:
+    clauses = []
+    if raised:
+        clauses.append(f"raise the answer's probability to its highest on {raised} of {len(f.probes)} probes")
+    if lowered:
+        clauses.append(f"lower it from an earlier peak on {lowered} of {len(f.probes)}")
+    if out:
+        clauses.append(f"push it out of top-1 after it was read there on {out}")
+    elif lowered:
+        clauses.append("never push out of top-1 an answer read there")
+    if not clauses:
+        return ""
+    return "Its last layers (logit lens) " + (", ".join(clauses[:-1]) + " and " if len(clauses) > 1 else "") + clauses[-1] + "."
+
+
 def _cross_summary(models: list[ModelFacts]) -> str:
     parts = []
     for f in models:
-        first = _median_depth([p.first_top1_layer for p in f.probes], f.n_layers)
-        depth = "never reaches top-1" if first is None else f"first reaches top-1 at a median relative depth of {first:.2f}"
-        parts.append(f"{escaped(f.model)} answers {f.n_correct} of {len(f.probes)} probes correctly and its answer {depth}")
-    text = "; ".join(parts) + "."
+        text = f"In {escaped(f.model)} ({f.n_layers} layers), " + _settles(f) + ". "
+        lowered = sum(lowered_at_the_end(p) for p in f.probes)
+        raised = sum(answer_peak(p)[0] == f.n_layers for p in f.probes)
+        out = sum(displaced(p) for p in f.probes)
+        text += _last_layers_short(f, raised, lowered, out)
+        parts.append(text)
+    text = " ".join(parts)
     if len(models) > 1:
+        comparisons = []
+        for lens in _lens_names(models[0]):
+            if not all(lens in f.lenses for f in models):
+                continue
+            depth = {}
+            for f in models:
+                layers = _stays(f, [p for p in f.probes if p.correct], lens)
+                if layers:
+                    depth[f.model] = median(layer / f.n_layers for layer in layers)
+            if len(depth) < 2:
+                continue
+            order = sorted(depth, key=lambda m: (depth[m], m))
+            if depth[order[0]] == depth[order[-1]]:
+                comparisons.append(f"through the {lens} lens they settle at the same relative depth ({depth[order[0]]:.2f})")
+            else:
+                comparisons.append(
+                    f"through the {lens} lens {escaped(order[0])} settles on the answer {'earlier' if len(order) == 2 else 'earliest'} (median relative depth "
+                    f"{depth[order[0]]:.2f}, against {', '.join(f'{depth[m]:.2f} for {escaped(m)}' for m in order[1:])})"
+                )
+        if comparisons:
+            text += " In relative depth (layer / number of layers, median over the probes each model answers), " + "; ".join(comparisons) + "."
         scores = sorted({f.n_correct for f in models}, reverse=True)
         best = [escaped(f.model) for f in models if f.n_correct == scores[0]]
         if len(best) == len(models):
-            text += " The models tie on the number of correct answers; they differ in which probes they get right."
+            differ = sum(
+                len({f.probe(pid).correct for f in models if f.probe(pid) is not None}) > 1 for pid in _probe_ids(models)
+            )
+            text += (
+                " The models answer the same number of probes"
+                + (f" but disagree on {differ} of them." if differ else ", the same ones.")
+            )
         else:
-            text += f" On this probe set {', '.join(best)} answers most probes correctly."
-    return text
+            text += f" On this probe set {', '.join(best)} answers the most probes."
+    return text + "\n\n" + ANSWER_RULE + " Per probe and lens: the section 'Answer emergence by relative depth'."
 
 
 def _cross_models(models: list[ModelFacts]) -> str:
@@ -395,22 +563,32 @@ def _probe_ids(models: list[ModelFacts]) -> list[str]:
     return ids
 
 
-def _depth_cell(p: ProbeFacts | None, n_layers: int) -> str:
-    if p is None:
-        return "—"
-    if p.first_top1_layer is None:
-        return "never"
-    stable = "—" if p.stable_top1_layer is None else f"{p.stable_top1_layer / n_layers:.2f}"
-    return f"{p.first_top1_layer / n_layers:.2f} / {stable}"
-
-
 def _cross_depth(models: list[ModelFacts]) -> str:
     ids, note = _shown(_probe_ids(models))
-    rows = [[escaped(pid)] + [_depth_cell(f.probe(pid), f.n_layers) for f in models] for pid in ids]
-    table = _table(["probe"] + [f"{escaped(f.model)}: first / stable depth" for f in models], rows) + note
+    tuned = any("tuned" in f.lenses for f in models)
+    rows = []
+    for pid in ids:
+        for f in models:
+            p = f.probe(pid)
+            if p is None:
+                continue
+            has_tuned = "tuned" in f.lenses
+            rows.append([
+                escaped(pid), escaped(f.model), _tok(p.final_top1) + (" (answer)" if p.correct else ""),
+                _layer(p.first_top1_layer, f.n_layers), _layer(p.stable_top1_layer, f.n_layers),
+                *([_layer(p.tuned_first_top1_layer, f.n_layers) if has_tuned else "—",
+                   _layer(p.tuned_stable_top1_layer, f.n_layers) if has_tuned else "—"] if tuned else []),
+                _peak_cell(p),
+            ])
+    table = _table(
+        ["probe", "model", "output top-1", "logit lens: first top-1 layer (depth)", "logit lens: stays top-1 from",
+         *(["tuned lens: first top-1 layer (depth)", "tuned lens: stays top-1 from"] if tuned else []),
+         "logit lens: answer p peak (layer) / output"],
+        rows,
+    ) + note
     return (
-        "Relative depth is layer / number of layers, so models of different depth line up (0 = embedding, "
-        "1 = last layer).\n\n" + table
+        "Layers with their relative depth (layer / number of layers) in brackets, so models of different depth line up "
+        "(0 = embedding, 1 = output): " + ", ".join(f"{escaped(f.model)} has {f.n_layers} layers" for f in models) + ".\n\n" + table
     )
 
 
@@ -468,15 +646,39 @@ CROSS: dict[str, Callable[[list[ModelFacts]], str]] = {
 # ---------------------------------------------------------------- meta
 
 
+def _meta_answer(models: list[ModelFacts]) -> str:
+    """The experiment's answer, as the cross-model evaluation gives it, in one sentence per model."""
+    parts = []
+    for f in models:
+        correct = [p for p in f.probes if p.correct]
+        lenses = [
+            f"from {layers_text(layers, f.n_layers)} through the {lens} lens"
+            for lens in _lens_names(f) if (layers := _stays(f, correct, lens))
+        ]
+        parts.append(
+            f"in {escaped(f.model)} the answer becomes top-1 and stays there to the output "
+            + ("; ".join(lenses) if lenses else "on no probe")
+            + f" (on the {counted(len(correct), 'probe')} of {len(f.probes)} it answers)"
+        )
+    return "The answer this critique weighs: " + "; ".join(parts) + "."
+
+
 def _meta_summary(models: list[ModelFacts]) -> str:
     early_kl = median(p.trajectory[0]["kl_to_final"] for f in models for p in f.probes)
+    entropy0 = median(p.entropy_layer0 for f in models for p in f.probes)
+    point_mass = (
+        f" (the layer-0 reading has a median entropy of {_nats(entropy0)} nats, below {CONFIDENT_NATS:g}: close to a point "
+        "mass on one token, so the tokens the model finally predicts sit far down its log-probabilities)"
+        if entropy0 < CONFIDENT_NATS else ""
+    )
     return (
+        _meta_answer(models)
+        + "\n\n"
         f"Experiment 001 decodes every layer of {len(models)} model(s) through each model's own final norm and "
         f"unembedding on {len(models[0].probes)} factual probes. The method is exact at the last layer (checked at "
         f"run time) and increasingly approximate towards the embedding: the median KL from the final distribution "
-        f"to the layer-0 reading is {early_kl:.1f} nats (the layer-0 reading is close to a point mass on the input "
-        "token, so the tokens the model finally predicts sit far down its log-probabilities). The findings below are best read as 'when does the final "
-        "readout become available', not 'when does the model know'."
+        f"to the layer-0 reading is {early_kl:.1f} nats{point_mass}. The findings below are best read as 'when does the "
+        "final readout become available', not 'when does the model know'."
     )
 
 
@@ -495,20 +697,51 @@ def _meta_threats(models: list[ModelFacts]) -> str:
     items = []
     for f in models:
         early = [p.trajectory[0]["kl_to_final"] for p in f.probes]
+        middle = [p.trajectory[f.n_layers // 2]["kl_to_final"] for p in f.probes]
         items.append(
-            f"{code(f.model)}: KL to final is {median(early):.1f} nats at layer 0; readings of the early band are dominated "
-            f"by the lens's basis mismatch. The last-layer identity holds {identity_text(f.identity_max_prob_diff)}."
+            f"{code(f.model)}: KL from the output distribution to the logit lens's reading is {median(early):.1f} nats at layer 0 "
+            f"and {median(middle):.1f} at layer {f.n_layers // 2} (medians over probes): readings there are far from the output, "
+            f"partly through the lens's basis mismatch. The last-layer identity holds {identity_text(f.identity_max_prob_diff)}."
         )
-    items += [
-        "Single-token answers only: facts whose answer spans several tokens are out of reach, and the probe set "
-        "favours frequent capitals that every model has memorised.",
-        "Top-1 is a coarse criterion: an answer at rank 2 with probability 0.4 counts as absent. Ranks and "
-        "probabilities are recorded to allow finer readings.",
-        "Prompts are bare completions; instruction-tuned models may prefer a different continuation ('the', "
-        "formatting) without lacking the fact.",
-        "One prompt per fact: a paraphrase could move the emergence layer; there is no estimate of that variance yet.",
-    ]
+    multi = sum(p.n_answer_tokens > 1 for f in models for p in f.probes)
+    n = sum(len(f.probes) for f in models)
+    items.append(
+        (f"The per-layer readings follow the answer's first token: {multi} of {n} (model, probe) answers here have several "
+         "tokens, whose later tokens are scored only at the output (whole-answer log-probability and greedy decoding).")
+        if multi else
+        (f"All {n} (model, probe) answers here are single tokens; for an answer of several, the per-layer readings follow "
+         "its first token only and the rest is scored at the output.")
+    )
+    accuracy = ", ".join(f"{escaped(f.model)} {_pct(f.n_correct / len(f.probes))}" for f in models)
+    items.append(
+        f"The probe set is a handful of well-known capitals, forward and reverse; the models answer few of them ({accuracy} "
+        "final top-1 accuracy), so emergence layers rest on few probes."
+    )
+    near = [(f, p) for f in models for p in f.probes if p.final_answer_rank in (2, 3)]
+    if near:
+        items.append(
+            f"Top-1 is a coarse criterion: on {len(near)} of {n} (model, probe) outputs the answer is at rank 2 or 3 (up to "
+            f"p = {max(p.final_answer_prob for _, p in near):.2f}) and counts as absent. Ranks and probabilities are recorded "
+            "to allow finer readings."
+        )
+    the = [(f, p) for f in models for p in f.probes if not p.correct and p.final_top1.strip().lower() in ("the", "a", "an")]
+    if the:
+        items.append(
+            f"Prompts are bare completions: on {len(the)} of {n} (model, probe) outputs the model continues with an article "
+            "instead of the answer, which does not show that it lacks the fact."
+        )
+    items.append("One prompt per fact: a paraphrase could move the emergence layer; there is no estimate of that variance yet.")
     return "\n".join(f"- {i}" for i in items)
+
+
+# The rule of the 'nominalist or realist' reading: a band reads one way when at least this share of
+# its rows does (a majority).
+READING_SHARE = 0.5
+
+
+def realism(f: ModelFacts) -> tuple[bool, bool]:
+    """(early layers read nominalist, late layers read realist) by the rule READING_SHARE states."""
+    return f.copy_rate["early"] >= READING_SHARE, f.answer_rate["late"] >= READING_SHARE
 
 
 def _meta_realism(models: list[ModelFacts]) -> str:
@@ -520,29 +753,36 @@ def _meta_realism(models: list[ModelFacts]) -> str:
         ["model", "early: top-1 repeats input", "late: top-1 repeats input", "early: answer top-1", "late: answer top-1"],
         rows,
     )
+    share = _pct(READING_SHARE)
     verdicts = []
     for f in models:
-        nominal = f.copy_rate["early"] > f.copy_rate["late"]
-        real = f.answer_rate["late"] > f.answer_rate["early"]
-        if nominal and real:
-            verdicts.append(
-                f"{escaped(f.model)} fits the picture: early layers read as names of the tokens in front of them "
-                "(nominalist), late layers as the thing the prompt is about (realist)."
-            )
-        elif real:
-            verdicts.append(f"{escaped(f.model)} reaches the answer late, but its early layers do not mostly echo the input.")
-        else:
-            verdicts.append(f"{escaped(f.model)} does not show the early-surface / late-concept pattern on these probes.")
+        nominal, real = realism(f)
+        early = (
+            f"its early band echoes the input in {_pct(f.copy_rate['early'])} of rows, "
+            + (f"at least {share}: nominalist" if nominal else f"under {share}: not nominalist")
+        )
+        late = (
+            f"its late band has the answer top-1 in {_pct(f.answer_rate['late'])} of rows, "
+            + (f"at least {share}: realist" if real else f"under {share}: not realist")
+        )
+        whole = (
+            "it fits the picture (nominalist early, realist late)" if nominal and real
+            else "it does not fit the picture on either count" if not nominal and not real
+            else "it fits only half of the picture"
+        )
+        verdicts.append(f"{escaped(f.model)}: {early}; {late}; so {whole}.")
     return (
         "The project's question is whether layers look 'nominalist' early (representations tied to surface tokens, "
         "read here as the lens echoing the current input token) and 'realist' late (representations of the entity "
-        "or answer itself, read as the expected answer being top-1).\n\n"
+        "or answer itself, read here as the expected answer being top-1). Bands are thirds of the depth (early: relative "
+        f"depth under 1/3, late: 2/3 and over); the rule: a band reads nominalist when the logit lens's top-1 repeats the "
+        f"input token in at least {share} of its rows (all positions), realist when the expected answer is top-1 in at least "
+        f"{share} of its rows (last position).\n\n"
         + table
         + "\n\n"
         + " ".join(verdicts)
         + " A logit lens can only show what is linearly readable in the output basis; an early layer that "
-        "encodes the concept in another basis would look 'nominalist' here. The tuned lens and patching tests "
-        "below are what would separate the two."
+        "encodes the concept in another basis would look 'nominalist' here. The tuned lens and patching tests below are what would separate the two."
     )
 
 
