@@ -65,6 +65,9 @@ class PairFacts:
     lens_stable_top1_layer: int | None
     lens_run: bool  # whether 001's outputs for the probe were there
     warnings: list[str]
+    # There, where 001's tuned lens first reads the answer as top-1 (None: never, or no tuned lens).
+    tuned_first_top1_layer: int | None = None
+    tuned_run: bool = False  # whether 001 ran the tuned lens
 
 
 @dataclass
@@ -108,14 +111,16 @@ def sweep_facts(rows: pd.DataFrame, corruption: str, direction: str, n_layers: i
     return SweepFacts(corruption, direction, first, curve, peak, max(subject_layers) if subject_layers else None, grid)
 
 
-def _lens_layers(lens_summary: str | None, probe: str | None) -> tuple[bool, int | None, int | None]:
+def _lens_layers(lens_summary: str | None, probe: str | None) -> tuple[bool, int | None, int | None, dict[str, Any] | None]:
+    """Whether 001's outputs hold ``probe``; where its logit lens first reads the answer as top-1
+    and from where it stays; its tuned lens's record of the probe (None without one)."""
     if not lens_summary or not probe or not Path(lens_summary).is_file():
-        return False, None, None
+        return False, None, None, None
     summary = json.loads(Path(lens_summary).read_text(encoding="utf-8"))
     for p in summary.get("probes", []):
         if p["id"] == probe:
-            return True, p.get("first_top1_layer"), p.get("stable_top1_layer")
-    return False, None, None
+            return True, p.get("first_top1_layer"), p.get("stable_top1_layer"), p.get("tuned")
+    return False, None, None, None
 
 
 def model_facts(summary: str | Path, records: str | Path, lens_summary: str | Path | None = None) -> ModelFacts:
@@ -129,7 +134,7 @@ def model_facts(summary: str | Path, records: str | Path, lens_summary: str | Pa
         sweeps = {}
         for (corruption, direction), part in rows.groupby(["corruption", "direction"], sort=True):
             sweeps[f"{corruption}/{direction}"] = sweep_facts(part, corruption, direction, n_layers, n_tokens, p["subject_positions"])
-        ran, first, stable = _lens_layers(str(lens_summary) if lens_summary else None, p.get("probe"))
+        ran, first, stable, tuned = _lens_layers(str(lens_summary) if lens_summary else None, p.get("probe"))
         pairs.append(
             PairFacts(
                 id=p["id"],
@@ -149,6 +154,8 @@ def model_facts(summary: str | Path, records: str | Path, lens_summary: str | Pa
                 lens_stable_top1_layer=stable,
                 lens_run=ran,
                 warnings=list(p.get("warnings", [])),
+                tuned_first_top1_layer=(tuned or {}).get("first_top1_layer"),
+                tuned_run=tuned is not None,
             )
         )
     return ModelFacts(

@@ -38,6 +38,8 @@ def _pair_block(pair: PairFacts, n_layers: int, stride: int) -> str:
             f"experiment 001 (logit lens, probe {pair.probe}): answer first top-1 at layer {pair.lens_first_top1_layer}, "
             f"stays top-1 from layer {pair.lens_stable_top1_layer}"
         )
+    if pair.tuned_run:
+        lines.append(f"experiment 001 (tuned lens, probe {pair.probe}): answer first top-1 at layer {pair.tuned_first_top1_layer}")
     for warning in pair.warnings:
         lines.append(f"warning: {warning}")
     layers = [layer for layer in range(n_layers + 1) if layer % stride == 0 or layer == n_layers]

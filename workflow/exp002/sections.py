@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from statistics import median
 
-from workflow.evaluation.text import code, escaped, identity_text, layer_text, table, tok
+from workflow.evaluation.text import code, counted, escaped, identity_text, layer_text, layers_text, table, tok
 from workflow.exp002.analysis import RESTORED, ModelFacts, PairFacts, SweepFacts, relative
 
 DENOISE, NOISE, TRACE = "prompt/denoise", "prompt/noise", "gaussian/denoise"
@@ -42,25 +42,80 @@ def _first(pair: PairFacts, key: str) -> int | None:
 # ---------------------------------------------------------------- single model
 
 
+# The answer to the experiment's question, first in every evaluation: where patching moves the
+# answer (which position, from or up to which layer of how many), set beside where experiment
+# 001's lenses read it. Every figure is one the document's tables hold.
+
+RESTORE_RULE = (
+    f"Restored means recovered >= {RESTORED}: one clean residual vector, written at one (layer, position) of the corrupted "
+    "run, brings back at least half of the logit difference between the clean and the corrupted answer (denoising). "
+    "Layer 0 is the embedding, layer L the output."
+)
+
+
+def _lens_layer(p: PairFacts, lens: str) -> int | None:
+    return p.lens_first_top1_layer if lens == "logit" else p.tuned_first_top1_layer
+
+
+def _lenses(f: ModelFacts) -> list[str]:
+    linked = [p for p in f.pairs if p.lens_run]
+    return (["logit"] if linked else []) + (["tuned"] if any(p.tuned_run for p in linked) else [])
+
+
+def _where(f: ModelFacts) -> str:
+    """Where patching moves the answer, one model, in words."""
+    swept = [p for p in f.pairs if DENOISE in p.sweeps]
+    subject = [p.sweeps[DENOISE].subject_last_layer for p in swept if p.sweeps[DENOISE].subject_last_layer is not None]
+    last = [p.sweeps[DENOISE].last_first_layer for p in swept if p.sweeps[DENOISE].last_first_layer is not None]
+    n = len(swept)
+    text = f"In {escaped(f.model)} ({f.n_layers} layers, {counted(n, 'pair')} patched), patching restores the answer "
+    parts = []
+    if subject:
+        parts.append(f"at a subject token up to {layers_text(subject, f.n_layers, 'pair')}"
+                     + (f" ({len(subject)} of {n} pairs)" if len(subject) < n else ""))
+    else:
+        parts.append("at no subject token on any pair")
+    if last:
+        parts.append(f"at the last position, from {layers_text(last, f.n_layers, 'pair')}"
+                     + (f" ({len(last)} of {n} pairs)" if len(last) < n else ""))
+    text += "; ".join(parts) + "."
+    adjacent = sum(
+        1 for p in swept
+        if p.sweeps[DENOISE].subject_last_layer is not None and p.sweeps[DENOISE].last_first_layer is not None
+        and p.sweeps[DENOISE].last_first_layer == p.sweeps[DENOISE].subject_last_layer + 1
+    )
+    if subject and last:
+        text += f" The fact passes from the subject to the last position between adjacent layers on {adjacent} of {n} pairs."
+    for lens in _lenses(f):
+        linked = [p for p in swept if p.lens_run and (lens == "logit" or p.tuned_run)]
+        read = [p for p in linked if _lens_layer(p, lens) is not None]
+        at = [p for p in read if p.sweeps[DENOISE].last_first_layer == _lens_layer(p, lens)]
+        later = [p for p in read if p.sweeps[DENOISE].last_first_layer is not None and _lens_layer(p, lens) > p.sweeps[DENOISE].last_first_layer]
+        earlier = [p for p in read if p.sweeps[DENOISE].last_first_layer is not None and _lens_layer(p, lens) < p.sweeps[DENOISE].last_first_layer]
+        if not read:
+            text += f" Experiment 001's {lens} lens never reads the answer as top-1 on these pairs' prompts."
+            continue
+        text += (
+            f" Experiment 001's {lens} lens reads the answer as top-1 at the last position on {len(read)} of {len(linked)} pairs, "
+            f"first at {layers_text([_lens_layer(p, lens) for p in read], f.n_layers, 'pair')}: at the layer from which the "
+            f"last position restores it on {len(at)}, later on {len(later)}, earlier on {len(earlier)}."
+        )
+    return text
+
+
 def _single_summary(f: ModelFacts) -> str:
     n = len(f.pairs)
-    handoff = _median([relative(_first(p, DENOISE), f.n_layers) for p in f.pairs])
-    subject = _median([relative(p.sweeps[DENOISE].subject_last_layer, f.n_layers) for p in f.pairs if DENOISE in p.sweeps])
     flips = sum(p.logit_diff_clean > 0 > p.logit_diff_corrupted for p in f.pairs)
-    text = (
-        f"{escaped(f.model)} ({escaped(f.architecture)}, {f.n_layers} layers) was patched on {n} pair(s) of prompts, every layer x position, "
-        f"both directions. On {flips} of {n} pairs the model prefers the clean answer on the clean prompt and the "
-        "corrupted answer on the corrupted one (logit difference positive, then negative), so the pair isolates one fact."
+    return (
+        _where(f)
+        + "\n\n"
+        + RESTORE_RULE
+        + f" {escaped(f.model)} is a {escaped(f.architecture)}; every layer x position was patched in both directions. On {flips} of {n} "
+        "pairs the model prefers the clean answer on the clean prompt and the corrupted answer on the corrupted one (logit "
+        "difference positive, then negative), so those pairs isolate one fact. The unpatched runs through the model's own "
+        f"final norm and unembedding reproduce its probabilities {identity_text(f.identity_max_prob_diff)}, so every logit "
+        "difference is the model's. Per pair: the sections 'Where patching restores the answer' and 'Lens and patching'."
     )
-    if subject is not None:
-        text += f" Writing the clean residual at a subject token restores at least {RESTORED} of the logit difference up to a median relative depth of {_depth(subject)};"
-    if handoff is not None:
-        text += f" at the last position it does so from a median relative depth of {_depth(handoff)}."
-    text += (
-        f" The unpatched runs through the model's own final norm and unembedding reproduce its probabilities "
-        f"{identity_text(f.identity_max_prob_diff)}, so every logit difference is the model's."
-    )
-    return text
 
 
 def _single_where(f: ModelFacts) -> str:
@@ -72,12 +127,14 @@ def _single_where(f: ModelFacts) -> str:
         rows.append([
             escaped(p.id),
             f"{p.logit_diff_clean:.2f} / {p.logit_diff_corrupted:.2f}",
+            layer_text(d.subject_last_layer if d else None, f.n_layers),
             layer_text(d.last_first_layer if d else None, f.n_layers),
             layer_text(n.last_first_layer if n else None, f.n_layers),
             f"{_v(peak.recovered)} at layer {peak.layer}, {tok(p.tokens[peak.position])}" if peak else "n/a",
         ])
     text = table(
-        ["pair", "LD clean / corrupted", f"denoise: last position >= {RESTORED} from layer (depth)",
+        ["pair", "LD clean / corrupted", f"denoise: a subject token >= {RESTORED} up to layer (depth)",
+         f"denoise: last position >= {RESTORED} from layer (depth)",
          f"noise: last position >= {RESTORED} from layer (depth)", "strongest denoise elsewhere"],
         rows,
     )
@@ -122,7 +179,7 @@ def _single_subject(f: ModelFacts) -> str:
         summary = (
             f"\n\nAcross pairs the subject stops carrying the fact at a median layer {median(layers):g} and the last position "
             f"starts at a median layer {median(handoffs):g} of {f.n_layers}: the information moves from the subject "
-            "token to the position that predicts, through attention, in that band."
+            "token to the position that predicts in that band (between positions, only attention can move it)."
         )
     return "\n".join(lines) + summary
 
@@ -164,22 +221,25 @@ def _single_lens(f: ModelFacts) -> str:
     linked = [p for p in f.pairs if p.lens_run]
     if not linked:
         return "No pair names an experiment-001 probe whose outputs were there, so nothing is compared with the lens."
+    tuned = any(p.tuned_run for p in linked)
     rows = []
     for p in linked:
         rows.append([
             escaped(p.id),
             layer_text(p.lens_first_top1_layer, f.n_layers),
+            *([layer_text(p.tuned_first_top1_layer, f.n_layers) if p.tuned_run else "n/a"] if tuned else []),
             layer_text(_first(p, DENOISE), f.n_layers),
             layer_text(_first(p, TRACE), f.n_layers) if TRACE in p.sweeps else "n/a",
         ])
-    text = table(["pair", "001 lens: answer first top-1", "patching: last position restores from", "tracing: last position from"], rows)
+    text = table(["pair", "001 logit lens: answer first top-1", *(["001 tuned lens: answer first top-1"] if tuned else []),
+                  "patching: last position restores from", "tracing: last position from"], rows)
     ahead = [p.id for p in linked if p.lens_first_top1_layer is not None and _first(p, DENOISE) is not None and _first(p, DENOISE) < p.lens_first_top1_layer]
     same = [p.id for p in linked if p.lens_first_top1_layer is not None and _first(p, DENOISE) == p.lens_first_top1_layer]
     behind = [p.id for p in linked if p.lens_first_top1_layer is not None and _first(p, DENOISE) is not None and _first(p, DENOISE) > p.lens_first_top1_layer]
     never = [p.id for p in linked if p.lens_first_top1_layer is None]
     text += (
         "\n\nPatching finds where the answer is *caused* at the last position; the lens where it becomes *readable* as the "
-        "top-1 token."
+        "top-1 token. The sentences below compare the logit lens (the tuned lens's comparison is in the Summary)."
     )
     for ids, finding in (
         (ahead, "the last position already carries the deciding information before the lens reads the answer as "
@@ -231,34 +291,54 @@ SINGLE: dict[str, Callable[[ModelFacts], str]] = {
 
 
 def _cross_summary(models: list[ModelFacts]) -> str:
-    parts = []
-    for m in models:
-        handoff = _median([relative(_first(p, DENOISE), m.n_layers) for p in m.pairs])
-        parts.append(f"{escaped(m.model)} ({m.n_layers} layers): last position restores from a median depth of {_depth(handoff)}")
-    return "Patched on the same pairs: " + "; ".join(parts) + "."
+    text = " ".join(_where(m) for m in models)
+    if len(models) > 1:
+        text += " " + _compared(models)
+    return text + "\n\n" + RESTORE_RULE + " Per pair and model: the section 'By relative depth'."
+
+
+def _compared(models: list[ModelFacts]) -> str:
+    """Which model moves the fact to the last position earlier, in relative depth."""
+    medians = {m.model: _median([relative(_first(p, DENOISE), m.n_layers) for p in m.pairs]) for m in models}
+    known = {k: v for k, v in medians.items() if v is not None}
+    if len(known) < 2:
+        return ""
+    order = sorted(known, key=lambda k: (known[k], k))
+    if known[order[0]] == known[order[-1]]:
+        return f"In relative depth (layer / number of layers) the models move the fact to the last position at the same median depth ({_depth(known[order[0]])})."
+    return (
+        f"In relative depth (layer / number of layers), {escaped(order[0])} moves the fact to the last position "
+        f"{'earlier' if len(order) == 2 else 'earliest'} (median {_depth(known[order[0]])}, against "
+        + ", ".join(f"{_depth(known[k])} for {escaped(k)}" for k in order[1:]) + ")."
+    )
 
 
 def _cross_depth(models: list[ModelFacts]) -> str:
     ids = sorted({p.id for m in models for p in m.pairs})
+    tuned = any(p.tuned_run for m in models for p in m.pairs)
     rows = []
     for pair_id in ids:
-        row = [escaped(pair_id)]
         for m in models:
             p = next((q for q in m.pairs if q.id == pair_id), None)
             if p is None:
-                row.append("n/a")
                 continue
             d = p.sweeps.get(DENOISE)
-            lens = ("never" if p.lens_first_top1_layer is None else _depth(relative(p.lens_first_top1_layer, m.n_layers))) if p.lens_run else "n/a"
-            row.append(
-                f"subject to {_depth(relative(d.subject_last_layer, m.n_layers) if d else None)}, last from "
-                f"{_depth(relative(d.last_first_layer, m.n_layers) if d else None)}, lens {lens}"
-            )
-        rows.append(row)
-    return table(["pair", *[escaped(m.model) for m in models]], rows) + (
-        "\n\nRelative depth = layer / number of layers. 'subject to': the last depth where a subject token alone restores "
-        f"{RESTORED}; 'last from': the first depth where the last position does; 'lens': where experiment 001's logit lens "
-        "first reads the answer as top-1."
+            rows.append([
+                escaped(pair_id), escaped(m.model),
+                layer_text(d.subject_last_layer if d else None, m.n_layers),
+                layer_text(d.last_first_layer if d else None, m.n_layers),
+                layer_text(p.lens_first_top1_layer, m.n_layers) if p.lens_run else "n/a",
+                *([layer_text(p.tuned_first_top1_layer, m.n_layers) if p.tuned_run else "n/a"] if tuned else []),
+            ])
+    return table(
+        ["pair", "model", f"a subject token >= {RESTORED} up to layer (depth)", f"last position >= {RESTORED} from layer (depth)",
+         "001 logit lens: answer first top-1", *(["001 tuned lens: answer first top-1"] if tuned else [])],
+        rows,
+    ) + (
+        "\n\nLayers with their relative depth (layer / number of layers) in brackets: "
+        + ", ".join(f"{escaped(m.model)} has {m.n_layers} layers" for m in models)
+        + f". Denoising (clean into corrupted); 'up to': the last layer where a subject token alone restores {RESTORED}; "
+        "'from': the first layer where the last position does; the lenses: where experiment 001 first reads the answer as top-1."
     )
 
 
@@ -291,8 +371,21 @@ CROSS: dict[str, Callable[[list[ModelFacts]], str]] = {
 # ---------------------------------------------------------------- method
 
 
+def _meta_answer(models: list[ModelFacts]) -> str:
+    parts = []
+    for m in models:
+        swept = [p for p in m.pairs if DENOISE in p.sweeps]
+        subject = [p.sweeps[DENOISE].subject_last_layer for p in swept if p.sweeps[DENOISE].subject_last_layer is not None]
+        last = [p.sweeps[DENOISE].last_first_layer for p in swept if p.sweeps[DENOISE].last_first_layer is not None]
+        parts.append(
+            f"in {escaped(m.model)} a subject token restores the answer up to {layers_text(subject, m.n_layers, 'pair')} and the "
+            f"last position from {layers_text(last, m.n_layers, 'pair')}"
+        )
+    return f"The answer this critique weighs (restored: recovered >= {RESTORED}): " + "; ".join(parts) + "."
+
+
 def _meta_summary(models: list[ModelFacts]) -> str:
-    return (
+    return _meta_answer(models) + "\n\n" + (
         f"Experiment 002 patches the raw residual stream of {len(models)} model(s) one (layer, position) at a time, in both "
         "directions between a clean and a corrupted prompt, and traces with Gaussian noise on the subject: a causal "
         "complement to experiment 001's lens, which only shows what is readable."
