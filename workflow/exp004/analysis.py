@@ -201,6 +201,63 @@ def model_facts(summary: str | Path, records: str | Path) -> ModelFacts:
     )
 
 
+RESTORES = 0.5  # exact patching's recovered at or above this counts as "restores the answer"
+
+
+@dataclass
+class RestoringSite:
+    """A component at a kind of position whose clean output, patched alone into the corrupted run,
+    restores the answer (recovered >= RESTORES) on at least half the pairs."""
+
+    layer: int
+    component: str  # attention, mlp, head{h}
+    where: str  # "subject" (the best of the subject tokens) or "last" (the last position)
+    recovered: list[float]  # per pair that has the site
+
+    @property
+    def restored(self) -> int:
+        return sum(v >= RESTORES for v in self.recovered)
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}.{self.component}"
+
+
+def restoring_sites(m: ModelFacts) -> list[RestoringSite]:
+    """Exact patching's components (attention, MLP and heads, each block) at the subject tokens or the
+    last position that restore the answer on at least half the pairs, most restoring first (then by
+    median recovered); [] without exact patching."""
+    found: dict[tuple[int, str, str], list[float]] = {}
+    for p in m.pairs:
+        if p.exact_blocks is None:
+            continue
+        last = len(p.tokens) - 1
+        subject = [q for q in p.subject_positions if q != last]
+        grids = [(kind, p.exact_blocks[i]) for i, kind in enumerate(KINDS)]
+        if p.exact_heads is not None:
+            grids += [(f"head{h}", p.exact_heads[h]) for h in range(p.exact_heads.shape[0])]
+        for component, grid in grids:
+            for layer in range(grid.shape[0]):
+                for where, positions in (("subject", subject), ("last", [last])):
+                    values = [float(grid[layer, q]) for q in positions if not math.isnan(grid[layer, q])]
+                    if values:
+                        found.setdefault((layer, component, where), []).append(max(values))
+    sites = [RestoringSite(layer, component, where, values) for (layer, component, where), values in found.items()]
+    sites = [s for s in sites if s.restored * 2 >= len(m.pairs) and s.restored]
+    return sorted(sites, key=lambda s: (-s.restored, -float(np.median(s.recovered)), s.layer, s.component, s.where))
+
+
+def component_words(layer: int, component: str) -> str:
+    """'the MLP of block 3', 'the attention of block 12', 'head 2 of block 12'."""
+    if component == "mlp":
+        return f"the MLP of block {layer}"
+    if component == "attention":
+        return f"the attention of block {layer}"
+    if component.startswith("head"):
+        return f"head {component[4:]} of block {layer}"
+    return f"the {component.replace('_', ' ')} of block {layer}"
+
+
 def relative(layer: int | None, n_layers: int) -> float | None:
     """A block's relative depth: (layer + 1) / number of blocks (1.0 = the last block)."""
     return None if layer is None else (layer + 1) / n_layers
@@ -210,4 +267,5 @@ def finite(value: float | None) -> bool:
     return value is not None and not math.isnan(value)
 
 
-__all__ = ["TARGETS", "KINDS", "Site", "TargetFacts", "PairFacts", "ModelFacts", "model_facts", "relative", "finite"]
+__all__ = ["TARGETS", "KINDS", "RESTORES", "Site", "TargetFacts", "PairFacts", "ModelFacts", "RestoringSite", "model_facts",
+           "restoring_sites", "component_words", "relative", "finite"]
