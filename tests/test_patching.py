@@ -272,7 +272,7 @@ def test_the_chain_builds_from_nothing_with_lens_figures_beside(patched_run):
     assert single.startswith("# tiny-llama: activation patching (experiment 002)")
     for heading in ("## Where patching restores the answer", "## Subject and last position", "## Causal tracing", "## Lens and patching"):
         assert heading in single
-    assert "001 lens: answer first top-1" in single  # the cross-experiment comparison
+    assert "001 logit lens: answer first top-1" in single  # the cross-experiment comparison
     assert "plots/tiny-llama/patching-germany-france.png" in single
     cross = (results / "evaluation-cross-model.md").read_text()
     assert "## By relative depth" in cross and "plots/cross-model-patching.png" in cross
