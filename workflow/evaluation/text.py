@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
+from statistics import median
 from typing import Any
 
 EXACT_RANKS = 100  # ranks above this are written to two significant digits
@@ -116,9 +118,6 @@ def layers_text(layers: list[int], n_layers: int, noun: str = "probe", word: str
     """Where a finding sits, in the words a reader checks against a table: "layer 30 of 30",
     "layer 13 of 18 on 3 probes and layer 16 on 1", or for many distinct layers "layers 11-17
     of 18 (median 13, over 9 probes)"."""
-    from collections import Counter
-    from statistics import median
-
     counts = sorted(Counter(layers).items())
     if not counts:
         return "no " + word
