@@ -113,6 +113,7 @@ def test_a_models_description_forms_no_markup_in_the_report(finished, tmp_path):
     assert not re.search(r'(src|href)="https?://', html)  # no beacon fetched when opened
     assert "alert(1)</script>" not in html and 'href="javascript' not in html
     assert "a label" in html and ".. include::" in html
+    assert "System Message" not in html  # the overview is well-formed (each model its own item)
 
 
 def test_nothing_left_to_do_after_a_full_run(finished):
