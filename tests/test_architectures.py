@@ -136,6 +136,8 @@ def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
     writer = gguf.GGUFWriter(str(path), "rwkv6")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    # One block, as the block count says (a count with no blocks is refused as damaged first).
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(8, dtype=np.float32))
     finish(writer)
     out = tmp_path / "prepared"
     with pytest.raises(UserError, match=r"model 'rwkv': this pipeline cannot read GGUF architecture 'rwkv6' \(it reads: .*llama, llama4.*qwen3moe.*\)\. Use the original safetensors checkpoint"):
