@@ -64,7 +64,7 @@ test-all: setup
 
 # Is every result under results/ current? (docs/reproducibility.md)
 check: setup
-	$(BIN)/python -m workflow.check
+	$(BIN)/python -m workflow.provenance.check
 
 # Benchmarks (bench/README.md): the peers' packages go into .venv for this only.
 # tuned-lens 0.2.0 is installed without its dependencies (wandb, datasets, torchdata

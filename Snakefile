@@ -23,9 +23,9 @@ sys.path.insert(0, workflow.basedir)
 
 
 # Measured before Snakemake reads it: Snakemake copies every aliased mapping once per use
-# (workflow/limits.py).
-from workflow.errors import UserError
-from workflow.limits import check_yaml_file
+# (workflow/base/limits.py).
+from workflow.base.errors import UserError
+from workflow.base.limits import check_yaml_file
 
 try:
     check_yaml_file(os.path.join(workflow.basedir, "config", "config.yaml"), "config/config.yaml")
@@ -60,7 +60,7 @@ rule all:
 
 
 # What is stale is decided by the committed provenance records, on any checkout (README,
-# "Is this result current?"; workflow/plan.py): not by file times or .snakemake/.
-from workflow.plan import install as plan_from_records
+# "Is this result current?"; workflow/provenance/plan.py): not by file times or .snakemake/.
+from workflow.provenance.plan import install as plan_from_records
 
 plan_from_records(workflow, check_plan_job)

@@ -7,7 +7,7 @@ the pipeline loads it) and each patching pair of the config (all by default), ev
 attention output, MLP output and head output at every position patched from the clean run
 into the corrupted one:
 
-- every site: ``workflow.exp004.patching.exact(skip_unchanged=False)``, one patched forward
+- every site: ``workflow.experiments.exp004.patching.exact(skip_unchanged=False)``, one patched forward
   per site, 32 to a batch, as TransformerLens's patching functions do (a baseline);
 - exact: ``exact``, as experiment 004 runs it: no forward for the sites where both runs
   write the same (every position before the prompts differ), whose effect is exactly 0;
@@ -42,9 +42,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import workflow  # noqa: F401 (MKL's reproducible mode)
-    from workflow.backends import find_decoder_layers
-    from workflow.exp002.patching import tokenise_pair
-    from workflow.exp004.patching import agreement, attribution, exact
+    from workflow.model.backends import find_decoder_layers
+    from workflow.experiments.exp002.patching import tokenise_pair
+    from workflow.experiments.exp004.patching import agreement, attribution, exact
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma-3-270m"])

@@ -41,9 +41,9 @@ PROMPT = "The capital of France is"
 def measure(model_key: str, tokens: int, repeats: int, backend: str = "auto") -> dict:
     import torch
 
-    from workflow.generation import LensGenerator, stop_token_ids
-    from workflow.lens_setup import LensSettings, lens_heads
-    from workflow.models import load_model
+    from workflow.lens.generation import LensGenerator, stop_token_ids
+    from workflow.lens.session import LensSettings, lens_heads
+    from workflow.model.load import load_model
 
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32",
                        backend=backend)
@@ -80,7 +80,7 @@ def measure(model_key: str, tokens: int, repeats: int, backend: str = "auto") ->
     assert single == batched and batched[:agreed] == reference[:agreed], "the lens changed what was generated"
     lenses = REPO / "resources" / "lenses" / model_key
     if lenses.is_dir():
-        from workflow.tuned import load as load_tuned
+        from workflow.lens.tuned import load as load_tuned
 
         tuned, _ = load_tuned(lenses, lens_heads(model, settings).reference, model_key)
         seconds, both = best_of(repeats, run(LensGenerator(model, settings, tuned)))

@@ -102,10 +102,10 @@ def child(args) -> None:
     """One way, in this (fresh) process: prints a JSON line."""
     import yaml
 
-    from workflow.gguf_weights import file_weights
-    from workflow.lens_run import read_probes
-    from workflow.lens_setup import LensSettings
-    from workflow.models import load_model
+    from workflow.gguf.weights import file_weights
+    from workflow.lens.run import read_probes
+    from workflow.lens.session import LensSettings
+    from workflow.model.load import load_model
     import transformers.models.llama4.modeling_llama4  # noqa: F401 (the library's memory is not the model's)
     import transformer_lens.model_bridge  # noqa: F401
 
@@ -124,7 +124,7 @@ def child(args) -> None:
     Path(args.records).write_text(json.dumps(read.rows))
     # Generation: seconds per token measured (the prompt's pass left out), and for the file
     # the estimate lens-chat refuses by.
-    from workflow.generation import LensGenerator
+    from workflow.lens.generation import LensGenerator
 
     generator = LensGenerator(model, LensSettings(positions="last"))
     prompt = model.tokenizer(probes[0]["prompt"])["input_ids"]
@@ -141,7 +141,7 @@ def child(args) -> None:
 
 def prepare(gguf: Path, work: Path, weights: str) -> tuple[Path, float]:
     """The prepared folder and the seconds preparing it took (kept beside it)."""
-    from workflow.prepare import prepare_model
+    from workflow.gguf.prepare import prepare_model
 
     folder = work / f"prepared-{weights}"
     timing = work / f"prepared-{weights}-seconds.json"

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow.head import LensHead  # noqa: E402
-from workflow.lens import lens_statistics, uses_kernel  # noqa: E402
-from workflow.logit_steps import logit_postprocessor  # noqa: E402
+from workflow.model.head import LensHead  # noqa: E402
+from workflow.lens.readout import lens_statistics, uses_kernel  # noqa: E402
+from workflow.model.logit_steps import logit_postprocessor  # noqa: E402
 
 TOP_K = 5
 

@@ -30,7 +30,7 @@ TEXT = (
 def prepared_dir(model: str) -> Path:
     import yaml
 
-    from workflow.prepare import prepare_model
+    from workflow.gguf.prepare import prepare_model
 
     path = REPO / "resources" / "models" / model
     if not (path / "manifest.json").is_file():
@@ -42,9 +42,9 @@ def prepared_dir(model: str) -> Path:
 def child(args) -> None:
     import torch
 
-    from workflow.lens_setup import LensSettings
-    from workflow.lens_run import read_probes
-    from workflow.models import load_model
+    from workflow.lens.session import LensSettings
+    from workflow.lens.run import read_probes
+    from workflow.model.load import load_model
 
     model = load_model(args.model, {"source": "local", "path": args.path}, None, device="cpu", dtype="float32", backend=args.backend, lens=LensSettings(working_memory_mb=args.budget))
     ids = model.tokenizer(TEXT * 40, add_special_tokens=False)["input_ids"][: args.tokens - 1]

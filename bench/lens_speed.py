@@ -7,7 +7,7 @@ For each embedded model, one prompt of --tokens tokens, every layer and position
 CPU, float32, each method in a fresh child process (its own peak RSS), timed from
 "model loaded" to "statistics for every layer and position in hand", best of --repeats:
 
-- ours: ``workflow.lens_run.read_probes`` (forward pass with hooks, identity check,
+- ours: ``workflow.lens.run.read_probes`` (forward pass with hooks, identity check,
   streamed unembedding and every recorded statistic), with the fused CPU kernel;
 - ours-torch: the same with ``LAYERWISE_LENS_KERNEL=torch`` (the path taken where no C
   compiler is found, and on GPUs);
@@ -74,9 +74,9 @@ def worker(args) -> None:
     path = str(prepared_dir(args.model))
     out: dict = {"method": args.method, "model": args.model}
     if args.method in ("ours", "ours-torch"):  # the second with LAYERWISE_LENS_KERNEL=torch
-        from workflow.lens_setup import LensSettings
-        from workflow.lens_run import read_probes
-        from workflow.models import load_model
+        from workflow.lens.session import LensSettings
+        from workflow.lens.run import read_probes
+        from workflow.model.load import load_model
 
         model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")
         ids = prompt_ids(model.tokenizer, args.tokens)
@@ -90,8 +90,8 @@ def worker(args) -> None:
         for row in rows:
             grid[0][row["layer"], row["position"]] = row["topk_probs"]
             grid[1][row["layer"], row["position"]] = row["answer_prob"]
-        from workflow.lens import uses_kernel
-        from workflow.logit_steps import logit_postprocessor
+        from workflow.lens.readout import uses_kernel
+        from workflow.model.logit_steps import logit_postprocessor
 
         out["kernel"] = "native" if uses_kernel(logit_postprocessor(model.hf_config), "cpu") else "torch"
         out.update(seconds=seconds, layers=n_layers, positions=n_pos, vocab=int(model.backend.unembed.original_component.weight.shape[0]),
@@ -123,8 +123,8 @@ def worker(args) -> None:
             np.savez(args.arrays, topk=top.numpy(), answer=log_probs[..., args.answer].exp().numpy())
             out.update(seconds=seconds)
     elif args.method == REFERENCE:
-        from workflow.lens_setup import LensSettings, lens_heads
-        from workflow.models import load_model
+        from workflow.lens.session import LensSettings, lens_heads
+        from workflow.model.load import load_model
 
         model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")
         residuals, _ = model.backend.capture(json.loads(args.input_ids), "all")
@@ -139,7 +139,7 @@ def worker(args) -> None:
         np.savez(args.arrays, topk=torch.stack(tops).numpy(), answer=torch.stack(answers).numpy())
         out.update(seconds=float("nan"))
     else:
-        from workflow.models import load_model
+        from workflow.model.load import load_model
 
         model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")
         bridge = model.backend.bridge

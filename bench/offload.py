@@ -5,7 +5,7 @@
 
 CPU rows: the nine default probes through the logit lens (positions all), each
 configuration in a fresh child process: load seconds, lens seconds, peak RSS, and where
-the weights were (workflow/models.py, plan_placement). Budgets are fractions of the
+the weights were (workflow/model/load.py, plan_placement). Budgets are fractions of the
 float32 weights; what exceeds them is read from disk at every forward pass. The records of
 every row are compared with the in-memory row's.
 
@@ -41,9 +41,9 @@ def records_digest(rows) -> str:
 def cpu_child(args) -> None:
     import yaml
 
-    from workflow.lens_run import read_probes
-    from workflow.lens_setup import LensSettings
-    from workflow.models import load_model
+    from workflow.lens.run import read_probes
+    from workflow.lens.session import LensSettings
+    from workflow.model.load import load_model
 
     probes = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["probes"]
     placement = None
@@ -64,7 +64,7 @@ def cpu_child(args) -> None:
 
 
 def cpu_table(models: list[str]) -> None:
-    from workflow.resources import directory_parameters
+    from workflow.model.resources import directory_parameters
 
     print("CPU, float32, the 9 default probes (positions all), logit lens; one fresh process per row; GB = 1e9 bytes\n")
     print(f"{'model':<22} {'budget':>8} {'budget GB':>9} {'cpu GB':>6} {'disk GB':>7} {'unembedding':>17} "
@@ -145,9 +145,9 @@ def gpu_table(shape: str, probes_count: int) -> None:
 def _pipeline_on_gpu(model_dir: Path, probes, placement):
     import torch
 
-    from workflow.lens_run import read_probes
-    from workflow.lens_setup import LensSettings
-    from workflow.models import load_model
+    from workflow.lens.run import read_probes
+    from workflow.lens.session import LensSettings
+    from workflow.model.load import load_model
 
     torch.cuda.reset_peak_memory_stats()
     model = load_model("bench", {"source": "local", "path": str(model_dir)}, None, device="cuda", dtype="bfloat16", backend="auto", placement=placement)

@@ -7,7 +7,7 @@ config, CPU, float32, both directions (denoise and noise) of the residual-stream
 over every layer x position, timed from "model loaded" to "every logit difference in
 hand", best of --repeats, in one process:
 
-- ours: ``workflow.exp002.patching.patch_pair`` without causal tracing (the two
+- ours: ``workflow.experiments.exp002.patching.patch_pair`` without causal tracing (the two
   unpatched runs captured first, as the pipeline does): patched runs batched, each batch
   started at its lowest patched layer, only the two answers' logits computed. Its sweep
   has one layer more than TransformerLens's (the residual after the last block).
@@ -41,9 +41,9 @@ def measure(model_key: str, pair: dict, repeats: int) -> dict:
 
     from transformer_lens import patching as tl_patching
 
-    from workflow.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std, tokenise_pair
-    from workflow.lens_setup import LensSettings, lens_heads
-    from workflow.models import load_model
+    from workflow.experiments.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std, tokenise_pair
+    from workflow.lens.session import LensSettings, lens_heads
+    from workflow.model.load import load_model
 
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32", backend="bridge")
     _, head = lens_heads(model, LensSettings())

@@ -4,7 +4,7 @@
 
 Each preparation runs in a fresh child process; its peak RSS (getrusage, Linux) is
 reported with that of its own child (the streamed preparation converts the tokenizer and
-config in one, workflow/prepare.py), next to the largest float32 tensor, the float32
+config in one, workflow/gguf/prepare.py), next to the largest float32 tensor, the float32
 model and the process floor: the RSS of the process once the libraries preparation uses
 are imported (torch, transformers' model code, gguf), before it reads anything. The
 target: the peak of the streamed preparation is at most twice the largest tensor plus
@@ -43,7 +43,7 @@ def child(args) -> None:
     import transformers.modeling_utils  # noqa: F401
     import yaml
 
-    from workflow.prepare import prepare_model
+    from workflow.gguf.prepare import prepare_model
 
     floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     entry = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][args.model]

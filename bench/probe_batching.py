@@ -1,4 +1,4 @@
-"""Probe-set throughput: the lens run (``workflow.lens_run``) on 200 probes, batched against one at a time.
+"""Probe-set throughput: the lens run (``workflow.lens.run``) on 200 probes, batched against one at a time.
 
     .venv/bin/python bench/probe_batching.py [--probes 200] [--batch-size 32] [--models smollm2-135m-instruct gemma-3-270m]
 
@@ -28,10 +28,10 @@ from lens_memory import prepared_dir  # noqa: E402
 
 
 def measure(model_key: str, probes: list[dict], batch_size: int) -> dict:
-    from workflow.lens_run import read_probes
-    from workflow.lens_setup import LensSettings
-    from workflow.models import load_model
-    from workflow.records import rounded
+    from workflow.lens.run import read_probes
+    from workflow.lens.session import LensSettings
+    from workflow.model.load import load_model
+    from workflow.lens.records import rounded
 
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32")
     settings = LensSettings(positions="last")
@@ -53,7 +53,7 @@ def main() -> None:
     import torch
 
     import workflow  # noqa: F401 (MKL's reproducible mode)
-    from workflow.probes import load
+    from workflow.config.probes import load
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--probes", type=int, default=200)

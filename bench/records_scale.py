@@ -4,7 +4,7 @@
 
 Synthetic records shaped like a large probe set's with positions: last (--probes probes x
 --layers layers x 2 lenses, top-5 lists, seeded random values), written with
-``workflow.records.write_records_file`` and read back with ``read_records`` (list columns
+``workflow.lens.records.write_records_file`` and read back with ``read_records`` (list columns
 parsed), in one process; each row read back is checked equal to the rounded row written.
 """
 
@@ -41,7 +41,7 @@ def synthetic_rows(n_probes: int, n_layers: int) -> list[dict]:
 
 
 def main() -> None:
-    from workflow.records import COLUMNS, read_records, rounded, write_records_file
+    from workflow.lens.records import COLUMNS, read_records, rounded, write_records_file
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--probes", type=int, default=10000)

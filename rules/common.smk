@@ -9,7 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from workflow.config import (
+from workflow.config.schema import (
     check_config,
     check_top_level_keys,
     coerce_strings,
@@ -20,15 +20,15 @@ from workflow.config import (
     schema_violation,
     source_params,
 )
-from workflow.errors import UserError
-from workflow.limits import check_size
-from workflow.probes import load as load_probes
-from workflow.records import records_format
+from workflow.base.errors import UserError
+from workflow.base.limits import check_size
+from workflow.config.probes import load as load_probes
+from workflow.lens.records import records_format
 from workflow.evaluation.providers import check_settings, stage_settings
-from workflow.gguf_file import check as check_gguf
-from workflow.prepare import PREPARED_SOURCES, source_fingerprint
-from workflow.codeversion import code_version
-from workflow.resources import lens_resources, prepare_resources
+from workflow.gguf.file import check as check_gguf
+from workflow.gguf.prepare import PREPARED_SOURCES, source_fingerprint
+from workflow.provenance.codeversion import code_version
+from workflow.model.resources import lens_resources, prepare_resources
 
 CONFIGFILE = "config/config.yaml"
 
@@ -57,7 +57,7 @@ try:
     coerce_strings(config, SCHEMA_DATA)
     validate(config, schema=SCHEMA)
     check_config(config, CONFIGFILE, workflow.basedir)
-    # The probe set (config key probes: a list, a file or shipped relations; workflow/probes.py).
+    # The probe set (config key probes: a list, a file or shipped relations; workflow/config/probes.py).
     PROBES = load_probes(config["probes"], workflow.basedir, CONFIGFILE)
 except WorkflowError as e:
     cause = schema_violation(e)
@@ -210,7 +210,7 @@ def check_device(wildcards):
     entry = get_model(wildcards)
     device = entry.get("device", config["device"])
     if device in ("cuda", "mps") and workflow.local_exec and not workflow.dryrun:
-        from workflow.models import resolve_device
+        from workflow.model.load import resolve_device
 
         try:
             resolve_device(device)
@@ -281,7 +281,7 @@ MODEL_RULES = ("prepare_model", "train_tuned_lens", "run_lens", "run_patching", 
 
 
 def check_plan_job(job):
-    """What the planner (workflow/plan.py) checks of every job it considers: the model
+    """What the planner (workflow/provenance/plan.py) checks of every job it considers: the model
     source of each model job, whether or not the job runs (a broken source is refused
     while planning, also when the prepared model is still there)."""
     if job.rule.name in MODEL_RULES and get_model(job.wildcards)["source"] in PREPARED_SOURCES:
@@ -300,7 +300,7 @@ def lens_resource(name):
 
 
 # What every rule that loads a model asks the scheduler for (from the parameter count and
-# dtype, workflow/resources.py; models.{model}.resources overrides) and reads of the config:
+# dtype, workflow/model/resources.py; models.{model}.resources overrides) and reads of the config:
 # written once, unpacked into run_lens, run_patching, run_generation and train_tuned_lens.
 MODEL_RESOURCES = {name: lens_resource(name) for name in ("mem_mb", "runtime", "gpu")}
 MODEL_PARAMS = {"entry": get_model_settings, "device": config["device"], "dtype": config["dtype"], "backend": config["backend"]}
@@ -372,7 +372,7 @@ def model_input_names(wildcards):
 def experiment_package(wildcards):
     """Experiment {exp}'s module as a file: code a generic evaluation script runs that no
     import in it names (code_version's ``also``, kept in the provenance record)."""
-    from workflow.experiments import module_file
+    from workflow.evaluation.experiment import module_file
 
     experiment_rules(wildcards.exp)  # a clear error for an experiment there is none of
     return [module_file(wildcards.exp)]

@@ -1,7 +1,7 @@
 # Experiment 002, activation patching: every pair of config patching.pairs patched at every
 # layer x position of every model, its pictures, and what its evaluations read
 # (register_experiment): its own outputs and experiment 001's for the same model.
-from workflow.exp002.pairs import check_pairs, derive_pairs
+from workflow.experiments.exp002.pairs import check_pairs, derive_pairs
 
 E002 = "results/002"
 # The config's pairs, and patching.from_probes pairs made from the probe set (each probe

@@ -1,7 +1,7 @@
 # Experiment 003, generation: greedy generation after the first generation.max_probes probes
 # of every model, the lens on every generated token, its pictures, and what its evaluations
 # read (register_experiment).
-from workflow.exp003.probes import generation_probes
+from workflow.experiments.exp003.probes import generation_probes
 
 E003 = "results/003"
 GENERATION_PROBES = generation_probes(PROBES, config["generation"])

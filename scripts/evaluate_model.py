@@ -1,4 +1,4 @@
-"""Rule evaluate_model: the evaluation of one model's outputs (of any experiment; workflow/experiments.py)."""
+"""Rule evaluate_model: the evaluation of one model's outputs (of any experiment; workflow/evaluation/experiment.py)."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
 from workflow.evaluation.run import evaluate, model_inputs  # noqa: E402
-from workflow.logs import run_script  # noqa: E402
-from workflow.provenance import record_rule  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
+from workflow.provenance.record import record_rule  # noqa: E402
 
 
 def main(sm):

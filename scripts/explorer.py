@@ -1,4 +1,4 @@
-"""Rule explorer: one experiment's interactive page of one model's records (workflow/explorer.py)."""
+"""Rule explorer: one experiment's interactive page of one model's records (workflow/report/explorer.py)."""
 
 import logging
 import sys
@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.explorer import write_explorer  # noqa: E402
-from workflow.logs import run_script  # noqa: E402
+from workflow.report.explorer import write_explorer  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
 
 
 def main(sm):

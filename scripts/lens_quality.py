@@ -7,12 +7,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.atomic import atomic_paths  # noqa: E402
-from workflow.logs import run_script  # noqa: E402
-from workflow.plots import plot_lens_quality  # noqa: E402
-from workflow.provenance import record_rule  # noqa: E402
-from workflow.records import rounded  # noqa: E402
-from workflow.tuned import CONFIG, QUALITY_COLUMNS, quality_rows  # noqa: E402
+from workflow.base.atomic import atomic_paths  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
+from workflow.report.plots import plot_lens_quality  # noqa: E402
+from workflow.provenance.record import record_rule  # noqa: E402
+from workflow.lens.records import rounded  # noqa: E402
+from workflow.lens.tuned import CONFIG, QUALITY_COLUMNS, quality_rows  # noqa: E402
 
 
 def main(sm):

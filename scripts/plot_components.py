@@ -5,10 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.exp002.plots import plot_pairs  # noqa: E402
-from workflow.exp004.analysis import model_facts  # noqa: E402
-from workflow.exp004.plots import plot_pair  # noqa: E402
-from workflow.logs import run_script  # noqa: E402
+from workflow.experiments.exp002.plots import plot_pairs  # noqa: E402
+from workflow.experiments.exp004.analysis import model_facts  # noqa: E402
+from workflow.experiments.exp004.plots import plot_pair  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
 
 
 def main(sm):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.logs import run_script  # noqa: E402
-from workflow.exp001.plots import heatmap_data, plot_heatmap  # noqa: E402
-from workflow.records import load_checked  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
+from workflow.experiments.exp001.plots import heatmap_data, plot_heatmap  # noqa: E402
+from workflow.lens.records import load_checked  # noqa: E402
 
 
 def main(sm):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.exp002.analysis import model_facts  # noqa: E402
-from workflow.exp002.plots import plot_depth  # noqa: E402
-from workflow.logs import run_script  # noqa: E402
+from workflow.experiments.exp002.analysis import model_facts  # noqa: E402
+from workflow.experiments.exp002.plots import plot_depth  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
 
 
 def main(sm):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.logs import run_script  # noqa: E402
-from workflow.prepare import prepare_model  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
+from workflow.gguf.prepare import prepare_model  # noqa: E402
 
 
 def main(sm):

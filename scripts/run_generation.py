@@ -5,9 +5,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.exp003.run import write_generation_outputs  # noqa: E402
-from workflow.logs import run_script  # noqa: E402
-from workflow.provenance import record_rule  # noqa: E402
+from workflow.experiments.exp003.run import write_generation_outputs  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
+from workflow.provenance.record import record_rule  # noqa: E402
 
 
 def main(sm):

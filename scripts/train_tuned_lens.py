@@ -5,10 +5,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.logs import run_script  # noqa: E402
-from workflow.settings import LensSettings  # noqa: E402
-from workflow.tuned import TunedLensSettings  # noqa: E402
-from workflow.tuned_training import train_for_model  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
+from workflow.config.settings import LensSettings  # noqa: E402
+from workflow.lens.tuned import TunedLensSettings  # noqa: E402
+from workflow.lens.tuned_training import train_for_model  # noqa: E402
 
 
 def main(sm):

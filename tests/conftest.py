@@ -53,7 +53,7 @@ def tiny_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def loaded(tiny_dirs):
     """The tiny models loaded through the pipeline's own loader (float32, cpu)."""
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     return {
         arch: load_model(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipeline import REPO
-from workflow.prepare import gguf_parsed_once, locate_gguf
+from workflow.gguf.prepare import gguf_parsed_once, locate_gguf
 
 
 @contextlib.contextmanager
@@ -108,7 +108,7 @@ def test_patching_equals_plain_transformers_hooks(results_root, plain_transforme
     pass and the model's own logits per (layer, position): every position at five depths,
     both directions, for the first pair; and the exact 1 of the last cell."""
     from test_patching import reference_logit_diff, reference_residuals
-    from workflow.exp002.records import read_patching_records
+    from workflow.experiments.exp002.records import read_patching_records
 
     workdir = results_root
     summary = json.loads((workdir / "results" / "002" / f"output-{model}.json").read_text())
@@ -141,7 +141,7 @@ def test_components_equal_plain_transformers(results_root, plain_transformers, m
     top other token; the five sites of largest recovered fraction, patched by forward hooks
     on its own modules (one full forward each), recover what the records say."""
     from test_exp004 import _clean_values, _patched_logit_diff
-    from workflow.exp004.records import read_component_records
+    from workflow.experiments.exp004.records import read_component_records
 
     summary = json.loads((results_root / "results" / "004" / f"output-{model}.json").read_text())
     frame = read_component_records(str(results_root / "results" / "004" / f"output-{model}-records.csv"), summary)

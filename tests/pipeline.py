@@ -58,7 +58,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> 
 def prepared_model(key: str, tmp_path_factory) -> Path:
     """An embedded model's prepared weights: the repository's own, or prepared here from its
     package, once per test session (read only: tests load from it, never write)."""
-    from workflow.prepare import prepare_model
+    from workflow.gguf.prepare import prepare_model
 
     path = REPO / "resources" / "models" / key
     if (path / "manifest.json").is_file():

@@ -16,8 +16,8 @@ import yaml
 
 from pipeline import REPO, prepared_model, same_rank_elsewhere
 from workflow import api
-from workflow.errors import UserError
-from workflow.records import COLUMNS, read_records
+from workflow.base.errors import UserError
+from workflow.lens.records import COLUMNS, read_records
 
 
 def same_records(ours, theirs, rel: float, abs_: float, elsewhere: bool = False) -> None:
@@ -172,7 +172,7 @@ def test_bad_input_is_a_clear_error(tiny, tmp_path):
 def test_bad_arguments_are_one_clear_error_before_any_work(tiny, tmp_path, monkeypatch):
     """Arguments of the wrong type or value are a TypeError or ValueError naming the function,
     the argument and what it takes, raised before a model is prepared or loaded."""
-    import workflow.models as models
+    import workflow.model.load as models
 
     def no_work(*args, **kwargs):
         raise AssertionError("a model was prepared or loaded before the arguments were checked")
@@ -224,7 +224,7 @@ def test_plot_functions_refuse_what_is_not_records(tiny):
 def test_a_gguf_file_given_as_such_is_refused_naming_the_file_not_a_config_key(tiny, tmp_path):
     """api.load(path) has no config key to name: the errors name the file; a directory is
     called a directory, not missing."""
-    from workflow.prepare import locate_gguf
+    from workflow.gguf.prepare import locate_gguf
 
     config = tiny.workdir / "config.yaml"
     bad = tmp_path / "bad.gguf"
@@ -247,7 +247,7 @@ def test_a_gguf_file_given_as_such_is_refused_naming_the_file_not_a_config_key(t
 
 
 def test_a_model_prepared_from_another_source_is_prepared_again(tmp_path, monkeypatch):
-    import workflow.prepare as prepare
+    import workflow.gguf.prepare as prepare
 
     entry = {"source": "gguf", "path": str(tmp_path / "a.gguf")}
     out = tmp_path / api.OWN_MODELS / "m"

@@ -11,10 +11,10 @@ import pytest
 from gguf_writer import finish
 from reference import reference_layers
 from tiny import architecture_configs, make_tokenizer, save_random
-from workflow.lens_setup import LensSettings, lens_heads
-from workflow.lens_run import read_probes
-from workflow.head import LensHead
-from workflow.models import load_model
+from workflow.lens.session import LensSettings, lens_heads
+from workflow.lens.run import read_probes
+from workflow.model.head import LensHead
+from workflow.model.load import load_model
 
 ARCHITECTURES = list(architecture_configs(make_tokenizer()))
 PROBE = {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"}
@@ -86,7 +86,7 @@ def test_forward_hooks_backend_matches_the_bridge(arch, arch_dirs):
 
 
 def test_unsupported_architecture_falls_back_to_hooks(arch_dirs, monkeypatch):
-    from workflow import models
+    from workflow.model import load as models
 
     def refuse(*args, **kwargs):
         raise ValueError("architecture not supported by TransformerBridge")
@@ -101,7 +101,7 @@ def test_memory_estimate_counts_parameters_once(arch_dirs):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from workflow.models import estimate_memory
+    from workflow.model.load import estimate_memory
 
     for arch in ("gemma3", "llama"):  # tied and untied embeddings
         config = AutoConfig.from_pretrained(arch_dirs[arch])
@@ -116,7 +116,7 @@ def test_memory_estimate_counts_parameters_once(arch_dirs):
 def test_a_model_too_big_for_the_machine_is_placed_on_disk_instead_of_refused(arch_dirs, monkeypatch, tmp_path):
     """With 10 MB free (less than the lens's working memory) and no budget set, the weights
     go to disk (tests/test_placement.py: the records are those of the model in memory)."""
-    from workflow import models
+    from workflow.model import load as models
 
     monkeypatch.setattr(models, "available_memory", lambda device: 10 * 2**20)
     monkeypatch.chdir(tmp_path)  # the default offload folder, resources/offload, is relative
@@ -129,8 +129,8 @@ def test_unsupported_gguf_architecture_is_refused_clearly(tmp_path):
     import gguf
     import numpy as np
 
-    from workflow.errors import UserError
-    from workflow.prepare import prepare_model
+    from workflow.base.errors import UserError
+    from workflow.gguf.prepare import prepare_model
 
     path = tmp_path / "rwkv.gguf"
     writer = gguf.GGUFWriter(str(path), "rwkv6")
@@ -155,9 +155,9 @@ def test_components_decompose_every_architecture(arch, arch_dirs):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workflow.backends import find_decoder_layers, find_final_norm
-    from workflow.exp004.dla import attribute, blocks, by_position
-    from workflow.exp004.patching import exact
+    from workflow.model.backends import find_decoder_layers, find_final_norm
+    from workflow.experiments.exp004.dla import attribute, blocks, by_position
+    from workflow.experiments.exp004.patching import exact
 
     model = AutoModelForCausalLM.from_pretrained(arch_dirs[arch], dtype=torch.float32).eval()
     n_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer

@@ -4,12 +4,12 @@ answers the lens cannot follow as written are refused or said, with the probe na
 import pytest
 import torch
 
-from workflow.errors import UserError
-from workflow.lens_setup import LensIdentityError, LensSettings, identity_failure
+from workflow.base.errors import UserError
+from workflow.lens.session import LensIdentityError, LensSettings, identity_failure
 
 
 def run(model, probes, **settings):
-    from workflow.lens_run import read_probes
+    from workflow.lens.run import read_probes
 
     return read_probes(model, [dict(p) for p in probes], LensSettings(top_k=3, **settings))
 
@@ -20,7 +20,7 @@ def test_nan_fails_the_identity_check():
 
 
 def test_non_finite_weights_stop_the_run_naming_model_layer_and_probe(tiny_dirs):
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     model = load_model("tiny-broken", {"source": "local", "path": str(tiny_dirs["llama"])}, None, device="cpu", dtype="float32")
     block = model.backend.hf_model.model.layers[1]
@@ -78,7 +78,7 @@ def test_a_model_key_named_like_an_evaluation_is_refused(key, tmp_path):
 def test_a_gguf_header_with_impossible_values_is_refused_by_name(damage, tmp_path):
     import struct
 
-    from workflow.gguf_file import GGUFError, read_header
+    from workflow.gguf.file import GGUFError, read_header
 
     def string(text):
         data = text.encode()
@@ -96,8 +96,8 @@ def test_a_gguf_header_with_impossible_values_is_refused_by_name(damage, tmp_pat
 
 
 def test_generation_past_the_context_is_refused_before_work(loaded):
-    from workflow.exp003.run import run_generation
-    from workflow.generation import LensGenerator
+    from workflow.experiments.exp003.run import run_generation
+    from workflow.lens.generation import LensGenerator
 
     model = loaded["llama"]
     limit = model.hf_config.max_position_embeddings
@@ -108,8 +108,8 @@ def test_generation_past_the_context_is_refused_before_work(loaded):
 
 
 def test_a_patching_pair_past_the_context_is_refused_before_work(loaded):
-    from workflow.exp002.patching import PatchingSettings
-    from workflow.exp002.run import run_patching
+    from workflow.experiments.exp002.patching import PatchingSettings
+    from workflow.experiments.exp002.run import run_patching
 
     model = loaded["llama"]
     long = "The capital of Germany is " * 60

@@ -1,4 +1,4 @@
-"""Batched probes on real models: a probe's records and its reading (``workflow.lens_run``,
+"""Batched probes on real models: a probe's records and its reading (``workflow.lens.run``,
 what every experiment's JSON says of it) are the same alone or in any batch. The tiny random models do not show the effects this guards against (a mutation
 removing either safeguard passes on them), so this runs the embedded models, prepared from
 their PyPI packages: Gemma-3-270M through the TransformerBridge (whose eager attention rounds
@@ -8,10 +8,10 @@ padded length: every probe is padded to its canonical length)."""
 
 import pytest
 
-from workflow.lens_run import read_probes
-from workflow.lens_setup import LensSettings
-from workflow.probes import load
-from workflow.records import rounded
+from workflow.lens.run import read_probes
+from workflow.lens.session import LensSettings
+from workflow.config.probes import load
+from workflow.lens.records import rounded
 
 from pipeline import REPO
 from pipeline import prepared_model as prepared
@@ -19,7 +19,7 @@ from pipeline import prepared_model as prepared
 
 @pytest.fixture(scope="module", params=[("gemma-3-270m", "bridge"), ("smollm2-135m-instruct", "hooks")], ids=lambda p: p[0])
 def real_model(request, tmp_path_factory):
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     key, backend = request.param
     return load_model(key, {"source": "local", "path": str(prepared(key, tmp_path_factory))}, None, device="cpu", dtype="float32", backend=backend)

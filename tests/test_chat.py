@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO
 from tiny import make_model_dir, make_tokenizer
-from workflow.records import read_records
+from workflow.lens.records import read_records
 
 TEMPLATE = (
     "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

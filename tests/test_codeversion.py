@@ -1,11 +1,11 @@
-"""Code versions (workflow/codeversion.py): a module's syntax, not its bytes, and the
+"""Code versions (workflow/provenance/codeversion.py): a module's syntax, not its bytes, and the
 per-user cache of parsed modules that spares each Snakemake start the parsing."""
 
 import json
 
 import pytest
 
-from workflow import codeversion
+from workflow.provenance import codeversion
 
 SCRIPT = "scripts/run_lens.py"
 
@@ -23,7 +23,7 @@ def test_a_cached_parse_gives_the_same_versions_and_is_used(cache, monkeypatch):
     entries = sorted(cache.glob("*.json"))
     files = codeversion.code_files(SCRIPT)
     assert len(entries) == sum(1 for f in files if f.suffix == ".py") > 10
-    assert "workflow/lens_run.py" in cold[0] and "workflow/native/lens_block.c" in cold[0]
+    assert "workflow/lens/run.py" in cold[0] and "workflow/native/lens_block.c" in cold[0]
     codeversion._parsed.cache_clear()
     # Warm: nothing is parsed again, and every version is the same.
     monkeypatch.setattr(codeversion.ast, "parse", lambda *a, **k: pytest.fail("parsed although cached"))

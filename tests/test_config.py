@@ -7,8 +7,8 @@ import yaml
 from snakemake.utils import validate
 
 from conftest import REPO
-from workflow.config import check_config, describe_validation_error, model_entry, schema_violation
-from workflow.errors import UserError
+from workflow.config.schema import check_config, describe_validation_error, model_entry, schema_violation
+from workflow.base.errors import UserError
 
 SCHEMA = str(REPO / "config" / "schema.yaml")
 
@@ -129,7 +129,7 @@ def test_a_yaml_alias_bomb_in_the_config_is_refused_at_once(tmp_path, where):
 
 
 def test_a_probe_file_of_aliases_is_refused_naming_it(tmp_path):
-    from workflow.probes import load
+    from workflow.config.probes import load
 
     path = tmp_path / "probes.yaml"
     path.write_text("base:\n" + _alias_bomb(8) + "probes: *h\n", encoding="utf-8")

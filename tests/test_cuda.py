@@ -10,9 +10,9 @@ float32, and within bfloat16 rounding of the model's activations in bfloat16.
 import pytest
 import torch
 
-from workflow.lens_setup import LensSettings, model_metadata
-from workflow.lens_run import read_probes
-from workflow.models import load_model
+from workflow.lens.session import LensSettings, model_metadata
+from workflow.lens.run import read_probes
+from workflow.model.load import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: run on a GPU machine")
 

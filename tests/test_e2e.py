@@ -79,9 +79,9 @@ def test_the_records_equal_the_committed_ones(default_run, experiment, model):
     """Made again from nothing here, the records are the committed ones: the same rows and
     tokens, the numbers within what machines differ by (about 1e-5; the committed were made on
     another processor, perhaps of another family)."""
-    from workflow.exp002.records import read_patching_records
-    from workflow.exp004.records import read_component_records
-    from workflow.records import read_records
+    from workflow.experiments.exp002.records import read_patching_records
+    from workflow.experiments.exp004.records import read_component_records
+    from workflow.lens.records import read_records
 
     workdir, _ = default_run
     name = f"output-{model}-records.csv"
@@ -122,7 +122,7 @@ def test_provenance_check_passes_on_the_fresh_run(default_run):
     import sys
 
     workdir, _ = default_run
-    check = subprocess.run([sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "workflow.provenance.check"], cwd=workdir, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     # Every artefact a record names (records, JSON, figures, evaluations of 001, 002 and 004) is ok.
     recorded = sum(len(json.loads(f.read_text())["artefacts"]) for f in (workdir / "results").rglob("*.prov.json"))

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 from llm_server import MARKER
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 from workflow.evaluation import figures as fig
 from workflow.evaluation import providers
 from workflow.evaluation.providers import ProviderError
@@ -261,7 +261,7 @@ def test_an_invented_figure_that_only_a_probe_prompt_holds_is_marked(llm, tmp_pa
 def test_every_experiments_digest_writes_the_models_source_one_way():
     """The model's source (its config entry's identifying fields) reads the same in the
     digest of every experiment: JSON with sorted keys, from the same JSON field."""
-    from workflow.experiments import experiment
+    from workflow.evaluation.experiment import experiment
 
     source = json.loads((REPO / "results" / "001" / f"output-{MODEL}.json").read_text())["source"]
     written = f"source {json.dumps(source, sort_keys=True)}"

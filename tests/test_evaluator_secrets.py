@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from llm_server import KEY, MARKER, LLMServer
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 from workflow.evaluation.providers import EvaluationRequest, check_settings, make_provider
-from workflow.secrets import public_url, redact
+from workflow.base.secrets import public_url, redact
 
 PROVIDERS = ["openai", "anthropic"]
 URL_VARIABLES = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
@@ -79,9 +79,9 @@ def llm(query_server, monkeypatch):
 
 @pytest.fixture
 def job_log(tmp_path):
-    """The log file a rule's script writes (workflow/logs.py: every line redacted); the
+    """The log file a rule's script writes (workflow/provenance/logs.py: every line redacted); the
     root logger's handlers put back afterwards."""
-    from workflow.logs import setup_logging
+    from workflow.provenance.logs import setup_logging
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -188,7 +188,7 @@ def test_endpoint_credentials_from_the_environment_are_sent_and_never_written(ll
         assert TOKEN in llm.queries[0] and ("api-version=2" in llm.queries[0]) == (kind == "token")
     # What is recorded names the endpoint without its credentials ...
     assert provider_.describe()["base_url"] == plain
-    assert "POST http://" not in job_log()  # the HTTP clients' request lines are quieted (workflow.logs)
+    assert "POST http://" not in job_log()  # the HTTP clients' request lines are quieted (workflow.provenance.logs)
     files_hold_no_secret(tmp_path)
     # ... and the cache key does not depend on them: other credentials, the same answer.
     monkeypatch.setenv(URL_VARIABLES[provider], plain.replace("http://", "http://other:credentials@"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from reference import reference_layers
-from workflow.exp001.run import run_lens
-from workflow.lens_setup import LensSettings, lens_heads
+from workflow.experiments.exp001.run import run_lens
+from workflow.lens.session import LensSettings, lens_heads
 
 ARCHS = ["llama", "gemma3"]
 
@@ -72,7 +72,7 @@ def test_batched_records_equal_one_probe_at_a_time(arch, positions, loaded):
     differences, is the same whether a probe runs alone or in a batch of any size: padded,
     with an attention mask, its last positions decoded beside other probes'."""
     from tiny import random_translators
-    from workflow.records import rounded
+    from workflow.lens.records import rounded
 
     model = loaded[arch]
     tuned = random_translators(model, seed=0, weight_std=0.02, bias_std=0.02)

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from workflow.exp003.analysis import FUNCTION_WORDS, model_facts, superiority, word_class
-from workflow.records import read_records
+from workflow.experiments.exp003.analysis import FUNCTION_WORDS, model_facts, superiority, word_class
+from workflow.lens.records import read_records
 
 
 @pytest.fixture(scope="module")

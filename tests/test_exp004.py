@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow.exp004.records import read_component_records
+from workflow.experiments.exp004.records import read_component_records
 
 PAIRS = [
     {"id": "germany-france", "clean": "The capital of Germany is", "clean_answer": " Berlin",
@@ -243,14 +243,14 @@ def test_the_explorer_page_shows_every_pair_and_component(component_run, tmp_pat
 
 
 def _session(loaded, arch):
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     return load_model(f"tiny-{arch}", {"source": "local", "path": str(loaded)}, None, device="cpu", dtype="float32", backend="hooks")
 
 
 def test_attributions_that_do_not_add_up_fail_naming_the_pair(tiny_dirs):
-    from workflow.exp004.run import ComponentSettings, ExactnessError, run_components
-    from workflow.settings import LensSettings
+    from workflow.experiments.exp004.run import ComponentSettings, ExactnessError, run_components
+    from workflow.config.settings import LensSettings
 
     model = _session(tiny_dirs["llama"], "llama")
     with pytest.raises(ExactnessError, match=r"pair 'germany-france': the direct logit attributions do not add up .*off by"):
@@ -258,13 +258,13 @@ def test_attributions_that_do_not_add_up_fail_naming_the_pair(tiny_dirs):
 
 
 def test_without_exact_patching_atp_stands_unchecked(tiny_dirs, tmp_path):
-    from workflow.exp004.analysis import model_facts
-    from workflow.exp004.records import RECORD_COLUMNS
-    from workflow.exp004.run import ComponentSettings, run_components
-    from workflow.exp004.sections import SINGLE
-    from workflow.lens_setup import model_metadata
-    from workflow.records import write_outputs
-    from workflow.settings import LensSettings
+    from workflow.experiments.exp004.analysis import model_facts
+    from workflow.experiments.exp004.records import RECORD_COLUMNS
+    from workflow.experiments.exp004.run import ComponentSettings, run_components
+    from workflow.experiments.exp004.sections import SINGLE
+    from workflow.lens.session import model_metadata
+    from workflow.lens.records import write_outputs
+    from workflow.config.settings import LensSettings
 
     model = _session(tiny_dirs["gemma3"], "gemma3")
     summary, rows = run_components(model, PAIRS[:1], ComponentSettings(exact=False, grad_drop=False), LensSettings())

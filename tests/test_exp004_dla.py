@@ -1,4 +1,4 @@
-"""Experiment 004's direct logit attribution (workflow/exp004/dla.py): the shares add up to
+"""Experiment 004's direct logit attribution (workflow/experiments/exp004/dla.py): the shares add up to
 the model's own logits, the heads add up to their attention, and every share equals an
 independent float64 computation written here from the architectures' formulas (hooks on
 the attention and MLP modules, the RMS norms written out)."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workflow.backends import find_decoder_layers, find_final_norm
-from workflow.exp004.dla import NotDecomposable, attribute, capture
+from workflow.model.backends import find_decoder_layers, find_final_norm
+from workflow.experiments.exp004.dla import NotDecomposable, attribute, capture
 
 PROMPT = [1, 5, 9, 14, 3, 22, 7]
 TOKENS = [11, 4, 30]
@@ -145,7 +145,7 @@ def test_a_parallel_block_adds_both_outputs_to_one_residual(tiny_arch_dirs):
 
 def test_a_norm_that_is_not_a_scale_times_a_weight_is_refused_in_words():
     """A module that mixes the width (here a linear map) has no frozen elementwise form."""
-    from workflow.exp004.dla import FrozenNorm
+    from workflow.experiments.exp004.dla import FrozenNorm
 
     torch.manual_seed(0)
     mixing = torch.nn.Linear(8, 8, bias=False)

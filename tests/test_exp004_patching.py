@@ -1,4 +1,4 @@
-"""Experiment 004's component patching and attribution patching (workflow/exp004/patching.py):
+"""Experiment 004's component patching and attribution patching (workflow/experiments/exp004/patching.py):
 exact patching equals a hooked forward per site written here; AtP's estimate equals a
 finite difference of the same patch in float64; GradDrop drops what it says."""
 
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from workflow.backends import find_decoder_layers
-from workflow.exp004.patching import Component, agreement, attribution, components, blocks, exact
+from workflow.model.backends import find_decoder_layers
+from workflow.experiments.exp004.patching import Component, agreement, attribution, components, blocks, exact
 
 CLEAN = [1, 5, 9, 14, 3, 22, 7]
 CORRUPTED = [1, 5, 9, 18, 3, 22, 7]
@@ -162,7 +162,7 @@ def test_exact_patching_equals_transformer_lens_patching_functions(tiny_dirs, ar
     _attn_head_out_by_pos) on its TransformerBridge of the same model: every site within 1e-4."""
     from transformer_lens import patching as tl
 
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     bridge = load_model("t", {"source": "local", "path": str(tiny_dirs[arch])}, None, device="cpu", dtype="float32",
                         backend="bridge").backend.bridge

@@ -1,4 +1,4 @@
-"""The interactive explorer (workflow/explorer.py): the page's data are the records, and in a
+"""The interactive explorer (workflow/report/explorer.py): the page's data are the records, and in a
 real headless browser the page loads without console errors, a click or a hover shows that
 cell's top-k, and every number it shows equals the records.
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from workflow.exp002.records import read_patching_records
-from workflow.explorer import lens_page_data, write_explorer
-from workflow.records import read_records
+from workflow.experiments.exp002.records import read_patching_records
+from workflow.report.explorer import lens_page_data, write_explorer
+from workflow.lens.records import read_records
 
 MODEL = "gemma-3-270m"
 
@@ -57,7 +57,7 @@ def test_a_token_cannot_end_the_pages_script(tmp_path):
     records.loc[0, "top1_token"] = "</script><script>alert(1)</script>"
     records.loc[0, "topk_tokens"][0] = "</script><script>alert(1)</script>"
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    from workflow.explorer import render
+    from workflow.report.explorer import render
 
     page = render(lens_page_data("001", summary, records, ["capital-germany"]))
     assert "</script><script>alert" not in page and page.count("</script>") == 2
@@ -212,7 +212,7 @@ def test_the_patching_explorer_shows_the_records_of_the_cell_clicked(browser, tm
 
 
 def component_records(model: str = MODEL):
-    from workflow.exp004.records import read_component_records
+    from workflow.experiments.exp004.records import read_component_records
 
     summary_path, records_path = committed("004", model)
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -220,7 +220,7 @@ def component_records(model: str = MODEL):
 
 
 def test_the_component_page_data_are_the_records():
-    from workflow.explorer import components_page_data
+    from workflow.report.explorer import components_page_data
 
     _, _, summary, records = component_records()
     data = components_page_data(summary, records)
@@ -280,7 +280,7 @@ def test_the_component_explorer_shows_the_records_of_the_cell_clicked(browser, t
 def test_invisible_characters_are_shown_as_code_points(browser, tmp_path):
     """A no-break space or a zero-width space would make an empty-looking cell: shown as their
     code points, as the heatmaps show them."""
-    from workflow.explorer import render
+    from workflow.report.explorer import render
 
     summary_path, records_path = committed("001")
     records = read_records(records_path)

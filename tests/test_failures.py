@@ -142,8 +142,8 @@ def test_a_damaged_records_csv_is_made_again_not_read(workdir):
 
 
 def test_a_records_csv_that_does_not_fit_its_json_is_refused_by_the_job(built, tmp_path):
-    from workflow.errors import UserError
-    from workflow.records import load_checked
+    from workflow.base.errors import UserError
+    from workflow.lens.records import load_checked
 
     results = built / "results" / "001"
     short = tmp_path / "records.csv"
@@ -241,5 +241,5 @@ def provenance_check(workdir):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "workflow.provenance.check"], cwd=workdir, capture_output=True, text=True,
                           timeout=300)

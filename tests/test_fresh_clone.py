@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline import REPO, planned_jobs, said, snakemake
-from workflow.experiments import registered
+from workflow.evaluation.experiment import registered
 
 MODELS = ["smollm2-135m-instruct", "gemma-3-270m"]
 # Every registered experiment (001-004) has committed results and evaluations.
@@ -137,19 +137,19 @@ def test_a_template_edit_plans_that_stage(clone):
 
 
 def test_a_statement_in_the_lens_code_plans_its_importers_not_preparation(clone):
-    with open(clone / "workflow" / "lens.py", "a") as fh:
+    with open(clone / "workflow" / "lens" / "readout.py", "a") as fh:
         fh.write("\nEDITED = 1\n")
     result = dry_run(clone)
     planned = jobs(result)
     assert per_model("run_lens") <= planned
-    assert "code changed: workflow/lens.py" in said(result)
+    assert "code changed: workflow/lens/readout.py" in said(result)
     # A clone makes the prepared models again because it has none, not because they are stale.
     assert "prepare_model" not in stale_block(said(result))
     assert "run_lens smollm2-135m-instruct" in stale_block(said(result))
 
 
 def test_a_docstring_or_comment_plans_nothing(clone):
-    lens = clone / "workflow" / "lens.py"
+    lens = clone / "workflow" / "lens" / "readout.py"
     lens.write_text(lens.read_text().replace('"""', '"""Edited. ', 1) + "\n# a comment\n")
     assert "Nothing to be done" in said(dry_run(clone))
 

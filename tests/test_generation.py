@@ -1,13 +1,13 @@
-"""The lens on generation (workflow/generation.py): the trace of a reply against experiment
+"""The lens on generation (workflow/lens/generation.py): the trace of a reply against experiment
 001's records of the prompt extended by the generated tokens, sampling, stopping."""
 
 import pytest
 
 from conftest import PROBES
 from tiny import random_translators
-from workflow import lens_run
-from workflow.generation import LensGenerator, stop_token_ids
-from workflow.lens_setup import LensSettings
+from workflow.lens import run as lens_run
+from workflow.lens.generation import LensGenerator, stop_token_ids
+from workflow.lens.session import LensSettings
 
 ANSWER_FREE = ("top1_token", "top1_prob", "topk_tokens", "topk_probs", "entropy", "kl_to_final")
 ANSWER = ("answer_token", "answer_prob", "answer_rank")
@@ -17,7 +17,7 @@ ABS = 2e-5
 
 
 def lens_records_of(model, sequences, tuned_lens, monkeypatch):
-    """The lens run of experiment 001 (``workflow.lens_run``) on token sequences: for each
+    """The lens run of experiment 001 (``workflow.lens.run``) on token sequences: for each
     (ids, answer id), the records at its last position. The run tokenises text; here it is
     handed the ids (the generated tokens need not survive a decode and re-encode)."""
     monkeypatch.setattr(lens_run, "tokenize_probe", lambda tokenizer, probe: (probe["ids"], probe["answer_ids"]))
@@ -100,7 +100,7 @@ def test_sampling_is_seeded_and_stops_at_a_stop_token(loaded):
 
 
 def test_a_lens_that_does_not_reproduce_the_model_fails_the_reply(loaded):
-    from workflow.lens_setup import LensIdentityError
+    from workflow.lens.session import LensIdentityError
 
     model = loaded["llama"]
     generator = LensGenerator(model, LensSettings(top_k=3))
@@ -115,7 +115,7 @@ def test_the_backend_setting_governs_generation(arch, tiny_dirs):
     """Generation reads its residuals through the run's backend: with ``backend: bridge``
     every step goes through the bridge's hook points (one bridge call per token), with
     ``hooks`` through forward hooks on the model's layers; the replies and their traces agree."""
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     entry = {"source": "local", "path": str(tiny_dirs[arch])}
     bridged = load_model(f"tiny-{arch}", entry, None, device="cpu", dtype="float32", backend="bridge")

@@ -4,10 +4,10 @@ import pytest
 
 from gguf_writer import finish, write_gguf
 from tiny import make_model_dir, make_qwen2_dir, make_tokenizer, save_random
-from workflow.lens_setup import LensSettings
-from workflow.lens_run import read_probes
-from workflow.models import load_model
-from workflow.prepare import prepare_model
+from workflow.lens.session import LensSettings
+from workflow.lens.run import read_probes
+from workflow.model.load import load_model
+from workflow.gguf.prepare import prepare_model
 
 PROBES = [
     {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"},
@@ -78,7 +78,7 @@ def test_metadata_conversion_parses_the_gguf_file_once(tmp_path, monkeypatch):
     of a large vocabulary takes tens of seconds, so the conversion shares one reader."""
     import gguf
 
-    from workflow.prepare import convert_metadata
+    from workflow.gguf.prepare import convert_metadata
 
     original = make_model_dir(tmp_path / "hf", "llama")
     gguf_path = write_gguf(original, tmp_path / "tiny.gguf", "llama")
@@ -116,7 +116,7 @@ def test_streamed_preparation_gives_the_weights_and_records_of_whole_loading(arc
 
     import torch
 
-    from workflow import gguf_stream
+    from workflow.gguf import stream as gguf_stream
 
     original = MAKERS[arch](tmp_path / "hf")
     gguf_path = write_gguf(original, tmp_path / f"tiny-{arch}.gguf", arch, quantise=True)
@@ -160,14 +160,14 @@ def test_streamed_preparation_holds_about_one_tensor(tmp_path, monkeypatch):
     are scaled down with the model (16 MB against a real model's hundreds of MB)."""
     import tracemalloc
 
-    from workflow import gguf_stream
+    from workflow.gguf import stream as gguf_stream
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-    from workflow.gguf_file import read_header
-    from workflow.gguf_stream import stream_weights
-    from workflow.prepare import _metadata_in_child
+    from workflow.gguf.file import read_header
+    from workflow.gguf.stream import stream_weights
+    from workflow.gguf.prepare import _metadata_in_child
 
     tokenizer = make_tokenizer()
     config = LlamaConfig(
@@ -202,7 +202,7 @@ def test_a_gguf_missing_a_weight_is_refused_without_output(tmp_path):
     import gguf
     import numpy as np
 
-    from workflow.errors import UserError
+    from workflow.base.errors import UserError
 
     original = make_model_dir(tmp_path / "hf", "llama")
     full = write_gguf(original, tmp_path / "full.gguf", "llama")
@@ -232,7 +232,7 @@ def test_preparation_asks_the_scheduler_for_memory_by_the_largest_tensor_not_the
     to a scheduler (mem_mb) does not either, while the run time it asks for does."""
     from transformers import LlamaConfig
 
-    from workflow.resources import prepare_resources
+    from workflow.model.resources import prepare_resources
 
     tokenizer = make_tokenizer()
     requests = []
@@ -254,7 +254,7 @@ def test_a_block_count_smaller_than_the_file_is_refused_before_any_work(tmp_path
     blocks) was prepared as a 2-layer model, blk.2 dropped without a word ("dequantised 30
     of 30 tensors", 21 written). It is refused naming the key, leaving nothing behind."""
     from gguf_writer import rewrite_gguf
-    from workflow.errors import UserError
+    from workflow.base.errors import UserError
 
     full = write_gguf(make_model_dir(tmp_path / "hf", "llama"), tmp_path / "full.gguf", "llama")
     path = rewrite_gguf(full, tmp_path / "fewer.gguf", {"llama.block_count": 2})

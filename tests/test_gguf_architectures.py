@@ -22,13 +22,13 @@ import pytest
 from pipeline import prepared_model
 from reference import reference_layers
 from tiny import save_random
-from workflow.gguf_arch import ARCHITECTURES
-from workflow.lens_run import read_probes
-from workflow.lens_setup import LensSettings
-from workflow.models import load_model
-from workflow.prepare import prepare_model
-from workflow.errors import UserError
-from workflow.gguf_weights import file_weights
+from workflow.gguf.arch import ARCHITECTURES
+from workflow.lens.run import read_probes
+from workflow.lens.session import LensSettings
+from workflow.model.load import load_model
+from workflow.gguf.prepare import prepare_model
+from workflow.base.errors import UserError
+from workflow.gguf.weights import file_weights
 from test_gguf_weights import assert_same_rows
 
 CONVERTER = Path(sys.prefix) / "convert-hf-to-gguf"
@@ -158,7 +158,7 @@ def test_a_gguf_whose_tensors_do_not_fit_its_table_is_refused(converted, tmp_pat
     import gguf
     import numpy as np
 
-    from workflow.errors import UserError
+    from workflow.base.errors import UserError
     from gguf_writer import finish
 
     path = tmp_path / "relabelled.gguf"

@@ -1,5 +1,5 @@
 """Every count and size a GGUF header declares is checked against what the file can hold
-before anything is allocated or looped over (workflow/gguf_file.py), and refused naming
+before anything is allocated or looped over (workflow/gguf/file.py), and refused naming
 the key or tensor: counts of pairs, tensors, array elements and dimensions, lengths of
 keys, names and strings, each tensor's extent, and the model's own counts (blocks, heads,
 vocabulary) against its tensors. The damaged files are the tiny Llama's GGUF with one
@@ -14,7 +14,7 @@ import pytest
 
 from gguf_writer import field_at, patch, rewrite_gguf, write_gguf
 from tiny import make_model_dir
-from workflow.gguf_file import GGUFError, check, read_header
+from workflow.gguf.file import GGUFError, check, read_header
 
 EMBEDDING = "token_embd.weight"  # the first tensor the tiny writer lists: 64 x 320
 
@@ -224,7 +224,7 @@ def test_a_vocabulary_or_width_that_disagrees_with_the_embedding_is_refused(tiny
 def test_a_directory_is_called_a_directory(tmp_path):
     with pytest.raises(GGUFError, match="it is a directory"):
         read_header(tmp_path)
-    from workflow.errors import UserError
+    from workflow.base.errors import UserError
 
     with pytest.raises(UserError, match=re.escape(f"'{tmp_path}' (config key models.m.path in config/config.yaml) is not a usable GGUF file: it is a directory")):
         check(tmp_path, "m", "models.m.path")

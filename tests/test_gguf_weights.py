@@ -1,5 +1,5 @@
 """weights: quantised — a GGUF model run from its file, each module's weights read and
-dequantised just before use (workflow/gguf_weights.py).
+dequantised just before use (workflow/gguf/weights.py).
 
 The records must be those of the same file prepared as float32 safetensors (the weights are
 made by the same rules); the prepared folder must hold no weights; what is read must be
@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from pipeline import REPO
-from workflow.errors import UserError
-from workflow.lens_run import read_probes
-from workflow.lens_setup import LensSettings
-from workflow.models import load_model
-from workflow.prepare import prepare_model
+from workflow.base.errors import UserError
+from workflow.lens.run import read_probes
+from workflow.lens.session import LensSettings
+from workflow.model.load import load_model
+from workflow.gguf.prepare import prepare_model
 
 def assert_same_rows(dequantised: list[dict], quantised: list[dict], tolerance: float) -> None:
     """The records of a run from the file against those of the same file's dequantised weights."""
@@ -34,8 +34,8 @@ def test_the_embedded_q4_k_m_gemma_read_from_its_file_gives_the_committed_record
     """A real K-quant file (Q4_K and Q6_K blocks, a tied 262k-row embedding) read from the
     file gives the logit-lens records the pipeline committed for it from its dequantised
     weights (results/001; rounded to six digits there, and machines differ by about 1e-5)."""
-    from workflow.probes import load
-    from workflow.records import read_records
+    from workflow.config.probes import load
+    from workflow.lens.records import read_records
 
     key = "gemma-3-270m"
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -64,7 +64,7 @@ def test_the_embedded_q4_k_m_gemma_read_from_its_file_gives_the_committed_record
 
 
 def test_weights_applies_to_gguf_sources_only():
-    from workflow.config import check_config
+    from workflow.config.schema import check_config
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["models"] = {"m": {"source": "local", "path": "/x", "weights": "quantised"}}
@@ -89,9 +89,9 @@ def test_every_quantisation_type_read_in_parts_gives_gguf_py_values(qtype, tmp_p
     from gguf import GGML_QUANT_SIZES
 
     from gguf_writer import finish
-    from workflow.gguf_arch import Experts, Plan, Take
-    from workflow.gguf_file import read_header
-    from workflow.gguf_weights import FileWeights
+    from workflow.gguf.arch import Experts, Plan, Take
+    from workflow.gguf.file import read_header
+    from workflow.gguf.weights import FileWeights
 
     block, block_bytes = GGML_QUANT_SIZES[qtype]
     experts, rows, columns = 3, 4, 2 * max(block, 256)
@@ -145,7 +145,7 @@ def test_a_gguf_published_in_parts_is_refused_with_the_merge_command(tmp_path):
     import gguf
 
     from gguf_writer import finish
-    from workflow.prepare import check_gguf_supported
+    from workflow.gguf.prepare import check_gguf_supported
 
     path = tmp_path / "model-00001-of-00002.gguf"
     writer = gguf.GGUFWriter(str(path), "llama4")

@@ -12,7 +12,7 @@ import io
 import re
 import tokenize
 
-from workflow import codeversion
+from workflow.provenance import codeversion
 
 WORKFLOW = codeversion.REPO / "workflow"
 
@@ -81,73 +81,73 @@ NOT_YET_READ = ("workflow/exp00*/sections.py", "workflow/exp00*/analysis.py", "w
 # re-runs the jobs that use it), so they wait for the next rerun; an entry that no longer
 # matches an import fails the test below, so the list only shrinks.
 NO_REASON_YET: set[tuple[str, str, str]] = {
-    ("workflow/api.py", "load_config", "workflow.config"),
-    ("workflow/api.py", "prepared_dir", "workflow.provenance"),
-    ("workflow/api.py", "_probes", "workflow.probes"),
-    ("workflow/api.py", "Model.tuned_lens", "workflow.provenance"),
-    ("workflow/api.py", "load", "workflow.provenance"),
-    ("workflow/api.py", "explore", "workflow.atomic"),
-    ("workflow/api.py", "explore", "workflow.explorer"),
-    ("workflow/backends.py", "find_final_norm", "workflow.logit_steps"),
-    ("workflow/backends.py", "_logit_factor", "workflow.logit_steps"),
-    ("workflow/chat.py", "Chat.__init__", "workflow.config"),
-    ("workflow/chat.py", "Chat.__init__", "workflow.provenance"),
-    ("workflow/chat.py", "Chat.write_trace", "workflow.atomic"),
-    ("workflow/codeversion.py", "_keep", "workflow.atomic"),
-    ("workflow/config.py", "check_config", "workflow.probes"),
-    ("workflow/exp001/run.py", "write_lens_outputs", "workflow.models"),
-    ("workflow/exp002/run.py", "write_patching_outputs", "workflow.models"),
-    ("workflow/exp003/run.py", "write_generation_outputs", "workflow.models"),
-    ("workflow/exp004/run.py", "_model_parts", "workflow.backends"),
-    ("workflow/exp004/run.py", "write_component_outputs", "workflow.models"),
-    ("workflow/gguf_arch.py", "tensor_reader", "workflow.gguf_stream"),
-    ("workflow/gguf_arch.py", "weight_plan", "workflow.errors"),
-    ("workflow/gguf_arch.py", "weight_plan", "workflow.gguf_stream"),
-    ("workflow/gguf_file.py", "check", "workflow.errors"),
-    ("workflow/gguf_stream.py", "stream_weights", "workflow.errors"),
-    ("workflow/gguf_stream.py", "stream_planned", "workflow.errors"),
-    ("workflow/gguf_weights.py", "transformers_plan", "workflow.gguf_arch"),
-    ("workflow/gguf_weights.py", "transformers_plan", "workflow.gguf_stream"),
-    ("workflow/gguf_weights.py", "FileWeights.__init__", "workflow.gguf_arch"),
-    ("workflow/gguf_weights.py", "FileWeights._slices", "workflow.gguf_stream"),
-    ("workflow/gguf_weights.py", "FileWeights.by_rows", "workflow.gguf_arch"),
-    ("workflow/gguf_weights.py", "FileWeights._measured_rate", "workflow.gguf_stream"),
-    ("workflow/gguf_weights.py", "FileWeights._file_bytes", "workflow.gguf_stream"),
-    ("workflow/gguf_weights.py", "_plan_for", "workflow.gguf_arch"),
-    ("workflow/gguf_weights.py", "check_plan", "workflow.gguf_file"),
-    ("workflow/gguf_weights.py", "file_model", "workflow.gguf_arch"),
-    ("workflow/gguf_weights.py", "file_model", "workflow.gguf_file"),
-    ("workflow/lens_setup.py", "open_tuned_lens", "workflow.tuned"),
-    ("workflow/logs.py", "run_script", "workflow.provenance"),
-    ("workflow/models.py", "lens_unembedding", "workflow.head"),
-    ("workflow/models.py", "_boot_bridge", "workflow.backends"),
-    ("workflow/models.py", "_boot_hooks", "workflow.backends"),
-    ("workflow/models.py", "model_info", "workflow.head"),
-    ("workflow/plan.py", "code_differences", "workflow.codeversion"),
-    ("workflow/plan.py", "install", "workflow.errors"),
-    ("workflow/plan.py", "install.update_needrun", "workflow.atomic"),
-    ("workflow/prepare.py", "gguf_architecture", "workflow.gguf_file"),
-    ("workflow/prepare.py", "readable_architectures", "workflow.gguf_arch"),
-    ("workflow/prepare.py", "check_gguf_supported", "workflow.gguf_arch"),
-    ("workflow/prepare.py", "streamable", "workflow.gguf_arch"),
-    ("workflow/prepare.py", "convert_metadata", "workflow.gguf_arch"),
-    ("workflow/prepare.py", "convert_metadata", "workflow.gguf_file"),
-    ("workflow/prepare.py", "_weights_streamed", "workflow.gguf_file"),
-    ("workflow/prepare.py", "_weights_streamed", "workflow.gguf_stream"),
-    ("workflow/prepare.py", "_weights_own", "workflow.gguf_arch"),
-    ("workflow/prepare.py", "_weights_own", "workflow.gguf_file"),
-    ("workflow/prepare.py", "_weights_own", "workflow.gguf_stream"),
-    ("workflow/prepare.py", "prepare_model", "workflow.gguf_arch"),
-    ("workflow/provenance.py", "sha256_file", "workflow.atomic"),
-    ("workflow/provenance.py", "make_record", "workflow.codeversion"),
-    ("workflow/provenance.py", "write_record", "workflow.atomic"),
-    ("workflow/provenance.py", "write_recipe", "workflow.atomic"),
-    ("workflow/records.py", "write_outputs", "workflow.atomic"),
-    ("workflow/records.py", "load_checked", "workflow.errors"),
-    ("workflow/resources.py", "safetensors_parameters", "workflow.errors"),
-    ("workflow/resources.py", "gguf_header", "workflow.gguf_file"),
-    ("workflow/resources.py", "gguf_header", "workflow.prepare"),
-    ("workflow/resources.py", "placement_budget", "workflow.config"),
+    ("workflow/api.py", "load_config", "workflow.config.schema"),
+    ("workflow/api.py", "prepared_dir", "workflow.provenance.record"),
+    ("workflow/api.py", "_probes", "workflow.config.probes"),
+    ("workflow/api.py", "Model.tuned_lens", "workflow.provenance.record"),
+    ("workflow/api.py", "load", "workflow.provenance.record"),
+    ("workflow/api.py", "explore", "workflow.base.atomic"),
+    ("workflow/api.py", "explore", "workflow.report.explorer"),
+    ("workflow/model/backends.py", "find_final_norm", "workflow.model.logit_steps"),
+    ("workflow/model/backends.py", "_logit_factor", "workflow.model.logit_steps"),
+    ("workflow/chat.py", "Chat.__init__", "workflow.config.schema"),
+    ("workflow/chat.py", "Chat.__init__", "workflow.provenance.record"),
+    ("workflow/chat.py", "Chat.write_trace", "workflow.base.atomic"),
+    ("workflow/provenance/codeversion.py", "_keep", "workflow.base.atomic"),
+    ("workflow/config/schema.py", "check_config", "workflow.config.probes"),
+    ("workflow/experiments/exp001/run.py", "write_lens_outputs", "workflow.model.load"),
+    ("workflow/experiments/exp002/run.py", "write_patching_outputs", "workflow.model.load"),
+    ("workflow/experiments/exp003/run.py", "write_generation_outputs", "workflow.model.load"),
+    ("workflow/experiments/exp004/run.py", "_model_parts", "workflow.model.backends"),
+    ("workflow/experiments/exp004/run.py", "write_component_outputs", "workflow.model.load"),
+    ("workflow/gguf/arch.py", "tensor_reader", "workflow.gguf.stream"),
+    ("workflow/gguf/arch.py", "weight_plan", "workflow.base.errors"),
+    ("workflow/gguf/arch.py", "weight_plan", "workflow.gguf.stream"),
+    ("workflow/gguf/file.py", "check", "workflow.base.errors"),
+    ("workflow/gguf/stream.py", "stream_weights", "workflow.base.errors"),
+    ("workflow/gguf/stream.py", "stream_planned", "workflow.base.errors"),
+    ("workflow/gguf/weights.py", "transformers_plan", "workflow.gguf.arch"),
+    ("workflow/gguf/weights.py", "transformers_plan", "workflow.gguf.stream"),
+    ("workflow/gguf/weights.py", "FileWeights.__init__", "workflow.gguf.arch"),
+    ("workflow/gguf/weights.py", "FileWeights._slices", "workflow.gguf.stream"),
+    ("workflow/gguf/weights.py", "FileWeights.by_rows", "workflow.gguf.arch"),
+    ("workflow/gguf/weights.py", "FileWeights._measured_rate", "workflow.gguf.stream"),
+    ("workflow/gguf/weights.py", "FileWeights._file_bytes", "workflow.gguf.stream"),
+    ("workflow/gguf/weights.py", "_plan_for", "workflow.gguf.arch"),
+    ("workflow/gguf/weights.py", "check_plan", "workflow.gguf.file"),
+    ("workflow/gguf/weights.py", "file_model", "workflow.gguf.arch"),
+    ("workflow/gguf/weights.py", "file_model", "workflow.gguf.file"),
+    ("workflow/lens/session.py", "open_tuned_lens", "workflow.lens.tuned"),
+    ("workflow/provenance/logs.py", "run_script", "workflow.provenance.record"),
+    ("workflow/model/load.py", "lens_unembedding", "workflow.model.head"),
+    ("workflow/model/load.py", "_boot_bridge", "workflow.model.backends"),
+    ("workflow/model/load.py", "_boot_hooks", "workflow.model.backends"),
+    ("workflow/model/load.py", "model_info", "workflow.model.head"),
+    ("workflow/provenance/plan.py", "code_differences", "workflow.provenance.codeversion"),
+    ("workflow/provenance/plan.py", "install", "workflow.base.errors"),
+    ("workflow/provenance/plan.py", "install.update_needrun", "workflow.base.atomic"),
+    ("workflow/gguf/prepare.py", "gguf_architecture", "workflow.gguf.file"),
+    ("workflow/gguf/prepare.py", "readable_architectures", "workflow.gguf.arch"),
+    ("workflow/gguf/prepare.py", "check_gguf_supported", "workflow.gguf.arch"),
+    ("workflow/gguf/prepare.py", "streamable", "workflow.gguf.arch"),
+    ("workflow/gguf/prepare.py", "convert_metadata", "workflow.gguf.arch"),
+    ("workflow/gguf/prepare.py", "convert_metadata", "workflow.gguf.file"),
+    ("workflow/gguf/prepare.py", "_weights_streamed", "workflow.gguf.file"),
+    ("workflow/gguf/prepare.py", "_weights_streamed", "workflow.gguf.stream"),
+    ("workflow/gguf/prepare.py", "_weights_own", "workflow.gguf.arch"),
+    ("workflow/gguf/prepare.py", "_weights_own", "workflow.gguf.file"),
+    ("workflow/gguf/prepare.py", "_weights_own", "workflow.gguf.stream"),
+    ("workflow/gguf/prepare.py", "prepare_model", "workflow.gguf.arch"),
+    ("workflow/provenance/record.py", "sha256_file", "workflow.base.atomic"),
+    ("workflow/provenance/record.py", "make_record", "workflow.provenance.codeversion"),
+    ("workflow/provenance/record.py", "write_record", "workflow.base.atomic"),
+    ("workflow/provenance/record.py", "write_recipe", "workflow.base.atomic"),
+    ("workflow/lens/records.py", "write_outputs", "workflow.base.atomic"),
+    ("workflow/lens/records.py", "load_checked", "workflow.base.errors"),
+    ("workflow/model/resources.py", "safetensors_parameters", "workflow.base.errors"),
+    ("workflow/model/resources.py", "gguf_header", "workflow.gguf.file"),
+    ("workflow/model/resources.py", "gguf_header", "workflow.gguf.prepare"),
+    ("workflow/model/resources.py", "placement_budget", "workflow.config.schema"),
 }
 
 # A comment that only speaks to a tool is no reason.
@@ -185,15 +185,15 @@ def late_imports(path, text: str) -> list[tuple[int, str, str, str]]:
 
 def test_the_guard_finds_a_late_import_without_a_reason():
     text = (
-        "from workflow.errors import UserError\n"
+        "from workflow.base.errors import UserError\n"
         "import os\n\n\n"
         "def f():\n"
         "    import json\n"
-        "    from workflow.models import load_model\n"
-        "    from workflow.plots import plt  # matplotlib: only when plotting\n"
+        "    from workflow.model.load import load_model\n"
+        "    from workflow.report.plots import plt  # matplotlib: only when plotting\n"
         "    from . import atomic  # noqa: F401\n"
-        "    import workflow.gguf_file\n"
-        "    from workflow.prepare import (  # torch: not at planning time\n"
+        "    import workflow.gguf.file\n"
+        "    from workflow.gguf.prepare import (  # torch: not at planning time\n"
         "        MANIFEST,\n"
         "    )\n"
         "    return lambda: __import__('os')\n\n\n"
@@ -203,7 +203,7 @@ def test_the_guard_finds_a_late_import_without_a_reason():
     )
     found = late_imports(codeversion.REPO / "workflow" / "example.py", text)
     assert [(line, scope, module) for line, scope, module, reason in found if not reason] == [
-        (7, "f", "workflow.models"), (9, "f", "."), (10, "f", "workflow.gguf_file"), (19, "C.g", "workflow")]
+        (7, "f", "workflow.model.load"), (9, "f", "."), (10, "f", "workflow.gguf.file"), (19, "C.g", "workflow")]
     assert [(line, reason) for line, _, _, reason in found if reason] == [
         (8, "# matplotlib: only when plotting"), (11, "# torch: not at planning time")]
 

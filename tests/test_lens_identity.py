@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from reference import reference_layers
-from workflow.errors import UserError
-from workflow.lens_setup import LensIdentityError, LensSettings, lens_heads
-from workflow.lens_run import read_probes
+from workflow.base.errors import UserError
+from workflow.lens.session import LensIdentityError, LensSettings, lens_heads
+from workflow.lens.run import read_probes
 
 ARCHS = ["llama", "gemma3"]
 
@@ -107,7 +107,7 @@ def test_positions_last_records_only_the_last_position(loaded, probes):
 
 
 def test_block_rows_follows_the_budget():
-    from workflow.lens import block_rows
+    from workflow.lens.readout import block_rows
 
     assert block_rows(262144, 192) == 32  # 1 MiB per float32 row, six such tensors alive
     assert block_rows(262144, 1) == 1
@@ -116,8 +116,8 @@ def test_block_rows_follows_the_budget():
 
 def test_streamed_and_whole_row_records_agree(kernel, loaded, probes, monkeypatch):
     """Streaming the vocabulary (one pass) and decoding whole rows one at a time agree to float rounding."""
-    from workflow import lens
-    from workflow.head import LensHead
+    from workflow.lens import readout as lens
+    from workflow.model.head import LensHead
 
     model = loaded["gemma3"]
     streamed, original = [], lens.stream_statistics
@@ -151,7 +151,7 @@ def test_empty_prompt_is_refused(loaded):
 def test_identity_check_fails_loudly_when_the_lens_misses_a_step(loaded, probes, monkeypatch):
     """A lens that forgot soft-capping must stop the run instead of writing records."""
     model = loaded["gemma3"]
-    from workflow import lens_setup
+    from workflow.lens import session as lens_setup
 
     monkeypatch.setattr(lens_setup, "logit_postprocessor", lambda config: (lambda logits: logits))
     with pytest.raises(LensIdentityError, match="does not reproduce the model's own output"):
@@ -165,7 +165,7 @@ def test_each_lens_forward_gives_the_distribution_its_records_describe(arch, loa
     are the translator then the same head; and the streamed records of both lenses are the
     softmax of those logits."""
     from tiny import random_translators
-    from workflow.lens_setup import LensSession, LogitLens, TunedLensReader
+    from workflow.lens.session import LensSession, LogitLens, TunedLensReader
 
     model = loaded[arch]
     translator = random_translators(model, seed=1)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from workflow.head import LensHead
-from workflow.lens import layer_metrics
-from workflow.logit_steps import logit_postprocessor
+from workflow.model.head import LensHead
+from workflow.lens.readout import layer_metrics
+from workflow.model.logit_steps import logit_postprocessor
 
 
 def numpy_metrics(logits, final_logits, answer):
@@ -68,7 +68,7 @@ def test_post_unembedding_steps_follow_the_config(config, expected):
 
 def streamed_and_numpy(monkeypatch, weight, residuals, answer, postprocess=None, plan=(2, 97), top_k=4):
     """Statistics streamed over small vocabulary blocks, and the NumPy computation on whole rows."""
-    from workflow import lens
+    from workflow.lens import readout as lens
 
     postprocess = postprocess or logit_postprocessor(Config())  # the identity: the linear path
     monkeypatch.setattr(lens, "stream_plan", lambda *args: plan)
@@ -149,7 +149,7 @@ def test_streaming_applies_soft_capping_per_block(kernel, monkeypatch):
 @pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
 def test_streaming_with_a_separate_final_head(kernel, monkeypatch, postprocess):
     """Without the norm lens, rows are decoded raw and the final distribution through the norm."""
-    from workflow import lens
+    from workflow.lens import readout as lens
 
     monkeypatch.setattr(lens, "stream_plan", lambda *args: (3, 128))
     gen = torch.Generator().manual_seed(4)
@@ -177,7 +177,7 @@ def test_streaming_with_a_separate_final_head(kernel, monkeypatch, postprocess):
 def test_streaming_with_a_half_precision_head(kernel, monkeypatch):
     """use_fp32_unembed: false on a bfloat16 model: the head's own dtype all the way (this
     once failed on the torch path, mixing float32 sums with a bfloat16 block)."""
-    from workflow import lens
+    from workflow.lens import readout as lens
 
     monkeypatch.setattr(lens, "stream_plan", lambda *args: (2, 128))
     gen = torch.Generator().manual_seed(6)
@@ -200,7 +200,7 @@ def test_streaming_with_a_half_precision_head(kernel, monkeypatch):
 
 
 def test_stream_plan_fits_the_cache_on_a_cpu_and_the_budget_elsewhere():
-    from workflow.lens import CACHE_CELLS, FLOAT32_BYTES, STREAM_LIVE_TENSORS, stream_plan
+    from workflow.lens.readout import CACHE_CELLS, FLOAT32_BYTES, STREAM_LIVE_TENSORS, stream_plan
 
     budget_cells = 128 * 2**20 // (FLOAT32_BYTES * STREAM_LIVE_TENSORS)
     for on_cpu, cap in ((True, CACHE_CELLS), (False, budget_cells)):

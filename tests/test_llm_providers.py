@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_config
 from llm_server import KEY, MARKER
 from pipeline import files_under, finished_run, planning_error, said, snakemake, write_config
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 from workflow.evaluation.providers import EvaluationRequest, ProviderError, make_provider
 from workflow.evaluation.run import EvaluationError, complete
 from workflow.evaluation.templates import heading_problems, load_template
@@ -308,7 +308,7 @@ def test_a_key_the_server_echoes_is_redacted(llm, provider, tmp_path, caplog):
 def test_the_key_never_reaches_a_log_file(tmp_path, monkeypatch):
     import logging
 
-    from workflow.logs import setup_logging
+    from workflow.provenance.logs import setup_logging
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-123456")
     log_file = tmp_path / "job.log"

@@ -1,6 +1,6 @@
 """Architectures whose logits pass through a step after the unembedding, and Falcon's layout.
 
-Each step is read from the config (workflow/logit_steps.py, LOGIT_STEPS) and given a value that
+Each step is read from the config (workflow/model/logit_steps.py, LOGIT_STEPS) and given a value that
 matters on a tiny random model; the lens must apply it at every layer, and without it the
 run-time identity check must stop the run, naming the key to check.
 """
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tiny import make_tokenizer, save_random
-from workflow import logit_steps as steps_module
-from workflow.lens_setup import LensIdentityError, LensSettings, lens_heads
-from workflow.lens_run import read_probes
-from workflow.models import load_model
+from workflow.model import logit_steps as steps_module
+from workflow.lens.session import LensIdentityError, LensSettings, lens_heads
+from workflow.lens.run import read_probes
+from workflow.model.load import load_model
 
 PROBE = {"id": "capital", "prompt": "The capital of Germany is", "answer": " Berlin"}
 

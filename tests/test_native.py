@@ -14,8 +14,8 @@ import torch
 
 from workflow.native import build as native_build
 from workflow.native import lens_block as native
-from workflow.errors import UserError
-from workflow.lens import EXP_FLOOR, REBASE_ABOVE
+from workflow.base.errors import UserError
+from workflow.lens.readout import EXP_FLOOR, REBASE_ABOVE
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_an_unknown_choice_is_refused(fresh, monkeypatch):
 
 
 def test_records_say_which_kernel_ran(kernel, loaded, probes):
-    from workflow.lens_setup import model_metadata
+    from workflow.lens.session import model_metadata
 
     assert model_metadata(loaded["llama"])["lens_kernel"] == kernel
 

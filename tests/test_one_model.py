@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import REPO
 from workflow.evaluation.run import evaluate
-from workflow.experiments import registered
+from workflow.evaluation.experiment import registered
 
 MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 

@@ -19,8 +19,8 @@ from workflow.evaluation import figures as fig
 from workflow.evaluation.analyst import write
 from workflow.evaluation.templates import load_template
 from workflow.evaluation.text import code, escaped, table, tok
-from workflow.experiments import experiment
-from workflow.pages import render_page
+from workflow.evaluation.experiment import experiment
+from workflow.report.pages import render_page
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -163,8 +163,8 @@ def _poisoned(value, text: str, seen=None):
         else:
             changes[field.name] = _poisoned(item, text)
     poisoned = dataclasses.replace(value, **changes)
-    if type(value).__module__ == "workflow.exp001.analysis" and type(value).__name__ == "ModelFacts":
-        from workflow.exp001.analysis import probe_statistics
+    if type(value).__module__ == "workflow.experiments.exp001.analysis" and type(value).__name__ == "ModelFacts":
+        from workflow.experiments.exp001.analysis import probe_statistics
 
         poisoned.statistics = probe_statistics(poisoned)
     return poisoned
@@ -250,7 +250,7 @@ def test_a_number_in_a_relation_is_no_evidence():
     probes = [dataclasses.replace(p, relation="founded_in 1887" if i % 2 else "died_in *1955*")
               for i, p in enumerate(facts.probes)]
     facts = dataclasses.replace(facts, probes=probes)
-    from workflow.exp001.analysis import probe_statistics
+    from workflow.experiments.exp001.analysis import probe_statistics
 
     facts.statistics = probe_statistics(facts)
     found = experiment("001")

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from workflow.errors import UserError
-from workflow.pages import render_page, write_page
+from workflow.base.errors import UserError
+from workflow.report.pages import render_page, write_page
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -14,11 +14,11 @@ import math
 import pytest
 import torch
 
-from workflow.errors import UserError
-from workflow.exp002.patching import PatchingSettings, noised_embeddings, tokenise_pair
-from workflow.exp002.records import RECORD_COLUMNS
-from workflow.exp002.run import run_patching, write_patching_outputs
-from workflow.lens_setup import LensSettings
+from workflow.base.errors import UserError
+from workflow.experiments.exp002.patching import PatchingSettings, noised_embeddings, tokenise_pair
+from workflow.experiments.exp002.records import RECORD_COLUMNS
+from workflow.experiments.exp002.run import run_patching, write_patching_outputs
+from workflow.lens.session import LensSettings
 
 PAIR = {
     "id": "germany-france",
@@ -95,7 +95,7 @@ def _records(rows, corruption, direction):
 
 @pytest.fixture(scope="module")
 def hooks_models(tiny_dirs):
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     return {
         arch: load_model(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, device="cpu", dtype="float32", backend="hooks")
@@ -218,7 +218,7 @@ def test_prompts_of_different_lengths_are_refused_naming_the_pair(loaded):
 
 
 def test_outputs_follow_the_data_contract(tiny_dirs, tmp_path):
-    from workflow.exp002.analysis import model_facts
+    from workflow.experiments.exp002.analysis import model_facts
 
     summary_path, records_path = tmp_path / "output-tiny-llama.json", tmp_path / "output-tiny-llama-records.csv"
     write_patching_outputs(
@@ -281,7 +281,7 @@ def test_the_chain_builds_from_nothing_with_lens_figures_beside(patched_run):
 
 def test_offline_figures_are_the_records(patched_run):
     """The depth the analyst writes for a pair is the first layer whose last-position record reaches 0.5."""
-    from workflow.exp002.records import read_patching_records
+    from workflow.experiments.exp002.records import read_patching_records
 
     results = patched_run / "results" / "002"
     summary = json.loads((results / "output-tiny-gemma3.json").read_text())
@@ -298,7 +298,7 @@ def test_provenance_check_covers_both_experiments(patched_run):
     import subprocess
     import sys
 
-    check = subprocess.run([sys.executable, "-m", "workflow.check"], cwd=patched_run, capture_output=True, text=True)
+    check = subprocess.run([sys.executable, "-m", "workflow.provenance.check"], cwd=patched_run, capture_output=True, text=True)
     assert "ok         results/002/evaluation-cross-model.md" in check.stdout
     assert "ok         results/001/output-tiny-llama.json" in check.stdout
     # The run made 002's cross-model evaluation alone: check reads the default plan, in which the rest
@@ -348,7 +348,7 @@ def test_pairs_made_from_a_probe_set(loaded):
     """patching.from_probes: each probe of a relation against another of its relation and
     direction, the partner chosen per tokenizer (as many tokens, another answer); patched
     exactly like a pair written by hand."""
-    from workflow.exp002.pairs import derive_pairs
+    from workflow.experiments.exp002.pairs import derive_pairs
 
     # The tiny tokenizer: Germany and France 1 token, Japan 3; Berlin and Paris 2, Tokyo 1.
     probes = []

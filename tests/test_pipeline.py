@@ -10,7 +10,7 @@ import yaml
 from conftest import PROBES, tiny_config
 from pipeline import files_under, planning_error, private_copy, said, scratch_copy, snakemake, write_config
 from workflow.evaluation.templates import heading_problems, load_template
-from workflow.records import read_records
+from workflow.lens.records import read_records
 
 
 
@@ -182,7 +182,7 @@ def test_a_shipped_relation_runs_with_statistics_and_parquet_records(tiny_dirs, 
     """One config change runs a relation of the shipped data, both directions; the
     evaluations report intervals; Parquet records hold what the JSON describes; the batch
     size re-runs nothing."""
-    from workflow.records import load_checked
+    from workflow.lens.records import load_checked
 
     config = tiny_config(
         tiny_dirs,

@@ -1,5 +1,5 @@
 """Models larger than the machine: weights placed by accelerate across devices and disk
-(workflow/models.py, plan_placement) give the records of the model held whole.
+(workflow/model/load.py, plan_placement) give the records of the model held whole.
 
 Forced on the CPU with small budgets: the embedded models under a budget of a third of
 their weights (most of them read from disk at every forward pass), and the tiny models
@@ -11,19 +11,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workflow.errors import UserError
-from workflow.lens_run import read_probes
-from workflow.head import OffloadedLinear
-from workflow.lens_setup import LensSettings, lens_heads
-from workflow.config import parse_size
-from workflow.models import estimate_memory, load_model, plan_placement
+from workflow.base.errors import UserError
+from workflow.lens.run import read_probes
+from workflow.model.head import OffloadedLinear
+from workflow.lens.session import LensSettings, lens_heads
+from workflow.config.schema import parse_size
+from workflow.model.load import estimate_memory, load_model, plan_placement
 
 from conftest import PROBES
 from pipeline import REPO, prepared_model
 
 
 def weights_bytes(path) -> int:
-    from workflow.resources import directory_parameters
+    from workflow.model.resources import directory_parameters
 
     return directory_parameters(path) * 4
 
@@ -112,8 +112,8 @@ def test_the_lens_reads_an_offloaded_unembedding_when_it_decodes(placed_tiny):
 
 
 def test_patching_a_placed_model_gives_the_records_of_the_model_in_memory(placed_tiny):
-    from workflow.exp002.patching import PatchingSettings
-    from workflow.exp002.run import run_patching
+    from workflow.experiments.exp002.patching import PatchingSettings
+    from workflow.experiments.exp002.run import run_patching
 
     pair = {"id": "germany-france", "clean": "The capital of Germany is", "clean_answer": " Berlin",
             "corrupted": "The capital of France is", "corrupted_answer": " Paris"}
@@ -125,7 +125,7 @@ def test_patching_a_placed_model_gives_the_records_of_the_model_in_memory(placed
 def test_a_tuned_lens_trained_in_memory_loads_on_the_placed_model(placed_tiny):
     """The tuned lens names the unembedding it was trained for by a digest of its tensors;
     an offloaded unembedding, read from disk, has the same digest."""
-    from workflow.tuned import unembedding_sha256
+    from workflow.lens.tuned import unembedding_sha256
 
     whole, placed = placed_tiny
     _, whole_head = lens_heads(whole, LensSettings())
@@ -134,7 +134,7 @@ def test_a_tuned_lens_trained_in_memory_loads_on_the_placed_model(placed_tiny):
 
 
 def test_the_json_records_the_placement(tiny_dirs, tmp_path):
-    from workflow.lens_setup import model_metadata
+    from workflow.lens.session import model_metadata
 
     placed = load_model("tiny-llama", local(tiny_dirs["llama"]), None, device="cpu", dtype="float32", backend="hooks",
                         placement=budget(400_000, tmp_path))
@@ -148,7 +148,7 @@ def test_the_json_records_the_placement(tiny_dirs, tmp_path):
 
 
 def test_a_cpu_budget_lowers_what_the_lens_job_asks_a_scheduler_for(tiny_dirs):
-    from workflow.resources import lens_resources
+    from workflow.model.resources import lens_resources
 
     entry = local(tiny_dirs["llama"])
     whole = lens_resources(entry, {"device": "cpu"})["mem_mb"]

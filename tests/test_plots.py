@@ -4,11 +4,11 @@ import matplotlib.image
 import pytest
 
 from conftest import PROBES, REPO
-from workflow.exp001.analysis import model_facts
-from workflow.exp001.run import write_lens_outputs
-from workflow.exp001.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure
-from workflow.plots import visible
-from workflow.records import read_records
+from workflow.experiments.exp001.analysis import model_facts
+from workflow.experiments.exp001.run import write_lens_outputs
+from workflow.experiments.exp001.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure
+from workflow.report.plots import visible
+from workflow.lens.records import read_records
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,8 @@ def test_kl_panel_shows_both_the_embedding_spike_and_the_last_layers(outputs):
 def test_the_statistics_panels_say_what_they_show():
     """On the committed default run (probes without relations): every panel titled, the
     probes' group named "all probes", the accuracy bar and its interval the statistics'."""
-    from workflow.exp001.analysis import model_facts
-    from workflow.exp001.plots import statistics_figure
+    from workflow.experiments.exp001.analysis import model_facts
+    from workflow.experiments.exp001.plots import statistics_figure
 
     results = REPO / "results" / "001"
     facts = model_facts(results / "output-smollm2-135m-instruct.json", results / "output-smollm2-135m-instruct-records.csv")

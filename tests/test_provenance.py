@@ -128,7 +128,7 @@ def provenance_check(workdir):
     import sys
 
     return subprocess.run(
-        [sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "workflow.provenance.check"], cwd=workdir, capture_output=True, text=True, timeout=300
     )
 
 
@@ -228,7 +228,7 @@ def test_removed_model_plans_cross_and_meta_only(workdir):
 
 
 def test_comments_docstrings_and_formatting_plan_nothing(workdir):
-    lens = workdir / "workflow" / "lens.py"
+    lens = workdir / "workflow" / "lens" / "readout.py"
     text = lens.read_text()
     assert text.startswith('"""')
     lens.write_text(text.replace('"""', '"""An edited docstring. ', 1).replace("\n\n\n", "\n\n\n\n", 1) + "\n# a comment\n")
@@ -239,14 +239,14 @@ def test_comments_docstrings_and_formatting_plan_nothing(workdir):
 
 
 def test_lens_code_edit_plans_the_jobs_whose_code_imports_it(workdir):
-    with open(workdir / "workflow" / "lens.py", "a") as fh:
+    with open(workdir / "workflow" / "lens" / "readout.py", "a") as fh:
         fh.write("\nEDITED = 1\n")
     # The lens and generation (the same lens); not the preparation, which does not import it.
-    assert_stale(workdir, "code changed: workflow/lens.py", LENS | PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META | PLOTS | GENERATION)
+    assert_stale(workdir, "code changed: workflow/lens/readout.py", LENS | PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META | PLOTS | GENERATION)
 
 
 def test_plotting_code_edit_plans_the_plots_and_what_shows_them(workdir):
-    with open(workdir / "workflow" / "plots.py", "a") as fh:
+    with open(workdir / "workflow" / "report" / "plots.py", "a") as fh:
         fh.write("\nEDITED = 1\n")
     planned = core(plan(workdir))
     assert PLOTS - EXPLORERS <= planned

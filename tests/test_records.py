@@ -4,7 +4,7 @@ import io
 
 import pandas as pd
 
-from workflow.records import COLUMNS, read_records, write_records
+from workflow.lens.records import COLUMNS, read_records, write_records
 
 AWKWARD = ["line\nbreak", "comma, here", 'a "quote"', "Ünïcödé 東京", "", "nan", "NULL", "  spaces  ", "\r\n", "tab\there"]
 
@@ -59,7 +59,7 @@ def test_missing_column_is_refused():
 
 def test_parquet_records_read_back_as_the_csv_does(tmp_path):
     """The same rows through both formats: equal frames, values rounded the same way."""
-    from workflow.records import records_format, write_records_file
+    from workflow.lens.records import records_format, write_records_file
 
     rows = [row(i, t) for i, t in enumerate(AWKWARD)]
     rows[1]["top1_prob"] = 0.123456789  # rounded to 6 significant digits in both

@@ -54,7 +54,7 @@ def interrupt(workdir, how, *args, target="results/001/output-tiny-llama.json"):
 
 
 def provenance_check(workdir):
-    return subprocess.run([sys.executable, "-m", "workflow.check"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "workflow.provenance.check"], cwd=workdir, capture_output=True, text=True, timeout=300)
 
 
 def statuses(result):

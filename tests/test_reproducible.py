@@ -6,7 +6,7 @@ import json
 
 from workflow.evaluation.cache import ResponseCache, cache_key, same_but_rounding
 from workflow.evaluation.text import magnitude_text, rank_text
-from workflow.records import COLUMNS, read_records, rounded, write_records
+from workflow.lens.records import COLUMNS, read_records, rounded, write_records
 
 
 def test_records_are_written_to_six_significant_digits():

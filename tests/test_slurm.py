@@ -15,7 +15,7 @@ import yaml
 from conftest import tiny_config
 from pipeline import said, scratch_copy, snakemake
 from slurm_cluster import ClusterUnavailable, start
-from workflow.resources import lens_resources, model_parameters
+from workflow.model.resources import lens_resources, model_parameters
 
 PLUGIN = importlib.util.find_spec("snakemake_executor_plugin_slurm") is not None
 needs_plugin = pytest.mark.skipif(not PLUGIN, reason='snakemake-executor-plugin-slurm is not installed (pip install -e ".[cluster]")')

@@ -17,7 +17,7 @@ import yaml
 
 from tiny import make_model_dir
 from workflow import api, prepare, provenance
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 
 PROMPT, ANSWER = "The capital of Germany is", " Berlin"
 
@@ -154,9 +154,9 @@ def test_a_truncated_gguf_file_is_refused_not_loaded_from_its_prepared_copy(tmp_
 
 
 def test_the_pipelines_loader_refuses_a_prepared_model_whose_source_changed(tmp_path, two_ggufs):
-    """What a pipeline job opens (workflow.models.load_model with the prepared folder) is
+    """What a pipeline job opens (workflow.model.load.load_model with the prepared folder) is
     checked too: a job run on a prepared model that is no longer its source's is refused."""
-    from workflow.models import load_model
+    from workflow.model.load import load_model
 
     work, _, entry = gguf_setup(tmp_path, two_ggufs)
     prepared = work / "resources" / "models" / "m"
@@ -172,8 +172,8 @@ def test_a_gguf_file_read_at_run_time_is_checked_by_its_content_not_its_size(tmp
     weights is refused, however it is opened."""
     import torch
 
-    from workflow.gguf_weights import file_model
-    from workflow.models import load_model
+    from workflow.gguf.weights import file_model
+    from workflow.model.load import load_model
 
     work, _, entry = gguf_setup(tmp_path, two_ggufs, weights="quantised")
     prepared = work / "resources" / "models" / "m"

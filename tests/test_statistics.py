@@ -1,4 +1,4 @@
-"""The probe-set statistics (workflow/statistics.py) against published values, closed forms
+"""The probe-set statistics (workflow/evaluation/statistics.py) against published values, closed forms
 and simulated coverage."""
 
 import math
@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from workflow import statistics as st
+from workflow.evaluation import statistics as st
 
 
 @pytest.mark.parametrize(

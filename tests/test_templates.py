@@ -2,11 +2,11 @@
 
 import pytest
 
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 from workflow.evaluation.templates import heading_problems, load_template
 from conftest import REPO
 
-from workflow.experiments import STAGES, experiment, registered
+from workflow.evaluation.experiment import STAGES, experiment, registered
 
 TEMPLATES = [(exp, stage) for exp in registered() for stage in STAGES]
 

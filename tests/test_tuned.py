@@ -10,12 +10,12 @@ import torch
 from conftest import PROBES
 from tiny import random_translators
 from pipeline import planned_jobs, said, snakemake
-from workflow.errors import UserError
-from workflow.lens_setup import LensSettings, lens_heads
-from workflow.lens_run import read_probes
-from workflow.records import read_records
-from workflow import tuned
-from workflow.tuned_training import train_for_model
+from workflow.base.errors import UserError
+from workflow.lens.session import LensSettings, lens_heads
+from workflow.lens.run import read_probes
+from workflow.lens.records import read_records
+from workflow.lens import tuned
+from workflow.lens.tuned_training import train_for_model
 
 SETTINGS = tuned.TunedLensSettings(steps=40, batch_positions=16, seq_len=32, train_sequences=24, heldout_positions=96, learning_rate=3e-3)
 
@@ -189,8 +189,8 @@ def test_tuned_rows_decode_the_translated_residual(kernel, loaded):
 
 def test_llm_digest_carries_the_tuned_lens(tuned_run):
     """An LLM evaluator sees where the tuned lens puts the answer, not only the offline analyst."""
-    from workflow.exp001.analysis import model_facts
-    from workflow.exp001.digest import model_digest
+    from workflow.experiments.exp001.analysis import model_facts
+    from workflow.experiments.exp001.digest import model_digest
 
     results = tuned_run / "results" / "001"
     facts = model_facts(results / "output-tiny-llama.json", results / "output-tiny-llama-records.csv")

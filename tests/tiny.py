@@ -142,9 +142,9 @@ def make_qwen2_dir(path: Path, seed: int = 0) -> Path:
 
 
 def random_translators(model, seed: int = 5, weight_std: float = 0.05, bias_std: float = 0.5):
-    """A tuned lens (``workflow.tuned.TunedLens``) for ``model`` with seeded random
+    """A tuned lens (``workflow.lens.tuned.TunedLens``) for ``model`` with seeded random
     translators: far enough from the identity that a lens skipping them would show."""
-    from workflow.tuned import TunedLens
+    from workflow.lens.tuned import TunedLens
 
     generator = torch.Generator().manual_seed(seed)
     lens = TunedLens(model.n_layers, model.d_model)

@@ -23,7 +23,7 @@ def __getattr__(name: str):
     """The Python API's names (``workflow.api``), imported on first use: ``from workflow import load``."""
     if name in _API:
         # Imported by name, not by an import statement: no rule's script uses the API, so
-        # its code is not part of any rule's code version (workflow/codeversion.py reads
+        # its code is not part of any rule's code version (workflow/provenance/codeversion.py reads
         # import statements), and editing it re-runs nothing.
         import importlib
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 
 if TYPE_CHECKING:  # pandas is imported where frames are made (lens-chat imports this module)
     import pandas as pd
@@ -57,7 +57,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    from workflow.config import coerce_strings, describe_validation_error, schema_violation
+    from workflow.config.schema import coerce_strings, describe_validation_error, schema_violation
 
     path = Path(path)
     if not path.is_file():
@@ -87,11 +87,11 @@ def prepared_dir(key: str, entry: dict[str, Any], workdir: Path, configfile: str
     prepared from its source as it is now, else the folder outside the pipeline (prepared
     now if missing, or again if it was prepared from another source or another version of
     it). A prepared folder is judged by its manifest's source fingerprint against the
-    source's (``workflow.prepare.why_stale``: the GGUF's sha256 through the digest cache, a
+    source's (``workflow.gguf.prepare.why_stale``: the GGUF's sha256 through the digest cache, a
     package's version); a missing, truncated or unreadable source is refused (UserError).
     ``configfile`` None: the model was given as a file, not a config key."""
-    from workflow.prepare import MANIFEST, PREPARED_SOURCES, prepare_model, why_stale  # late, so that tests can patch prepare.prepare_model
-    from workflow.provenance import digests_kept_in
+    from workflow.gguf.prepare import MANIFEST, PREPARED_SOURCES, prepare_model, why_stale  # late, so that tests can patch prepare.prepare_model
+    from workflow.provenance.record import digests_kept_in
 
     if entry["source"] not in PREPARED_SOURCES:
         return None
@@ -177,7 +177,7 @@ def _shown_value(value: Any) -> str:
 def _probes(prompts: str | Sequence[str] | Sequence[dict[str, Any]], answers, model) -> list[dict[str, Any]]:
     """Probes (id, prompt, answer) from what ``Model.lens`` was given; a prompt without an
     answer is scored against the model's own next token."""
-    from workflow.probes import check, slug
+    from workflow.config.probes import check, slug
 
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -217,7 +217,7 @@ class Model:
     entry: dict[str, Any] = field(repr=False)
     config: dict[str, Any] = field(repr=False)
     workdir: Path
-    loaded: Any = field(repr=False)  # workflow.models.LoadedModel
+    loaded: Any = field(repr=False)  # workflow.model.load.LoadedModel
     _tuned: Any = field(default=None, repr=False)
     configfile: str | None = field(default=None, repr=False)  # None: given as a file or directory, not a config key
 
@@ -231,7 +231,7 @@ class Model:
         return self.loaded.tokenizer
 
     def lens_settings(self, **overrides: Any):
-        from workflow.lens_setup import LensSettings  # torch: not at lens-chat's start
+        from workflow.lens.session import LensSettings  # torch: not at lens-chat's start
 
         return LensSettings.from_config({**self.config["lens"], **overrides})
 
@@ -254,10 +254,10 @@ class Model:
 
     def tuned_lens(self):
         """The tuned lens's translators: the pipeline's, else trained once outside it."""
-        from workflow.lens_setup import open_tuned_lens  # torch: not at lens-chat's start
-        from workflow.provenance import digests_kept_in
-        from workflow.tuned import TunedLensSettings  # torch: not at lens-chat's start
-        from workflow.tuned_training import train_for_model  # torch: not at lens-chat's start
+        from workflow.lens.session import open_tuned_lens  # torch: not at lens-chat's start
+        from workflow.provenance.record import digests_kept_in
+        from workflow.lens.tuned import TunedLensSettings  # torch: not at lens-chat's start
+        from workflow.lens.tuned_training import train_for_model  # torch: not at lens-chat's start
 
         if self._tuned is None:
             directory = trained_lens_dir(self.key, self.workdir)
@@ -287,8 +287,8 @@ class Model:
         ``answers`` (one per prompt) are scored at every layer; without them each prompt's
         answer is the model's own next token. Prompts may also be probes (dicts with id,
         prompt and answer, as in the config)."""
-        from workflow.exp001.run import run_lens  # torch: not at lens-chat's start
-        from workflow.records import COLUMNS  # pandas: not at lens-chat's start
+        from workflow.experiments.exp001.run import run_lens  # torch: not at lens-chat's start
+        from workflow.lens.records import COLUMNS  # pandas: not at lens-chat's start
 
         unknown = [name for name in lenses if name not in ("logit", "tuned")]
         if unknown or "logit" not in lenses:
@@ -304,9 +304,9 @@ class Model:
         every layer x position patched from one run into the other (both directions, and
         causal tracing where the config's ``patching.trace.samples`` asks), with 002's
         record columns; ``recovered`` is the fraction of the logit difference restored."""
-        from workflow.exp002.patching import PatchingSettings  # torch: not at lens-chat's start
-        from workflow.exp002.records import RECORD_COLUMNS  # pandas: not at lens-chat's start
-        from workflow.exp002.run import run_patching  # torch: not at lens-chat's start
+        from workflow.experiments.exp002.patching import PatchingSettings  # torch: not at lens-chat's start
+        from workflow.experiments.exp002.records import RECORD_COLUMNS  # pandas: not at lens-chat's start
+        from workflow.experiments.exp002.run import run_patching  # torch: not at lens-chat's start
 
         pair = {"id": pair_id, "clean": clean, "clean_answer": clean_answer, "corrupted": corrupted,
                 "corrupted_answer": corrupted_answer}
@@ -319,9 +319,9 @@ class Model:
         """Experiment 003 on one prompt: greedy generation with the lens on every new token;
         003's record columns (``position`` is the generated token's index). The reply is
         ``frame.attrs["summary"]["text"]``."""
-        from workflow.exp003.run import run_generation  # torch: not at lens-chat's start
-        from workflow.generation import LensGenerator  # torch: not at lens-chat's start
-        from workflow.records import COLUMNS  # pandas: not at lens-chat's start
+        from workflow.experiments.exp003.run import run_generation  # torch: not at lens-chat's start
+        from workflow.lens.generation import LensGenerator  # torch: not at lens-chat's start
+        from workflow.lens.records import COLUMNS  # pandas: not at lens-chat's start
 
         _text("Model.generate", "prompt", prompt)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -333,7 +333,7 @@ class Model:
 
 
 def _dtype_name(loaded) -> str:
-    from workflow.models import dtype_name  # torch: not at lens-chat's start
+    from workflow.model.load import dtype_name  # torch: not at lens-chat's start
 
     return dtype_name(loaded.dtype)
 
@@ -352,9 +352,9 @@ def load(
     or a hub id (downloaded by transformers). ``device``, ``dtype`` and ``backend`` default to
     the config's (and a model entry's own); ``workdir`` is where ``resources/`` is (default:
     the repository)."""
-    from workflow.lens_setup import LensSettings  # torch: not at lens-chat's start
-    from workflow.models import load_model  # torch: not at lens-chat's start (and tests patch load_model)
-    from workflow.provenance import digests_kept_in
+    from workflow.lens.session import LensSettings  # torch: not at lens-chat's start
+    from workflow.model.load import load_model  # torch: not at lens-chat's start (and tests patch load_model)
+    from workflow.provenance.record import digests_kept_in
 
     model = _model_argument(model)
     _check_choices(device=device, dtype=dtype, backend=backend)
@@ -427,7 +427,7 @@ def _records_of(records: pd.DataFrame, probe: str | None, lens: str) -> tuple[pd
 def plot_heatmap(records: pd.DataFrame, probe: str | None = None, lens: str = "logit", value: str = "top1_prob"):
     """The layers x positions grid of one probe (default the first) through ``lens``: the
     top-1 token in each cell, coloured by ``value``; a matplotlib figure."""
-    from workflow.exp001.plots import heatmap_data, heatmap_figure  # matplotlib: not at lens-chat's start
+    from workflow.experiments.exp001.plots import heatmap_data, heatmap_figure  # matplotlib: not at lens-chat's start
 
     _records_frame(records, "plot_heatmap")
     _, probe, model = _records_of(records, probe, lens)
@@ -439,7 +439,7 @@ def plot_answer_by_layer(records: dict[str, pd.DataFrame] | pd.DataFrame, probe:
     """The answer's probability at the last prompt position across relative depth (layer /
     layers), one line per model and lens: where the answer emerges, and how models differ.
     ``records``: one model's ``Model.lens`` frame, or several by name."""
-    from workflow.plots import plt  # matplotlib: not at lens-chat's start
+    from workflow.report.plots import plt  # matplotlib: not at lens-chat's start
 
     frames = records if isinstance(records, dict) else {"": records}
     if not frames:
@@ -474,7 +474,7 @@ def plot_patching(records: pd.DataFrame, direction: str = "denoise", corruption:
     corrupted) or noise; a matplotlib figure."""
     import numpy as np
 
-    from workflow.plots import plt, visible  # matplotlib: not at lens-chat's start
+    from workflow.report.plots import plt, visible  # matplotlib: not at lens-chat's start
 
     _records_frame(records, "plot_patching", ("model", "pair", "direction", "corruption", "layer", "position", "token", "recovered"))
     rows = records[(records["direction"] == direction) & (records["corruption"] == corruption)]
@@ -500,8 +500,8 @@ def explore(records: pd.DataFrame, path: str | Path) -> Path:
     experiment (docs/running.md, "The explorer"): one self-contained HTML file that opens
     from disk. In a notebook, ``IPython.display.IFrame(str(path), width="100%", height=900)``
     shows it in place. Returns the path."""
-    from workflow.atomic import write_text
-    from workflow.explorer import page_data, render
+    from workflow.base.atomic import write_text
+    from workflow.report.explorer import page_data, render
 
     import pandas as pd
 
@@ -522,7 +522,7 @@ def explore(records: pd.DataFrame, path: str | Path) -> Path:
 def _shown(fig):
     """``fig`` let go by pyplot: the caller holds it (a notebook shows it once, as the
     cell's value; a script saves it with ``fig.savefig``)."""
-    from workflow.plots import plt  # matplotlib: not at lens-chat's start
+    from workflow.report.plots import plt  # matplotlib: not at lens-chat's start
 
     plt.close(fig)
     return fig

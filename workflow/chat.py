@@ -16,7 +16,7 @@ lens is shown where the pipeline has trained it (resources/lenses/{model}/), or 
 API (workflow/api.py) has (resources/chat-lenses/{model}/). The reply goes
 through the model's own chat template; ``--raw`` continues the text instead (for base
 models, which have none). Generation uses the key-value cache, and the lens reads only the
-new position's residuals at each step (workflow/generation.py).
+new position's residuals at each step (workflow/lens/generation.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from workflow.api import OWN_LENSES, load_config, prepared_dir, setting_choices, trained_lens_dir
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 
 log = logging.getLogger("workflow.chat")
 
@@ -60,11 +60,11 @@ def shown(token: str) -> str:
 
 class Chat:
     def __init__(self, args: argparse.Namespace):
-        from workflow.config import model_entry
-        from workflow.generation import LensGenerator  # torch: not at lens-chat's start
-        from workflow.lens_setup import LensSettings, open_tuned_lens  # torch: not at lens-chat's start
-        from workflow.models import load_model  # torch: not at lens-chat's start
-        from workflow.provenance import digests_kept_in
+        from workflow.config.schema import model_entry
+        from workflow.lens.generation import LensGenerator  # torch: not at lens-chat's start
+        from workflow.lens.session import LensSettings, open_tuned_lens  # torch: not at lens-chat's start
+        from workflow.model.load import load_model  # torch: not at lens-chat's start
+        from workflow.provenance.record import digests_kept_in
 
         config = load_config(Path(args.config))
         key = args.model or next(iter(config["models"]), None)
@@ -100,7 +100,7 @@ class Chat:
         self.key, self.args = key, args
         self.rows: list[dict[str, Any]] = []
         self.turn = 0
-        self.last = None  # the last reply (workflow.generation.Reply)
+        self.last = None  # the last reply (workflow.lens.generation.Reply)
 
     def header(self) -> str:
         lenses = "   ".join(f"{name + ' lens: top-1 from (stays)':<28}" for name in self.generator.lens_names)
@@ -140,7 +140,7 @@ class Chat:
     def fitted(self, messages: list[dict[str, str]]) -> tuple[list[int], list[dict[str, str]]]:
         """The prompt's ids, with the oldest turns left out until the prompt and the reply fit
         the model's positions; a single message too long for them is refused."""
-        from workflow.lens_setup import context_limit  # torch: not at lens-chat's start
+        from workflow.lens.session import context_limit  # torch: not at lens-chat's start
 
         limit = context_limit(self.model)
         room = None if limit is None else limit - self.args.max_new_tokens
@@ -175,8 +175,8 @@ class Chat:
         return text
 
     def write_trace(self) -> None:
-        from workflow.atomic import atomic_paths
-        from workflow.records import write_records_file  # pandas: not at lens-chat's start
+        from workflow.base.atomic import atomic_paths
+        from workflow.lens.records import write_records_file  # pandas: not at lens-chat's start
 
         path = self.args.trace
         with atomic_paths(path) as (tmp,):
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from workflow.lens_setup import LensIdentityError  # torch: only after the arguments are checked
+    from workflow.lens.session import LensIdentityError  # torch: only after the arguments are checked
 
     try:
         chat = Chat(args)

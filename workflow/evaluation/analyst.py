@@ -1,7 +1,7 @@
 """The offline analyst: a deterministic, rule-based writer of evaluations.
 
 It needs no network and no LLM. Each experiment gives the rules of its sections
-(``workflow/exp001/sections.py``, ...): every sentence is a figure computed from the
+(``workflow/experiments/exp001/sections.py``, ...): every sentence is a figure computed from the
 recorded outputs put into words by fixed rules, so the same outputs always give the
 same document. It fills the headings the template declares, in the template's order;
 a heading it has no rule for gets a note saying so.

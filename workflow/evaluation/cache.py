@@ -5,7 +5,7 @@ the full conversation (system prompt and messages). A re-run with unchanged
 inputs therefore reads every response from here and makes no API call, and the
 written evaluation is byte-identical. Entries are small JSON files meant to be
 committed with the results; they never hold an API key or an endpoint's credentials
-(the request names the endpoint without them: workflow/secrets.py).
+(the request names the endpoint without them: workflow/base/secrets.py).
 
 On another machine the same pipeline computes the same figures up to float rounding,
 and a figure in a prompt can come out one unit higher or lower in its last digit. When
@@ -26,8 +26,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from workflow.atomic import dumps_json, write_text
-from workflow.errors import UserError
+from workflow.base.atomic import dumps_json, write_text
+from workflow.base.errors import UserError
 
 log = logging.getLogger(__name__)
 

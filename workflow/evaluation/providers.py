@@ -13,7 +13,7 @@ settings.
 API keys come from the environment only (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``),
 and so do an endpoint's credentials (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``: the
 whole URL; ``base_url`` names it without them). None is recorded: ``describe()`` lists
-what determines the output, not credentials (workflow/secrets.py).
+what determines the output, not credentials (workflow/base/secrets.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from workflow.errors import UserError
-from workflow.secrets import KEY_VARIABLES, api_key, check_endpoint, endpoint, redact
+from workflow.base.errors import UserError
+from workflow.base.secrets import KEY_VARIABLES, api_key, check_endpoint, endpoint, redact
 from workflow.evaluation import analyst
 from workflow.evaluation.cache import DEFAULT_CACHE_DIR, ResponseCache, cache_key
 
@@ -44,7 +44,7 @@ class EvaluationRequest:
     prompt: str
     headings: tuple[str, ...]
     facts: Any = field(compare=False, repr=False)
-    # The offline analyst's writer of each heading (the experiment's; workflow/experiments.py).
+    # The offline analyst's writer of each heading (the experiment's; workflow/evaluation/experiment.py).
     sections: Any = field(default=None, compare=False, repr=False)
 
 

@@ -1,6 +1,6 @@
 """The three evaluation stages of any experiment: gather facts, render the template, ask
 the provider, write. What the facts and digests are is the experiment's
-(``workflow/experiments.py``)."""
+(``workflow/evaluation/experiment.py``)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflow.atomic import write_text
-from workflow.errors import UserError
-from workflow.records import rounded
+from workflow.base.atomic import write_text
+from workflow.base.errors import UserError
+from workflow.lens.records import rounded
 from workflow.evaluation.figures import Evidence, Verification, marked, user_texts, verify
 from workflow.evaluation.providers import EvaluationRequest, OfflineProvider, Provider, make_provider
 from workflow.evaluation.text import escaped
 from workflow.evaluation.templates import MIN_SECTION_CHARS, PromptTemplate, failing_sections, load_template, merged, without_title
-from workflow.experiments import Experiment, experiment
+from workflow.evaluation.experiment import Experiment, experiment
 
 log = logging.getLogger(__name__)
 

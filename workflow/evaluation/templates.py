@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 
 FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n(.*)\Z", re.DOTALL)
 HEADING = re.compile(r"^##[ \t]+(.+?)[ \t#]*$", re.MULTILINE)

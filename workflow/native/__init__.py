@@ -2,4 +2,4 @@
 fused sweep, ``lens_block.c``) and ``dequant`` (GGUF blocks to float32, ``dequant.c``);
 ``build`` compiles a source once per compiler and processor. A job's code version holds a
 kernel's C source exactly when its code imports that kernel's loader
-(``workflow.codeversion``)."""
+(``workflow.provenance.codeversion``)."""

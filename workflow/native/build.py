@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from workflow.cache import cache_dir
-from workflow.errors import UserError
+from workflow.base.cache import cache_dir
+from workflow.base.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What every other package stands on: errors for people, atomic writes, the user cache, input limits, secrets."""

@@ -1,0 +1,1 @@
+"""The configuration: its schema checks, the probe sets, the lens settings."""

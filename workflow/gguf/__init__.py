@@ -1,0 +1,1 @@
+"""GGUF files: the header, the architecture tables, streaming and dequantising weights, preparing a model."""

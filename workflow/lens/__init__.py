@@ -1,0 +1,1 @@
+"""The lens on a loaded model: reading out every layer, the tuned lens, generation, the records."""

@@ -1,0 +1,463 @@
+"""Ways to read the residual stream of a model, behind one small interface.
+
+- ``BridgeBackend``: TransformerLens 4's ``TransformerBridge``, whose hook names
+  (``blocks.{i}.hook_resid_pre/post``, ``ln_final``, ``unembed``) are uniform across
+  the architectures it supports. The default.
+- ``HooksBackend``: plain PyTorch forward hooks on a transformers model, for an
+  architecture the bridge does not support. It finds the decoder layers (the
+  ModuleList with one entry per layer) and the final norm by data flow, not by
+  name: the final norm is the module whose output is exactly what the output
+  embedding receives. No per-architecture table.
+
+Both give the residual stream at layers 0..L (0 entering the first block, k after
+block k), the model's own logits, its final norm module and its unembedding; and both
+run the decoder layers from any layer on a batch, with the residual overwritten at
+chosen (row, layer, position)s (activation patching; ``BlockRunner``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+class Backend(Protocol):
+    name: str
+    hf_model: nn.Module
+    final_norm: nn.Module
+    unembed: nn.Module
+    n_layers: int
+    d_model: int
+    vocab_size: int
+
+    def capture(self, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals [L+1, T', d] at the kept positions, and the model's logits [1, V] at the last one."""
+
+    def capture_batch(self, sequences: list[list[int]], length: int, read: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residuals [L+1, B, length, d] of token sequences right-padded to ``length``, and the
+        model's logits [B, V] at position ``read[b]`` of each."""
+
+    def step(self, tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass of generation: ``tokens`` [1, T] after what the key-value ``cache``
+        holds (the cache extended). The last position's residual at every layer [L+1, d] and
+        the model's logits there [V] (float32)."""
+
+    blocks: BlockRunner  # the decoder layers, run from any layer (activation patching)
+
+
+# A batch's sequences are padded to a multiple of this many tokens: a probe's numbers
+# depend on the padded length (attention sums over it; measured), so every probe is padded
+# to the same length alone or in any batch (``canonical_length``).
+PAD_MULTIPLE = 8
+
+
+def canonical_length(n_tokens: int) -> int:
+    """The padded length of a sequence of ``n_tokens`` tokens (batches hold one length)."""
+    return -(-n_tokens // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+# A forward pass has at least this many sequences: with one, torch multiplies attention's
+# (transposed, non-contiguous) query and key matrices another way, whose sums round
+# differently (measured: the bridge's eager attention on gemma-3-270m). A lone probe runs
+# with a copy of itself beside it, so its numbers are those it has in any batch.
+MIN_BATCH = 2
+
+
+def padded_batch(sequences: list[list[int]], length: int, device) -> dict[str, torch.Tensor]:
+    """Token ids right-padded to ``length``, and their attention mask, for at least
+    MIN_BATCH rows (the last sequence repeated). A causal model's real tokens never attend
+    to the padding after them, so their positions and numbers are their own whatever the
+    padding holds."""
+    sequences = sequences + [sequences[-1]] * (MIN_BATCH - len(sequences))
+    tokens = torch.zeros((len(sequences), length), dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        if len(ids) > length:
+            raise ValueError(f"a sequence of {len(ids)} tokens does not fit the padded length {length}")
+        tokens[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": tokens.to(device), "attention_mask": mask.to(device)}
+
+
+def reading_logits_at(unembed: nn.Module, read: list[int]):
+    """A pre-hook for the output embedding that hands it only position ``read[b]`` of row
+    b: the model's forward then computes (and post-processes, soft-capping say) its logits
+    there alone, [B, 1, V], not at every position of the batch."""
+    index = torch.tensor(read + [read[-1]] * (MIN_BATCH - len(read)))
+
+    def hook(module, args):
+        hidden = args[0]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return (hidden[rows, index.to(hidden.device)][:, None, :], *args[1:])
+
+    return unembed.register_forward_pre_hook(hook)
+
+
+class Patches:
+    """Where a batch's residual stream is overwritten: for each layer (0 entering the first
+    block, k after block k), the batch rows, the positions and the vectors to write there.
+    A (row, position) appears at most once per layer."""
+
+    def __init__(self) -> None:
+        self._layers: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+
+    def add(self, row: int, layer: int, position: int, value: torch.Tensor) -> None:
+        self._layers.setdefault(layer, []).append((row, position, value))
+
+    def at(self, layer: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        entries = self._layers.get(layer)
+        if not entries:
+            return None
+        rows = torch.tensor([r for r, _, _ in entries], device=device)
+        positions = torch.tensor([p for _, p, _ in entries], device=device)
+        values = torch.stack([v for _, _, v in entries]).to(device=device, dtype=dtype)
+        return rows, positions, values
+
+
+class _Stop(Exception):
+    """Raised by a hook once what it reads is read: the rest of the forward is not needed."""
+
+
+def _overwritten(hidden: torch.Tensor, where: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    if where is None:
+        return hidden
+    rows, positions, values = where
+    hidden = hidden.clone()
+    hidden[rows, positions] = values
+    return hidden
+
+
+def _keep(positions: str) -> slice:
+    return slice(-1, None) if positions == "last" else slice(None)
+
+
+def last_logits(forward, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's logits at the last position only, [1, V].
+
+    ``logits_to_keep=1`` spares the [T, V] logits tensor (537 MB for 512 tokens of a
+    262k vocabulary); models that do not take it compute all and are sliced.
+    """
+    with torch.no_grad():
+        try:
+            logits = forward(tokens, logits_to_keep=1)
+        except TypeError:
+            logits = forward(tokens)
+    return logits[0, -1:]
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: its parameters' device, or for a model placed by
+    accelerate (hf_device_map) its main device, the first that is neither cpu nor disk."""
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        devices = [where for where in placed.values() if where not in ("cpu", "disk")]
+        if not devices:
+            return torch.device("cpu")
+        return torch.device(f"cuda:{devices[0]}" if isinstance(devices[0], int) else devices[0])
+    return next(model.parameters()).device
+
+
+class BridgeBackend:
+    name = "transformer_bridge"
+
+    def __init__(self, bridge: Any):
+        self.bridge = bridge
+        self.hf_model = bridge.original_model
+        self.final_norm = bridge.ln_final
+        self.unembed = bridge.unembed
+        self.n_layers = int(bridge.cfg.n_layers)
+        self.d_model = int(bridge.cfg.d_model)
+        self.vocab_size = int(bridge.cfg.d_vocab)
+
+    @functools.cached_property
+    def blocks(self) -> BlockRunner:
+        # The bridge's blocks are the modules the original model's forward calls.
+        return BlockRunner(self.hf_model, find_decoder_layers(self.hf_model, self.n_layers))
+
+    def residual_hooks(self, select: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[torch.Tensor | None], list]:
+        """The bridge's own hook points on the residual stream (entering block 0, after
+        every block), each keeping ``select`` of its tensor: (the list [L+1] a run fills,
+        the hooks to run it with)."""
+        captured: list[torch.Tensor | None] = [None] * (self.n_layers + 1)
+
+        def store(layer: int):
+            def hook(tensor, hook):
+                captured[layer] = select(tensor).detach().clone()
+                return tensor
+
+            return hook
+
+        hooks = [("blocks.0.hook_resid_pre", store(0))]
+        hooks += [(f"blocks.{i}.hook_resid_post", store(i + 1)) for i in range(self.n_layers)]
+        return captured, hooks
+
+    def capture(self, input_ids, positions):
+        keep = _keep(positions)
+        captured, hooks = self.residual_hooks(lambda t: t[0, keep])
+        tokens = torch.tensor([input_ids], device=input_device(self.hf_model))
+        logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, **kw), tokens)
+        return stacked(captured), logits
+
+    def step(self, tokens, cache):
+        captured, hooks = self.residual_hooks(lambda t: t[0, -1])
+        logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, past_key_values=cache, **kw), tokens)
+        return stacked(captured), logits[0].float()
+
+    def capture_batch(self, sequences, length, read):
+        captured, hooks = self.residual_hooks(lambda t: t)
+        batch = padded_batch(sequences, length, input_device(self.hf_model))
+        handle = reading_logits_at(self.hf_model.get_output_embeddings(), read)
+        try:
+            with torch.no_grad():
+                logits = self.bridge.run_with_hooks(batch["input_ids"], fwd_hooks=hooks, attention_mask=batch["attention_mask"])
+        finally:
+            handle.remove()
+        return stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]
+
+
+class BlockRunner:
+    """The model's decoder layers, run from any layer on a batch of residual streams.
+
+    Each layer gets the arguments the model's own forward passes it for the same prompt
+    (attention mask, position embeddings, ...), read once per prompt by a forward pass
+    with hooks, so no architecture's forward is re-implemented; a patched run that
+    starts at layer l skips the l layers before it, whose residuals are the unpatched
+    run's. A model whose forward does more between its layers than call them would run
+    differently: ``patching`` checks each prompt's unpatched run against ``capture``.
+    """
+
+    def __init__(self, hf_model: nn.Module, layers: nn.ModuleList):
+        self.hf_model = hf_model
+        self.layers = layers
+        self._arguments: dict[tuple[int, ...], list[tuple[tuple, dict]]] = {}
+
+    def arguments(self, input_ids: list[int]) -> list[tuple[tuple, dict]]:
+        """(positional arguments after the hidden states, keyword arguments) of each layer."""
+        key = tuple(input_ids)
+        if key in self._arguments:
+            return self._arguments[key]
+        seen: list[tuple[tuple, dict] | None] = [None] * len(self.layers)
+
+        def record(index: int):
+            def hook(module, args, kwargs):
+                rest = args[1:] if args else ()
+                seen[index] = (rest, {k: v for k, v in kwargs.items() if k != "hidden_states"})
+                if index == len(self.layers) - 1:
+                    raise _Stop
+
+            return hook
+
+        handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(self.layers)]
+        try:
+            with torch.no_grad():
+                self.hf_model(torch.tensor([list(input_ids)], device=input_device(self.hf_model)), use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [i for i, a in enumerate(seen) if a is None]
+        if missing:
+            raise RuntimeError(f"decoder layers {missing} were not called by the model's forward")
+        self._arguments = {key: seen}  # type: ignore[dict-item]  (one prompt at a time)
+        return seen  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def run(self, input_ids: list[int], hidden: torch.Tensor, start: int, patches: Patches, keep: bool = False):
+        """Run residual streams ``hidden`` [B, T, d] (those at layer ``start`` of prompt
+        ``input_ids``) through the layers from block ``start`` on, writing ``patches`` at
+        each layer first. Returns the residual after the last block at the last position
+        [B, d]; with ``keep``, every layer's residual from ``start`` on [L+1-start, B, T, d]."""
+        arguments = self.arguments(input_ids)
+        n_layers = len(self.layers)
+        kept = []
+        for index in range(start, n_layers):
+            hidden = _overwritten(hidden, patches.at(index, hidden.device, hidden.dtype))
+            if keep:
+                kept.append(hidden)
+            rest, kwargs = arguments[index]
+            hidden = _hidden(self.layers[index](hidden, *rest, **kwargs))
+        hidden = _overwritten(hidden, patches.at(n_layers, hidden.device, hidden.dtype))
+        if keep:
+            return torch.stack([*kept, hidden])
+        return hidden[:, -1]
+
+
+@contextlib.contextmanager
+def layer_residuals(layers: nn.ModuleList, select: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[list[torch.Tensor | None]]:
+    """The residual stream of every forward pass run inside, entering the first decoder
+    layer and leaving each one, ``select``-ed (a position, all rows), in a list [L+1] that
+    each pass overwrites: forward hooks on the model's own decoder layers, removed on exit.
+    How the hooks backend captures (the bridge has its own hook points: ``residual_hooks``)."""
+    captured: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+
+    def entering(module, args, kwargs):
+        captured[0] = select(args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    def leaving(layer: int):
+        def hook(module, args, output):
+            captured[layer] = select(_hidden(output)).detach().clone()
+
+        return hook
+
+    handles = [layers[0].register_forward_pre_hook(entering, with_kwargs=True)]
+    handles += [layer.register_forward_hook(leaving(i + 1)) for i, layer in enumerate(layers)]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def stacked(captured: list[torch.Tensor | None]) -> torch.Tensor:
+    missing = [i for i, t in enumerate(captured) if t is None]
+    if missing:
+        raise RuntimeError(f"residual hooks did not fire for layers {missing}")
+    device = captured[0].device  # layers placed on several devices: gathered on the first
+    return torch.stack([t.to(device) for t in captured])  # type: ignore[union-attr]
+
+
+def _hidden(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def find_decoder_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The outermost ModuleList with exactly one module per layer."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            log.info("decoder layers: %s (%d x %s)", name, n_layers, type(module[0]).__name__)
+            return module
+    raise RuntimeError(f"{type(model).__name__}: no ModuleList of {n_layers} decoder layers found")
+
+
+def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int]) -> nn.Module:
+    """The module whose output is exactly what the output embedding receives.
+
+    Found by running the model once and comparing each module's output with the
+    output embedding's input; the first such module in execution order (outside the
+    decoder layers) is the final norm (a dropout after it would match too). If the output embedding reads the last
+    layer's output unchanged, the model has no final norm (Identity).
+    """
+    # Kept as one function: one recorded forward pass, its hooks and the comparison of what
+    # they saw.
+    unembed = model.get_output_embeddings()
+    inside = {id(m) for m in layers.modules()} | {id(m) for m in unembed.modules()}
+    outputs: list[tuple[nn.Module, torch.Tensor]] = []
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(module):
+        def hook(mod, args, output):
+            if isinstance(output, torch.Tensor):
+                outputs.append((module, output.detach()))
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(record(m))
+        for m in model.modules()
+        if id(m) not in inside and m is not model and not list(m.children())
+    ]
+    # Hooks that only look: a forward hook that returns a value replaces the module's output
+    # (a tensor in place of a decoder layer's tuple broke Falcon's forward).
+    def unembed_input(mod, args) -> None:
+        seen.setdefault("input", args[0].detach())
+
+    def last_layer_output(mod, args, out) -> None:
+        seen.setdefault("last", _hidden(out).detach())
+
+    handles.append(unembed.register_forward_pre_hook(unembed_input))
+    handles.append(layers[-1].register_forward_hook(last_layer_output))
+    try:
+        with torch.no_grad():
+            model(torch.tensor([probe_ids], device=input_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    target = seen["input"]
+    # Compared by value: some models flatten the batch before the norm (GPT-J).
+    same = [out.reshape(target.shape) for _, out in outputs if out.numel() == target.numel()]
+    modules = [m for m, out in outputs if out.numel() == target.numel()]
+    matches = [m for m, out in zip(modules, same) if torch.equal(out, target)]
+    if matches:
+        return matches[0]
+    if torch.equal(seen["last"], target):
+        return nn.Identity()
+    # MiniCPM3 divides the normed hidden state by logits_scaling before its bias-free head,
+    # which the lens applies to the logits instead (LOGIT_STEPS): accept the norm when the
+    # head reads its output times exactly the factor the config's steps apply.
+    factor = _logit_factor(model.config)
+    if factor != 1.0 and getattr(unembed, "bias", None) is None:
+        scaled = [m for m, out in zip(modules, same) if torch.allclose(out * factor, target, rtol=1e-6, atol=1e-7)]
+        if scaled:
+            return scaled[0]
+    from workflow.model.logit_steps import unapplied_logit_keys
+
+    unapplied = unapplied_logit_keys(model.config)
+    raise RuntimeError(
+        f"{type(model).__name__}: cannot find the module that feeds the output embedding"
+        + (f"; the head may read a scaled copy of the final norm's output: the config also has {', '.join(unapplied)}, "
+           "which the lens does not apply to this model type (add it to LOGIT_STEPS in workflow/model/logit_steps.py)" if unapplied else "")
+    )
+
+
+def _logit_factor(config) -> float:
+    """The product of the multiplying and dividing steps the lens applies to the logits."""
+    from workflow.model.logit_steps import logit_steps
+
+    factor = 1.0
+    for _, operation, value in logit_steps(config):
+        if operation == "multiply":
+            factor *= value
+        elif operation == "divide":
+            factor /= value
+    return factor
+
+
+class HooksBackend:
+    name = "forward_hooks"
+
+    def __init__(self, hf_model: nn.Module, probe_ids: list[int]):
+        config = hf_model.config.get_text_config()
+        self.hf_model = hf_model
+        self.n_layers = int(config.num_hidden_layers)
+        self.layers = find_decoder_layers(hf_model, self.n_layers)
+        self.unembed = hf_model.get_output_embeddings()
+        self.final_norm = find_final_norm(hf_model, self.layers, probe_ids)
+        self.d_model = int(config.hidden_size)
+        self.vocab_size = int(self.unembed.weight.shape[0])
+
+    @functools.cached_property
+    def blocks(self) -> BlockRunner:
+        return BlockRunner(self.hf_model, self.layers)
+
+    def capture(self, input_ids, positions):
+        keep = _keep(positions)
+        tokens = torch.tensor([input_ids], device=input_device(self.hf_model))
+        with layer_residuals(self.layers, lambda t: t[0, keep]) as captured:
+            logits = last_logits(lambda t, **kw: self.hf_model(t, **kw).logits, tokens)
+        return stacked(captured), logits
+
+    def step(self, tokens, cache):
+        with layer_residuals(self.layers, lambda t: t[0, -1]) as captured:
+            logits = last_logits(
+                lambda t, **kw: self.hf_model(input_ids=t, past_key_values=cache, use_cache=True, **kw).logits, tokens
+            )
+        return stacked(captured), logits[0].float()
+
+    def capture_batch(self, sequences, length, read):
+        with layer_residuals(self.layers, lambda t: t) as captured:
+            handle = reading_logits_at(self.hf_model.get_output_embeddings(), read)
+            batch = padded_batch(sequences, length, input_device(self.hf_model))
+            try:
+                with torch.no_grad():
+                    logits = self.hf_model(**batch, use_cache=False).logits
+            finally:
+                handle.remove()
+        return stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]

@@ -1,9 +1,0 @@
-"""The layout of a prepared model's folder (``resources/models/KEY``), named once for the
-code that writes it (``workflow.prepare``) and the code that reads it (``workflow.models``,
-``workflow.gguf_weights``, the API)."""
-
-# What was prepared from which source (its fingerprint), how, and when it is stale.
-MANIFEST = "manifest.json"
-# A ``weights: quantised`` preparation's copy of transformers' parsed GGUF config, which
-# its tensor processors read (besides the tokenizer and config every preparation writes).
-PARSED_CONFIG = "gguf-config.json"
