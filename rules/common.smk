@@ -242,25 +242,22 @@ def get_lens_model_input(wildcards):
 # says it). The script reads the batch size from the config; leaving these out of the
 # params keeps a change to them from re-running anything.
 LENS_RUN_ONLY = ("batch_size", "heatmap_probes", "records_format")
-# The lens settings that each model job reads, as its params (a setting re-runs exactly
-# the rules that read it). Generation decodes the last position only; patching and the
-# tuned lens's training use the model-faithful head (no use_norm_lens, no top_k).
-LENS_KEYS = {
-    "run_lens": None,  # all but LENS_RUN_ONLY
-    "run_generation": ("use_norm_lens", "use_fp32_unembed", "top_k", "identity_tolerance", "working_memory_mb"),
-    "run_patching": ("use_fp32_unembed", "identity_tolerance", "working_memory_mb"),
-    "run_components": ("use_fp32_unembed", "identity_tolerance", "working_memory_mb"),
-    "train_tuned_lens": ("use_fp32_unembed", "working_memory_mb"),
-}
+EVERY_LENS_KEY = None  # every lens setting but LENS_RUN_ONLY
+
+# The rules whose jobs load a model, each added by its own rules file (loads_model): the
+# planner checks the model source of each of their jobs.
+MODEL_RULES = set()
 
 
-def lens_settings(rule_name):
-    """The params of a model rule for the lens settings it reads (LENS_KEYS)."""
-    keys = LENS_KEYS[rule_name]
+def loads_model(rule_name, lens_keys=()):
+    """Registers ``rule_name`` as a rule whose jobs load a model, and returns its params
+    for the lens settings its jobs read (``lens_keys``, or every setting but LENS_RUN_ONLY
+    with EVERY_LENS_KEY): a setting re-runs exactly the rules that read it."""
+    MODEL_RULES.add(rule_name)
     lens = config["lens"]
-    if keys is None:
+    if lens_keys is EVERY_LENS_KEY:
         return {k: v for k, v in lens.items() if k not in LENS_RUN_ONLY}
-    return {k: lens[k] for k in keys if k in lens}
+    return {k: lens[k] for k in lens_keys if k in lens}
 
 
 def get_source_fingerprint(wildcards):
@@ -277,7 +274,6 @@ def get_source_fingerprint(wildcards):
     return _user_errors(source_fingerprint, key, entry, CONFIGFILE)
 
 
-MODEL_RULES = ("prepare_model", "train_tuned_lens", "run_lens", "run_patching", "run_generation", "run_components")
 
 
 def check_plan_job(job):
@@ -400,13 +396,6 @@ def get_page_inputs(wildcards):
             f"({', '.join(MODELS)}), 'cross-model' and 'meta'"
         )
     return {"evaluation": f"results/{wildcards.exp}/evaluation-{name}.md", "figures": figures}
-
-
-def heatmap_file(model, probe, lens):
-    """Experiment 001's heatmap of one probe through one lens: heatmap-{probe}.png the logit
-    lens's, tuned-heatmap-{probe}.png the tuned lens's."""
-    prefix = "" if lens == "logit" else f"{lens}-"
-    return f"results/001/plots/{model}/{prefix}heatmap-{probe}.png"
 
 
 def get_explorer_inputs(wildcards):

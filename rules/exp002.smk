@@ -1,7 +1,7 @@
 # Experiment 002, activation patching: every pair of config patching.pairs patched at every
 # layer x position of every model, its pictures, and what its evaluations read
 # (register_experiment): its own outputs and experiment 001's for the same model.
-from workflow.experiments.exp002.pairs import check_pairs, derive_pairs
+from workflow.lens.pairs import check_pairs, derive_pairs
 
 E002 = "results/002"
 # The config's pairs, and patching.from_probes pairs made from the probe set (each probe
@@ -55,7 +55,7 @@ rule run_patching:
         **MODEL_RESOURCES,
     params:
         **MODEL_PARAMS,
-        lens=lens_settings("run_patching"),
+        lens=loads_model("run_patching", ("use_fp32_unembed", "identity_tolerance", "working_memory_mb")),
         patching={**config["patching"], "pairs": PAIRS},
         code=code_version("scripts/run_patching.py"),
     script:

@@ -51,7 +51,7 @@ rule run_generation:
         **MODEL_RESOURCES,
     params:
         **MODEL_PARAMS,
-        lens=lens_settings("run_generation"),
+        lens=loads_model("run_generation", ("use_norm_lens", "use_fp32_unembed", "top_k", "identity_tolerance", "working_memory_mb")),
         generation=config["generation"],
         probes=GENERATION_PROBES,
         code=code_version("scripts/run_generation.py"),

@@ -43,7 +43,7 @@ rule run_components:
     params:
         # Not the config's backend: the experiment always reads the model's own modules.
         **{k: v for k, v in MODEL_PARAMS.items() if k != "backend"},
-        lens=lens_settings("run_components"),
+        lens=loads_model("run_components", ("use_fp32_unembed", "identity_tolerance", "working_memory_mb")),
         components=config["components"],
         pairs=PAIRS,
         code=code_version("scripts/run_components.py"),

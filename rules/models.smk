@@ -1,6 +1,9 @@
 # Dequantise GGUF and packaged models once into resources/models/{model}/.
 
 
+MODEL_RULES.add("prepare_model")  # reads the model's source, and no lens setting
+
+
 rule prepare_model:
     input:
         get_gguf_input,

@@ -22,7 +22,7 @@ rule train_tuned_lens:
         **MODEL_RESOURCES,
     params:
         **MODEL_PARAMS,
-        lens=lens_settings("train_tuned_lens"),
+        lens=loads_model("train_tuned_lens", ("use_fp32_unembed", "working_memory_mb")),
         settings=config["tuned_lens"],
         code=code_version("scripts/train_tuned_lens.py"),
     script:
