@@ -43,7 +43,7 @@ def main() -> None:
 
     import workflow  # noqa: F401 (MKL's reproducible mode)
     from workflow.model.backends import find_decoder_layers
-    from workflow.experiments.exp002.patching import tokenise_pair
+    from workflow.lens.pairs import tokenise_pair
     from workflow.experiments.exp004.patching import agreement, attribution, exact
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

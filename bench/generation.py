@@ -42,7 +42,8 @@ def measure(model_key: str, tokens: int, repeats: int, backend: str = "auto") ->
     import torch
 
     from workflow.lens.generation import LensGenerator, stop_token_ids
-    from workflow.lens.session import LensSettings, lens_heads
+    from workflow.config.settings import LensSettings
+    from workflow.lens.session import lens_heads
     from workflow.model.load import load_model
 
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32",

@@ -104,7 +104,7 @@ def child(args) -> None:
 
     from workflow.gguf.weights import file_weights
     from workflow.lens.run import read_probes
-    from workflow.lens.session import LensSettings
+    from workflow.config.settings import LensSettings
     from workflow.model.load import load_model
     import transformers.models.llama4.modeling_llama4  # noqa: F401 (the library's memory is not the model's)
     import transformer_lens.model_bridge  # noqa: F401

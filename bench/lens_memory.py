@@ -42,7 +42,7 @@ def prepared_dir(model: str) -> Path:
 def child(args) -> None:
     import torch
 
-    from workflow.lens.session import LensSettings
+    from workflow.config.settings import LensSettings
     from workflow.lens.run import read_probes
     from workflow.model.load import load_model
 

@@ -74,7 +74,7 @@ def worker(args) -> None:
     path = str(prepared_dir(args.model))
     out: dict = {"method": args.method, "model": args.model}
     if args.method in ("ours", "ours-torch"):  # the second with LAYERWISE_LENS_KERNEL=torch
-        from workflow.lens.session import LensSettings
+        from workflow.config.settings import LensSettings
         from workflow.lens.run import read_probes
         from workflow.model.load import load_model
 
@@ -123,7 +123,8 @@ def worker(args) -> None:
             np.savez(args.arrays, topk=top.numpy(), answer=log_probs[..., args.answer].exp().numpy())
             out.update(seconds=seconds)
     elif args.method == REFERENCE:
-        from workflow.lens.session import LensSettings, lens_heads
+        from workflow.config.settings import LensSettings
+        from workflow.lens.session import lens_heads
         from workflow.model.load import load_model
 
         model = load_model(args.model, {"source": "local", "path": path}, None, device="cpu", dtype="float32", backend="bridge")

@@ -42,7 +42,7 @@ def cpu_child(args) -> None:
     import yaml
 
     from workflow.lens.run import read_probes
-    from workflow.lens.session import LensSettings
+    from workflow.config.settings import LensSettings
     from workflow.model.load import load_model
 
     probes = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["probes"]
@@ -146,7 +146,7 @@ def _pipeline_on_gpu(model_dir: Path, probes, placement):
     import torch
 
     from workflow.lens.run import read_probes
-    from workflow.lens.session import LensSettings
+    from workflow.config.settings import LensSettings
     from workflow.model.load import load_model
 
     torch.cuda.reset_peak_memory_stats()

@@ -41,8 +41,10 @@ def measure(model_key: str, pair: dict, repeats: int) -> dict:
 
     from transformer_lens import patching as tl_patching
 
-    from workflow.experiments.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std, tokenise_pair
-    from workflow.lens.session import LensSettings, lens_heads
+    from workflow.experiments.exp002.patching import PatchingSettings, patch_pair, subject_embedding_std
+    from workflow.lens.pairs import tokenise_pair
+    from workflow.config.settings import LensSettings
+    from workflow.lens.session import lens_heads
     from workflow.model.load import load_model
 
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32", backend="bridge")

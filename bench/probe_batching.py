@@ -29,7 +29,7 @@ from lens_memory import prepared_dir  # noqa: E402
 
 def measure(model_key: str, probes: list[dict], batch_size: int) -> dict:
     from workflow.lens.run import read_probes
-    from workflow.lens.session import LensSettings
+    from workflow.config.settings import LensSettings
     from workflow.model.load import load_model
     from workflow.lens.records import rounded
 

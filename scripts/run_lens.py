@@ -6,22 +6,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
 from workflow.experiments.exp001.run import write_lens_outputs  # noqa: E402
+from workflow.lens.job import Outputs  # noqa: E402
+from workflow.model.load import ModelSpec  # noqa: E402
 from workflow.provenance.logs import run_script  # noqa: E402
 from workflow.provenance.record import record_rule  # noqa: E402
 
 
 def main(sm):
     document = write_lens_outputs(
-        model_key=sm.wildcards.model,
-        entry=sm.params.entry,
-        prepared_dir=sm.input.get("prepared"),
-        device=sm.params.device,
-        dtype=sm.params.dtype,
-        backend=sm.params.backend,
+        ModelSpec.of_job(sm),
         lens=sm.params.lens,
         probes=sm.params.probes,
-        summary_path=sm.output.summary,
-        records_path=sm.output.records,
+        outputs=Outputs(sm.output.summary, sm.output.records),
         tuned_dir=sm.input.get("tuned"),
         # Not a param: the records do not depend on it, so changing it re-runs nothing.
         batch_size=sm.config["lens"]["batch_size"],

@@ -6,22 +6,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
 from workflow.experiments.exp002.run import write_patching_outputs  # noqa: E402
+from workflow.lens.job import Outputs  # noqa: E402
+from workflow.model.load import ModelSpec  # noqa: E402
 from workflow.provenance.logs import run_script  # noqa: E402
 from workflow.provenance.record import record_rule  # noqa: E402
 
 
 def main(sm):
     document = write_patching_outputs(
-        model_key=sm.wildcards.model,
-        entry=sm.params.entry,
-        prepared_dir=sm.input.get("prepared"),
-        device=sm.params.device,
-        dtype=sm.params.dtype,
-        backend=sm.params.backend,
+        ModelSpec.of_job(sm),
         lens=sm.params.lens,
         patching=sm.params.patching,
-        summary_path=sm.output.summary,
-        records_path=sm.output.records,
+        outputs=Outputs(sm.output.summary, sm.output.records),
     )
     source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
     record_rule(sm, "scripts/run_patching.py", [sm.output.summary, sm.output.records], {"model_source": source})

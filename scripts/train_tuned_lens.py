@@ -5,6 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
+from workflow.model.load import ModelSpec  # noqa: E402
 from workflow.provenance.logs import run_script  # noqa: E402
 from workflow.config.settings import LensSettings  # noqa: E402
 from workflow.lens.tuned import TunedLensSettings  # noqa: E402
@@ -13,13 +14,8 @@ from workflow.lens.tuned_training import train_for_model  # noqa: E402
 
 def main(sm):
     train_for_model(
-        sm.wildcards.model,
-        sm.params.entry,
-        sm.input.get("prepared"),
+        ModelSpec.of_job(sm),
         sm.output[0],
-        device=sm.params.device,
-        dtype=sm.params.dtype,
-        backend=sm.params.backend,
         settings=TunedLensSettings.from_config(sm.params.settings),
         lens_settings=LensSettings.from_config(sm.params.lens),
     )

@@ -11,7 +11,8 @@ import pytest
 from gguf_writer import finish
 from reference import reference_layers
 from tiny import architecture_configs, make_tokenizer, save_random
-from workflow.lens.session import LensSettings, lens_heads
+from workflow.config.settings import LensSettings
+from workflow.lens.session import lens_heads
 from workflow.lens.run import read_probes
 from workflow.model.head import LensHead
 from workflow.model.load import load_model

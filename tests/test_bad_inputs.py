@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from workflow.base.errors import UserError
-from workflow.lens.session import LensIdentityError, LensSettings, identity_failure
+from workflow.config.settings import LensSettings
+from workflow.lens.session import LensIdentityError, identity_failure
 
 
 def run(model, probes, **settings):

@@ -9,7 +9,7 @@ padded length: every probe is padded to its canonical length)."""
 import pytest
 
 from workflow.lens.run import read_probes
-from workflow.lens.session import LensSettings
+from workflow.config.settings import LensSettings
 from workflow.config.probes import load
 from workflow.lens.records import rounded
 

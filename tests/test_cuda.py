@@ -10,7 +10,8 @@ float32, and within bfloat16 rounding of the model's activations in bfloat16.
 import pytest
 import torch
 
-from workflow.lens.session import LensSettings, model_metadata
+from workflow.config.settings import LensSettings
+from workflow.lens.session import model_metadata
 from workflow.lens.run import read_probes
 from workflow.model.load import load_model
 

@@ -8,7 +8,8 @@ import torch
 
 from reference import reference_layers
 from workflow.experiments.exp001.run import run_lens
-from workflow.lens.session import LensSettings, lens_heads
+from workflow.config.settings import LensSettings
+from workflow.lens.session import lens_heads
 
 ARCHS = ["llama", "gemma3"]
 

@@ -220,7 +220,7 @@ def component_records(model: str = MODEL):
 
 
 def test_the_component_page_data_are_the_records():
-    from workflow.report.explorer import components_page_data
+    from workflow.experiments.exp004.explorer import components_page_data
 
     _, _, summary, records = component_records()
     data = components_page_data(summary, records)

@@ -7,7 +7,7 @@ from conftest import PROBES
 from tiny import random_translators
 from workflow.lens import run as lens_run
 from workflow.lens.generation import LensGenerator, stop_token_ids
-from workflow.lens.session import LensSettings
+from workflow.config.settings import LensSettings
 
 ANSWER_FREE = ("top1_token", "top1_prob", "topk_tokens", "topk_probs", "entropy", "kl_to_final")
 ANSWER = ("answer_token", "answer_prob", "answer_rank")

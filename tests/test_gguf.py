@@ -4,7 +4,7 @@ import pytest
 
 from gguf_writer import finish, write_gguf
 from tiny import make_model_dir, make_qwen2_dir, make_tokenizer, save_random
-from workflow.lens.session import LensSettings
+from workflow.config.settings import LensSettings
 from workflow.lens.run import read_probes
 from workflow.model.load import load_model
 from workflow.gguf.prepare import prepare_model

@@ -24,7 +24,7 @@ from reference import reference_layers
 from tiny import save_random
 from workflow.gguf.arch import ARCHITECTURES
 from workflow.lens.run import read_probes
-from workflow.lens.session import LensSettings
+from workflow.config.settings import LensSettings
 from workflow.model.load import load_model
 from workflow.gguf.prepare import prepare_model
 from workflow.base.errors import UserError

@@ -16,7 +16,7 @@ import yaml
 from pipeline import REPO
 from workflow.base.errors import UserError
 from workflow.lens.run import read_probes
-from workflow.lens.session import LensSettings
+from workflow.config.settings import LensSettings
 from workflow.model.load import load_model
 from workflow.gguf.prepare import prepare_model
 

@@ -13,7 +13,8 @@ import torch
 
 from reference import reference_layers
 from workflow.base.errors import UserError
-from workflow.lens.session import LensIdentityError, LensSettings, lens_heads
+from workflow.config.settings import LensSettings
+from workflow.lens.session import LensIdentityError, lens_heads
 from workflow.lens.run import read_probes
 
 ARCHS = ["llama", "gemma3"]

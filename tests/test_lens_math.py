@@ -147,7 +147,7 @@ def test_streaming_applies_soft_capping_per_block(kernel, monkeypatch):
 
 
 @pytest.mark.parametrize("postprocess", IDENTITIES.values(), ids=IDENTITIES.keys())
-def test_streaming_with_a_separate_final_head(kernel, monkeypatch, postprocess):
+def test_streaming_with_a_separate_reference_head(kernel, monkeypatch, postprocess):
     """Without the norm lens, rows are decoded raw and the final distribution through the norm."""
     from workflow.lens import readout as lens
 
@@ -160,9 +160,9 @@ def test_streaming_with_a_separate_final_head(kernel, monkeypatch, postprocess):
     unembed.weight.data, unembed.bias.data = weight, torch.randn(700, generator=gen)
     norm = torch.nn.LayerNorm(16)
     postprocess = postprocess or logit_postprocessor(Config())
-    final_head = LensHead(norm, unembed, postprocess, torch.float32)
+    reference = LensHead(norm, unembed, postprocess, torch.float32)
     raw_head = LensHead(None, unembed, postprocess, torch.float32)
-    rows = list(lens.lens_statistics(residuals, raw_head, final_head, 9, 4, 700, 1))
+    rows = list(lens.lens_statistics(residuals, raw_head, reference, 9, 4, 700, 1))
     with torch.no_grad():
         logits = unembed(residuals).numpy()
         final = unembed(norm(residuals[-1])).numpy()

@@ -10,7 +10,8 @@ import torch
 
 from tiny import make_tokenizer, save_random
 from workflow.model import logit_steps as steps_module
-from workflow.lens.session import LensIdentityError, LensSettings, lens_heads
+from workflow.config.settings import LensSettings
+from workflow.lens.session import LensIdentityError, lens_heads
 from workflow.lens.run import read_probes
 from workflow.model.load import load_model
 

@@ -15,10 +15,13 @@ import pytest
 import torch
 
 from workflow.base.errors import UserError
-from workflow.experiments.exp002.patching import PatchingSettings, noised_embeddings, tokenise_pair
+from workflow.experiments.exp002.patching import PatchingSettings, noised_embeddings
+from workflow.lens.pairs import tokenise_pair
 from workflow.experiments.exp002.records import RECORD_COLUMNS
 from workflow.experiments.exp002.run import run_patching, write_patching_outputs
-from workflow.lens.session import LensSettings
+from workflow.lens.job import Outputs
+from workflow.model.load import ModelSpec
+from workflow.config.settings import LensSettings
 
 PAIR = {
     "id": "germany-france",
@@ -222,8 +225,8 @@ def test_outputs_follow_the_data_contract(tiny_dirs, tmp_path):
 
     summary_path, records_path = tmp_path / "output-tiny-llama.json", tmp_path / "output-tiny-llama-records.csv"
     write_patching_outputs(
-        "tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, "cpu", "float32", {},
-        {"batch_size": 16, "trace": {"samples": 2}, "pairs": [PAIR, REVERSE]}, str(summary_path), str(records_path),
+        ModelSpec("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, "cpu", "float32"), {},
+        {"batch_size": 16, "trace": {"samples": 2}, "pairs": [PAIR, REVERSE]}, Outputs(str(summary_path), str(records_path)),
     )
     summary = json.loads(summary_path.read_text())
     for key in ("model", "architecture", "n_layers", "d_model", "vocab_size", "backend", "device", "dtype", "packages"):
@@ -348,7 +351,7 @@ def test_pairs_made_from_a_probe_set(loaded):
     """patching.from_probes: each probe of a relation against another of its relation and
     direction, the partner chosen per tokenizer (as many tokens, another answer); patched
     exactly like a pair written by hand."""
-    from workflow.experiments.exp002.pairs import derive_pairs
+    from workflow.lens.pairs import derive_pairs
 
     # The tiny tokenizer: Germany and France 1 token, Japan 3; Berlin and Paris 2, Tokyo 1.
     probes = []

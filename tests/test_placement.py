@@ -14,7 +14,8 @@ import torch
 from workflow.base.errors import UserError
 from workflow.lens.run import read_probes
 from workflow.model.head import OffloadedLinear
-from workflow.lens.session import LensSettings, lens_heads
+from workflow.config.settings import LensSettings
+from workflow.lens.session import lens_heads
 from workflow.config.schema import parse_size
 from workflow.model.load import estimate_memory, load_model, plan_placement
 

@@ -6,6 +6,8 @@ import pytest
 from conftest import PROBES, REPO
 from workflow.experiments.exp001.analysis import model_facts
 from workflow.experiments.exp001.run import write_lens_outputs
+from workflow.lens.job import Outputs
+from workflow.model.load import ModelSpec
 from workflow.experiments.exp001.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure
 from workflow.report.plots import visible
 from workflow.lens.records import read_records
@@ -18,8 +20,8 @@ def outputs(tiny_dirs, tmp_path_factory):
     for arch, path in tiny_dirs.items():
         summary, records = root / f"output-{arch}.json", root / f"output-{arch}-records.csv"
         write_lens_outputs(
-            f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32", {"top_k": 3},
-            [dict(p) for p in PROBES], str(summary), str(records),
+            ModelSpec(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32"), {"top_k": 3},
+            [dict(p) for p in PROBES], Outputs(str(summary), str(records)),
         )
         paths[arch] = (summary, records)
     return paths

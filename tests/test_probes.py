@@ -130,7 +130,7 @@ def test_a_csv_that_names_a_column_twice_is_refused_naming_it(tmp_path):
 
 
 def test_an_error_about_one_of_50000_probes_is_one_short_line(tmp_path):
-    from workflow.experiments.exp002.pairs import check_pairs
+    from workflow.lens.pairs import check_pairs
 
     probes = [{"id": f"p{i}", "prompt": f"Prompt {i} is", "answer": " x"} for i in range(50_000)]
     pair = {"id": "pair", "clean": "A is", "clean_answer": " b", "corrupted": "C is", "corrupted_answer": " d", "probe": "p-typo"}
@@ -154,7 +154,7 @@ def test_a_pair_names_a_probe_of_the_set_whatever_its_source(tmp_path):
     """A pair's probe: must be in the probe set whether the set is inline, from a file or
     from the shipped relations; a pair naming none is linked to the probe with its clean
     prompt and answer."""
-    from workflow.experiments.exp002.pairs import check_pairs
+    from workflow.lens.pairs import check_pairs
 
     path = tmp_path / "probes.csv"
     path.write_text("id,prompt,answer\ngermany,The capital of Germany is, Berlin\n", encoding="utf-8")

@@ -11,11 +11,13 @@ from conftest import PROBES
 from tiny import random_translators
 from pipeline import planned_jobs, said, snakemake
 from workflow.base.errors import UserError
-from workflow.lens.session import LensSettings, lens_heads
+from workflow.config.settings import LensSettings
+from workflow.lens.session import lens_heads
 from workflow.lens.run import read_probes
 from workflow.lens.records import read_records
 from workflow.lens import tuned
 from workflow.lens.tuned_training import train_for_model
+from workflow.model.load import ModelSpec
 
 SETTINGS = tuned.TunedLensSettings(steps=40, batch_positions=16, seq_len=32, train_sequences=24, heldout_positions=96, learning_rate=3e-3)
 
@@ -224,6 +226,6 @@ def test_a_training_sequence_longer_than_the_model_or_the_text_is_refused_naming
         tuned.sequences(model.tokenizer, train_docs[:3], 10**9, 4)
     huge = tuned.TunedLensSettings(seq_len=10**9)
     with pytest.raises(UserError, match=r"config key tuned_lens.seq_len: 1,000,000,000 tokens .* more than model 'tiny-llama' takes"):
-        train_for_model("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, tmp_path / "lens",
-                              device="cpu", dtype="float32", settings=huge)
+        train_for_model(ModelSpec("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, "cpu", "float32"),
+                        tmp_path / "lens", settings=huge)
     assert not (tmp_path / "lens").exists()

@@ -35,7 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workflow.base.atomic import write_text
 from workflow.base.errors import UserError
+from workflow.config.probes import check, slug
+from workflow.config.schema import coerce_strings, describe_validation_error, schema_violation
+from workflow.config.settings import LensSettings
+from workflow.evaluation.experiment import experiment
+from workflow.provenance.record import digests_kept_in
+from workflow.report.explorer import render
 
 if TYPE_CHECKING:  # pandas is imported where frames are made (lens-chat imports this module)
     import pandas as pd
@@ -56,8 +63,6 @@ def load_config(path: str | Path) -> dict[str, Any]:
     import yaml
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
-
-    from workflow.config.schema import coerce_strings, describe_validation_error, schema_violation
 
     path = Path(path)
     if not path.is_file():
@@ -91,7 +96,6 @@ def prepared_dir(key: str, entry: dict[str, Any], workdir: Path, configfile: str
     package's version); a missing, truncated or unreadable source is refused (UserError).
     ``configfile`` None: the model was given as a file, not a config key."""
     from workflow.gguf.prepare import MANIFEST, PREPARED_SOURCES, prepare_model, why_stale  # late, so that tests can patch prepare.prepare_model
-    from workflow.provenance.record import digests_kept_in
 
     if entry["source"] not in PREPARED_SOURCES:
         return None
@@ -152,11 +156,14 @@ def _key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "model"
 
 
-def _frame(rows: list[dict[str, Any]], columns: Sequence[str], summary: dict[str, Any]) -> pd.DataFrame:
+def _frame(rows: list[dict[str, Any]], columns: Sequence[str], summary: dict[str, Any], experiment_id: str) -> pd.DataFrame:
+    """The records of a run as the experiment ``experiment_id`` writes them; the frame knows
+    its run (``attrs["summary"]``) and its experiment (``attrs["experiment"]``, for ``explore``)."""
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=list(columns))
     frame.attrs["summary"] = summary
+    frame.attrs["experiment"] = experiment_id
     return frame
 
 
@@ -177,7 +184,6 @@ def _shown_value(value: Any) -> str:
 def _probes(prompts: str | Sequence[str] | Sequence[dict[str, Any]], answers, model) -> list[dict[str, Any]]:
     """Probes (id, prompt, answer) from what ``Model.lens`` was given; a prompt without an
     answer is scored against the model's own next token."""
-    from workflow.config.probes import check, slug
 
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -231,7 +237,6 @@ class Model:
         return self.loaded.tokenizer
 
     def lens_settings(self, **overrides: Any):
-        from workflow.lens.session import LensSettings  # torch: not at lens-chat's start
 
         return LensSettings.from_config({**self.config["lens"], **overrides})
 
@@ -255,9 +260,9 @@ class Model:
     def tuned_lens(self):
         """The tuned lens's translators: the pipeline's, else trained once outside it."""
         from workflow.lens.session import open_tuned_lens  # torch: not at lens-chat's start
-        from workflow.provenance.record import digests_kept_in
         from workflow.lens.tuned import TunedLensSettings  # torch: not at lens-chat's start
         from workflow.lens.tuned_training import train_for_model  # torch: not at lens-chat's start
+        from workflow.model.load import ModelSpec  # torch: not at lens-chat's start
 
         if self._tuned is None:
             directory = trained_lens_dir(self.key, self.workdir)
@@ -265,10 +270,10 @@ class Model:
                 directory = self.workdir / OWN_LENSES / self.key
                 print(f"training the tuned lens of {self.key} once into {directory} ...", file=sys.stderr)
                 with digests_kept_in(self.workdir):
+                    spec = ModelSpec(self.key, self.entry, prepared_dir(self.key, self.entry, self.workdir, self.configfile),
+                                     self.loaded.device, _dtype_name(self.loaded), self.config["backend"])
                     train_for_model(
-                        self.key, self.entry, prepared_dir(self.key, self.entry, self.workdir, self.configfile), directory,
-                        device=self.loaded.device, dtype=_dtype_name(self.loaded), backend=self.config["backend"],
-                        settings=TunedLensSettings.from_config(self.config["tuned_lens"]), lens_settings=self.lens_settings(),
+                        spec, directory, settings=TunedLensSettings.from_config(self.config["tuned_lens"]), lens_settings=self.lens_settings(),
                     )
             self._tuned, _ = open_tuned_lens(self.loaded, self.lens_settings(), directory)
         return self._tuned
@@ -297,7 +302,7 @@ class Model:
         probes = _probes(prompts, answers, self)
         tuned = self.tuned_lens() if "tuned" in lenses else None
         summary, rows = run_lens(self.loaded, probes, settings, tuned, self.config["lens"]["batch_size"])
-        return _frame(rows, COLUMNS, summary)
+        return _frame(rows, COLUMNS, summary, "001")
 
     def patch(self, clean: str, clean_answer: str, corrupted: str, corrupted_answer: str, *, pair_id: str = "pair") -> pd.DataFrame:
         """Experiment 002 on one pair of prompts of the same token length: the residual of
@@ -313,7 +318,7 @@ class Model:
         for name, value in pair.items():
             _text("Model.patch", name, value)
         summary, rows = run_patching(self.loaded, [pair], PatchingSettings.from_config(self.config["patching"]), self.lens_settings())
-        return _frame(rows, RECORD_COLUMNS, summary)
+        return _frame(rows, RECORD_COLUMNS, summary, "002")
 
     def generate(self, prompt: str, max_new_tokens: int = 12, *, lenses: Sequence[str] = ("logit",)) -> pd.DataFrame:
         """Experiment 003 on one prompt: greedy generation with the lens on every new token;
@@ -329,7 +334,7 @@ class Model:
         settings = self.lens_settings(positions="last")
         generator = LensGenerator(self.loaded, settings, self.tuned_lens() if "tuned" in lenses else None)
         summary, rows = run_generation(generator, [{"id": "prompt", "prompt": prompt, "answer": None}], max_new_tokens)
-        return _frame(rows, COLUMNS, {**summary, **summary["probes"][0]})
+        return _frame(rows, COLUMNS, {**summary, **summary["probes"][0]}, "003")
 
 
 def _dtype_name(loaded) -> str:
@@ -352,9 +357,7 @@ def load(
     or a hub id (downloaded by transformers). ``device``, ``dtype`` and ``backend`` default to
     the config's (and a model entry's own); ``workdir`` is where ``resources/`` is (default:
     the repository)."""
-    from workflow.lens.session import LensSettings  # torch: not at lens-chat's start
     from workflow.model.load import load_model  # torch: not at lens-chat's start (and tests patch load_model)
-    from workflow.provenance.record import digests_kept_in
 
     model = _model_argument(model)
     _check_choices(device=device, dtype=dtype, backend=backend)
@@ -500,22 +503,17 @@ def explore(records: pd.DataFrame, path: str | Path) -> Path:
     experiment (docs/running.md, "The explorer"): one self-contained HTML file that opens
     from disk. In a notebook, ``IPython.display.IFrame(str(path), width="100%", height=900)``
     shows it in place. Returns the path."""
-    from workflow.base.atomic import write_text
-    from workflow.report.explorer import page_data, render
-
     import pandas as pd
 
     if not isinstance(records, pd.DataFrame):
         raise TypeError(f"explore: records are a DataFrame made by Model.lens, Model.generate or Model.patch, "
                         f"not {_shown_value(records)}")
-    summary = records.attrs.get("summary")
-    if not summary:
+    summary, experiment_id = records.attrs.get("summary"), records.attrs.get("experiment")
+    if not summary or not experiment_id:
         raise UserError("explore() needs a frame made by Model.lens, Model.generate or Model.patch "
-                        "(its attrs['summary'] describes the run)")
-    # Model.patch's frames have 002's columns; Model.generate's summary holds the reply's text.
-    experiment = "004" if "component" in records.columns else "002" if "pair" in records.columns else "003" if "text" in summary or "generation" in summary else "001"
+                        "(its attrs name the run and its experiment)")
     path = Path(path)
-    write_text(path, render(page_data(experiment, summary, records)))
+    write_text(path, render(experiment(experiment_id).explorer.data(summary, records, None)))
     return path
 
 

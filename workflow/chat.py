@@ -30,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from workflow.api import OWN_LENSES, load_config, prepared_dir, setting_choices, trained_lens_dir
+from workflow.base.atomic import atomic_paths
 from workflow.base.errors import UserError
+from workflow.config.schema import model_entry
+from workflow.config.settings import LensSettings
+from workflow.provenance.record import digests_kept_in
 
 log = logging.getLogger("workflow.chat")
 
@@ -60,11 +64,9 @@ def shown(token: str) -> str:
 
 class Chat:
     def __init__(self, args: argparse.Namespace):
-        from workflow.config.schema import model_entry
         from workflow.lens.generation import LensGenerator  # torch: not at lens-chat's start
-        from workflow.lens.session import LensSettings, open_tuned_lens  # torch: not at lens-chat's start
+        from workflow.lens.session import open_tuned_lens  # torch: not at lens-chat's start
         from workflow.model.load import load_model  # torch: not at lens-chat's start
-        from workflow.provenance.record import digests_kept_in
 
         config = load_config(Path(args.config))
         key = args.model or next(iter(config["models"]), None)
@@ -175,7 +177,6 @@ class Chat:
         return text
 
     def write_trace(self) -> None:
-        from workflow.base.atomic import atomic_paths
         from workflow.lens.records import write_records_file  # pandas: not at lens-chat's start
 
         path = self.args.trace

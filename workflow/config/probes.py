@@ -34,7 +34,6 @@ LRE_DIR = Path("data/lre-relations/data")
 REVERSE_FILE = Path("data/lre-reverse.yaml")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # as config/schema.yaml: it names files
 PROBE_KEYS = ("id", "prompt", "answer", "reverse_of", "style", "relation")
-DIRECTIONS = ("forward", "reverse", "both")
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from workflow.base.errors import UserError
+from workflow.config.probes import load
 
 RESERVED_MODEL_KEYS = ("cross-model", "meta")
 # Keys of a model entry that say where its weights come from: all that prepare_model reads.
@@ -117,7 +118,6 @@ def check_config(config: dict[str, Any], configfile: str, base: str = ".") -> No
                 f"{configfile}: models.{key}.weights applies to GGUF files (source: gguf or package), and "
                 f"model {key!r} has source {entry['source']!r}; remove the key"
             )
-    from workflow.config.probes import load
 
     # The probe set, loaded and checked (unique ids, reverse_of naming a probe, ...).
     load(config["probes"], base, configfile)

@@ -96,8 +96,6 @@ def _entry(path: Path) -> dict[str, Any] | None:
 class ResponseCache:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.hits = 0
-        self.misses = 0
 
     def path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.json"
@@ -108,18 +106,15 @@ class ResponseCache:
         path = self.path(key)
         entry = _entry(path) if path.is_file() else None
         if entry is not None:
-            self.hits += 1
             log.info("cache hit %s (%s)", key[:16], path)
             return entry["response"]
         if request is not None and self.directory.is_dir():
             for candidate in sorted(self.directory.glob("*/*.json")):
                 entry = _entry(candidate)
                 if entry is not None and _same_request_but_rounding(entry["request"], request):
-                    self.hits += 1
                     log.info("cache hit %s for %s: the same request but for numbers one unit apart in their last "
                              "digit (float rounding on another machine)", entry["key"][:16], key[:16])
                     return entry["response"]
-        self.misses += 1
         log.info("cache miss %s", key[:16])
         return None
 

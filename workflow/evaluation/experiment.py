@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,17 @@ def _no_variables(stage: str, facts: list[Any], summaries: list[dict[str, Any]])
 
 
 @dataclass(frozen=True)
+class ExplorerPage:
+    """An experiment's interactive page (``workflow/report/explorer.py`` renders it)."""
+
+    # The records file read as the experiment's plots read it: (records path, JSON path, the JSON).
+    read: Callable[[str, str, dict[str, Any]], Any]
+    # What the page shows: (the JSON, the records, the probes to show or None for all) -> the
+    # page's data, whose ``kind`` tells explorer.js how to draw it.
+    data: Callable[[dict[str, Any], Any, list[str] | None], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Experiment:
     """What the generic evaluation chain needs to know about one experiment."""
 
@@ -58,7 +69,9 @@ class Experiment:
     # evaluations, cross_evaluation), from the facts and the models' JSON summaries.
     variables: Callable[[str, list[Any], list[dict[str, Any]]], dict[str, str]] = _no_variables
     # Keys of a model's JSON summary left out of the single-model template's metadata.
-    summary_details: tuple[str, ...] = field(default=("timings", "packages"))
+    summary_details: tuple[str, ...] = ("packages",)
+    # Its explorer page, if it has one.
+    explorer: ExplorerPage | None = None
 
     def title(self, stage: str, model: str | None = None) -> str:
         if stage == "single-model":

@@ -138,6 +138,7 @@ def checked_figures(text: str, prompt: str, request: EvaluationRequest, template
     return text, verification
 
 
+# more than 6 parameters: the parts of one evaluation file, each used once: a carrier would only rename them
 def _write(
     exp: Experiment,
     stage: str,
@@ -189,6 +190,7 @@ def model_inputs(inputs: Any, keys: list[str]) -> list[dict[str, str]]:
     return [dict(zip(keys, paths)) for paths in zip(*columns.values())]
 
 
+# more than 6 parameters: the rule's inputs and outputs as Snakemake names them, passed through from the script
 def evaluate(
     stage: str,
     experiment_id: str,

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from workflow.base.errors import UserError
+from workflow.gguf.stream import dequantise, read_tensor, tied_duplicates
 
 # llama.cpp's names for architectures transformers reads under another spelling
 # (transformers' own GGUF loader renames these; the planning check must too).
@@ -526,8 +528,6 @@ def tensor_reader(path, header) -> Callable[[str], np.ndarray]:
     """``read(name)``: one file tensor, dequantised to float32 with gguf-py's own dequantisers."""
     from gguf import GGMLQuantizationType
 
-    from workflow.gguf.stream import dequantise, read_tensor
-
     entries = {t.name: t for t in header.table}
 
     def read(name: str) -> np.ndarray:
@@ -567,8 +567,6 @@ def build_tokenizer(gguf_path):
 def weight_plan(header, meta_model, key: str = "?") -> Plan:
     """The plan for ``meta_model``'s parameters (tied copies left out), refused with the
     architecture named where the file does not fit the table."""
-    from workflow.base.errors import UserError
-    from workflow.gguf.stream import tied_duplicates
 
     parameters = [n for n in meta_model.state_dict() if n not in tied_duplicates(meta_model)]
     found = plan(ARCHITECTURES[header.architecture], parameters, (t.name for t in header.table))

@@ -1,7 +1,7 @@
 """A GGUF file's header, read and checked in a fraction of a second, before any work.
 
-gguf's own reader turns every metadata value into Python objects (20-30 s for a
-262k-token vocabulary); a dry run cannot wait for that, and a damaged file must be
+gguf's own reader turns every metadata value into Python objects (slow for a large
+vocabulary: bench/gguf_layers.py); a dry run cannot wait for that, and a damaged file must be
 refused when the workflow is planned, with the config key and the fix in the message.
 This walks the header (magic, version, metadata, tensor table) reading only lengths and
 small values, and checks every count and size it declares against what the file can
@@ -26,6 +26,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from workflow.base.errors import UserError
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -254,7 +255,6 @@ def _read_header(path: str, size: int, mtime_ns: int) -> GGUFHeader:
 
 def check(path: str | os.PathLike[str], model: str, key: str, configfile: str = "config/config.yaml") -> GGUFHeader:
     """``read_header`` with a message naming the model, the config key and the fix."""
-    from workflow.base.errors import UserError
 
     try:
         header = read_header(path)

@@ -24,7 +24,18 @@ from typing import Any
 
 from workflow.base.atomic import atomic_directory, dumps_json, write_text
 from workflow.base.errors import UserError
+from workflow.gguf.arch import (
+    ARCHITECTURES,
+    build_tokenizer,
+    model_config,
+    own_architecture,
+    tensor_reader,
+    TRANSFORMERS_SPELLING,
+    weight_plan,
+)
+from workflow.gguf.file import check, GGUFError, read_header
 from workflow.gguf.prepared import MANIFEST, PARSED_CONFIG
+from workflow.gguf.stream import stream_planned, stream_weights
 from workflow.provenance.record import cache_file, recipe_of, sha256_file
 
 log = logging.getLogger(__name__)
@@ -80,8 +91,6 @@ def locate_gguf(key: str, entry: dict[str, Any], workdir: Path, configfile: str 
 
 
 def gguf_architecture(path: Path, key: str = "?", configfile: str | None = "config/config.yaml") -> str:
-    from workflow.gguf.file import GGUFError, check, read_header
-
     if configfile is not None:
         header = check(path, key, f"models.{key}", configfile)
     else:  # a file given as such: the message names it, and no config key
@@ -132,15 +141,12 @@ def readable_gguf_architectures() -> list[str]:
 def readable_architectures() -> list[str]:
     """Every GGUF architecture this pipeline prepares, as llama.cpp names them: the
     project's own tables (workflow/gguf/arch.py) and those transformers reads."""
-    from workflow.gguf.arch import ARCHITECTURES, TRANSFORMERS_SPELLING
 
     spelled = {hf: gguf for gguf, hf in TRANSFORMERS_SPELLING.items()}
     return sorted(set(ARCHITECTURES) | {spelled.get(a, a) for a in readable_gguf_architectures()})
 
 
 def check_gguf_supported(key: str, path: Path, configfile: str | None = "config/config.yaml") -> str:
-    from workflow.gguf.arch import TRANSFORMERS_SPELLING, own_architecture
-
     arch = gguf_architecture(path, key, configfile)
     if own_architecture(arch) is not None:
         return arch
@@ -282,8 +288,6 @@ def streamable(arch: str) -> bool:
     most architectures use) rather than through its newer whole-model conversion."""
     from transformers.integrations.gguf.utils import is_gguf_arch_supported
 
-    from workflow.gguf.arch import TRANSFORMERS_SPELLING
-
     return not is_gguf_arch_supported(TRANSFORMERS_SPELLING.get(arch, arch))
 
 
@@ -293,9 +297,6 @@ def convert_metadata(gguf_path: Path, out: Path, parsed_config: Path) -> None:
     as JSON in ``parsed_config``. Run in a child process by ``_weights_streamed``."""
     from transformers import AutoConfig, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    from workflow.gguf.arch import build_tokenizer, own_architecture
-    from workflow.gguf.file import read_header
 
     if own_architecture(read_header(gguf_path).architecture) is not None:
         build_tokenizer(gguf_path).save_pretrained(out)
@@ -336,9 +337,6 @@ def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path, quantise
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from workflow.gguf.file import read_header
-    from workflow.gguf.stream import stream_weights
-
     parsed = _metadata_in_child(key, gguf_path, out, work)
     log.info("tokenizer and config converted")
     config = AutoConfig.from_pretrained(str(out))
@@ -367,10 +365,6 @@ def _weights_own(key: str, gguf_path: Path, out: Path, work: Path, quantised: bo
     (workflow/gguf/arch.py), one parameter in memory at a time; ``quantised``: no weights."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from workflow.gguf.arch import model_config, tensor_reader, weight_plan
-    from workflow.gguf.file import read_header
-    from workflow.gguf.stream import stream_planned
 
     header = read_header(gguf_path)
     config = model_config(header, gguf_path)
@@ -428,7 +422,6 @@ def prepare_model(key: str, entry: dict[str, Any], out_dir: str | os.PathLike[st
     entry no weights are written: the lens reads them from the GGUF file when it runs
     (workflow/gguf/weights.py), and the manifest says where that file is.
     """
-    from workflow.gguf.arch import own_architecture
 
     if entry["source"] not in PREPARED_SOURCES:
         raise UserError(f"model {key!r}: source {entry['source']!r} needs no preparation")

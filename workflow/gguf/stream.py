@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from workflow.base.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,6 @@ def stream_weights(header, gguf_path: Path, meta_model, config: dict[str, Any], 
     import torch
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-    from workflow.base.errors import UserError
-
     from gguf import GGMLQuantizationType
 
     processor = TENSOR_PROCESSORS.get(header.architecture, TensorProcessor)(config=config)
@@ -265,11 +264,11 @@ def stream_weights(header, gguf_path: Path, meta_model, config: dict[str, Any], 
     return {"tensors": len(written), "shards": len(shards), "weights_bytes": writer.total_bytes, "largest_tensor_bytes": largest}
 
 
+# more than 6 parameters: the plan, its reader and the folder it writes, as prepare gives them
 def stream_planned(plan, read, config, expected: dict[str, Any], out_dir: Path, source: str,
                    max_shard_bytes: int | None = None) -> dict[str, Any]:
     """Write the parameters of an own-table plan (workflow/gguf/arch.py) into ``out_dir``,
     block by block in file order, each made from its file tensors just before it is written."""
-    from workflow.base.errors import UserError
 
     writer = ShardWriter(out_dir, max_shard_bytes)
     largest = 0

@@ -32,7 +32,10 @@ from accelerate.hooks import ModelHook
 from torch import nn
 
 from workflow.base.errors import UserError
+from workflow.gguf.arch import Experts, own_architecture, Plan, Take, tensor_reader, weight_plan
+from workflow.gguf.file import read_header
 from workflow.gguf.prepared import MANIFEST, PARSED_CONFIG
+from workflow.gguf.stream import dequantise, numpy_layout, tied_duplicates
 from workflow.provenance.record import sha256_file
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,6 @@ def transformers_plan(header, meta_model, parsed_config: dict[str, Any], key: st
     tensor: each parameter from the file tensors its name map gives, through its processor."""
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
-    from workflow.gguf.arch import Plan
-    from workflow.gguf.stream import tied_duplicates
-
     processor = TENSOR_PROCESSORS.get(header.architecture, TensorProcessor)(config=parsed_config)
     mapping = get_gguf_hf_weights_map(meta_model, processor)
     wanted = [n for n in meta_model.state_dict() if n not in tied_duplicates(meta_model)]
@@ -102,8 +102,6 @@ class FileWeights(Mapping):
     """
 
     def __init__(self, path: Path, header, plan, config, dtype: torch.dtype):
-        from workflow.gguf.arch import tensor_reader
-
         self.path, self.plan, self.config, self.dtype = Path(path), plan, config, dtype
         self._read = tensor_reader(self.path, header)
         self._entries = {t.name: t for t in header.table}
@@ -125,8 +123,6 @@ class FileWeights(Mapping):
         """File tensor ``name``'s slices ``indices`` along its outermost dimension (an
         embedding's row, an expert's matrix: contiguous in the file), dequantised."""
         from gguf import GGMLQuantizationType
-
-        from workflow.gguf.stream import dequantise, numpy_layout
 
         entry = self._entries[name]
         dtype, shape = numpy_layout(entry)
@@ -151,7 +147,6 @@ class FileWeights(Mapping):
     def by_rows(self, name: str) -> bool:
         """Whether rows of parameter ``name`` can be read alone: its rule takes one
         two-dimensional tensor of the file."""
-        from workflow.gguf.arch import Take
 
         rule = self.plan.rules.get(name)
         return (isinstance(rule, (Take, Processed)) and len(rule.sources()) == 1
@@ -182,8 +177,6 @@ class FileWeights(Mapping):
     def _measured_rate(self, kind: int, sample_bytes: int) -> float:
         from gguf import GGMLQuantizationType
 
-        from workflow.gguf.stream import dequantise, numpy_layout
-
         entry = next(t for t in self._entries.values() if t.ggml_type == kind)
         dtype, shape = numpy_layout(entry)
         row = int(shape[-1]) * dtype.itemsize
@@ -196,8 +189,6 @@ class FileWeights(Mapping):
         return raw.nbytes / max(time.perf_counter() - started, 1e-9)
 
     def _file_bytes(self, name: str) -> int:
-        from workflow.gguf.stream import numpy_layout
-
         dtype, shape = numpy_layout(self._entries[name])
         return int(np.prod(shape)) * dtype.itemsize
 
@@ -320,8 +311,6 @@ def quantised_manifest(prepared_dir: Path) -> dict[str, Any] | None:
 
 
 def _plan_for(header, meta_model, prepared_dir: Path, key: str):
-    from workflow.gguf.arch import own_architecture, weight_plan
-
     if own_architecture(header.architecture) is not None:
         return weight_plan(header, meta_model, key)
     parsed = json.loads((Path(prepared_dir) / PARSED_CONFIG).read_text(encoding="utf-8"))
@@ -330,7 +319,6 @@ def _plan_for(header, meta_model, prepared_dir: Path, key: str):
 
 def check_plan(key: str, gguf_path: Path, prepared_dir: Path, config) -> None:
     """Refuse a file whose tensors do not make the model, while preparing (before any run)."""
-    from workflow.gguf.file import read_header
 
     _plan_for(read_header(gguf_path), _empty_model(config, torch.float32), prepared_dir, key)
 
@@ -359,9 +347,6 @@ def file_model(key: str, prepared_dir: Path, device: str, dtype: torch.dtype, bu
     from accelerate.hooks import AlignDevicesHook, add_hook_to_module
     from accelerate.utils import PrefixedDataset, set_module_tensor_to_device
     from transformers import AutoConfig
-
-    from workflow.gguf.arch import Experts
-    from workflow.gguf.file import read_header
 
     manifest = quantised_manifest(prepared_dir)
     path = Path(manifest["gguf_path"])

@@ -30,11 +30,12 @@ from typing import Any
 
 import torch
 
-from workflow.model.backends import input_device
+from workflow.config.settings import LensSettings
 from workflow.lens.readout import RowStats, rows_padded
-from workflow.lens.session import LensSession, LensSettings, answer_layers
-from workflow.model.load import LoadedModel
 from workflow.lens.records import in_record_order, lens_row
+from workflow.lens.session import LensSession, answer_layers
+from workflow.model.backends import input_device
+from workflow.model.load import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class LensGenerator(LensSession):
 
     # ------------------------------------------------------------------ the model's side
 
+    # more than 6 parameters: a generation's settings, each with its default, and two optional callbacks
     def generate(
         self,
         prompt_ids: Sequence[int],

@@ -89,15 +89,16 @@ class RowStats:
     kl_to_final: float
 
 
+# more than 6 parameters: the lens math's inputs: tensors, heads and sizes a carrier would hide from the reader of the math
 def lens_statistics(
     residuals: torch.Tensor,
     head: LensHead,
-    final_head: LensHead,
+    reference: LensHead,
     answer_id: int | torch.Tensor,
     top_k: int,
     vocab_size: int,
     working_memory_mb: int,
-    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    tuned: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     separate_positions: bool = False,
 ) -> Iterator[RowStats]:
     """Yield statistics for every (layer, position) of ``residuals`` [L+1, T, d].
@@ -108,8 +109,8 @@ def lens_statistics(
     the call (a batch of probes): the vocabulary is then cut into blocks of a fixed width
     (BATCH_VOCAB_BLOCK), not one planned from the number of positions.
 
-    ``final_head`` decodes the last layer as the model does (always with its norm),
-    giving the reference distribution for KL. ``transform(h, layer)`` is the lens's
+    ``reference`` decodes the last layer as the model does (always with its norm),
+    giving the reference distribution for KL. ``tuned(h, layer)`` is the lens's
     change of basis (identity for the logit lens).
 
     Where the unembedding is a plain linear map shared by both heads (every supported
@@ -118,11 +119,11 @@ def lens_statistics(
     per block of positions instead of once per block of rows. Otherwise rows are decoded
     over the whole vocabulary at once (``block_statistics``).
     """
-    weights, shared = head.linear(), final_head.linear()
-    if weights is not None and shared is not None and weights[0] is shared[0] and head.compute_dtype == final_head.compute_dtype:
-        yield from stream_statistics(residuals, head, final_head, answer_id, top_k, working_memory_mb, transform, separate_positions)
+    weights, shared = head.linear(), reference.linear()
+    if weights is not None and shared is not None and weights[0] is shared[0] and head.compute_dtype == reference.compute_dtype:
+        yield from stream_statistics(residuals, head, reference, answer_id, top_k, working_memory_mb, tuned, separate_positions)
     else:
-        yield from block_statistics(residuals, head, final_head, answer_id, top_k, vocab_size, working_memory_mb, transform)
+        yield from block_statistics(residuals, head, reference, answer_id, top_k, vocab_size, working_memory_mb, tuned)
 
 
 # Matrix products of fewer rows than this take other kernels (matrix-vector ones) whose sums
@@ -141,22 +142,23 @@ def rows_padded(function: Callable[[torch.Tensor], torch.Tensor], rows: torch.Te
     return function(padded)[:n]
 
 
-def _transformed(residuals: torch.Tensor, layers: list[int], transform) -> torch.Tensor:
+def _transformed(residuals: torch.Tensor, layers: list[int], tuned) -> torch.Tensor:
     hidden = residuals[layers]
-    if transform is None:
+    if tuned is None:
         return hidden
-    return torch.stack([rows_padded(lambda h: transform(h, layer), hidden[i]) for i, layer in enumerate(layers)])
+    return torch.stack([rows_padded(lambda h: tuned(h, layer), hidden[i]) for i, layer in enumerate(layers)])
 
 
+# more than 6 parameters: lens_statistics's inputs, passed on
 def block_statistics(
     residuals: torch.Tensor,
     head: LensHead,
-    final_head: LensHead,
+    reference: LensHead,
     answer_id: int | torch.Tensor,
     top_k: int,
     vocab_size: int,
     working_memory_mb: int,
-    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    tuned: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> Iterator[RowStats]:
     """Rows decoded over the full vocabulary, in blocks of rows sized from the budget."""
     n_layers_plus_one, n_pos, d_model = residuals.shape
@@ -165,10 +167,10 @@ def block_statistics(
     layer_block = max(1, min(n_layers_plus_one, rows // pos_block))
     for p0 in range(0, n_pos, pos_block):
         positions = list(range(p0, min(n_pos, p0 + pos_block)))
-        final_lp = torch.log_softmax(rows_padded(final_head.logits, residuals[-1, positions]), dim=-1)
+        final_lp = torch.log_softmax(rows_padded(reference.logits, residuals[-1, positions]), dim=-1)
         for l0 in range(0, n_layers_plus_one, layer_block):
             layers = list(range(l0, min(n_layers_plus_one, l0 + layer_block)))
-            hidden = _transformed(residuals[:, positions], layers, transform)  # [nl, np, d]
+            hidden = _transformed(residuals[:, positions], layers, tuned)  # [nl, np, d]
             logits = rows_padded(head.logits, hidden.reshape(-1, d_model)).reshape(len(layers), len(positions), -1)
             answers = answer_id if isinstance(answer_id, int) else answer_id[positions]
             stats = layer_metrics(logits, final_lp[None], answers, top_k).cpu()
@@ -197,7 +199,7 @@ STREAM_LIVE_TENSORS = 3
 MIN_VOCAB_BLOCK = 512
 CACHE_CELLS = 2**21
 # exp() of float32 overflows above about 88: a block whose logits exceed a row's
-# reference by more than this moves the reference first.
+# shift by more than this moves the shift first.
 REBASE_ABOVE = 60.0
 EXP_FLOOR = -87.0
 
@@ -247,22 +249,23 @@ def uses_kernel(postprocess: Callable, device: torch.device | str) -> bool:
     return getattr(postprocess, "is_identity", False) and torch.device(device).type == "cpu" and kernel.preferred()
 
 
+# more than 6 parameters: lens_statistics's inputs, passed on
 @torch.no_grad()
 def stream_statistics(
     residuals: torch.Tensor,
     head: LensHead,
-    final_head: LensHead,
+    reference: LensHead,
     answer_id: int | torch.Tensor,
     top_k: int,
     working_memory_mb: int,
-    transform: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    tuned: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     separate_positions: bool = False,
 ) -> Iterator[RowStats]:
     """One pass over vocabulary blocks per block of positions; see ``lens_statistics``.
 
     Each row's answer logit is computed first, in float64 from the row's input to the
     unembedding and the answer's row of the weights; the rank counts the other tokens
-    whose logit exceeds it. Every row r (a layer at a position) keeps a reference s_r (its
+    whose logit exceeds it. Every row r (a layer at a position) keeps a shift s_r (its
     largest logit in the first block) and, over the blocks seen so far, with t = z - s_r
     and e = exp(t):
     S = sum e and Q = sum e*t, so log-sum-exp = s_r + log S and entropy = log S - Q/S
@@ -282,7 +285,7 @@ def stream_statistics(
     pos_block, vocab_block = plan(n_layers_plus_one, n_pos, vocab, working_memory_mb, device.type == "cpu")
     answers = torch.full((n_pos,), answer_id, dtype=torch.long) if isinstance(answer_id, int) else answer_id.long().cpu()
     for p0 in range(0, n_pos, pos_block):
-        rows = StreamRows.of(residuals, list(range(p0, min(n_pos, p0 + pos_block))), head, final_head, answers, transform)
+        rows = StreamRows.of(residuals, list(range(p0, min(n_pos, p0 + pos_block))), head, reference, answers, tuned)
         sums = sums_for(head, rows, vocab_block)
         top = TopK(rows.n_rows, top_k, device)
         buffers = [torch.empty(rows.n_all * vocab_block, device=device) for _ in range(sums.BUFFERS)]
@@ -291,7 +294,7 @@ def stream_statistics(
             z, e, scratch = (buffers[min(i, len(buffers) - 1)][: rows.n_all * (v1 - v0)].view(rows.n_all, v1 - v0) for i in range(3))
             block = weight[v0:v1]
             block_logits(head, rows.inputs, block, bias[v0:v1] if bias is not None else None, z)
-            if v0 == 0:  # the first block sets each row's reference
+            if v0 == 0:  # the first block sets each row's shift
                 sums.start(z)
             raw_max = sums.count(z, scratch)
             # The answer's own logit, as this block's product rounds it, is not counted above itself.
@@ -332,20 +335,20 @@ class StreamRows:
     answer_z: torch.Tensor  # [n_rows], float32
 
     @classmethod
-    def of(cls, residuals, positions, head, final_head, answers, transform) -> StreamRows:
+    def of(cls, residuals, positions, head, reference, answers, tuned) -> StreamRows:
         n_layers_plus_one = residuals.shape[0]
         layers = list(range(n_layers_plus_one))
         device = residuals.device
         n_p = len(positions)
         n_rows = n_layers_plus_one * n_p
-        hidden = head.normed(_transformed(residuals[:, positions], layers, transform)).reshape(n_rows, -1)
+        hidden = head.normed(_transformed(residuals[:, positions], layers, tuned)).reshape(n_rows, -1)
         # The final distribution is the lens's own last layer when both heads are the same and
-        # the transform leaves the last layer alone (a tuned lens has no translator there).
-        if head is final_head and (transform is None or getattr(transform, "final_is_identity", False)):
+        # the tuned lens leaves the last layer alone (it has no translator there).
+        if head is reference and (tuned is None or getattr(tuned, "final_is_identity", False)):
             inputs = hidden
             final_index = torch.arange(n_rows - n_p, n_rows, device=device)
         else:
-            inputs = torch.cat([hidden, final_head.normed(residuals[-1, positions]).to(hidden.dtype)])
+            inputs = torch.cat([hidden, reference.normed(residuals[-1, positions]).to(hidden.dtype)])
             final_index = torch.arange(n_rows, n_rows + n_p, device=device)
         owner = torch.arange(n_rows, device=device) % n_p
         row_answers = answers[positions].to(device)[owner]
@@ -455,7 +458,7 @@ class FusedSums:
 
 class TorchSums:
     """Torch, in passes over each block: the rank count on raw logits, then the shift to each
-    row's reference (moved up where a block exceeds it by REBASE_ABOVE), exp, and the sums;
+    row's own (moved up where a block exceeds it by REBASE_ABOVE), exp, and the sums;
     C is accumulated block by block."""
 
     BUFFERS = STREAM_LIVE_TENSORS
@@ -483,7 +486,7 @@ class TorchSums:
         rows = self.rows
         high = raw_max - self.shift > REBASE_ABOVE
         if high.any():
-            # Move those rows' reference up to this block's maximum: sums over exp()
+            # Move those rows' shift up to this block's maximum: sums over exp()
             # scale down by exp(-delta), and Q = sum e*t shifts with t.
             delta = torch.where(high, raw_max - self.shift, torch.zeros_like(self.shift))
             scale = torch.exp(-delta)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from workflow.base.atomic import atomic_paths, dumps_json
+from workflow.base.errors import UserError
 
 COLUMNS = (
     "model",
@@ -43,6 +45,7 @@ LIST_COLUMNS = ("topk_tokens", "topk_probs")
 SIGNIFICANT_DIGITS = 6
 
 
+# more than 6 parameters: the record's columns, each a value of its own
 def lens_row(model: str, probe: str, lens: str, stats, position: int, input_token: str, answer_token: str, names) -> dict[str, Any]:
     """One row of the lens records (COLUMNS): ``stats`` (``workflow.lens.readout.RowStats``) of one
     layer read at ``position``; ``names`` decodes the top-k token ids."""
@@ -173,7 +176,6 @@ def write_outputs(
     """An experiment's two outputs for one model: its JSON ``document`` (numbers rounded)
     and its records file (Parquet where ``records_path`` ends in .parquet, else CSV), both
     or neither (``workflow.base.atomic.atomic_paths``). Returns the row count."""
-    from workflow.base.atomic import atomic_paths, dumps_json
 
     fmt = "parquet" if str(records_path).endswith(".parquet") else "csv"
     with atomic_paths(summary_path, records_path) as (summary_tmp, records_tmp):
@@ -214,7 +216,6 @@ def load_checked(records_path: str | os.PathLike[str], summary_path: str | os.Pa
     the JSON describes; otherwise the file is damaged or from another run, and nothing
     should be drawn or written from it.
     """
-    from workflow.base.errors import UserError
 
     summary = json.loads(open(summary_path, encoding="utf-8").read())
     fix = ("run snakemake again (the file no longer matches its provenance record, so its job is planned again) "

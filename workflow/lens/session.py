@@ -17,11 +17,12 @@ from typing import Any, NamedTuple
 import torch
 
 from workflow.base.errors import UserError
-from workflow.model.head import LensHead
-from workflow.lens.readout import RowStats, lens_statistics, uses_kernel
-from workflow.model.logit_steps import logit_postprocessor, logit_steps, unapplied_logit_keys
-from workflow.model.load import LoadedModel, dtype_name
 from workflow.config.settings import LensSettings
+from workflow.lens.readout import RowStats, lens_statistics, uses_kernel
+from workflow.lens.tuned import load
+from workflow.model.head import LensHead
+from workflow.model.load import LoadedModel, dtype_name
+from workflow.model.logit_steps import logit_postprocessor, logit_steps, unapplied_logit_keys
 from workflow.provenance.record import package_versions
 
 
@@ -92,7 +93,6 @@ def lens_heads(model: LoadedModel, settings: LensSettings) -> LensHeads:
 def open_tuned_lens(model: LoadedModel, settings: LensSettings, directory) -> tuple[Any, dict[str, Any]]:
     """The tuned lens trained for this model (``workflow.lens.tuned.TunedLens``) and its training
     config; one trained for other weights is refused, naming the directory."""
-    from workflow.lens.tuned import load
 
     return load(directory, lens_heads(model, settings).reference, model.key)
 
@@ -173,19 +173,19 @@ class Lens:
     """A lens: what the residual stream at a layer predicts, as logits over the vocabulary,
     ``forward(hidden, layer)`` [.., d] -> [.., V] (the shape tuned-lens gives its lenses).
     ``name`` is the records' ``lens`` column; ``head`` the head it decodes with;
-    ``translator`` its change of basis per layer before the head (None: none), which
+    ``tuned`` the tuned lens, its change of basis per layer before the head (None: none), which
     ``workflow.lens.readout.lens_statistics`` streams through in blocks instead of calling
     ``forward`` on the whole vocabulary."""
 
     name = ""
-    translator: Any = None
+    tuned: Any = None
 
     def __init__(self, head: LensHead):
         self.head = head
 
     def forward(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-        if self.translator is not None:
-            hidden = self.translator(hidden, layer)
+        if self.tuned is not None:
+            hidden = self.tuned(hidden, layer)
         return self.head.logits(hidden)
 
     __call__ = forward
@@ -204,9 +204,9 @@ class TunedLensReader(Lens):
 
     name = "tuned"
 
-    def __init__(self, head: LensHead, translator):
+    def __init__(self, head: LensHead, tuned):
         super().__init__(head)
-        self.translator = translator
+        self.tuned = tuned
 
 
 class LensSession:
@@ -236,7 +236,7 @@ class LensSession:
         (one of ``lenses``), with this run's model-faithful head and settings."""
         return lens_statistics(
             residuals, lens.head, self.heads.reference, answers, self.settings.top_k, self.model.vocab_size,
-            self.settings.working_memory_mb, lens.translator, separate_positions,
+            self.settings.working_memory_mb, lens.tuned, separate_positions,
         )
 
 

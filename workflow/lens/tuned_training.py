@@ -13,9 +13,8 @@ from typing import Any
 import torch
 
 from workflow.base.errors import UserError
-from workflow.lens.session import context_limit, lens_heads
-from workflow.model.load import load_model
 from workflow.config.settings import LensSettings
+from workflow.lens.session import context_limit, lens_heads
 from workflow.lens.tuned import (
     TunedLensSettings,
     collect_residuals,
@@ -27,18 +26,14 @@ from workflow.lens.tuned import (
     train,
     training_config,
 )
+from workflow.model.load import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
 def train_for_model(
-    model_key: str,
-    entry: dict[str, Any],
-    prepared_dir: str | None,
+    spec: ModelSpec,
     out_dir: str | os.PathLike[str],
-    device: str = "auto",
-    dtype: str = "auto",
-    backend: str = "auto",
     settings: TunedLensSettings = TunedLensSettings(),
     lens_settings: LensSettings = LensSettings(),
 ) -> dict[str, Any]:
@@ -46,7 +41,8 @@ def train_for_model(
     from tqdm import tqdm
 
     torch.manual_seed(settings.seed)
-    model = load_model(model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=lens_settings)
+    model_key = spec.key
+    model = spec.load(lens_settings)
     limit = context_limit(model)
     if limit is not None and settings.seq_len > limit:
         raise UserError(

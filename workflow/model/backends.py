@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from workflow.model.logit_steps import logit_steps, unapplied_logit_keys
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,6 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
         scaled = [m for m, out in zip(modules, same) if torch.allclose(out * factor, target, rtol=1e-6, atol=1e-7)]
         if scaled:
             return scaled[0]
-    from workflow.model.logit_steps import unapplied_logit_keys
 
     unapplied = unapplied_logit_keys(model.config)
     raise RuntimeError(
@@ -409,7 +409,6 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
 
 def _logit_factor(config) -> float:
     """The product of the multiplying and dividing steps the lens applies to the logits."""
-    from workflow.model.logit_steps import logit_steps
 
     factor = 1.0
     for _, operation, value in logit_steps(config):

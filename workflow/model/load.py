@@ -22,10 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from workflow.config.schema import DEFAULT_OFFLOAD_FOLDER, device_key, effective_placement, parse_size
 from workflow.base.errors import UserError
-from workflow.gguf.prepare import MANIFEST, source_description, why_stale
+from workflow.config.schema import DEFAULT_OFFLOAD_FOLDER, device_key, effective_placement, parse_size
 from workflow.config.settings import LensSettings
+from workflow.gguf.prepare import MANIFEST, source_description, why_stale
+from workflow.model.backends import Backend, BridgeBackend, HooksBackend
+from workflow.model.head import OffloadedLinear
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +183,7 @@ def _meta_model(config, dtype: torch.dtype):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+# more than 6 parameters: the model's memory estimate and the budget it is placed in, each from a different source
 def plan_placement(key: str, config, estimate: MemoryEstimate, device: str, dtype: torch.dtype,
                    placement: dict[str, Any], configfile: str = "config/config.yaml") -> Placement | None:
     """None where the model fits its device (loaded there whole, as always); else a device map.
@@ -296,8 +299,6 @@ def lens_unembedding(module: nn.Module, device: str | torch.device) -> nn.Module
     on ``device``."""
     from accelerate.utils import has_offloaded_params
 
-    from workflow.model.head import OffloadedLinear
-
     original = getattr(module, "original_component", None) or module
     if has_offloaded_params(original) and type(original) is nn.Linear:
         return OffloadedLinear(original, device)
@@ -322,10 +323,37 @@ def _without_hooks_copy(module: nn.Module) -> nn.Module:
             part.__dict__.update(attributes)
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One configured model as a job loads it: its key (which names its files), its config
+    entry, the prepared folder (None for a model read where it is), and the run's device,
+    dtype and backend (the entry's own settings win: ``load_model``)."""
+
+    key: str
+    entry: dict[str, Any]
+    prepared_dir: str | os.PathLike[str] | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+
+    @classmethod
+    def of_job(cls, job: Any) -> ModelSpec:
+        """The model of a model rule's job (Snakemake's ``snakemake`` object: the ``model``
+        wildcard, the params ``entry``, ``device``, ``dtype`` and ``backend``, the input
+        ``prepared``)."""
+        params = job.params
+        return cls(job.wildcards.model, params.entry, job.input.get("prepared"), params.device, params.dtype,
+                   params.get("backend", "auto"))
+
+    def load(self, lens: LensSettings = LensSettings()) -> LoadedModel:
+        return load_model(self.key, self.entry, self.prepared_dir, device=self.device, dtype=self.dtype,
+                          backend=self.backend, lens=lens)
+
+
 @dataclass
 class LoadedModel:
     key: str
-    backend: Any  # workflow.model.backends.Backend
+    backend: Backend
     tokenizer: Any
     hf_config: Any
     device: str
@@ -374,8 +402,6 @@ def _boot_bridge(load, location: str, device: str, dtype: torch.dtype):
     placed model)."""
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
-    from workflow.model.backends import BridgeBackend
-
     # The bridge is built around a model we load, without a tokenizer: the bridge would
     # adjust one (even reload it with add_bos_token=True), and the lens tokenises with
     # the model's own, untouched. Eager attention, as the bridge's own loader uses.
@@ -389,8 +415,6 @@ def _boot_bridge(load, location: str, device: str, dtype: torch.dtype):
 
 
 def _boot_hooks(load):
-    from workflow.model.backends import HooksBackend
-
     # Any valid ids do to trace which module feeds the output embedding.
     return HooksBackend(load(), probe_ids=[0, 1, 2])
 
@@ -403,6 +427,7 @@ def _boot_hooks(load):
 BRIDGE_LENS_DISAGREES = {"falcon"}
 
 
+# more than 6 parameters: what _boot_bridge and _boot_hooks need, decided in load_model
 def _boot(key: str, choice: str, load, location: str, device: str, dtype: torch.dtype, model_type: str | None = None):
     """The model ``load`` builds, under the backend ``choice``: hooks, the bridge, or (auto)
     the bridge with forward hooks where the bridge cannot load it or its lens is known to
@@ -435,7 +460,6 @@ def model_info(entry: dict[str, Any], prepared_dir, hf_config, estimate: MemoryE
         manifest = json.loads((Path(prepared_dir) / MANIFEST).read_text())
         info["source_sha256"] = manifest["gguf_sha256"]
     if placement is not None:
-        from workflow.model.head import OffloadedLinear
 
         head = {id(t): t for m in (loaded.final_norm, loaded.unembed) for t in [*m.parameters(), *m.buffers()]}
         info["placement"] = {
@@ -458,6 +482,7 @@ def file_budget(key: str, settings: dict[str, Any], device: str, estimate: Memor
     return max(0, available_memory(device) - (estimate.total_bytes - estimate.weights_bytes))
 
 
+# more than 6 parameters: ModelSpec.load's fields, plus the placement and the config file for messages
 def load_model(
     key: str,
     entry: dict[str, Any],

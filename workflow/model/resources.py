@@ -21,7 +21,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from workflow.base.errors import UserError
+from workflow.config.schema import effective_placement, parse_size
 from workflow.config.settings import LensSettings
+from workflow.gguf.file import check
+from workflow.gguf.prepare import package_dir
 
 BYTES_PER_PARAMETER = {"float32": 4, "float16": 2, "bfloat16": 2}
 MB = 1_000_000  # Snakemake's mem_mb is in megabytes
@@ -37,7 +41,6 @@ FALLBACK_RUNTIME_MIN = 120
 
 def safetensors_parameters(path: Path) -> int:
     """Number of parameters in one safetensors file, from its JSON header only."""
-    from workflow.base.errors import UserError
 
     try:
         with open(path, "rb") as fh:
@@ -77,8 +80,6 @@ def hf_parameters(repo: str, revision: str) -> int | None:
 
 def gguf_header(entry: dict[str, Any], model: str = "?"):
     """The header of a gguf or package model's GGUF file, where the file is there to read."""
-    from workflow.gguf.file import check
-    from workflow.gguf.prepare import package_dir
 
     if entry["source"] == "gguf":
         path, key = Path(entry["path"]).expanduser(), f"models.{model}.path"
@@ -123,7 +124,6 @@ def job_dtype(entry: dict[str, Any], config: dict[str, Any]) -> str:
 
 def placement_budget(entry: dict[str, Any], config: dict[str, Any], device: str) -> int | None:
     """The placement budget of ``device`` for this model in bytes, if one is set."""
-    from workflow.config.schema import effective_placement, parse_size
 
     budgets = effective_placement(entry, config.get("placement")).get("max_memory") or {}
     return parse_size(budgets[device], f"placement.max_memory.{device}") if device in budgets else None

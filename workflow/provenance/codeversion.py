@@ -9,7 +9,7 @@ syntax tree without docstrings (``ast.unparse``), so comments, docstrings and fo
 change nothing; other files by their bytes. Each rule carries its script's version as a
 param: Snakemake alone does not re-run a script rule when a module it imports changes.
 
-Parsing and unparsing every module took a second of each Snakemake start (planning and dry
+Parsing and unparsing every module would slow each Snakemake start (planning and dry
 runs included), so what a file's bytes give is kept in the per-user cache
 (``workflow.base.cache``, ``codeversion/``), named by the sha256 of the Python version, the file's
 path in the repository and its bytes: a changed file is a new name, never a stale entry.
@@ -25,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 
+from workflow.base.atomic import write_text
 from workflow.base.cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +116,6 @@ def _code_data(module: Path, names: frozenset[str]) -> list[Path]:
 
 def _keep(entry: Path, value: dict) -> None:
     """Write a cache entry whole or not at all; a cache that cannot be written is no error."""
-    from workflow.base.atomic import write_text
 
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)

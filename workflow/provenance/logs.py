@@ -12,6 +12,7 @@ from typing import Any
 from workflow.base.atomic import temporaries
 from workflow.base.errors import UserError
 from workflow.base.secrets import redact
+from workflow.provenance.record import finish_rule
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -72,7 +73,6 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
     remove_leftovers(snakemake.output)
     try:
         main(snakemake)
-        from workflow.provenance.record import finish_rule
 
         finish_rule(snakemake)
     except UserError as error:

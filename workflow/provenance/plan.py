@@ -42,7 +42,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from workflow.base.atomic import temporaries
+from workflow.base.atomic import temporaries, write_json
+from workflow.base.errors import UserError
+from workflow.provenance.codeversion import code_digests
 from workflow.provenance.record import (
     RECIPE_FILE,
     RECORD_SUFFIX,
@@ -102,7 +104,6 @@ def _by_id(items: Any) -> dict[str, Any] | None:
 
 def code_differences(recorded: dict[str, Any], version: str) -> list[str]:
     """Which files of the code changed, from the per-file digests a record keeps."""
-    from workflow.provenance.codeversion import code_digests
 
     files = recorded.get("files")
     if not isinstance(files, dict):
@@ -267,8 +268,6 @@ def install(workflow: Any, check_job: Callable[[Any], None] | None = None) -> No
     from snakemake.jobs import Job
     from snakemake.logging import logger
 
-    from workflow.base.errors import UserError
-
     async def no_mintime(self: Any) -> None:
         return None
 
@@ -318,7 +317,6 @@ def install(workflow: Any, check_job: Callable[[Any], None] | None = None) -> No
             logger.info("Stale according to the provenance records (planned with what reads their outputs):\n" + "\n".join(sorted(shown)))
         report = os.environ.get(REPORT_ENV)
         if report:
-            from workflow.base.atomic import write_json
 
             write_json(report, [plan_entry(self, planner, planned, job) for job in self.jobs if not job.rule.norun])
 

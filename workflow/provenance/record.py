@@ -22,6 +22,8 @@ import os
 import subprocess
 from pathlib import Path
 from typing import Any
+from workflow.base.atomic import write_json
+from workflow.provenance.codeversion import code_digests
 
 RECORD_SUFFIX = ".prov.json"
 # A derived directory (a prepared model, a trained lens: git-ignored, re-creatable) holds
@@ -122,7 +124,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
             cache = {k: v for k, v in cache.items() if not k.startswith(key[0] + "\0")}
             cache[name] = digest
             try:
-                from workflow.base.atomic import write_json
 
                 target = cache_file(DIGEST_CACHE.name)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +189,7 @@ def git_state(repo: str | os.PathLike[str] = ".") -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status)}
 
 
+# more than 6 parameters: the record's fields, each given by the rule's script
 def make_record(
     rule: str,
     script: str,
@@ -202,7 +204,6 @@ def make_record(
     commit, which changes with every commit of results, goes to the job's log instead).
     Derived inputs (directories with a recipe) are recorded by their recipe's hash, and
     their recipes are kept beside, so that a plan can say what would be made differently."""
-    from workflow.provenance.codeversion import code_digests
 
     missing = [a for a in artefacts if not Path(a).is_file()]
     if missing:
@@ -228,8 +229,6 @@ def make_record(
 
 
 def write_record(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    from workflow.base.atomic import write_json
-
     write_json(path, record)
 
 
@@ -263,7 +262,6 @@ def record_rule(snakemake: Any, script: str | None = None, artefacts: list[str] 
 def write_recipe(snakemake: Any, directory: str) -> None:
     """Write a derived directory's recipe (RECIPE_FILE in it): the rule, all its params
     (the code version among them) and its inputs' digests, as the plan computes them."""
-    from workflow.base.atomic import write_json
 
     _log_code(snakemake)
     params = normalised({k: v for k, v in snakemake.params.items()})

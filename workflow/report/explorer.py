@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from workflow.base.atomic import write_text
+from workflow.base.errors import UserError
+from workflow.evaluation.experiment import experiment
 
 ASSETS = Path(__file__).resolve().parent  # the page's script and style beside this module
 SCRIPT = ASSETS / "explorer.js"
 STYLE = ASSETS / "explorer.css"
 
 
-def _number(value: Any) -> float | int | None:
+def json_number(value: Any) -> float | int | None:
     """A record's number as JSON can hold it (NaN, where a value is undefined, as null)."""
     value = float(value)
     if math.isnan(value) or math.isinf(value):
@@ -41,7 +43,7 @@ def _number(value: Any) -> float | int | None:
     return int(value) if value.is_integer() and abs(value) < 2**53 else value
 
 
-class _Tokens:
+class TokenTable:
     """Token strings, each stored once in the page; cells refer to them by index."""
 
     def __init__(self) -> None:
@@ -58,7 +60,7 @@ class _Tokens:
 def lens_page_data(experiment: str, summary: dict[str, Any], records, probes: list[str] | None = None) -> dict[str, Any]:
     """What the page of experiment 001 or 003 shows: ``records`` (the lens records, a
     DataFrame) of the probes ``probes`` (all of the summary's when None), in its order."""
-    tokens = _Tokens()
+    tokens = TokenTable()
     described = {p["id"]: p for p in summary["probes"]}
     order = [p["id"] for p in summary["probes"]] if probes is None else list(probes)
     # The pipeline's summaries name their lenses; an API frame's holds the lenses in its rows.
@@ -101,22 +103,22 @@ def lens_page_data(experiment: str, summary: dict[str, Any], records, probes: li
     }
 
 
-def _cell(row, tokens: _Tokens) -> list[Any]:
+def _cell(row, tokens: TokenTable) -> list[Any]:
     """One cell: [top-1, top-1 probability, entropy, answer probability, answer rank, KL to
     the final layer, top-k tokens, their probabilities] (explorer.js reads this order)."""
     return [
         tokens(row["top1_token"]),
-        _number(row["top1_prob"]),
-        _number(row["entropy"]),
-        _number(row["answer_prob"]),
-        _number(row["answer_rank"]),
-        _number(row["kl_to_final"]),
+        json_number(row["top1_prob"]),
+        json_number(row["entropy"]),
+        json_number(row["answer_prob"]),
+        json_number(row["answer_rank"]),
+        json_number(row["kl_to_final"]),
         [tokens(t) for t in row["topk_tokens"]],
-        [_number(p) for p in row["topk_probs"]],
+        [json_number(p) for p in row["topk_probs"]],
     ]
 
 
-def _grid(rows, tokens: _Tokens, columns: list[str]) -> dict[str, Any]:
+def grid_of(rows, tokens: TokenTable, columns: list[str]) -> dict[str, Any]:
     """One layers x positions grid of ``rows`` (a frame with ``layer``, ``position`` and
     ``token``): its layers, positions, the token at each position, and per cell ``columns``'
     values (explorer.js reads them in that order)."""
@@ -128,113 +130,13 @@ def _grid(rows, tokens: _Tokens, columns: list[str]) -> dict[str, Any]:
         "layers": layers,
         "positions": positions,
         "tokens": [tokens(first.loc[p, "token"]) for p in positions],
-        "cells": [[[_number(grid.loc[(layer, p), c]) for c in columns] for p in positions] for layer in layers],
+        "cells": [[[json_number(grid.loc[(layer, p), c]) for c in columns] for p in positions] for layer in layers],
     }
-
-
-def patching_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
-    """What experiment 002's page shows: per pair, one grid per sweep (direction and
-    corruption) of the recovered fraction, with the logit difference and both tokens."""
-    tokens = _Tokens()
-    by_pair = {pair: rows for pair, rows in records.groupby("pair", sort=False)}
-    out = []
-    for pair in summary["pairs"]:
-        if pair["id"] not in by_pair:
-            continue
-        rows = by_pair[pair["id"]]
-        sweeps = []
-        for (direction, corruption), sweep in rows.groupby(["direction", "corruption"], sort=False):
-            grid = _grid(sweep, tokens, ["recovered", "logit_diff"])
-            first = sweep.set_index(["layer", "position"]).loc[grid["layers"][0]]
-            cells = grid.pop("cells")
-            sweeps.append({
-                "direction": direction,
-                "corruption": corruption,
-                **grid,
-                "sources": [tokens(first.loc[p, "source_token"]) for p in grid["positions"]],
-                "cells": cells,
-            })
-        out.append({
-            "id": pair["id"],
-            "clean_prompt": pair["clean_prompt"],
-            "corrupted_prompt": pair["corrupted_prompt"],
-            "clean_answer": pair["clean_answer_token"],
-            "corrupted_answer": pair["corrupted_answer_token"],
-            "logit_diff_clean": _number(pair["logit_diff_clean"]),
-            "logit_diff_corrupted": _number(pair["logit_diff_corrupted"]),
-            "sweeps": sweeps,
-        })
-    return {
-        "kind": "patching",
-        "experiment": "002",
-        "model": summary.get("model") or str(records["model"].iloc[0]),
-        "n_layers": int(summary.get("n_layers", records["layer"].max())),
-        "pairs": out,
-        "skipped": [{"id": s["id"], "reason": s["reason"]} for s in summary.get("skipped_pairs", [])],
-        "tokens": tokens.table,
-    }
-
-
-def components_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
-    """What experiment 004's page shows: per pair, one grid per component (attention, MLP,
-    each head; the attention's bias has no patching and is left out) of [exact, AtP,
-    GradDrop, direct logit attribution to the answer, the competitor, the corrupted answer],
-    and the targets' probabilities through the lens after each block's attention and MLP."""
-    tokens = _Tokens()
-    by_pair = {pair: rows for pair, rows in records.groupby("pair", sort=False)}
-    measures = ["exact", "atp", "grad_drop", "dla_answer", "dla_competitor", "dla_corrupted_answer"]
-    out = []
-    for pair in summary["pairs"]:
-        if pair["id"] not in by_pair:
-            continue
-        rows = by_pair[pair["id"]]
-        views = []
-        for component, part in rows.groupby("component", sort=False):
-            if component == "attention_bias":
-                continue
-            views.append({"component": component, **_grid(part, tokens, measures)})
-        targets = {
-            name: {
-                "token": target["token"],
-                **{key: [_number(v) for v in target[key]] for key in ("mid_prob", "post_prob", "mid_rank", "post_rank")},
-            }
-            for name, target in pair["targets"].items()
-        }
-        out.append({
-            "id": pair["id"],
-            "clean_prompt": pair["clean_prompt"],
-            "corrupted_prompt": pair["corrupted_prompt"],
-            "clean_answer": pair["clean_answer"],
-            "corrupted_answer": pair["corrupted_answer"],
-            "logit_diff_clean": _number(pair["logit_diff_clean"]),
-            "logit_diff_corrupted": _number(pair["logit_diff_corrupted"]),
-            "targets": targets,
-            "sweeps": views,
-        })
-    return {
-        "kind": "components",
-        "experiment": "004",
-        "model": summary.get("model") or str(records["model"].iloc[0]),
-        "n_layers": int(summary.get("n_layers", records["layer"].max() + 1)),
-        "heads_exposed": bool(summary.get("heads", {}).get("exposed", False)),
-        "exact_run": bool(summary.get("components", {}).get("exact", True)),
-        "pairs": out,
-        "skipped": [{"id": s["id"], "reason": s["reason"]} for s in summary.get("skipped_pairs", [])],
-        "tokens": tokens.table,
-    }
-
-
-TITLES = {
-    "001": "layers and logits",
-    "002": "activation patching",
-    "003": "generation",
-    "004": "components",
-}
 
 
 def render(data: dict[str, Any]) -> str:
     """The page: the data as JSON, the script and the style inlined."""
-    title = f"Experiment {data['experiment']} ({TITLES.get(data['experiment'], '')}) · {data['model']} · explorer"
+    title = f"Experiment {data['experiment']} ({experiment(data['experiment']).name}) · {data['model']} · explorer"
     # "<" escaped inside JSON, so no token can close the script element.
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     return (
@@ -250,41 +152,20 @@ def render(data: dict[str, Any]) -> str:
     )
 
 
-def page_data(experiment: str, summary: dict[str, Any], records, probes: list[str] | None = None) -> dict[str, Any]:
-    """What the page of ``experiment`` shows of ``records`` (a DataFrame of its records)."""
-    if experiment == "002":
-        return patching_page_data(summary, records)
-    if experiment == "004":
-        return components_page_data(summary, records)
-    return lens_page_data(experiment, summary, records, probes)
-
-
 def write_explorer(
-    experiment: str,
+    experiment_id: str,
     summary_path: str | os.PathLike[str],
     records_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     probes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Read an experiment's records (checked against its JSON, as its plots read them) and
-    write its explorer page to ``output``; returns the page's data."""
+    """Read an experiment's records (as the experiment's plots read them, checked against its
+    JSON) and write its explorer page to ``output``; returns the page's data. What the page
+    shows is the experiment's own (``Experiment.explorer``)."""
     summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
-    if experiment == "002":
-        from workflow.experiments.exp002.records import read_patching_records  # pandas: only when records are read
-
-        records = read_patching_records(str(records_path), summary)
-    elif experiment == "004":
-        from workflow.experiments.exp004.records import read_component_records  # pandas: only when records are read
-
-        records = read_component_records(str(records_path), summary)
-    elif experiment == "001":
-        from workflow.lens.records import load_checked  # pandas: only when records are read
-
-        records = load_checked(records_path, summary_path)
-    else:
-        from workflow.lens.records import read_records  # pandas: only when records are read
-
-        records = read_records(records_path)
-    data = page_data(experiment, summary, records, probes)
+    page = experiment(experiment_id).explorer
+    if page is None:
+        raise UserError(f"experiment {experiment_id} has no explorer page")
+    data = page.data(summary, page.read(str(records_path), str(summary_path), summary), probes)
     write_text(output, render(data))
     return data

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workflow.evaluation.experiment import Experiment
+from workflow.evaluation.experiment import Experiment, ExplorerPage
 from workflow.experiments.exp001 import analysis, digest, sections
+from workflow.lens.records import load_checked
+from workflow.report.explorer import lens_page_data
 
 
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
@@ -33,5 +35,7 @@ EXPERIMENT = Experiment(
     sections={"single-model": sections.SINGLE, "cross-model": sections.CROSS, "meta": sections.META},
     variables=_variables,
     # The probes and the identity check are in the digest (the identity check as orders of magnitude).
-    summary_details=("probes", "timings", "packages", "identity_check"),
+    summary_details=("probes", "packages", "identity_check"),
+    explorer=ExplorerPage(read=lambda records, summary_path, summary: load_checked(records, summary_path),
+                          data=lambda summary, records, probes: lens_page_data("001", summary, records, probes)),
 )

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 import torch
 
 from workflow.base.errors import UserError
+from workflow.config.settings import LensSettings
+from workflow.lens.job import OpenedTunedLens, Outputs, run_model_job
 from workflow.lens.readout import rows_padded
 from workflow.lens.run import LensBatch, ProbeReading, lens_batches
-from workflow.lens.session import LensSession, LensSettings, model_metadata, open_tuned_lens
-from workflow.model.load import LoadedModel
-from workflow.lens.records import write_outputs
+from workflow.lens.session import LensSession
+from workflow.model.load import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def tempered_top1(logits: torch.Tensor) -> torch.Tensor:
                         dtype=torch.float64)
 
 
-def layer_calibration(head, translator, rows: torch.Tensor, answers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Through ``translator`` (the tuned lens) at every layer of each probe's last position
+def layer_calibration(head, tuned, rows: torch.Tensor, answers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Through ``tuned`` (the tuned lens) at every layer of each probe's last position
     (``rows`` [L+1, B, d]): the top-1 log-probability at each of TEMPERATURES [L+1, B, 13]
     and whether the top-1 is the answer's first token [L+1, B]."""
     n_layers_plus_one, batch, _ = rows.shape
@@ -86,7 +86,7 @@ def layer_calibration(head, translator, rows: torch.Tensor, answers: list[int]) 
     correct = torch.empty(n_layers_plus_one, batch, dtype=torch.bool)
     answer = torch.tensor(answers)
     for layer in range(n_layers_plus_one):
-        hidden = rows_padded(lambda h: translator(h, layer), rows[layer])
+        hidden = rows_padded(lambda h: tuned(h, layer), rows[layer])
         for b0 in range(0, batch, FINAL_ROWS):
             logits = rows_padded(head.logits, hidden[b0 : b0 + FINAL_ROWS]).cpu()
             for i, z in enumerate(logits):
@@ -208,50 +208,21 @@ def probe_summary(session: LensSession, reading: ProbeReading, scores, first: in
     }
 
 
-def write_lens_outputs(
-    model_key: str,
-    entry: dict[str, Any],
-    prepared_dir: str | None,
-    device: str,
-    dtype: str,
-    lens: dict[str, Any],
-    probes: list[dict[str, Any]],
-    summary_path: str,
-    records_path: str,
-    backend: str = "auto",
-    tuned_dir: str | None = None,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Load ``model_key``, run every probe and write its JSON summary and records CSV.
-
-    Both files appear together or not at all.
-    """
-    from workflow.model.load import load_model
-
-    started = time.perf_counter()
+def write_lens_outputs(model: ModelSpec, lens: dict[str, Any], probes: list[dict[str, Any]], outputs: Outputs,
+                       tuned_dir: str | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Run every probe through the lens on ``model`` and write its JSON and records
+    (together or not at all); returns the JSON document."""
     settings = LensSettings.from_config(lens)
     for probe in probes:
         if not probe["prompt"].strip():
             raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
-    model = load_model(
-        model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=settings
-    )
-    tuned = tuned_info = None
-    if tuned_dir is not None:
-        tuned, tuned_config = open_tuned_lens(model, settings, tuned_dir)
-        tuned_info = {"path": str(tuned_dir), "settings": tuned_config["settings"], "unembedding_sha256": tuned_config["unembedding_sha256"],
-                      "heldout": tuned_config["heldout"]}
-    load_seconds = time.perf_counter() - started
-    summary, rows = run_lens(model, probes, settings, tuned, batch_size)
-    # Timings go to the log (and Snakemake's benchmark file), not the JSON: results hold
-    # only what their inputs determine.
-    log.info("loaded in %.1f s, lens in %.1f s", load_seconds, time.perf_counter() - started - load_seconds)
-    document = {
-        **model_metadata(model),
-        "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
-        **({"tuned_lens": tuned_info} if tuned_info else {}),
-        **summary,
-    }
-    count = write_outputs(summary_path, records_path, document, rows)
-    log.info("wrote %d records for %d probes (%.1f s)", count, len(probes), time.perf_counter() - started)
-    return document
+
+    def run(loaded: LoadedModel, tuned: OpenedTunedLens | None):
+        summary, rows = run_lens(loaded, probes, settings, tuned.lens if tuned else None, batch_size)
+        return {
+            "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
+            **({"tuned_lens": tuned.recorded("settings", "unembedding_sha256", "heldout")} if tuned else {}),
+            **summary,
+        }, rows
+
+    return run_model_job(model, settings, outputs, run, tuned_dir)

@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workflow.evaluation.experiment import Experiment
+from workflow.evaluation.experiment import Experiment, ExplorerPage
 from workflow.experiments.exp002 import analysis, digest, sections
-
-
-def described_pairs(summary: dict[str, Any]) -> str:
-    """The pairs of a model's JSON (002's, or 004's: the same pairs) as the meta template's ``${pairs}``."""
-    pairs = [
-        {k: p[k] for k in ("id", "clean_prompt", "clean_answer", "corrupted_prompt", "corrupted_answer")}
-        for p in summary["pairs"]
-    ]
-    return json.dumps(pairs, indent=2, ensure_ascii=False)
+from workflow.experiments.exp002.explorer import patching_page_data
+from workflow.experiments.exp002.records import read_patching_records
+from workflow.lens.pairs import described_pairs
 
 
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
@@ -34,5 +28,7 @@ EXPERIMENT = Experiment(
     digest=digest.model_digest,
     sections={"single-model": sections.SINGLE, "cross-model": sections.CROSS, "meta": sections.META},
     variables=_variables,
-    summary_details=("pairs", "timings", "packages", "identity_check"),
+    summary_details=("pairs", "packages", "identity_check"),
+    explorer=ExplorerPage(read=lambda records, summary_path, summary: read_patching_records(records, summary),
+                          data=lambda summary, records, probes: patching_page_data(summary, records)),
 )

@@ -28,18 +28,16 @@ import logging
 import math
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from workflow.lens.pairs import TokenisedPair
 from workflow.model.backends import Patches
-from workflow.base.errors import UserError
 from workflow.model.head import LensHead
 
 log = logging.getLogger(__name__)
-
-DIRECTIONS = ("denoise", "noise")
 
 
 @dataclass(frozen=True)
@@ -61,57 +59,6 @@ class PatchingSettings:
 
     def recorded(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "trace": {"samples": self.trace_samples, "noise": self.trace_noise, "seed": self.trace_seed}}
-
-
-@dataclass
-class TokenisedPair:
-    id: str
-    clean_ids: list[int]
-    corrupted_ids: list[int]
-    clean_answer_id: int
-    corrupted_answer_id: int
-    subject_positions: list[int]  # where the two prompts' tokens differ
-    warnings: list[str] = field(default_factory=list)
-
-
-def _answer_id(tokenizer, pair: dict[str, Any], key: str, warnings: list[str]) -> int:
-    ids = tokenizer(pair[key], add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise UserError(f"pair {pair['id']!r}: {key} {pair[key]!r} tokenises to nothing (config key patching.pairs)")
-    if len(ids) > 1:
-        pieces = [tokenizer.decode([i]) for i in ids]
-        warnings.append(f"{key} {pair[key]!r} tokenises into {len(ids)} tokens {pieces}; the first, {pieces[0]!r}, is used")
-    return int(ids[0])
-
-
-def tokenise_pair(tokenizer, pair: dict[str, Any], model_key: str = "") -> TokenisedPair:
-    """The pair's token ids; a clear error naming the pair where it cannot be patched."""
-    where = f"pair {pair['id']!r}" + (f" on model {model_key!r}" if model_key else "")
-    for key in ("clean", "corrupted"):
-        if not pair[key].strip():
-            raise UserError(f"{where}: the {key} prompt is empty (config key patching.pairs)")
-    clean = list(tokenizer(pair["clean"], add_special_tokens=True)["input_ids"])
-    corrupted = list(tokenizer(pair["corrupted"], add_special_tokens=True)["input_ids"])
-    if len(clean) != len(corrupted):
-        show = lambda ids: [tokenizer.decode([i]) for i in ids]  # noqa: E731
-        raise UserError(
-            f"{where}: the clean prompt {pair['clean']!r} tokenises to {len(clean)} tokens {show(clean)} but the "
-            f"corrupted prompt {pair['corrupted']!r} to {len(corrupted)} {show(corrupted)}; patching needs the same "
-            "length (position by position). Choose a corrupted prompt whose subject has as many tokens "
-            "(config key patching.pairs)"
-        )
-    subject = [i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b]
-    if not subject:
-        raise UserError(f"{where}: the clean and corrupted prompts tokenise the same; nothing to patch (config key patching.pairs)")
-    warnings: list[str] = []
-    clean_answer = _answer_id(tokenizer, pair, "clean_answer", warnings)
-    corrupted_answer = _answer_id(tokenizer, pair, "corrupted_answer", warnings)
-    if clean_answer == corrupted_answer:
-        raise UserError(
-            f"{where}: both answers begin with the same token {tokenizer.decode([clean_answer])!r}, so their logit "
-            "difference is 0 whatever is patched; choose answers whose first tokens differ (config key patching.pairs)"
-        )
-    return TokenisedPair(pair["id"], clean, corrupted, clean_answer, corrupted_answer, subject, warnings)
 
 
 @torch.no_grad()
@@ -211,6 +158,7 @@ def check_runner(blocks, pair: TokenisedPair, which: str, ids: list[int], residu
         )
 
 
+# more than 6 parameters: one pair's two runs and the settings, each a different tensor or object
 def patch_pair(backend, head: LensHead, pair: TokenisedPair, clean: torch.Tensor, corrupted: torch.Tensor,
                noise_std: float, settings: PatchingSettings) -> dict[str, Any]:
     """Every patched run of one pair: LD at each (direction, corruption, layer, position).

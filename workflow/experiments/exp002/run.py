@@ -10,25 +10,24 @@ layer x position (``workflow.experiments.exp002.records.RECORD_COLUMNS``).
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import replace
 from typing import Any
 
 
 from workflow.base.errors import UserError
+from workflow.config.settings import LensSettings
 from workflow.experiments.exp002.patching import (
     PatchingSettings,
     patch_pair,
     subject_embedding_std,
-    tokenise_pair,
 )
-from workflow.experiments.exp002.pairs import resolve_pair
 from workflow.experiments.exp002.records import RECORD_COLUMNS, sweep_tokens
-from workflow.lens.session import LensSession, LensSettings, check_context, model_metadata
-from workflow.model.load import LoadedModel
-from workflow.lens.records import write_outputs
+from workflow.lens.job import Outputs, run_model_job
+from workflow.lens.pairs import pair_identity, resolved_pairs, tokenise_pair
+from workflow.lens.session import LensSession, check_context
+from workflow.model.load import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
-
 
 
 def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: PatchingSettings, lens: LensSettings):
@@ -75,40 +74,6 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
     return summary, rows
 
 
-def resolved_pairs(model: LoadedModel, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(the pairs patched on this model, those left out). A pair made from the probe set
-    whose probe has no partner of its token length on this model is left out (said in the
-    JSON, the log and its figure); any other problem stops."""
-    resolved, skipped = [], []
-    for pair in pairs:
-        try:
-            resolved.append(resolve_pair(model.tokenizer, pair, model.key))
-        except UserError as error:
-            if "corrupted_candidates" not in pair:
-                raise
-            log.warning("%s", error)
-            skipped.append({"id": pair["id"], "probe": pair.get("probe"), "reason": str(error)})
-    if not resolved:
-        raise UserError(f"model {model.key!r}: no pair can be patched ({len(skipped)} made from the probe set, none with a partner)")
-    return resolved, skipped
-
-
-def pair_identity(pair: dict[str, Any], tp) -> dict[str, Any]:
-    """What a pair's JSON entry says of it whatever the experiment (002's, 004's): its id,
-    prompts, answers, probe, and the token ids run."""
-    return {
-        "id": pair["id"],
-        "clean_prompt": pair["clean"],
-        "corrupted_prompt": pair["corrupted"],
-        "clean_answer": pair["clean_answer"],
-        "corrupted_answer": pair["corrupted_answer"],
-        "probe": pair.get("probe"),
-        **({"from_probes": True} if pair.get("from_probes") else {}),
-        "clean_input_ids": tp.clean_ids,
-        "corrupted_input_ids": tp.corrupted_ids,
-    }
-
-
 def pair_outputs(session: LensSession, pair: dict[str, Any], tp, done: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One pair's record rows (RECORD_COLUMNS) and its JSON summary, from its sweeps (``done``)."""
     names, key = session.names, session.model.key
@@ -138,34 +103,12 @@ def pair_outputs(session: LensSession, pair: dict[str, Any], tp, done: dict[str,
     return rows, summary
 
 
-def write_patching_outputs(
-    model_key: str,
-    entry: dict[str, Any],
-    prepared_dir: str | None,
-    device: str,
-    dtype: str,
-    lens: dict[str, Any],
-    patching: dict[str, Any],
-    summary_path: str,
-    records_path: str,
-    backend: str = "auto",
-) -> dict[str, Any]:
-    """Load ``model_key``, patch every pair and write its JSON and records (together or not at all)."""
-    from workflow.model.load import load_model
-
-    started = time.perf_counter()
+def write_patching_outputs(model: ModelSpec, lens: dict[str, Any], patching: dict[str, Any], outputs: Outputs) -> dict[str, Any]:
+    """Patch every pair on ``model`` and write its JSON and records (together or not at all)."""
     settings = PatchingSettings.from_config(patching)
     lens_settings = LensSettings.from_config(lens)
     pairs = patching.get("pairs") or []
     if not pairs:
         raise UserError("experiment 002 has no pairs: add some under patching.pairs in config/config.yaml")
-    model = load_model(
-        model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=lens_settings
-    )
-    load_seconds = time.perf_counter() - started
-    summary, rows = run_patching(model, pairs, settings, lens_settings)
-    log.info("loaded in %.1f s, patched in %.1f s", load_seconds, time.perf_counter() - started - load_seconds)
-    document = {**model_metadata(model), **summary}
-    count = write_outputs(summary_path, records_path, document, rows, RECORD_COLUMNS, ())
-    log.info("wrote %d records for %d pairs", count, len(pairs))
-    return document
+    return run_model_job(model, lens_settings, replace(outputs, columns=RECORD_COLUMNS, list_columns=()),
+                         lambda loaded, tuned: run_patching(loaded, pairs, settings, lens_settings))

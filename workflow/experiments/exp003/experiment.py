@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workflow.evaluation.experiment import Experiment
+from workflow.evaluation.experiment import Experiment, ExplorerPage
 from workflow.experiments.exp003 import analysis, digest, sections
+from workflow.lens.records import read_records
+from workflow.report.explorer import lens_page_data
 
 
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
@@ -22,5 +24,7 @@ EXPERIMENT = Experiment(
     digest=digest.model_digest,
     sections={"single-model": sections.SINGLE, "cross-model": sections.CROSS, "meta": sections.META},
     variables=_variables,
-    summary_details=("probes", "timings", "packages", "identity_check"),
+    summary_details=("probes", "packages", "identity_check"),
+    explorer=ExplorerPage(read=lambda records, summary_path, summary: read_records(records),
+                          data=lambda summary, records, probes: lens_page_data("003", summary, records, probes)),
 )

@@ -6,10 +6,12 @@ import logging
 import time
 from typing import Any
 
+from workflow.config.settings import LensSettings
 from workflow.experiments.exp003.probes import generation_probes
 from workflow.lens.generation import LensGenerator, stop_token_ids
-from workflow.lens.session import LensSettings, check_context, model_metadata, open_tuned_lens, tokenize_prompt
-from workflow.lens.records import write_outputs
+from workflow.lens.job import OpenedTunedLens, Outputs, run_model_job
+from workflow.lens.session import check_context, tokenize_prompt
+from workflow.model.load import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,44 +59,23 @@ def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_n
     return {"identity_check": generator.identity.recorded(), "probes": summaries}, rows
 
 
-def write_generation_outputs(
-    model_key: str,
-    entry: dict[str, Any],
-    prepared_dir: str | None,
-    device: str,
-    dtype: str,
-    backend: str,
-    lens: dict[str, Any],
-    generation: dict[str, Any],
-    probes: list[dict[str, Any]],
-    summary_path: str,
-    records_path: str,
-    tuned_dir: str | None = None,
-) -> dict[str, Any]:
-    """Load ``model_key``, generate after every probe and write the JSON and records together."""
-    from workflow.model.load import load_model
-
+def write_generation_outputs(model: ModelSpec, lens: dict[str, Any], generation: dict[str, Any], probes: list[dict[str, Any]],
+                             outputs: Outputs, tuned_dir: str | None = None) -> dict[str, Any]:
+    """Generate after every probe on ``model`` and write the JSON and records together."""
     settings = LensSettings.from_config({**lens, "positions": "last"})
-    model = load_model(
-        model_key, entry, prepared_dir, device=device, dtype=dtype, backend=backend, lens=settings
-    )
-    if model.from_file is not None:  # a long job, said before it starts
-        log.warning("%s", model.from_file.token_cost(model_key, len(probes) * generation["max_new_tokens"])[1])
-    tuned = tuned_info = None
-    if tuned_dir is not None:
-        tuned, tuned_config = open_tuned_lens(model, settings, tuned_dir)
-        tuned_info = {"path": str(tuned_dir), "unembedding_sha256": tuned_config["unembedding_sha256"]}
-    generator = LensGenerator(model, settings, tuned)
-    summary, rows = run_generation(generator, generation_probes(probes, generation), generation["max_new_tokens"])
-    document = {
-        **model_metadata(model),
-        "lenses": generator.lens_names,
-        **({"tuned_lens": tuned_info} if tuned_info else {}),
-        "lens": settings.recorded(),
-        "generation": {**generation, "decoding": "greedy", "stop": "the model's end-of-sequence tokens",
-                       "cache": "key-value cache; the lens reads each new position"},
-        **summary,
-    }
-    count = write_outputs(summary_path, records_path, document, rows)
-    log.info("wrote %d records for %d probes", count, len(summary["probes"]))
-    return document
+
+    def run(loaded: LoadedModel, tuned: OpenedTunedLens | None):
+        if loaded.from_file is not None:  # a long job, said before it starts
+            log.warning("%s", loaded.from_file.token_cost(loaded.key, len(probes) * generation["max_new_tokens"])[1])
+        generator = LensGenerator(loaded, settings, tuned.lens if tuned else None)
+        summary, rows = run_generation(generator, generation_probes(probes, generation), generation["max_new_tokens"])
+        return {
+            "lenses": generator.lens_names,
+            **({"tuned_lens": tuned.recorded("unembedding_sha256")} if tuned else {}),
+            "lens": settings.recorded(),
+            "generation": {**generation, "decoding": "greedy", "stop": "the model's end-of-sequence tokens",
+                           "cache": "key-value cache; the lens reads each new position"},
+            **summary,
+        }, rows
+
+    return run_model_job(model, settings, outputs, run, tuned_dir)

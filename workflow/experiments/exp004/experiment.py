@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workflow.evaluation.experiment import Experiment
-from workflow.experiments.exp002.experiment import described_pairs
+from workflow.evaluation.experiment import Experiment, ExplorerPage
 from workflow.experiments.exp004 import analysis, digest, sections
+from workflow.experiments.exp004.explorer import components_page_data
+from workflow.experiments.exp004.records import read_component_records
+from workflow.lens.pairs import described_pairs
 
 
 def _variables(stage: str, facts: list[analysis.ModelFacts], summaries: list[dict[str, Any]]) -> dict[str, str]:
@@ -26,5 +28,7 @@ EXPERIMENT = Experiment(
     digest=digest.model_digest,
     sections={"single-model": sections.SINGLE, "cross-model": sections.CROSS, "meta": sections.META},
     variables=_variables,
-    summary_details=("pairs", "timings", "packages", "exactness_check"),
+    summary_details=("pairs", "packages", "exactness_check"),
+    explorer=ExplorerPage(read=lambda records, summary_path, summary: read_component_records(records, summary),
+                          data=lambda summary, records, probes: components_page_data(summary, records)),
 )

@@ -67,6 +67,7 @@ class Activations:
     logit_diff: float
 
 
+# more than 6 parameters: three hooks beside the forward's inputs: which ones are set decides the run
 def _run(model: nn.Module, ids: torch.Tensor, parts: list[Block], answers: tuple[int, int], on_attention, on_mlp, on_z) -> torch.Tensor:
     handles = _hooks(parts, on_attention, on_mlp, on_z)
     try:
@@ -104,6 +105,7 @@ def _recovered(diff: torch.Tensor, clean: float, corrupted: float) -> torch.Tens
     return (diff.to(torch.float64) - corrupted) / (clean - corrupted)
 
 
+# more than 6 parameters: the forward's inputs for both prompts, plus the batching settings
 def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int], answers: tuple[int, int],
           batch_size: int = 32, skip_unchanged: bool = True,
           runs: tuple[Activations, Activations] | None = None) -> dict[str, torch.Tensor]:
@@ -170,6 +172,7 @@ def _value(run: Activations, c: Component, position: int, parts: list[Block]) ->
     return (run.attention if c.kind == "attention" else run.mlp)[c.layer][position]
 
 
+# more than 6 parameters: the forward's inputs for both prompts, plus GradDrop's switch and the clean run
 def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int],
                 answers: tuple[int, int], grad_drop: bool = False, clean: Activations | None = None) -> dict[str, torch.Tensor]:
     """AtP's linear estimate of every component's recovered fraction at each position [T]:
@@ -196,6 +199,7 @@ def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], c
     return estimates[0]
 
 
+# more than 6 parameters: attribution's inputs passed on whole, with the components dropped
 def _linear_estimate(model, layers, parts, clean: Activations, corrupted_ids, answers,
                      dropped: int | None) -> tuple[dict[str, torch.Tensor], float]:
     """(each site's (clean - corrupted) . gradient of the logit difference, the corrupted

@@ -43,6 +43,7 @@ def pair_figure(model: str, pair: PairFacts):
     fig, axes = plt.subplots(2, 3, figsize=(15.0, 7.6), constrained_layout=True)
     answer, competitor = pair.answer.token, pair.competitor.token
 
+    # more than 6 parameters: one panel's data and its labels, most with defaults
     def heat(ax, values, title, ylabels=None, xlabel="block", cbar="", vmax=None):
         vmax = vmax or _symmetric(values)
         image = ax.imshow(values, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")

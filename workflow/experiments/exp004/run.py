@@ -22,19 +22,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from workflow.base.errors import UserError
-from workflow.experiments.exp002.patching import tokenise_pair
-from workflow.experiments.exp002.run import pair_identity, resolved_pairs
+from workflow.config.settings import LensSettings
 from workflow.experiments.exp004 import dla, patching
 from workflow.experiments.exp004.records import RECORD_COLUMNS, TARGETS
-from workflow.lens.session import LensSettings, TokenNames, check_context, model_metadata
-from workflow.model.load import LoadedModel
-from workflow.lens.records import write_outputs
+from workflow.lens.job import Outputs, run_model_job
+from workflow.lens.pairs import pair_identity, resolved_pairs, tokenise_pair
+from workflow.lens.session import TokenNames, check_context
+from workflow.model.backends import find_decoder_layers, find_final_norm
+from workflow.model.load import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ class ExactnessError(UserError):
 
 def _model_parts(model: LoadedModel, probe_ids: list[int]):
     """The transformers model, its decoder layers and its final norm (found by data flow)."""
-    from workflow.model.backends import find_decoder_layers, find_final_norm
 
     hf = model.backend.hf_model
     layers = find_decoder_layers(hf, model.n_layers)
@@ -190,6 +190,7 @@ def recorded_components(parts, attribution: dla.Attribution) -> list[tuple[int, 
     return out
 
 
+# more than 6 parameters: one pair's results from the four measures, each its own object
 def _rows(key, pair_id, parts, tokens, attribution: dla.Attribution, exact, atp, drop) -> list[dict[str, Any]]:
     last = len(tokens) - 1
     rows = []
@@ -206,6 +207,7 @@ def _rows(key, pair_id, parts, tokens, attribution: dla.Attribution, exact, atp,
     return rows
 
 
+# more than 6 parameters: one pair's results from each step of its run, each its own object
 def _pair_summary(pair, tp, tokens, targets, names, attribution: dla.Attribution, baselines) -> dict[str, Any]:
     by_target = {}
     for index, (target, token_id) in enumerate(targets.items()):
@@ -233,35 +235,16 @@ def _pair_summary(pair, tp, tokens, targets, names, attribution: dla.Attribution
     }
 
 
-def write_component_outputs(
-    model_key: str,
-    entry: dict[str, Any],
-    prepared_dir: str | None,
-    device: str,
-    dtype: str,
-    lens: dict[str, Any],
-    components: dict[str, Any],
-    pairs: list[dict[str, Any]],
-    summary_path: str,
-    records_path: str,
-) -> dict[str, Any]:
-    """Load ``model_key``, attribute and patch every pair and write its JSON and records (together or not at all).
+def write_component_outputs(model: ModelSpec, lens: dict[str, Any], components: dict[str, Any], pairs: list[dict[str, Any]],
+                            outputs: Outputs) -> dict[str, Any]:
+    """Attribute and patch every pair on ``model`` and write its JSON and records (together or not at all).
 
     The model is read through forward hooks on its own modules whatever the config's
     ``backend``: TransformerBridge replaces the attention modules with its own components,
     which this experiment's data-flow discovery does not take apart into heads."""
-    from workflow.model.load import load_model
-
-    started = time.perf_counter()
     settings = ComponentSettings.from_config(components)
     lens_settings = LensSettings.from_config(lens)
     if not pairs:
         raise UserError("experiment 004 has no pairs: it patches experiment 002's, add some under patching.pairs in config/config.yaml")
-    model = load_model(model_key, entry, prepared_dir, device=device, dtype=dtype, backend="hooks", lens=lens_settings)
-    load_seconds = time.perf_counter() - started
-    summary, rows = run_components(model, pairs, settings, lens_settings)
-    log.info("loaded in %.1f s, attributed and patched in %.1f s", load_seconds, time.perf_counter() - started - load_seconds)
-    document = {**model_metadata(model), **summary}
-    count = write_outputs(summary_path, records_path, document, rows, RECORD_COLUMNS, ())
-    log.info("wrote %d records for %d pairs", count, len(summary["pairs"]))
-    return document
+    return run_model_job(replace(model, backend="hooks"), lens_settings, replace(outputs, columns=RECORD_COLUMNS, list_columns=()),
+                         lambda loaded, tuned: run_components(loaded, pairs, settings, lens_settings))
