@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import shutil
 import os
 import subprocess
 import sys
@@ -32,6 +33,7 @@ COMPARED = ("*.json", "*-records.csv", "*-records.parquet", "lens-quality*.csv")
 def run_at(commit: str, root: Path, models: dict[str, Path]) -> Path:
     tree = root / commit
     subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree), commit], cwd=REPO, check=True)
+    shutil.rmtree(tree / "results")  # the committed results: only what this run makes is compared
     from conftest import TUNED, tiny_config  # the suite's tiny run: every experiment, both lenses
 
     config = tiny_config(models, **TUNED)
