@@ -138,7 +138,7 @@
 
   function grid() {
     const s = sweep();
-    const head = el("tr", {}, [el("th", { class: "corner", text: "layer \\ position" }),
+    const head = el("tr", {}, [el("th", { class: "corner", title: D.unit_label, text: `${D.unit} \\ position` }),
       ...s.positions.map((p, j) => el("th", { title: `position ${p}: ${JSON.stringify(positionToken(j))}`, text: short(positionToken(j), 12) }))]);
     const rows = [];
     for (let i = s.layers.length - 1; i >= 0; i--) {
@@ -181,7 +181,7 @@
     const s = sweep();
     const i = state.layer, j = state.pos;
     const c = cell(i, j);
-    const where = `layer ${s.layers[i]} \u00b7 position ${s.positions[j]} (${JSON.stringify(positionToken(j))})`;
+    const where = `${D.unit} ${s.layers[i]} \u00b7 position ${s.positions[j]} (${JSON.stringify(positionToken(j))})`;
     if (COMPONENTS) {
       const t = item().targets;
       const last = j === s.positions.length - 1;
@@ -262,7 +262,7 @@
     layers.forEach((layer, k) => {
       if (k % step === 0 || k === layers.length - 1) svg.appendChild(el("svg:text", { x: String(x(layer)), y: String(H - B + 14), class: "tick", "text-anchor": "middle", text: String(layer) }));
     });
-    svg.appendChild(el("svg:text", { x: String((L + W - R) / 2), y: String(H - 4), class: "tick", "text-anchor": "middle", text: "layer" }));
+    svg.appendChild(el("svg:text", { x: String((L + W - R) / 2), y: String(H - 4), class: "tick", "text-anchor": "middle", text: D.unit_label }));
     svg.appendChild(el("svg:line", { x1: String(x(layers[state.layer])), x2: String(x(layers[state.layer])), y1: String(TOP), y2: String(H - B), class: "marker" }));
     for (const s of series) {
       const points = s.values.map((v, k) => [k, v]).filter(([, v]) => v !== null);
@@ -271,7 +271,7 @@
         const dot = el("svg:circle", {
           cx: x(layers[k]).toFixed(1), cy: y(v).toFixed(1), r: s.current ? "3" : "2", class: `point ${s.cls}`,
           "data-series": s.name, "data-layer": String(layers[k]), "data-value": String(v),
-        }, [el("svg:title", { text: `${s.name}, layer ${layers[k]}: ${options.log ? v : fmt(v)}` })]);
+        }, [el("svg:title", { text: `${s.name}, ${D.unit} ${layers[k]}: ${options.log ? v : fmt(v)}` })]);
         dot.addEventListener("click", () => select(k, state.pos, true));
         svg.appendChild(dot);
       }
@@ -331,7 +331,9 @@
     }
     const skipped = !LENS && (D.skipped || []).length
       ? el("p", { class: "hint", text: `Not patched: ${D.skipped.map((p) => `${p.id} (${p.reason})`).join("; ")}` }) : null;
-    app.replaceChildren(controls(), caption(), el("div", { class: "main" }, [grid(), details()]), charts(), skipped || el("span"));
+    // Which numbering the rows use: 001-003 count layers, 004 blocks (docs/data-contract.md).
+    const rows = el("p", { class: "hint", id: "unit", text: `Rows: ${D.unit_label}.` });
+    app.replaceChildren(controls(), caption(), rows, el("div", { class: "main" }, [grid(), details()]), charts(), skipped || el("span"));
   }
 
   document.addEventListener("keydown", (e) => {

@@ -29,6 +29,7 @@ from typing import Any
 from workflow.base.atomic import write_text
 from workflow.base.errors import UserError
 from workflow.evaluation.experiment import experiment
+from workflow.report.numbering import LAYER_LABEL
 
 ASSETS = Path(__file__).resolve().parent  # the page's script and style beside this module
 SCRIPT = ASSETS / "explorer.js"
@@ -94,6 +95,8 @@ def lens_page_data(experiment: str, summary: dict[str, Any], records, probes: li
     return {
         "kind": "lens",
         "experiment": experiment,
+        "unit": "layer",
+        "unit_label": LAYER_LABEL,
         "model": summary.get("model") or str(records["model"].iloc[0]),
         "n_layers": int(summary.get("n_layers", records["layer"].max())),
         "lenses": lenses,

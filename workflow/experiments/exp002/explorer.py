@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workflow.report.explorer import grid_of, json_number, TokenTable
+from workflow.report.numbering import LAYER_LABEL
 
 
 def patching_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
@@ -42,6 +43,8 @@ def patching_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
     return {
         "kind": "patching",
         "experiment": "002",
+        "unit": "layer",
+        "unit_label": LAYER_LABEL,
         "model": summary.get("model") or str(records["model"].iloc[0]),
         "n_layers": int(summary.get("n_layers", records["layer"].max())),
         "pairs": out,

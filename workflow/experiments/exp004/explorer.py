@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workflow.report.explorer import grid_of, json_number, TokenTable
+from workflow.report.numbering import BLOCK_LABEL
 
 
 def components_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
@@ -46,6 +47,9 @@ def components_page_data(summary: dict[str, Any], records) -> dict[str, Any]:
     return {
         "kind": "components",
         "experiment": "004",
+        # The component records count blocks (their ``layer`` column), not 001's layers.
+        "unit": "block",
+        "unit_label": BLOCK_LABEL,
         "model": summary.get("model") or str(records["model"].iloc[0]),
         "n_layers": int(summary.get("n_layers", records["layer"].max() + 1)),
         "heads_exposed": bool(summary.get("heads", {}).get("exposed", False)),
