@@ -122,6 +122,17 @@ def kernel(request, monkeypatch):
 
 
 @pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium with a fresh profile, its viewport browser.SCREEN (tests/browser.py);
+    the test is skipped, saying why, where it is not installed."""
+    from browser import start
+
+    driver = start(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
 def server():
     """A stand-in LLM server (tests/llm_server.py), one per test module."""
     from llm_server import LLMServer

@@ -2,22 +2,23 @@
 real headless browser the page loads without console errors, a click or a hover shows that
 cell's top-k, and every number it shows equals the records.
 
-The browser is Debian's Chromium with its ChromeDriver, driven by selenium (the test extra);
+The browser is Debian's Chromium with its ChromeDriver, driven by selenium (tests/browser.py);
 `.ci/run` installs both packages. Without them the browser tests are skipped and say why.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from browser import console_errors
 from conftest import REPO
 from workflow.experiments.exp002.records import read_patching_records
 from workflow.report.explorer import lens_page_data, write_explorer
 from workflow.lens.records import read_records
+from workflow.report.numbering import BLOCK_LABEL, LAYER_LABEL
 
 MODEL = "gemma-3-270m"
 
@@ -33,6 +34,7 @@ def test_the_page_data_are_the_records():
     records = read_records(records_path)
     data = lens_page_data("001", summary, records, ["capital-germany", "capital-france"])
     assert [p["id"] for p in data["probes"]] == ["capital-germany", "capital-france"]
+    assert (data["unit"], data["unit_label"]) == ("layer", LAYER_LABEL)  # rows are 001's layers
     assert data["lenses"] == ["logit", "tuned"] and data["probes_total"] == len(summary["probes"])
     tokens = data["tokens"]
     checked = 0
@@ -63,40 +65,13 @@ def test_a_token_cannot_end_the_pages_script(tmp_path):
     assert "</script><script>alert" not in page and page.count("</script>") == 2
 
 
-# ---- in a real browser ----------------------------------------------------------------------
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (it is in the test extra: make setup)")
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Chromium and its ChromeDriver are not installed (Debian: apt install chromium chromium-driver; .ci/run installs them)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    # Headless, and nothing that would reach for the network (a closed network refuses it loudly).
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=1400,1000"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+# ---- in a real browser (the fixture ``browser``: tests/browser.py) ------------------------------
 
 
 def open_page(browser, path: Path):
     browser.get(path.as_uri())
     browser.find_element("css selector", "#grid")  # drawn by the script
     return browser
-
-
-def console_errors(browser) -> list[str]:
-    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
 
 
 def shown_cell(browser) -> dict:
@@ -225,6 +200,7 @@ def test_the_component_page_data_are_the_records():
     _, _, summary, records = component_records()
     data = components_page_data(summary, records)
     assert [p["id"] for p in data["pairs"]] == [p["id"] for p in summary["pairs"]] and data["heads_exposed"]
+    assert (data["unit"], data["unit_label"]) == ("block", BLOCK_LABEL)  # the records' `layer` is the block
     measures = ["exact", "atp", "grad_drop", "dla_answer", "dla_competitor", "dla_corrupted_answer"]
     checked = 0
     for pair, described in zip(data["pairs"], summary["pairs"]):
@@ -265,6 +241,7 @@ def test_the_component_explorer_shows_the_records_of_the_cell_clicked(browser, t
         # the cell shows the exact value, rounded; the AtP toggle shows the estimate
         cell = browser.find_element("css selector", f"#grid td[data-layer='12'][data-position='{position}']")
         assert cell.text == f"{row['exact']:.2f}"
+        assert shown_cell(browser)["heading"] == f'block 12 · position {position} ({json.dumps(summary["pairs"][1]["clean_tokens"][position])})'
     points = browser.find_elements("css selector", "svg[data-chart='recovered'] circle[data-series='exact']")
     at = of_pair[of_pair["position"] == 4]
     assert {int(p.get_attribute("data-layer")): float(p.get_attribute("data-value")) for p in points} == dict(

@@ -1,0 +1,59 @@
+"""What a reader's first screen shows, in headless Chromium at 1400x1000 (tests/browser.py):
+an evaluation page and the explorer page of each kind (lens records, patching, components),
+made by the current code from the committed results. Each screenshot is the whole screen
+and not blank, nothing on it overflows sideways (cut off or scrolled), and what must be on
+it is there. The report's first screen is checked on the tiny run (tests/test_pipeline.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from browser import console_errors, first_screen, on_first_screen, overflowing
+from conftest import REPO
+from workflow.numbering import BLOCK_LABEL, LAYER_LABEL
+
+RESULTS = REPO / "results"
+MODEL = "gemma-3-270m"
+
+
+def test_the_evaluation_pages_first_screen(browser, tmp_path):
+    from workflow.pages import write_page
+
+    page = tmp_path / "evaluation-cross-model.html"
+    write_page(RESULTS / "001" / "evaluation-cross-model.md", page, "Experiment 001 · evaluation-cross-model",
+               [RESULTS / "001" / "plots" / "cross-model-trajectories.png"])
+    browser.get(page.as_uri())
+    first_screen(browser, tmp_path / "evaluation.png")
+    assert on_first_screen(browser, browser.find_element("css selector", "h1"))
+    # The page opens with its text (the answer first), not with a figure or a blank screen.
+    paragraph = browser.find_element("css selector", "h1 ~ p")
+    assert on_first_screen(browser, paragraph) and len(paragraph.text) > 80
+    assert overflowing(browser) == []
+    for image in browser.find_elements("css selector", "img"):  # figures scaled to the page's width
+        assert browser.execute_script("return arguments[0].getBoundingClientRect().right", image) <= 1400
+    assert console_errors(browser) == []
+
+
+@pytest.mark.parametrize("experiment, model, unit", [("001", MODEL, LAYER_LABEL), ("002", "smollm2-135m-instruct", LAYER_LABEL),
+                                                     ("004", MODEL, BLOCK_LABEL)])
+def test_the_explorers_first_screen(browser, tmp_path, experiment, model, unit):
+    """One page of each kind: the grid, the chosen cell's details and which numbering the rows
+    use, all on the first screen, nothing cut off."""
+    from workflow.explorer import write_explorer
+
+    page = tmp_path / f"explorer-{experiment}.html"
+    write_explorer(experiment, RESULTS / experiment / f"output-{model}.json", RESULTS / experiment / f"output-{model}-records.csv",
+                   page, ["capital-germany", "capital-france"] if experiment == "001" else None)
+    browser.get(page.as_uri())
+    grid = browser.find_element("css selector", "#grid")
+    first_screen(browser, tmp_path / f"explorer-{experiment}.png")
+    assert browser.find_element("css selector", "#unit").text == f"Rows: {unit}."
+    for element in (browser.find_element("css selector", "#unit"), browser.find_element("css selector", "#grid th.corner"),
+                    browser.find_element("css selector", "#details h2")):
+        assert on_first_screen(browser, element), element.text
+    assert browser.execute_script("return arguments[0].getBoundingClientRect().top", grid) < 1000 / 2
+    word = unit.split(" ")[0]
+    assert browser.find_element("css selector", "#grid th.corner").text == f"{word} \\ position"
+    assert browser.find_element("css selector", "#details h2").text.startswith(f"{word} ")
+    assert overflowing(browser) == []
+    assert console_errors(browser) == []
