@@ -442,7 +442,7 @@ def plot_answer_by_layer(records: dict[str, pd.DataFrame] | pd.DataFrame, probe:
     """The answer's probability at the last prompt position across relative depth (layer /
     layers), one line per model and lens: where the answer emerges, and how models differ.
     ``records``: one model's ``Model.lens`` frame, or several by name."""
-    from workflow.report.plots import plt  # matplotlib: not at lens-chat's start
+    from workflow.report.plots import DEPTH_LABEL, legend_outside, plt  # matplotlib: not at lens-chat's start
 
     frames = records if isinstance(records, dict) else {"": records}
     if not frames:
@@ -462,11 +462,11 @@ def plot_answer_by_layer(records: dict[str, pd.DataFrame] | pd.DataFrame, probe:
     for last, lens, label in series:
         ax.plot(last["layer"] / last["layer"].max(), last["answer_prob"], marker="o", markersize=3,
                 linestyle="-" if lens == "logit" else "--", label=label)
-    ax.set_xlabel("relative depth (layer / layers; 0 = embedding)")
+    ax.set_xlabel(f"{DEPTH_LABEL}; 0 = embeddings")
     ax.set_ylabel("answer probability at the last prompt position")
     ax.set_ylim(0, 1)
     ax.set_title(f"answer probability by layer · {shown_probe}", fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
     return _shown(fig)
 
@@ -477,7 +477,7 @@ def plot_patching(records: pd.DataFrame, direction: str = "denoise", corruption:
     corrupted) or noise; a matplotlib figure."""
     import numpy as np
 
-    from workflow.report.plots import plt, visible  # matplotlib: not at lens-chat's start
+    from workflow.report.plots import layer_axis, plt, visible  # matplotlib: not at lens-chat's start
 
     _records_frame(records, "plot_patching", ("model", "pair", "direction", "corruption", "layer", "position", "token", "recovered"))
     rows = records[(records["direction"] == direction) & (records["corruption"] == corruption)]
@@ -488,9 +488,9 @@ def plot_patching(records: pd.DataFrame, direction: str = "denoise", corruption:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * grid.shape[1] + 2.5), max(4.0, 0.25 * grid.shape[0] + 1.8)))
     image = ax.imshow(grid.to_numpy(dtype=np.float64), aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(tokens)), [visible(t) for t in tokens], rotation=45, ha="right", fontsize=8)
+    layer_axis(ax, "y", every=True)
     ax.set_yticks(range(grid.shape[0]), [str(layer) for layer in grid.index], fontsize=7)
     ax.set_xlabel("position patched (token read)")
-    ax.set_ylabel("layer (0 = embedding)")
     ax.set_title(f"{rows['model'].iloc[0]} · {rows['pair'].iloc[0]} · {direction}\nfraction of the logit difference recovered", fontsize=10)
     fig.colorbar(image, ax=ax, label="recovered")
     fig.tight_layout()

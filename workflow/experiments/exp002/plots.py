@@ -14,7 +14,7 @@ import numpy as np
 
 from workflow.experiments.exp002.analysis import ModelFacts, PairFacts
 from workflow.experiments.exp002.records import sweep_tokens
-from workflow.report.plots import plt, save, visible
+from workflow.report.plots import DEPTH_LABEL, layer_axis, legend_outside, plt, save, visible
 
 SWEEP_ORDER = ("prompt/denoise", "prompt/noise", "gaussian/denoise")
 SWEEP_TITLES = {"prompt/denoise": "denoise", "prompt/noise": "noise", "gaussian/denoise": "causal trace (restore)"}
@@ -53,10 +53,12 @@ def pair_figure(model: str, pair: PairFacts):
     for ax, grid in zip(axes[0], grids):
         image = ax.imshow(grid.value, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-1.0, vmax=1.0)
         ax.set_xticks(range(n_pos), [_label(r, s) for r, s in zip(grid.tokens, grid.source_tokens)], rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(0, n_layers, max(1, n_layers // 12)), [str(x) for x in range(0, n_layers, max(1, n_layers // 12))], fontsize=7)
+        layer_axis(ax, "y", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
         ax.set_title(SWEEP_TITLES[grid.sweep], fontsize=9)
         ax.set_xlabel("position (token; patched ← source)")
-    axes[0][0].set_ylabel("layer (0 = entering block 0)")
+    for ax in axes[0][1:]:
+        ax.set_ylabel("")
     fig.suptitle(f"{model} · {pair.id}\nrecovered fraction of the logit difference {pair.clean_answer!r} − {pair.corrupted_answer!r}", fontsize=10)
     fig.colorbar(image, ax=list(axes[0]), label="recovered (1 = the patch alone does it)")
     return fig
@@ -104,10 +106,10 @@ def depth_figure(facts: list[ModelFacts]):
             if col == 0:
                 ax.set_ylabel("recovered", fontsize=9)
             if row == len(pairs) - 1:
-                ax.set_xlabel("relative depth", fontsize=9)
+                ax.set_xlabel(DEPTH_LABEL, fontsize=9)
             ax.tick_params(labelsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=len(facts), fontsize=9)
+    legend_outside(fig, handles, labels, fontsize=9)
     fig.suptitle("Patching the last position alone, by relative depth\n(dotted: where experiment 001's lens first reads the answer)",
                  x=0.02, ha="left", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))

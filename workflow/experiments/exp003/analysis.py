@@ -69,8 +69,10 @@ class ProbeFacts:
     text: str
     stopped: str
     tokens: list[TokenFacts]
-    # [layer][generated index] the logit lens's probability of the generated token (for pictures)
+    # [layer][generated index] the logit lens's probability of the generated token, and
+    # whether it is the lens's top-1 there (for pictures)
     grid: list[list[float]] = field(repr=False, default_factory=list)
+    top1: list[list[bool]] = field(repr=False, default_factory=list)
 
 
 @dataclass
@@ -136,9 +138,11 @@ def model_facts(summary: str | Path, records: str | Path) -> ModelFacts:
             previous = t["token"]
         rows = logit[logit["probe"] == p["id"]]
         grid = [[float("nan")] * len(tokens) for _ in range(n_layers + 1)]
-        for layer, position, prob in zip(rows["layer"], rows["position"], rows["answer_prob"]):
+        top1 = [[False] * len(tokens) for _ in range(n_layers + 1)]
+        for layer, position, prob, rank in zip(rows["layer"], rows["position"], rows["answer_prob"], rows["answer_rank"]):
             grid[int(layer)][int(position)] = float(prob)
-        probes.append(ProbeFacts(p["id"], p["prompt"], p["text"], p["stopped"], tokens, grid))
+            top1[int(layer)][int(position)] = int(rank) == 1
+        probes.append(ProbeFacts(p["id"], p["prompt"], p["text"], p["stopped"], tokens, grid, top1))
     by_class: dict[str, dict[str, ClassStats]] = {}
     content_later: dict[str, float | None] = {}
     for lens in lenses:

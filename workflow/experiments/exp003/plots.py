@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from workflow.experiments.exp003.analysis import ModelFacts, ProbeFacts
-from workflow.report.plots import plt, save, visible
+from workflow.report.plots import DEPTH_LABEL, layer_axis, legend_outside, outline_cells, plt, save, visible
 
 CLASS_ORDER = ("content", "function", "continuation", "other")
 
@@ -23,16 +23,17 @@ def probe_figure(model: str, n_layers: int, probe: ProbeFacts):
     n_tokens = grid.shape[1]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * n_tokens + 2.0), max(4.0, 0.2 * n_layers + 2.4)), constrained_layout=True)
     image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=1.0)
+    outline_cells(ax, probe.top1)
     settled = [t.stable["logit"] for t in probe.tokens]
-    ax.scatter(range(n_tokens), settled, marker="_", s=120, color="red", label="settles (stays top-1 from here)")
+    ax.scatter(range(n_tokens), settled, marker="_", s=120, color="black", label="settles (stays top-1 from here)")
+    ax.plot([], [], "s", markerfacecolor="none", markeredgecolor="red", label="outlined: the token is the top-1")
     ax.set_xticks(range(n_tokens), [visible(t.token) for t in probe.tokens], rotation=45, ha="right", fontsize=8)
-    step = max(1, (n_layers + 1) // 12)
-    ax.set_yticks(range(0, n_layers + 1, step), [str(x) for x in range(0, n_layers + 1, step)], fontsize=7)
+    layer_axis(ax, "y")
+    ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel("generated token (in order)")
-    ax.set_ylabel("layer (0 = entering block 0)")
-    ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
     ax.set_title(f"{model} · {probe.id}\n{probe.prompt!r} → generated, logit lens", fontsize=9)
     fig.colorbar(image, ax=ax, label="lens probability of the generated token")
+    legend_outside(fig, *ax.get_legend_handles_labels(), fontsize=7)
     return fig
 
 
@@ -56,8 +57,8 @@ def settling_figure(facts: list[ModelFacts]):
     labels = [f"{c}\n(" + ", ".join(str(counts[m][k]) for m in counts) + " tokens)" for k, c in enumerate(CLASS_ORDER)]
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(CLASS_ORDER))], labels, fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("median settling depth\n(layer / layers)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_ylabel("median settling depth\n" + DEPTH_LABEL.removeprefix("relative depth "))
+    legend_outside(ax, fontsize=8)
     ax.set_title("Where generated tokens settle under the logit lens, by word class", fontsize=9)
     return fig
 

@@ -14,18 +14,12 @@ import os
 import numpy as np
 
 from workflow.experiments.exp004.analysis import KINDS, ModelFacts, PairFacts
-from workflow.report.plots import plt, save, visible
+from workflow.report.plots import DEPTH_LABEL, layer_axis, legend_outside, plt, save, visible
 
 
 def _symmetric(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(max(np.abs(finite).max(), 1e-9)) if finite.size else 1.0
-
-
-def _layer_ticks(ax, n_layers: int, axis: str = "x") -> None:
-    step = max(1, n_layers // 10)
-    ticks = list(range(0, n_layers, step))
-    (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks, [str(t) for t in ticks], fontsize=7)
 
 
 def heads_max(grid: np.ndarray) -> np.ndarray:
@@ -43,12 +37,13 @@ def pair_figure(model: str, pair: PairFacts):
     fig, axes = plt.subplots(2, 3, figsize=(15.0, 7.6), constrained_layout=True)
     answer, competitor = pair.answer.token, pair.competitor.token
 
-    # more than 6 parameters: one panel's data and its labels, most with defaults
-    def heat(ax, values, title, ylabels=None, xlabel="block", cbar="", vmax=None):
+    def heat(ax, values, title, ylabels=None, cbar="", vmax=None):
+        """Columns are blocks (this experiment's records count blocks, not 001's layers)."""
         vmax = vmax or _symmetric(values)
         image = ax.imshow(values, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel(xlabel, fontsize=8)
+        layer_axis(ax, "x", "block", every=n_layers <= 20, fontsize=8)  # every block where they fit
+        ax.tick_params(axis="x", labelsize=7)
         if ylabels is not None:
             ax.set_yticks(range(len(ylabels)), ylabels, fontsize=7)
         fig.colorbar(image, ax=ax, label=cbar, shrink=0.85)
@@ -56,11 +51,9 @@ def pair_figure(model: str, pair: PairFacts):
 
     heat(axes[0][0], pair.dla_blocks, f"direct logit attribution: {visible(answer)} − {visible(competitor)}",
          list(KINDS), cbar="logit")
-    _layer_ticks(axes[0][0], n_layers)
     if n_heads:
         heat(axes[0][1], pair.dla_heads, "direct logit attribution per head", [str(h) for h in range(n_heads)], cbar="logit")
         axes[0][1].set_ylabel("head", fontsize=8)
-        _layer_ticks(axes[0][1], n_layers)
     else:
         axes[0][1].axis("off")
         axes[0][1].text(0.5, 0.5, "heads not exposed:\nattention per block only", ha="center", va="center", fontsize=9)
@@ -77,7 +70,7 @@ def pair_figure(model: str, pair: PairFacts):
         scatter.set_title(f"attribution patching against exact (Spearman {spearman:.2f})", fontsize=9)
         scatter.set_xlabel("exact recovered", fontsize=8)
         scatter.set_ylabel("AtP estimate", fontsize=8)
-        scatter.legend(fontsize=7)
+        legend_outside(scatter, fontsize=7)
         scatter.tick_params(labelsize=7)
     else:
         scatter.axis("off")
@@ -90,12 +83,10 @@ def pair_figure(model: str, pair: PairFacts):
         ax = axes[1][kind_index]
         heat(ax, shown[kind_index].T, f"{how}: {kind} output, recovered", tokens, cbar="recovered", vmax=vmax)
         ax.set_ylabel("position (clean token)", fontsize=8)
-        _layer_ticks(ax, n_layers)
     if n_heads:
         heat(axes[1][2], heads_max(shown_heads), f"{how}: heads, recovered at their strongest position",
              [str(h) for h in range(n_heads)], cbar="recovered", vmax=vmax)
         axes[1][2].set_ylabel("head", fontsize=8)
-        _layer_ticks(axes[1][2], n_layers)
     else:
         axes[1][2].axis("off")
     fig.suptitle(f"{model} · {pair.id}: {pair.clean_prompt!r} → {visible(answer)} (corrupted: {pair.corrupted_prompt!r})",
@@ -125,10 +116,9 @@ def cross_figure(facts: list[ModelFacts]):
             ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, color=colours[i % len(colours)], label=m.model)
         ax.axhline(0.0, color="grey", linewidth=0.5)
         ax.set_title(f"{kind}: direct share of answer − competitor (mean over pairs)", fontsize=9)
-        ax.set_xlabel("relative depth ((block + 1) / blocks)", fontsize=8)
+        ax.set_xlabel(f"{DEPTH_LABEL}: block n at (n + 1) / blocks", fontsize=8)
         ax.set_ylabel("logit", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
     ax = axes[2]
     pairs = sorted({p.id for m in facts for p in m.pairs})
     width = 0.8 / max(len(facts), 1)
@@ -140,7 +130,7 @@ def cross_figure(facts: list[ModelFacts]):
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
     ax.set_title("attribution patching against exact: Spearman per pair", fontsize=9)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
+    legend_outside(ax, fontsize=7)  # one legend for the three panels: the same colours
     return fig
 
 
