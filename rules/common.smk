@@ -406,5 +406,10 @@ def get_explorer_inputs(wildcards):
     return {"summary": inputs["summary"], "records": inputs["records"]}
 
 
+# The report's first category: Snakemake's menu lists categories alphabetically, and a name
+# that starts with punctuation sorts before every model key (letters and digits first).
+START_CATEGORY = "» Start here"
+
+
 def page_category(wildcards):
     return {"cross-model": "Cross-model", "meta": "Method"}.get(wildcards.name, wildcards.name)

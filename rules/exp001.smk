@@ -27,7 +27,8 @@ register_experiment(
         f"{E001}/plots/{model}/statistics.png",
         *expand(f"{E001}/plots/{model}/heatmap-{{probe}}.png", probe=HEATMAP_IDS),
     ],
-    cross_figures=[f"{E001}/plots/cross-model-trajectories.png"],
+    # The answer by layer first: the figure that answers the experiment's question.
+    cross_figures=[f"{E001}/plots/answer-by-layer.png", f"{E001}/plots/cross-model-trajectories.png"],
     explorer_probes=HEATMAP_IDS,
     artefacts=[
         *expand(f"{E001}/output-{{model}}.json", model=MODELS),
@@ -36,6 +37,7 @@ register_experiment(
         *[heatmap_file(model, probe, lens) for model in MODELS for probe in HEATMAP_IDS for lens in HEATMAP_LENSES],
         *expand(f"{E001}/plots/{{model}}/statistics.png", model=MODELS),
         *expand(f"{E001}/provenance/{{plot}}-{{model}}.prov.json", plot=["heatmaps", "statistics"], model=MODELS),
+        f"{E001}/plots/answer-by-layer.png",
         f"{E001}/plots/cross-model-trajectories.png",
         f"{E001}/provenance/plot-cross-model.prov.json",
         # The tuned lens's quality on held-out text, where config lenses has it.
@@ -137,6 +139,14 @@ rule plot_cross:
     input:
         unpack(model_outputs(E001, RECORDS_001)),
     output:
+        # The report's first category, which its overview (workflow/report/workflow.rst) opens with.
+        answer=update(report(
+            f"{E001}/plots/answer-by-layer.png",
+            caption="../workflow/report/answer-by-layer.rst",
+            category=START_CATEGORY,
+            subcategory="Answer by layer",
+            labels={"figure": "the answer by layer, every lens and model"},
+        )),
         figure=update(report(
             f"{E001}/plots/cross-model-trajectories.png",
             caption="../workflow/report/trajectories.rst",

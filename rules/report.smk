@@ -1,7 +1,8 @@
 # Evaluations of every experiment as HTML pages, each experiment's explorer page per model, and what `snakemake --report report.html` shows.
 #
-# Results are grouped by category: one per model (its heatmaps and its evaluation),
-# "Cross-model" and "Method". Captions are in workflow/report/.
+# Results are grouped by category: START_CATEGORY first (experiment 001's answer by layer),
+# one per model (its heatmaps and its evaluation), "Cross-model" and "Method". Captions are
+# in workflow/report/; the overview, the report's first screen, is workflow/report/workflow.rst.
 
 
 rule evaluation_page:

@@ -45,7 +45,9 @@ def test_full_run_writes_all_five_kinds_of_file(finished):
         text = (results / name).read_text()
         assert heading_problems(text, template.headings) == []
         assert "tiny-llama" in text and "tiny-gemma3" in text
-    assert "](plots/cross-model-trajectories.png)" in (results / "evaluation-cross-model.md").read_text()
+    cross = (results / "evaluation-cross-model.md").read_text()
+    # The answer by layer first among its figures, then the trajectories.
+    assert 0 < cross.index("](plots/answer-by-layer.png)") < cross.index("](plots/cross-model-trajectories.png)")
     logs = files_under(finished / "logs")
     assert "001/run_lens-tiny-llama.log" in logs and "001/evaluate_meta.log" in logs
 
@@ -63,9 +65,13 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     html = (finished / "report.html").read_text(encoding="utf-8")
     heatmaps = [f"heatmap-{p['id']}.png" for p in PROBES]
     categories = report_data(html, "categories")
-    assert list(categories) == ["tiny-llama", "tiny-gemma3", "Cross-model", "Method"]
-    # It opens on an overview of the experiments and the run's models, not on one experiment.
+    # The report's menu sorts them: "» Start here" first (tests/test_pipeline.py, the first screen).
+    assert list(categories) == ["tiny-llama", "tiny-gemma3", "» Start here", "Cross-model", "Method"]
+    assert categories["» Start here"] == {"Answer by layer": ["results/001/plots/answer-by-layer.png"]}
+    # It opens on an overview of the experiments and the run's models, not on one experiment,
+    # and the overview opens with a link to the answer by layer.
     assert "Layer-by-layer lens experiments: overview" in html and "003, generation" in html
+    assert "javascript:app.showResultInfo('results/001/plots/answer-by-layer.png')" in html
     assert "<strong>tiny-llama</strong>" in html and "<strong>tiny-gemma3</strong>" in html
     # Experiments 001 and 003 (002 has no pairs in this config).
     for model in ("tiny-llama", "tiny-gemma3"):
@@ -88,11 +94,41 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     assert "How to read it" in results["results/001/plots/tiny-llama/" + heatmaps[0]]["caption"]
     assert "tiny-llama" in results["results/001/plots/tiny-llama/" + heatmaps[0]]["caption"]
     assert "relative depth" in results["results/001/plots/cross-model-trajectories.png"]["caption"]
+    assert "layer n the output of block n−1" in results["results/001/plots/answer-by-layer.png"]["caption"]
     assert not re.search(r'(src|href)="https?://', html)  # nothing fetched when opened offline
     # The evaluation pages carry their own figures.
     page = (finished / "results/001/html/evaluation-tiny-llama.html").read_text(encoding="utf-8")
     assert page.count('<img src="data:image/png;base64,') == len(PROBES) + 1  # the heatmaps and the statistics
     assert "<h2>Figures</h2>" in page
+
+
+def test_the_reports_first_screen_is_the_overview(finished, browser, tmp_path):
+    """In headless Chromium at 1400x1000 (tests/browser.py): the report opens on the overview,
+    its title and its pointer to the answer by layer on the first screen (Snakemake centred
+    it beside the rule graph, its top cut off out of reach), the rule graph below; the
+    menu's first category is "» Start here", which shows the answer-by-layer figure."""
+    from browser import console_errors, first_screen, on_first_screen, overflowing
+
+    if not (finished / "report.html").is_file():
+        result = snakemake(finished, "--report", "report.html")
+        assert result.returncode == 0, said(result)[-3000:]
+    browser.get((finished / "report.html").as_uri())
+    title = browser.find_element("css selector", ".prose h1")
+    first_screen(browser, tmp_path / "report.png")
+    assert title.text == "Layer-by-layer lens experiments: overview" and on_first_screen(browser, title)
+    start = browser.find_element("xpath", "//div[contains(@class, 'prose')]//p[strong[text()='Start here']]")
+    assert on_first_screen(browser, start) and "answer-by-layer.png" in start.text
+    overview = browser.find_element("css selector", ".prose")
+    assert browser.execute_script("return arguments[0].getBoundingClientRect().width", overview) > 700  # not a narrow column
+    graph_top = browser.execute_script("return document.querySelector('#rulegraph').getBoundingClientRect().top")
+    assert graph_top > browser.execute_script("return arguments[0].getBoundingClientRect().bottom", overview)  # the graph below
+    assert overflowing(browser) == []
+    menu = [item.text for item in browser.find_element("css selector", "ul").find_elements("css selector", "li")]  # the navbar's
+    assert menu[menu.index("RESULTS") + 1] == "» Start here", menu
+    browser.find_element("xpath", "//*[text()='» Start here']").click()
+    assert "answer-by-layer.png" in browser.find_element("css selector", "body").text
+    # Snakemake's own page warns that its styles come from Tailwind's in-browser build.
+    assert [e for e in console_errors(browser) if "cdn.tailwindcss.com should not be used in production" not in e] == []
 
 
 def test_a_models_description_forms_no_markup_in_the_report(finished, tmp_path):
