@@ -313,7 +313,7 @@ def statistics_figure(facts: ModelFacts):
         depth_ax.invert_yaxis()
         if left_out:
             for ax in (acc, depth_ax):
-                ax.set_title(ax.get_title() + f"\n({few} not drawn: {rule})", fontsize=9)
+                ax.set_title(ax.get_title() + f"\n({few} not drawn: a group needs {MIN_PANEL_PROBES} probes)", fontsize=9)
     else:
         st = facts.statistics
         depth = st["depth"]["logit"]
