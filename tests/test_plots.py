@@ -6,7 +6,7 @@ import pytest
 from conftest import PROBES, REPO
 from workflow.experiments.exp001.analysis import model_facts
 from workflow.experiments.exp001.run import write_lens_outputs
-from workflow.lens.readout.job import Outputs
+from workflow.lens.job import Outputs
 from workflow.model.load import ModelSpec
 from workflow.experiments.exp001.plots import TRAJECTORY_METRICS, heatmap_data, plot_heatmap, plot_trajectories, trajectory_figure
 from workflow.report.plots import visible
