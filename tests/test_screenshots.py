@@ -10,14 +10,14 @@ import pytest
 
 from browser import console_errors, first_screen, on_first_screen, overflowing
 from conftest import REPO
-from workflow.numbering import BLOCK_LABEL, LAYER_LABEL
+from workflow.report.numbering import BLOCK_LABEL, LAYER_LABEL
 
 RESULTS = REPO / "results"
 MODEL = "gemma-3-270m"
 
 
 def test_the_evaluation_pages_first_screen(browser, tmp_path):
-    from workflow.pages import write_page
+    from workflow.report.pages import write_page
 
     page = tmp_path / "evaluation-cross-model.html"
     write_page(RESULTS / "001" / "evaluation-cross-model.md", page, "Experiment 001 · evaluation-cross-model",
@@ -39,21 +39,17 @@ def explorer_page(experiment: str, model: str) -> str:
     probes or pairs (all of them make no other first screen, and take seconds longer)."""
     import json
 
-    from workflow.explorer import page_data, render
+    from workflow.evaluation.experiment import experiment as registered
+    from workflow.report.explorer import render
 
     summary_path, records_path = RESULTS / experiment / f"output-{model}.json", RESULTS / experiment / f"output-{model}-records.csv"
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    page = registered(experiment).explorer
+    records = page.read(str(records_path), str(summary_path), summary)
     if experiment == "001":
-        from workflow.records import load_checked
-
-        return render(page_data("001", summary, load_checked(records_path, summary_path), ["capital-germany", "capital-france"]))
-    if experiment == "002":
-        from workflow.exp002.records import read_patching_records as read
-    else:
-        from workflow.exp004.records import read_component_records as read
-    records = read(str(records_path), summary)
+        return render(page.data(summary, records, ["capital-germany", "capital-france"]))
     summary = {**summary, "pairs": summary["pairs"][:2]}
-    return render(page_data(experiment, summary, records[records["pair"].isin([p["id"] for p in summary["pairs"]])]))
+    return render(page.data(summary, records[records["pair"].isin([p["id"] for p in summary["pairs"]])], None))
 
 
 @pytest.mark.parametrize("experiment, model, unit", [("001", MODEL, LAYER_LABEL), ("002", "smollm2-135m-instruct", LAYER_LABEL),
