@@ -201,6 +201,16 @@ def test_bad_arguments_are_one_clear_error_before_any_work(tiny, tmp_path, monke
         tiny.generate("a b", max_new_tokens=0)
     with pytest.raises(TypeError, match=r"Model\.patch: corrupted is a str, not NoneType None"):
         tiny.patch("a b", " c", None, " d")
+    with pytest.raises(UserError, match=r"Model\.lens, probe 1 \('the-capital-of-italy-is'\): the answer 'Rome' .* did you mean ' Rome'\?"):
+        tiny.lens("The capital of Italy is", "Rome")
+    with pytest.raises(UserError, match=r"Model\.patch: pair 'pair': the clean_answer 'Rome' .* did you mean ' Rome'\?"):
+        tiny.patch("The capital of Italy is", "Rome", "The capital of Spain is", " Madrid")
+
+
+def test_an_answer_meant_to_join_its_prompt_is_read(tiny):
+    frame = tiny.lens([{"id": "joined", "prompt": "The capital of Germany is Ber", "answer": "lin", "answer_joins": True}],
+                      lenses=("logit",), positions="last")
+    assert frame["probe"].unique().tolist() == ["joined"] and frame.attrs["summary"]["probes"][0]["answer"] == "lin"
 
 
 def test_plot_functions_refuse_what_is_not_records(tiny):

@@ -168,3 +168,121 @@ def test_a_pair_names_a_probe_of_the_set_whatever_its_source(tmp_path):
     relations = load({"relations": ["country_capital_city"]}, Path(__file__).resolve().parents[1])
     with pytest.raises(UserError, match="names probe 'capital-germany', which is not one of the probes"):
         check_pairs([{**pair, "probe": "capital-germany"}], relations, "c")
+
+
+JOINED = "The capital of Italy is"  # an answer "Rome" after it reads as the end of "is"
+
+
+@pytest.mark.parametrize(
+    "prompt, answer, joins",
+    [
+        (JOINED, "Rome", True),
+        (JOINED, " Rome", False),
+        ("Q: the capital of Italy? A:", "Rome", True),  # running text has a space after , ; : ! ?
+        ("Italy, France,", "Spain", True),
+        ("The capital of Germany is Ber", "lin", True),  # meant: answer_joins
+        ("The year was 19", "89", True),
+        ('The capital of Italy is "', "Rome", False),  # after an opening quote, a bracket, a hyphen
+        ("The capital of Italy is (", "Rome", False),
+        ("Baden-", "Württemberg", False),
+        ("The answer is 3.", "14", False),  # a full stop ends sentences, decimals and code alike
+        (JOINED, "\u201cRome", False),  # not a letter or digit
+        ("日本の首都は", "東京", False),  # scripts written without spaces between words
+        ("The capital of Japan is 東", "京", False),
+        ("Die Hauptstadt von Österreich ist", "Wien", True),
+    ],
+)
+def test_the_rule_for_an_answer_joined_to_its_prompt(prompt, answer, joins):
+    from workflow.config.probes import joins_prompt
+
+    assert joins_prompt(prompt, answer) is joins
+
+
+def _probe_file(tmp_path, suffix, probes):
+    path = tmp_path / f"probes.{suffix}"
+    if suffix == "yaml":
+        import yaml
+
+        path.write_text(yaml.safe_dump(probes), encoding="utf-8")
+    elif suffix == "jsonl":
+        path.write_text("".join(json.dumps(p) + "\n" for p in probes), encoding="utf-8")
+    else:
+        import csv
+
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, ["id", "prompt", "answer", "answer_joins"])
+            writer.writeheader()
+            writer.writerows({**p, "answer_joins": {True: "true", False: "false"}.get(p.get("answer_joins"), "")} for p in probes)
+    return {"file": str(path)}
+
+
+@pytest.mark.parametrize("source", ["inline", "yaml", "csv", "jsonl"])
+def test_an_answer_without_its_space_is_refused_naming_file_probe_and_fix(tmp_path, source):
+    """Whatever the probe set's source, the error names it, the probe (number and id) and the
+    answer with its space; ``answer_joins: true`` says a joined answer is meant, and is not
+    passed on (it changes no result)."""
+    probes = [PROBES[0], {"id": "capital-italy", "prompt": JOINED, "answer": "Rome"}]
+    spec = probes if source == "inline" else _probe_file(tmp_path, source, probes)
+    where = "config/config.yaml: key probes" if source == "inline" else f"probes.{source}"
+    with pytest.raises(UserError) as info:
+        load(spec, tmp_path)
+    message = str(info.value)
+    assert f"{where}, probe 2 ('capital-italy'): the answer 'Rome'" in message
+    assert "did you mean ' Rome'?" in message and "answer_joins: true" in message
+    probes[1]["answer_joins"] = True
+    spec = probes if source == "inline" else _probe_file(tmp_path, source, probes)
+    assert load(spec, tmp_path) == [PROBES[0], {"id": "capital-italy", "prompt": JOINED, "answer": "Rome"}]
+    probes[1]["answer_joins"] = False
+    spec = probes if source == "inline" else _probe_file(tmp_path, source, probes)
+    with pytest.raises(UserError, match="did you mean ' Rome'"):
+        load(spec, tmp_path)
+
+
+@pytest.mark.parametrize("source", ["inline", "csv"])
+def test_answer_joins_is_true_or_false(tmp_path, source):
+    probe = {"id": "capital-italy", "prompt": JOINED, "answer": "Rome", "answer_joins": "yes"}
+    spec = [probe] if source == "inline" else (tmp_path / "p.csv")
+    if source == "csv":
+        spec.write_text(f"id,prompt,answer,answer_joins\ncapital-italy,{JOINED},Rome,yes\n", encoding="utf-8")
+        spec = {"file": str(spec)}
+    with pytest.raises(UserError, match=r"probe 1 \('capital-italy'\): answer_joins is true or false, not 'yes'"):
+        load(spec, tmp_path)
+
+
+def test_a_pair_answer_without_its_space_is_refused_unless_meant():
+    from workflow.experiments.exp002.pairs import check_pairs
+
+    pair = {"id": "g", "clean": "The capital of Germany is", "clean_answer": " Berlin",
+            "corrupted": "The capital of France is", "corrupted_answer": "Paris"}
+    with pytest.raises(UserError) as info:
+        check_pairs([pair], PROBES, "config/config.yaml")
+    assert "config/config.yaml, patching.pairs: pair 'g': the corrupted_answer 'Paris'" in str(info.value)
+    assert "did you mean ' Paris'?" in str(info.value)
+    (checked,) = check_pairs([{**pair, "answer_joins": True}], PROBES, "config/config.yaml")
+    assert "answer_joins" not in checked
+
+
+def test_every_committed_probe_set_has_its_spaces():
+    """The config's probes and pairs, and every shipped relation in each direction and
+    template, pass the check (load refuses an answer joined to its prompt)."""
+    import yaml
+
+    from workflow.experiments.exp002.pairs import check_pairs
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    probes = load(config["probes"], REPO)
+    assert check_pairs(config["patching"]["pairs"], probes, "config/config.yaml")
+    reverse = yaml.safe_load((REPO / "data" / "lre-reverse.yaml").read_text(encoding="utf-8"))["relations"]
+    for name, path in relation_names(REPO).items():
+        for template in range(len(json.loads(path.read_text(encoding="utf-8"))["prompt_templates"])):
+            assert load({"relations": [name], "template": template, "directions": "both" if name in reverse else "forward"}, REPO)
+
+
+def test_planning_refuses_an_answer_without_its_space(tmp_path):
+    """The dry run stops with the probe file, the probe and the fix on its last line."""
+    from pipeline import planning_error, scratch_copy, snakemake
+
+    workdir = scratch_copy(tmp_path / "w")
+    (workdir / "italy.csv").write_text(f"id,prompt,answer\ncapital-italy,{JOINED},Rome\n", encoding="utf-8")
+    result = snakemake(workdir, "-n", "--config", "probes={file: italy.csv}", timeout=300)
+    planning_error(result, "italy.csv, probe 1 ('capital-italy'): the answer 'Rome'", "did you mean ' Rome'?")

@@ -41,6 +41,7 @@ from workflow.config.probes import check, slug
 from workflow.config.schema import coerce_strings, describe_validation_error, schema_violation
 from workflow.config.settings import LensSettings
 from workflow.evaluation.experiment import experiment
+from workflow.lens.pairs import check_pair_answers
 from workflow.provenance.record import digests_kept_in
 from workflow.report.explorer import render
 
@@ -205,8 +206,12 @@ def _probes(prompts: str | Sequence[str] | Sequence[dict[str, Any]], answers, mo
             continue
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError(f"prompt {i + 1}: expected some text, found {prompt!r}")
-        answer = answers[i] if answers is not None else model.next_token(prompt)
-        probes.append({"id": slug(prompt)[:40] or f"prompt-{i + 1}", "prompt": prompt, "answer": answer})
+        probe = {"id": slug(prompt)[:40] or f"prompt-{i + 1}", "prompt": prompt}
+        if answers is not None:
+            probe["answer"] = answers[i]
+        else:  # the model's own next token is what it writes there, joined or not
+            probe.update(answer=model.next_token(prompt), answer_joins=True)
+        probes.append(probe)
     seen: dict[str, int] = {}
     for probe in probes:  # the same prompt twice keeps two ids
         n = seen[probe["id"]] = seen.get(probe["id"], 0) + 1
@@ -304,11 +309,14 @@ class Model:
         summary, rows = run_lens(self.loaded, probes, settings, tuned, self.config["lens"]["batch_size"])
         return _frame(rows, COLUMNS, summary, "001")
 
-    def patch(self, clean: str, clean_answer: str, corrupted: str, corrupted_answer: str, *, pair_id: str = "pair") -> pd.DataFrame:
+    def patch(self, clean: str, clean_answer: str, corrupted: str, corrupted_answer: str, *, pair_id: str = "pair",
+              answer_joins: bool = False) -> pd.DataFrame:
         """Experiment 002 on one pair of prompts of the same token length: the residual of
         every layer x position patched from one run into the other (both directions, and
         causal tracing where the config's ``patching.trace.samples`` asks), with 002's
-        record columns; ``recovered`` is the fraction of the logit difference restored."""
+        record columns; ``recovered`` is the fraction of the logit difference restored.
+        ``answer_joins``: the answers are meant to continue their prompts' last words (as a
+        pair's key in the config)."""
         from workflow.experiments.exp002.patching import PatchingSettings  # torch: not at lens-chat's start
         from workflow.experiments.exp002.records import RECORD_COLUMNS  # pandas: not at lens-chat's start
         from workflow.experiments.exp002.run import run_patching  # torch: not at lens-chat's start
@@ -317,6 +325,7 @@ class Model:
                 "corrupted_answer": corrupted_answer}
         for name, value in pair.items():
             _text("Model.patch", name, value)
+        pair = check_pair_answers({**pair, "answer_joins": answer_joins}, "Model.patch")
         summary, rows = run_patching(self.loaded, [pair], PatchingSettings.from_config(self.config["patching"]), self.lens_settings())
         return _frame(rows, RECORD_COLUMNS, summary, "002")
 

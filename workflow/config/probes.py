@@ -14,7 +14,8 @@ style, relation) or a probe set:
   of each relation, in file order; null: all).
 
 ``load`` turns either into the list of probes, checked: unique ids, a reverse_of that names
-a probe, non-blank prompts and answers. Errors name the file, line or key.
+a probe, non-blank prompts and answers, and no answer written joined to the prompt's last
+word where running text has a space (``answer_joins``). Errors name the file, line or key.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,12 @@ from workflow.base.limits import check_size
 LRE_DIR = Path("data/lre-relations/data")
 REVERSE_FILE = Path("data/lre-reverse.yaml")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # as config/schema.yaml: it names files
-PROBE_KEYS = ("id", "prompt", "answer", "reverse_of", "style", "relation")
+PROBE_KEYS = ("id", "prompt", "answer", "reverse_of", "style", "relation", "answer_joins")
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+# After these, running text puts a space before the next word (a question-and-answer prompt's "A:").
+SPACED_AFTER = ",;:!?"
+# Scripts written without spaces between words: there an answer joins the prompt as written.
+UNSPACED_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
 
 
 def _unescape(text: str) -> str:
@@ -170,8 +176,12 @@ def _read_csv(path: Path, text: str) -> list[dict[str, Any]]:
                 f"({shown(fields)}); a comma inside a prompt or answer needs the field in double quotes"
             )
         rows.append(dict(zip(header, fields)))
-    # Empty cells of optional columns are absent, not empty strings.
-    return [{k: v for k, v in row.items() if v != "" or k in ("prompt", "answer")} for row in rows]
+    # Empty cells of optional columns are absent, not empty strings; a flag's cell reads as YAML's.
+    flags = {"true": True, "false": False}
+    return [
+        {k: flags.get(v.lower(), v) if k == "answer_joins" else v for k, v in row.items() if v != "" or k in ("prompt", "answer")}
+        for row in rows
+    ]
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
@@ -202,8 +212,41 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     raise UserError(f"{path}: unknown probe file type {suffix!r}; use .yaml, .csv or .jsonl")
 
 
+def _spaced_word_character(char: str) -> bool:
+    return char.isalnum() and not unicodedata.name(char, "").startswith(UNSPACED_SCRIPTS)
+
+
+def joins_prompt(prompt: str, answer: str) -> bool:
+    """Whether ``answer`` as written starts a word with no space after a prompt that running
+    text would follow with one: the answer starts with a letter or digit, and the prompt ends
+    in one or in , ; : ! ? (neither in a script written without spaces). A tokenizer then
+    reads the answer as the rest of the prompt's word ("Rome" after "is": "isRome"), not the
+    word " Rome" the model would write next."""
+    last, first = prompt[-1:], answer[:1]
+    return bool(last) and _spaced_word_character(first) and (_spaced_word_character(last) or last in SPACED_AFTER)
+
+
+def check_answer_joins(flag: Any, label: str) -> bool:
+    """The ``answer_joins`` flag of a probe or pair: true or false (absent: false)."""
+    if flag is None or isinstance(flag, bool):
+        return bool(flag)
+    raise UserError(f"{label}: answer_joins is true or false, not {shown(flag)}")
+
+
+def check_answer_space(prompt: str, answer: str, label: str, key: str = "answer") -> None:
+    """Refuse an answer written joined to the prompt's last word (``joins_prompt``), naming
+    ``label`` and the answer with its space."""
+    if joins_prompt(prompt, answer):
+        raise UserError(
+            f"{label}: the {key} {shown(answer)} follows the prompt's last character {prompt[-1]!r} with no space, "
+            f"so it would be read as the end of that word, not as the word the model writes next: did you mean "
+            f"{shown(' ' + answer)}? (If it is meant to join the prompt's last word, add answer_joins: true.)"
+        )
+
+
 def check(probes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
-    """``probes`` after checking each one's keys and the set's ids; errors name ``where``."""
+    """``probes`` after checking each one's keys and the set's ids, without their
+    ``answer_joins`` (it says what was meant, and changes no result); errors name ``where``."""
     if not probes:
         raise UserError(f"{where}: the probe set is empty; give at least one probe")
     for number, probe in enumerate(probes, start=1):
@@ -218,6 +261,8 @@ def check(probes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
                 raise UserError(f"{label}: {key} is missing or blank")
         if not ID_PATTERN.match(probe["id"]):
             raise UserError(f"{label}: id {shown(probe['id'])} must be letters, digits, '.', '_' or '-', at most 100 of them (it names files)")
+        if not check_answer_joins(probe.get("answer_joins"), f"{label} ({probe['id']!r})"):
+            check_answer_space(probe["prompt"], probe["answer"], f"{label} ({probe['id']!r})")
     ids = [p["id"] for p in probes]
     counts: dict[str, int] = {}
     for i in ids:
@@ -230,7 +275,7 @@ def check(probes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
         target = probe.get("reverse_of")
         if target is not None and target not in known:
             raise UserError(f"{where}: probe {probe['id']!r} has reverse_of {target!r}, which is not a probe id")
-    return probes
+    return [{k: v for k, v in probe.items() if k != "answer_joins"} for probe in probes]
 
 
 def load(spec: list[dict[str, Any]] | dict[str, Any], base: str | Path = ".", configfile: str = "config/config.yaml") -> list[dict[str, Any]]:

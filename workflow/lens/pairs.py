@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from workflow.base.errors import UserError, listed
+from workflow.config.probes import check_answer_joins, check_answer_space
 
 if TYPE_CHECKING:
     from workflow.model.load import LoadedModel
@@ -65,13 +66,24 @@ def resolve_pair(tokenizer, pair: dict[str, Any], model_key: str = "") -> dict[s
     )
 
 
+def check_pair_answers(pair: dict[str, Any], where: str) -> dict[str, Any]:
+    """``pair`` without its ``answer_joins``, after refusing an answer written joined to its
+    prompt's last word (``workflow.config.probes.joins_prompt``) unless the flag says it is meant."""
+    label = f"{where}: pair {pair['id']!r}"
+    if not check_answer_joins(pair.get("answer_joins"), label):
+        for prompt, answer in (("clean", "clean_answer"), ("corrupted", "corrupted_answer")):
+            check_answer_space(pair[prompt], pair[answer], label, answer)
+    return {k: v for k, v in pair.items() if k != "answer_joins"}
+
+
 def check_pairs(pairs: list[dict[str, Any]], probes: list[dict[str, Any]], configfile: str) -> list[dict[str, Any]]:
     """``pairs`` checked against what the schema cannot say, each linked to the probe of
     experiment 001 its evaluation compares with: unique ids; a pair's ``probe`` must name a
     probe of the set, wherever the set comes from (a name that is not there is a mistake,
     not a pair without a lens run); a pair that names none is linked to the probe with its
     clean prompt and answer, if the set has one (so the shipped pairs keep their lens
-    comparison with the shipped probes, and run without it on a probe set from a file)."""
+    comparison with the shipped probes, and run without it on a probe set from a file); no
+    answer written joined to its prompt's last word unless the pair says so."""
     ids = [p["id"] for p in pairs]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
@@ -81,6 +93,8 @@ def check_pairs(pairs: list[dict[str, Any]], probes: list[dict[str, Any]], confi
     by_text = {(p["prompt"], p["answer"]): p["id"] for p in reversed(probes)}
     linked = []
     for pair in pairs:
+        if "corrupted" in pair:  # written under patching.pairs; those made from the probe set have checked answers
+            pair = check_pair_answers(pair, f"{configfile}, patching.pairs")
         probe = pair.get("probe")
         if probe is None:
             found = by_text.get((pair.get("clean"), pair.get("clean_answer")))

@@ -295,22 +295,15 @@ def check_finite(model: LoadedModel, probe: dict[str, Any], residuals: torch.Ten
 
 def answer_warnings(tokenizer, probe: dict[str, Any], answer_ids: list[int]) -> list[str]:
     """What a user must know about how the lens follows the answer: the records follow its
-    first token only, and an answer written without the space a word takes after the prompt
-    starts with a piece of a word."""
-    found = []
-    answer, prompt = probe["answer"], probe["prompt"]
+    first token only. (An answer written without the space a word takes after the prompt is
+    refused while planning: workflow.config.probes.joins_prompt.)"""
+    if len(answer_ids) == 1:
+        return []
     first = tokenizer.decode([answer_ids[0]])
-    if len(answer_ids) > 1:
-        found.append(
-            f"the answer {answer!r} is {len(answer_ids)} tokens; the records follow its first token {first!r} "
-            "(answer_logprob scores all of them)"
-        )
-    if answer[:1].isalnum() and prompt[-1:].isalnum():
-        found.append(
-            f"the answer {answer!r} has no leading space, but the prompt ends in a word: the model would write "
-            f"{' ' + answer!r}; the lens follows {first!r} (write the answer with its leading space)"
-        )
-    return found
+    return [
+        f"the answer {probe['answer']!r} is {len(answer_ids)} tokens; the records follow its first token {first!r} "
+        "(answer_logprob scores all of them)"
+    ]
 
 
 def model_metadata(model: LoadedModel) -> dict[str, Any]:
