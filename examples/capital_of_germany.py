@@ -16,55 +16,43 @@ from workflow import api
 PROMPT, ANSWER = "The capital of Germany is", " Berlin"
 models = {key: api.load(key) for key in ("smollm2-135m-instruct", "gemma-3-270m")}
 records = {key: model.lens(PROMPT, ANSWER) for key, model in models.items()}
-records["gemma-3-270m"].head()
+columns = ["lens", "layer", "position", "input_token", "top1_token", "top1_prob", "answer_prob", "answer_rank"]
+records["gemma-3-270m"][columns].head().round(3)
 
 # %% [markdown]
 # One row per lens, layer (0 is the embedding) and prompt position: the lens's top-1 token and
 # its probability, the top-k, the entropy, the answer's probability and rank, and the KL to
-# the model's own output. Where does " Berlin" first become the top-1 at the last position,
-# and from which layer does it stay there?
+# the model's own output (these columns and more). Where does " Berlin" first become the
+# top-1 at the last position, and from which layer does it stay there?
 
 # %%
-def emergence(frame, answer=ANSWER):
-    """Per lens: (first layer where the answer is top-1, layer from which it stays top-1)."""
-    last = frame[frame["position"] == frame["position"].max()]
-    found = {}
-    for lens, rows in last.groupby("lens"):
-        top = rows.sort_values("layer")["top1_token"].eq(answer).tolist()
-        first = top.index(True) if True in top else None
-        stable = next((layer for layer in range(len(top)) if all(top[layer:])), None)
-        found[lens] = (first, stable)
-    return found
-
-
-layers = {key: emergence(frame) for key, frame in records.items()}
-for key, found in layers.items():
-    n_layers = models[key].n_layers
-    for lens, (first, stable) in found.items():
-        print(f"{key:24} {lens:6} lens: first top-1 at layer {first} of {n_layers}, stays from layer {stable}")
+print(api.describe_emergence(records))
 
 # %% [markdown]
-# The answer's probability across relative depth: the tuned lens, trained to predict the
-# model's output from each layer, sees the answer several layers before the logit lens.
+# The answer's probability at the last position across relative depth (layer / layers), both
+# models, the logit lens solid and the tuned lens dashed: where each line rises is where that
+# lens reads the answer.
 
 # %%
 figures = {"answer-by-layer": api.plot_answer_by_layer(records)}
 figures["answer-by-layer"]
 
 # %% [markdown]
-# The whole grid of one model: the top-1 token at every layer and position.
+# The whole grid of one model through the tuned lens: the top-1 token at every layer and
+# position, coloured by its probability.
 
 # %%
 figures["gemma-heatmap-tuned"] = api.plot_heatmap(records["gemma-3-270m"], lens="tuned")
 figures["gemma-heatmap-tuned"]
 
 # %% [markdown]
-# What does Gemma predict at the last position in the middle of the stack, before " Berlin"?
+# What do Gemma's last layers do to " Berlin"? Its top-1 token, the answer's probability and
+# its rank at the last position, from layer 12 on, through both lenses.
 
 # %%
 gemma = records["gemma-3-270m"]
-middle = gemma[(gemma["lens"] == "tuned") & (gemma["position"] == gemma["position"].max())]
-middle[["layer", "top1_token", "top1_prob", "answer_prob", "answer_rank"]].iloc[6:14]
+last = gemma[(gemma["position"] == gemma["position"].max()) & (gemma["layer"] >= 12)]
+last[["lens", "layer", "top1_token", "top1_prob", "answer_prob", "answer_rank"]].round(3)
 
 # %% [markdown]
 # Where is the answer caused? Activation patching (experiment 002): the residual of the clean
@@ -85,9 +73,9 @@ import sys
 
 page = api.explore(records["gemma-3-270m"], "capital-of-germany-explorer.html")
 if "ipykernel" in sys.modules:
-    from IPython.display import IFrame, display
+    from IPython.display import HTML, display
 
-    display(IFrame(str(page), width="100%", height=900))
+    display(HTML(f'<iframe src="{page}" width="100%" height="900"></iframe>'))
 else:
     print(f"wrote {page}: open it in a browser")
 

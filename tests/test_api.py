@@ -9,6 +9,7 @@ models are prepared and their tuned lenses trained.
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -275,9 +276,12 @@ def test_a_model_prepared_from_another_source_is_prepared_again(tmp_path, monkey
     assert api.prepared_dir("m", entry, tmp_path) == str(out) and made == [out]
 
 
+NOTEBOOK = REPO / "examples" / "capital-of-germany.ipynb"
+
+
 def test_the_notebook_is_its_scripts_cells():
     """examples/capital-of-germany.ipynb is written from examples/capital_of_germany.py
-    (examples/make_notebook.py); the two say the same."""
+    (examples/make_notebook.py); the two say the same, and every code cell was executed."""
     import importlib.util
 
     import nbformat
@@ -286,9 +290,57 @@ def test_the_notebook_is_its_scripts_cells():
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
     made = maker.notebook((REPO / "examples" / "capital_of_germany.py").read_text(encoding="utf-8"))
-    committed = nbformat.read(REPO / "examples" / "capital-of-germany.ipynb", as_version=4)
-    assert nbformat.writes(made) == nbformat.writes(committed), "run .venv/bin/python examples/make_notebook.py"
-    assert sum(c.cell_type == "code" for c in committed.cells) >= 6
+    committed = nbformat.read(NOTEBOOK, as_version=4)
+    assert [(c.cell_type, c.source) for c in made.cells] == [(c.cell_type, c.source) for c in committed.cells], (
+        "run .venv/bin/python examples/make_notebook.py")
+    code = [c for c in committed.cells if c.cell_type == "code"]
+    assert len(code) >= 6
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "committed without its outputs"
+
+
+def _shown(cell) -> list:
+    """What a code cell shows people, as text: printed lines, and each displayed value's text
+    forms (a table's text and HTML, a figure's description), with whether it has an image."""
+    shown = []
+    for output in cell.outputs:
+        assert output.output_type != "error", output
+        if output.output_type == "stream":
+            if output.name == "stdout":
+                shown.append(output.text)
+        else:
+            data = dict(output.data)
+            shown.append((data.pop("image/png", None) is not None, data))
+    return shown
+
+
+def test_the_notebook_shows_what_its_code_makes_of_the_committed_results(tmp_path, monkeypatch):
+    """The committed notebook's outputs, made by executing it on the models, are what its
+    code makes of the committed results: its cells run again in a kernel, the models
+    answering from results/001 and results/002 (tests/committed_models.py), print and
+    display the same text (lines, tables, figure descriptions). Figures are compared
+    loosely: the same outputs have an image, not the same pixels."""
+    import copy
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    committed = nbformat.read(NOTEBOOK, as_version=4)
+    book = copy.deepcopy(committed)
+    for cell in book.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    book.cells.insert(0, nbformat.v4.new_code_cell(
+        f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nimport committed_models\ncommitted_models.install()"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    NotebookClient(book, timeout=120, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    pairs = [(ours, theirs) for ours, theirs in zip(book.cells[1:], committed.cells) if theirs.cell_type == "code"]
+    for number, (ours, theirs) in enumerate(pairs, 1):
+        assert _shown(ours) == _shown(theirs), f"code cell {number}: run .venv/bin/python examples/make_notebook.py"
+    assert sum(image for cell in committed.cells if cell.cell_type == "code" for image, _ in
+               (item for item in _shown(cell) if isinstance(item, tuple))) == 3
+    printed = "".join(item for cell in committed.cells if cell.cell_type == "code" for item in _shown(cell) if isinstance(item, str))
+    assert "the answer ' Berlin'" in printed and not PYTHON_WORDS.search(printed), printed
 
 
 def test_explore_writes_the_explorer_page_of_a_frame(tiny, tmp_path):
@@ -317,3 +369,70 @@ def test_explore_writes_the_explorer_page_of_a_frame(tiny, tmp_path):
                                 re.S).group(1))["experiment"] == "003"
     with pytest.raises(UserError, match="needs a frame made by Model.lens"):
         api.explore(pd.DataFrame(frame.to_dict()), tmp_path / "bare.html")  # the same rows, no summary
+
+
+# Words of Python (or pandas) that mean nothing to a reader of printed text.
+PYTHON_WORDS = re.compile(r"\b(None|nan|NaN|inf|True|False|null|dtype)\b|<NA>|[\[\]{}]")
+
+
+def _lens_frame(ranks: dict[str, list[int]], model: str = "m") -> "pd.DataFrame":
+    """Records of one probe at its last prompt position: the answer's rank at each layer, per lens."""
+    import pandas as pd
+
+    rows = [{"model": model, "probe": "p", "lens": lens, "layer": layer, "position": 4, "top1_token": " Berlin" if rank == 1 else " the",
+             "answer_token": " Berlin", "answer_rank": rank} for lens, by_layer in ranks.items() for layer, rank in enumerate(by_layer)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("ranks, words", [
+    ({"logit": [9, 7, 5, 3], "tuned": [8, 6, 4, 2]}, ["logit lens: never the top-1 (the output's top-1 is ' the')"]),
+    ({"logit": [9, 1, 1, 2], "tuned": [9, 9, 1, 3]}, ["logit lens: the top-1 first at layer 1 of 3, not at the output",
+                                                     "the logit lens reads it as the top-1 1 layer before the tuned lens"]),
+    ({"logit": [9, 1, 2, 1], "tuned": [1, 1, 1, 1]}, ["logit lens: the top-1 first at layer 1 of 3, and from layer 3 to the output",
+                                                     "tuned lens: the top-1 from layer 0 of 3 to the output"]),
+    ({"logit": [9, 9, 9, 1], "tuned": [9, 9, 9, 9]}, ["logit lens: the top-1 only at the output (layer 3 of 3)",
+                                                     "tuned lens: never the top-1"]),
+    ({"logit": [9, 9, 9, 9]}, ["m (3 layers), probe p: the answer ' Berlin' at the last prompt position", "never the top-1"]),
+])
+def test_the_printed_emergence_says_never_not_none(ranks, words):
+    """Where the answer never becomes, or never stays, the top-1, the words say so: no
+    Python word (None, nan, ...) in what is printed for people."""
+    text = api.describe_emergence({"m": _lens_frame(ranks)})
+    assert not PYTHON_WORDS.search(text), text
+    for word in words:
+        assert word in text, text
+
+
+def test_the_chat_line_of_a_token_that_never_stays_top1_says_never():
+    """lens-chat's line of a sampled token that is top-1 at a middle layer only."""
+    from types import SimpleNamespace
+
+    from workflow.chat import Chat
+
+    chat = Chat.__new__(Chat)
+    chat.model = SimpleNamespace(n_layers=30)
+    chat.generator = SimpleNamespace(lens_names=["logit", "tuned"], names=lambda token: " Berlin")
+    trace = SimpleNamespace(index=0, token_id=7, model_prob=0.25, first_top1_layer=lambda lens: {"logit": 12, "tuned": None}[lens],
+                            stable_top1_layer=lambda lens: None)
+    line = chat.line(trace)
+    assert "layer 12 (never) of 30" in line and "never top-1" in line
+    assert not PYTHON_WORDS.search(line), line
+
+
+def test_the_readme_snippet_run_as_a_script_prints_and_saves_what_it_found(tuned_run, tmp_path, monkeypatch, capsys):
+    """The README's Python block run as a script, in a folder of its own (the model a tiny
+    one the pipeline ran, with its tuned lens): it prints where the answer becomes the top-1
+    and writes its figure and its explorer page."""
+    import runpy
+
+    (block,) = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)
+    load = api.load
+    monkeypatch.setattr(api, "load", lambda model, **settings: load("tiny-llama", workdir=tuned_run))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "readme.py").write_text(block, encoding="utf-8")
+    runpy.run_path(str(tmp_path / "readme.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "the answer ' Berlin' at the last prompt position" in printed and "  tuned lens: " in printed, printed
+    assert not PYTHON_WORDS.search(printed), printed
+    assert (tmp_path / "berlin.png").read_bytes().startswith(b"\x89PNG")
+    assert "explorer-data" in (tmp_path / "berlin.html").read_text(encoding="utf-8")

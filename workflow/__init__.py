@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 # before torch computes anything; a value the user set is kept.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-_API = ("Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", "plot_patching", "explore")
+_API = ("Model", "load", "load_config", "describe_emergence", "plot_heatmap", "plot_answer_by_layer", "plot_patching",
+        "explore")
 
 
 def __getattr__(name: str):

@@ -48,7 +48,8 @@ from workflow.report.explorer import render
 if TYPE_CHECKING:  # pandas is imported where frames are made (lens-chat imports this module)
     import pandas as pd
 
-__all__ = ["Model", "load", "load_config", "plot_heatmap", "plot_answer_by_layer", "plot_patching", "explore"]
+__all__ = ["Model", "load", "load_config", "describe_emergence", "plot_heatmap", "plot_answer_by_layer", "plot_patching",
+           "explore"]
 
 log = logging.getLogger("workflow.api")
 
@@ -434,6 +435,69 @@ def _records_of(records: pd.DataFrame, probe: str | None, lens: str) -> tuple[pd
     if rows.empty:
         raise UserError(f"no {lens}-lens records for probe {probe!r} (probes: {', '.join(records['probe'].unique())})")
     return rows, probe, models[0]
+
+
+def layer_words(layer: int | None) -> str:
+    """A layer as people read it: its number, or "never" where there is none."""
+    return "never" if layer is None else str(layer)
+
+
+def top1_words(first: int | None, stable: int | None, n_layers: int, output_top1: str) -> str:
+    """Where an answer is the lens's top-1, in words: from the first layer where it is, and
+    the layer from which it stays to the output (``output_top1``: the output's top-1 token)."""
+    if first is None:
+        return f"never the top-1 (the output's top-1 is {output_top1!r})"
+    if stable is None:
+        return f"the top-1 first at layer {first} of {n_layers}, not at the output (whose top-1 is {output_top1!r})"
+    if first == n_layers:
+        return f"the top-1 only at the output (layer {n_layers} of {n_layers})"
+    if stable == first:
+        return f"the top-1 from layer {first} of {n_layers} to the output"
+    return f"the top-1 first at layer {first} of {n_layers}, and from layer {stable} to the output"
+
+
+def _top1_layers(rows: pd.DataFrame) -> tuple[int | None, int | None, str]:
+    """(first layer where the answer is top-1, layer from which it stays, the output's top-1
+    token) of one probe and lens at its last prompt position; top-1: rank 1 (ties share it)."""
+    last = rows[rows["position"] == rows["position"].max()].sort_values("layer")
+    top = dict(zip(last["layer"].tolist(), (last["answer_rank"] == 1).tolist()))
+    first = next((layer for layer, is_top in top.items() if is_top), None)
+    stable = None
+    for layer in reversed(list(top)):
+        if not top[layer]:
+            break
+        stable = layer
+    return first, stable, str(last["top1_token"].iloc[-1])
+
+
+def describe_emergence(records: dict[str, pd.DataFrame] | pd.DataFrame, probe: str | None = None) -> str:
+    """Where the answer becomes the top-1 at the last prompt position, in words: per model
+    (one ``Model.lens`` frame, or several by name) and lens, the first layer, the layer from
+    which it stays to the output, or that it never does; and where both lenses are read,
+    which reads it first. Layers as the records count them (0: the embedding)."""
+    frames = records if isinstance(records, dict) else {"": records}
+    if not frames:
+        raise ValueError("describe_emergence: no records; give a frame made by Model.lens, or a dict of them by name")
+    lines = []
+    for name, frame in frames.items():
+        _records_frame(frame, f"describe_emergence{f'[{name!r}]' if name else ''}",
+                       ("model", "probe", "lens", "layer", "position", "top1_token", "answer_token", "answer_rank"))
+        rows, shown_probe, model = _records_of(frame, probe, "logit")
+        n_layers = int(rows["layer"].max())
+        found = {"logit": _top1_layers(rows)}
+        if (frame["lens"] == "tuned").any():
+            found["tuned"] = _top1_layers(_records_of(frame, shown_probe, "tuned")[0])
+        lines.append(f"{name or model} ({n_layers} layers), probe {shown_probe}: the answer {rows['answer_token'].iloc[0]!r} "
+                     "at the last prompt position")
+        lines += [f"  {lens} lens: {top1_words(first, stable, n_layers, output)}" for lens, (first, stable, output) in found.items()]
+        if len(found) == 2 and None not in (found["logit"][0], found["tuned"][0]):
+            earlier = found["logit"][0] - found["tuned"][0]
+            lines.append(
+                f"  both lenses first read it as the top-1 at layer {found['logit'][0]}" if earlier == 0 else
+                f"  the {'tuned' if earlier > 0 else 'logit'} lens reads it as the top-1 {abs(earlier)} "
+                f"layer{'s' if abs(earlier) > 1 else ''} before the {'logit' if earlier > 0 else 'tuned'} lens"
+            )
+    return "\n".join(lines)
 
 
 def plot_heatmap(records: pd.DataFrame, probe: str | None = None, lens: str = "logit", value: str = "top1_prob"):

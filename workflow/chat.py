@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workflow.api import OWN_LENSES, load_config, prepared_dir, setting_choices, trained_lens_dir
+from workflow.api import OWN_LENSES, layer_words, load_config, prepared_dir, setting_choices, trained_lens_dir
 from workflow.base.atomic import atomic_paths
 from workflow.base.errors import UserError
 from workflow.config.schema import model_entry
@@ -113,7 +113,7 @@ class Chat:
         cells = []
         for name in self.generator.lens_names:
             first, stable = trace.first_top1_layer(name), trace.stable_top1_layer(name)
-            cells.append(f"{'never top-1' if first is None else f'layer {first} ({stable}) of {n}':<28}")
+            cells.append(f"{'never top-1' if first is None else f'layer {first} ({layer_words(stable)}) of {n}':<28}")
         return COLUMNS.format(index=trace.index, token=shown(self.generator.names(trace.token_id)),
                               prob=f"{trace.model_prob:.3f}", lenses="   ".join(cells))
 
