@@ -135,3 +135,18 @@ def test_a_probe_file_of_aliases_is_refused_naming_it(tmp_path):
     path.write_text("base:\n" + _alias_bomb(8) + "probes: *h\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"probes.yaml: key '(base|probes)' holds more than 1,000,000 values"):
         load({"file": str(path)}, tmp_path)
+
+
+def test_config_values_inside_alternatives_are_read_as_yaml():
+    """``--config`` hands nested values over as strings; inside a key whose schema offers
+    alternatives (a probe set is a list of probes or a mapping) they are read as YAML too."""
+    from workflow.config import coerce_strings
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    config = coerce_strings({"probes": [{"id": "x", "prompt": "The capital of Germany is Ber", "answer": "lin",
+                                         "answer_joins": "true"}]}, schema)
+    assert config["probes"][0]["answer_joins"] is True and config["probes"][0]["answer"] == "lin"
+    config = coerce_strings({"probes": {"relations": "country_capital_city", "limit": "3"}}, schema)
+    assert config["probes"] == {"relations": "country_capital_city", "limit": 3}
+    config = coerce_strings({"placement": {"max_memory": {"cpu": "3000", "cuda": "20GiB"}}}, schema)
+    assert config["placement"]["max_memory"] == {"cpu": "3000", "cuda": "20GiB"}  # a string is one of its forms

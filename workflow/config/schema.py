@@ -148,7 +148,8 @@ def _given_in(overrides: dict[str, Any], path: list) -> bool:
 
 
 def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]]:
-    """``schema`` and the schemas it includes by ``$ref`` and ``allOf``, flattened."""
+    """``schema`` and the schemas it includes by ``$ref``, ``allOf`` and the alternatives of
+    ``oneOf`` and ``anyOf`` (a probe set is a list of probes or a mapping), flattened."""
     found = []
     pending = [schema]
     while pending:
@@ -160,7 +161,8 @@ def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any
             for part in node["$ref"].removeprefix("#/").split("/"):
                 target = target[part]
             pending.append(target)
-        pending.extend(node.get("allOf", []))
+        for key in ("allOf", "oneOf", "anyOf"):
+            pending.extend(node.get(key, []))
         found.append(node)
     return found
 
