@@ -21,9 +21,9 @@ records["gemma-3-270m"][columns].head().round(3)
 
 # %% [markdown]
 # One row per lens, layer (0 is the embedding) and prompt position: the lens's top-1 token and
-# its probability, the top-k, the entropy, the answer's probability and rank, and the KL to
-# the model's own output (these columns and more). Where does " Berlin" first become the
-# top-1 at the last position, and from which layer does it stay there?
+# its probability, the answer's probability and rank (the columns above), and the top-k, the
+# entropy and the KL to the model's own output. Where does " Berlin" first become the top-1 at
+# the last position, and from which layer does it stay there?
 
 # %%
 print(api.describe_emergence(records))
@@ -65,8 +65,10 @@ figures["gemma-patching"] = api.plot_patching(patched)
 figures["gemma-patching"]
 
 # %% [markdown]
-# The same records in the interactive explorer: hover a layer and position for its top-k
-# tokens, switch between the lenses, follow " Berlin" by layer at any position.
+# The same records in the interactive explorer, a page this cell writes
+# (capital-of-germany-explorer.html, shown here in a running notebook): hover a layer and
+# position for its top-k tokens, switch between the lenses, follow " Berlin" by layer at any
+# position.
 
 # %%
 import sys
