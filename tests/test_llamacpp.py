@@ -1,0 +1,325 @@
+"""The llama.cpp backend's core (workflow/model/llamacpp.py): the residual stream captured
+from llama.cpp's compute graph at every layer and patched there, checked against
+independent computations.
+
+- The embedded models' GGUF files as users run them (Gemma 3 270M Q4_K_M, SmolLM2 Q4_1):
+  layer 0 is the token embedding rows as the architecture scales them, to the bit; the last
+  layer through the model's final norm and unembedding in NumPy (float64) gives llama.cpp's
+  own logits within the bound its activation rounding allows (``matmul_rounding_bound``),
+  and a residual one position off does not; patching a layer with another prompt's residuals
+  gives that prompt's logits, to the bit; llama.cpp tokenises as the project does.
+- A tiny random Llama written by llama.cpp's own converter in float32: every layer agrees
+  with the PyTorch forward-hooks backend on the same prepared GGUF, the project's lens head
+  on the last layer gives llama.cpp's logits, and a patch at one position agrees with the
+  PyTorch patching (``BlockRunner``).
+- Failures are never silent: an error inside the evaluation callback fails the run after the
+  decode, naming it; an architecture whose graph names no ``l_out-N`` is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (the llama.cpp backend needs it)")
+
+from pipeline import REPO, prepared_model  # noqa: E402
+from tiny import save_random  # noqa: E402
+from test_gguf_architectures import PROBE, convert  # noqa: E402
+from gguf_writer import finish  # noqa: E402
+from workflow.backends import Patches  # noqa: E402
+from workflow.errors import UserError  # noqa: E402
+from workflow.gguf_file import read_header  # noqa: E402
+from workflow.lens_setup import tokenize_probe  # noqa: E402
+from workflow.model.llamacpp import LlamaCppModel, LlamaCppRunError, matmul_rounding_bound  # noqa: E402
+from workflow.models import load_model  # noqa: E402
+from workflow.prepare import locate_gguf, prepare_model  # noqa: E402
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+EMBEDDED = ("gemma-3-270m", "smollm2-135m-instruct")
+LAYER_ZERO = {"gemma3": "inp_scaled", "llama": "embd"}  # Gemma scales its embedding by sqrt(d)
+
+
+def probe_texts() -> list[tuple[str, str]]:
+    """(prompt, answer) of every default probe and patching prompt."""
+    texts = [(p["prompt"], p["answer"]) for p in CONFIG["probes"]]
+    for pair in CONFIG["patching"]["pairs"]:
+        texts += [(pair["clean"], pair["clean_answer"]), (pair["corrupted"], pair["corrupted_answer"])]
+    return texts
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """Each embedded model's GGUF file opened by llama.cpp, once for this module: key ->
+    (file, LlamaCppModel)."""
+    opened = {}
+
+    def open_model(key: str):
+        if key not in opened:
+            path = locate_gguf(key, CONFIG["models"][key], tmp_path_factory.mktemp("gguf"))
+            opened[key] = (path, LlamaCppModel(path, key=key))
+        return opened[key]
+
+    yield open_model
+    for _, model in opened.values():
+        model.close()
+
+
+def gguf_tensor(path: Path, name: str, rows=None) -> tuple[np.ndarray, str]:
+    """A GGUF tensor's values [rows, width] as llama.cpp dequantises them (only ``rows``
+    where given), and its type's name. The project's header reader finds it (gguf-py's
+    reader parses a 262k-token vocabulary for seconds); the native kernel gives gguf-py's
+    bits, faster."""
+    import gguf
+
+    from workflow.native.dequant import dequantise
+
+    entry = next(t for t in read_header(path).table if t.name == name)
+    kind = gguf.GGMLQuantizationType(entry.ggml_type)
+    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]
+    width = entry.dims[0]
+    raw = np.memmap(path, np.uint8, "r", offset=entry.offset, shape=(entry.elements // width, width // block * block_bytes))
+    raw = np.ascontiguousarray(raw if rows is None else raw[rows])
+    values = dequantise(raw, entry.ggml_type)
+    if values is None:
+        values = gguf.dequantize(raw, kind)
+    return np.asarray(values, dtype=np.float32).reshape(-1, width), kind.name
+
+
+# ---------------------------------------------------------------------------- embedded models
+
+
+@pytest.mark.parametrize("key", EMBEDDED)
+def test_layer_zero_is_the_token_embedding_as_the_architecture_scales_it(key, embedded):
+    """What the PyTorch backends call layer 0 (the residual entering the first block): the
+    embedding rows, times sqrt(d) for Gemma, to the bit."""
+    path, model = embedded(key)
+    assert model.layer_names == [LAYER_ZERO[model.architecture]] + [f"l_out-{i}" for i in range(model.n_layers)]
+    ids = model.tokenize(CONFIG["probes"][0]["prompt"])
+    rows, _ = gguf_tensor(path, "token_embd.weight", ids)
+    if model.architecture == "gemma3":
+        rows = rows * np.float32(np.sqrt(np.float32(model.d_model)))
+    np.testing.assert_array_equal(model.run(ids, layers=[0]).layer(0), rows)
+
+
+@pytest.mark.parametrize("key", EMBEDDED)
+def test_the_last_layer_through_the_final_norm_and_unembedding_gives_llamacpps_logits(key, embedded):
+    """At every position, within the bound llama.cpp's rounding of the activations to 8-bit
+    blocks allows (``matmul_rounding_bound``: both files' unembeddings are Q8_0, so the
+    activations are rounded in blocks of 32); the bound is not loose enough to let a
+    residual one position off pass."""
+    path, model = embedded(key)
+    ids = model.tokenize(CONFIG["probes"][0]["prompt"])
+    run = model.run(ids, layers=[model.n_layers])
+    names = {t.name for t in read_header(path).table}
+    weight, kind = gguf_tensor(path, "output.weight" if "output.weight" in names else "token_embd.weight")
+    norm = gguf_tensor(path, "output_norm.weight")[0][0].astype(np.float64)
+    metadata = read_header(path).metadata
+    assert "final_logit_softcapping" not in metadata
+
+    hidden = run.layer(model.n_layers).astype(np.float64)
+    normed = hidden / np.sqrt((hidden**2).mean(-1, keepdims=True) + metadata["attention.layer_norm_rms_epsilon"]) * norm
+    exact = np.concatenate([normed @ weight[start : start + 16384].T.astype(np.float64)
+                            for start in range(0, len(weight), 16384)], axis=1)
+    bound = matmul_rounding_bound(weight, kind, normed)
+    assert (np.abs(run.logits - exact) <= bound).all(), float((np.abs(run.logits - exact) / bound).max())
+    assert not (np.abs(run.logits[1:] - exact[:-1]) <= bound[:-1]).all()
+
+
+@pytest.mark.parametrize("key", EMBEDDED)
+def test_llamacpp_tokenises_the_probes_as_the_project_does(key, embedded, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    _, model = embedded(key)
+    tokenizer = AutoTokenizer.from_pretrained(prepared_model(key, tmp_path_factory))
+    for prompt, answer in probe_texts():
+        ids, answer_ids = tokenize_probe(tokenizer, {"id": "p", "prompt": prompt, "answer": answer})
+        assert model.tokenize(prompt) == ids, prompt
+        assert model.tokenize(answer, add_special=False) == answer_ids, answer
+
+
+def test_capturing_some_layers_gives_what_capturing_all_gives(embedded):
+    _, model = embedded("gemma-3-270m")
+    ids = model.tokenize(CONFIG["probes"][0]["prompt"])
+    every = model.run(ids)
+    assert every.residuals.shape == (model.n_layers + 1, len(ids), model.d_model)
+    assert every.logits.shape == (len(ids), model.vocab_size)
+    some = model.run(ids, layers=[7, 3])
+    np.testing.assert_array_equal(some.residuals, every.residuals[[7, 3]])
+    np.testing.assert_array_equal(some.logits, every.logits)  # capturing does not change the numbers
+    np.testing.assert_array_equal(model.run(ids, layers=[]).logits, every.logits)
+
+
+@pytest.mark.parametrize("layer", [0, 9, 18])
+def test_patching_every_position_of_a_layer_gives_the_other_prompts_logits(layer, embedded):
+    """Every position of layer ``layer`` written with another prompt's: from there on the
+    run is that prompt's, to the bit (the layers before are its own)."""
+    _, model = embedded("gemma-3-270m")
+    pair = CONFIG["patching"]["pairs"][0]
+    clean, corrupted = model.tokenize(pair["clean"]), model.tokenize(pair["corrupted"])
+    assert len(clean) == len(corrupted)
+    source, target = model.run(corrupted), model.run(clean)
+    assert not np.array_equal(source.logits, target.logits)
+    patched = model.run(clean, patches=[(layer, p, source.layer(layer)[p]) for p in range(len(clean))])
+    np.testing.assert_array_equal(patched.logits, source.logits)
+    np.testing.assert_array_equal(patched.residuals[layer:], source.residuals[layer:])
+    np.testing.assert_array_equal(patched.residuals[:layer], target.residuals[:layer])
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def test_an_error_in_the_callback_fails_the_run_naming_it(embedded, monkeypatch):
+    """llama.cpp would skip the rest of the graph silently, its decode still succeeding: the
+    run raises after the decode, naming what went wrong, and the next run is unharmed."""
+    _, model = embedded("gemma-3-270m")
+    ids = model.tokenize(CONFIG["probes"][0]["prompt"])
+    want = model.run(ids, layers=[])
+    with pytest.raises(LlamaCppRunError, match=r"a patch of l_out-3 at position 1 has shape \[5\]; the residual stream there is \[640\]"):
+        model.run(ids, patches=[(4, 1, np.zeros(5))])
+    with pytest.raises(LlamaCppRunError, match=r"a patch of l_out-3 is at position 99; the sequence has positions 0\.\.5"):
+        model.run(ids, patches=[(4, 99, np.zeros(model.d_model))])
+
+    def broken(self, work, pointer, tensor, name):
+        raise RuntimeError(f"injected while handling {name}")
+
+    monkeypatch.setattr(LlamaCppModel, "_handle", broken)
+    with pytest.raises(LlamaCppRunError, match=r"failed in its evaluation callback: RuntimeError: injected while handling inp_scaled"):
+        model.run(ids)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(model.run(ids, layers=[]).logits, want.logits)
+
+
+def write_bert(path: Path) -> Path:
+    """A one-block BERT (an encoder llama.cpp runs whose graph names no l_out-N), random
+    float32 weights, written with gguf-py."""
+    import gguf
+
+    width, words = 8, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "capital", "of"]
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_block_count(1)
+    writer.add_context_length(32)
+    writer.add_embedding_length(width)
+    writer.add_feed_forward_length(2 * width)
+    writer.add_head_count(2)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(gguf.PoolingType.CLS)
+    writer.add_token_type_count(2)
+    writer.add_tokenizer_model("bert")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(words)
+    writer.add_token_types([gguf.TokenType.CONTROL] * 5 + [gguf.TokenType.NORMAL] * 3)
+    for add, token in ((writer.add_pad_token_id, 0), (writer.add_unk_token_id, 1), (writer.add_bos_token_id, 2),
+                       (writer.add_eos_token_id, 3), (writer.add_sep_token_id, 3)):
+        add(token)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (len(words), width), "token_types.weight": (2, width), "position_embd.weight": (32, width),
+              "blk.0.attn_output.weight": (width, width), "blk.0.ffn_up.weight": (2 * width, width),
+              "blk.0.ffn_down.weight": (width, 2 * width)}
+    shapes.update({f"blk.0.attn_{n}.{kind}": (width, width) if kind == "weight" else (width,) for n in "qkv" for kind in ("weight", "bias")})
+    for name, shape in shapes.items():
+        writer.add_tensor(name, rng.normal(0, 0.3, shape).astype(np.float32))
+    for norm in ("token_embd_norm", "blk.0.attn_output_norm", "blk.0.layer_output_norm"):
+        writer.add_tensor(f"{norm}.weight", np.ones(width, np.float32))
+        writer.add_tensor(f"{norm}.bias", np.zeros(width, np.float32))
+    finish(writer)
+    return path
+
+
+def test_an_architecture_whose_graph_names_no_block_outputs_is_refused_naming_it(tmp_path):
+    path = write_bert(tmp_path / "bert.gguf")
+    with pytest.raises(UserError, match=r"graph for architecture 'bert' names no l_out-0, the output of each block"):
+        LlamaCppModel(path, key="encoder")
+
+
+# ---------------------------------------------------------------------------- a converted float32 Llama
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random Llama converted to a float32 GGUF by llama.cpp's converter, prepared by
+    the pipeline and loaded with the forward-hooks backend; and the file opened by llama.cpp
+    twice: with float32 attention, and as llama.cpp runs it by default (half-precision keys
+    and values). (hooks model, float32 llama.cpp, default llama.cpp)."""
+    from transformers import AutoTokenizer, LlamaConfig
+
+    # A tokenizer the converter recognises (its pre-tokenizer hash is in llama.cpp's list).
+    tokenizer = AutoTokenizer.from_pretrained(prepared_model("smollm2-135m-instruct", tmp_path_factory))
+    root = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)
+    hf = save_random(root / "hf", config, tokenizer)
+    gguf = root / "tiny-llama-f32.gguf"
+    convert([(hf, "f32", gguf)])
+    prepare_model("tiny", {"source": "gguf", "path": str(gguf)}, root / "prepared")
+    hooks = load_model("tiny", {"source": "local", "path": str(root / "prepared")}, None, device="cpu", dtype="float32",
+                       backend="hooks")
+    exact = LlamaCppModel(gguf, cache_type="f32", flash_attention=False, key="tiny")
+    default = LlamaCppModel(gguf, key="tiny")
+    yield hooks, exact, default
+    exact.close()
+    default.close()
+
+
+def test_every_layer_agrees_with_the_pytorch_hooks_backend(tiny):
+    """Float32 attention: float32 rounding only (seen: 5e-7 of the layer's largest value).
+    llama.cpp's defaults round keys and values (and, in its CPU flash attention, queries)
+    to half precision, 2^-11 relative, which the blocks carry on (seen: 2e-3)."""
+    hooks, exact, default = tiny
+    ids = hooks.tokenizer(PROBE["prompt"], add_special_tokens=True)["input_ids"]
+    assert exact.tokenize(PROBE["prompt"]) == ids
+    assert exact.layer_names[0] == "embd"
+    want, _ = hooks.backend.capture(ids, "all")
+    want = want.numpy()
+    scale = np.abs(want).max(axis=(1, 2))
+    for model, tolerance in ((exact, 1e-5), (default, 5e-3)):
+        got = model.run(ids).residuals
+        assert got.shape == want.shape
+        deviation = np.abs(got - want).max(axis=(1, 2)) / scale
+        assert (deviation <= tolerance).all(), (model.cache_type, deviation)
+    np.testing.assert_array_equal(exact.run(ids, layers=[0]).layer(0), want[0])
+
+
+def test_the_projects_lens_head_on_the_last_layer_gives_llamacpps_logits(tiny):
+    """The hooks backend's own final norm and unembedding (float32 weights: llama.cpp rounds
+    nothing, ``matmul_rounding_bound`` leaves float32 rounding) on llama.cpp's last layer."""
+    hooks, exact, default = tiny
+    ids = exact.tokenize(PROBE["prompt"])
+    weight = hooks.backend.unembed.weight.detach().numpy()
+    for model in (exact, default):
+        run = model.run(ids, layers=[model.n_layers])
+        with torch.no_grad():
+            normed = hooks.backend.final_norm(torch.from_numpy(run.layer(model.n_layers)))
+            lens = hooks.backend.unembed(normed).numpy()
+        bound = matmul_rounding_bound(weight, "F32", normed.numpy())
+        assert (np.abs(lens - run.logits) <= bound).all(), float(np.abs(lens - run.logits).max())
+
+
+def test_a_patch_at_one_position_agrees_with_the_pytorch_patching(tiny):
+    """Another prompt's residual written at one (layer, position): llama.cpp's logits at the
+    last position against the hooks backend's ``BlockRunner`` run from that layer."""
+    hooks, exact, _ = tiny
+    pair = CONFIG["patching"]["pairs"][0]
+    clean = exact.tokenize(pair["clean"])
+    corrupted = exact.tokenize(pair["corrupted"])
+    source = exact.run(corrupted)
+    target, _ = hooks.backend.capture(clean, "all")
+    position = 3  # the subject, where the prompts differ
+    assert clean[position] != corrupted[position]
+    for layer in (1, 2):
+        value = torch.from_numpy(source.layer(layer)[position])
+        patched = exact.run(clean, layers=[], patches=[(layer, position, value)])
+        patches = Patches()
+        patches.add(0, layer, position, value)
+        last = hooks.backend.blocks.run(clean, target[layer][None], layer, patches)
+        with torch.no_grad():
+            want = hooks.backend.unembed(hooks.backend.final_norm(last)).numpy()[0]
+        plain = exact.run(clean, layers=[]).logits[-1]
+        assert np.abs(patched.logits[-1] - plain).max() > 1e-2  # the patch changes the answer's logits
+        np.testing.assert_allclose(patched.logits[-1], want, atol=1e-4 * np.abs(want).max())

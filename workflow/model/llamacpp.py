@@ -1,0 +1,505 @@
+"""A GGUF model run by llama.cpp (through llama-cpp-python's low-level API), with the
+residual stream read and written at every layer while it decodes.
+
+llama.cpp names the tensors of its compute graph (src/llama-context.cpp ``graph_get_cb``):
+each block's output is ``l_out-N``; the residual entering block 0 is whatever tensor the
+architecture's graph builder made of the token embeddings (``embd``, Gemma's
+``inp_scaled``, ...), found here by data flow, not by a table (``LlamaCppModel.layer_names``).
+The scheduler's evaluation callback (``cb_eval``) is asked, node by node, whether a
+tensor is wanted; a wanted one is computed, then handed over with ``ask=false``: copied out
+(capture) or overwritten before anything downstream reads it (patching).
+
+Layers are numbered as in workflow/backends.py: 0 the residual entering the first block,
+k the residual after block k (``l_out-(k-1)``).
+
+Traps, each handled here: a callback that returns False or raises makes llama.cpp skip the
+rest of the graph split silently (``llama_decode`` still returns 0, the logits are wrong),
+so the callback catches everything, always lets the computation go on, and the run raises
+after the decode naming what went wrong (``LlamaCppRunError``); the ctypes callback must
+stay referenced while the context lives; on Metal/CUDA a tensor's ``data`` is device
+memory, so tensors are read and written only through ``ggml_backend_tensor_get/_set``; in
+its last block llama.cpp keeps only the rows whose logits were asked for, so every
+position's logits are asked for; a sequence is decoded as one micro-batch, so every tensor
+is seen once, whole.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workflow.errors import UserError
+
+log = logging.getLogger(__name__)
+
+GGML_TYPE_F32 = 0
+CACHE_TYPES = {"f32": GGML_TYPE_F32, "f16": 1}  # ggml_type
+GGML_OP_NONE = 0
+GGML_MAX_DIMS = 4
+GGML_MAX_SRC = 10
+GGML_MAX_OP_PARAMS = 64
+GGML_MAX_NAME = 64
+
+
+class GGMLTensor(ctypes.Structure):
+    """``struct ggml_tensor`` (ggml/include/ggml.h of the llama.cpp that llama-cpp-python
+    0.3.36 builds): the fields read here are ``type``, ``ne``, ``nb``, ``op``, ``src`` and
+    ``name``; the rest are laid out so that those sit at their C offsets."""
+
+
+GGMLTensor._fields_ = [
+    ("type", ctypes.c_int),
+    ("buffer", ctypes.c_void_p),
+    ("ne", ctypes.c_int64 * GGML_MAX_DIMS),
+    ("nb", ctypes.c_size_t * GGML_MAX_DIMS),
+    ("op", ctypes.c_int),
+    ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
+    ("flags", ctypes.c_int32),
+    ("src", ctypes.POINTER(GGMLTensor) * GGML_MAX_SRC),
+    ("view_src", ctypes.POINTER(GGMLTensor)),
+    ("view_offs", ctypes.c_size_t),
+    ("data", ctypes.c_void_p),
+    ("name", ctypes.c_char * GGML_MAX_NAME),
+    ("extra", ctypes.c_void_p),
+    ("padding", ctypes.c_char * 8),
+]
+
+# A tensor named inside block N: "attn_norm-3", "Qcur-3 (reshaped)", ... (graph_get_cb's
+# "%s-%d", and ggml's suffixes for views).
+IN_BLOCK = re.compile(r"-(\d+)(?: \(.*\))*$")
+
+
+class LlamaCppRunError(RuntimeError):
+    """Something went wrong inside llama.cpp's evaluation callback: the run's numbers are
+    not to be used."""
+
+
+def _library():
+    """llama-cpp-python's bindings and its shared library (which also resolves ggml's
+    symbols); a clear error where it is not installed."""
+    try:
+        import llama_cpp
+    except ImportError as error:
+        raise UserError(
+            f"the llama.cpp backend needs llama-cpp-python, which cannot be imported ({error}); "
+            "install it with `.venv/bin/pip install llama-cpp-python==0.3.36`"
+        ) from None
+    lib = llama_cpp.llama_cpp._lib
+    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    lib.ggml_backend_tensor_get.restype = None
+    lib.ggml_backend_tensor_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    lib.ggml_backend_tensor_set.restype = None
+    return llama_cpp, lib
+
+
+# ggml's log levels; its info is loading chatter, kept at debug.
+_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_log_callback = None  # referenced for as long as llama.cpp may call it
+
+
+def _route_logs(llama_cpp) -> None:
+    """llama.cpp's own messages to this module's logger (its loading chatter at debug),
+    not printed to stderr."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    def forward(level, text, user_data):
+        try:
+            message = text.decode("utf-8", "replace").rstrip()
+            if message:
+                log.log(_LOG_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", message)
+        except Exception:  # a logging failure must not unwind through C
+            pass
+
+    _log_callback = llama_cpp.llama_log_callback(forward)
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@dataclass
+class Run:
+    """One decode's results: ``residuals[i]`` the residual stream at ``layers[i]``, every
+    position [T, d] float32; ``logits`` llama.cpp's own at every position [T, V] float32."""
+
+    layers: list[int]
+    residuals: np.ndarray  # [len(layers), T, d]
+    logits: np.ndarray  # [T, V]
+
+    def layer(self, layer: int) -> np.ndarray:
+        return self.residuals[self.layers.index(layer)]
+
+
+class _Pass:
+    """What one decode reads and writes, by graph name, and what the callback saw."""
+
+    def __init__(self, n_tokens: int, d_model: int, capture: dict[str, int], patches: dict[str, list[tuple[int, np.ndarray]]]):
+        self.n_tokens = n_tokens
+        self.d_model = d_model
+        self.capture = capture  # graph name -> row in the output
+        self.patches = patches
+        self.wanted = set(capture) | set(patches)
+        self.out = np.empty((len(capture), n_tokens, d_model), dtype=np.float32)
+        self.seen: dict[str, int] = {}
+        self.error: str | None = None
+
+
+class LlamaCppModel:
+    """A GGUF file opened by llama.cpp: tokenising, and forward passes that capture the
+    residual stream at chosen layers and patch it (``run``).
+
+    ``n_gpu_layers``: blocks offloaded to a GPU where llama.cpp was built with one (Metal,
+    CUDA); ``n_threads``: CPU threads (default: the cores this process may use). The
+    context is made for the longest sequence asked so far (``n_ctx`` at least that).
+    ``cache_type``: the key-value cache's type, ``f16`` (llama.cpp's default, which rounds
+    keys and values to half precision) or ``f32``; ``flash_attention``: llama.cpp's fused
+    attention, on, off or (None) as llama.cpp decides. llama.cpp's CPU flash attention
+    rounds queries, keys and values to half precision whatever the cache type: float32
+    attention needs ``cache_type="f32", flash_attention=False``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = 0, n_threads: int | None = None,
+                 n_ctx: int = 0, cache_type: str = "f16", flash_attention: bool | None = None,
+                 key: str | None = None):
+        self.path = Path(path)
+        self.key = key or self.path.name
+        if not self.path.is_file():
+            raise UserError(f"model {self.key!r}: GGUF file {str(self.path)!r} does not exist")
+        self._llama, self._lib = _library()
+        llama = self._llama
+        _route_logs(llama)
+        llama.llama_backend_init()
+        params = llama.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        self._model = llama.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise UserError(f"model {self.key!r}: llama.cpp cannot load {str(self.path)!r} (see the log for why)")
+        self._vocab = llama.llama_model_get_vocab(self._model)
+        self.architecture = self._meta("general.architecture")
+        # Blocks the forward pass runs: a multi-token-prediction block (counted in the file's
+        # block_count, as transformers does not count it) is not one.
+        self.n_layers = int(llama.llama_model_n_layer(self._model)) - int(llama.llama_model_n_layer_nextn(self._model))
+        self.d_model = int(llama.llama_model_n_embd(self._model))
+        self.vocab_size = int(llama.llama_vocab_n_tokens(self._vocab))
+        self.n_threads = n_threads or len(os.sched_getaffinity(0))
+        if cache_type not in CACHE_TYPES:
+            raise UserError(f"model {self.key!r}: cache type {cache_type!r} is not one of {', '.join(CACHE_TYPES)}")
+        self.cache_type = cache_type
+        self.flash_attention = flash_attention
+        self._ctx = None
+        self._n_ctx = 0
+        self._min_ctx = n_ctx
+        self._pass: _Pass | None = None
+        self._nodes: list[tuple[str, int, tuple[int, ...], list[tuple[str, int, tuple[int, ...]]]]] | None = None
+        # Kept referenced for as long as the context may call it.
+        self._callback = llama.ggml_backend_sched_eval_callback(self._evaluate)
+        self.layer_names = self._find_layer_names()
+
+    # ------------------------------------------------------------------ model facts
+    def _meta(self, key: str) -> str | None:
+        buffer = ctypes.create_string_buffer(256)
+        n = self._llama.llama_model_meta_val_str(self._model, key.encode(), buffer, len(buffer))
+        return buffer.value.decode() if n >= 0 else None
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of ``text`` by llama.cpp's tokenizer; ``add_special`` adds what the
+        model's vocabulary says a sequence starts (and ends) with, as the project's
+        tokenising with ``add_special_tokens=True`` does. Special tokens written in the
+        text are read as such (as transformers' tokenizers do)."""
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            tokens = (self._llama.llama_token * size)()
+            n = self._llama.llama_tokenize(self._vocab, data, len(data), tokens, size, add_special, True)
+            if n >= 0:
+                return list(tokens[:n])
+            size = -n
+
+    def piece(self, token: int) -> str:
+        """The text of one token (special tokens as their text)."""
+        buffer = ctypes.create_string_buffer(256)
+        n = self._llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, True)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = self._llama.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, True)
+        return buffer.raw[:n].decode("utf-8", "replace")
+
+    # ------------------------------------------------------------------ context
+    def _context(self, n_tokens: int):
+        """A context holding ``n_tokens`` positions, decoding them as one micro-batch (each
+        graph tensor then seen once, all positions at once)."""
+        if self._ctx is not None and n_tokens <= self._n_ctx:
+            return self._ctx
+        llama = self._llama
+        if self._ctx is not None:
+            llama.llama_free(self._ctx)
+            self._ctx = None
+        size = max(self._min_ctx, 64)
+        while size < n_tokens:
+            size *= 2
+        params = llama.llama_context_default_params()
+        params.n_ctx = params.n_batch = params.n_ubatch = size
+        params.n_seq_max = 1
+        params.n_threads = params.n_threads_batch = self.n_threads
+        params.cb_eval = self._callback
+        params.cb_eval_user_data = None
+        params.no_perf = True
+        params.type_k = params.type_v = CACHE_TYPES[self.cache_type]
+        params.flash_attn_type = {None: -1, False: 0, True: 1}[self.flash_attention]
+        ctx = llama.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise RuntimeError(f"model {self.key!r}: llama.cpp could not make a context of {size} positions (see the log)")
+        self._ctx, self._n_ctx = ctx, size
+        return ctx
+
+    def close(self) -> None:
+        llama = self._llama
+        if self._ctx is not None:
+            llama.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            llama.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> LlamaCppModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_llama", None) is not None and getattr(self, "_model", None) is not None:
+            self.close()
+
+    # ------------------------------------------------------------------ the callback
+    def _evaluate(self, pointer: int, ask: bool, user_data) -> bool:
+        """llama.cpp's evaluation callback. Never raises and never stops the computation
+        (either would skip the rest of the graph split silently): what goes wrong is kept
+        in the pass and raised by ``run`` after the decode."""
+        work = self._pass
+        if work is None:
+            return not ask
+        try:
+            tensor = ctypes.cast(pointer, ctypes.POINTER(GGMLTensor)).contents
+            name = tensor.name.decode("utf-8", "replace")
+            if self._nodes is not None and ask:
+                self._nodes.append(_described(tensor, name))
+                return False
+            if ask:
+                return work.error is None and name in work.wanted
+            if work.error is None:
+                self._handle(work, pointer, tensor, name)
+        except BaseException as error:  # noqa: BLE001 (everything: nothing may unwind through C)
+            if work.error is None:
+                work.error = f"{type(error).__name__}: {error}"
+        return True
+
+    def _handle(self, work: _Pass, pointer: int, tensor: GGMLTensor, name: str) -> None:
+        work.seen[name] = work.seen.get(name, 0) + 1
+        if work.seen[name] > 1:
+            work.error = f"graph tensor {name} was computed {work.seen[name]} times in one decode (a split batch?)"
+            return
+        shape = tuple(tensor.ne)
+        d, t = self.d_model, work.n_tokens
+        if tensor.type != GGML_TYPE_F32 or shape != (d, t, 1, 1) or tensor.nb[0] != 4 or tensor.nb[1] != 4 * d:
+            work.error = (f"graph tensor {name} is of ggml type {tensor.type}, shape {list(shape)}, strides "
+                          f"{list(tensor.nb)}; expected contiguous float32 [{d}, {t}] (width x positions)")
+            return
+        row_bytes = 4 * d
+        for position, vector in work.patches.get(name, ()):
+            if vector.shape != (d,):
+                work.error = f"a patch of {name} at position {position} has shape {list(vector.shape)}; the residual stream there is [{d}]"
+                return
+            if not 0 <= position < t:
+                work.error = f"a patch of {name} is at position {position}; the sequence has positions 0..{t - 1}"
+                return
+            self._lib.ggml_backend_tensor_set(pointer, vector.ctypes.data, position * row_bytes, row_bytes)
+        row = work.capture.get(name)
+        if row is not None:
+            self._lib.ggml_backend_tensor_get(pointer, work.out[row].ctypes.data, 0, t * row_bytes)
+
+    # ------------------------------------------------------------------ layer names
+    def _find_layer_names(self) -> list[str]:
+        """The graph names of layers 0..L: the residual entering block 0, then ``l_out-N``.
+
+        Found from one decode's graph: the residual entering block 0 is the one tensor of
+        the residual stream's shape [d, T] computed outside the blocks that a block-0 tensor
+        reads (the token embeddings as the architecture scales them); an architecture whose
+        graph names no ``l_out-N`` for every block, or where that tensor is not one, is
+        refused."""
+        probe = self.tokenize("The capital of")[:4] or [0]
+        n_tokens = len(probe)
+        self._nodes = []
+        try:
+            self._decode(probe, _Pass(n_tokens, self.d_model, {}, {}), logits=False)
+            nodes = self._nodes
+        finally:
+            self._nodes = None
+        names = {name for name, *_ in nodes}
+        missing = [f"l_out-{i}" for i in range(self.n_layers) if f"l_out-{i}" not in names]
+        if missing:
+            raise UserError(
+                f"model {self.key!r}: llama.cpp's graph for architecture {self.architecture!r} names no "
+                f"{missing[0]}" + (f" (nor {len(missing) - 1} more l_out-N)" if len(missing) > 1 else "")
+                + ", the output of each block that the llama.cpp backend reads; run this model with another "
+                "backend (backend: hooks or bridge)"
+            )
+        # Graph order is topological: what is computed before block 0's first tensor is
+        # outside the blocks; of that, block 0 reads the residual stream entering it.
+        first = next(i for i, (name, *_) in enumerate(nodes) if _block(name) == 0)
+        before = {name for name, op, shape, _ in nodes[:first] if shape == (self.d_model, n_tokens, 1, 1)}
+        entering = sorted({source for name, _, _, sources in nodes[first:] if _block(name) == 0
+                           for source, _, _ in sources if source in before})
+        if len(entering) != 1 or not entering[0]:
+            raise UserError(
+                f"model {self.key!r}: in llama.cpp's graph for architecture {self.architecture!r} the residual "
+                f"entering block 0 is not one named tensor (found {entering or 'none'}); run this model with "
+                "another backend (backend: hooks or bridge)"
+            )
+        log.info("%s (%s): layer 0 is graph tensor %r, layer k is l_out-(k-1)", self.key, self.architecture, entering[0])
+        return [entering[0]] + [f"l_out-{i}" for i in range(self.n_layers)]
+
+    # ------------------------------------------------------------------ running
+    def run(self, tokens: Sequence[int], layers: Iterable[int] | None = None,
+            patches: Iterable[tuple[int, int, object]] = ()) -> Run:
+        """Decode ``tokens`` from an empty cache: the residual stream at ``layers`` (default
+        all, 0..L) at every position, and llama.cpp's logits at every position.
+
+        ``patches``: (layer, position, vector [d]) written into the residual stream at that
+        layer before anything downstream reads it (several at one layer and position: the
+        last wins); a captured layer is read after its patches."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("no tokens to run")
+        layers = list(range(self.n_layers + 1)) if layers is None else [int(k) for k in layers]
+        patches = list(patches)
+        for layer in layers + [int(p[0]) for p in patches]:
+            if not 0 <= layer <= self.n_layers:
+                raise ValueError(f"layer {layer} is not one of 0..{self.n_layers}")
+        writes: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for layer, position, vector in patches:
+            value = np.ascontiguousarray(_as_numpy(vector), dtype=np.float32)
+            writes.setdefault(self.layer_names[int(layer)], []).append((int(position), value))
+        capture = {self.layer_names[k]: i for i, k in enumerate(layers)}
+        work = _Pass(len(tokens), self.d_model, capture, writes)
+        logits = self._decode(tokens, work)
+        missing = [name for name in work.wanted if name not in work.seen]
+        if work.error is None and missing:
+            work.error = f"llama.cpp's graph computed no tensor {', '.join(sorted(missing))}"
+        if work.error is not None:
+            raise LlamaCppRunError(f"model {self.key!r}: the llama.cpp run of {len(tokens)} tokens failed in its "
+                                   f"evaluation callback: {work.error}")
+        return Run(layers, work.out, logits)
+
+    def _decode(self, tokens: list[int], work: _Pass, logits: bool = True) -> np.ndarray | None:
+        """``tokens`` decoded from an empty cache with ``work`` in the callback: the logits
+        [T, V] (with ``logits``; an encoder's graph has none)."""
+        llama = self._llama
+        ctx = self._context(len(tokens))
+        llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
+        n = len(tokens)
+        batch = llama.llama_batch_init(n, 0, 1)
+        try:
+            for i, token in enumerate(tokens):
+                batch.token[i] = token
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1  # every position: the last block keeps only these rows
+            batch.n_tokens = n
+            self._pass = work
+            try:
+                status = llama.llama_decode(ctx, batch)
+            finally:
+                self._pass = None
+        finally:
+            llama.llama_batch_free(batch)
+        if status != 0:
+            raise RuntimeError(f"model {self.key!r}: llama_decode of {n} tokens returned {status}")
+        if not logits:
+            return None
+        pointer = llama.llama_get_logits(ctx)
+        return np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size)).copy()
+
+
+def _block(name: str) -> int | None:
+    """The block a graph tensor was named in (None: outside the blocks, or unnamed by llama.cpp)."""
+    match = IN_BLOCK.search(name)
+    return int(match.group(1)) if match else None
+
+
+def _described(tensor: GGMLTensor, name: str):
+    sources = []
+    for source in tensor.src:
+        if source:
+            s = source.contents
+            sources.append((s.name.decode("utf-8", "replace"), s.op, tuple(s.ne)))
+    return name, tensor.op, tuple(tensor.ne), sources
+
+
+def _as_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        return value.detach().to("cpu").float().numpy()
+    return np.asarray(value)
+
+
+# How llama.cpp's CPU matrix product rounds its activations, by the weight's ggml type
+# (ggml-cpu.c ``type_traits_cpu[...].vec_dot_type``): 8-bit blocks of 32 with a half-
+# precision scale (Q8_0), of 256 with a float32 scale (Q8_K), or the activations converted
+# to the weight's own float type.
+_Q8_0 = ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL", "MXFP4")
+_Q8_K = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
+         "IQ4_XS", "TQ1_0", "TQ2_0")
+_FLOAT_ROUNDING = {"F32": 0.0, "F16": 2.0**-11, "BF16": 2.0**-8}
+# Float32 arithmetic around the rounding (the scales' products, the sums over blocks, the
+# norm before the product), relative to sum |w x|: a few float32 epsilons per block of a
+# row of thousands of elements stays far below it.
+FLOAT_TERM = 1e-5
+
+
+def matmul_rounding_bound(weight: np.ndarray, weight_type: str, x: np.ndarray) -> np.ndarray:
+    """A bound on how far llama.cpp's CPU product ``weight @ x`` can be from the exact one,
+    per output: [T, V] for ``weight`` [V, d] (dequantised, as gguf-py gives it) of ggml type
+    ``weight_type`` (a name: "Q8_0", "Q6_K", "F32", ...) and activations ``x`` [T, d].
+
+    Derivation. A quantised weight's dot product is computed on the weight's integers
+    against the activations quantised in blocks (ggml-quants.c ``quantize_row_q8_0_ref``,
+    ``quantize_row_q8_K_ref``): per block b of B elements (B = 32 for Q8_0, 256 for Q8_K),
+    d_b = max_j |x_j| / 127 and q_j = round(x_j / d_b), so |x_j - q_j d_b| <= d_b / 2; Q8_0
+    stores d_b in half precision, which moves each q_j d_b by at most |q_j| * 2^-11 d_b <=
+    127 * 2^-11 d_b more. The integer sums are exact and the weight's dequantised values are
+    exactly its scale times its integers, so the product differs from the exact one by
+    sum_j w_j (x_j - x'_j), at most
+
+        sum_b (1/2 + 127 * 2^-11) d_b sum_{j in b} |w_j|     (for Q8_K only 1/2 is needed)
+
+    plus float32 rounding, bounded by FLOAT_TERM * sum_j |w_j x_j|. A float weight (F16,
+    BF16) meets the activations converted to its type: |x_j - x'_j| <= u |x_j| (u = 2^-11,
+    2^-8); an F32 weight leaves only the float32 term. Types whose activations carry a
+    block sum as well (Q4_1, Q5_1: Q8_1) are refused (ValueError): not derived here.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if weight_type in _Q8_0 or weight_type in _Q8_K:
+        block = 32 if weight_type in _Q8_0 else 256
+        factor = 0.5 + (127 * 2.0**-11 if block == 32 else 0.0)
+        t, d = x.shape
+        if d % block:
+            raise ValueError(f"a width of {d} is not a whole number of {block}-element blocks")
+        scale = np.abs(x).reshape(t, d // block, block).max(-1) / 127
+        per_element = np.repeat(factor * scale, block, axis=1)
+    elif weight_type in _FLOAT_ROUNDING:
+        per_element = _FLOAT_ROUNDING[weight_type] * np.abs(x)
+    else:
+        raise ValueError(f"no rounding bound is derived for llama.cpp's products with {weight_type} weights")
+    bound = np.empty((x.shape[0], weight.shape[0]))
+    for start in range(0, weight.shape[0], 16384):  # a 262k vocabulary in float64 pieces
+        rows = np.abs(weight[start : start + 16384].astype(np.float64))
+        bound[:, start : start + 16384] = per_element @ rows.T + FLOAT_TERM * (np.abs(x) @ rows.T)
+    return bound
+
