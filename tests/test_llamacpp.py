@@ -194,9 +194,9 @@ def test_an_error_in_the_callback_fails_the_run_naming_it(embedded, monkeypatch)
     np.testing.assert_array_equal(model.run(ids, layers=[]).logits, want.logits)
 
 
-def write_bert(path: Path) -> Path:
+def write_bert(path: Path, drop: str = "") -> Path:
     """A one-block BERT (an encoder llama.cpp runs whose graph names no l_out-N), random
-    float32 weights, written with gguf-py."""
+    float32 weights, written with gguf-py; without tensor ``drop`` where given."""
     import gguf
 
     width, words = 8, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "capital", "of"]
@@ -223,7 +223,8 @@ def write_bert(path: Path) -> Path:
               "blk.0.ffn_down.weight": (width, 2 * width)}
     shapes.update({f"blk.0.attn_{n}.{kind}": (width, width) if kind == "weight" else (width,) for n in "qkv" for kind in ("weight", "bias")})
     for name, shape in shapes.items():
-        writer.add_tensor(name, rng.normal(0, 0.3, shape).astype(np.float32))
+        if name != drop:
+            writer.add_tensor(name, rng.normal(0, 0.3, shape).astype(np.float32))
     for norm in ("token_embd_norm", "blk.0.attn_output_norm", "blk.0.layer_output_norm"):
         writer.add_tensor(f"{norm}.weight", np.ones(width, np.float32))
         writer.add_tensor(f"{norm}.bias", np.zeros(width, np.float32))
@@ -234,6 +235,13 @@ def write_bert(path: Path) -> Path:
 def test_an_architecture_whose_graph_names_no_block_outputs_is_refused_naming_it(tmp_path):
     path = write_bert(tmp_path / "bert.gguf")
     with pytest.raises(UserError, match=r"graph for architecture 'bert' names no l_out-0, the output of each block"):
+        LlamaCppModel(path, key="encoder")
+
+
+def test_a_file_llamacpp_cannot_load_is_refused_with_its_reason(tmp_path):
+    path = write_bert(tmp_path / "bert.gguf", drop="blk.0.ffn_up.weight")
+    with pytest.raises(UserError, match=r"model 'encoder': llama\.cpp cannot load .*bert\.gguf.*"
+                                        r"tensor 'blk\.0\.ffn_up\.weight' not found; run this model with another backend"):
         LlamaCppModel(path, key="encoder")
 
 

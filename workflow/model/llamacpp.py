@@ -25,6 +25,7 @@ is seen once, whole.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
@@ -102,6 +103,7 @@ def _library():
 # ggml's log levels; its info is loading chatter, kept at debug.
 _LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
 _log_callback = None  # referenced for as long as llama.cpp may call it
+_errors: collections.deque[str] = collections.deque(maxlen=4)  # llama.cpp's latest errors, for messages
 
 
 def _route_logs(llama_cpp) -> None:
@@ -116,6 +118,8 @@ def _route_logs(llama_cpp) -> None:
             message = text.decode("utf-8", "replace").rstrip()
             if message:
                 log.log(_LOG_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", message)
+                if level == 4:
+                    _errors.append(message)
         except Exception:  # a logging failure must not unwind through C
             pass
 
@@ -177,9 +181,12 @@ class LlamaCppModel:
         llama.llama_backend_init()
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        _errors.clear()
         self._model = llama.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
-            raise UserError(f"model {self.key!r}: llama.cpp cannot load {str(self.path)!r} (see the log for why)")
+            said = next((e for e in _errors if "error loading model" in e), _errors[0] if _errors else "no reason given")
+            raise UserError(f"model {self.key!r}: llama.cpp cannot load {str(self.path)!r}: {said}; "
+                            "run this model with another backend (backend: hooks or bridge)")
         self._vocab = llama.llama_model_get_vocab(self._model)
         self.architecture = self._meta("general.architecture")
         # Blocks the forward pass runs: a multi-token-prediction block (counted in the file's
