@@ -16,7 +16,9 @@ busy machine slows them alike:
   position copied out, and the logits of every position;
 - patch one layer: every position of the middle layer written (with its own values).
 
-"max |dlogit|" is the largest difference of the way's logits from llama.cpp's with all
+"CPU s" is the process's CPU time for the decode (user and system, best of the repeats):
+with one thread it counts the work alone, however busy the machine; with more it also
+counts threads spinning at barriers. "max |dlogit|" is the largest difference of the way's logits from llama.cpp's with all
 logits (0: the callback changes no number).
 """
 
@@ -26,6 +28,7 @@ import argparse
 import ctypes
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -79,6 +82,11 @@ class Plain:
         self.llama.llama_free(self.ctx)
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def prompt(model: LlamaCppModel, tokens: int) -> list[int]:
     ids = model.tokenize(TEXT * 40)[: tokens - 6]
     return (ids + model.tokenize(" The capital of Germany is", add_special=False))[:tokens]
@@ -101,17 +109,20 @@ def measure(key: str, args, work: Path) -> list[dict]:
         WAYS[4]: lambda: model.run(ids, layers=[], patches=[(middle, p, own[p]) for p in range(len(ids))]).logits,
     }
     best = {way: float("inf") for way in ways}
+    cpu = dict(best)
     logits = {}
     for _ in range(args.repeats):
         for way, run in ways.items():
-            started = time.perf_counter()
+            started, used = time.perf_counter(), cpu_seconds()
             logits[way] = run()
             best[way] = min(best[way], time.perf_counter() - started)
+            cpu[way] = min(cpu[way], cpu_seconds() - used)
     reference = logits[WAYS[1]]
     rows = []
     for way in ways:
         diff = np.abs(logits[way] - reference[-len(logits[way]):]).max()
-        rows.append({"model": key, "way": way, "seconds": best[way], "vs": best[way] / best[WAYS[1]], "diff": float(diff),
+        rows.append({"model": key, "way": way, "seconds": best[way], "vs": best[way] / best[WAYS[1]], "cpu": cpu[way],
+                     "cpu_vs": cpu[way] / cpu[WAYS[1]], "diff": float(diff),
                      "layers": model.n_layers + 1, "tokens": len(ids)})
     plain.close()
     model.close()
@@ -130,12 +141,13 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads; llama-cpp-python "
           f"{llama_cpp.__version__}, CPU")
     print(f"prompt: {args.tokens} tokens from an empty cache; best of {args.repeats}\n")
-    print("| model | way | seconds | vs all logits | max abs(dlogit) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| model | way | seconds | vs all logits | CPU s | vs all logits | max abs(dlogit) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as work:
         for key in args.models:
             for row in measure(key, args, Path(work)):
-                print(f"| {row['model']} ({row['layers']} layers) | {row['way']} | {row['seconds']:.3f} | {row['vs']:.2f} | {row['diff']:.2g} |")
+                print(f"| {row['model']} ({row['layers']} layers) | {row['way']} | {row['seconds']:.3f} | {row['vs']:.2f} | "
+                      f"{row['cpu']:.3f} | {row['cpu_vs']:.2f} | {row['diff']:.2g} |")
 
 
 if __name__ == "__main__":
