@@ -194,6 +194,24 @@ def test_an_error_in_the_callback_fails_the_run_naming_it(embedded, monkeypatch)
     np.testing.assert_array_equal(model.run(ids, layers=[]).logits, want.logits)
 
 
+def test_a_run_started_from_inside_a_run_fails_the_outer_run(embedded, monkeypatch):
+    """One decode at a time: the callback state is the model's."""
+    _, model = embedded("gemma-3-270m")
+    ids = model.tokenize(CONFIG["probes"][0]["prompt"])
+
+    def nested(self, work, pointer, tensor, name):
+        model.run(ids, layers=[])
+
+    monkeypatch.setattr(LlamaCppModel, "_handle", nested)
+    with pytest.raises(LlamaCppRunError, match=r"RuntimeError: model 'gemma-3-270m': a llama\.cpp run is already under way"):
+        model.run(ids, layers=[1])
+
+
+def test_an_unknown_cache_type_is_refused_before_loading(tmp_path):
+    with pytest.raises(UserError, match=r"model 'm': cache type 'q4' is not one of f32, f16"):
+        LlamaCppModel(write_bert(tmp_path / "bert.gguf"), cache_type="q4", key="m")
+
+
 def write_bert(path: Path, drop: str = "") -> Path:
     """A one-block BERT (an encoder llama.cpp runs whose graph names no l_out-N), random
     float32 weights, written with gguf-py; without tensor ``drop`` where given."""

@@ -175,6 +175,10 @@ class LlamaCppModel:
         self.key = key or self.path.name
         if not self.path.is_file():
             raise UserError(f"model {self.key!r}: GGUF file {str(self.path)!r} does not exist")
+        if cache_type not in CACHE_TYPES:
+            raise UserError(f"model {self.key!r}: cache type {cache_type!r} is not one of {', '.join(CACHE_TYPES)}")
+        self.cache_type = cache_type
+        self.flash_attention = flash_attention
         self._llama, self._lib = _library()
         llama = self._llama
         _route_logs(llama)
@@ -195,10 +199,6 @@ class LlamaCppModel:
         self.d_model = int(llama.llama_model_n_embd(self._model))
         self.vocab_size = int(llama.llama_vocab_n_tokens(self._vocab))
         self.n_threads = n_threads or len(os.sched_getaffinity(0))
-        if cache_type not in CACHE_TYPES:
-            raise UserError(f"model {self.key!r}: cache type {cache_type!r} is not one of {', '.join(CACHE_TYPES)}")
-        self.cache_type = cache_type
-        self.flash_attention = flash_attention
         self._ctx = None
         self._n_ctx = 0
         self._min_ctx = n_ctx
@@ -206,7 +206,11 @@ class LlamaCppModel:
         self._nodes: list[tuple[str, int, tuple[int, ...], list[tuple[str, int, tuple[int, ...]]]]] | None = None
         # Kept referenced for as long as the context may call it.
         self._callback = llama.ggml_backend_sched_eval_callback(self._evaluate)
-        self.layer_names = self._find_layer_names()
+        try:
+            self.layer_names = self._find_layer_names()
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ model facts
     def _meta(self, key: str) -> str | None:
@@ -408,6 +412,8 @@ class LlamaCppModel:
         """``tokens`` decoded from an empty cache with ``work`` in the callback: the logits
         [T, V] (with ``logits``; an encoder's graph has none)."""
         llama = self._llama
+        if self._pass is not None:
+            raise RuntimeError(f"model {self.key!r}: a llama.cpp run is already under way on this model")
         ctx = self._context(len(tokens))
         llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
         n = len(tokens)
