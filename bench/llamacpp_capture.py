@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from lens_memory import TEXT  # noqa: E402
 
 from workflow.model.llamacpp import LlamaCppModel  # noqa: E402
-from workflow.prepare import locate_gguf  # noqa: E402
+from workflow.gguf.prepare import locate_gguf  # noqa: E402
 
 WAYS = ("llama.cpp, last logits", "llama.cpp, all logits", "callback, no capture", "capture all layers", "patch one layer")
 

@@ -32,7 +32,7 @@ def hooked_residuals(hf_dir: Path, ids: list[int]) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workflow.backends import find_decoder_layers, layer_residuals, stacked
+    from workflow.model.backends import find_decoder_layers, layer_residuals, stacked
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     layers = find_decoder_layers(model, model.config.get_text_config().num_hidden_layers)
@@ -49,9 +49,9 @@ def main() -> None:
 
     from test_gguf_architectures import convert, family_configs
     from tiny import save_random
-    from workflow.errors import UserError
+    from workflow.base.errors import UserError
     from workflow.model.llamacpp import LlamaCppModel
-    from workflow.prepare import prepare_model
+    from workflow.gguf.prepare import prepare_model
 
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)

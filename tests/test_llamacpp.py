@@ -31,13 +31,13 @@ from pipeline import REPO, prepared_model  # noqa: E402
 from tiny import save_random  # noqa: E402
 from test_gguf_architectures import PROBE, convert  # noqa: E402
 from gguf_writer import finish  # noqa: E402
-from workflow.backends import Patches  # noqa: E402
-from workflow.errors import UserError  # noqa: E402
-from workflow.gguf_file import read_header  # noqa: E402
-from workflow.lens_setup import tokenize_probe  # noqa: E402
+from workflow.model.backends import Patches  # noqa: E402
+from workflow.base.errors import UserError  # noqa: E402
+from workflow.gguf.file import read_header  # noqa: E402
+from workflow.lens.session import tokenize_probe  # noqa: E402
 from workflow.model.llamacpp import LlamaCppModel, LlamaCppRunError, matmul_rounding_bound  # noqa: E402
-from workflow.models import load_model  # noqa: E402
-from workflow.prepare import locate_gguf, prepare_model  # noqa: E402
+from workflow.model.load import load_model  # noqa: E402
+from workflow.gguf.prepare import locate_gguf, prepare_model  # noqa: E402
 
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 EMBEDDED = ("gemma-3-270m", "smollm2-135m-instruct")

@@ -9,7 +9,7 @@ The scheduler's evaluation callback (``cb_eval``) is asked, node by node, whethe
 tensor is wanted; a wanted one is computed, then handed over with ``ask=false``: copied out
 (capture) or overwritten before anything downstream reads it (patching).
 
-Layers are numbered as in workflow/backends.py: 0 the residual entering the first block,
+Layers are numbered as in workflow/model/backends.py: 0 the residual entering the first block,
 k the residual after block k (``l_out-(k-1)``).
 
 Traps, each handled here: a callback that returns False or raises makes llama.cpp skip the
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow.errors import UserError
+from workflow.base.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ class LlamaCppModel:
     attention needs ``cache_type="f32", flash_attention=False``.
     """
 
+    # more than 6 parameters: llama.cpp's context settings, each by name with llama.cpp's default
     def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = 0, n_threads: int | None = None,
                  n_ctx: int = 0, cache_type: str = "f16", flash_attention: bool | None = None,
                  key: str | None = None):
