@@ -35,6 +35,7 @@ class CommittedModel:
         records = read_records(REPO / "results" / "001" / f"output-{self.key}-records.csv")
         frame = records[records["probe"] == probe["id"]].reset_index(drop=True).assign(probe=slug(prompt)[:40])
         frame.attrs["summary"] = {**self.summary, "probes": [{**probe, "id": slug(prompt)[:40]}]}
+        frame.attrs["experiment"] = "001"
         return frame
 
     def patch(self, clean: str, clean_answer: str, corrupted: str, corrupted_answer: str, *, pair_id: str = "pair") -> pd.DataFrame:
@@ -44,6 +45,7 @@ class CommittedModel:
         records = read_patching_records(str(REPO / "results" / "002" / f"output-{self.key}-records.csv"), summary)
         frame = records[records["pair"] == pair["id"]].reset_index(drop=True).assign(pair=pair_id)
         frame.attrs["summary"] = {**summary, "pairs": [{**pair, "id": pair_id}]}
+        frame.attrs["experiment"] = "002"
         return frame
 
 

@@ -140,7 +140,7 @@ def test_a_probe_file_of_aliases_is_refused_naming_it(tmp_path):
 def test_config_values_inside_alternatives_are_read_as_yaml():
     """``--config`` hands nested values over as strings; inside a key whose schema offers
     alternatives (a probe set is a list of probes or a mapping) they are read as YAML too."""
-    from workflow.config import coerce_strings
+    from workflow.config.schema import coerce_strings
 
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     config = coerce_strings({"probes": [{"id": "x", "prompt": "The capital of Germany is Ber", "answer": "lin",

@@ -250,7 +250,7 @@ def test_answer_joins_is_true_or_false(tmp_path, source):
 
 
 def test_a_pair_answer_without_its_space_is_refused_unless_meant():
-    from workflow.experiments.exp002.pairs import check_pairs
+    from workflow.lens.pairs import check_pairs
 
     pair = {"id": "g", "clean": "The capital of Germany is", "clean_answer": " Berlin",
             "corrupted": "The capital of France is", "corrupted_answer": "Paris"}
@@ -267,7 +267,7 @@ def test_every_committed_probe_set_has_its_spaces():
     template, pass the check (load refuses an answer joined to its prompt)."""
     import yaml
 
-    from workflow.experiments.exp002.pairs import check_pairs
+    from workflow.lens.pairs import check_pairs
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     probes = load(config["probes"], REPO)
