@@ -48,7 +48,9 @@ rule explorer:
         CONDA_ENV
     params:
         probes=lambda wildcards: experiment_rules(wildcards.exp).explorer_probes,
-        code=code_version("scripts/explorer.py"),
+        # The experiment's own page (its Experiment.explorer) is code the script runs that no import names.
+        code=evaluation_code("scripts/explorer.py"),
+        code_also=experiment_package,
     localrule: True
     script:
         "../scripts/explorer.py"

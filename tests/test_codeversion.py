@@ -84,3 +84,19 @@ def test_each_c_kernel_is_in_the_code_version_of_the_rules_that_run_it():
         # lens_quality reads a trained lens's figures and loads no model.
         loads_a_model = runs_the_lens - {"lens_quality"} | {"prepare_model"}
         assert ("workflow/native/dequant.c" in files) == (script.stem in loads_a_model), script.name
+
+
+def test_an_explorer_job_holds_its_experiments_page_code():
+    """The explorer script reaches each experiment's page through the registry (no import
+    names it), so its rule carries the experiment's package as code it runs: editing 002's
+    page code re-plans 002's explorer pages, and 001's page code is not in them."""
+    import re
+
+    from workflow.evaluation.experiment import module_file
+
+    rule = re.search(r"rule explorer:.*?script:", (codeversion.REPO / "rules" / "report.smk").read_text(encoding="utf-8"), re.S).group(0)
+    assert 'code=evaluation_code("scripts/explorer.py")' in rule and "code_also=experiment_package" in rule
+    files = codeversion.code_digests("scripts/explorer.py", module_file("002"))
+    assert "workflow/experiments/exp002/explorer.py" in files and "workflow/experiments/exp002/records.py" in files
+    assert not any(f.startswith("workflow/experiments/exp004/") for f in files)
+    assert "workflow/experiments/exp002/explorer.py" not in codeversion.code_digests("scripts/explorer.py")
