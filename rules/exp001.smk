@@ -1,23 +1,17 @@
 # Experiment 001, layers and logits: the normalised (and tuned) logit lens at every layer
 # of every model, its pictures, and what its evaluations read (register_experiment).
 
+from workflow.experiments.exp001.files import heatmap_file
+
 E001 = "results/001"
 PROBE_IDS = [p["id"] for p in PROBES]
 # A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands),
-# through each lens (heatmap_file).
+# through each lens (heatmap_file, in workflow/experiments/exp001/files.py).
 HEATMAP_IDS = PROBE_IDS[: config["lens"]["heatmap_probes"]]
 HEATMAP_LENSES = [lens for lens in ("logit", "tuned") if lens in LENSES]
 
 # The records file: CSV, or Parquet for large probe sets (lens.records_format; docs/experiments.md, "Probe sets").
 RECORDS_001 = f"{E001}/output-{{model}}-records.{records_format(config['lens']['records_format'], len(PROBES))}"
-
-
-def heatmap_file(model, probe, lens):
-    """Experiment 001's heatmap of one probe through one lens: heatmap-{probe}.png the logit
-    lens's, tuned-heatmap-{probe}.png the tuned lens's."""
-    prefix = "" if lens == "logit" else f"{lens}-"
-    return f"results/001/plots/{model}/{prefix}heatmap-{probe}.png"
-
 
 
 register_experiment(

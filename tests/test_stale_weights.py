@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from tiny import make_model_dir
-from workflow import api, prepare, provenance
+from workflow import api
+from workflow.gguf import prepare
+from workflow.provenance import record as provenance
 from workflow.base.errors import UserError
 
 PROMPT, ANSWER = "The capital of Germany is", " Berlin"
