@@ -43,6 +43,7 @@ def main() -> None:
 
     import workflow  # noqa: F401 (MKL's reproducible mode)
     from workflow.model.backends import find_decoder_layers
+    from workflow.model.components import ComponentRunner
     from workflow.lens.pairs import tokenise_pair
     from workflow.experiments.exp004.patching import agreement, attribution, exact
 
@@ -60,23 +61,23 @@ def main() -> None:
         path = prepared_dir(key)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        layers = find_decoder_layers(model, model.config.num_hidden_layers)
+        runner = ComponentRunner(model, find_decoder_layers(model, model.config.num_hidden_layers))
         totals = {"every": 0.0, "exact": 0.0, "atp": 0.0}
         for pair in pairs:
             tp = tokenise_pair(tokenizer, pair, key)
             answers = (tp.clean_answer_id, tp.corrupted_answer_id)
             start = time.perf_counter()
-            every = exact(model, layers, tp.clean_ids, tp.corrupted_ids, answers, skip_unchanged=False)
+            every = exact(runner, tp.clean_ids, tp.corrupted_ids, answers, skip_unchanged=False)
             every_s = time.perf_counter() - start
             start = time.perf_counter()
-            truth = exact(model, layers, tp.clean_ids, tp.corrupted_ids, answers)
+            truth = exact(runner, tp.clean_ids, tp.corrupted_ids, answers)
             exact_s = time.perf_counter() - start
             assert max(float((every[k] - truth[k]).abs().max()) for k in truth) < 1e-4
             start = time.perf_counter()
-            estimate = attribution(model, layers, tp.clean_ids, tp.corrupted_ids, answers)
+            estimate = attribution(runner, tp.clean_ids, tp.corrupted_ids, answers)
             atp_s = time.perf_counter() - start
             start = time.perf_counter()
-            dropped = attribution(model, layers, tp.clean_ids, tp.corrupted_ids, answers, grad_drop=True)
+            dropped = attribution(runner, tp.clean_ids, tp.corrupted_ids, answers, grad_drop=True)
             drop_s = time.perf_counter() - start
             plain = agreement(truth, estimate)
             magnitude = agreement({k: v.abs() for k, v in truth.items()}, dropped)

@@ -157,14 +157,15 @@ def test_components_decompose_every_architecture(arch, arch_dirs):
     from transformers import AutoModelForCausalLM
 
     from workflow.model.backends import find_decoder_layers, find_final_norm
-    from workflow.experiments.exp004.dla import attribute, blocks, by_position
+    from workflow.experiments.exp004.dla import attribute
+    from workflow.model.components import ComponentRunner, blocks, by_position
     from workflow.experiments.exp004.patching import exact
 
     model = AutoModelForCausalLM.from_pretrained(arch_dirs[arch], dtype=torch.float32).eval()
     n_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer
     layers = find_decoder_layers(model, n_layers)
     clean, corrupted, tokens = [1, 5, 9, 14, 3, 22, 7], [1, 5, 9, 18, 3, 22, 7], [11, 4, 30]
-    result = attribute(model, layers, find_final_norm(model, layers, clean), clean, tokens)
+    result = attribute(ComponentRunner(model, layers), find_final_norm(model, layers, clean), clean, tokens)
     with torch.no_grad():
         logits = model(torch.tensor([clean])).logits[0, -1].double()
     cap = getattr(model.config, "final_logit_softcapping", None)
@@ -174,7 +175,7 @@ def test_components_decompose_every_architecture(arch, arch_dirs):
     assert result.n_heads == (0 if arch == "gpt2" else model.config.num_attention_heads)
     assert result.head_deviation() < 1e-4
     assert result.parallel == (arch in ("gptj", "gpt_neox"))
-    effects = exact(model, layers, clean, corrupted, (11, 4), batch_size=16)
+    effects = exact(ComponentRunner(model, layers), clean, corrupted, (11, 4), batch_size=16)
     parts = blocks(layers)
 
     def logit_diff(ids, hook_module=None, value=None, position=None):

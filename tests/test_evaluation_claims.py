@@ -523,8 +523,8 @@ def test_004_evaluations_answer_first_and_agree_with_their_tables(documents):
         n_pairs = int(sites[0]["pairs restored"].split(" of ")[1])
         _check_components_004(claims, opening, sites, writers, n_pairs)
         # The per-pair bullets name the same largest writer as the count.
-        named = Counter(re.findall(r"the largest single share is (L\d+\.\w+)", sections(doc)["Which components write the answer"]))
-        claims.true(named == Counter({w["largest direct writer"]: int(w["pairs"].split(" of ")[0]) for w in writers}),
+        named = Counter(re.findall(r"the largest single share is (.+?) \([+\u2212-]", sections(doc)["Which components write the answer"]))
+        claims.true(named == Counter({_component_words(w["largest direct writer"]): int(w["pairs"].split(" of ")[0]) for w in writers}),
                     f"{model}: the largest writers counted and the per-pair bullets")
     cross = docs["cross-model"]
     opening = first_paragraph(cross)
@@ -536,19 +536,20 @@ def test_004_evaluations_answer_first_and_agree_with_their_tables(documents):
         n_pairs = int(own[0]["pairs restored"].split(" of ")[1])
         _check_components_004(claims, text, own, [w for w in writers if w["model"] == model], n_pairs)
         whole = sorted((s for s in own if ".head" not in s["component"]), key=lambda s: int(s["block (of)"].split()[0]))
-        claims.holds(f"{model} " + " and ".join(f"{s['relative depth']} ({s['component']}, {s['position']})" for s in whole), opening,
+        claims.holds(f"{model} " + " and ".join(f"{s['relative depth']} ({_component_words(s['component'])}, {s['position']})" for s in whole), opening,
                      f"{model}: relative depths")
         top = max((w for w in writers if w["model"] == model), key=lambda w: int(w["pairs"].split(" of ")[0]))
         names = {s["component"] for s in own}
         last = max(int(s["block (of)"].split()[0]) for s in own)
         block = int(re.fullmatch(r"L(\d+)\..*", top["largest direct writer"]).group(1))
         sentence = opening.split(f"In {model} the largest direct writer", 1)[1].split(". ", 1)[0]
+        claims.holds(f"({_component_words(top['largest direct writer'])}, {top['pairs']} pairs)", sentence, f"{model}: the largest writer named")
         if top["largest direct writer"] in names:
             claims.holds("is itself a component that restores the answer", sentence, f"{model}: writer among the restoring")
         else:
             claims.holds("does not restore the answer alone", sentence, f"{model}: writer not among the restoring")
             if block > last:
-                claims.holds(f"sits {block - last} block(s) after the last component that does", sentence)
+                claims.holds(f"sits {block - last} block{'s' if block - last > 1 else ''} after the last component that does", sentence)
     meta = first_paragraph(docs["meta"])
     where = {"subject": "at the subject token", "last": "at the last position"}
     for model in MODELS:

@@ -191,7 +191,9 @@ def test_offline_figures_are_the_records(component_run):
             last = frame[(frame.pair == pair["id"]) & (frame.position == len(pair["clean_tokens"]) - 1)]
             diff = (last.dla_answer - last.dla_competitor)
             top = last.loc[diff.idxmax()]
-            assert f"the largest single share is L{top.layer}.{top.component} ({diff.max():+.2f})" in text, (model, pair["id"])
+            words = {"mlp": f"the MLP of block {top.layer}", "attention": f"the attention of block {top.layer}"}.get(
+                top.component, f"head {top.component.removeprefix('head')} of block {top.layer}")
+            assert f"the largest single share is {words} ({diff.max():+.2f})" in text, (model, pair["id"])
             patched = frame[(frame.pair == pair["id"]) & frame.exact.notna()]
             best = patched.loc[patched.exact.abs().idxmax()]
             assert f"L{best.layer}.{best.component} at position {best.position} ({best.token!r}) {best.exact:+.2f}" in text

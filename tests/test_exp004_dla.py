@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from workflow.model.backends import find_decoder_layers, find_final_norm
-from workflow.experiments.exp004.dla import NotDecomposable, attribute, capture
+from workflow.experiments.exp004.dla import attribute
+from workflow.model.components import ComponentRunner, NotDecomposable
 
 PROMPT = [1, 5, 9, 14, 3, 22, 7]
 TOKENS = [11, 4, 30]
@@ -41,7 +42,7 @@ def parts(model):
 def test_the_shares_add_up_to_the_models_logits_and_the_heads_to_their_attention(tiny_dirs, arch):
     model = load(tiny_dirs[arch])
     layers, norm = parts(model)
-    result = attribute(model, layers, norm, PROMPT, TOKENS)
+    result = attribute(ComponentRunner(model, layers), norm, PROMPT, TOKENS)
     assert result.n_heads == 4
     assert set(result.shares) >= {"embedding", "L0.attention", "L2.mlp", "L1.head3"}
     assert result.model_logits.abs().max() > 0.1  # not a sum of zeros
@@ -61,7 +62,7 @@ def test_the_shares_add_up_to_the_models_logits_and_the_heads_to_their_attention
 def test_every_share_equals_an_independent_float64_computation(tiny_dirs, arch):
     model = load(tiny_dirs[arch])
     layers, norm = parts(model)
-    result = attribute(model, layers, norm, PROMPT, TOKENS)
+    result = attribute(ComponentRunner(model, layers), norm, PROMPT, TOKENS)
 
     reference = load(tiny_dirs[arch], torch.float64).requires_grad_(False)
     gemma = arch == "gemma3"
@@ -121,7 +122,7 @@ def test_a_layernorm_model_with_biases_adds_up_too(tiny_arch_dirs):
     per head, so attention is one share per layer)."""
     model = load(tiny_arch_dirs["gpt2"])
     layers = find_decoder_layers(model, model.config.n_layer)
-    result = attribute(model, layers, find_final_norm(model, layers, PROMPT), PROMPT, TOKENS)
+    result = attribute(ComponentRunner(model, layers), find_final_norm(model, layers, PROMPT), PROMPT, TOKENS)
     assert result.deviation() < 1e-4
     assert result.constant.abs().max() > 0  # the final LayerNorm's bias, through the unembedding
     assert not any(".head" in name for name in result.shares)
@@ -134,9 +135,9 @@ def test_a_parallel_block_adds_both_outputs_to_one_residual(tiny_arch_dirs):
     model = load(tiny_arch_dirs["gpt_neox"])
     layers = find_decoder_layers(model, model.config.num_hidden_layers)
     norm = find_final_norm(model, layers, PROMPT)
-    result = attribute(model, layers, norm, PROMPT, TOKENS)
+    result = attribute(ComponentRunner(model, layers), norm, PROMPT, TOKENS)
     assert result.parallel and result.deviation() < 1e-4 and result.n_heads == model.config.num_attention_heads
-    run = capture(model, layers, PROMPT)
+    run = ComponentRunner(model, layers).trace(PROMPT)
     assert run.parallel == [True] * len(layers)
     for layer in range(len(layers)):
         assert torch.equal(run.mid[layer], run.pre[layer] + run.attention_out[layer])

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from workflow.model.backends import find_decoder_layers
-from workflow.experiments.exp004.patching import Component, agreement, attribution, components, blocks, exact
+from workflow.experiments.exp004.patching import Component, agreement, attribution, components, exact
+from workflow.model.components import ComponentRunner
 
 CLEAN = [1, 5, 9, 14, 3, 22, 7]
 CORRUPTED = [1, 5, 9, 18, 3, 22, 7]
@@ -76,8 +77,8 @@ SITES = [(Component(0, "attention"), 3), (Component(1, "mlp"), 3), (Component(2,
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_exact_patching_equals_a_hooked_forward_per_site(tiny_dirs, arch):
     model = load(tiny_dirs[arch])
-    result = exact(model, layers_of(model), CLEAN, CORRUPTED, ANSWERS, batch_size=5)
-    assert set(result) == {c.name for c in components(blocks(layers_of(model)))}
+    result = exact(ComponentRunner(model, layers_of(model)), CLEAN, CORRUPTED, ANSWERS, batch_size=5)
+    assert set(result) == {c.name for c in components(ComponentRunner(model, layers_of(model)).parts)}
     assert len(result) == 3 * (2 + 4)
     clean, corrupted = logit_diff(model, CLEAN), logit_diff(model, CORRUPTED)
     assert abs(clean - corrupted) > 0.1
@@ -109,7 +110,7 @@ def test_attribution_patching_is_the_gradient_of_the_patch(tiny_dirs, arch):
     patched runs). The model is float64, but transformers computes its norms and attention's
     softmax in float32, so the step is 1e-2 (truncation ~1e-4) rather than tiny."""
     model = load(tiny_dirs[arch], torch.float64)
-    estimate = attribution(model, layers_of(model), CLEAN, CORRUPTED, ANSWERS)
+    estimate = attribution(ComponentRunner(model, layers_of(model)), CLEAN, CORRUPTED, ANSWERS)
     clean, corrupted = logit_diff(model, CLEAN), logit_diff(model, CORRUPTED)
     step = 1e-2
     for c, position in SITES:
@@ -136,8 +137,8 @@ def test_grad_drop_of_a_last_layer_site_is_its_plain_estimates_size(tiny_dirs):
     L - 1 is |AtP| exactly; an earlier site's differs."""
     model = load(tiny_dirs["llama"], torch.float64)
     layers = layers_of(model)
-    plain = attribution(model, layers, CLEAN, CORRUPTED, ANSWERS)
-    dropped = attribution(model, layers, CLEAN, CORRUPTED, ANSWERS, grad_drop=True)
+    plain = attribution(ComponentRunner(model, layers), CLEAN, CORRUPTED, ANSWERS)
+    dropped = attribution(ComponentRunner(model, layers), CLEAN, CORRUPTED, ANSWERS, grad_drop=True)
     for name in ("L2.attention", "L2.mlp", "L2.head0"):
         assert torch.allclose(dropped[name], plain[name].abs(), rtol=1e-9, atol=1e-12), name
     assert not torch.allclose(dropped["L0.mlp"], plain["L0.mlp"].abs(), rtol=1e-3)
@@ -179,7 +180,7 @@ def test_exact_patching_equals_transformer_lens_patching_functions(tiny_dirs, ar
         attention = tl.get_act_patch_attn_out(bridge, corrupted_t, cache, metric)  # [layer, position]
         mlp = tl.get_act_patch_mlp_out(bridge, corrupted_t, cache, metric)
     model = load(tiny_dirs[arch])
-    ours = exact(model, layers_of(model), CLEAN, CORRUPTED, ANSWERS)
+    ours = exact(ComponentRunner(model, layers_of(model)), CLEAN, CORRUPTED, ANSWERS)
     assert heads.shape == (3, len(CLEAN), 4)
     for layer in range(3):
         assert torch.allclose(ours[f"L{layer}.attention"], attention[layer].double(), atol=1e-4)

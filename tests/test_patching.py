@@ -225,7 +225,7 @@ def test_outputs_follow_the_data_contract(tiny_dirs, tmp_path):
 
     summary_path, records_path = tmp_path / "output-tiny-llama.json", tmp_path / "output-tiny-llama-records.csv"
     write_patching_outputs(
-        ModelSpec("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, "cpu", "float32"), {},
+        ModelSpec("tiny-llama", {"source": "local", "path": str(tiny_dirs["llama"])}, None, "cpu", "float32"), LensSettings(),
         {"batch_size": 16, "trace": {"samples": 2}, "pairs": [PAIR, REVERSE]}, Outputs(str(summary_path), str(records_path)),
     )
     summary = json.loads(summary_path.read_text())

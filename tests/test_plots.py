@@ -5,6 +5,7 @@ import pytest
 
 from conftest import PROBES, REPO
 from workflow.experiments.exp001.analysis import model_facts
+from workflow.config.settings import LensSettings
 from workflow.experiments.exp001.run import write_lens_outputs
 from workflow.lens.job import Outputs
 from workflow.model.load import ModelSpec
@@ -20,7 +21,7 @@ def outputs(tiny_dirs, tmp_path_factory):
     for arch, path in tiny_dirs.items():
         summary, records = root / f"output-{arch}.json", root / f"output-{arch}-records.csv"
         write_lens_outputs(
-            ModelSpec(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32"), {"top_k": 3},
+            ModelSpec(f"tiny-{arch}", {"source": "local", "path": str(path)}, None, "cpu", "float32"), LensSettings(top_k=3),
             [dict(p) for p in PROBES], Outputs(str(summary), str(records)),
         )
         paths[arch] = (summary, records)

@@ -12,7 +12,9 @@
 Both give the residual stream at layers 0..L (0 entering the first block, k after
 block k), the model's own logits, its final norm module and its unembedding; and both
 run the decoder layers from any layer on a batch, with the residual overwritten at
-chosen (row, layer, position)s (activation patching; ``BlockRunner``).
+chosen (row, layer, position)s (activation patching; ``BlockRunner``). The hooks backend
+also reads and writes each block's attention, MLP and heads (``components()``:
+``workflow.model.components``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from workflow.model.components import ComponentRunner, NotDecomposable
 from workflow.model.logit_steps import logit_steps, unapplied_logit_keys
 
 log = logging.getLogger(__name__)
@@ -176,6 +179,10 @@ class BridgeBackend:
         self.n_layers = int(bridge.cfg.n_layers)
         self.d_model = int(bridge.cfg.d_model)
         self.vocab_size = int(bridge.cfg.d_vocab)
+
+    def components(self) -> ComponentRunner:
+        raise NotDecomposable("TransformerBridge replaces the attention modules with its own components, which are not "
+                              "taken apart into heads here: components are read with backend: hooks")
 
     @functools.cached_property
     def blocks(self) -> BlockRunner:
@@ -435,6 +442,11 @@ class HooksBackend:
     @functools.cached_property
     def blocks(self) -> BlockRunner:
         return BlockRunner(self.hf_model, self.layers)
+
+    def components(self) -> ComponentRunner:
+        """The blocks' attention, MLP and heads, read and written in forward passes
+        (``NotDecomposable`` where they cannot be found)."""
+        return ComponentRunner(self.hf_model, self.layers)
 
     def capture(self, input_ids, positions):
         keep = _keep(positions)

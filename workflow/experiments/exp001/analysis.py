@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from workflow.evaluation.facts import ModelDescription
 from workflow.evaluation import statistics
 from workflow.lens.records import load_checked
 
@@ -66,15 +67,8 @@ class ProbeFacts:
 
 
 @dataclass
-class ModelFacts:
-    model: str
-    architecture: str
-    n_layers: int
-    d_model: int
+class ModelFacts(ModelDescription):
     vocab_size: int
-    dtype: str
-    device: str
-    source: dict[str, Any]  # the config entry's identifying fields (evaluation.text.source_text)
     lens: dict[str, Any]
     identity_max_prob_diff: float
     probes: list[ProbeFacts]
@@ -196,14 +190,8 @@ def model_facts(summary_path: str | Path, records_path: str | Path) -> ModelFact
                         middle[step["top1"]] += 1
         answer_rate[band] = hits / total if total else 0.0
     facts = ModelFacts(
-        model=summary["model"],
-        architecture=summary["architecture"],
-        n_layers=n_layers,
-        d_model=int(summary["d_model"]),
+        **ModelDescription.read(summary),
         vocab_size=int(summary["vocab_size"]),
-        dtype=summary["dtype"],
-        device=summary["device"],
-        source=summary["source"],
         lens=summary["lens"],
         identity_max_prob_diff=float(summary["identity_check"]["max_abs_prob_diff"]),
         probes=probes,

@@ -208,21 +208,20 @@ def probe_summary(session: LensSession, reading: ProbeReading, scores, first: in
     }
 
 
-def write_lens_outputs(model: ModelSpec, lens: dict[str, Any], probes: list[dict[str, Any]], outputs: Outputs,
+def write_lens_outputs(model: ModelSpec, lens_settings: LensSettings, probes: list[dict[str, Any]], outputs: Outputs,
                        tuned_dir: str | None = None, batch_size: int = 32) -> dict[str, Any]:
     """Run every probe through the lens on ``model`` and write its JSON and records
     (together or not at all); returns the JSON document."""
-    settings = LensSettings.from_config(lens)
     for probe in probes:
         if not probe["prompt"].strip():
             raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
 
     def run(loaded: LoadedModel, tuned: OpenedTunedLens | None):
-        summary, rows = run_lens(loaded, probes, settings, tuned.lens if tuned else None, batch_size)
+        summary, rows = run_lens(loaded, probes, lens_settings, tuned.lens if tuned else None, batch_size)
         return {
             "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
             **({"tuned_lens": tuned.recorded("settings", "unembedding_sha256", "heldout")} if tuned else {}),
             **summary,
         }, rows
 
-    return run_model_job(model, settings, outputs, run, tuned_dir)
+    return run_model_job(model, lens_settings, outputs, run, tuned_dir)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from workflow.evaluation.facts import ModelDescription
 from workflow.experiments.exp002.records import read_patching_records
 
 RESTORED = 0.5  # recovered at or above this counts as "restores the answer"
@@ -71,15 +72,7 @@ class PairFacts:
 
 
 @dataclass
-class ModelFacts:
-    model: str
-    architecture: str
-    n_layers: int
-    d_model: int
-    dtype: str
-    device: str
-    source: dict[str, Any]  # the config entry's identifying fields (evaluation.text.source_text)
-    backend: str
+class ModelFacts(ModelDescription):
     identity_max_prob_diff: float
     trace_noise_std: float
     trace_samples: int
@@ -159,14 +152,7 @@ def model_facts(summary: str | Path, records: str | Path, lens_summary: str | Pa
             )
         )
     return ModelFacts(
-        model=document["model"],
-        architecture=document["architecture"],
-        n_layers=n_layers,
-        d_model=int(document["d_model"]),
-        dtype=document["dtype"],
-        device=document["device"],
-        source=document["source"],
-        backend=document["backend"],
+        **ModelDescription.read(document),
         identity_max_prob_diff=float(document["identity_check"]["max_abs_prob_diff"]),
         trace_noise_std=float(document["trace_noise_std"]),
         trace_samples=int(document["patching"]["trace"]["samples"]),

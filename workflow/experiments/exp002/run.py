@@ -103,10 +103,9 @@ def pair_outputs(session: LensSession, pair: dict[str, Any], tp, done: dict[str,
     return rows, summary
 
 
-def write_patching_outputs(model: ModelSpec, lens: dict[str, Any], patching: dict[str, Any], outputs: Outputs) -> dict[str, Any]:
+def write_patching_outputs(model: ModelSpec, lens_settings: LensSettings, patching: dict[str, Any], outputs: Outputs) -> dict[str, Any]:
     """Patch every pair on ``model`` and write its JSON and records (together or not at all)."""
     settings = PatchingSettings.from_config(patching)
-    lens_settings = LensSettings.from_config(lens)
     pairs = patching.get("pairs") or []
     if not pairs:
         raise UserError("experiment 002 has no pairs: add some under patching.pairs in config/config.yaml")

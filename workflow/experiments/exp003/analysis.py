@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any
 
+from workflow.evaluation.facts import ModelDescription
 from workflow.lens.records import read_records
 
 CLASSES = ("content", "function", "continuation", "other", "special")
@@ -83,15 +83,7 @@ class ClassStats:
 
 
 @dataclass
-class ModelFacts:
-    model: str
-    architecture: str
-    n_layers: int
-    d_model: int
-    dtype: str
-    device: str
-    source: dict[str, Any]  # the config entry's identifying fields (evaluation.text.source_text)
-    backend: str
+class ModelFacts(ModelDescription):
     lenses: list[str]
     max_new_tokens: int
     identity_max_prob_diff: float
@@ -158,14 +150,7 @@ def model_facts(summary: str | Path, records: str | Path) -> ModelFacts:
                  for name in ("content", "function")}
         content_later[lens] = superiority(depth["content"], depth["function"])
     return ModelFacts(
-        model=document["model"],
-        architecture=document["architecture"],
-        n_layers=n_layers,
-        d_model=int(document["d_model"]),
-        dtype=document["dtype"],
-        device=document["device"],
-        source=document["source"],
-        backend=document["backend"],
+        **ModelDescription.read(document),
         lenses=lenses,
         max_new_tokens=int(document["generation"]["max_new_tokens"]),
         identity_max_prob_diff=float(document["identity_check"].get("max_abs_prob_diff", 0.0)),

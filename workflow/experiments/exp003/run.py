@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from workflow.config.settings import LensSettings
@@ -59,10 +60,10 @@ def run_generation(generator: LensGenerator, probes: list[dict[str, Any]], max_n
     return {"identity_check": generator.identity.recorded(), "probes": summaries}, rows
 
 
-def write_generation_outputs(model: ModelSpec, lens: dict[str, Any], generation: dict[str, Any], probes: list[dict[str, Any]],
+def write_generation_outputs(model: ModelSpec, lens_settings: LensSettings, generation: dict[str, Any], probes: list[dict[str, Any]],
                              outputs: Outputs, tuned_dir: str | None = None) -> dict[str, Any]:
     """Generate after every probe on ``model`` and write the JSON and records together."""
-    settings = LensSettings.from_config({**lens, "positions": "last"})
+    settings = replace(lens_settings, positions="last")
 
     def run(loaded: LoadedModel, tuned: OpenedTunedLens | None):
         if loaded.from_file is not None:  # a long job, said before it starts

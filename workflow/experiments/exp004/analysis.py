@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow.evaluation.facts import ModelDescription
 from workflow.experiments.exp004.records import TARGETS, read_component_records
 
 KINDS = ("attention", "mlp")
@@ -94,15 +95,7 @@ class PairFacts:
 
 
 @dataclass
-class ModelFacts:
-    model: str
-    architecture: str
-    n_layers: int
-    d_model: int
-    dtype: str
-    device: str
-    source: Any
-    backend: str
+class ModelFacts(ModelDescription):
     heads_exposed: bool
     n_heads: int
     heads_note: str | None
@@ -193,8 +186,7 @@ def model_facts(summary: str | Path, records: str | Path) -> ModelFacts:
     ]
     check = document["exactness_check"]
     return ModelFacts(
-        model=document["model"], architecture=document["architecture"], n_layers=n_layers, d_model=int(document["d_model"]),
-        dtype=document["dtype"], device=document["device"], source=document["source"], backend=document["backend"],
+        **ModelDescription.read(document),
         heads_exposed=bool(heads["exposed"]), n_heads=int(heads["n_heads"]), heads_note=heads.get("note"),
         exactness=float(check["max_abs_logit_diff"]), exactness_tolerance=float(check["tolerance"]),
         settings=settings, pairs=pairs,

@@ -14,6 +14,9 @@ the logit difference at every site, and ``(clean - corrupted) . gradient`` is th
 estimate of every site's effect at once. AtP*'s correction for attention saturation concerns
 patching queries and keys, which this experiment does not patch; its GradDrop (the estimate
 again with each layer's gradient dropped, to expose effects that cancel) is ``grad_drop``.
+
+Every forward pass goes through the backend's ``ComponentRunner`` (``workflow.model.components``),
+which reads and writes the components; nothing here registers a hook of its own.
 """
 
 from __future__ import annotations
@@ -22,9 +25,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from workflow.experiments.exp004.dla import Block, _tensor, blocks, by_position
+from workflow.model.components import Block, ComponentRunner, by_position, first_tensor
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,6 @@ def components(parts: list[Block]) -> list[Component]:
     return out
 
 
-def _hooks(parts: list[Block], on_attention, on_mlp, on_z) -> list:
-    handles = []
-    for layer, block in enumerate(parts):
-        handles.append(block.attention.register_forward_hook(lambda m, a, o, layer=layer: on_attention(layer, o)))
-        handles.append(block.mlp.register_forward_hook(lambda m, a, o, layer=layer: on_mlp(layer, o)))
-        if block.projection is not None:
-            handles.append(block.projection.register_forward_pre_hook(lambda m, a, layer=layer: on_z(layer, a)))
-    return handles
-
-
 @dataclass
 class Activations:
     """A run's component outputs [T, ...] per layer, and its logit difference."""
@@ -67,23 +59,8 @@ class Activations:
     logit_diff: float
 
 
-# more than 6 parameters: three hooks beside the forward's inputs: which ones are set decides the run
-def _run(model: nn.Module, ids: torch.Tensor, parts: list[Block], answers: tuple[int, int], on_attention, on_mlp, on_z) -> torch.Tensor:
-    handles = _hooks(parts, on_attention, on_mlp, on_z)
-    try:
-        # Only the last position's logits are read (a 262k vocabulary makes the others costly).
-        try:
-            logits = model(ids, logits_to_keep=1).logits[:, -1]
-        except TypeError:
-            logits = model(ids).logits[:, -1]
-    finally:
-        for handle in handles:
-            handle.remove()
-    return logits[:, answers[0]] - logits[:, answers[1]]
-
-
-def activations(model: nn.Module, parts: list[Block], input_ids: list[int], answers: tuple[int, int]) -> Activations:
-    n = len(parts)
+def activations(runner: ComponentRunner, input_ids: list[int], answers: tuple[int, int]) -> Activations:
+    n = len(runner.parts)
     found = Activations([None] * n, [None] * n, [None] * n, math.nan)
 
     def attention(layer, out):
@@ -95,9 +72,8 @@ def activations(model: nn.Module, parts: list[Block], input_ids: list[int], answ
     def z(layer, args):
         found.z[layer] = args[0].detach()[0]
 
-    device = next(model.parameters()).device
     with torch.no_grad():
-        found.logit_diff = float(_run(model, torch.tensor([input_ids], device=device), parts, answers, attention, mlp, z)[0])
+        found.logit_diff = float(runner.logit_difference(torch.tensor([input_ids], device=runner.device), answers, attention, mlp, z)[0])
     return found
 
 
@@ -106,7 +82,7 @@ def _recovered(diff: torch.Tensor, clean: float, corrupted: float) -> torch.Tens
 
 
 # more than 6 parameters: the forward's inputs for both prompts, plus the batching settings
-def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int], answers: tuple[int, int],
+def exact(runner: ComponentRunner, clean_ids: list[int], corrupted_ids: list[int], answers: tuple[int, int],
           batch_size: int = 32, skip_unchanged: bool = True,
           runs: tuple[Activations, Activations] | None = None) -> dict[str, torch.Tensor]:
     """Each component's recovered fraction at each position [T], one patched forward per
@@ -116,8 +92,8 @@ def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupt
     ``runs``: the clean and corrupted prompts' ``activations`` where the caller has them."""
     if len(clean_ids) != len(corrupted_ids):
         raise ValueError(f"the prompts have {len(clean_ids)} and {len(corrupted_ids)} tokens: patching needs the same length")
-    parts = blocks(layers)
-    clean, corrupted = runs or (activations(model, parts, clean_ids, answers), activations(model, parts, corrupted_ids, answers))
+    parts = runner.parts
+    clean, corrupted = runs or (activations(runner, clean_ids, answers), activations(runner, corrupted_ids, answers))
     every = [(c, p) for c in components(parts) for p in range(len(clean_ids))]
     last_layer, last = len(parts) - 1, len(clean_ids) - 1
     # Sites whose patch cannot change the last position's logits: the effect is exactly 0
@@ -129,7 +105,6 @@ def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupt
     sites = [(c, p) for c, p in every
              if not (skip_unchanged and ((c.layer == last_layer and p != last)
                                          or torch.equal(_value(clean, c, p, parts), _value(corrupted, c, p, parts))))]
-    device = next(model.parameters()).device
     effect = torch.empty(len(sites), dtype=torch.float64)
     for start in range(0, len(sites), batch_size):
         chunk = sites[start:start + batch_size]
@@ -154,9 +129,9 @@ def exact(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupt
                 part = slice(c.head * width, (c.head + 1) * width)
                 args[0][row, p, part] = clean.z[layer][p, part]
 
-        ids = torch.tensor([corrupted_ids] * rows, device=device)
+        ids = torch.tensor([corrupted_ids] * rows, device=runner.device)
         with torch.no_grad():
-            diff = _run(model, ids, parts, answers, on_attention, on_mlp, on_z)
+            diff = runner.logit_difference(ids, answers, on_attention, on_mlp, on_z)
         effect[start:start + len(chunk)] = _recovered(diff[: len(chunk)], clean.logit_diff, corrupted.logit_diff)
     out = {c.name: torch.zeros(len(clean_ids), dtype=torch.float64) for c in components(parts)}
     for (c, p), value in zip(sites, effect):
@@ -173,7 +148,7 @@ def _value(run: Activations, c: Component, position: int, parts: list[Block]) ->
 
 
 # more than 6 parameters: the forward's inputs for both prompts, plus GradDrop's switch and the clean run
-def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], corrupted_ids: list[int],
+def attribution(runner: ComponentRunner, clean_ids: list[int], corrupted_ids: list[int],
                 answers: tuple[int, int], grad_drop: bool = False, clean: Activations | None = None) -> dict[str, torch.Tensor]:
     """AtP's linear estimate of every component's recovered fraction at each position [T]:
     one forward and one backward pass on the corrupted prompt. With ``grad_drop``, AtP*'s
@@ -181,14 +156,14 @@ def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], c
     writes to the residual stopped; a site's value is the mean of their magnitudes (a size,
     not a sign: it finds effects that cancel in the plain estimate). ``clean``: the clean
     prompt's ``activations`` where the caller has them."""
-    parts = blocks(layers)
-    clean = clean or activations(model, parts, clean_ids, answers)
+    parts = runner.parts
+    clean = clean or activations(runner, clean_ids, answers)
     drops = [None] if not grad_drop else list(range(len(parts)))
     estimates = []
     for dropped in drops:
         # The pass's own forward gives the corrupted run's logit difference (stopping a
         # gradient changes no value).
-        linear, corrupted_diff = _linear_estimate(model, layers, parts, clean, corrupted_ids, answers, dropped)
+        linear, corrupted_diff = _linear_estimate(runner, clean, corrupted_ids, answers, dropped)
         denominator = clean.logit_diff - corrupted_diff
         estimates.append({name: value / denominator for name, value in linear.items()})
     names = [c.name for c in components(parts)]
@@ -199,8 +174,7 @@ def attribution(model: nn.Module, layers: nn.ModuleList, clean_ids: list[int], c
     return estimates[0]
 
 
-# more than 6 parameters: attribution's inputs passed on whole, with the components dropped
-def _linear_estimate(model, layers, parts, clean: Activations, corrupted_ids, answers,
+def _linear_estimate(runner: ComponentRunner, clean: Activations, corrupted_ids: list[int], answers: tuple[int, int],
                      dropped: int | None) -> tuple[dict[str, torch.Tensor], float]:
     """(each site's (clean - corrupted) . gradient of the logit difference, the corrupted
     run's logit difference)."""
@@ -213,46 +187,18 @@ def _linear_estimate(model, layers, parts, clean: Activations, corrupted_ids, an
     # The outputs themselves are kept (their gradients fill only where the model uses them),
     # and read by position after the backward pass.
     def on_attention(layer, out):
-        keep(("attention", layer), _tensor(out))
+        keep(("attention", layer), first_tensor(out))
 
     def on_mlp(layer, out):
-        keep(("mlp", layer), _tensor(out))
+        keep(("mlp", layer), first_tensor(out))
 
     def on_z(layer, args):
         keep(("z", layer), args[0])
 
-    # Gradients of the activations only: the parameters' are not needed (nor kept).
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for parameter in frozen:
-        parameter.requires_grad_(False)
-    embedding = model.get_input_embeddings()
-    grads = embedding.register_forward_hook(lambda m, a, o: o.requires_grad_(True))
-    stops = []
-    if dropped is not None:
-        # The block's output with the gradient through what it wrote stopped: x_in + (x_out - x_in).detach().
-        layer = layers[dropped]
-        entering = {}
-
-        def enter(module, args, kwargs):
-            entering["x"] = args[0] if args else kwargs["hidden_states"]
-
-        def leave(module, args, output):
-            out = _tensor(output)
-            stopped = entering["x"] + (out - entering["x"]).detach()
-            return (stopped, *output[1:]) if isinstance(output, tuple) else stopped
-
-        stops = [layer.register_forward_pre_hook(enter, with_kwargs=True), layer.register_forward_hook(leave)]
-    device = next(model.parameters()).device
-    try:
-        with torch.enable_grad():
-            diff = _run(model, torch.tensor([corrupted_ids], device=device), parts, answers, on_attention, on_mlp, on_z)
-            diff[0].backward()
-    finally:
-        grads.remove()
-        for handle in stops:
-            handle.remove()
-        for parameter in frozen:
-            parameter.requires_grad_(True)
+    parts = runner.parts
+    with runner.gradients(stopped=dropped):
+        diff = runner.logit_difference(torch.tensor([corrupted_ids], device=runner.device), answers, on_attention, on_mlp, on_z)
+        diff[0].backward()
     out = {}
     for c in components(parts):
         if c.kind == "head":

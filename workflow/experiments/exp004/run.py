@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from workflow.base.errors import UserError
 from workflow.config.settings import LensSettings
@@ -34,7 +35,8 @@ from workflow.experiments.exp004.records import RECORD_COLUMNS, TARGETS
 from workflow.lens.job import Outputs, run_model_job
 from workflow.lens.pairs import pair_identity, resolved_pairs, tokenise_pair
 from workflow.lens.session import TokenNames, check_context
-from workflow.model.backends import find_decoder_layers, find_final_norm
+from workflow.model.backends import find_final_norm
+from workflow.model.components import Block, ComponentRunner, NotDecomposable
 from workflow.model.load import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -64,12 +66,13 @@ class ExactnessError(UserError):
     """The attributions do not add up to the model's own logits."""
 
 
-def _model_parts(model: LoadedModel, probe_ids: list[int]):
-    """The transformers model, its decoder layers and its final norm (found by data flow)."""
-
-    hf = model.backend.hf_model
-    layers = find_decoder_layers(hf, model.n_layers)
-    return hf, layers, find_final_norm(hf, layers, probe_ids)
+def _model_parts(model: LoadedModel, probe_ids: list[int]) -> tuple[ComponentRunner, nn.Module]:
+    """The backend's component runner and the model's final norm (found by data flow)."""
+    try:
+        runner = model.backend.components()
+    except NotDecomposable as error:
+        raise UserError(f"model {model.key!r}: experiment 004 cannot decompose its blocks: {error}") from error
+    return runner, find_final_norm(runner.hf_model, runner.layers, probe_ids)
 
 
 def _competitor(hf, ids: list[int], answer: int) -> int:
@@ -93,11 +96,8 @@ def run_components(model: LoadedModel, pairs: list[dict[str, Any]], settings: Co
     tokenised = [tokenise_pair(model.tokenizer, pair, model.key) for pair in pairs]
     for pair, tp in zip(pairs, tokenised):  # before any work
         check_context(model, pair, len(tp.clean_ids), "its prompts")
-    hf, layers, final_norm = _model_parts(model, tokenised[0].clean_ids)
-    try:
-        parts = dla.blocks(layers)
-    except dla.NotDecomposable as error:
-        raise UserError(f"model {model.key!r}: experiment 004 cannot decompose its blocks: {error}") from error
+    runner, final_norm = _model_parts(model, tokenised[0].clean_ids)
+    parts = runner.parts
     n_heads = parts[0].n_heads
     tolerance = lens.tolerance(model.dtype)
     names = TokenNames(model.tokenizer)
@@ -109,11 +109,11 @@ def run_components(model: LoadedModel, pairs: list[dict[str, Any]], settings: Co
         started = time.perf_counter()
         for warning in tp.warnings:
             log.warning("model %s, pair %s: %s", model.key, pair["id"], warning)
-        competitor = _competitor(hf, tp.clean_ids, tp.clean_answer_id)
+        competitor = _competitor(runner.hf_model, tp.clean_ids, tp.clean_answer_id)
         targets = {"answer": tp.clean_answer_id, "competitor": competitor, "corrupted_answer": tp.corrupted_answer_id}
         try:
-            attribution = dla.attribute(hf, layers, final_norm, tp.clean_ids, list(targets.values()))
-        except dla.NotDecomposable as error:
+            attribution = dla.attribute(runner, final_norm, tp.clean_ids, list(targets.values()))
+        except NotDecomposable as error:
             raise UserError(f"model {model.key!r}: experiment 004 cannot decompose its blocks: {error}") from error
         deviation, head_deviation = attribution.deviation(), attribution.head_deviation()
         limit = exactness_limit(tolerance, attribution.model_logits)
@@ -131,14 +131,14 @@ def run_components(model: LoadedModel, pairs: list[dict[str, Any]], settings: Co
         answers = (tp.clean_answer_id, tp.corrupted_answer_id)
         # Both prompts' component outputs and logit differences, once: the patching baselines,
         # and what exact patching and AtP read.
-        runs = (patching.activations(hf, parts, tp.clean_ids, answers), patching.activations(hf, parts, tp.corrupted_ids, answers))
+        runs = (patching.activations(runner, tp.clean_ids, answers), patching.activations(runner, tp.corrupted_ids, answers))
         baselines = {"logit_diff_clean": runs[0].logit_diff, "logit_diff_corrupted": runs[1].logit_diff}
-        exact = (patching.exact(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, batch_size=settings.batch_size, runs=runs)
+        exact = (patching.exact(runner, tp.clean_ids, tp.corrupted_ids, answers, batch_size=settings.batch_size, runs=runs)
                  if settings.exact else None)
         exact_done = time.perf_counter()
-        atp = patching.attribution(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, clean=runs[0])
+        atp = patching.attribution(runner, tp.clean_ids, tp.corrupted_ids, answers, clean=runs[0])
         atp_done = time.perf_counter()
-        drop = (patching.attribution(hf, layers, tp.clean_ids, tp.corrupted_ids, answers, grad_drop=True, clean=runs[0])
+        drop = (patching.attribution(runner, tp.clean_ids, tp.corrupted_ids, answers, grad_drop=True, clean=runs[0])
                 if settings.grad_drop else None)
         tokens = [names(i) for i in tp.clean_ids]
         rows += _rows(model.key, pair["id"], parts, tokens, attribution, exact, atp, drop)
@@ -169,7 +169,7 @@ def run_components(model: LoadedModel, pairs: list[dict[str, Any]], settings: Co
     return summary, rows
 
 
-def _heads_note(parts: list[dla.Block], n_heads: int) -> dict[str, Any]:
+def _heads_note(parts: list[Block], n_heads: int) -> dict[str, Any]:
     if all(block.projection is not None for block in parts):
         return {"exposed": True, "n_heads": n_heads, "d_head": parts[0].d_head}
     return {
@@ -235,7 +235,7 @@ def _pair_summary(pair, tp, tokens, targets, names, attribution: dla.Attribution
     }
 
 
-def write_component_outputs(model: ModelSpec, lens: dict[str, Any], components: dict[str, Any], pairs: list[dict[str, Any]],
+def write_component_outputs(model: ModelSpec, lens_settings: LensSettings, components: dict[str, Any], pairs: list[dict[str, Any]],
                             outputs: Outputs) -> dict[str, Any]:
     """Attribute and patch every pair on ``model`` and write its JSON and records (together or not at all).
 
@@ -243,7 +243,6 @@ def write_component_outputs(model: ModelSpec, lens: dict[str, Any], components: 
     ``backend``: TransformerBridge replaces the attention modules with its own components,
     which this experiment's data-flow discovery does not take apart into heads."""
     settings = ComponentSettings.from_config(components)
-    lens_settings = LensSettings.from_config(lens)
     if not pairs:
         raise UserError("experiment 004 has no pairs: it patches experiment 002's, add some under patching.pairs in config/config.yaml")
     return run_model_job(replace(model, backend="hooks"), lens_settings, replace(outputs, columns=RECORD_COLUMNS, list_columns=()),

@@ -47,7 +47,7 @@ def _leader(pair: PairFacts) -> str:
 
 def _winner(pair: PairFacts) -> str:
     top = pair.writers[0]
-    return f"{top.name} ({top.value:+.2f})"
+    return f"{_writer_words(top.name)} ({top.value:+.2f})"
 
 
 # The answer to the experiment's question, first in every evaluation: which components (block,
@@ -269,7 +269,7 @@ def _compared(models: list[ModelFacts]) -> str:
         whole = [s for s in restoring_sites(m) if not s.component.startswith("head")]
         if whole:
             depths.append(f"{escaped(m.model)} " + " and ".join(
-                f"{f'{relative(s.layer, m.n_layers):.2f}'} ({s.name}, {s.where})" for s in sorted(whole, key=lambda s: s.layer)))
+                f"{f'{relative(s.layer, m.n_layers):.2f}'} ({component_words(s.layer, s.component)}, {s.where})" for s in sorted(whole, key=lambda s: s.layer)))
     if depths:
         sentences.append("In relative depth ((block + 1) / number of blocks) the restoring components sit at: " + "; ".join(depths) + ".")
     for m in models:
@@ -279,15 +279,15 @@ def _compared(models: list[ModelFacts]) -> str:
         name, k = writers.most_common(1)[0]
         names = {s.name for s in restoring_sites(m)}
         last = max((s.layer for s in restoring_sites(m)), default=None)
-        layer = int(name[1:].split(".", 1)[0])
+        layer, words = int(name[1:].split(".", 1)[0]), _writer_words(name)
         if name in names:
-            sentences.append(f"In {escaped(m.model)} the largest direct writer ({name}, {k} of {len(m.pairs)} pairs) is itself a component that restores the answer.")
+            sentences.append(f"In {escaped(m.model)} the largest direct writer ({words}, {k} of {len(m.pairs)} pairs) is itself a component that restores the answer.")
         elif last is not None and layer > last:
             sentences.append(
-                f"In {escaped(m.model)} the largest direct writer ({name}, {k} of {len(m.pairs)} pairs) does not restore the answer "
-                f"alone and sits {layer - last} block(s) after the last component that does.")
+                f"In {escaped(m.model)} the largest direct writer ({words}, {k} of {len(m.pairs)} pairs) does not restore the answer "
+                f"alone and sits {layer - last} block{'s' if layer - last > 1 else ''} after the last component that does.")
         else:
-            sentences.append(f"In {escaped(m.model)} the largest direct writer ({name}, {k} of {len(m.pairs)} pairs) does not restore the answer alone.")
+            sentences.append(f"In {escaped(m.model)} the largest direct writer ({words}, {k} of {len(m.pairs)} pairs) does not restore the answer alone.")
     return " ".join(sentences)
 
 
