@@ -282,15 +282,21 @@ def tiny(tmp_path_factory):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)
     hf = save_random(root / "hf", config, tokenizer)
     gguf = root / "tiny-llama-f32.gguf"
-    convert([(hf, "f32", gguf)])
+    q8 = root / "tiny-llama-q8_0.gguf"
+    convert([(hf, "f32", gguf), (hf, "q8_0", q8)])
     prepare_model("tiny", {"source": "gguf", "path": str(gguf)}, root / "prepared")
+    prepare_model("tiny", {"source": "gguf", "path": str(q8)}, root / "prepared-q8")
     hooks = load_model("tiny", {"source": "local", "path": str(root / "prepared")}, None, device="cpu", dtype="float32",
                        backend="hooks")
     exact = LlamaCppModel(gguf, cache_type="f32", flash_attention=False, key="tiny")
     default = LlamaCppModel(gguf, key="tiny")
+    TINY_FILES.update(f32=(gguf, root / "prepared"), q8_0=(q8, root / "prepared-q8"))
     yield hooks, exact, default
     exact.close()
     default.close()
+
+
+TINY_FILES: dict[str, tuple[Path, Path]] = {}  # the tiny Llama's GGUF files and prepared folders, by type
 
 
 def test_every_layer_agrees_with_the_pytorch_hooks_backend(tiny):
@@ -349,3 +355,102 @@ def test_a_patch_at_one_position_agrees_with_the_pytorch_patching(tiny):
         plain = exact.run(clean, layers=[]).logits[-1]
         assert np.abs(patched.logits[-1] - plain).max() > 1e-2  # the patch changes the answer's logits
         np.testing.assert_allclose(patched.logits[-1], want, atol=1e-4 * np.abs(want).max())
+
+
+# ---------------------------------------------------------------------------- backend: llamacpp
+
+
+FLOAT32 = {"cache_type": "f32", "flash_attention": False}  # llama.cpp computing in float32 throughout
+
+
+def backend_model(kind: str, settings: dict | None = None, key: str = "tiny"):
+    """The tiny Llama's GGUF file of ``kind`` loaded as the pipeline loads it with
+    ``backend: llamacpp``."""
+    gguf, prepared = TINY_FILES[kind]
+    entry = {"source": "gguf", "path": str(gguf), "backend": "llamacpp", **({"llamacpp": settings} if settings else {})}
+    return load_model(key, entry, prepared, device="cpu", dtype="float32")
+
+
+def probe_rows(model, probes=None):
+    import pandas as pd
+
+    from workflow.config.settings import LensSettings
+    from workflow.lens.run import read_probes
+
+    readings = read_probes(model, probes or CONFIG["probes"], LensSettings())
+    return pd.DataFrame(readings.rows), readings
+
+
+def test_experiment_001s_records_on_llamacpp_are_the_hooks_backends_on_a_float32_file(tiny):
+    """The same records, row for row, as the forward-hooks backend on the same float32 file:
+    token columns equal, numbers within float32 rounding carried through four blocks, and the
+    identity check held to llama.cpp's bound."""
+    hooks, _, _ = tiny
+    model = backend_model("f32", FLOAT32)
+    assert model.backend.name == "llamacpp" and model.backend.output_type == "F32"
+    want, _ = probe_rows(hooks)
+    got, readings = probe_rows(model)
+    assert list(got.columns) == list(want.columns) and len(got) == len(want) > 0
+    for column in ("model", "probe", "lens", "layer", "position", "input_token", "top1_token", "answer_token"):
+        assert (got[column].astype(str) == want[column].astype(str)).all(), column
+    # A random model's answer sits among thousands of near-equal logits (rank 374 and beyond
+    # here): float32 rounding may swap it with a neighbour (seen: 3 rows of 295 one apart).
+    assert int((got["answer_rank"] - want["answer_rank"]).abs().max()) <= 1
+    for column in ("top1_prob", "answer_prob", "entropy", "kl_to_final"):
+        assert float((got[column] - want[column]).abs().max()) <= 1e-5, column
+    assert readings.identity_check["logit_diff_over_bound"] <= 1.0
+
+
+def test_a_quantised_file_on_llamacpp_is_checked_against_the_bound_of_its_rounding(tiny):
+    """Q8_0: llama.cpp rounds the activations of every product to 8-bit blocks, so its
+    residuals and logits are not the PyTorch model's; the identity check allows exactly the
+    unembedding's rounding bound, logit by logit, and fails a lens whose head is off by more."""
+    from workflow.lens.session import LensIdentityError
+
+    model = backend_model("q8_0")
+    assert model.backend.output_type == "Q8_0"
+    _, readings = probe_rows(model)
+    assert 0 < readings.identity_check["logit_diff_over_bound"] <= 1.0
+    # The same run with a head whose unembedding is 3% off: refused, naming the probe (1% is
+    # within the bound on this model's logits).
+    unembed = model.backend.unembed
+    off = torch.nn.Linear(unembed.in_features, unembed.out_features, bias=False)
+    off.weight.data = unembed.weight.data * 1.03
+    model.backend.unembed = off
+    with pytest.raises(LensIdentityError, match=r"probe 'capital-germany'.*logit_diff_over_bound = 1\.\d+ \(logit_diff"):
+        probe_rows(model)
+
+
+def test_generation_on_llamacpp_continues_its_own_cache_and_gives_the_hooks_backends_tokens(tiny):
+    """Greedy generation with the lens on every token: llama.cpp's cache continued step by
+    step gives the tokens, and the per-token traces, of the hooks backend on the float32 file."""
+    from workflow.config.settings import LensSettings
+    from workflow.lens.generation import LensGenerator
+
+    hooks, _, _ = tiny
+    model = backend_model("f32", FLOAT32)
+    prompt = hooks.tokenizer(CONFIG["probes"][0]["prompt"])["input_ids"]
+    settings = LensSettings(positions="last")
+    want = LensGenerator(hooks, settings).generate(prompt, max_new_tokens=6, stop_ids=set())
+    got = LensGenerator(model, settings).generate(prompt, max_new_tokens=6, stop_ids=set())
+    assert got.token_ids == want.token_ids and len(got.tokens) == 6
+    for a, b in zip(got.tokens, want.tokens):
+        assert abs(a.model_prob - b.model_prob) <= 1e-5
+        for x, y in zip(a.stats["logit"], b.stats["logit"]):
+            assert x.topk_ids[0] == y.topk_ids[0] and abs(x.kl_to_final - y.kl_to_final) <= 1e-5
+
+
+def test_the_llamacpp_backend_is_refused_while_planning_where_it_cannot_run(tmp_path):
+    from workflow.config.schema import check_config
+
+    config = {"backend": "auto", "probes": CONFIG["probes"], "models": {
+        "hub": {"source": "hf", "repo": "x/y", "backend": "llamacpp"}}}
+    with pytest.raises(UserError, match=r"models\.hub\.backend is llamacpp, which runs GGUF files.*source 'hf'"):
+        check_config(config, "config/config.yaml")
+    config = {"backend": "llamacpp", "probes": CONFIG["probes"], "models": {"hub": {"source": "hf", "repo": "x/y"}}}
+    with pytest.raises(UserError, match=r"config/config.yaml: backend is llamacpp.*models\.hub\.backend: auto"):
+        check_config(config, "config/config.yaml")
+    config = {"backend": "auto", "probes": CONFIG["probes"], "models": {
+        "g": {"source": "gguf", "path": "m.gguf", "llamacpp": {"n_threads": 2}}}}
+    with pytest.raises(UserError, match=r"models\.g\.llamacpp applies to backend: llamacpp"):
+        check_config(config, "config/config.yaml")

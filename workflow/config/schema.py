@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
 
@@ -118,6 +119,20 @@ def check_config(config: dict[str, Any], configfile: str, base: str = ".") -> No
                 f"{configfile}: models.{key}.weights applies to GGUF files (source: gguf or package), and "
                 f"model {key!r} has source {entry['source']!r}; remove the key"
             )
+        backend = entry.get("backend", config.get("backend", "auto"))
+        if backend == "llamacpp" and entry["source"] not in ("gguf", "package"):
+            where = f"models.{key}.backend" if "backend" in entry else "backend"
+            raise UserError(
+                f"{configfile}: {where} is llamacpp, which runs GGUF files, and model {key!r} has source "
+                f"{entry['source']!r}; give the model a backend of its own (models.{key}.backend: auto)"
+            )
+        if "llamacpp" in entry and backend != "llamacpp":
+            raise UserError(f"{configfile}: models.{key}.llamacpp applies to backend: llamacpp, and model {key!r} runs "
+                            f"with backend {backend}; remove the key or set models.{key}.backend: llamacpp")
+        if backend == "llamacpp":
+            if importlib.util.find_spec("llama_cpp") is None:
+                raise UserError(f"{configfile}: model {key!r} runs with backend llamacpp, and llama-cpp-python is not "
+                                "installed: run `make llamacpp` (docs/large-models.md, \"The engine you chat with\")")
 
     # The probe set, loaded and checked (unique ids, reverse_of naming a probe, ...).
     load(config["probes"], base, configfile)

@@ -117,8 +117,6 @@ class LensGenerator(LensSession):
         calling thread, in order)."""
         # Kept as one function: the model's loop, the lens thread and the delivery of traces
         # share the two queues, the cache and the hooks' buffers, and start and stop together.
-        from transformers import DynamicCache
-
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         stop_ids = stop_token_ids(self.model) if stop_ids is None else stop_ids
@@ -151,7 +149,7 @@ class LensGenerator(LensSession):
         try:
             # Each step through the backend (the bridge's hook points or the model's layers):
             # the last position's residual at every layer, and the model's logits there.
-            cache = DynamicCache(config=hf.config)
+            cache = self.model.backend.new_cache(len(prompt_ids) + max_new_tokens)
             tokens = torch.tensor([list(prompt_ids)], device=device)
             previous = int(prompt_ids[-1])
             with torch.no_grad():
@@ -221,7 +219,8 @@ class LensGenerator(LensSession):
         lens_logits = rows_padded(self.heads.reference.logits, residuals[-1])
         traces = []
         for k, (index, chosen, input_id, _, model_logits) in enumerate(items):
-            deviation = self.identity(lens_logits[k : k + 1], model_logits[None], f"generated token {index}")
+            bound = self.logit_bound(residuals[-1][k : k + 1])
+            deviation = self.identity(lens_logits[k : k + 1], model_logits[None], f"generated token {index}", bound)
             model_prob = float(torch.softmax(model_logits.double(), -1)[chosen])
             traces.append(TokenTrace(index, chosen, input_id, model_prob, {n: per_lens[n][k] for n in per_lens}, deviation))
         return traces

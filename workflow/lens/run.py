@@ -162,9 +162,11 @@ def lens_batch(session: LensSession, batch: list[Tokenised], length: int) -> Len
         check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
     found = LensBatch(length, batch, residuals, model_logits, [])
     lens_logits = rows_padded(session.heads.reference.logits, found.last_position()[-1]).cpu()
+    bound = session.logit_bound(found.last_position()[-1])
     per_lens = lens_statistics_of_batch(session, found)
     for b, item in enumerate(batch):
-        deviation = session.identity(lens_logits[b : b + 1], model_logits[b : b + 1], f"probe {item.probe['id']!r}")
+        deviation = session.identity(lens_logits[b : b + 1], model_logits[b : b + 1], f"probe {item.probe['id']!r}",
+                                     None if bound is None else bound[b : b + 1])
         found.readings.append(probe_reading(session, item, per_lens, b, deviation))
     return found
 

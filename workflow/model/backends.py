@@ -48,6 +48,9 @@ class Backend(Protocol):
         """Residuals [L+1, B, length, d] of token sequences right-padded to ``length``, and the
         model's logits [B, V] at position ``read[b]`` of each."""
 
+    def new_cache(self, n_tokens: int) -> Any:
+        """An empty cache for generation of up to ``n_tokens`` positions (``step``'s)."""
+
     def step(self, tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass of generation: ``tokens`` [1, T] after what the key-value ``cache``
         holds (the cache extended). The last position's residual at every layer [L+1, d] and
@@ -212,6 +215,12 @@ class BridgeBackend:
         tokens = torch.tensor([input_ids], device=input_device(self.hf_model))
         logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, **kw), tokens)
         return stacked(captured), logits
+
+    def new_cache(self, n_tokens: int):
+        """An empty key-value cache for generation of up to ``n_tokens`` positions."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.hf_model.config)
 
     def step(self, tokens, cache):
         captured, hooks = self.residual_hooks(lambda t: t[0, -1])
@@ -454,6 +463,12 @@ class HooksBackend:
         with layer_residuals(self.layers, lambda t: t[0, keep]) as captured:
             logits = last_logits(lambda t, **kw: self.hf_model(t, **kw).logits, tokens)
         return stacked(captured), logits
+
+    def new_cache(self, n_tokens: int):
+        """An empty key-value cache for generation of up to ``n_tokens`` positions."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.hf_model.config)
 
     def step(self, tokens, cache):
         with layer_residuals(self.layers, lambda t: t[0, -1]) as captured:

@@ -33,10 +33,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from workflow.base.errors import UserError
+from workflow.gguf.file import read_header
+from workflow.model.components import NotDecomposable
 
 log = logging.getLogger(__name__)
 
@@ -378,14 +382,18 @@ class LlamaCppModel:
         return [entering[0]] + [f"l_out-{i}" for i in range(self.n_layers)]
 
     # ------------------------------------------------------------------ running
+    # more than 6 parameters: what to read and write, and where in the cache the tokens go
     def run(self, tokens: Sequence[int], layers: Iterable[int] | None = None,
-            patches: Iterable[tuple[int, int, object]] = ()) -> Run:
+            patches: Iterable[tuple[int, int, object]] = (), start: int = 0) -> Run:
         """Decode ``tokens`` from an empty cache: the residual stream at ``layers`` (default
         all, 0..L) at every position, and llama.cpp's logits at every position.
 
         ``patches``: (layer, position, vector [d]) written into the residual stream at that
         layer before anything downstream reads it (several at one layer and position: the
-        last wins); a captured layer is read after its patches."""
+        last wins); a captured layer is read after its patches. ``start``: the tokens go on
+        from position ``start`` of the cache the previous runs filled (generation; the
+        context must hold them: ``reserve``), positions in ``patches`` and the results
+        counting from the first of ``tokens``."""
         tokens = [int(t) for t in tokens]
         if not tokens:
             raise ValueError("no tokens to run")
@@ -400,7 +408,7 @@ class LlamaCppModel:
             writes.setdefault(self.layer_names[int(layer)], []).append((int(position), value))
         capture = {self.layer_names[k]: i for i, k in enumerate(layers)}
         work = _Pass(len(tokens), self.d_model, capture, writes)
-        logits = self._decode(tokens, work)
+        logits = self._decode(tokens, work, start=start)
         missing = [name for name in work.wanted if name not in work.seen]
         if work.error is None and missing:
             work.error = f"llama.cpp's graph computed no tensor {', '.join(sorted(missing))}"
@@ -409,20 +417,31 @@ class LlamaCppModel:
                                    f"evaluation callback: {work.error}")
         return Run(layers, work.out, logits)
 
-    def _decode(self, tokens: list[int], work: _Pass, logits: bool = True) -> np.ndarray | None:
-        """``tokens`` decoded from an empty cache with ``work`` in the callback: the logits
-        [T, V] (with ``logits``; an encoder's graph has none)."""
+    def reserve(self, n_tokens: int) -> None:
+        """A context of at least ``n_tokens`` positions now, so that runs continuing the
+        cache (``run(start=...)``) up to that length never need a new one (which would
+        lose the cache)."""
+        self._context(n_tokens)
+
+    def _decode(self, tokens: list[int], work: _Pass, logits: bool = True, start: int = 0) -> np.ndarray | None:
+        """``tokens`` decoded with ``work`` in the callback, from an empty cache or (``start``)
+        after the ``start`` positions it holds: the logits [T, V] (with ``logits``; an
+        encoder's graph has none)."""
         llama = self._llama
         if self._pass is not None:
             raise RuntimeError(f"model {self.key!r}: a llama.cpp run is already under way on this model")
+        if start and (self._ctx is None or start + len(tokens) > self._n_ctx):
+            raise RuntimeError(f"model {self.key!r}: the context holds {self._n_ctx} positions, not {start + len(tokens)}: "
+                               "reserve them before the first run")
         ctx = self._context(len(tokens))
-        llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
+        if not start:
+            llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
         n = len(tokens)
         batch = llama.llama_batch_init(n, 0, 1)
         try:
             for i, token in enumerate(tokens):
                 batch.token[i] = token
-                batch.pos[i] = i
+                batch.pos[i] = start + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = 1  # every position: the last block keeps only these rows
@@ -517,3 +536,87 @@ def matmul_rounding_bound(weight: np.ndarray, weight_type: str, x: np.ndarray) -
         bound[:, start : start + 16384] = per_element @ rows.T + FLOAT_TERM * (np.abs(x) @ rows.T)
     return bound
 
+
+
+class EngineCache:
+    """Generation's cache on the llama.cpp backend: the positions llama.cpp's own key-value
+    cache holds (the context's, filled by the runs that continue it)."""
+
+    def __init__(self, length: int = 0):
+        self.length = length
+
+
+class LlamaCppBackend:
+    """``backend: llamacpp``: every forward pass of a GGUF model run by llama.cpp on the
+    file itself, the residual stream read from its graph at every layer; the lens's final
+    norm and unembedding are the PyTorch model's, prepared from the same file (``head``,
+    a backend over it: the same modules every other backend decodes with).
+
+    llama.cpp rounds the activations entering a quantised product (``matmul_rounding_bound``),
+    so the model's own logits differ from the lens's at the last layer by more than float32
+    rounding: the identity check allows, logit by logit, exactly that bound (``logit_bound``)
+    and nothing more. A probe of a batch runs alone (its own tokens, no padding): its numbers
+    are its own whatever the batch.
+    """
+
+    name = "llamacpp"
+
+    def __init__(self, engine: LlamaCppModel, head: Any, gguf_path: str | os.PathLike[str]):
+        import gguf  # gguf-py: its tables, read when a backend is made
+
+        self.engine = engine
+        self.hf_model, self.final_norm, self.unembed = head.hf_model, head.final_norm, head.unembed
+        self.n_layers, self.d_model, self.vocab_size = engine.n_layers, engine.d_model, head.vocab_size
+        ours = (head.n_layers, head.d_model, head.vocab_size)
+        if ours != (engine.n_layers, engine.d_model, engine.vocab_size):
+            raise UserError(
+                f"model {engine.key!r}: llama.cpp reads {engine.n_layers} blocks of width {engine.d_model} and a "
+                f"vocabulary of {engine.vocab_size} from {str(gguf_path)!r}, the prepared model {ours[0]}, {ours[1]} and "
+                f"{ours[2]}: run this model with another backend (backend: hooks or bridge)")
+        table = {entry.name: entry for entry in read_header(gguf_path).table}
+        entry = table.get("output.weight") or table["token_embd.weight"]
+        self.output_type = gguf.GGMLQuantizationType(entry.ggml_type).name
+        try:
+            matmul_rounding_bound(np.zeros((1, self.d_model), np.float32), self.output_type, np.zeros((1, self.d_model)))
+        except ValueError as error:
+            raise UserError(f"model {engine.key!r}: the lens cannot be checked against llama.cpp's logits: {error} "
+                            f"(the file's unembedding is {self.output_type}); run this model with another backend "
+                            "(backend: hooks or bridge)") from error
+
+    def logit_bound(self, normed: torch.Tensor) -> torch.Tensor:
+        """How far llama.cpp's logits may be from the exact product of the unembedding with
+        ``normed`` [n, d] (the final norm's output): [n, V]."""
+        weight = self.unembed.weight.detach().to("cpu", torch.float32).numpy()
+        return torch.from_numpy(matmul_rounding_bound(weight, self.output_type, normed.detach().to("cpu", torch.float64).numpy()))
+
+    def capture(self, input_ids, positions):
+        run = self.engine.run(list(input_ids))
+        keep = slice(-1, None) if positions == "last" else slice(None)
+        return torch.from_numpy(run.residuals[:, keep]), torch.from_numpy(run.logits[-1:])
+
+    def capture_batch(self, sequences, length, read):
+        residuals = torch.zeros(self.n_layers + 1, len(sequences), length, self.d_model)
+        logits = torch.empty(len(sequences), self.vocab_size)
+        for b, ids in enumerate(sequences):
+            run = self.engine.run(list(ids))
+            residuals[:, b, : len(ids)] = torch.from_numpy(run.residuals)
+            logits[b] = torch.from_numpy(run.logits[read[b]])
+        return residuals, logits
+
+    def new_cache(self, n_tokens: int) -> EngineCache:
+        self.engine.reserve(n_tokens)
+        return EngineCache()
+
+    def step(self, tokens, cache: EngineCache):
+        ids = [int(t) for t in tokens[0].tolist()]
+        run = self.engine.run(ids, start=cache.length)
+        cache.length += len(ids)
+        return torch.from_numpy(run.residuals[:, -1].copy()), torch.from_numpy(run.logits[-1].copy())
+
+    @property
+    def blocks(self):
+        raise UserError(f"model {self.engine.key!r}: activation patching does not run on backend llamacpp yet; "
+                        "use backend: hooks or bridge for experiment 002")
+
+    def components(self):
+        raise NotDecomposable("llama.cpp's graph is not taken apart into components here: components are read with backend: hooks")

@@ -25,7 +25,7 @@ from torch import nn
 from workflow.base.errors import UserError
 from workflow.config.schema import DEFAULT_OFFLOAD_FOLDER, device_key, effective_placement, parse_size
 from workflow.config.settings import LensSettings
-from workflow.gguf.prepare import MANIFEST, source_description, why_stale
+from workflow.gguf.prepare import MANIFEST, locate_gguf, source_description, why_stale
 from workflow.model.backends import Backend, BridgeBackend, HooksBackend
 from workflow.model.head import OffloadedLinear
 
@@ -349,6 +349,17 @@ class ModelSpec:
         return load_model(self.key, self.entry, self.prepared_dir, device=self.device, dtype=self.dtype,
                           backend=self.backend, lens=lens)
 
+    @property
+    def chosen_backend(self) -> str:
+        """The backend the config asks for: the entry's, else the run's."""
+        return self.entry.get("backend", self.backend)
+
+    def on_backend(self, backend: str) -> ModelSpec:
+        """This model read through ``backend`` whatever the config (its entry's and the
+        top level's) says: for an experiment that needs one backend."""
+        entry = {k: v for k, v in self.entry.items() if k != "backend"}
+        return ModelSpec(self.key, entry, self.prepared_dir, self.device, self.dtype, backend)
+
 
 @dataclass
 class LoadedModel:
@@ -417,6 +428,35 @@ def _boot_bridge(load, location: str, device: str, dtype: torch.dtype):
 def _boot_hooks(load):
     # Any valid ids do to trace which module feeds the output embedding.
     return HooksBackend(load(), probe_ids=[0, 1, 2])
+
+
+# llama.cpp's context settings a model entry may give (``llamacpp:``; LlamaCppModel's).
+LLAMACPP_SETTINGS = ("n_gpu_layers", "n_threads", "cache_type", "flash_attention")
+
+
+def _boot_llamacpp(key: str, entry: dict[str, Any], load, prepared_dir, configfile: str | None):
+    """The llama.cpp backend: the entry's GGUF file run by llama.cpp, the lens's head from
+    the PyTorch model ``load`` builds (prepared from the same file; with ``weights:
+    quantised`` only the head's weights are ever read)."""
+    from workflow.gguf.weights import quantised_manifest  # accelerate: only when a model is loaded
+    from workflow.model.llamacpp import LlamaCppBackend, LlamaCppModel  # llama-cpp-python: only for this backend
+
+    if entry.get("source") not in ("gguf", "package"):
+        raise UserError(f"model {key!r}: backend llamacpp runs GGUF files, and this model's source is "
+                        f"{entry.get('source')!r}; give a GGUF file (source: gguf) or use backend: auto")
+    head = _boot_hooks(load)
+    manifest = quantised_manifest(Path(prepared_dir)) if prepared_dir is not None else None
+    settings = {k: v for k, v in (entry.get("llamacpp") or {}).items() if k in LLAMACPP_SETTINGS}
+    # An assembled file (a package's parts) is made in a folder removed once llama.cpp has
+    # mapped it; a file that is its own source, or kept by the preparation, is run in place.
+    with tempfile.TemporaryDirectory(prefix="llamacpp-") as work:
+        path = Path(manifest["gguf_path"]) if manifest else locate_gguf(key, entry, Path(work), configfile)
+        engine = LlamaCppModel(path, key=key, **settings)
+        try:
+            return LlamaCppBackend(engine, head, path)
+        except BaseException:
+            engine.close()
+            raise
 
 
 # Architectures the bridge loads but whose lens through it disagrees with an independent
@@ -544,7 +584,10 @@ def load_model(
     else:
         def load(**extra):
             return _load_hf(location, kwargs, device_name, torch_dtype, placed, **extra)
-    loaded = _boot(key, choice, load, location, main_device, torch_dtype, config.model_type)
+    if choice == "llamacpp":
+        loaded = _boot_llamacpp(key, entry, load, prepared_dir, configfile)
+    else:
+        loaded = _boot(key, choice, load, location, main_device, torch_dtype, config.model_type)
     if placed is not None or from_file:
         loaded.final_norm = resident(loaded.final_norm, main_device)
         loaded.unembed = lens_unembedding(loaded.unembed, main_device)

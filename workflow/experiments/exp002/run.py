@@ -109,5 +109,10 @@ def write_patching_outputs(model: ModelSpec, lens_settings: LensSettings, patchi
     pairs = patching.get("pairs") or []
     if not pairs:
         raise UserError("experiment 002 has no pairs: add some under patching.pairs in config/config.yaml")
+    if model.chosen_backend == "llamacpp":
+        # Patching runs the blocks from a layer on (BlockRunner), which llama.cpp's graph
+        # does not: the same prepared weights through forward hooks (the JSON says so).
+        log.info("%s: experiment 002 patches through forward hooks on the PyTorch model, not llama.cpp", model.key)
+        model = model.on_backend("hooks")
     return run_model_job(model, lens_settings, replace(outputs, columns=RECORD_COLUMNS, list_columns=()),
                          lambda loaded, tuned: run_patching(loaded, pairs, settings, lens_settings))

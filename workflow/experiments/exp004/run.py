@@ -245,5 +245,5 @@ def write_component_outputs(model: ModelSpec, lens_settings: LensSettings, compo
     settings = ComponentSettings.from_config(components)
     if not pairs:
         raise UserError("experiment 004 has no pairs: it patches experiment 002's, add some under patching.pairs in config/config.yaml")
-    return run_model_job(replace(model, backend="hooks"), lens_settings, replace(outputs, columns=RECORD_COLUMNS, list_columns=()),
+    return run_model_job(model.on_backend("hooks"), lens_settings, replace(outputs, columns=RECORD_COLUMNS, list_columns=()),
                          lambda loaded, tuned: run_components(loaded, pairs, settings, lens_settings))
