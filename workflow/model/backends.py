@@ -76,10 +76,10 @@ def canonical_length(n_tokens: int) -> int:
 # from it: the model's logits at the last position differ between products of 2-3 rows and
 # of 4 or more on an AMD EPYC, measured; on an Intel Xeon eight probes' records changed when
 # a ninth of their padded length joined them), so a probe's numbers are those of every
-# forward pass of its canonical length, alone or beside any others. Eight: as fast per probe
-# as larger passes on two cores (bench/probe_batching.py), and a lone probe pays for seven
-# rows of FILLER.
-FORWARD_ROWS = 8
+# forward pass of its canonical length, alone or beside any others. Sixteen: on two cores as
+# fast per probe as passes of 32 (passes of 8 took 1.1x as long on 200 probes), and a lone
+# probe pays for fifteen rows of FILLER.
+FORWARD_ROWS = 16
 # The token id of the rows no probe fills: a fixed sequence, so that nothing in a forward pass
 # depends on which other probes exist (a causal model's rows do not mix).
 FILLER = 0
