@@ -108,15 +108,16 @@ def test_a_probe_set_computes_only_products_of_shapes_its_probes_compute_alone(l
     # The class of fault, on any processor: no product's shape depends on which probes share
     # a batch (001's run with both lenses: forward passes, the lenses, the identity check,
     # the last layer's scores and the tuned lens's calibration).
-    # Seventeen probes of one padded length (copies of one prompt compute what it computes
-    # alone): more rows than one product of a fixed shape holds, wherever probes share one.
+    # Thirty-four probes of one padded length in one batch (copies of one prompt compute what
+    # it computes alone): more rows than one product of a fixed shape holds, wherever probes
+    # share one (a forward pass, decoding, the heads' and translators' products).
     model = loaded["llama"]
     tuned = random_translators(model)
     settings = LensSettings(top_k=3, positions=positions)
     distinct = PROBES + [EXTRA]
     alone = set().union(*(shapes_of(lambda: run_lens(model, [probe], settings, tuned)) for probe in distinct))
-    probes = distinct + [dict(EXTRA, id=f"copy-{i}") for i in range(12)]
-    together = shapes_of(lambda: run_lens(model, probes, settings, tuned, batch_size=32))
+    probes = distinct + [dict(EXTRA, id=f"copy-{i}") for i in range(29)]
+    together = shapes_of(lambda: run_lens(model, probes, settings, tuned, batch_size=64))
     assert together <= alone, f"products of shapes no probe computes alone: {sorted(together - alone)}"
 
 

@@ -217,7 +217,8 @@ class LensGenerator(LensSession):
             for stats in self.statistics(residuals, answers, lens, separate_positions=True):
                 rows[stats.position].append(stats)
             per_lens[lens.name] = [sorted(r, key=lambda s: s.layer) for r in rows]
-        lens_logits = rows_padded(self.heads.reference.logits, residuals[-1])
+        # PENDING rows to a product: a fixed shape, of the size of a full decode here.
+        lens_logits = rows_padded(self.heads.reference.logits, residuals[-1], PENDING)
         traces = []
         for k, (index, chosen, input_id, _, model_logits) in enumerate(items):
             bound = self.logit_bound(residuals[-1][k : k + 1])

@@ -127,28 +127,29 @@ def lens_statistics(
         yield from block_statistics(residuals, head, reference, answer_id, top_k, vocab_size, working_memory_mb, tuned)
 
 
-# A product of the lens's heads or translators on rows that several probes (or generated
-# tokens) share runs on exactly this many rows at a time: a product's rows round according to
-# its whole shape (MKL picks its kernel and blocking from it; measured on an AMD EPYC: rows
-# differ in their last bits between products of 2 or 3 rows and of 4 or more; other
-# processors differ at other sizes), so a product of one fixed shape gives a row the same
-# bits whatever shares it. (The streamed lens fixes its shapes with DECODE_POSITIONS.)
-PRODUCT_ROWS = 16
+# A product of the lens's heads or translators on rows that several probes share runs on
+# exactly this many rows at a time: a product's rows round according to its whole shape (MKL
+# picks its kernel and blocking from it; measured on an AMD EPYC: rows differ in their last
+# bits between products of 2 or 3 rows and of 4 or more; other processors differ at other
+# sizes), so a product of one fixed shape gives a row the same bits whatever shares it. 32:
+# a batch's identity check in one product (16 took 1.1x as long on 200 probes of Gemma's
+# 262k vocabulary). (The streamed lens fixes its shapes with DECODE_POSITIONS.)
+PRODUCT_ROWS = 32
 
 
-def rows_padded(function: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """``function(rows)`` for a [n, d] matrix, computed PRODUCT_ROWS rows at a time (the last
+def rows_padded(function: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, block: int = PRODUCT_ROWS) -> torch.Tensor:
+    """``function(rows)`` for a [n, d] matrix, computed ``block`` rows at a time (the last
     block filled with zero rows): every call of ``function`` has the same shape whatever n."""
     n = rows.shape[0]
-    if n == PRODUCT_ROWS:
+    if n == block:
         return function(rows)
-    blocks = []
-    for r0 in range(0, n, PRODUCT_ROWS):
-        block = rows[r0 : r0 + PRODUCT_ROWS]
-        if block.shape[0] < PRODUCT_ROWS:
-            block = torch.cat([block, block.new_zeros(PRODUCT_ROWS - block.shape[0], *block.shape[1:])])
-        blocks.append(function(block))
-    return torch.cat(blocks)[:n]
+    out = []
+    for r0 in range(0, n, block):
+        part = rows[r0 : r0 + block]
+        if part.shape[0] < block:
+            part = torch.cat([part, part.new_zeros(block - part.shape[0], *part.shape[1:])])
+        out.append(function(part))
+    return torch.cat(out)[:n]
 
 
 def _transformed(residuals: torch.Tensor, layers: list[int], tuned) -> torch.Tensor:
