@@ -46,10 +46,10 @@ def measure(repo: Path, model_key: str, n_probes: int, batch_size: int) -> dict:
         from workflow.lens.run import read_probes
         from workflow.model.load import load_model
     except ImportError:  # a revision from before the packages
-        from workflow.lens.run import read_probes
-        from workflow.lens.session import LensSettings
-        from workflow.model.load import load_model
-        from workflow.config.probes import load
+        from workflow.lens_run import read_probes
+        from workflow.lens_setup import LensSettings
+        from workflow.models import load_model
+        from workflow.probes import load
 
     probes = load({"relations": ["company_ceo"], "directions": "both"}, REPO)[:n_probes]
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32")
