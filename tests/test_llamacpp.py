@@ -454,3 +454,30 @@ def test_the_llamacpp_backend_is_refused_while_planning_where_it_cannot_run(tmp_
         "g": {"source": "gguf", "path": "m.gguf", "llamacpp": {"n_threads": 2}}}}
     with pytest.raises(UserError, match=r"models\.g\.llamacpp applies to backend: llamacpp"):
         check_config(config, "config/config.yaml")
+
+
+def test_the_pipeline_runs_experiment_001_on_llamacpp_and_switching_the_backend_replans_the_model(tiny, tmp_path):
+    """``backend: llamacpp`` in the config: the tuned lens trained on llama.cpp's residuals and
+    001's records and JSON made on llama.cpp (which the JSON says, with its identity check
+    against llama.cpp's rounding bound); switching the backend plans exactly that model's jobs
+    again, saying why."""
+    import json
+
+    from pipeline import planned_jobs, said, scratch_copy, snakemake
+
+    gguf, _ = TINY_FILES["f32"]
+    config = {**CONFIG, "backend": "llamacpp", "models": {"tiny": {"source": "gguf", "path": str(gguf), "llamacpp": FLOAT32}},
+              "probes": CONFIG["probes"][:3], "tuned_lens": {**CONFIG["tuned_lens"], "train_sequences": 4, "heldout_positions": 64}}
+    workdir = scratch_copy(tmp_path / "wd", config)
+    result = snakemake(workdir, "results/001/output-tiny.json")
+    assert result.returncode == 0, said(result)[-3000:]
+    summary = json.loads((workdir / "results" / "001" / "output-tiny.json").read_text())
+    assert summary["backend"] == "llamacpp" and summary["lenses"] == ["logit", "tuned"]
+    assert 0 < summary["identity_check"]["logit_diff_over_bound"] <= 1.0
+    config["backend"] = "hooks"
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump({**config, "models": {"tiny": {
+        "source": "gguf", "path": str(gguf)}}}, sort_keys=False))
+    plan = snakemake(workdir, "-n", "results/001/output-tiny.json")
+    assert plan.returncode == 0, said(plan)[-3000:]
+    assert set(planned_jobs(plan.stdout)) == {("train_tuned_lens", "tiny"), ("run_lens", "tiny")}, plan.stdout[-3000:]
+    assert "backend" in plan.stdout
