@@ -481,3 +481,29 @@ def test_the_pipeline_runs_experiment_001_on_llamacpp_and_switching_the_backend_
     assert plan.returncode == 0, said(plan)[-3000:]
     assert set(planned_jobs(plan.stdout)) == {("train_tuned_lens", "tiny"), ("run_lens", "tiny")}, plan.stdout[-3000:]
     assert "backend" in plan.stdout
+
+
+def test_experiment_002s_patching_through_llamacpps_graph_gives_the_pytorch_patchings_records(tiny):
+    """Every patched run of 002 (both directions, every layer and position, the Gaussian
+    trace) written into llama.cpp's graph from its callback, against the hooks backend's
+    BlockRunner on the same float32 file: the same records within float32 rounding."""
+    import pandas as pd
+
+    from workflow.config.settings import LensSettings
+    from workflow.experiments.exp002.patching import PatchingSettings
+    from workflow.experiments.exp002.run import run_patching
+
+    hooks, _, _ = tiny
+    model = backend_model("f32", FLOAT32)
+    settings = PatchingSettings(trace_samples=2)
+    pairs = CONFIG["patching"]["pairs"][:2]
+    want_summary, want = run_patching(hooks, pairs, settings, LensSettings())
+    got_summary, got = run_patching(model, pairs, settings, LensSettings())
+    want, got = pd.DataFrame(want), pd.DataFrame(got)
+    assert list(got.columns) == list(want.columns) and len(got) == len(want) > 0
+    for column in got.columns:
+        if got[column].dtype.kind == "f":
+            assert float((got[column] - want[column]).abs().max()) <= 1e-4, column
+        else:
+            assert (got[column].astype(str) == want[column].astype(str)).all(), column
+    assert got_summary["identity_check"]["logit_diff_over_bound"] <= 1.0

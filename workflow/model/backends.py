@@ -141,6 +141,10 @@ class Patches:
     def add(self, row: int, layer: int, position: int, value: torch.Tensor) -> None:
         self._layers.setdefault(layer, []).append((row, position, value))
 
+    def of_row(self, row: int) -> list[tuple[int, int, torch.Tensor]]:
+        """(layer, position, vector) of every write into batch row ``row``."""
+        return [(layer, p, v) for layer, entries in sorted(self._layers.items()) for r, p, v in entries if r == row]
+
     def at(self, layer: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         entries = self._layers.get(layer)
         if not entries:

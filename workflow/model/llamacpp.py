@@ -546,6 +546,33 @@ class EngineCache:
         self.length = length
 
 
+class EngineBlocks:
+    """Activation patching on llama.cpp, as the PyTorch backends' ``BlockRunner`` does it:
+    ``run`` gives what running the blocks from layer ``start`` on gives, by decoding the
+    whole prompt with the starting residual and every patch written into the graph from the
+    callback (each row of a batch one decode: llama.cpp runs one sequence at a time here)."""
+
+    def __init__(self, engine: LlamaCppModel):
+        self.engine = engine
+
+    # more than 6 parameters: BlockRunner.run's, which experiment 002 calls on any backend
+    def run(self, input_ids: list[int], hidden: torch.Tensor, start: int, patches: Any, keep: bool = False):
+        """``hidden`` [B, T, d]: each row's residual at layer ``start`` (written at every
+        position); ``patches``: the rows' writes at layers from ``start`` on. Returns the
+        residual after the last block at the last position [B, d]; with ``keep``, every
+        layer's from ``start`` on [L+1-start, B, T, d]."""
+        n_layers = self.engine.n_layers
+        layers = list(range(start, n_layers + 1)) if keep else [n_layers]
+        out = []
+        for row in range(hidden.shape[0]):
+            writes = [(start, position, hidden[row, position]) for position in range(hidden.shape[1])]
+            # Writes at the starting layer go after the starting residual (the last wins).
+            writes += [(layer, position, value) for layer, position, value in patches.of_row(row)]
+            run = self.engine.run(input_ids, layers=layers, patches=writes)
+            out.append(torch.from_numpy(run.residuals if keep else run.residuals[-1, -1]))
+        return torch.stack(out, 1) if keep else torch.stack(out)
+
+
 class LlamaCppBackend:
     """``backend: llamacpp``: every forward pass of a GGUF model run by llama.cpp on the
     file itself, the residual stream read from its graph at every layer; the lens's final
@@ -614,9 +641,8 @@ class LlamaCppBackend:
         return torch.from_numpy(run.residuals[:, -1].copy()), torch.from_numpy(run.logits[-1].copy())
 
     @property
-    def blocks(self):
-        raise UserError(f"model {self.engine.key!r}: activation patching does not run on backend llamacpp yet; "
-                        "use backend: hooks or bridge for experiment 002")
+    def blocks(self) -> EngineBlocks:
+        return EngineBlocks(self.engine)
 
     def components(self):
         raise NotDecomposable("llama.cpp's graph is not taken apart into components here: components are read with backend: hooks")

@@ -349,11 +349,6 @@ class ModelSpec:
         return load_model(self.key, self.entry, self.prepared_dir, device=self.device, dtype=self.dtype,
                           backend=self.backend, lens=lens)
 
-    @property
-    def chosen_backend(self) -> str:
-        """The backend the config asks for: the entry's, else the run's."""
-        return self.entry.get("backend", self.backend)
-
     def on_backend(self, backend: str) -> ModelSpec:
         """This model read through ``backend`` whatever the config (its entry's and the
         top level's) says: for an experiment that needs one backend."""

@@ -42,7 +42,8 @@ def run_patching(model: LoadedModel, pairs: list[dict[str, Any]], settings: Patc
         runs = {}
         for which, ids in (("clean", tp.clean_ids), ("corrupted", tp.corrupted_ids)):
             residuals, model_logits = model.backend.capture(ids, "all")
-            session.identity(session.heads.reference.logits(residuals[-1, -1:]), model_logits, f"pair {pair['id']!r} ({which} prompt)")
+            session.identity(session.heads.reference.logits(residuals[-1, -1:]), model_logits, f"pair {pair['id']!r} ({which} prompt)",
+                             session.logit_bound(residuals[-1, -1:]))
             runs[which] = residuals
         captured.append(runs)
     noise_std = settings.trace_noise * subject_embedding_std(
@@ -109,10 +110,5 @@ def write_patching_outputs(model: ModelSpec, lens_settings: LensSettings, patchi
     pairs = patching.get("pairs") or []
     if not pairs:
         raise UserError("experiment 002 has no pairs: add some under patching.pairs in config/config.yaml")
-    if model.chosen_backend == "llamacpp":
-        # Patching runs the blocks from a layer on (BlockRunner), which llama.cpp's graph
-        # does not: the same prepared weights through forward hooks (the JSON says so).
-        log.info("%s: experiment 002 patches through forward hooks on the PyTorch model, not llama.cpp", model.key)
-        model = model.on_backend("hooks")
     return run_model_job(model, lens_settings, replace(outputs, columns=RECORD_COLUMNS, list_columns=()),
                          lambda loaded, tuned: run_patching(loaded, pairs, settings, lens_settings))
