@@ -56,6 +56,7 @@ $(NOTEBOOK_STAMP): $(STAMP)
 	touch $(NOTEBOOK_STAMP)
 
 notebook: $(NOTEBOOK_STAMP)
+	$(BIN)/jupyter lab examples/capital-of-germany.ipynb
 
 # llama.cpp's Python binding, built from source by pip with cmake (several CPU minutes the
 # first time; pip caches the wheel, so a later install on the same machine takes seconds).
@@ -66,7 +67,6 @@ $(LLAMACPP_STAMP): $(STAMP)
 	touch $(LLAMACPP_STAMP)
 
 llamacpp: $(LLAMACPP_STAMP)
-	$(BIN)/jupyter lab examples/capital-of-germany.ipynb
 
 # Two test workers (pytest-xdist), each taking whole test files, slowest first
 # (tests/conftest.py, SLOWEST_FIRST): most of the suite waits on Snakemake's job processes
