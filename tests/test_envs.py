@@ -46,3 +46,17 @@ def test_constraints_pin_every_requirement_exactly():
         if name != "torch":
             assert name in pins, f"{name} is not pinned in workflow/envs/constraints.txt (run make constraints)"
     assert "torch" not in pins  # installed first, at the version the Makefile names
+
+
+def test_each_make_target_runs_its_own_recipe():
+    """``make llamacpp`` builds llama.cpp and stops; ``make notebook`` opens the notebook (the
+    two recipes were once swapped). Read from what make itself would run (``make -n``, with
+    every prerequisite taken as up to date)."""
+    import subprocess
+
+    def planned(target: str) -> str:
+        stamps = [f"--assume-old={stamp}" for stamp in (".venv/.installed", ".venv/.llamacpp-installed", ".venv/.notebook-installed")]
+        return subprocess.run(["make", "-n", *stamps, target], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
+    assert "jupyter lab examples/capital-of-germany.ipynb" in planned("notebook")
+    assert "jupyter" not in planned("llamacpp")
