@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # instead of being left for the end while the other worker idles.
 SLOWEST_FIRST = ("test_e2e.py", "test_provenance.py", "test_replan.py", "test_committed.py", "test_readme_commands.py", "test_batching.py",
                  "test_placement.py", "test_failures.py", "test_llm_providers.py", "test_reproducible.py",
-                 "test_chat.py", "test_gguf_architectures.py", "test_gguf_weights.py", "test_pipeline.py")
+                 "test_chat.py", "test_gguf_architectures.py", "test_gguf_weights.py", "test_pipeline.py", "test_llamacpp.py")
 
 
 def pytest_collection_modifyitems(config, items):
