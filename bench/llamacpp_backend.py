@@ -124,6 +124,7 @@ def main() -> None:
     print("| model | way | s / probe | against llama.cpp alone | tokens / s | against llama.cpp alone | peak RSS (GB) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for model in args.models:
+        entry_of(model, args)  # a file to build is built here, not in a measured process
         alone = None
         for way in WAYS:
             command = [sys.executable, __file__, "--child", model, way, "--tokens", str(args.tokens),
