@@ -35,7 +35,7 @@ from workflow.model.backends import Patches  # noqa: E402
 from workflow.base.errors import UserError  # noqa: E402
 from workflow.gguf.file import read_header  # noqa: E402
 from workflow.lens.session import tokenize_probe  # noqa: E402
-from workflow.model.llamacpp import LlamaCppModel, LlamaCppRunError, matmul_rounding_bound  # noqa: E402
+from workflow.model.llamacpp import LlamaCppModel, LlamaCppRunError, fast_rounding_bound, matmul_rounding_bound  # noqa: E402
 from workflow.model.load import load_model  # noqa: E402
 from workflow.gguf.prepare import locate_gguf, prepare_model  # noqa: E402
 
@@ -507,3 +507,16 @@ def test_experiment_002s_patching_through_llamacpps_graph_gives_the_pytorch_patc
         else:
             assert (got[column].astype(str) == want[column].astype(str)).all(), column
     assert got_summary["identity_check"]["logit_diff_over_bound"] <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "F16", "F32"])
+def test_the_float32_bound_the_backend_checks_with_is_never_below_the_derived_one(kind):
+    """``fast_rounding_bound`` (float32, raised by what float32 may round it by) against
+    ``matmul_rounding_bound`` (float64): never below it, and within 2 d 2^-24 above it."""
+    generator = np.random.default_rng(0)
+    weight = (generator.standard_normal((40000, 512)) * generator.uniform(0.001, 3, (40000, 1))).astype(np.float32)
+    x = generator.standard_normal((3, 512)) * generator.uniform(0.01, 50, (3, 512))
+    exact = matmul_rounding_bound(weight, kind, x)
+    fast = fast_rounding_bound(torch.from_numpy(weight), kind, x).numpy()
+    assert (fast >= exact).all()
+    assert float((fast / exact - 1).max()) <= 2 * 512 * 2.0**-24 * 1.01
