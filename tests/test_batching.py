@@ -18,7 +18,7 @@ from workflow.lens.records import rounded
 
 from pipeline import REPO
 from pipeline import prepared_model as prepared
-from test_probe_invariance import EXTRA, PROBES, assert_same_per_probe, csv_rows, variants
+from test_probe_invariance import PROBES, assert_each_probe_alone
 
 
 @pytest.fixture(scope="module", params=[("gemma-3-270m", "bridge"), ("smollm2-135m-instruct", "hooks")], ids=lambda p: p[0])
@@ -54,12 +54,4 @@ def test_a_probe_s_records_and_summary_do_not_depend_on_the_other_probes_on_a_re
     settings = LensSettings(top_k=3, positions="last")
     short = PROBES[:4]
 
-    def outputs(probes):
-        summary, rows = run_lens(real_model, probes, settings, None, 32)
-        return csv_rows(rows), {p["id"]: p for p in summary["probes"]}
-
-    base_rows, base_summaries = outputs(short)
-    for name, probes in variants(short, EXTRA).items():
-        rows, summaries = outputs(probes)
-        assert_same_per_probe(base_rows, rows, f"records, {name}")
-        assert_same_per_probe(base_summaries, summaries, f"JSON, {name}")
+    assert_each_probe_alone(lambda probes: run_lens(real_model, probes, settings, None, 32), short)

@@ -78,6 +78,20 @@ class ProductShapes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def assert_each_probe_alone(run, probes: list[dict]) -> None:
+    """``run(probes)`` -> (summary, record rows): every probe's records and JSON entry the same
+    with one probe more, one fewer and the order reversed (``variants``)."""
+    def outputs(subset):
+        summary, rows = run(subset)
+        return csv_rows(rows), {p["id"]: p for p in summary["probes"]}
+
+    base_rows, base_summaries = outputs(probes)
+    for name, other in variants(probes, EXTRA).items():
+        rows, summaries = outputs(other)
+        assert_same_per_probe(base_rows, rows, f"records, {name}")
+        assert_same_per_probe(base_summaries, summaries, f"JSON, {name}")
+
+
 def shapes_of(run) -> set[tuple]:
     with ProductShapes() as recorder:
         run()
@@ -92,15 +106,7 @@ def test_a_probe_s_records_and_summary_do_not_depend_on_the_other_probes(loaded,
     tuned = random_translators(model)
     settings = LensSettings(top_k=3, positions=positions)
 
-    def outputs(probes):
-        summary, rows = run_lens(model, probes, settings, tuned, batch_size=32)
-        return csv_rows(rows), {p["id"]: p for p in summary["probes"]}
-
-    base_rows, base_summaries = outputs(PROBES)
-    for name, probes in variants(PROBES, EXTRA).items():
-        rows, summaries = outputs(probes)
-        assert_same_per_probe(base_rows, rows, f"records, {name}")
-        assert_same_per_probe(base_summaries, summaries, f"JSON, {name}")
+    assert_each_probe_alone(lambda probes: run_lens(model, probes, settings, tuned, batch_size=32), PROBES)
 
 
 @pytest.mark.parametrize("positions", ["all", "last"])
@@ -148,12 +154,4 @@ def test_a_probe_s_generation_records_do_not_depend_on_the_other_probes(loaded):
     model = loaded["gemma3"]
     generator = LensGenerator(model, LensSettings(top_k=3), random_translators(model))
 
-    def outputs(probes):
-        summary, rows = run_generation(generator, probes, 4)
-        return csv_rows(rows), {p["id"]: p for p in summary["probes"]}
-
-    base_rows, base_summaries = outputs(PROBES)
-    for name, probes in variants(PROBES, EXTRA).items():
-        rows, summaries = outputs(probes)
-        assert_same_per_probe(base_rows, rows, f"records, {name}")
-        assert_same_per_probe(base_summaries, summaries, f"JSON, {name}")
+    assert_each_probe_alone(lambda probes: run_generation(generator, probes, 4), PROBES)
