@@ -57,15 +57,19 @@ def family_configs(tokenizer) -> dict:
         "qwen3": T.Qwen3Config(**base, head_dim=16),
         "qwen3moe": T.Qwen3MoeConfig(**base, head_dim=16, num_experts=4, num_experts_per_tok=2,
                                      moe_intermediate_size=32, norm_topk_prob=True),
-        "olmoe": T.OlmoeConfig(**base, num_experts=4, num_experts_per_tok=2),
+        # OLMoE and Phi-2 have as many key-value heads as query heads (llama.cpp loads no other).
+        "olmoe": T.OlmoeConfig(**{**base, "num_key_value_heads": 4}, num_experts=4, num_experts_per_tok=2),
         "olmo2": T.Olmo2Config(**base),
-        "exaone4": T.Exaone4Config(**base),
+        # EXAONE 4.0 32B's 64 layers: three sliding-window layers with rotary positions, then a
+        # global one without (llama.cpp applies that pattern to 64-layer files only).
+        "exaone4": T.Exaone4Config(**{**base, "num_hidden_layers": 64}),
         "seed_oss": T.SeedOssConfig(**base, head_dim=16),
         "granite": T.GraniteConfig(**base, embedding_multiplier=3.0, residual_multiplier=0.5,
                                    attention_multiplier=0.1, logits_scaling=0.5),
         "smollm3": T.SmolLM3Config(**base, no_rope_layer_interval=4),
         "command-r": T.CohereConfig(**base, logit_scale=0.75),
-        "phi2": T.PhiConfig(**base),
+        # Phi-2: llama.cpp takes the MLP as four times the width (the converter writes no other).
+        "phi2": T.PhiConfig(**{**base, "num_key_value_heads": 4, "intermediate_size": 256}),
         # Falcon-40B's layout: two layer norms, grouped KV heads, QKV fused.
         "falcon": T.FalconConfig(
             vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_kv_heads=2,
@@ -233,3 +237,85 @@ def test_a_missing_file_or_a_budget_too_small_is_refused_naming_what_to_do(conve
         load_model("q", entry, tmp_path / "p", device="cpu", dtype="float32")
 
 
+
+
+# ---------------------------------------------------------------------------- backend: llamacpp
+
+# llama.cpp computing in float32 throughout: keys and values kept in float32, no flash attention.
+ENGINE_FLOAT32 = {"cache_type": "f32", "flash_attention": False}
+# Families whose MLP llama.cpp's CPU computes through GELU's half-precision table (ggml's
+# GGML_GELU_FP16: the input rounded to 2^-11 relative).
+GELU_TABLE = ("falcon", "phi2")
+
+
+def engine_tolerances(arch: str, outtype: str) -> dict[str, float]:
+    """How far the llama.cpp backend may be from the PyTorch model on the same file.
+
+    - float32: float32 rounding carried through the blocks (seen: residuals 5e-7 to 2e-6 of the
+      layer's largest value, probabilities 5e-8, entropy and KL 3.5e-6 nats); the GELU families
+      2^-11 in every MLP (seen: 4.3e-4, 7e-6, 3.7e-4).
+    - Q8_0: llama.cpp rounds the activations entering every product to 8-bit blocks (a
+      254th of the block's largest, docs/correctness.md), carried through four blocks and, in
+      Llama 4, a top-1 router that may pick another expert on a near tie (seen: residuals 1.2e-2
+      to 5.9e-2, probabilities 9.9e-3, entropy and KL 0.11 nats, in Granite, whose logits are
+      doubled). A block in the wrong place, a permuted head or a swapped expert moves a residual
+      by its own size (checked below: a residual one position off is far outside).
+    """
+    if outtype == "q8_0":
+        return {"residual": 0.1, "prob": 0.02, "nats": 0.25}
+    if arch in GELU_TABLE:
+        return {"residual": 1e-3, "prob": 2e-5, "nats": 1e-3}
+    return {"residual": 1e-5, "prob": 1e-6, "nats": 2e-5}
+
+
+def assert_same_records(got: list[dict], want: list[dict], prob: float, nats: float) -> None:
+    """Two runs' 001 records, row for row: the same rows and tokens; probabilities within
+    ``prob``, entropy and KL within ``nats``. A top-1 token may differ only where the
+    reference's top two are within ``prob`` of each other (a near tie). The answer's rank is
+    not compared: in a random model's flat distribution any rounding moves it by the tokens
+    within that noise of the answer's probability, which ``answer_prob`` bounds."""
+    assert len(got) == len(want) > 0
+    for ours, theirs in zip(got, want):
+        where = (theirs["lens"], theirs["layer"], theirs["position"])
+        for column in ("model", "probe", "lens", "layer", "position", "input_token", "answer_token"):
+            assert ours[column] == theirs[column], (column, where)
+        if ours["top1_token"] != theirs["top1_token"]:
+            runner_up = theirs["topk_probs"][theirs["topk_tokens"].index(ours["top1_token"])]
+            assert theirs["top1_prob"] - runner_up <= prob, ("top1_token", where, ours["top1_token"], theirs["top1_token"])
+        for column in ("top1_prob", "answer_prob"):
+            assert abs(ours[column] - theirs[column]) <= prob, (column, where, ours[column], theirs[column])
+        for column in ("entropy", "kl_to_final"):
+            assert abs(ours[column] - theirs[column]) <= nats, (column, where, ours[column], theirs[column])
+
+
+def relative_deviation(got, want) -> float:
+    """The largest difference of two residual streams [L+1, T, d], each layer's relative to
+    that layer's largest value."""
+    return float(((got - want).abs().amax(dim=(1, 2)) / want.abs().amax(dim=(1, 2))).max())
+
+
+@pytest.mark.parametrize("arch, outtype", [(a, "f32") for a in sorted(ARCHITECTURES)] + [(a, "q8_0") for a in QUANTISED])
+def test_the_llamacpp_backend_gives_the_pytorch_models_records_on_the_same_file(arch, outtype, converted, tmp_path):
+    """``backend: llamacpp`` against the forward-hooks backend on the model prepared from the
+    same converter-written file: every layer's residuals, and 001's records and identity check
+    (``engine_tolerances`` says what each allows and why)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make llamacpp`)")
+    _, gguf = converted[arch, outtype]
+    prepared = tmp_path / "prepared"
+    prepare_model(arch, {"source": "gguf", "path": str(gguf)}, prepared)
+    hooks = load_model(arch, {"source": "local", "path": str(prepared)}, None, device="cpu", dtype="float32",
+                       backend="hooks")
+    engine = load_model(arch, {"source": "gguf", "path": str(gguf), "backend": "llamacpp", "llamacpp": ENGINE_FLOAT32},
+                        prepared, device="cpu", dtype="float32")
+    assert engine.backend.name == "llamacpp"
+    tolerance = engine_tolerances(arch, outtype)
+    want = read_probes(hooks, [PROBE], LensSettings())
+    got = read_probes(engine, [PROBE], LensSettings())
+    ids = got.probes[0]["input_ids"]
+    assert ids == want.probes[0]["input_ids"]
+    ours, _ = engine.backend.capture(ids, "all")
+    theirs, _ = hooks.backend.capture(ids, "all")
+    assert relative_deviation(ours, theirs) <= tolerance["residual"], relative_deviation(ours, theirs)
+    assert relative_deviation(ours[:, 1:], theirs[:, :-1]) > 10 * tolerance["residual"]
+    assert_same_records(got.rows, want.rows, tolerance["prob"], tolerance["nats"])
+    assert got.identity_check["logit_diff_over_bound"] <= 1.0

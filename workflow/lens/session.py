@@ -146,7 +146,10 @@ class IdentityCheck:
         measures are recorded, not held to the float32 tolerance."""
         deviation = logit_deviation(lens_logits, model_logits)
         if bound is not None:
-            over = (lens_logits.double() - model_logits.to(lens_logits.device).double()).abs() / bound.to(lens_logits.device).double()
+            difference = (lens_logits.double() - model_logits.to(lens_logits.device).double()).abs()
+            # A logit equal to the bit needs no bound (a zero row of a tied unembedding has a
+            # bound of 0): 0/0 counts as 0, a NaN difference stays NaN and fails.
+            over = torch.where(difference == 0, 0.0, difference / bound.to(lens_logits.device).double())
             deviation["logit_diff_over_bound"] = float(over.max())
         self.worst = {k: max(self.worst.get(k, 0.0), v) for k, v in deviation.items()}
         if bound is not None:

@@ -41,6 +41,7 @@ import torch
 from workflow.base.errors import UserError
 from workflow.gguf.file import read_header
 from workflow.model.components import NotDecomposable
+from workflow.model.logit_steps import largest_stretch, logit_steps
 
 log = logging.getLogger(__name__)
 
@@ -588,6 +589,7 @@ class LlamaCppBackend:
                 f"model {engine.key!r}: llama.cpp reads {engine.n_layers} blocks of width {engine.d_model} and a "
                 f"vocabulary of {engine.vocab_size} from {str(gguf_path)!r}, the prepared model {ours[0]}, {ours[1]} and "
                 f"{ours[2]}: run this model with another backend (backend: hooks or bridge)")
+        self.stretch = largest_stretch(logit_steps(head.hf_model.config))
         table = {entry.name: entry for entry in read_header(gguf_path).table}
         entry = table.get("output.weight") or table["token_embd.weight"]
         self.output_type = gguf.GGMLQuantizationType(entry.ggml_type).name
@@ -600,8 +602,10 @@ class LlamaCppBackend:
 
     def logit_bound(self, normed: torch.Tensor) -> torch.Tensor:
         """How far llama.cpp's logits may be from the exact product of the unembedding with
-        ``normed`` [n, d] (the final norm's output): [n, V]."""
-        return fast_rounding_bound(self.unembed.weight, self.output_type, normed.detach().to("cpu", torch.float64).numpy())
+        ``normed`` [n, d] (the final norm's output), carried through the architecture's steps
+        after the unembedding (Cohere's scale, Granite's divisor): [n, V]."""
+        bound = fast_rounding_bound(self.unembed.weight, self.output_type, normed.detach().to("cpu", torch.float64).numpy())
+        return bound * self.stretch
 
     def capture(self, input_ids, positions):
         run = self.engine.run(list(input_ids))

@@ -87,3 +87,17 @@ def logit_postprocessor(hf_config) -> Callable[[torch.Tensor], torch.Tensor]:
     postprocess.is_identity = not steps  # type: ignore[attr-defined]
     postprocess.steps = steps  # type: ignore[attr-defined]
     return postprocess
+
+
+def largest_stretch(steps: list[tuple[str, str, float]]) -> float:
+    """How much ``steps`` (``logit_steps``) may stretch a difference between two logits: the
+    product of the multipliers and divisors' effects; a soft cap ``c tanh(z / c)`` never
+    stretches one (its slope is at most 1). A bound on logits before the steps, times this,
+    bounds them after."""
+    stretch = 1.0
+    for _, operation, value in steps:
+        if operation == "multiply":
+            stretch *= abs(value)
+        elif operation == "divide":
+            stretch /= abs(value)
+    return stretch
