@@ -74,6 +74,23 @@ except UserError as e:
 MODEL_THREADS = os.cpu_count() or 1
 
 MODELS = list(config["models"])
+
+
+def models_of(experiment_id):
+    """The models that run experiment ``experiment_id``: those whose entry lists it under
+    ``experiments``, and every model whose entry has no such list."""
+    return [m for m in MODELS if experiment_id in config["models"][m].get("experiments", [experiment_id])]
+
+
+def check_runs(experiment_id, model):
+    """A file of experiment ``experiment_id`` asked for a model that does not run it: refused,
+    naming the config key (an unknown model is named by get_model)."""
+    if model in MODELS and model not in models_of(experiment_id):
+        listed = ", ".join(config["models"][model]["experiments"])
+        stop(
+            f"model {model!r} does not run experiment {experiment_id}: config key models.{model}.experiments in "
+            f"{CONFIGFILE} lists {listed}; add \"{experiment_id}\" to it to run it"
+        )
 LENSES = config["lenses"]
 CORPUS = "data/corpus.txt.gz"
 
@@ -89,6 +106,8 @@ class ExperimentRules(NamedTuple):
     """What an experiment's rules make, for the generic evaluation chain (rules/evaluate.smk,
     rules/report.smk) and for rule all."""
 
+    # The models that run it (models_of).
+    models: list
     # A model's inputs to its evaluation by name: "summary" (its JSON) and "records" (its
     # records CSV), and any others its facts read (another experiment's outputs, say).
     model_inputs: Callable[[str], dict]
@@ -110,7 +129,7 @@ EXPERIMENTS: dict[str, ExperimentRules] = {}
 
 def register_experiment(experiment_id, **rules):
     """Called once by each rules/expNNN.smk."""
-    EXPERIMENTS[experiment_id] = ExperimentRules(**rules)
+    EXPERIMENTS[experiment_id] = ExperimentRules(models_of(experiment_id), **rules)
 
 
 def experiment_rules(experiment_id):
@@ -132,18 +151,18 @@ def get_final_output():
     does not rebuild an intermediate file whose consumers are up to date."""
     outputs = []
     for experiment_id, rules in EXPERIMENTS.items():
-        if not rules.default:
+        if not rules.default or not rules.models:
             continue
         results = f"results/{experiment_id}"
-        names = [*MODELS, *EVALUATIONS]
+        names = [*rules.models, *EVALUATIONS]
         outputs += [
             *rules.artefacts,
             *expand(f"{results}/evaluation-{{name}}.md", name=names),
             *expand(f"{results}/provenance/evaluation-{{name}}.prov.json", name=names),
             *expand(f"{results}/html/evaluation-{{name}}.html", name=names),
             *expand(f"{results}/provenance/page-{{name}}.prov.json", name=names),
-            *expand(f"{results}/html/explorer-{{model}}.html", model=MODELS),
-            *expand(f"{results}/provenance/explorer-{{model}}.prov.json", model=MODELS),
+            *expand(f"{results}/html/explorer-{{model}}.html", model=rules.models),
+            *expand(f"{results}/provenance/explorer-{{model}}.prov.json", model=rules.models),
         ]
     return outputs
 
@@ -217,6 +236,19 @@ def check_device(wildcards):
         except UserError as e:
             key = f"models.{wildcards.model}.device" if "device" in entry else "device"
             stop(f"model {wildcards.model!r} (config key {key}): {e}")
+
+
+def model_input(experiment_id, tuned=False):
+    """Input function of an experiment's model job: the model's weights (get_lens_model_input),
+    and with ``tuned`` its trained tuned lens where config lenses has it; a model that does
+    not run the experiment is refused (check_runs)."""
+
+    def inputs(wildcards):
+        check_runs(experiment_id, wildcards.model)
+        lens = {"tuned": f"resources/lenses/{wildcards.model}"} if tuned and "tuned" in LENSES else {}
+        return {**get_lens_model_input(wildcards), **lens}
+
+    return inputs
 
 
 def get_lens_model_input(wildcards):
@@ -325,8 +357,9 @@ def model_outputs(results, records_pattern=None):
     ``records_pattern``: the records' path with {model}, if not output-{model}-records.csv."""
 
     def inputs(wildcards):
-        outputs = expand(f"{results}/output-{{model}}.json", model=MODELS)
-        records = expand(records_pattern or f"{results}/output-{{model}}-records.csv", model=MODELS)
+        models = experiment_rules(results.rsplit("/", 1)[-1]).models
+        outputs = expand(f"{results}/output-{{model}}.json", model=models)
+        records = expand(records_pattern or f"{results}/output-{{model}}-records.csv", model=models)
         return {"outputs": outputs, "records": records}
 
     return inputs
@@ -347,11 +380,13 @@ def evaluation_inputs(stage):
         if stage == "single-model":
             return {**rules.model_inputs(wildcards.model), "figures": rules.model_figures(wildcards.model),
                     "template": template}
-        per_model = [rules.model_inputs(model) for model in MODELS]
+        if not rules.models:
+            stop(f"no model runs experiment {wildcards.exp}: add \"{wildcards.exp}\" to a model's experiments in {CONFIGFILE}")
+        per_model = [rules.model_inputs(model) for model in rules.models]
         inputs = {key: [paths[key] for paths in per_model] for key in per_model[0]}
         results = f"results/{wildcards.exp}"
         if stage == "cross-model":
-            inputs["evaluations"] = expand(f"{results}/evaluation-{{model}}.md", model=MODELS)
+            inputs["evaluations"] = expand(f"{results}/evaluation-{{model}}.md", model=rules.models)
             inputs["figures"] = rules.cross_figures
         else:
             inputs["cross"] = f"{results}/evaluation-cross-model.md"
@@ -362,7 +397,8 @@ def evaluation_inputs(stage):
 
 def model_input_names(wildcards):
     """The names of a model's inputs, in the order the evaluation script reads them."""
-    return list(experiment_rules(wildcards.exp).model_inputs(MODELS[0]))
+    rules = experiment_rules(wildcards.exp)
+    return list(rules.model_inputs(rules.models[0] if rules.models else MODELS[0]))
 
 
 def experiment_package(wildcards):
@@ -385,6 +421,7 @@ def get_page_inputs(wildcards):
     name = wildcards.name
     rules = experiment_rules(wildcards.exp)
     if name in MODELS:
+        check_runs(wildcards.exp, name)
         figures = rules.model_figures(name)
     elif name == "cross-model":
         figures = rules.cross_figures
@@ -402,6 +439,7 @@ def get_explorer_inputs(wildcards):
     """A model's JSON summary and records file of the experiment, as its evaluation reads them."""
     if wildcards.model not in MODELS:
         stop(f"no model {wildcards.model!r} in {CONFIGFILE}: its models are {', '.join(MODELS)}")
+    check_runs(wildcards.exp, wildcards.model)
     inputs = experiment_rules(wildcards.exp).model_inputs(wildcards.model)
     return {"summary": inputs["summary"], "records": inputs["records"]}
 

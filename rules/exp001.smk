@@ -4,6 +4,7 @@
 from workflow.experiments.exp001.files import heatmap_file
 
 E001 = "results/001"
+MODELS_001 = models_of("001")  # the models that run it (models.{model}.experiments)
 PROBE_IDS = [p["id"] for p in PROBES]
 # A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands),
 # through each lens (heatmap_file, in workflow/experiments/exp001/files.py).
@@ -25,19 +26,19 @@ register_experiment(
     cross_figures=[f"{E001}/plots/answer-by-layer.png", f"{E001}/plots/cross-model-trajectories.png"],
     explorer_probes=HEATMAP_IDS,
     artefacts=[
-        *expand(f"{E001}/output-{{model}}.json", model=MODELS),
-        *expand(RECORDS_001, model=MODELS),
-        *expand(f"{E001}/provenance/output-{{model}}.prov.json", model=MODELS),
-        *[heatmap_file(model, probe, lens) for model in MODELS for probe in HEATMAP_IDS for lens in HEATMAP_LENSES],
-        *expand(f"{E001}/plots/{{model}}/statistics.png", model=MODELS),
-        *expand(f"{E001}/provenance/{{plot}}-{{model}}.prov.json", plot=["heatmaps", "statistics"], model=MODELS),
+        *expand(f"{E001}/output-{{model}}.json", model=MODELS_001),
+        *expand(RECORDS_001, model=MODELS_001),
+        *expand(f"{E001}/provenance/output-{{model}}.prov.json", model=MODELS_001),
+        *[heatmap_file(model, probe, lens) for model in MODELS_001 for probe in HEATMAP_IDS for lens in HEATMAP_LENSES],
+        *expand(f"{E001}/plots/{{model}}/statistics.png", model=MODELS_001),
+        *expand(f"{E001}/provenance/{{plot}}-{{model}}.prov.json", plot=["heatmaps", "statistics"], model=MODELS_001),
         f"{E001}/plots/answer-by-layer.png",
         f"{E001}/plots/cross-model-trajectories.png",
         f"{E001}/provenance/plot-cross-model.prov.json",
         # The tuned lens's quality on held-out text, where config lenses has it.
-        *expand(f"{E001}/lens-quality-{{model}}.csv", model=MODELS if "tuned" in LENSES else []),
-        *expand(f"{E001}/plots/{{model}}/lens-quality.png", model=MODELS if "tuned" in LENSES else []),
-        *expand(f"{E001}/provenance/lens-quality-{{model}}.prov.json", model=MODELS if "tuned" in LENSES else []),
+        *expand(f"{E001}/lens-quality-{{model}}.csv", model=MODELS_001 if "tuned" in LENSES else []),
+        *expand(f"{E001}/plots/{{model}}/lens-quality.png", model=MODELS_001 if "tuned" in LENSES else []),
+        *expand(f"{E001}/provenance/lens-quality-{{model}}.prov.json", model=MODELS_001 if "tuned" in LENSES else []),
     ],
 )
 
@@ -45,12 +46,7 @@ register_experiment(
 rule run_lens:
     input:
         # The model's weights, and its trained tuned lens where config lenses has it.
-        unpack(
-            lambda wildcards: {
-                **get_lens_model_input(wildcards),
-                **({"tuned": f"resources/lenses/{wildcards.model}"} if "tuned" in LENSES else {}),
-            }
-        ),
+        unpack(model_input("001", tuned=True)),
     # update(): Snakemake keeps the previous outputs until the job succeeds and puts them
     # back if it fails (docs/reproducibility.md, "When something fails"), instead of deleting them first.
     output:

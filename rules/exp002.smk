@@ -4,6 +4,7 @@
 from workflow.lens.pairs import check_pairs, derive_pairs
 
 E002 = "results/002"
+MODELS_002 = models_of("002")  # the models that run it (models.{model}.experiments)
 # The config's pairs, and patching.from_probes pairs made from the probe set (each probe
 # against another of its relation: docs/experiments.md, "Probe sets").
 # Each is linked to its probe of experiment 001 (its `probe:`, which must be in the probe set,
@@ -26,11 +27,11 @@ register_experiment(
     # With no pairs configured, `snakemake` leaves experiment 002 out.
     default=bool(PAIRS),
     artefacts=[
-        *expand(f"{E002}/output-{{model}}.json", model=MODELS),
-        *expand(f"{E002}/output-{{model}}-records.csv", model=MODELS),
-        *expand(f"{E002}/provenance/output-{{model}}.prov.json", model=MODELS),
-        *expand(f"{E002}/plots/{{model}}/patching-{{pair}}.png", model=MODELS, pair=PAIR_IDS),
-        *expand(f"{E002}/provenance/patching-plots-{{model}}.prov.json", model=MODELS),
+        *expand(f"{E002}/output-{{model}}.json", model=MODELS_002),
+        *expand(f"{E002}/output-{{model}}-records.csv", model=MODELS_002),
+        *expand(f"{E002}/provenance/output-{{model}}.prov.json", model=MODELS_002),
+        *expand(f"{E002}/plots/{{model}}/patching-{{pair}}.png", model=MODELS_002, pair=PAIR_IDS),
+        *expand(f"{E002}/provenance/patching-plots-{{model}}.prov.json", model=MODELS_002),
         f"{E002}/plots/cross-model-patching.png",
         f"{E002}/provenance/plot-cross-model.prov.json",
     ],
@@ -39,7 +40,7 @@ register_experiment(
 
 rule run_patching:
     input:
-        unpack(get_lens_model_input),
+        unpack(model_input("002")),
     output:
         summary=update(f"{E002}/output-{{model}}.json"),
         records=update(f"{E002}/output-{{model}}-records.csv"),
@@ -93,7 +94,7 @@ rule plot_patching:
 rule plot_patching_cross:
     input:
         unpack(model_outputs(E002)),
-        lens=expand("results/001/output-{model}.json", model=MODELS),
+        lens=expand("results/001/output-{model}.json", model=MODELS_002),
     output:
         figure=update(report(
             f"{E002}/plots/cross-model-patching.png",

@@ -4,6 +4,7 @@
 from workflow.experiments.exp003.probes import generation_probes
 
 E003 = "results/003"
+MODELS_003 = models_of("003")  # the models that run it (models.{model}.experiments)
 GENERATION_PROBES = generation_probes(PROBES, config["generation"])
 GENERATION_IDS = [p["id"] for p in GENERATION_PROBES]
 
@@ -16,11 +17,11 @@ register_experiment(
     # With generation.max_probes 0, `snakemake` leaves experiment 003 out.
     default=bool(GENERATION_PROBES),
     artefacts=[
-        *expand(f"{E003}/output-{{model}}.json", model=MODELS),
-        *expand(f"{E003}/output-{{model}}-records.csv", model=MODELS),
-        *expand(f"{E003}/provenance/output-{{model}}.prov.json", model=MODELS),
-        *expand(f"{E003}/plots/{{model}}/generation-{{probe}}.png", model=MODELS, probe=GENERATION_IDS),
-        *expand(f"{E003}/provenance/generation-plots-{{model}}.prov.json", model=MODELS),
+        *expand(f"{E003}/output-{{model}}.json", model=MODELS_003),
+        *expand(f"{E003}/output-{{model}}-records.csv", model=MODELS_003),
+        *expand(f"{E003}/provenance/output-{{model}}.prov.json", model=MODELS_003),
+        *expand(f"{E003}/plots/{{model}}/generation-{{probe}}.png", model=MODELS_003, probe=GENERATION_IDS),
+        *expand(f"{E003}/provenance/generation-plots-{{model}}.prov.json", model=MODELS_003),
         f"{E003}/plots/cross-model-settling.png",
         f"{E003}/provenance/plot-cross-model.prov.json",
     ],
@@ -30,12 +31,7 @@ register_experiment(
 rule run_generation:
     input:
         # The model's weights, and its trained tuned lens where config lenses has it.
-        unpack(
-            lambda wildcards: {
-                **get_lens_model_input(wildcards),
-                **({"tuned": f"resources/lenses/{wildcards.model}"} if "tuned" in LENSES else {}),
-            }
-        ),
+        unpack(model_input("003", tuned=True)),
     output:
         summary=update(f"{E003}/output-{{model}}.json"),
         records=update(f"{E003}/output-{{model}}-records.csv"),

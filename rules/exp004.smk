@@ -3,6 +3,7 @@
 # what patching each of them from the clean run into the corrupted one recovers, exactly and
 # by attribution patching; its pictures, and what its evaluations read (register_experiment).
 E004 = "results/004"
+MODELS_004 = models_of("004")  # the models that run it (models.{model}.experiments)
 
 register_experiment(
     "004",
@@ -13,11 +14,11 @@ register_experiment(
     # Without patching pairs, `snakemake` leaves experiment 004 out too.
     default=bool(PAIRS),
     artefacts=[
-        *expand(f"{E004}/output-{{model}}.json", model=MODELS),
-        *expand(f"{E004}/output-{{model}}-records.csv", model=MODELS),
-        *expand(f"{E004}/provenance/output-{{model}}.prov.json", model=MODELS),
-        *expand(f"{E004}/plots/{{model}}/components-{{pair}}.png", model=MODELS, pair=PAIR_IDS),
-        *expand(f"{E004}/provenance/component-plots-{{model}}.prov.json", model=MODELS),
+        *expand(f"{E004}/output-{{model}}.json", model=MODELS_004),
+        *expand(f"{E004}/output-{{model}}-records.csv", model=MODELS_004),
+        *expand(f"{E004}/provenance/output-{{model}}.prov.json", model=MODELS_004),
+        *expand(f"{E004}/plots/{{model}}/components-{{pair}}.png", model=MODELS_004, pair=PAIR_IDS),
+        *expand(f"{E004}/provenance/component-plots-{{model}}.prov.json", model=MODELS_004),
         f"{E004}/plots/cross-model-components.png",
         f"{E004}/provenance/plot-cross-model.prov.json",
     ],
@@ -26,7 +27,7 @@ register_experiment(
 
 rule run_components:
     input:
-        unpack(get_lens_model_input),
+        unpack(model_input("004")),
     output:
         summary=update(f"{E004}/output-{{model}}.json"),
         records=update(f"{E004}/output-{{model}}-records.csv"),

@@ -15,7 +15,9 @@ RESERVED_MODEL_KEYS = ("cross-model", "meta")
 # Keys of a model entry that say where its weights come from: all that prepare_model reads.
 SOURCE_KEYS = ("source", "repo", "revision", "trust_remote_code", "path", "package", "file", "assemble", "weights")
 # Keys that change no result: a label, and what a scheduler is asked for.
-LABEL_KEYS = ("description", "resources")
+# Keys of a model entry that decide no result: its description, what its jobs ask a scheduler
+# for, and which experiments it runs (each experiment's jobs run the same whatever the others).
+LABEL_KEYS = ("description", "resources", "experiments")
 
 
 def check_top_level_keys(config: dict[str, Any], schema: dict[str, Any], where: str) -> None:
