@@ -63,4 +63,4 @@ rule all:
 # "Is this result current?"; workflow/provenance/plan.py): not by file times or .snakemake/.
 from workflow.provenance.plan import install as plan_from_records
 
-plan_from_records(workflow, check_plan_job)
+plan_from_records(workflow, check_plan_job, long_job)

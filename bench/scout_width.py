@@ -635,20 +635,24 @@ def main() -> None:
 
 
 def repack_check(args, work: Path) -> None:
-    """A one-layer file of the same width loaded by llama.cpp with its default parameters and
-    with extra buffer types off: anonymous memory after loading."""
+    """A one-layer file of the same width loaded (not run: llama.cpp cannot decode a llama4 file
+    of fewer than four layers, its attention-temperature input is then never set) by llama.cpp
+    with its default parameters and with extra buffer types off: memory after loading."""
     small = work / "repack-check-1l.gguf"
     if not small.is_file():
         write_gguf(small, 1)
     for repack in ("default", "off"):
-        code = ("import json,sys; sys.path.insert(0, %r); sys.argv=['x']; import scout_width as s\n"
-                "if %r == 'off': s.no_repack()\n"
-                "from workflow.model.llamacpp import LlamaCppModel\n"
-                "m = LlamaCppModel(%r); print(json.dumps(s.Memory.status()))") % (str(REPO / "bench"), repack, str(small))
+        code = ("import json, sys; sys.path.insert(0, %r); import scout_width as s, llama_cpp\n"
+                "quiet = llama_cpp.llama_log_callback(lambda *a: None); llama_cpp.llama_log_set(quiet, None)\n"
+                "llama_cpp.llama_backend_init()\n"
+                "p = llama_cpp.llama_model_default_params(); p.use_extra_bufts = %r\n"
+                "m = llama_cpp.llama_model_load_from_file(%r, p); assert m\n"
+                "print(json.dumps(s.Memory.status()))") % (str(REPO / "bench"), repack == "default", str(small).encode())
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
         status = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
-        print(f"llama.cpp load of a 1-layer file ({small.stat().st_size / GB:.2f} GB), extra buffer types {repack}: "
+        print(f"llama.cpp load of a 1-layer file ({small.stat().st_size / GB:.2f} GB, {(file_bytes(1) - file_bytes(0)) / GB:.2f} "
+              f"GB of it the layer's weights), extra buffer types {repack}: "
               + (", ".join(f"{k} {v / GB:.2f} GB" for k, v in status.items()) if status else f"failed: {done.stderr[-500:]}"),
               flush=True)
     small.unlink()

@@ -331,6 +331,41 @@ def lens_resource(name):
 # dtype, workflow/model/resources.py; models.{model}.resources overrides) and reads of the config:
 # written once, unpacked into run_lens, run_patching, run_generation and train_tuned_lens.
 MODEL_RESOURCES = {name: lens_resource(name) for name in ("mem_mb", "runtime", "gpu")}
+
+
+def job_estimate(rule, wildcards, prepared=None):
+    """What ``rule``'s job on the model will cost (workflow/model/cost.py), or None."""
+    from workflow.model.cost import estimate
+
+    return _job_errors(estimate, rule, get_model(wildcards), config, PROBES, PAIRS, prepared, wildcards.model)
+
+
+def expected_minutes(rule):
+    """The job's ``expected_minutes`` resource: its estimate, in whole minutes (0: none, or
+    under half a minute). A resource, not a param: an estimate changes no result; the job's
+    log opens with it (workflow/provenance/logs.py)."""
+
+    def resource(wildcards, input):
+        found = job_estimate(rule, wildcards, input.get("prepared"))
+        return round(found.minutes) if found is not None else 0
+
+    return resource
+
+
+def model_resources(rule):
+    """What a job of ``rule`` (one that loads a model) asks a scheduler for, and its estimate."""
+    return {**MODEL_RESOURCES, "expected_minutes": expected_minutes(rule)}
+
+
+def long_job(job):
+    """The dry run's line for a planned job expected to take long (workflow/model/cost.py), or None."""
+    from workflow.model.cost import LONG_MINUTES
+
+    if job.rule.name not in MODEL_RULES:
+        return None
+    prepared = f"resources/models/{job.wildcards.model}"
+    found = job_estimate(job.rule.name, job.wildcards, prepared if os.path.isdir(prepared) else None)
+    return None if found is None or found.minutes < LONG_MINUTES else f"{job.rule.name} {job.wildcards.model}: {found.said}"
 MODEL_PARAMS = {"entry": get_model_settings, "device": config["device"], "dtype": config["dtype"], "backend": config["backend"]}
 
 

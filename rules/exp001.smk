@@ -61,7 +61,7 @@ rule run_lens:
         "benchmarks/001/run_lens-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        **MODEL_RESOURCES,
+        **model_resources("run_lens"),
     params:
         **MODEL_PARAMS,
         lens=loads_model("run_lens", EVERY_LENS_KEY),

@@ -53,7 +53,7 @@ rule run_patching:
         "benchmarks/002/run_patching-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        **MODEL_RESOURCES,
+        **model_resources("run_patching"),
     params:
         **MODEL_PARAMS,
         lens=loads_model("run_patching", ("use_fp32_unembed", "identity_tolerance", "working_memory_mb")),

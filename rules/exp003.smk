@@ -44,7 +44,7 @@ rule run_generation:
         "benchmarks/003/run_generation-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        **MODEL_RESOURCES,
+        **model_resources("run_generation"),
     params:
         **MODEL_PARAMS,
         lens=loads_model("run_generation", ("use_norm_lens", "use_fp32_unembed", "top_k", "identity_tolerance", "working_memory_mb")),

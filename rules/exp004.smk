@@ -40,7 +40,7 @@ rule run_components:
         "benchmarks/004/run_components-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        **MODEL_RESOURCES,
+        **model_resources("run_components"),
     params:
         # Not the config's backend: the experiment always reads the model's own modules.
         **{k: v for k, v in MODEL_PARAMS.items() if k != "backend"},

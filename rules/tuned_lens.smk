@@ -19,7 +19,7 @@ rule train_tuned_lens:
         "benchmarks/lenses/train_tuned_lens-{model}.tsv"
     threads: MODEL_THREADS
     resources:
-        **MODEL_RESOURCES,
+        **model_resources("train_tuned_lens"),
     params:
         **MODEL_PARAMS,
         lens=loads_model("train_tuned_lens", ("use_fp32_unembed", "working_memory_mb")),

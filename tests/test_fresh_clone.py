@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from pipeline import REPO, planned_jobs, said, snakemake
+from pipeline import REPO, planned_jobs, planning_error, said, snakemake
 from workflow.evaluation.experiment import registered
 
 MODELS = ["smollm2-135m-instruct", "gemma-3-270m"]
@@ -164,3 +164,35 @@ def test_one_models_dtype_plans_that_models_jobs(clone):
     planned = jobs(result)
     assert {model for _, model in planned if model in MODELS} == {"gemma-3-270m"}
     assert {("run_lens", "gemma-3-270m"), ("run_patching", "gemma-3-270m"), ("run_generation", "gemma-3-270m")} <= planned
+
+
+def test_a_models_experiments_list_plans_only_the_comparisons_that_no_longer_read_it(clone):
+    """SmolLM2 with ``experiments: ["001", "003"]``: none of its jobs is planned (its results
+    of 001 and 003 are current: the list is no run param); experiments 002 and 004 compare
+    Gemma alone, so only their cross-model figures and evaluations run again. A file of
+    002 asked for SmolLM2 is refused, naming the key."""
+    edit_config(clone, lambda c: c["models"]["smollm2-135m-instruct"].update(experiments=["001", "003"]))
+    result = dry_run(clone)
+    planned = jobs(result)
+    assert {model for _, model in planned} <= {None, "cross-model", "meta"}, planned
+    assert {rule for rule, _ in planned} == {"plot_patching_cross", "plot_components_cross", "evaluate_cross",
+                                             "evaluate_meta", "evaluation_page"}, planned
+    assert "no longer reads results/002/output-smollm2-135m-instruct.json" in said(result)
+    assert by_rule(result)["evaluate_cross"] == 2  # 002's and 004's
+    refused = snakemake(clone, "-n", "results/002/output-smollm2-135m-instruct.json")
+    assert refused.returncode != 0
+    planning_error(refused, "models.smollm2-135m-instruct.experiments", "lists 001, 003", 'add "002"')
+
+
+def test_a_dry_run_names_the_jobs_expected_to_take_long(clone):
+    """1,024 generated tokens after each of nine probes: Gemma's generation reads the lens at
+    every layer of 9,216 tokens over its 262k-token vocabulary (an estimate of half an hour
+    here), and the dry run says so before anything starts, beside each job's
+    ``expected_minutes``. The default plan names nothing."""
+    assert "Expected to take long" not in said(dry_run(clone, "--forceall"))
+    result = dry_run(clone, "--config", "generation={max_new_tokens: 1024}")
+    text = said(result)
+    block = text.split("Expected to take long", 1)[1].split("\n\n", 1)[0]
+    assert "run_generation gemma-3-270m: about " in block and "9 probes x 1024 generated tokens" in block
+    assert "run_lens" not in block and "run_patching" not in block
+    assert "expected_minutes=" in text

@@ -319,3 +319,30 @@ def test_the_llamacpp_backend_gives_the_pytorch_models_records_on_the_same_file(
     assert relative_deviation(ours[:, 1:], theirs[:, :-1]) > 10 * tolerance["residual"]
     assert_same_records(got.rows, want.rows, tolerance["prob"], tolerance["nats"])
     assert got.identity_check["logit_diff_over_bound"] <= 1.0
+
+
+def test_the_cost_estimate_counts_the_experts_a_token_is_routed_to(converted):
+    """The dry run's estimate (workflow/model/cost.py) reads a GGUF's active parameters from
+    its header: Llama 4's shared expert always, one of its four routed experts per token.
+    Counted independently on the transformers model it was converted from."""
+    from transformers import AutoModelForCausalLM
+
+    from workflow.gguf.file import read_header
+    from workflow.model.cost import gguf_shape
+
+    hf, gguf = converted["llama4", "f32"]
+    config = AutoModelForCausalLM.from_pretrained(hf).config.get_text_config()
+    dense = routed = 0
+    for name, parameter in AutoModelForCausalLM.from_pretrained(hf).named_parameters():
+        if "embed_tokens" in name:
+            continue  # a lookup, not arithmetic
+        if ".experts." in name:
+            routed += parameter.numel()
+        else:
+            dense += parameter.numel()
+    shape = gguf_shape(read_header(gguf), str(gguf))
+    want = dense + routed * config.num_experts_per_tok // config.num_local_experts
+    assert (shape.layers, shape.width, shape.heads) == (config.num_hidden_layers, config.hidden_size, config.num_attention_heads)
+    # The converter adds Llama 3's frequency table (rope_freqs: head_dim / 2 values).
+    assert 0 <= shape.active - want <= config.head_dim // 2, (shape.active, want)
+    assert shape.active < shape.parameters - routed // 2

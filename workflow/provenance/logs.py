@@ -70,6 +70,10 @@ def run_script(snakemake: Any, main: Callable[[Any], None]) -> None:
             "rule %s running in SLURM job %s on %s", snakemake.rule, os.environ["SLURM_JOB_ID"], socket.gethostname()
         )
     log = logging.getLogger("workflow")
+    minutes = getattr(snakemake.resources, "expected_minutes", 0)
+    if minutes:  # the plan's estimate (workflow/model/cost.py), at the start of the log
+        log.info("rule %s is expected to take about %d min (an estimate; docs/large-models.md, "
+                 "\"What a run will cost\")", snakemake.rule, minutes)
     remove_leftovers(snakemake.output)
     try:
         main(snakemake)

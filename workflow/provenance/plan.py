@@ -257,10 +257,13 @@ def describe(job: Any) -> str:
     return f"{job.rule.name} {wildcards}".rstrip()
 
 
-def install(workflow: Any, check_job: Callable[[Any], None] | None = None) -> None:
+def install(workflow: Any, check_job: Callable[[Any], None] | None = None,
+            long_job: Callable[[Any], str | None] | None = None) -> None:
     """Make this Snakemake process plan from the records (see the module's docstring).
     ``check_job(job)``: raises what is known to be wrong with a job's inputs (a model
-    source that cannot be read), for every job of the plan, whether or not it runs."""
+    source that cannot be read), for every job of the plan, whether or not it runs.
+    ``long_job(job)``: a line for a planned job expected to take long, listed before any
+    job starts (None for the others)."""
     # Kept as one function: the patches below are closures over one planner and are
     # installed together, so that Snakemake never plans with some of them in place.
     from snakemake.dag import DAG
@@ -315,6 +318,11 @@ def install(workflow: Any, check_job: Callable[[Any], None] | None = None) -> No
         if shown and not getattr(self, "_provenance_shown", False):
             self._provenance_shown = True
             logger.info("Stale according to the provenance records (planned with what reads their outputs):\n" + "\n".join(sorted(shown)))
+        long = sorted(filter(None, (long_job(job) for job in self.jobs if self.needrun(job)))) if long_job else []
+        if long and not getattr(self, "_long_shown", False):
+            self._long_shown = True
+            logger.warning("Expected to take long (estimates; docs/large-models.md, \"What a run will cost\"):\n"
+                           + "\n".join(f"    {line}" for line in long))
         report = os.environ.get(REPORT_ENV)
         if report:
 

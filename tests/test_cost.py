@@ -1,0 +1,73 @@
+"""The estimate a dry run and a job's log give before a model job starts
+(workflow/model/cost.py): its work, its rate, and where it is said."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from workflow.base.errors import UserError
+from workflow.model.cost import Shape, estimate, job_work
+from workflow.provenance.logs import run_script
+
+SHAPE = Shape(layers=30, width=576, vocabulary=49152, heads=9, parameters=135_000_000, active=106_000_000)
+CONFIG = {"lenses": ["logit", "tuned"], "generation": {"max_new_tokens": 12, "max_probes": 2},
+          "patching": {"trace": {"samples": 4}}, "components": {"exact": True},
+          "tuned_lens": {"train_sequences": 48, "seq_len": 128, "heldout_positions": 256}}
+PROBES = [{"prompt": "The capital of France is"}, {"prompt": "Water is made of hydrogen and"}, {"prompt": "x"}]
+PAIRS = [{"clean": "The capital of France is"}]
+
+
+def test_the_work_of_each_job_is_counted_from_the_config():
+    # "The capital of France is": 24 characters, 1 + ceil(24 / 3.5) = 8 tokens.
+    lens = job_work("run_lens", CONFIG, PROBES, PAIRS, SHAPE)
+    assert lens.tokens == 8 + 10 + 2 and lens.passes == 1 and lens.lens_rows == 2 * 31 * 20
+    generation = job_work("run_generation", CONFIG, PROBES, PAIRS, SHAPE)
+    assert generation.steps == 2 * 12 and generation.lens_rows == 2 * 31 * 24  # max_probes: the first two
+    # Both directions and four noise samples at every layer x position: 6 runs of 8 tokens per site.
+    patching = job_work("run_patching", CONFIG, PROBES, PAIRS, SHAPE)
+    assert patching.tokens == 31 * 8 * 6 * 8
+    # Attention, MLP and 9 heads of every block at every position, then AtP's passes.
+    components = job_work("run_components", CONFIG, PROBES, PAIRS, SHAPE)
+    assert components.tokens == 30 * 11 * 8 * 8 + 3 * 30 * 8
+    assert job_work("train_tuned_lens", CONFIG, PROBES, PAIRS, SHAPE).tokens == 48 * 128 + 256
+    assert job_work("plot_heatmaps", CONFIG, PROBES, PAIRS, SHAPE) is None
+
+
+def test_a_gpu_job_or_a_model_not_yet_readable_is_not_estimated(tmp_path):
+    entry = {"source": "local", "path": str(tmp_path)}
+    assert estimate("run_lens", {**entry, "device": "cuda"}, CONFIG, PROBES, PAIRS) is None
+    assert estimate("run_lens", {**entry, "backend": "llamacpp", "llamacpp": {"n_gpu_layers": 99}}, CONFIG, PROBES, PAIRS) is None
+    assert estimate("run_lens", entry, CONFIG, PROBES, PAIRS) is None  # no config.json there
+
+
+def test_the_estimate_grows_with_the_work_and_says_what_it_assumes(monkeypatch, tmp_path):
+    import workflow.model.cost as cost
+
+    monkeypatch.setattr(cost, "model_shape", lambda *args: SHAPE)
+    monkeypatch.setattr(cost, "cpu_flops", lambda: 1e11)
+    entry = {"source": "local", "path": str(tmp_path)}
+    short = estimate("run_generation", entry, CONFIG, PROBES, PAIRS)
+    longer = estimate("run_generation", entry, {**CONFIG, "generation": {"max_new_tokens": 1000, "max_probes": 2}}, PROBES, PAIRS)
+    # 2 FLOP per active parameter per token, and the lens's 2 x 576 x 49152 per layer and position, at 1e11 FLOP/s.
+    tokens, rows = 8 + 10 + 2 * 12, 2 * 31 * 2 * 12
+    assert short.minutes * 60 == pytest.approx((2 * SHAPE.active * tokens + 2 * 576 * 49152 * rows) / 1e11)
+    assert longer.minutes > 50 * short.minutes
+    assert "2 probes x 1000 generated tokens" in longer.said and "0.11 B active parameters on PyTorch" in longer.said
+    assert "100 GFLOP/s measured here" in longer.said
+
+
+def test_a_jobs_log_opens_with_its_estimate(tmp_path):
+    log = tmp_path / "job.log"
+
+    def main(sm):
+        raise UserError("stopped here")
+
+    job = SimpleNamespace(log=[str(log)], rule="run_lens", threads=1, output=[], resources=SimpleNamespace(expected_minutes=42))
+    with pytest.raises(SystemExit):
+        run_script(job, main)
+    logging.getLogger().handlers.clear()
+    text = log.read_text()
+    assert text.index("rule run_lens is expected to take about 42 min (an estimate") < text.index("stopped here")

@@ -1,0 +1,266 @@
+"""What a model job will cost before it starts: its work counted from the config, at a rate
+for the model's size, backend and weights (docs/large-models.md, "What a run will cost").
+
+A dry run lists the jobs expected to take longer than ``LONG_MINUTES``, and a model job's
+log opens with its own estimate (the job's ``expected_minutes`` resource: never a param, an
+estimate changes no result). Estimates of the order of the cost, not predictions:
+
+- work: tokens through the model in forward passes (a prompt taken as one token per 3.5
+  characters, plus one), one-token decode steps (generation), and forward passes;
+- arithmetic: 2 FLOP per active parameter per token (of a mixture of experts, the experts a
+  token is routed to), plus the lens's full-vocabulary products at every layer, at the
+  float32 matrix-product rate torch reaches on this machine's CPU (measured once per
+  process, about 0.1 s); llama.cpp's quantised kernels are taken to reach that rate too;
+- ``weights: quantised``: every forward pass dequantises every weight from the file, every
+  decode step the weights one token uses, at the rate measured on the file's commonest
+  tensor type here.
+
+Jobs on a GPU (device cuda or mps, or llama.cpp with ``n_gpu_layers``) are not estimated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LONG_MINUTES = 10  # a dry run names the jobs expected to take longer
+CHARACTERS_PER_TOKEN = 3.5
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs of a model, read from its GGUF header or config.json."""
+
+    layers: int
+    width: int
+    vocabulary: int
+    heads: int
+    parameters: int  # every weight
+    active: int  # the weights one token's arithmetic uses (no embedding table, routed experts as used)
+    file_bytes: int = 0  # GGUF files: the tensors' bytes
+    token_bytes: int = 0  # of which one token reads (its routed experts only)
+    gguf: str | None = None
+
+
+@dataclass(frozen=True)
+class Work:
+    """A job's work: ``tokens`` through the model in ``passes`` forward passes, ``steps``
+    one-token decode steps, and the lens read at every layer of ``lens_rows`` positions."""
+
+    what: str
+    tokens: int = 0
+    passes: int = 0
+    steps: int = 0
+    lens_rows: int = 0
+
+
+def prompt_tokens(text: str) -> int:
+    return 1 + math.ceil(len(text) / CHARACTERS_PER_TOKEN)
+
+
+def job_work(rule: str, config: dict[str, Any], probes: list[dict], pairs: list[dict], shape: Shape) -> Work | None:
+    """What ``rule``'s job does for one model, counted from the config."""
+    lenses = len(config.get("lenses", ["logit"]))
+    layers = shape.layers + 1
+    if rule == "run_lens":
+        tokens = sum(prompt_tokens(p["prompt"]) for p in probes)
+        return Work(f"{len(probes)} probes", tokens, passes=math.ceil(len(probes) / 16), lens_rows=lenses * layers * tokens)
+    if rule == "train_tuned_lens":
+        tuned = config.get("tuned_lens", {})
+        tokens = int(tuned.get("train_sequences", 48)) * int(tuned.get("seq_len", 128)) + int(tuned.get("heldout_positions", 256))
+        return Work(f"{tokens:,} tokens of training text", tokens, passes=int(tuned.get("train_sequences", 48)),
+                    lens_rows=layers * int(tuned.get("heldout_positions", 256)))
+    if rule == "run_generation":
+        generation = config.get("generation", {})
+        chosen = probes[: int(generation.get("max_probes", 9))]
+        new = int(generation.get("max_new_tokens", 12))
+        tokens = sum(prompt_tokens(p["prompt"]) for p in chosen)
+        return Work(f"{len(chosen)} probes x {new} generated tokens", tokens, passes=len(chosen), steps=len(chosen) * new,
+                    lens_rows=lenses * layers * len(chosen) * new)
+    if rule == "run_patching":
+        samples = int(config.get("patching", {}).get("trace", {}).get("samples", 4))
+        runs = sum(layers * prompt_tokens(p["clean"]) * (2 + samples) for p in pairs)
+        tokens = sum(layers * prompt_tokens(p["clean"]) ** 2 * (2 + samples) for p in pairs)
+        return Work(f"{len(pairs)} pairs, {runs:,} patched runs", tokens, passes=math.ceil(runs / 64))
+    if rule == "run_components":
+        exact = bool(config.get("components", {}).get("exact", True))
+        sites = sum(shape.layers * (2 + shape.heads) * prompt_tokens(p["clean"]) for p in pairs) if exact else 0
+        tokens = sum((shape.layers * (2 + shape.heads) * prompt_tokens(p["clean"]) if exact else 0) * prompt_tokens(p["clean"])
+                     + 3 * shape.layers * prompt_tokens(p["clean"]) for p in pairs)
+        return Work(f"{len(pairs)} pairs, {sites:,} component runs", tokens, passes=math.ceil(sites / 32) + 3 * shape.layers)
+    return None
+
+
+@functools.cache
+def cpu_flops() -> float:
+    """float32 FLOP per second of a large matrix product on this machine's CPU (torch)."""
+    import torch
+
+    a, b = torch.randn(512, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)  # the first call sets up the kernel
+    started, repeats = time.perf_counter(), 4
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return repeats * 2 * 512 * 2048 * 2048 / max(time.perf_counter() - started, 1e-9)
+
+
+@functools.cache
+def dequantisation_rate(path: str, sample_bytes: int = 8 * 2**20) -> float:
+    """File bytes per second dequantised here, of the GGUF's commonest tensor type (by bytes)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+
+    from workflow.gguf.file import read_header
+    from workflow.gguf.stream import dequantise, numpy_layout
+
+    header = read_header(path)
+    by_type: dict[int, int] = {}
+    for entry in header.table:
+        by_type[entry.ggml_type] = by_type.get(entry.ggml_type, 0) + tensor_bytes(entry)
+    kind = max(by_type, key=by_type.get)
+    entry = next(t for t in header.table if t.ggml_type == kind)
+    dtype, shape = numpy_layout(entry)
+    row = int(shape[-1]) * dtype.itemsize
+    rows = max(1, min(int(np.prod(shape[:-1])), sample_bytes // row))
+    with open(path, "rb") as fh:
+        fh.seek(entry.offset)
+        raw = np.frombuffer(fh.read(rows * row), dtype=dtype).reshape(rows, shape[-1])
+    started = time.perf_counter()
+    dequantise(raw, GGMLQuantizationType(kind))
+    return raw.nbytes / max(time.perf_counter() - started, 1e-9)
+
+
+def tensor_bytes(entry: Any) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(entry.ggml_type)]
+    return entry.elements // block * size
+
+
+def gguf_shape(header: Any, path: str) -> Shape | None:
+    """A GGUF model's shape from its header: its blocks, width, vocabulary and heads, and
+    which tensors are routed experts (``*_exps``, of which a token uses ``expert_used_count``
+    of ``expert_count``)."""
+    meta = header.metadata  # the architecture's keys without their "{arch}." prefix
+    try:
+        layers, width = int(meta["block_count"]), int(meta["embedding_length"])
+        heads = meta.get("attention.head_count", 1)
+        heads = int(heads if isinstance(heads, int) else max(heads))  # a list: per layer
+        used = int(meta.get("expert_used_count") or 1)
+        experts = int(meta.get("expert_count") or 1)
+    except (KeyError, TypeError, ValueError):
+        return None
+    embedding = next((t for t in header.table if t.name == "token_embd.weight"), None)
+    vocabulary = embedding.dims[1] if embedding is not None and len(embedding.dims) > 1 else 0
+    active = file_bytes = token_bytes = 0
+    for entry in header.table:
+        share = used / experts if "_exps" in entry.name else 1.0
+        size = tensor_bytes(entry)
+        file_bytes += size
+        if entry.name == "token_embd.weight":
+            continue  # a lookup, not arithmetic; the unembedding counts as the lens's
+        active += int(entry.elements * share)
+        token_bytes += int(size * share)
+    return Shape(layers, width, vocabulary, heads, header.parameters, active, file_bytes, token_bytes, path)
+
+
+def config_shape(folder: Path) -> Shape | None:
+    """A transformers model's shape from its config.json and safetensors headers (dense: every
+    weight taken as active)."""
+    from workflow.model.resources import directory_parameters
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") or config
+    parameters = directory_parameters(folder)
+    try:
+        layers, width, vocabulary = int(text["num_hidden_layers"]), int(text["hidden_size"]), int(text["vocab_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not parameters:
+        return None
+    return Shape(layers, width, vocabulary, int(text.get("num_attention_heads", 1)), parameters,
+                 max(parameters - vocabulary * width, 0))
+
+
+def model_shape(entry: dict[str, Any], prepared_dir: str | None, key: str) -> Shape | None:
+    from workflow.model.resources import gguf_header
+
+    header = gguf_header(entry, key)
+    if header is not None:
+        if entry["source"] == "gguf":
+            path = Path(entry["path"]).expanduser()
+        else:
+            from workflow.gguf.prepare import package_dir
+
+            path = package_dir(entry["package"]) / entry["file"]
+        return gguf_shape(header, str(path))
+    from workflow.gguf.weights import quantised_manifest
+
+    manifest = quantised_manifest(Path(prepared_dir)) if prepared_dir and Path(prepared_dir).is_dir() else None
+    if manifest is not None and Path(manifest["gguf_path"]).is_file():  # a package's assembled file
+        from workflow.gguf.file import read_header
+
+        return gguf_shape(read_header(manifest["gguf_path"]), manifest["gguf_path"])
+    for folder in (prepared_dir, entry.get("path") if entry["source"] == "local" else None):
+        if folder and (Path(folder).expanduser() / "config.json").is_file():
+            return config_shape(Path(folder).expanduser())
+    return None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    minutes: float
+    said: str
+
+
+def estimate(rule: str, entry: dict[str, Any], config: dict[str, Any], probes: list[dict], pairs: list[dict],
+             prepared_dir: str | None = None, key: str = "?") -> Estimate | None:
+    """The estimate for ``rule``'s job on model ``key`` (None: not a model job, a GPU job, or
+    a model whose shape cannot be read yet)."""
+    device = entry.get("device", config.get("device", "auto"))
+    backend = entry.get("backend", config.get("backend", "auto"))
+    if rule == "run_components":
+        backend = "hooks"  # experiment 004 reads components from the PyTorch model
+    if device in ("cuda", "mps") or (backend == "llamacpp" and entry.get("llamacpp", {}).get("n_gpu_layers", 0)):
+        return None
+    shape = model_shape(entry, prepared_dir, key)
+    if shape is None:
+        return None
+    work = job_work(rule, config, probes, pairs, shape)
+    if work is None:
+        return None
+    flops = cpu_flops()
+    tokens = work.tokens
+    if rule in ("run_patching", "run_components") and backend != "llamacpp":
+        tokens //= 2  # PyTorch runs the blocks from the patched one on: half of them on average
+    arithmetic = (2 * shape.active * (tokens + work.steps) + 2 * shape.width * shape.vocabulary * work.lens_rows) / flops
+    reading = 0.0
+    from_file = entry.get("weights") == "quantised" and backend != "llamacpp" and shape.gguf
+    if from_file:
+        rate = dequantisation_rate(shape.gguf)
+        reading = (work.passes * shape.file_bytes + work.steps * shape.token_bytes) / rate
+    seconds = arithmetic + reading
+    way = "llama.cpp" if backend == "llamacpp" else ("from the GGUF file (weights: quantised)" if from_file else "PyTorch")
+    said = (f"about {_duration(seconds)}: {work.what}, about {work.tokens + work.steps:,} tokens through "
+            f"{shape.active / 1e9:.2f} B active parameters on {way}, at {flops / 1e9:.0f} GFLOP/s measured here")
+    if from_file:
+        said += f", {work.passes * shape.file_bytes / 1e9 + work.steps * shape.token_bytes / 1e9:,.0f} GB dequantised at {rate / 1e9:.2f} GB/s"
+    return Estimate(seconds / 60, said)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
