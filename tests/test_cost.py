@@ -39,7 +39,6 @@ def test_the_work_of_each_job_is_counted_from_the_config():
 def test_a_gpu_job_or_a_model_not_yet_readable_is_not_estimated(tmp_path):
     entry = {"source": "local", "path": str(tmp_path)}
     assert estimate("run_lens", {**entry, "device": "cuda"}, CONFIG, PROBES, PAIRS) is None
-    assert estimate("run_lens", {**entry, "backend": "llamacpp", "llamacpp": {"n_gpu_layers": 99}}, CONFIG, PROBES, PAIRS) is None
     assert estimate("run_lens", entry, CONFIG, PROBES, PAIRS) is None  # no config.json there
 
 
@@ -71,3 +70,17 @@ def test_a_jobs_log_opens_with_its_estimate(tmp_path):
     logging.getLogger().handlers.clear()
     text = log.read_text()
     assert text.index("rule run_lens is expected to take about 42 min (an estimate") < text.index("stopped here")
+
+
+def test_llamacpp_on_a_gpu_is_estimated_by_the_lenss_products_alone(monkeypatch, tmp_path):
+    import workflow.model.cost as cost
+
+    monkeypatch.setattr(cost, "model_shape", lambda *args: SHAPE)
+    monkeypatch.setattr(cost, "cpu_flops", lambda: 1e11)
+    entry = {"source": "gguf", "path": str(tmp_path / "m.gguf"), "backend": "llamacpp"}
+    on_cpu = estimate("run_lens", entry, CONFIG, PROBES, PAIRS)
+    on_gpu = estimate("run_lens", {**entry, "llamacpp": {"n_gpu_layers": 99}}, CONFIG, PROBES, PAIRS)
+    lens = 2 * 576 * 49152 * 2 * 31 * 20 / 1e11
+    assert on_gpu.minutes * 60 == pytest.approx(lens)
+    assert on_cpu.minutes * 60 == pytest.approx(lens + 2 * SHAPE.active * 20 / 1e11)
+    assert "its passes on the GPU not counted" in on_gpu.said

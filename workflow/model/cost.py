@@ -15,7 +15,8 @@ estimate changes no result). Estimates of the order of the cost, not predictions
   decode step the weights one token uses, at the rate measured on the file's commonest
   tensor type here.
 
-Jobs on a GPU (device cuda or mps, or llama.cpp with ``n_gpu_layers``) are not estimated.
+Jobs on a GPU (device cuda or mps) are not estimated; llama.cpp with ``n_gpu_layers`` is
+estimated by the lens's products alone (on the CPU, where the lens computes them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from workflow.gguf.file import read_header
+from workflow.gguf.prepare import package_dir
+from workflow.gguf.stream import dequantise, numpy_layout
+from workflow.model.resources import directory_parameters, gguf_header
 
 LONG_MINUTES = 10  # a dry run names the jobs expected to take longer
 CHARACTERS_PER_TOKEN = 3.5
@@ -115,8 +121,6 @@ def dequantisation_rate(path: str, sample_bytes: int = 8 * 2**20) -> float:
     import numpy as np
     from gguf import GGMLQuantizationType
 
-    from workflow.gguf.file import read_header
-    from workflow.gguf.stream import dequantise, numpy_layout
 
     header = read_header(path)
     by_type: dict[int, int] = {}
@@ -172,8 +176,6 @@ def gguf_shape(header: Any, path: str) -> Shape | None:
 def config_shape(folder: Path) -> Shape | None:
     """A transformers model's shape from its config.json and safetensors headers (dense: every
     weight taken as active)."""
-    from workflow.model.resources import directory_parameters
-
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -191,23 +193,17 @@ def config_shape(folder: Path) -> Shape | None:
 
 
 def model_shape(entry: dict[str, Any], prepared_dir: str | None, key: str) -> Shape | None:
-    from workflow.model.resources import gguf_header
-
     header = gguf_header(entry, key)
     if header is not None:
         if entry["source"] == "gguf":
             path = Path(entry["path"]).expanduser()
         else:
-            from workflow.gguf.prepare import package_dir
-
             path = package_dir(entry["package"]) / entry["file"]
         return gguf_shape(header, str(path))
-    from workflow.gguf.weights import quantised_manifest
+    from workflow.gguf.weights import quantised_manifest  # torch: not at planning time
 
     manifest = quantised_manifest(Path(prepared_dir)) if prepared_dir and Path(prepared_dir).is_dir() else None
     if manifest is not None and Path(manifest["gguf_path"]).is_file():  # a package's assembled file
-        from workflow.gguf.file import read_header
-
         return gguf_shape(read_header(manifest["gguf_path"]), manifest["gguf_path"])
     for folder in (prepared_dir, entry.get("path") if entry["source"] == "local" else None):
         if folder and (Path(folder).expanduser() / "config.json").is_file():
@@ -221,6 +217,7 @@ class Estimate:
     said: str
 
 
+# more than 6 parameters: the job's rule, model entry, key and prepared folder, and the config's parts
 def estimate(rule: str, entry: dict[str, Any], config: dict[str, Any], probes: list[dict], pairs: list[dict],
              prepared_dir: str | None = None, key: str = "?") -> Estimate | None:
     """The estimate for ``rule``'s job on model ``key`` (None: not a model job, a GPU job, or
@@ -229,8 +226,10 @@ def estimate(rule: str, entry: dict[str, Any], config: dict[str, Any], probes: l
     backend = entry.get("backend", config.get("backend", "auto"))
     if rule == "run_components":
         backend = "hooks"  # experiment 004 reads components from the PyTorch model
-    if device in ("cuda", "mps") or (backend == "llamacpp" and entry.get("llamacpp", {}).get("n_gpu_layers", 0)):
+    if device in ("cuda", "mps"):
         return None
+    # llama.cpp on a GPU: its own passes are not counted, the lens's products on the CPU are.
+    engine_on_gpu = backend == "llamacpp" and bool((entry.get("llamacpp") or {}).get("n_gpu_layers", 0))
     shape = model_shape(entry, prepared_dir, key)
     if shape is None:
         return None
@@ -241,7 +240,8 @@ def estimate(rule: str, entry: dict[str, Any], config: dict[str, Any], probes: l
     tokens = work.tokens
     if rule in ("run_patching", "run_components") and backend != "llamacpp":
         tokens //= 2  # PyTorch runs the blocks from the patched one on: half of them on average
-    arithmetic = (2 * shape.active * (tokens + work.steps) + 2 * shape.width * shape.vocabulary * work.lens_rows) / flops
+    model = 0 if engine_on_gpu else 2 * shape.active * (tokens + work.steps)
+    arithmetic = (model + 2 * shape.width * shape.vocabulary * work.lens_rows) / flops
     reading = 0.0
     from_file = entry.get("weights") == "quantised" and backend != "llamacpp" and shape.gguf
     if from_file:
@@ -249,6 +249,8 @@ def estimate(rule: str, entry: dict[str, Any], config: dict[str, Any], probes: l
         reading = (work.passes * shape.file_bytes + work.steps * shape.token_bytes) / rate
     seconds = arithmetic + reading
     way = "llama.cpp" if backend == "llamacpp" else ("from the GGUF file (weights: quantised)" if from_file else "PyTorch")
+    if engine_on_gpu:
+        way += " (its passes on the GPU not counted: the lens's products on the CPU only)"
     said = (f"about {_duration(seconds)}: {work.what}, about {work.tokens + work.steps:,} tokens through "
             f"{shape.active / 1e9:.2f} B active parameters on {way}, at {flops / 1e9:.0f} GFLOP/s measured here")
     if from_file:
