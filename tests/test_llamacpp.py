@@ -468,6 +468,7 @@ def test_the_pipeline_runs_experiment_001_on_llamacpp_and_switching_the_backend_
     assert result.returncode == 0, said(result)[-3000:]
     summary = json.loads((workdir / "results" / "001" / "output-tiny.json").read_text())
     assert summary["backend"] == "llamacpp" and summary["lenses"] == ["logit", "tuned"]
+    assert summary["llamacpp"] == {"n_gpu_layers": 0, "cache_type": "f32", "flash_attention": False, "repack": True}
     assert 0 < summary["identity_check"]["logit_diff_over_bound"] <= 1.0
     config["backend"] = "hooks"
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump({**config, "models": {"tiny": {
@@ -515,3 +516,36 @@ def test_the_float32_bound_the_backend_checks_with_is_never_below_the_derived_on
     fast = fast_rounding_bound(torch.from_numpy(weight), kind, x).numpy()
     assert (fast >= exact).all()
     assert float((fast / exact - 1).max()) <= 2 * 512 * 2.0**-24 * 1.01
+
+
+def test_weights_are_repacked_only_where_the_file_fits_half_the_memory(tiny, monkeypatch):
+    """llama.cpp's CPU repacking copies the weights into memory of its own at load, so a file
+    larger than the memory cannot load with it (bench/scout_width.py): by default it is used
+    for a file of at most half the machine's memory, and the setting overrides that. With
+    or without it, a Q8_0 file's logits agree within llama.cpp's own rounding."""
+    import os
+
+    from workflow.model import llamacpp
+
+    q8, _ = TINY_FILES["q8_0"]
+    size = q8.stat().st_size
+    page = os.sysconf("SC_PAGE_SIZE")
+    real = os.sysconf
+    monkeypatch.setattr(llamacpp.os, "sysconf", lambda name: (2 * size - page) // page if name == "SC_PHYS_PAGES" else real(name))
+    assert not llamacpp.repack_fits(q8)
+    monkeypatch.setattr(llamacpp.os, "sysconf", lambda name: 2 * size // page + 1 if name == "SC_PHYS_PAGES" else real(name))
+    assert llamacpp.repack_fits(q8)
+    monkeypatch.undo()
+    ids = None
+    logits = {}
+    for repack in (True, False):
+        engine = LlamaCppModel(q8, repack=repack, key="tiny")
+        assert engine.repack is repack and engine.settings()["repack"] is repack
+        ids = ids or engine.tokenize(PROBE["prompt"])
+        logits[repack] = engine.run(ids, layers=[]).logits
+        engine.close()
+    scale = np.abs(logits[True]).max()
+    assert np.abs(logits[True] - logits[False]).max() <= 1e-2 * scale
+    engine = LlamaCppModel(q8, key="tiny")
+    assert engine.repack  # a file of kilobytes: repacked
+    engine.close()

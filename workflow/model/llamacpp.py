@@ -159,6 +159,13 @@ class _Pass:
         self.error: str | None = None
 
 
+def repack_fits(path: Path) -> bool:
+    """Whether llama.cpp's repacked copy of a file's weights fits beside everything else: the
+    file takes at most half the machine's physical memory."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return path.stat().st_size <= memory / 2
+
+
 class LlamaCppModel:
     """A GGUF file opened by llama.cpp: tokenising, and forward passes that capture the
     residual stream at chosen layers and patch it (``run``).
@@ -171,12 +178,19 @@ class LlamaCppModel:
     attention, on, off or (None) as llama.cpp decides. llama.cpp's CPU flash attention
     rounds queries, keys and values to half precision whatever the cache type: float32
     attention needs ``cache_type="f32", flash_attention=False``.
+
+    ``repack``: llama.cpp's CPU weight repacking (``use_extra_bufts``, its default): at load
+    it copies quantised blocks into an interleaved layout its kernels multiply faster, in
+    memory of its own, so the file's mapped pages no longer stand in for the weights and a
+    file larger than the memory cannot load (measured: bench/scout_width.py). None (the
+    default) repacks where the file takes at most half the machine's memory
+    (``repack_fits``).
     """
 
     # more than 6 parameters: llama.cpp's context settings, each by name with llama.cpp's default
     def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = 0, n_threads: int | None = None,
                  n_ctx: int = 0, cache_type: str = "f16", flash_attention: bool | None = None,
-                 key: str | None = None):
+                 repack: bool | None = None, key: str | None = None):
         self.path = Path(path)
         self.key = key or self.path.name
         if not self.path.is_file():
@@ -185,12 +199,15 @@ class LlamaCppModel:
             raise UserError(f"model {self.key!r}: cache type {cache_type!r} is not one of {', '.join(CACHE_TYPES)}")
         self.cache_type = cache_type
         self.flash_attention = flash_attention
+        self.n_gpu_layers = n_gpu_layers
         self._llama, self._lib = _library()
         llama = self._llama
         _route_logs(llama)
         llama.llama_backend_init()
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        self.repack = repack_fits(self.path) if repack is None else bool(repack)
+        params.use_extra_bufts = self.repack
         _errors.clear()
         self._model = llama.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
@@ -217,6 +234,11 @@ class LlamaCppModel:
         except BaseException:
             self.close()
             raise
+
+    def settings(self) -> dict[str, Any]:
+        """What of llama.cpp's settings can change its numbers, as the JSON records them."""
+        return {"n_gpu_layers": self.n_gpu_layers, "cache_type": self.cache_type,
+                "flash_attention": self.flash_attention, "repack": self.repack}
 
     # ------------------------------------------------------------------ model facts
     def _meta(self, key: str) -> str | None:

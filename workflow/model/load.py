@@ -426,7 +426,7 @@ def _boot_hooks(load):
 
 
 # llama.cpp's context settings a model entry may give (``llamacpp:``; LlamaCppModel's).
-LLAMACPP_SETTINGS = ("n_gpu_layers", "n_threads", "cache_type", "flash_attention")
+LLAMACPP_SETTINGS = ("n_gpu_layers", "n_threads", "cache_type", "flash_attention", "repack")
 
 
 def _boot_llamacpp(key: str, entry: dict[str, Any], load, prepared_dir, configfile: str | None):
@@ -591,6 +591,8 @@ def load_model(
     info = model_info(entry, prepared_dir, hf_config, estimate, loaded, described if placed is not None else None)
     if file_backed:
         info["weights_from_file"] = file_backed[-1].describe()
+    if choice == "llamacpp":
+        info["llamacpp"] = loaded.engine.settings()
     log.info(
         "loaded %s on %s as %s with %s (%.1f s)",
         key, device_name, dtype_name(torch_dtype), loaded.name, time.perf_counter() - started,
