@@ -37,9 +37,13 @@ pass reads most of it from disk), the nine default probes of config/config.yaml 
 
 llama.cpp is run with ``use_extra_bufts = false``: with llama.cpp's default (true) an AVX2 CPU
 repacks Q4_K weights into anonymous memory at load (``CPU_REPACK`` buffer), so a file larger
-than the memory cannot load; ``--repack-check`` shows that on a small file of the same width.
-The project's ``LlamaCppModel`` takes llama.cpp's default, so its children here set the flag
-by wrapping ``llama_cpp.llama_model_default_params`` (nothing in workflow/ is changed).
+than the memory cannot load; ``--repack-check`` shows that on a one-layer file of the same
+width. ``LlamaCppModel`` now decides this itself (``repack_fits``: no repacking for a file over
+half the memory; ``llamacpp.repack`` overrides it); for code before that, the children here
+also turn it off by wrapping ``llama_cpp.llama_model_default_params``.
+
+``--report results.json`` prints the tables of a saved run (the work folder keeps one) without
+running anything; ``--mac-ssd`` and ``--mac-cores`` are the extrapolation's assumptions.
 
 Columns: load seconds, seconds for the nine probes (pass 1 cold, pass 2), forward passes per
 probe set (llama.cpp: one decode per probe; PyTorch: 16 rows per pass, one per padded length)
@@ -492,8 +496,9 @@ def spawn(way: str, args, gguf: Path, prepared: Path, repack: str = "off", timeo
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired as error:
-        return {"way": way, "failed": f"timed out after {timeout:.0f} s", "stderr": (error.stderr or "")[-2000:]}
+    except subprocess.TimeoutExpired as error:  # its output is bytes whatever text= says
+        said = error.stderr.decode("utf-8", "replace") if isinstance(error.stderr, bytes) else (error.stderr or "")
+        return {"way": way, "failed": f"timed out after {timeout:.0f} s", "stderr": said[-2000:]}
     wall = time.perf_counter() - started
     if done.returncode != 0:
         return {"way": way, "failed": f"exit {done.returncode}", "stderr": done.stderr[-3000:]}
@@ -519,34 +524,68 @@ def table_row(r: dict) -> str:
             f"{r['peak_anon'] / GB:.2f} | {r['disk_beyond_gguf'] / GB:.3f} |")
 
 
-def extrapolate(results: dict, layers: int, size: int, rate: float) -> list[str]:
-    """Scout's 48 layers from this file's measurements: lines of text."""
-    per_layer_file = (file_bytes(layers) - file_bytes(0)) / layers
-    scout_file = file_bytes(SCOUT["layers"])
+def extrapolate(results: dict, layers: int, rate: float, mac_ssd: float, mac_cores: int) -> list[str]:
+    """Scout's 48 layers from this file's measurements, here and on a 64 GB Mac: lines of text.
+
+    Model: a probe set's time is its forward passes plus the lens's work after them (the rest).
+    The forward passes scale with the layers (48 / n); the rest with the layers decoded (49 /
+    (n + 1)). Of the forward passes, the bytes read from storage at the rate measured here are
+    disk time and the remainder is computation (no overlap assumed: an upper bound on the
+    computation). On the Mac the disk time is the same bytes at ``mac_ssd`` and the computation
+    and the rest scale by 2 / ``mac_cores`` (this machine's 2 cores against the Mac's)."""
+    cores_here = os.cpu_count() or 2
     lines = [
-        f"Scout's text model at this file's types: {scout_file / GB:.1f} GB for 48 layers "
-        f"({per_layer_file / GB:.3f} GB a layer, {file_bytes(0) / GB:.2f} GB embedding, head and the rest); "
-        f"the published Q4_K_M is about 65 GB (some tensors Q6_K).",
+        f"Scout: 48 layers; at this file's types (Q4_K, Q6_K head) {file_bytes(SCOUT['layers']) / GB:.1f} GB "
+        f"({(file_bytes(layers) - file_bytes(0)) / layers / GB:.3f} GB a layer, {file_bytes(0) / GB:.2f} GB embedding, "
+        f"head and norms); the published Q4_K_M (some tensors Q6_K) is about 65 GB: about the Mac's 64 GB, so there, "
+        "as here, the weights cannot stay in the page cache and each pass reads them from the SSD again.",
+        f"Measured here: {layers} layers, {file_bytes(layers) / GB:.1f} GB, {cores_here} cores, disk {rate / GB:.2f} GB/s. "
+        f"Assumed for the Mac (not measured): SSD {mac_ssd:.0f} GB/s, {mac_cores} cores doing the work of {cores_here} "
+        f"here {mac_cores / cores_here:.0f} times as fast, no Metal (device: cpu, llama.cpp n_gpu_layers 0, the project's "
+        "default), memory as measured here.",
+        "",
+        "| way | nine probes here (s) | of it forward (s) | read (GB) | 48 layers here (min) | 48 layers read (GB) | "
+        "48 layers on the Mac (min) | peak anon RSS (GB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for way, r in results.items():
         if "failed" in r or not r.get("passes"):
             continue
         p = r["passes"][0]
-        forward = p["forward_s"]
-        rest = p["seconds"] - forward
         n = r["n_layers"]
-        # the forward scales with the layers; the lens's work after it with the layers decoded (L+1)
-        scout = forward * SCOUT["layers"] / n + rest * (SCOUT["layers"] + 1) / (n + 1)
-        read_scout = p["read"] * SCOUT["layers"] / n
-        lines.append(
-            f"- {way}: here {p['seconds']:.0f} s for the nine probes ({forward:.0f} s of forward passes, {rest:.0f} s "
-            f"the rest), {p['read'] / GB:.0f} GB read from storage; scaled to 48 layers on this machine: about "
-            f"{scout:.0f} s ({scout / 60:.1f} min) and {read_scout / GB:.0f} GB read; peak anonymous memory "
-            f"{r['peak_anon'] / GB:.1f} GB (layer-independent but for llama.cpp's KV cache).")
-    lines.append(
-        f"Disk read rate here (2 GB from the file's middle, cache dropped): {rate / GB:.2f} GB/s. The 48-layer "
-        f"times above assume the per-layer cost measured here (2 cores, this disk); on a Mac see the notes.")
+        forward, rest, read = p["forward_s"], p["seconds"] - p["forward_s"], p["read"]
+        scale_f, scale_r = SCOUT["layers"] / n, (SCOUT["layers"] + 1) / (n + 1)
+        compute = max(forward - read / rate, 0.0)
+        here = forward * scale_f + rest * scale_r
+        mac = read * scale_f / (mac_ssd * GB) + (compute * scale_f + rest * scale_r) * cores_here / mac_cores
+        lines.append(f"| {way} | {p['seconds']:.0f} | {forward:.0f} | {read / GB:.0f} | {here / 60:.1f} | "
+                     f"{read * scale_f / GB:.0f} | {mac / 60:.1f} | {r['peak_anon'] / GB:.1f} |")
     return lines
+
+
+def report(results: dict, meta: dict, args) -> None:
+    """The table and the extrapolation, from the results (also ``--report results.json``)."""
+    layers, size, memory, rate = meta["layers"], meta["size"], meta["mem_total"], meta["read_rate"]
+    print(f"\nScout-width synthetic GGUF, {layers} layers, {size / GB:.2f} GB (MemTotal {memory / GB:.2f} GB); "
+          f"the {meta['probes']} default probes, every layer and position; CPU, {os.cpu_count()} cores; one fresh "
+          f"process per row, the file's page cache dropped before each; GB = 1e9 bytes\n")
+    print("| way | load s | probes s (pass 1, cold) | pass 2 s | forward passes | s / forward | s / forward / layer | "
+          "GB read from storage (pass 1) | peak RSS GB | peak anon RSS GB | disk beyond GGUF GB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results.values():
+        print(table_row(r))
+    print()
+    for r in results.values():
+        if "failed" not in r:
+            first = r["passes"][0]
+            print(f"{r['way']}: load read {r['load_read'] / GB:.1f} GB from storage; after load "
+                  f"{json.dumps({k: round(v / GB, 2) for k, v in r['after_load'].items()})}; peak RssFile "
+                  f"{r['peak_file'] / GB:.1f} GB; pass 1 checks {json.dumps(first['checks'])}"
+                  + (f"; the file read and dequantised: {first['file_read_dequant_bytes'] / GB:.1f} GB in "
+                     f"{first['file_read_dequant_s']:.0f} s" if first.get("file_read_dequant_bytes") else ""))
+    print()
+    for line in extrapolate(results, layers, rate, args.mac_ssd, args.mac_cores):
+        print(line)
 
 
 def main() -> None:
@@ -558,9 +597,12 @@ def main() -> None:
     parser.add_argument("--second-pass-under", type=float, default=900.0, help="a second pass only if the first took less (s)")
     parser.add_argument("--budget", default="8GB", help="placement.max_memory.cpu of the PyTorch way")
     parser.add_argument("--ways", nargs="+", default=list(WAYS))
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per way")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per way")
     parser.add_argument("--repack-check", action="store_true", help="also load a 1-layer file with llama.cpp's default (repacking)")
     parser.add_argument("--keep", action="store_true", help="keep the GGUF and the preparation")
+    parser.add_argument("--mac-ssd", type=float, default=5.0, help="assumed SSD read rate of the Mac, GB/s")
+    parser.add_argument("--mac-cores", type=int, default=10, help="assumed cores of the Mac doing the CPU work")
+    parser.add_argument("--report", help="print the table and extrapolation of a saved results.json, run nothing")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for name in ("gguf", "prepared", "repack", "records"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -569,6 +611,9 @@ def main() -> None:
         args.way = args.child
         print(json.dumps(child(args)))
         return
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        return report(saved["results"], saved["meta"], args)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -607,25 +652,9 @@ def main() -> None:
             results[way] = spawn(way, args, gguf, prepared, timeout=args.timeout)
             if "failed" in results[way]:
                 print(f"{way} failed: {results[way]['failed']}\n{results[way]['stderr']}", file=sys.stderr, flush=True)
-        (work / "results.json").write_text(json.dumps(results, indent=1))
-        print(f"\nScout-width synthetic GGUF, {layers} layers, {size / GB:.2f} GB (MemTotal {memory / GB:.2f} GB); "
-              f"the {args.probes} default probes, every layer and position; CPU, {os.cpu_count()} cores; one fresh process "
-              f"per row, the file's page cache dropped before each; GB = 1e9 bytes\n")
-        print("| way | load s | probes s (pass 1, cold) | pass 2 s | forward passes | s / forward | s / forward / layer | "
-              "GB read from storage (pass 1) | peak RSS GB | peak anon RSS GB | disk beyond GGUF GB |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for r in results.values():
-            print(table_row(r))
-        print()
-        for r in results.values():
-            if "failed" not in r:
-                print(f"{r['way']}: load read {r['load_read'] / GB:.1f} GB; after load {json.dumps({k: round(v / GB, 2) for k, v in r['after_load'].items()})}; "
-                      f"peak RssFile {r['peak_file'] / GB:.1f} GB; checks {json.dumps(r['passes'][0]['checks'])}"
-                      + (f"; file read+dequantised {r['passes'][0]['file_read_dequant_bytes'] / GB:.1f} GB in "
-                         f"{r['passes'][0]['file_read_dequant_s']:.0f} s" if "file_read_dequant_bytes" in r["passes"][0] else ""))
-        print()
-        for line in extrapolate(results, layers, size, rate):
-            print(line)
+            meta = {"layers": layers, "size": size, "mem_total": memory, "read_rate": rate, "probes": args.probes}
+            (work / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))  # each way kept
+        report(results, meta, args)
     finally:
         if not args.keep:
             gguf.unlink(missing_ok=True)

@@ -185,14 +185,17 @@ def test_a_models_experiments_list_plans_only_the_comparisons_that_no_longer_rea
 
 
 def test_a_dry_run_names_the_jobs_expected_to_take_long(clone):
-    """1,024 generated tokens after each of nine probes: Gemma's generation reads the lens at
-    every layer of 9,216 tokens over its 262k-token vocabulary (an estimate of half an hour
-    here), and the dry run says so before anything starts, beside each job's
-    ``expected_minutes``. The default plan names nothing."""
+    """1,024 generated tokens after each of 189 probes: SmolLM2's generation reads the lens at
+    every layer of 193,536 tokens over its 49k-token vocabulary (an estimate of an hour or more
+    on two cores), and the dry run says so before anything starts, beside each job's
+    ``expected_minutes``. The default plan names nothing. (Gemma's file is assembled by its
+    package: it is estimated once prepared, which a clone has not done.)"""
     assert "Expected to take long" not in said(dry_run(clone, "--forceall"))
-    result = dry_run(clone, "--config", "generation={max_new_tokens: 1024}")
+    result = dry_run(clone, "--config", "probes={relations: [company_ceo], directions: both, limit: 100}",
+                     "generation={max_new_tokens: 1024, max_probes: 200}")
     text = said(result)
-    block = text.split("Expected to take long", 1)[1].split("\n\n", 1)[0]
-    assert "run_generation gemma-3-270m: about " in block and "9 probes x 1024 generated tokens" in block
+    lines = text.split("Expected to take long", 1)[1].splitlines()[1:]
+    block = "\n".join(lines[: next(i for i, line in enumerate(lines) if not line.startswith("    "))])
+    assert "run_generation smollm2-135m-instruct: about " in block and "189 probes x 1024 generated tokens" in block  # 200 less 11 repeated
     assert "run_lens" not in block and "run_patching" not in block
     assert "expected_minutes=" in text

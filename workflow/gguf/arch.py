@@ -90,10 +90,12 @@ class Experts:
 
     def expert(self, read_expert: Callable[[str, int], np.ndarray], index: int) -> np.ndarray:
         """Expert ``index``'s slice of the parameter, from that expert's part of each file
-        tensor alone (``read_expert(name, index)``: out x in)."""
+        tensor alone (``read_expert(name, index)``: out x in). Transposed as a view, not a
+        copy: a matrix product reads it as it is (copying a Scout expert's matrices
+        transposed took four times as long as dequantising them: bench/scout_width.py)."""
         parts = [read_expert(name, index) for name in self.names]
         stacked = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return np.ascontiguousarray(stacked.T) if self.transpose else stacked
+        return stacked.T if self.transpose else stacked
 
 
 @dataclass(frozen=True)

@@ -136,9 +136,13 @@ class FileWeights(Mapping):
             self.bytes += raw.nbytes
         return dequantise(raw, GGMLQuantizationType(entry.ggml_type))
 
-    def _timed(self, make) -> torch.Tensor:
+    def _timed(self, make, contiguous: bool = True) -> torch.Tensor:
+        """``make()`` as a tensor of the model's dtype, the time it took counted; with
+        ``contiguous`` false a strided view (a transposed matrix) is kept as it is."""
         started = time.perf_counter()
-        tensor = torch.from_numpy(np.ascontiguousarray(make(), dtype=np.float32)).to(self.dtype)
+        made = make()
+        made = np.ascontiguousarray(made, dtype=np.float32) if contiguous else np.asarray(made, dtype=np.float32)
+        tensor = torch.from_numpy(made).to(self.dtype)
         with self._lock:
             self.reads += 1
             self.seconds += time.perf_counter() - started
@@ -165,7 +169,7 @@ class FileWeights(Mapping):
     def expert(self, name: str, index: int) -> torch.Tensor:
         """Expert ``index`` of the fused expert parameter ``name``, from its part of the file."""
         rule = self.plan.rules[name]
-        return self._timed(lambda: rule.expert(lambda source, e: self._slices(source, [e])[0], index))
+        return self._timed(lambda: rule.expert(lambda source, e: self._slices(source, [e])[0], index), contiguous=False)
 
     def rate(self, kind: int, sample_bytes: int = 8 * 2**20) -> float:
         """File bytes of GGML type ``kind`` dequantised per second here, measured (once) on
