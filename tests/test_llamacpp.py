@@ -549,3 +549,23 @@ def test_weights_are_repacked_only_where_the_file_fits_half_the_memory(tiny, mon
     engine = LlamaCppModel(q8, key="tiny")
     assert engine.repack  # a file of kilobytes: repacked
     engine.close()
+
+
+def test_the_patchscope_lens_on_llamacpp_writes_the_state_into_its_graph(tiny):
+    """The patchscope lens (workflow/lens/patchscope.py) on the llama.cpp backend: the state
+    written at the placeholder from the evaluation callback, the inspection prompt decoded on,
+    against the same lens on the hooks backend (float32 file, float32 attention)."""
+    from workflow.lens.patchscope import INSPECTION_PROMPT, PatchscopeTranslator
+
+    hooks, _, _ = tiny
+    engine = backend_model("f32", FLOAT32)
+    inspection = hooks.tokenizer(INSPECTION_PROMPT, add_special_tokens=True)["input_ids"]
+    source = hooks.tokenizer(PROBE["prompt"], add_special_tokens=True)["input_ids"]
+    residuals, _ = hooks.backend.capture(source, "all")
+    ours, theirs = PatchscopeTranslator(engine.backend, inspection), PatchscopeTranslator(hooks.backend, inspection)
+    for layer in range(hooks.n_layers + 1):
+        rows = residuals[layer, -3:]  # three positions at once, as the lens sends rows
+        got, want = ours(rows, layer), theirs(rows, layer)
+        assert got.shape == want.shape == rows.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5 * float(want.abs().max()))
+    assert float((ours(residuals[1, -1:], 1) - ours(residuals[1, -2:-1], 1)).abs().max()) > 1e-3  # the state matters

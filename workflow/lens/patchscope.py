@@ -1,0 +1,62 @@
+"""The patchscope lens (Ghandeharioun et al. 2024, "Patchscopes: A Unifying Framework for
+Inspecting Hidden Representations of Language Models"; nnterp's ``patchscope_lens``): what a
+residual encodes, read out by the model itself instead of by its unembedding.
+
+A residual of the source prompt at layer l is written into an inspection prompt (a few
+"word -> word" repetitions ending in a placeholder) at the placeholder's position and at
+layer l (or a fixed target layer), and the model runs on from there; its next-token
+distribution at the inspection prompt's last position is what the state encodes, often
+layers before the logit lens can read it. ``PatchscopeTranslator`` is that as a change of
+basis ``(hidden, layer) -> hidden`` before the lens's head, the shape the tuned lens's
+translators have, so the lens statistics stream it the same way; it runs on every backend
+whose ``blocks`` run the model from a layer on (the PyTorch backends' ``BlockRunner``,
+llama.cpp's ``EngineBlocks``, which writes the state into llama.cpp's graph).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from workflow.model.backends import Patches
+
+# The inspection prompt of the patchscope lens: repetitions teach "say the word again"; the
+# state is written at the placeholder "?" (its next-to-last token) and read after the arrow.
+INSPECTION_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n? ->"
+PLACEHOLDER = -2
+
+
+class PatchscopeTranslator:
+    """``translator(hidden [n, d], layer) -> [n, d]``: each row of ``hidden`` written into the
+    inspection prompt ``inspection_ids`` at ``position`` (default the placeholder before its
+    arrow) and at layer
+    ``target_layer`` (None: ``layer`` itself), the model's blocks run from there, and the
+    residual after the last block at the inspection prompt's last position returned (the
+    lens's head decodes it). Layers count as the records do: 0 enters the first block, k
+    follows block k. With the target layer the source layer and the position the last, the
+    last layer runs no block after the write: there it is the logit lens
+    (``final_is_identity``); at the placeholder it is not (the arrow after it is read)."""
+
+    def __init__(self, backend: Any, inspection_ids: list[int], position: int = PLACEHOLDER,
+                 target_layer: int | None = None):
+        if not inspection_ids:
+            raise ValueError("the patchscope's inspection prompt has no tokens")
+        self.backend = backend
+        self.ids = [int(t) for t in inspection_ids]
+        self.position = position % len(self.ids)
+        n_layers = backend.n_layers
+        if target_layer is not None and not 0 <= target_layer <= n_layers:
+            raise ValueError(f"the patchscope's target layer {target_layer} is not one of 0 to {n_layers}")
+        self.target_layer = target_layer
+        self.final_is_identity = target_layer is None and self.position == len(self.ids) - 1
+        residuals, _ = backend.capture(self.ids, "all")  # [L+1, T, d]: the inspection prompt's own
+        self.residuals = residuals
+
+    def __call__(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        start = layer if self.target_layer is None else self.target_layer
+        base = self.residuals[start]
+        rows = base.to(hidden.device).expand(hidden.shape[0], -1, -1).clone()
+        rows[:, self.position] = hidden.to(base.dtype)
+        out = self.backend.blocks.run(self.ids, rows, start, Patches())
+        return out.to(hidden.device, hidden.dtype)
