@@ -43,7 +43,7 @@ def interrupt(workdir, how, *args, target="results/001/output-tiny-llama.json"):
     deadline = time.monotonic() + 300
     while not (log.is_file() and "rule run_lens with" in log.read_text()):
         assert job.poll() is None and time.monotonic() < deadline, "the run_lens job never started"
-        time.sleep(0.05)
+        time.sleep(0.01)  # the tiny model's job writes within a second of that line
     os.killpg(job.pid, signal.SIGINT if how == "INT" else signal.SIGKILL)
     job.wait(timeout=120)
     if how == "KILL":
