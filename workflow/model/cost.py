@@ -9,8 +9,8 @@ estimate changes no result). Estimates of the order of the cost, not predictions
   characters, plus one), one-token decode steps (generation), and forward passes;
 - arithmetic: 2 FLOP per active parameter per token (of a mixture of experts, the experts a
   token is routed to), plus the lens's full-vocabulary products at every layer, at the
-  float32 matrix-product rate torch reaches on this machine's CPU (measured once per
-  process, about 0.1 s); llama.cpp's quantised kernels are taken to reach that rate too;
+  float32 matrix-product rate NumPy's BLAS reaches on this machine's CPU (measured once
+  per process, about 0.1 s); llama.cpp's quantised kernels are taken to reach that rate too;
 - ``weights: quantised``: every forward pass dequantises every weight from the file, every
   decode step the weights one token uses, at the rate measured on the file's commonest
   tensor type here.
@@ -31,6 +31,7 @@ from typing import Any
 
 from workflow.gguf.file import read_header
 from workflow.gguf.prepare import package_dir
+from workflow.gguf.prepared import MANIFEST
 from workflow.gguf.stream import dequantise, numpy_layout
 from workflow.model.resources import directory_parameters, gguf_header
 
@@ -104,14 +105,16 @@ def job_work(rule: str, config: dict[str, Any], probes: list[dict], pairs: list[
 
 @functools.cache
 def cpu_flops() -> float:
-    """float32 FLOP per second of a large matrix product on this machine's CPU (torch)."""
-    import torch
+    """float32 FLOP per second of a large matrix product on this machine's CPU (NumPy's BLAS:
+    a dry run imports no torch)."""
+    import numpy as np
 
-    a, b = torch.randn(512, 2048), torch.randn(2048, 2048)
-    torch.mm(a, b)  # the first call sets up the kernel
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((512, 2048), dtype=np.float32), rng.standard_normal((2048, 2048), dtype=np.float32)
+    a @ b  # the first call sets up the kernel
     started, repeats = time.perf_counter(), 4
     for _ in range(repeats):
-        torch.mm(a, b)
+        a @ b
     return repeats * 2 * 512 * 2048 * 2048 / max(time.perf_counter() - started, 1e-9)
 
 
@@ -200,10 +203,9 @@ def model_shape(entry: dict[str, Any], prepared_dir: str | None, key: str) -> Sh
         else:
             path = package_dir(entry["package"]) / entry["file"]
         return gguf_shape(header, str(path))
-    from workflow.gguf.weights import quantised_manifest  # torch: not at planning time
-
-    manifest = quantised_manifest(Path(prepared_dir)) if prepared_dir and Path(prepared_dir).is_dir() else None
-    if manifest is not None and Path(manifest["gguf_path"]).is_file():  # a package's assembled file
+    recorded = Path(prepared_dir) / MANIFEST if prepared_dir else None
+    manifest = json.loads(recorded.read_text(encoding="utf-8")) if recorded is not None and recorded.is_file() else {}
+    if manifest.get("preparation") == "quantised" and Path(manifest["gguf_path"]).is_file():  # a package's assembled file
         return gguf_shape(read_header(manifest["gguf_path"]), manifest["gguf_path"])
     for folder in (prepared_dir, entry.get("path") if entry["source"] == "local" else None):
         if folder and (Path(folder).expanduser() / "config.json").is_file():
