@@ -74,6 +74,8 @@ except UserError as e:
 MODEL_THREADS = os.cpu_count() or 1
 
 MODELS = list(config["models"])
+LENSES = config["lenses"]
+CORPUS = "data/corpus.txt.gz"
 
 
 def models_of(experiment_id):
@@ -91,8 +93,6 @@ def check_runs(experiment_id, model):
             f"model {model!r} does not run experiment {experiment_id}: config key models.{model}.experiments in "
             f"{CONFIGFILE} lists {listed}; add \"{experiment_id}\" to it to run it"
         )
-LENSES = config["lenses"]
-CORPUS = "data/corpus.txt.gz"
 
 
 wildcard_constraints:
@@ -363,8 +363,7 @@ def long_job(job):
 
     if job.rule.name not in MODEL_RULES:
         return None
-    prepared = f"resources/models/{job.wildcards.model}"
-    found = job_estimate(job.rule.name, job.wildcards, prepared if os.path.isdir(prepared) else None)
+    found = job_estimate(job.rule.name, job.wildcards, job.input.get("prepared"))
     return None if found is None or found.minutes < LONG_MINUTES else f"{job.rule.name} {job.wildcards.model}: {found.said}"
 MODEL_PARAMS = {"entry": get_model_settings, "device": config["device"], "dtype": config["dtype"], "backend": config["backend"]}
 

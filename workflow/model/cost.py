@@ -143,10 +143,9 @@ def dequantisation_rate(path: str, sample_bytes: int = 8 * 2**20) -> float:
 
 
 def tensor_bytes(entry: Any) -> int:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(entry.ggml_type)]
-    return entry.elements // block * size
+    """A GGUF tensor's bytes in the file (as ``numpy_layout`` reads it)."""
+    dtype, shape = numpy_layout(entry)
+    return math.prod(shape) * dtype.itemsize
 
 
 def gguf_shape(header: Any, path: str) -> Shape | None:
