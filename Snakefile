@@ -3,11 +3,13 @@
 #   002 activation patching (rules/exp002.smk)
 #   003 generation: the lens on every generated token (rules/exp003.smk)
 #   004 components: which attention, MLP and head writes the answer (rules/exp004.smk)
+#   005 words or concepts: latent language through the logit, tuned and patchscope lenses (rules/exp005.smk)
 #
 #   snakemake --cores 1 results/001/evaluation-cross-model.md   # the whole chain up to the comparison
 #   snakemake --cores 1 results/002/evaluation-cross-model.md   # the same for experiment 002
 #   snakemake --cores 1 results/003/evaluation-cross-model.md   # the same for experiment 003
 #   snakemake --cores 1 results/004/evaluation-cross-model.md   # the same for experiment 004
+#   snakemake --cores 1 results/005/evaluation-cross-model.md   # the same for experiment 005
 #   snakemake --cores 1                                         # everything, meta-evaluation included
 #   snakemake -n                                                # what is stale, and why
 #   snakemake --report report.html                              # one self-contained HTML file: plots, captions, evaluations
@@ -48,6 +50,7 @@ include: "rules/exp001.smk"
 include: "rules/exp002.smk"
 include: "rules/exp003.smk"
 include: "rules/exp004.smk"
+include: "rules/exp005.smk"
 # The generic evaluation chain, for every experiment.
 include: "rules/evaluate.smk"
 include: "rules/report.smk"

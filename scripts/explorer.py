@@ -12,9 +12,8 @@ from workflow.provenance.logs import run_script  # noqa: E402
 
 def main(sm):
     data = write_explorer(sm.wildcards.exp, sm.input.summary, sm.input.records, sm.output.page, sm.params.probes)
-    shown = len(data["probes"] if data["kind"] == "lens" else data["pairs"])
-    logging.getLogger("workflow").info("%s: %d %s, %d bytes", sm.output.page, shown,
-                                       "probes" if data["kind"] == "lens" else "pairs", Path(sm.output.page).stat().st_size)
+    items = {"lens": "probes", "words": "tasks"}.get(data["kind"], "pairs")  # what the page shows one at a time
+    logging.getLogger("workflow").info("%s: %d %s, %d bytes", sm.output.page, len(data[items]), items, Path(sm.output.page).stat().st_size)
 
 
 run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)

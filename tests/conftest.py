@@ -82,6 +82,9 @@ def tiny_config(tiny_dirs, **overrides):
         "lens": {"top_k": 3},
         "probes": [dict(p) for p in PROBES],
         "evaluation": {"provider": "offline"},
+        # Experiment 005 on two tasks of three concepts: every part of it, at a tiny model's cost.
+        "words": {"tasks": [{"kind": "translation", "source": "fr", "target": "de"}, {"kind": "cloze", "target": "de"}],
+                  "max_words": 3, "demonstrations": 1},
     }
     config.update(overrides)
     return config

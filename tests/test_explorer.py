@@ -254,6 +254,63 @@ def test_the_component_explorer_shows_the_records_of_the_cell_clicked(browser, t
     assert console_errors(browser) == []
 
 
+def word_records(model: str = MODEL):
+    from workflow.experiments.exp005.records import read_word_records
+
+    summary_path, records_path = committed("005", model)
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    return summary_path, records_path, summary, read_word_records(str(records_path), summary)
+
+
+def test_the_word_page_data_are_the_records():
+    from workflow.experiments.exp005.explorer import CELL, words_page_data
+
+    _, _, summary, records = word_records()
+    data = words_page_data(summary, records)
+    assert [t["id"] for t in data["tasks"]] == [t["id"] for t in summary["tasks"]]
+    assert data["lenses"] == ["logit", "tuned", "patchscope"] and data["unit"] == "layer"
+    checked = 0
+    for task, described in zip(data["tasks"], summary["tasks"]):
+        concepts = [p["concept"] for p in described["prompts"]]
+        assert [data["tokens"][t] for t in task["inputs"]] == concepts
+        assert [[None if t is None else data["tokens"][t] for t in words] for words in task["words"]] == [
+            [p["words"].get(role) for role in ("target", "english", "source")] for p in described["prompts"]]
+        for row in records[records["task"] == task["id"]].itertuples():
+            cell = task["cells"][row.lens][task["layers"].index(row.layer)][concepts.index(row.concept)]
+            assert data["tokens"][cell[0]] == row.top1_token
+            assert cell[1:] == [None if getattr(row, c) != getattr(row, c) else getattr(row, c) for c in CELL[1:]]  # NaN as null
+            checked += 1
+    assert checked == len(records) > 0
+
+
+def test_the_word_explorer_shows_the_records_of_the_cell_clicked(browser, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    summary_path, records_path, summary, records = word_records()
+    page = tmp_path / "explorer-005.html"
+    write_explorer("005", summary_path, records_path, page)
+    open_page(browser, page)
+    assert console_errors(browser) == []
+    Select(browser.find_element("css selector", "#item")).select_by_visible_text("translation-de-fr")
+    browser.find_element("css selector", "button[data-lens='patchscope']").click()
+    task = next(t for t in summary["tasks"] if t["id"] == "translation-de-fr")
+    concept = task["prompts"][2]
+    browser.find_element("css selector", "#grid td[data-layer='14'][data-position='2']").click()
+    row = records[(records["task"] == "translation-de-fr") & (records["lens"] == "patchscope") & (records["layer"] == 14)
+                  & (records["concept"] == concept["concept"])].iloc[0]
+    shown = shown_cell(browser)
+    assert shown["heading"] == f'layer 14 · concept {json.dumps(concept["concept"])}'
+    assert shown["facts"] == {k: row[k] for k in ("top1_prob", "target_prob", "target_rank", "english_prob", "english_rank",
+                                                  "source_prob", "source_rank")}
+    points = browser.find_elements("css selector", "svg[data-chart='word_prob'] circle")
+    of_concept = records[(records["task"] == "translation-de-fr") & (records["lens"] == "patchscope")
+                         & (records["concept"] == concept["concept"])]
+    target = {int(p.get_attribute("data-layer")): float(p.get_attribute("data-value")) for p in points
+              if p.get_attribute("data-series").startswith("target ")}
+    assert target == dict(zip(of_concept["layer"].astype(int), of_concept["target_prob"].astype(float)))
+    assert console_errors(browser) == []
+
+
 def test_invisible_characters_are_shown_as_code_points(browser, tmp_path):
     """A no-break space or a zero-width space would make an empty-looking cell: shown as their
     code points, as the heatmaps show them."""

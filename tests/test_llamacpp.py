@@ -555,17 +555,19 @@ def test_the_patchscope_lens_on_llamacpp_writes_the_state_into_its_graph(tiny):
     """The patchscope lens (workflow/lens/patchscope.py) on the llama.cpp backend: the state
     written at the placeholder from the evaluation callback, the inspection prompt decoded on,
     against the same lens on the hooks backend (float32 file, float32 attention)."""
-    from workflow.lens.patchscope import INSPECTION_PROMPT, PatchscopeTranslator
+    from workflow.lens.patchscope import IDENTITY_PROMPT, INSPECTION_PROMPT, PatchscopeTranslator
 
     hooks, _, _ = tiny
     engine = backend_model("f32", FLOAT32)
-    inspection = hooks.tokenizer(INSPECTION_PROMPT, add_special_tokens=True)["input_ids"]
     source = hooks.tokenizer(PROBE["prompt"], add_special_tokens=True)["input_ids"]
     residuals, _ = hooks.backend.capture(source, "all")
-    ours, theirs = PatchscopeTranslator(engine.backend, inspection), PatchscopeTranslator(hooks.backend, inspection)
-    for layer in range(hooks.n_layers + 1):
-        rows = residuals[layer, -3:]  # three positions at once, as the lens sends rows
-        got, want = ours(rows, layer), theirs(rows, layer)
-        assert got.shape == want.shape == rows.shape
-        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5 * float(want.abs().max()))
-    assert float((ours(residuals[1, -1:], 1) - ours(residuals[1, -2:-1], 1)).abs().max()) > 1e-3  # the state matters
+    # The placeholder last (the default), and before an arrow (a write the graph runs on past).
+    for prompt, position in ((INSPECTION_PROMPT, -1), (IDENTITY_PROMPT, -2)):
+        inspection = hooks.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        ours, theirs = PatchscopeTranslator(engine.backend, inspection, position), PatchscopeTranslator(hooks.backend, inspection, position)
+        for layer in range(hooks.n_layers + 1):
+            rows = residuals[layer, -3:]  # three positions at once, as the lens sends rows
+            got, want = ours(rows, layer), theirs(rows, layer)
+            assert got.shape == want.shape == rows.shape
+            np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5 * float(want.abs().max()))
+        assert float((ours(residuals[1, -1:], 1) - ours(residuals[1, -2:-1], 1)).abs().max()) > 1e-3  # the state matters

@@ -194,7 +194,7 @@ def _structure(page: str) -> list[str]:
     return re.findall(r"</?[a-z0-9]+", page)
 
 
-@pytest.mark.parametrize("exp", ["001", "002", "003", "004"])
+@pytest.mark.parametrize("exp", ["001", "002", "003", "004", "005"])
 def test_the_offline_analysts_text_forms_no_markup(exp, tmp_path):
     """A relation "![e](/proc/self/environ)" (the report's reproduction), and every other
     string a user or a model writes, is shown as text: each page has the very elements it has

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline import prepared_model
-from workflow.lens.patchscope import INSPECTION_PROMPT, PatchscopeTranslator
+from workflow.lens.patchscope import IDENTITY_PROMPT, INSPECTION_PROMPT, PatchscopeTranslator
 from workflow.model.backends import find_decoder_layers
 from workflow.model.load import load_model
 
@@ -47,12 +47,13 @@ def hooked_patchscope(model, inspection: list[int], hidden: torch.Tensor, layer:
 @pytest.mark.parametrize("layer", [0, 1, 12, 29, 30])
 def test_the_patchscope_lens_is_the_hooked_forward_of_its_description(smollm2, layer):
     model = smollm2
-    inspection = model.tokenizer(INSPECTION_PROMPT, add_special_tokens=True)["input_ids"]
+    inspection = model.tokenizer(IDENTITY_PROMPT, add_special_tokens=True)["input_ids"]
     source = model.tokenizer(SOURCE, add_special_tokens=True)["input_ids"]
     residuals, _ = model.backend.capture(source, "all")
     hidden = residuals[layer, -1]
     assert model.tokenizer.decode(inspection[-2:]) == "? ->"
-    for position in (-2, -1):  # the placeholder; the last token (no block after the last layer)
+    assert model.tokenizer(INSPECTION_PROMPT, add_special_tokens=True)["input_ids"] == inspection[:-1]  # the default: "?" last
+    for position in (-2, -1):  # the placeholder before the arrow; the last token (no block after the last layer)
         translator = PatchscopeTranslator(model.backend, inspection, position=position)
         with torch.no_grad():
             ours = model.backend.unembed(model.backend.final_norm(translator(hidden[None], layer)))[0]
@@ -69,12 +70,12 @@ def test_the_patchscope_reads_the_subject_where_the_logit_lens_reads_noise(smoll
     the model repeating it, gives back " Germany" from the first block on, while the logit
     lens reads it at no layer."""
     model = smollm2
-    inspection = model.tokenizer(INSPECTION_PROMPT, add_special_tokens=True)["input_ids"]
+    inspection = model.tokenizer(IDENTITY_PROMPT, add_special_tokens=True)["input_ids"]
     source = model.tokenizer(SOURCE, add_special_tokens=True)["input_ids"]
     germany = model.tokenizer(" Germany", add_special_tokens=False)["input_ids"]
     position = next(i for i, t in enumerate(source) if t == germany[0])
     residuals, _ = model.backend.capture(source, "all")
-    translator = PatchscopeTranslator(model.backend, inspection)
+    translator = PatchscopeTranslator(model.backend, inspection, position=-2)
     with torch.no_grad():
         hidden = residuals[:, position]  # [L+1, d]
         read = torch.stack([model.backend.unembed(model.backend.final_norm(translator(hidden[l][None], l)))[0]

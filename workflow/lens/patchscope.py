@@ -3,10 +3,13 @@ Inspecting Hidden Representations of Language Models"; nnterp's ``patchscope_len
 residual encodes, read out by the model itself instead of by its unembedding.
 
 A residual of the source prompt at layer l is written into an inspection prompt (a few
-"word -> word" repetitions ending in a placeholder) at the placeholder's position and at
+"word -> word" repetitions ending in a placeholder "?") at the placeholder's position and at
 layer l (or a fixed target layer), and the model runs on from there; its next-token
 distribution at the inspection prompt's last position is what the state encodes, often
-layers before the logit lens can read it. ``PatchscopeTranslator`` is that as a change of
+layers before the logit lens can read it. With the placeholder last (INSPECTION_PROMPT,
+nnterp's default) the reading is the next token the state predicts, in a context that asks
+for a word; with the placeholder before an arrow (IDENTITY_PROMPT at -2) it is the token the
+state stands for (the paper's token-identity patchscope). ``PatchscopeTranslator`` is that as a change of
 basis ``(hidden, layer) -> hidden`` before the lens's head, the shape the tuned lens's
 translators have, so the lens statistics stream it the same way; it runs on every backend
 whose ``blocks`` run the model from a layer on (the PyTorch backends' ``BlockRunner``,
@@ -22,9 +25,12 @@ import torch
 from workflow.model.backends import Patches
 
 # The inspection prompt of the patchscope lens: repetitions teach "say the word again"; the
-# state is written at the placeholder "?" (its next-to-last token) and read after the arrow.
-INSPECTION_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n? ->"
-PLACEHOLDER = -2
+# state is written at the placeholder "?" (its last token) and the next token read there.
+INSPECTION_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
+PLACEHOLDER = -1
+# The token-identity variant: the state written at the "?" before the arrow (-2), the token
+# after the arrow read: what token the state stands for.
+IDENTITY_PROMPT = INSPECTION_PROMPT + " ->"
 
 
 class PatchscopeTranslator:
@@ -52,6 +58,12 @@ class PatchscopeTranslator:
         self.final_is_identity = target_layer is None and self.position == len(self.ids) - 1
         residuals, _ = backend.capture(self.ids, "all")  # [L+1, T, d]: the inspection prompt's own
         self.residuals = residuals
+
+    def reads(self, layer: int) -> bool:
+        """Whether a state of source layer ``layer`` reaches the reading: some block runs after
+        the write, or the write is at the position read."""
+        start = layer if self.target_layer is None else self.target_layer
+        return start < self.backend.n_layers or self.position == len(self.ids) - 1
 
     def __call__(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         start = layer if self.target_layer is None else self.target_layer

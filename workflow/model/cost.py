@@ -66,6 +66,10 @@ class Work:
     lens_rows: int = 0
 
 
+# Tokens of one line of experiment 005's prompts (``Français: "fleur" - Deutsch: "Blume"``).
+WORD_LINE_TOKENS = 14
+
+
 def prompt_tokens(text: str) -> int:
     return 1 + math.ceil(len(text) / CHARACTERS_PER_TOKEN)
 
@@ -89,6 +93,15 @@ def job_work(rule: str, config: dict[str, Any], probes: list[dict], pairs: list[
         tokens = sum(prompt_tokens(p["prompt"]) for p in chosen)
         return Work(f"{len(chosen)} probes x {new} generated tokens", tokens, passes=len(chosen), steps=len(chosen) * new,
                     lens_rows=lenses * layers * len(chosen) * new)
+    if rule == "run_words":
+        words = config.get("words", {})
+        prompts = len(words.get("tasks", [])) * int(words.get("max_words", 24))
+        inspection = prompt_tokens(words.get("patchscope", {}).get("prompt", ""))
+        # A prompt: its demonstration lines and its own (about WORD_LINE_TOKENS each); the
+        # patchscope runs the inspection prompt from every layer on (half the blocks on average).
+        tokens = prompts * ((int(words.get("demonstrations", 3)) + 1) * WORD_LINE_TOKENS + inspection * layers // 2)
+        return Work(f"{prompts} prompts, {len(words.get('tasks', []))} tasks", tokens,
+                    passes=math.ceil(prompts / 16) * (1 + layers), lens_rows=(lenses + 1) * layers * prompts)
     if rule == "run_patching":
         samples = int(config.get("patching", {}).get("trace", {}).get("samples", 4))
         runs = sum(layers * prompt_tokens(p["clean"]) * (2 + samples) for p in pairs)

@@ -6,12 +6,18 @@
   const T = D.tokens;
   const app = document.getElementById("app");
   const LENS = D.kind === "lens";
+  // Experiment 005: per task a layers x concepts grid per lens; each cell the probabilities and
+  // ranks of the concept's target, English and source words and the lens's top-1.
+  const WORDS = D.kind === "words";
+  const WORD = { top1: 0, top1_prob: 1, target_prob: 2, english_prob: 3, source_prob: 4, target_rank: 5, english_rank: 6, source_rank: 7 };
+  const ROLES = ["target", "english", "source"];
+  const BY_LENS = LENS || WORDS;
   // Experiment 004: per pair one grid per component, coloured by exact patching or by AtP.
   const COMPONENTS = D.kind === "components";
   const MEASURES = { exact: "exact patching", atp: "attribution patching (AtP)" };
   const CELL = { exact: 0, atp: 1, grad_drop: 2, dla_answer: 3, dla_competitor: 4, dla_corrupted_answer: 5 };
-  const items = LENS ? D.probes : D.pairs;
-  const state = { item: 0, view: LENS ? D.lenses[0] : 0, layer: null, pos: null, pinned: false,
+  const items = WORDS ? D.tasks : LENS ? D.probes : D.pairs;
+  const state = { item: 0, view: BY_LENS ? D.lenses[0] : 0, layer: null, pos: null, pinned: false,
     measure: COMPONENTS && !D.exact_run ? "atp" : "exact" };
 
   // ---- small helpers -------------------------------------------------------------------
@@ -71,21 +77,21 @@
 
   // ---- what is shown ---------------------------------------------------------------------
   function item() { return items[state.item]; }
-  function sweep() { return LENS ? item() : item().sweeps[state.view]; }
+  function sweep() { return BY_LENS ? item() : item().sweeps[state.view]; }
   function cell(layerIndex, posIndex, view) {
     const it = item();
-    return LENS ? it.cells[view || state.view][layerIndex][posIndex] : sweep().cells[layerIndex][posIndex];
+    return BY_LENS ? it.cells[view || state.view][layerIndex][posIndex] : sweep().cells[layerIndex][posIndex];
   }
   function positionToken(posIndex) {
-    return LENS ? T[item().inputs[posIndex]] : T[sweep().tokens[posIndex]];
+    return BY_LENS ? T[item().inputs[posIndex]] : T[sweep().tokens[posIndex]];
   }
 
   function controls() {
     const select = el("select", { id: "item", on: { change: (e) => { state.item = Number(e.target.value); state.layer = null; state.pinned = false; draw(); } } },
       items.map((it, i) => el("option", { value: String(i), text: it.id })));
     select.value = String(state.item);
-    const parts = [el("label", { for: "item", text: LENS ? "Probe " : "Pair " }), select];
-    if (LENS) {
+    const parts = [el("label", { for: "item", text: WORDS ? "Task " : LENS ? "Probe " : "Pair " }), select];
+    if (BY_LENS) {
       parts.push(el("span", { class: "lens-toggle", role: "group", "aria-label": "lens" },
         D.lenses.map((lens) => el("button", {
           type: "button", "data-lens": lens, class: lens === state.view ? "active" : null,
@@ -125,6 +131,9 @@
         el("code", { text: it.corrupted_prompt }), el("span", { text: ` \u2192 ${JSON.stringify(it.corrupted_answer)}; cells: fraction of the logit difference recovered when the block's ${sweepName(sweep())} output at that position is patched from the clean run into the corrupted one, by ${MEASURES[state.measure]}${heads}` }),
       ]);
     }
+    if (WORDS) {
+      return el("p", { class: "prompt" }, [el("span", { text: `${it.description}; columns: concepts (their English word); cells: the ${state.view} lens's top-1 token, coloured by the target word's probability. The last prompt of the task: ` }), el("code", { text: it.prompt })]);
+    }
     if (LENS) {
       const answers = new Set(it.answers);
       const answer = answers.size === 1 ? `answer ${JSON.stringify(T[it.answers[0]])}` : "answer: the next generated token at each position";
@@ -146,7 +155,10 @@
       for (let j = 0; j < s.positions.length; j++) {
         const c = cell(i, j);
         let text, colour, dark;
-        if (LENS) {
+        if (WORDS) {
+          text = c[WORD.top1] === null ? "\u2013" : short(T[c[WORD.top1]], 10); colour = viridis(c[WORD.target_prob]);
+          dark = c[WORD.target_prob] !== null && c[WORD.target_prob] > 0.55;
+        } else if (LENS) {
           text = short(T[c[0]], 10); colour = viridis(c[1]); dark = c[1] !== null && c[1] > 0.55;
         } else {
           const v = COMPONENTS ? c[CELL[state.measure]] : c[0];
@@ -197,6 +209,21 @@
         ]),
         el("p", { class: "lens-name", text: last ? "direct logit attribution (written into the final logit)" : "direct logit attribution: at the last position only" }),
         el("table", { class: "facts" }, last ? [dla("dla_answer", "answer"), dla("dla_competitor", "competitor"), dla("dla_corrupted_answer", "corrupted answer")] : []),
+      ]);
+    }
+    if (WORDS) {
+      const words = item().words[j];
+      return el("div", { id: "details" }, [
+        el("h2", { text: `${D.unit} ${s.layers[i]} \u00b7 concept ${JSON.stringify(positionToken(j))}` }),
+        el("p", { class: "lens-name", text: `${state.view} lens` }),
+        el("table", { class: "facts" }, [
+          row("top-1", c[WORD.top1] === null ? "\u2013" : JSON.stringify(T[c[WORD.top1]]), null, "top1_token"),
+          row("top-1 probability", fmt(c[WORD.top1_prob]), c[WORD.top1_prob], "top1_prob"),
+          ...ROLES.filter((role, k) => words[k] !== null).flatMap((role) => [
+            row(`${role} word ${JSON.stringify(T[words[ROLES.indexOf(role)]])}: probability`, fmt(c[WORD[`${role}_prob`]]), c[WORD[`${role}_prob`]], `${role}_prob`),
+            row(`${role} word: rank`, c[WORD[`${role}_rank`]] === null ? "\u2013" : String(c[WORD[`${role}_rank`]]), c[WORD[`${role}_rank`]], `${role}_rank`),
+          ]),
+        ]),
       ]);
     }
     if (!LENS) {
@@ -300,6 +327,15 @@
            { name: "after MLP", cls: "s1", current: true, values: byLayer(t.answer.post_prob) }], { id: "lens", min: 0, max: 1, legend: true }),
       ]);
     }
+    if (WORDS) {
+      const words = item().words[j];
+      const roles = ROLES.filter((role, k) => words[k] !== null);
+      const series = (suffix) => roles.map((role, n) => ({ name: `${role} ${visible(T[words[ROLES.indexOf(role)]])}`, cls: `s${n}`, current: role === "target", values: column(null, WORD[`${role}_${suffix}`]) }));
+      return el("div", { id: "charts" }, [
+        chart(`${state.view} lens, concept ${JSON.stringify(positionToken(j))}: probability`, series("prob"), { id: "word_prob", min: 0, max: 1, legend: true }),
+        chart("rank by layer (1 at the top)", series("rank"), { id: "word_rank", log: true, legend: true }),
+      ]);
+    }
     if (!LENS) {
       return el("div", { id: "charts" }, [chart(`recovered fraction at position ${s.positions[j]} (${JSON.stringify(positionToken(j))})`,
         [{ name: `${s.direction} \u00b7 ${s.corruption}`, cls: "s0", current: true, values: column(null, 0) }], { id: "recovered", min: 0, max: 1 })]);
@@ -329,7 +365,7 @@
     if (state.layer === null || state.layer >= s.layers.length || state.pos >= s.positions.length) {
       state.layer = s.layers.length - 1; state.pos = s.positions.length - 1;
     }
-    const skipped = !LENS && (D.skipped || []).length
+    const skipped = !BY_LENS && (D.skipped || []).length
       ? el("p", { class: "hint", text: `Not patched: ${D.skipped.map((p) => `${p.id} (${p.reason})`).join("; ")}` }) : null;
     // Which numbering the rows use: 001-003 count layers, 004 blocks (docs/data-contract.md).
     const rows = el("p", { class: "hint", id: "unit", text: `Rows: ${D.unit_label}.` });

@@ -1,0 +1,29 @@
+"""Rule run_words: translation, repetition and cloze prompts of one model read at every layer by every lens (experiment 005)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
+
+from workflow.config.settings import LensSettings  # noqa: E402
+from workflow.experiments.exp005.run import write_words_outputs  # noqa: E402
+from workflow.lens.job import Outputs  # noqa: E402
+from workflow.model.load import ModelSpec  # noqa: E402
+from workflow.provenance.logs import run_script  # noqa: E402
+from workflow.provenance.record import record_rule  # noqa: E402
+
+
+def main(sm):
+    document = write_words_outputs(
+        ModelSpec.of_job(sm),
+        lens_settings=LensSettings.from_config(sm.params.lens),
+        words=sm.params.words,
+        outputs=Outputs(sm.output.summary, sm.output.records),
+        tuned_dir=sm.input.get("tuned"),
+        word_files=(sm.input.words, sm.input.cloze),
+    )
+    source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
+    record_rule(sm, "scripts/run_words.py", [sm.output.summary, sm.output.records], {"model_source": source})
+
+
+run_script(snakemake, main)  # noqa: F821 (provided by Snakemake)
