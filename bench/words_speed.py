@@ -33,9 +33,8 @@ def measure(model_key: str, max_words: int) -> dict:
     import torch
 
     from lens_memory import prepared_dir
-    from workflow.config.settings import LensSettings
+    from workflow.config.settings import LensSettings, PatchscopeSettings
     from workflow.experiments.exp005.run import WordsSettings, _readings, last_residuals, task_items
-    from workflow.lens.patchscope import PatchscopeTranslator
     from workflow.lens.session import LensSession
     from workflow.model.backends import FORWARD_ROWS
     from workflow.model.load import load_model
@@ -46,10 +45,9 @@ def measure(model_key: str, max_words: int) -> dict:
     model = load_model(model_key, {"source": "local", "path": str(prepared_dir(model_key))}, None, device="cpu", dtype="float32")
     loaded = time.perf_counter()
     settings = WordsSettings.from_config({**config["words"], "max_words": max_words})
-    session = LensSession(model, LensSettings(positions="last"))
+    session = LensSession(model, LensSettings(positions="last"), patchscope=PatchscopeSettings.from_config(config["patchscope"]))
+    patchscope = session.patchscope
     items, _ = task_items(model, settings)
-    inspection = model.tokenizer(settings.patchscope_prompt)["input_ids"]
-    patchscope = PatchscopeTranslator(model.backend, inspection, settings.patchscope_position, settings.patchscope_target_layer)
     t0 = time.perf_counter()
     last = last_residuals(session, items, 32)
     t1 = time.perf_counter()

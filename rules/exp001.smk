@@ -9,7 +9,7 @@ PROBE_IDS = [p["id"] for p in PROBES]
 # A heatmap for each of the first lens.heatmap_probes probes (a probe set can have thousands),
 # through each lens (heatmap_file, in workflow/experiments/exp001/files.py).
 HEATMAP_IDS = PROBE_IDS[: config["lens"]["heatmap_probes"]]
-HEATMAP_LENSES = [lens for lens in ("logit", "tuned") if lens in LENSES]
+HEATMAP_LENSES = [lens for lens in ("logit", "tuned", "patchscope") if lens in LENSES]
 
 # The records file: CSV, or Parquet for large probe sets (lens.records_format; docs/experiments.md, "Probe sets").
 RECORDS_001 = f"{E001}/output-{{model}}-records.{records_format(config['lens']['records_format'], len(PROBES))}"
@@ -67,6 +67,8 @@ rule run_lens:
         lens=loads_model("run_lens", EVERY_LENS_KEY),
         probes=PROBES,
         lenses=LENSES,
+        # The patchscope lens's settings, where config lenses has it (else they change nothing here).
+        patchscope=config["patchscope"] if "patchscope" in LENSES else {},
         code=code_version("scripts/run_lens.py"),
     script:
         "../scripts/run_lens.py"

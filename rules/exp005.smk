@@ -47,6 +47,7 @@ rule run_words:
         **MODEL_PARAMS,
         lens=loads_model("run_words", ("use_norm_lens", "use_fp32_unembed", "identity_tolerance")),
         words=config["words"],
+        patchscope=config["patchscope"],
         code=code_version("scripts/run_words.py"),
     script:
         "../scripts/run_words.py"

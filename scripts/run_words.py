@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821 (the repository's own workflow/)
 
-from workflow.config.settings import LensSettings  # noqa: E402
+from workflow.config.settings import LensSettings, PatchscopeSettings  # noqa: E402
 from workflow.experiments.exp005.run import write_words_outputs  # noqa: E402
 from workflow.lens.job import Outputs  # noqa: E402
 from workflow.model.load import ModelSpec  # noqa: E402
@@ -21,6 +21,9 @@ def main(sm):
         outputs=Outputs(sm.output.summary, sm.output.records),
         tuned_dir=sm.input.get("tuned"),
         word_files=(sm.input.words, sm.input.cloze),
+        patchscope=PatchscopeSettings.from_config(sm.params.patchscope),
+        # Not a param: the records do not depend on it, so changing it re-runs nothing.
+        batch_size=sm.config["lens"]["batch_size"],
     )
     source = {k: document[k] for k in ("source", "source_sha256", "source_commit") if k in document}
     record_rule(sm, "scripts/run_words.py", [sm.output.summary, sm.output.records], {"model_source": source})

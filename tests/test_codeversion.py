@@ -77,7 +77,7 @@ def test_the_explorers_script_and_style_are_in_its_code_version():
 def test_each_c_kernel_is_in_the_code_version_of_the_rules_that_run_it():
     """lens_block.c in every rule that runs the lens code, not in prepare_model; dequant.c in
     prepare_model and in every rule that loads a model; neither in plots, evaluations or pages."""
-    runs_the_lens = {"run_lens", "run_generation", "run_patching", "run_components", "train_tuned_lens", "lens_quality"}
+    runs_the_lens = {"run_lens", "run_generation", "run_patching", "run_components", "run_words", "train_tuned_lens", "lens_quality"}
     for script in sorted((codeversion.REPO / "scripts").glob("*.py")):
         files = {str(p.relative_to(codeversion.REPO)) for p in codeversion.code_files(script)}
         assert ("workflow/native/lens_block.c" in files) == (script.stem in runs_the_lens), script.name

@@ -33,6 +33,14 @@ def test_the_work_of_each_job_is_counted_from_the_config():
     components = job_work("run_components", CONFIG, PROBES, PAIRS, SHAPE)
     assert components.tokens == 30 * 11 * 8 * 8 + 3 * 30 * 8
     assert job_work("train_tuned_lens", CONFIG, PROBES, PAIRS, SHAPE).tokens == 48 * 128 + 256
+    # Experiment 005: 2 tasks x 24 concepts, each 4 lines of 14 tokens, and the patchscope's
+    # inspection prompt ("ab?": 1 + 1 tokens) from every layer on, half the blocks on average.
+    words = {**CONFIG, "words": {"tasks": [{}, {}], "max_words": 24, "demonstrations": 3}, "patchscope": {"prompt": "ab?"}}
+    assert job_work("run_words", words, PROBES, PAIRS, SHAPE).tokens == 48 * (4 * 14 + 2 * 31 // 2)
+    assert job_work("run_words", words, PROBES, PAIRS, SHAPE).lens_rows == 3 * 31 * 48
+    # The patchscope in 001: every position's inspection prompt run on from every layer.
+    with_patchscope = job_work("run_lens", {**words, "lenses": ["logit", "patchscope"]}, PROBES, PAIRS, SHAPE)
+    assert with_patchscope.tokens == 20 + 20 * 2 * 31 // 2
     assert job_work("plot_heatmaps", CONFIG, PROBES, PAIRS, SHAPE) is None
 
 

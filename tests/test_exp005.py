@@ -16,7 +16,7 @@ from pipeline import prepared_model
 from reference import reference_layers
 from test_patchscope import hooked_patchscope
 from workflow.base.errors import UserError
-from workflow.config.settings import LensSettings
+from workflow.config.settings import LensSettings, PatchscopeSettings
 from workflow.experiments.exp005 import analysis
 from workflow.experiments.exp005.analysis import READABLE, model_facts
 from workflow.experiments.exp005.prompts import Task, load_cloze, prompt
@@ -33,7 +33,12 @@ TASKS = [{"kind": "translation", "source": "fr", "target": "de"}, {"kind": "repe
 
 
 def settings(max_words: int, tasks=TASKS) -> WordsSettings:
-    return WordsSettings.from_config({"tasks": tasks, "max_words": max_words, "patchscope": {"prompt": INSPECTION_PROMPT}})
+    return WordsSettings.from_config({"tasks": tasks, "max_words": max_words})
+
+
+def session(model) -> LensSession:
+    """The lenses 005 reads without a tuned lens: the logit lens and the patchscope (its defaults)."""
+    return LensSession(model, LensSettings(positions="last"), patchscope=PatchscopeSettings())
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def smollm2(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smollm2_words(smollm2):
     folder, model = smollm2
-    return run_words(LensSession(model, LensSettings(positions="last")), settings(3))
+    return run_words(session(model), settings(3))
 
 
 def test_the_prompts_are_the_papers_few_shot_lines_ending_at_the_answers_quotation_mark():
@@ -135,7 +140,7 @@ def test_the_patchscope_records_are_the_hooked_forward_of_the_method(smollm2, sm
 def test_a_concepts_records_do_not_depend_on_which_other_concepts_are_kept(smollm2, smollm2_words):
     folder, model = smollm2
     _, three = smollm2_words
-    _, two = run_words(LensSession(model, LensSettings(positions="last")), settings(2, TASKS[:2]))
+    _, two = run_words(session(model), settings(2, TASKS[:2]))
     kept = {(r["task"], r["concept"]) for r in two}
     assert [r for r in three if (r["task"], r["concept"]) in kept] == two
 
@@ -149,7 +154,7 @@ def write_outputs(tmp_path, curves: dict[str, dict[str, np.ndarray]], n_layers: 
     summary = {"model": "m", "architecture": "a", "n_layers": n_layers, "d_model": 8, "dtype": "float32", "device": "cpu",
                "source": {"source": "local"}, "backend": "hooks", "lenses": list(curves), "patchscope_layers": list(range(n_layers + 1)),
                "identity_check": {"max_abs_prob_diff": 0.0},
-               "words": {"scoring": "first", "demonstrations": 3, "patchscope": {"prompt": "?", "position": -2, "target_layer": None}},
+               "words": {"scoring": "first", "demonstrations": 3}, "patchscope": {"prompt": "?", "position": -1, "target_layer": None},
                "tasks": [{"id": task_id, "kind": kind, "source": "fr", "target": "de",
                           "words": {"kept": n, "scored": n, "whole_words": 0}, "prompts": prompts}]}
     (tmp_path / "s.json").write_text(json.dumps(summary))
@@ -185,7 +190,9 @@ def test_the_rule_finds_the_concept_before_its_word_with_english_leading(tmp_pat
     assert reading.before_word() == [2, 3] and reading.english_dominant() == [2, 3]
     text = answer(facts)
     assert ("translation-fr-de through the logit lens at layers 2-3 of 4 (target word from layer 4), English dominating at 2 layers "
-            "of them, mostly its English word there (mean probability target-language 0.02, English 0.45, source-language 0.00)") in text
+            "of them, mostly its English word there (mean probability over those layers target-language 0.02, English 0.45, "
+            "source-language 0.00; at layer 3, where the concept is likeliest: target-language 0.03 [0.02, 0.03], English 0.51 "
+            "[0.50, 0.51], source-language 0.01 [0.00, 0.01])") in text
     assert "the latent-English pattern" in text
 
 

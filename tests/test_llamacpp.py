@@ -571,3 +571,31 @@ def test_the_patchscope_lens_on_llamacpp_writes_the_state_into_its_graph(tiny):
             assert got.shape == want.shape == rows.shape
             np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5 * float(want.abs().max()))
         assert float((ours(residuals[1, -1:], 1) - ours(residuals[1, -2:-1], 1)).abs().max()) > 1e-3  # the state matters
+
+
+def test_experiment_005_on_llamacpp_gives_the_hooks_backends_records(tiny):
+    """Experiment 005's run (three tasks, the logit and patchscope lenses) on llama.cpp: every
+    record within float32 rounding of the same run on the forward-hooks backend, ranks within
+    one (two tokens whose log-probabilities tie within that rounding may come in either order)."""
+    from workflow.config.settings import LensSettings, PatchscopeSettings
+    from workflow.experiments.exp005.run import WordsSettings, run_words
+    from workflow.lens.session import LensSession
+
+    hooks, _, _ = tiny
+    engine = backend_model("f32", FLOAT32)
+    settings = WordsSettings.from_config({"tasks": [{"kind": "translation", "source": "fr", "target": "de"},
+                                                    {"kind": "repetition", "target": "fr"}, {"kind": "cloze", "target": "de"}],
+                                          "max_words": 2, "demonstrations": 1})
+    runs = {name: run_words(LensSession(model, LensSettings(positions="last"), patchscope=PatchscopeSettings()), settings)
+            for name, model in (("hooks", hooks), ("llamacpp", engine))}
+    (part, ours), (their_part, theirs) = runs["llamacpp"], runs["hooks"]
+    assert part["tasks"] == their_part["tasks"] and part["lenses"] == ["logit", "patchscope"]
+    assert len(ours) == len(theirs) == 6 * 2 * (hooks.n_layers + 1)
+    for a, b in zip(ours, theirs):
+        assert (a["task"], a["concept"], a["lens"], a["layer"]) == (b["task"], b["concept"], b["lens"], b["layer"])
+        for role in ("target", "english", "source"):
+            if b[f"{role}_prob"] == "":
+                assert a[f"{role}_prob"] == ""
+                continue
+            assert a[f"{role}_prob"] == pytest.approx(b[f"{role}_prob"], abs=1e-6, rel=1e-4), (a, b)
+            assert abs(a[f"{role}_rank"] - b[f"{role}_rank"]) <= 1, (a, b)

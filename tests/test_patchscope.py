@@ -87,3 +87,64 @@ def test_the_patchscope_reads_the_subject_where_the_logit_lens_reads_noise(smoll
     # Seen: layers 1 to 17 of 30 through the patchscope, none through the logit lens.
     assert set(range(1, 11)) <= set(found), [model.tokenizer.decode([int(t)]) for t in patchscope_top]
     assert not any(lens_top[l] == germany[0] for l in range(model.n_layers + 1))
+
+
+def test_experiment_001_reads_the_patchscope_as_a_third_lens(smollm2):
+    """``read_probes`` with the patchscope's settings: its records at every layer and position
+    are the hooked forward's, and the probe's JSON says where it reads the answer."""
+    from workflow.config.settings import LensSettings, PatchscopeSettings
+    from workflow.lens.run import read_probes
+
+    model = smollm2
+    probe = {"id": "germany", "prompt": SOURCE, "answer": " Berlin"}
+    readings = read_probes(model, [probe], LensSettings(positions="all", top_k=3), patchscope=PatchscopeSettings())
+    rows = [r for r in readings.rows if r["lens"] == "patchscope"]
+    source = model.tokenizer(SOURCE, add_special_tokens=True)["input_ids"]
+    assert len(rows) == (model.n_layers + 1) * len(source)
+    inspection = model.tokenizer(INSPECTION_PROMPT, add_special_tokens=True)["input_ids"]
+    residuals, _ = model.backend.capture(source, "all")
+    berlin = model.tokenizer(" Berlin", add_special_tokens=False)["input_ids"][0]
+    by_cell = {(r["layer"], r["position"]): r for r in rows}
+    for layer, position in ((0, 1), (9, len(source) - 1), (20, 2), (model.n_layers, len(source) - 1)):
+        probs = torch.softmax(hooked_patchscope(model, inspection, residuals[layer, position], layer, -1), -1)
+        row = by_cell[layer, position]
+        assert row["answer_prob"] == pytest.approx(float(probs[berlin]), abs=1e-6, rel=1e-3)
+        assert row["topk_tokens"][0] == model.tokenizer.decode([int(probs.argmax())])
+    # At the last layer nothing runs after the write at the last token: the logit lens's own row.
+    logit = {(r["layer"], r["position"]): r for r in readings.rows if r["lens"] == "logit"}
+    last = (model.n_layers, len(source) - 1)
+    assert by_cell[last]["answer_prob"] == pytest.approx(logit[last]["answer_prob"], rel=1e-5)
+    summary = readings.probes[0]
+    assert set(summary["patchscope"]) == {"first_top1_layer", "stable_top1_layer"}
+    tops = [r["top1_token"] == " Berlin" for r in sorted(rows, key=lambda r: r["layer"]) if r["position"] == len(source) - 1]
+    assert summary["patchscope"]["first_top1_layer"] == (tops.index(True) if any(tops) else None)
+
+
+def test_the_pipeline_runs_001_with_the_patchscope_lens(default_run, tmp_path):
+    """lenses: [logit, patchscope]: the dry run says why run_lens runs again, its records and
+    JSON hold the third lens, it has its heatmaps, and the evaluation reads it."""
+    import json
+
+    import yaml
+
+    from pipeline import private_copy, said, snakemake, write_config
+    from workflow.lens.records import read_records
+
+    workdir = private_copy(default_run, tmp_path / "wd")
+    config = yaml.safe_load((workdir / "config" / "config.yaml").read_text())
+    write_config(workdir, {**config, "lenses": ["logit", "patchscope"]})
+    plan = snakemake(workdir, "-n", "results/001/evaluation-tiny-llama.md")
+    assert plan.returncode == 0, said(plan)
+    assert 'run_lens tiny-llama: lenses ["logit"] -> ["logit", "patchscope"]' in said(plan)
+    run = snakemake(workdir, "--cores", "2", "results/001/evaluation-tiny-llama.md")
+    assert run.returncode == 0, said(run)
+    results = workdir / "results" / "001"
+    summary = json.loads((results / "output-tiny-llama.json").read_text())
+    assert summary["lenses"] == ["logit", "patchscope"] and summary["patchscope"]["position"] == -1
+    assert all("patchscope" in p for p in summary["probes"])
+    records = read_records(results / "output-tiny-llama-records.csv")
+    assert (records["lens"] == "patchscope").sum() == (records["lens"] == "logit").sum() > 0
+    probe = summary["probes"][0]["id"]
+    assert (results / "plots" / "tiny-llama" / f"patchscope-heatmap-{probe}.png").stat().st_size > 0
+    evaluation = (results / "evaluation-tiny-llama.md").read_text()
+    assert "the patchscope lens never reads it as top-1" in evaluation or "through the patchscope lens" in evaluation

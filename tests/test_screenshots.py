@@ -48,12 +48,14 @@ def explorer_page(experiment: str, model: str) -> str:
     records = page.read(str(records_path), str(summary_path), summary)
     if experiment == "001":
         return render(page.data(summary, records, ["capital-germany", "capital-france"]))
+    if experiment == "005":
+        return render(page.data(summary, records, None))
     summary = {**summary, "pairs": summary["pairs"][:2]}
     return render(page.data(summary, records[records["pair"].isin([p["id"] for p in summary["pairs"]])], None))
 
 
 @pytest.mark.parametrize("experiment, model, unit", [("001", MODEL, LAYER_LABEL), ("002", "smollm2-135m-instruct", LAYER_LABEL),
-                                                     ("004", MODEL, BLOCK_LABEL)])
+                                                     ("004", MODEL, BLOCK_LABEL), ("005", MODEL, LAYER_LABEL)])
 def test_the_explorers_first_screen(browser, tmp_path, experiment, model, unit):
     """One page of each kind: the grid, the chosen cell's details and which numbering the rows
     use, all on the first screen, nothing cut off."""
@@ -68,7 +70,7 @@ def test_the_explorers_first_screen(browser, tmp_path, experiment, model, unit):
         assert on_first_screen(browser, element), element.text
     assert browser.execute_script("return arguments[0].getBoundingClientRect().top", grid) < 1000 / 2
     word = unit.split(" ")[0]
-    assert browser.find_element("css selector", "#grid th.corner").text == f"{word} \\ position"
+    assert browser.find_element("css selector", "#grid th.corner").text == f"{word} \\ {'concept' if experiment == '005' else 'position'}"
     assert browser.find_element("css selector", "#details h2").text.startswith(f"{word} ")
     assert overflowing(browser) == []
     assert console_errors(browser) == []

@@ -7,6 +7,29 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+# The patchscope lens's inspection prompt (Ghandeharioun et al. 2024; nnterp's default): the
+# state is written at the placeholder "?", its last token, and the next token read there.
+PATCHSCOPE_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
+
+
+@dataclass(frozen=True)
+class PatchscopeSettings:
+    """Config key ``patchscope``: the inspection prompt, the token of it the state is written
+    into (negative: from the end) and the layer it is written at (None: the layer it was read
+    at)."""
+
+    prompt: str = PATCHSCOPE_PROMPT
+    position: int = -1
+    target_layer: int | None = None
+
+    @classmethod
+    def from_config(cls, patchscope: dict[str, Any]) -> PatchscopeSettings:
+        return cls(**{k: patchscope[k] for k in cls.__dataclass_fields__ if k in patchscope})
+
+    def recorded(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "position": self.position, "target_layer": self.target_layer}
+
+
 # The default cap on the lens's logits buffers, in MiB (config lens.working_memory_mb).
 WORKING_MEMORY_MB = 128
 # positions: auto records every position of a probe set up to this size, the last beyond.

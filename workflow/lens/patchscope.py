@@ -22,15 +22,31 @@ from typing import Any
 
 import torch
 
+from workflow.base.errors import UserError
+
+from workflow.config.settings import PATCHSCOPE_PROMPT, PatchscopeSettings
 from workflow.model.backends import Patches
 
 # The inspection prompt of the patchscope lens: repetitions teach "say the word again"; the
 # state is written at the placeholder "?" (its last token) and the next token read there.
-INSPECTION_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
+INSPECTION_PROMPT = PATCHSCOPE_PROMPT
 PLACEHOLDER = -1
 # The token-identity variant: the state written at the "?" before the arrow (-2), the token
 # after the arrow read: what token the state stands for.
 IDENTITY_PROMPT = INSPECTION_PROMPT + " ->"
+
+
+def patchscope_translator(model: Any, settings: PatchscopeSettings) -> PatchscopeTranslator:
+    """The translator of a loaded model (``workflow.model.load.LoadedModel``) for ``settings``:
+    its inspection prompt tokenised by the model's tokenizer."""
+    ids = model.tokenizer(settings.prompt, add_special_tokens=True)["input_ids"]
+    if not -len(ids) <= settings.position < len(ids):
+        raise UserError(f"config key patchscope.position: {settings.position} is not a token of the inspection prompt "
+                        f"{settings.prompt!r} ({len(ids)} tokens for model {model.key!r})")
+    if settings.target_layer is not None and settings.target_layer > model.n_layers:
+        raise UserError(f"config key patchscope.target_layer: {settings.target_layer} is past model {model.key!r}'s "
+                        f"{model.n_layers} layers")
+    return PatchscopeTranslator(model.backend, ids, settings.position, settings.target_layer)
 
 
 class PatchscopeTranslator:

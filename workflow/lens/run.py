@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from workflow.config.settings import PatchscopeSettings
 from workflow.model.backends import canonical_length
 from workflow.lens.readout import rows_padded
 from workflow.lens.session import (
@@ -117,11 +118,9 @@ class ProbeReading:
             "answer_token_ids": self.item.answer_ids,
             "first_top1_layer": first,
             "stable_top1_layer": stable,
-            **(
-                {"tuned": dict(zip(("first_top1_layer", "stable_top1_layer"), self.top1_layers("tuned")))}
-                if "tuned" in self.last_top1
-                else {}
-            ),
+            # Every other lens's own (the tuned lens's, the patchscope's), under its name.
+            **{lens: dict(zip(("first_top1_layer", "stable_top1_layer"), self.top1_layers(lens)))
+               for lens in self.last_top1 if lens != "logit"},
             "identity_check": recorded_deviation(self.deviation),
             "warnings": self.item.warnings(tokenizer),
         }
@@ -219,11 +218,13 @@ class LensReadings:
     identity_check: dict[str, float]
 
 
+# more than 6 parameters: the model, its probes and each lens's settings
 def read_probes(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings = LensSettings(), tuned=None,
-                batch_size: int = 32) -> LensReadings:
-    """The lens run alone: every probe read at every layer by the logit lens, and by the
-    tuned lens where its translators (``workflow.lens.tuned.TunedLens``) are given."""
-    session = LensSession(model, settings.for_probes(len(probes)), tuned)
+                batch_size: int = 32, patchscope: PatchscopeSettings | None = None) -> LensReadings:
+    """The lens run alone: every probe read at every layer by the logit lens, by the tuned
+    lens where its translators (``workflow.lens.tuned.TunedLens``) are given and by the
+    patchscope lens where its settings are."""
+    session = LensSession(model, settings.for_probes(len(probes)), tuned, patchscope)
     readings: dict[int, ProbeReading] = {}
     for batch in lens_batches(session, probes, batch_size):
         readings.update((r.item.index, r) for r in batch.readings)

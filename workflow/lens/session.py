@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import torch
 
 from workflow.base.errors import UserError
-from workflow.config.settings import LensSettings
+from workflow.config.settings import LensSettings, PatchscopeSettings
+from workflow.lens.patchscope import patchscope_translator
 from workflow.lens.readout import RowStats, lens_statistics, uses_kernel
 from workflow.lens.tuned import load
 from workflow.model.head import LensHead
@@ -226,12 +227,25 @@ class TunedLensReader(Lens):
         self.tuned = tuned
 
 
+class PatchscopeReader(Lens):
+    """Every layer's residual written into the patchscope's inspection prompt and decoded by
+    the model itself (``workflow.lens.patchscope.PatchscopeTranslator``), then the logit
+    lens's head on what comes out."""
+
+    name = "patchscope"
+
+    def __init__(self, head: LensHead, translator):
+        super().__init__(head)
+        self.tuned = translator
+
+
 class LensSession:
     """A lens run on one loaded model, as every experiment, generation and the chat hold it:
-    the settings, both heads (``heads``), the lenses (``lenses``: the logit lens, and the
-    tuned lens where its translators are given), the identity check and the token names."""
+    the settings, both heads (``heads``), the lenses (``lenses``: the logit lens, the tuned
+    lens where its translators are given, the patchscope lens where its settings are), the
+    identity check and the token names."""
 
-    def __init__(self, model: LoadedModel, settings: LensSettings, tuned=None):
+    def __init__(self, model: LoadedModel, settings: LensSettings, tuned=None, patchscope: PatchscopeSettings | None = None):
         self.model = model
         self.settings = settings
         self.heads = lens_heads(model, settings)
@@ -239,6 +253,9 @@ class LensSession:
         self.lenses: list[Lens] = [LogitLens(self.heads.lens)]
         if tuned is not None:
             self.lenses.append(TunedLensReader(self.heads.lens, tuned))
+        self.patchscope = None if patchscope is None else patchscope_translator(model, patchscope)
+        if self.patchscope is not None:
+            self.lenses.append(PatchscopeReader(self.heads.lens, self.patchscope))
         self.identity = IdentityCheck(model, settings)
         self.names = TokenNames(model.tokenizer)
 

@@ -80,7 +80,12 @@ def job_work(rule: str, config: dict[str, Any], probes: list[dict], pairs: list[
     layers = shape.layers + 1
     if rule == "run_lens":
         tokens = sum(prompt_tokens(p["prompt"]) for p in probes)
-        return Work(f"{len(probes)} probes", tokens, passes=math.ceil(len(probes) / 16), lens_rows=lenses * layers * tokens)
+        # The patchscope lens runs the inspection prompt from every layer of every position on
+        # (half the blocks on average).
+        patchscope = ("patchscope" in config.get("lenses", []))
+        inspection = prompt_tokens(config.get("patchscope", {}).get("prompt", "")) if patchscope else 0
+        return Work(f"{len(probes)} probes", tokens + tokens * inspection * layers // 2, passes=math.ceil(len(probes) / 16),
+                    lens_rows=lenses * layers * tokens)
     if rule == "train_tuned_lens":
         tuned = config.get("tuned_lens", {})
         tokens = int(tuned.get("train_sequences", 48)) * int(tuned.get("seq_len", 128)) + int(tuned.get("heldout_positions", 256))
@@ -96,7 +101,7 @@ def job_work(rule: str, config: dict[str, Any], probes: list[dict], pairs: list[
     if rule == "run_words":
         words = config.get("words", {})
         prompts = len(words.get("tasks", [])) * int(words.get("max_words", 24))
-        inspection = prompt_tokens(words.get("patchscope", {}).get("prompt", ""))
+        inspection = prompt_tokens(config.get("patchscope", {}).get("prompt", ""))
         # A prompt: its demonstration lines and its own (about WORD_LINE_TOKENS each); the
         # patchscope runs the inspection prompt from every layer on (half the blocks on average).
         tokens = prompts * ((int(words.get("demonstrations", 3)) + 1) * WORD_LINE_TOKENS + inspection * layers // 2)

@@ -147,8 +147,9 @@
 
   function grid() {
     const s = sweep();
-    const head = el("tr", {}, [el("th", { class: "corner", title: D.unit_label, text: `${D.unit} \\ position` }),
-      ...s.positions.map((p, j) => el("th", { title: `position ${p}: ${JSON.stringify(positionToken(j))}`, text: short(positionToken(j), 12) }))]);
+    const columns = WORDS ? "concept" : "position";
+    const head = el("tr", {}, [el("th", { class: "corner", title: D.unit_label, text: `${D.unit} \\ ${columns}` }),
+      ...s.positions.map((p, j) => el("th", { title: `${columns} ${p}: ${JSON.stringify(positionToken(j))}`, text: short(positionToken(j), 12) }))]);
     const rows = [];
     for (let i = s.layers.length - 1; i >= 0; i--) {
       const tds = [el("th", { class: "layer", text: String(s.layers[i]) })];

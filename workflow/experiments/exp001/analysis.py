@@ -58,6 +58,8 @@ class ProbeFacts:
     # Where the tuned lens puts the answer at the last position (None without a tuned lens).
     tuned_first_top1_layer: int | None = None
     tuned_stable_top1_layer: int | None = None
+    # Per lens after the logit lens (tuned, patchscope): (first top-1 layer, stays from layer).
+    lens_layers: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
     relation: str | None = None
     n_answer_tokens: int = 1
     answer_logprob: float | None = None  # the whole answer, teacher-forced
@@ -156,6 +158,8 @@ def probe_facts(summary: dict[str, Any], rows: pd.DataFrame) -> ProbeFacts:
         warnings=list(summary.get("warnings", [])),
         tuned_first_top1_layer=(summary.get("tuned") or {}).get("first_top1_layer"),
         tuned_stable_top1_layer=(summary.get("tuned") or {}).get("stable_top1_layer"),
+        lens_layers={lens: (summary[lens]["first_top1_layer"], summary[lens]["stable_top1_layer"])
+                     for lens in ("tuned", "patchscope") if summary.get(lens)},
         relation=summary.get("relation"),
         n_answer_tokens=len(summary.get("answer_token_ids") or [summary["answer_token_id"]]),
         answer_logprob=summary.get("answer_logprob"),

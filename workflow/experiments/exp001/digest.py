@@ -106,7 +106,7 @@ def _layer_line(step: dict) -> str:
     )
 
 
-def _probe_block(probe: ProbeFacts, n_layers: int, stride: int, tuned: bool = False) -> str:
+def _probe_block(probe: ProbeFacts, n_layers: int, stride: int) -> str:
     head = (
         f"### probe {probe.id} ({probe.style})\n"
         f"prompt {probe.prompt!r} -> expected {probe.answer!r}; {probe.n_tokens} tokens\n"
@@ -114,11 +114,8 @@ def _probe_block(probe: ProbeFacts, n_layers: int, stride: int, tuned: bool = Fa
         f"{probe.final_answer_prob:.3g}, rank {rank_text(probe.final_answer_rank)}; answer first top-1 at layer "
         f"{probe.first_top1_layer}, stays top-1 from layer {probe.stable_top1_layer}"
     )
-    if tuned:
-        head += (
-            f"\ntuned lens: answer first top-1 at layer {probe.tuned_first_top1_layer}, stays top-1 from layer "
-            f"{probe.tuned_stable_top1_layer} (the table below is the logit lens)"
-        )
+    for lens, (first, stable) in probe.lens_layers.items():
+        head += f"\n{lens} lens: answer first top-1 at layer {first}, stays top-1 from layer {stable} (the table below is the logit lens)"
     if probe.reverse_of:
         head += f"\nreverse of probe {probe.reverse_of}"
     for warning in probe.warnings:
@@ -144,8 +141,7 @@ def model_digest(facts: ModelFacts, max_chars: int = DEFAULT_MAX_CHARS) -> str:
         + "\nmost frequent middle-layer top-1 tokens at the last position: "
         + ", ".join(f"{tok!r} x{n}" for tok, n in facts.middle_tokens)
     )
-    tuned = "tuned" in facts.lenses
     shown = facts.probes[:DETAIL_PROBES]
     if len(facts.probes) > len(shown):
         header += f"\nprobe by probe below: the first {len(shown)} of {len(facts.probes)} probes (the statistics above cover all)"
-    return fitted(header, lambda stride: [_probe_block(p, facts.n_layers, stride, tuned) for p in shown], facts.n_layers, max_chars)
+    return fitted(header, lambda stride: [_probe_block(p, facts.n_layers, stride) for p in shown], facts.n_layers, max_chars)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from workflow.base.errors import UserError
-from workflow.config.settings import LensSettings
+from workflow.config.settings import LensSettings, PatchscopeSettings
 from workflow.lens.job import OpenedTunedLens, Outputs, run_model_job
 from workflow.lens.readout import rows_padded
 from workflow.lens.run import LensBatch, ProbeReading, lens_batches
@@ -115,14 +115,17 @@ def calibration_bins(tempered: list[torch.Tensor], correct: list[torch.Tensor], 
     return table
 
 
-def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings, tuned=None, batch_size: int = 32):
+# more than 6 parameters: the model, its probes and each lens's settings
+def run_lens(model: LoadedModel, probes: list[dict[str, Any]], settings: LensSettings, tuned=None, batch_size: int = 32,
+             patchscope: PatchscopeSettings | None = None):
     """Experiment 001 on every probe: (summary for the JSON, list of record rows).
 
     The lens run is ``workflow.lens.run``'s (records, top-1 layers, identity check); 001
     adds, from the same residuals, the answer's scores at the last layer (``final_scores``)
     and, with ``tuned`` (a ``workflow.lens.tuned.TunedLens``), the tuned lens's calibration.
+    With ``patchscope`` the patchscope lens reads every layer too.
     """
-    session = LensSession(model, settings.for_probes(len(probes)), tuned)
+    session = LensSession(model, settings.for_probes(len(probes)), tuned, patchscope)
     results: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     calibration: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # tuned lens, per probe
     for batch in lens_batches(session, probes, batch_size):
@@ -204,12 +207,14 @@ def probe_summary(session: LensSession, reading: ProbeReading, scores, first: in
         "answer_logprob": float(scores["target_lp"][span].sum()),
         "answer_greedy": bool((scores["target_rank"][span] == 1).all()),
         "final_top1_prob_by_temperature": [math.exp(float(v)) for v in scores["tempered"][first]],
-        **{key: read[key] for key in ("first_top1_layer", "stable_top1_layer", "tuned", "identity_check", "warnings") if key in read},
+        **{key: read[key] for key in ("first_top1_layer", "stable_top1_layer", "tuned", "patchscope", "identity_check", "warnings")
+           if key in read},
     }
 
 
+# more than 6 parameters: the job's model, settings, probes and outputs, and each lens's
 def write_lens_outputs(model: ModelSpec, lens_settings: LensSettings, probes: list[dict[str, Any]], outputs: Outputs,
-                       tuned_dir: str | None = None, batch_size: int = 32) -> dict[str, Any]:
+                       tuned_dir: str | None = None, batch_size: int = 32, patchscope: PatchscopeSettings | None = None) -> dict[str, Any]:
     """Run every probe through the lens on ``model`` and write its JSON and records
     (together or not at all); returns the JSON document."""
     for probe in probes:
@@ -217,10 +222,11 @@ def write_lens_outputs(model: ModelSpec, lens_settings: LensSettings, probes: li
             raise UserError(f"probe {probe['id']!r}: the prompt is empty; give it some text (config key probes)")
 
     def run(loaded: LoadedModel, tuned: OpenedTunedLens | None):
-        summary, rows = run_lens(loaded, probes, lens_settings, tuned.lens if tuned else None, batch_size)
+        summary, rows = run_lens(loaded, probes, lens_settings, tuned.lens if tuned else None, batch_size, patchscope)
         return {
-            "lenses": ["logit", "tuned"] if tuned is not None else ["logit"],
+            "lenses": ["logit"] + (["tuned"] if tuned is not None else []) + (["patchscope"] if patchscope is not None else []),
             **({"tuned_lens": tuned.recorded("settings", "unembedding_sha256", "heldout")} if tuned else {}),
+            **({"patchscope": patchscope.recorded()} if patchscope is not None else {}),
             **summary,
         }, rows
 

@@ -129,22 +129,21 @@ ANSWER_RULE = (
 )
 
 
+def _layers(p: ProbeFacts, lens: str) -> tuple[int | None, int | None]:
+    """Where ``lens`` first reads the probe's answer as top-1, and from which layer it stays."""
+    return (p.first_top1_layer, p.stable_top1_layer) if lens == "logit" else p.lens_layers.get(lens, (None, None))
+
+
 def _stays(f: ModelFacts, probes: list[ProbeFacts], lens: str) -> list[int]:
-    return [
-        layer for p in probes
-        if (layer := (p.stable_top1_layer if lens == "logit" else p.tuned_stable_top1_layer)) is not None
-    ]
+    return [layer for p in probes if (layer := _layers(p, lens)[1]) is not None]
 
 
 def _firsts(probes: list[ProbeFacts], lens: str) -> list[int]:
-    return [
-        layer for p in probes
-        if (layer := (p.first_top1_layer if lens == "logit" else p.tuned_first_top1_layer)) is not None
-    ]
+    return [layer for p in probes if (layer := _layers(p, lens)[0]) is not None]
 
 
 def _lens_names(f: ModelFacts) -> list[str]:
-    return [lens for lens in ("logit", "tuned") if lens in f.lenses]
+    return [lens for lens in ("logit", "tuned", "patchscope") if lens in f.lenses]
 
 
 def _settles(f: ModelFacts) -> str:

@@ -205,7 +205,7 @@ def model_facts(summary: str | Path, records: str | Path) -> ModelFacts:
         lenses=lenses,
         scoring=words["scoring"],
         demonstrations=int(words["demonstrations"]),
-        patchscope=dict(words["patchscope"]),
+        patchscope=dict(document["patchscope"]),
         patchscope_layers=[int(layer) for layer in document["patchscope_layers"]],
         identity_max_prob_diff=float(document["identity_check"].get("max_abs_prob_diff", 0.0)),
         tasks=tasks,

@@ -40,9 +40,11 @@ def rule_text() -> str:
     return (
         f"Rule: a word (or the concept, its words' probabilities summed) is readable at a layer where the lower end of the "
         f"{LEVEL:.0%} bootstrap interval ({BOOTSTRAP_SAMPLES} resamples of concepts) of its mean probability is at least "
-        f"{READABLE:g}; English dominates where the English word's interval lies above the target word's; the concept is read "
-        f"before its word from its first readable layer up to the target word's; lenses disagree where their first "
-        f"target-readable layers differ by more than {DISAGREE:.0%} of the depth."
+        f"{READABLE:g}; the model does a task where its target word is readable at its own output (the logit lens at the "
+        f"last layer), and only the tasks it does are read for concepts; there the concept is read before its word from "
+        f"its first readable layer up to the target word's; English dominates where the English word is readable and its "
+        f"interval lies above the target word's; lenses disagree where their first target-readable layers differ by more "
+        f"than {DISAGREE:.0%} of the depth."
     )
 
 

@@ -19,12 +19,11 @@ from typing import Any
 import torch
 
 from workflow.base.errors import UserError
-from workflow.config.settings import LensSettings
+from workflow.config.settings import LensSettings, PatchscopeSettings
 from workflow.experiments.exp005.prompts import CLOZE, KINDS, Task, load_cloze, prompt
 from workflow.experiments.exp005.records import RECORD_COLUMNS, ROLES
 from workflow.experiments.exp005.words import WORDS, kept_words, load_words
 from workflow.lens.job import OpenedTunedLens, Outputs, run_model_job
-from workflow.lens.patchscope import PatchscopeTranslator
 from workflow.lens.readout import rows_padded
 from workflow.lens.session import LensSession, check_context, check_finite
 from workflow.model.backends import FORWARD_ROWS, canonical_length
@@ -41,21 +40,14 @@ class WordsSettings:
     scoring: str = "first"
     max_words: int = 24
     demonstrations: int = 3
-    patchscope_prompt: str = ""
-    patchscope_position: int = -1
-    patchscope_target_layer: int | None = None
 
     @classmethod
     def from_config(cls, words: dict[str, Any]) -> WordsSettings:
-        patchscope = words.get("patchscope", {})
         return cls(
             tasks=tuple(Task.of(entry) for entry in words["tasks"]),
             scoring=words.get("scoring", "first"),
             max_words=int(words.get("max_words", 24)),
             demonstrations=int(words.get("demonstrations", 3)),
-            patchscope_prompt=patchscope["prompt"],
-            patchscope_position=int(patchscope.get("position", -1)),
-            patchscope_target_layer=patchscope.get("target_layer"),
         )
 
     def recorded(self) -> dict[str, Any]:
@@ -64,8 +56,6 @@ class WordsSettings:
             "scoring": self.scoring,
             "max_words": self.max_words,
             "demonstrations": self.demonstrations,
-            "patchscope": {"prompt": self.patchscope_prompt, "position": self.patchscope_position,
-                           "target_layer": self.patchscope_target_layer},
         }
 
 
@@ -170,13 +160,13 @@ def run_words(session: LensSession, settings: WordsSettings, batch_size: int = 3
     """Every task's prompts read at every layer by every lens; (the JSON's part, records)."""
     model = session.model
     items, tasks = task_items(model, settings, word_files)
-    inspection = [int(t) for t in model.tokenizer(settings.patchscope_prompt, add_special_tokens=True)["input_ids"]]
-    patchscope = PatchscopeTranslator(model.backend, inspection, settings.patchscope_position, settings.patchscope_target_layer)
-    lenses = [(lens.name, lens.tuned) for lens in session.lenses] + [("patchscope", patchscope)]
+    if session.patchscope is None:
+        raise ValueError("experiment 005 reads the patchscope lens: give the session its settings")
+    lenses = [(lens.name, lens.tuned) for lens in session.lenses]
     n_layers = model.n_layers
     # A patchscope written before the position it reads sees nothing of the source where no
     # block runs after the write (the last layer, target layer None): no record there.
-    patchscope_layers = [layer for layer in range(n_layers + 1) if patchscope.reads(layer)]
+    patchscope_layers = [layer for layer in range(n_layers + 1) if session.patchscope.reads(layer)]
     last = last_residuals(session, items, batch_size)  # [L+1, N, d]
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -198,18 +188,20 @@ def run_words(session: LensSession, settings: WordsSettings, batch_size: int = 3
 # more than 6 parameters: the job's model, settings and outputs, and the files it reads
 def write_words_outputs(model: ModelSpec, lens_settings: LensSettings, words: dict[str, Any], outputs: Outputs,
                         tuned_dir: str | None = None, batch_size: int = 32,
-                        word_files: tuple[str, str] = (str(WORDS), str(CLOZE))) -> dict[str, Any]:
+                        word_files: tuple[str, str] = (str(WORDS), str(CLOZE)),
+                        patchscope: PatchscopeSettings = PatchscopeSettings()) -> dict[str, Any]:
     """Experiment 005 on ``model``: the JSON and records written together."""
     settings = WordsSettings.from_config(words)
     lens = replace(lens_settings, positions="last")
 
     def run(loaded: LoadedModel, tuned: OpenedTunedLens | None):
-        session = LensSession(loaded, lens, tuned.lens if tuned else None)
+        session = LensSession(loaded, lens, tuned.lens if tuned else None, patchscope)
         part, rows = run_words(session, settings, batch_size, word_files)
         return {
             **({"tuned_lens": tuned.recorded("unembedding_sha256")} if tuned else {}),
             "lens": lens.recorded(),
             "words": {**settings.recorded(), "files": [Path(path).name for path in word_files], "kinds": list(KINDS)},
+            "patchscope": patchscope.recorded(),
             **part,
         }, rows
 

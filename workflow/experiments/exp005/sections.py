@@ -21,10 +21,7 @@ def _readings(f: ModelFacts) -> list[tuple[TaskFacts, str]]:
 
 
 def output_text(task: TaskFacts) -> str:
-    if task.output is None:
-        return "no concept kept"
-    mean, low, high = task.output
-    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+    return "no concept kept" if task.output is None else interval_text(task.output)
 
 
 def _not_done(f: ModelFacts) -> str:
@@ -51,14 +48,23 @@ ROLE_NAMES = {"target": "target-language", "english": "English", "source": "sour
 
 
 def carrier_text(r) -> str:
-    """Which of the concept's words the lens reads in the layers before the target word: the
-    mean probability of each there."""
+    """Which of the concept's words the lens reads in the layers before the target word (the
+    mean probability of each over those layers), and each word's mean with its interval at
+    the layer where the concept is likeliest among them."""
     layers = r.before_word()
     means = {role: sum(curve.at(layer)[0] for layer in layers) / len(layers)
              for role, curve in r.curves.items() if role != "concept"}
     first = max(means, key=lambda role: (means[role], role))
-    return (f"mostly its {ROLE_NAMES[first]} word there (mean probability "
-            + ", ".join(f"{ROLE_NAMES[role]} {mean:.2f}" for role, mean in means.items()) + ")")
+    peak = max(layers, key=lambda layer: (r.curves["concept"].at(layer)[0], -layer))
+    at_peak = ", ".join(f"{ROLE_NAMES[role]} {interval_text(r.curves[role].at(peak))}" for role in means)
+    return (f"mostly its {ROLE_NAMES[first]} word there (mean probability over those layers "
+            + ", ".join(f"{ROLE_NAMES[role]} {mean:.2f}" for role, mean in means.items())
+            + f"; at layer {peak}, where the concept is likeliest: {at_peak})")
+
+
+def interval_text(value: tuple[float, float, float]) -> str:
+    mean, low, high = value
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def answer(f: ModelFacts) -> str:
