@@ -51,7 +51,7 @@ def measure(model_key: str, max_words: int) -> dict:
     t0 = time.perf_counter()
     last = last_residuals(session, items, 32)
     t1 = time.perf_counter()
-    times = {"load": loaded - started, "model": t1 - t0}
+    times = {"load": loaded - started, "passes": t1 - t0}
     for name, translator in (("logit", None), ("patchscope", patchscope)):
         t = time.perf_counter()
         for start in range(0, len(items), FORWARD_ROWS):
@@ -82,8 +82,8 @@ def main() -> None:
     print("| model | backend | prompts | layers | load (s) | model passes (s) | logit lens (s) | patchscope lens (s) | total without tuned (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        total = r["load"] + r["model"] + r["logit"] + r["patchscope"]
-        print(f"| {r['model']} | {r['backend']} | {r['prompts']} | {r['layers']} | {r['load']:.1f} | {r['model']:.1f} | "
+        total = r["load"] + r["passes"] + r["logit"] + r["patchscope"]
+        print(f"| {r['model']} | {r['backend']} | {r['prompts']} | {r['layers']} | {r['load']:.1f} | {r['passes']:.1f} | "
               f"{r['logit']:.1f} | {r['patchscope']:.1f} | {total:.1f} |")
 
 

@@ -168,17 +168,17 @@ def test_one_models_dtype_plans_that_models_jobs(clone):
 
 def test_a_models_experiments_list_plans_only_the_comparisons_that_no_longer_read_it(clone):
     """SmolLM2 with ``experiments: ["001", "003"]``: none of its jobs is planned (its results
-    of 001 and 003 are current: the list is no run param); experiments 002 and 004 compare
-    Gemma alone, so only their cross-model figures and evaluations run again. A file of
-    002 asked for SmolLM2 is refused, naming the key."""
+    of 001 and 003 are current: the list is no run param); experiments 002, 004 and 005
+    compare Gemma alone, so only their cross-model figures and evaluations run again. A file
+    of 002 asked for SmolLM2 is refused, naming the key."""
     edit_config(clone, lambda c: c["models"]["smollm2-135m-instruct"].update(experiments=["001", "003"]))
     result = dry_run(clone)
     planned = jobs(result)
     assert {model for _, model in planned} <= {None, "cross-model", "meta"}, planned
-    assert {rule for rule, _ in planned} == {"plot_patching_cross", "plot_components_cross", "evaluate_cross",
+    assert {rule for rule, _ in planned} == {"plot_patching_cross", "plot_components_cross", "plot_words_cross", "evaluate_cross",
                                              "evaluate_meta", "evaluation_page"}, planned
     assert "no longer reads results/002/output-smollm2-135m-instruct.json" in said(result)
-    assert by_rule(result)["evaluate_cross"] == 2  # 002's and 004's
+    assert by_rule(result)["evaluate_cross"] == 3  # 002's, 004's and 005's
     refused = snakemake(clone, "-n", "results/002/output-smollm2-135m-instruct.json")
     assert refused.returncode != 0
     planning_error(refused, "models.smollm2-135m-instruct.experiments", "lists 001, 003", 'add "002"')

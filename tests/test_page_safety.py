@@ -211,7 +211,9 @@ def test_the_offline_analysts_text_forms_no_markup(exp, tmp_path):
         assert _structure(hostile) == _structure(pages["benign", stage]), stage
         assert "<img" not in hostile and "<a " not in hostile and "not shown" not in hostile
     written = "".join(html.unescape(pages["hostile", stage]) for stage in ("single-model", "cross-model"))
-    assert "![e](/proc/self/environ)" in written
+    # 005's evaluations quote no free text (its tasks are the schema's enums, its words are not
+    # quoted); its model keys, which carry markup here, are in the structure compared above.
+    assert ("![e](/proc/self/environ)" in written) == (exp != "005")
 
 
 def test_escaped_text_is_itself_wherever_it_stands():

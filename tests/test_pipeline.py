@@ -73,18 +73,22 @@ def test_report_is_self_contained_grouped_and_captioned(finished):
     assert "Layer-by-layer lens experiments: overview" in html and "003, generation" in html
     assert "javascript:app.showResultInfo('results/001/plots/answer-by-layer.png')" in html
     assert "<strong>tiny-llama</strong>" in html and "<strong>tiny-gemma3</strong>" in html
-    # Experiments 001 and 003 (002 has no pairs in this config).
+    # Experiments 001, 003 and 005 (002 and 004 have no pairs in this config).
+    run = ("001", "003", "005")
+    tasks = ["translation-fr-de", "cloze-de"]  # conftest's tiny_config
     for model in ("tiny-llama", "tiny-gemma3"):
         assert sorted(categories[model]["Heatmaps"]) == sorted(f"results/001/plots/{model}/{h}" for h in heatmaps)
         assert sorted(categories[model]["Generation"]) == sorted(f"results/003/plots/{model}/generation-{p['id']}.png" for p in PROBES)
-        assert sorted(categories[model]["Evaluation"]) == [f"results/{e}/html/evaluation-{model}.html" for e in ("001", "003")]
+        assert sorted(categories[model]["Words or concepts"]) == sorted(f"results/005/plots/{model}/words-{t}.png" for t in tasks)
+        assert sorted(categories[model]["Evaluation"]) == [f"results/{e}/html/evaluation-{model}.html" for e in run]
         assert categories[model]["Statistics"] == [f"results/001/plots/{model}/statistics.png"]
-        assert sorted(categories[model]["Explorer"]) == [f"results/{e}/html/explorer-{model}.html" for e in ("001", "003")]
+        assert sorted(categories[model]["Explorer"]) == [f"results/{e}/html/explorer-{model}.html" for e in run]
     assert {k: sorted(v) for k, v in categories["Cross-model"].items()} == {
-        "Figures": ["results/001/plots/cross-model-trajectories.png", "results/003/plots/cross-model-settling.png"],
-        "Evaluation": [f"results/{e}/html/evaluation-cross-model.html" for e in ("001", "003")],
+        "Figures": ["results/001/plots/cross-model-trajectories.png", "results/003/plots/cross-model-settling.png",
+                    "results/005/plots/cross-model-words.png"],
+        "Evaluation": [f"results/{e}/html/evaluation-cross-model.html" for e in run],
     }
-    assert sorted(categories["Method"]["Evaluation"]) == [f"results/{e}/html/evaluation-meta.html" for e in ("001", "003")]
+    assert sorted(categories["Method"]["Evaluation"]) == [f"results/{e}/html/evaluation-meta.html" for e in run]
     results = report_data(html, "results")
     for path, entry in results.items():
         assert entry["caption"].strip(), f"{path} has no caption"

@@ -22,6 +22,9 @@ CROSS_AND_META = {("evaluate_cross", None), ("evaluate_meta", None), ("evaluatio
 # The explorer pages (rule explorer, one per experiment and model) follow the records they show.
 EXPLORERS = {("explorer", m) for m in MODELS}
 PLOTS = {("plot_heatmaps", m) for m in MODELS} | {("plot_statistics", m) for m in MODELS} | {("plot_cross", None)} | EXPLORERS
+# Experiment 005 reads its own prompts with the lens code and each model's weights: its jobs
+# follow the lens's code and a model's settings, not the probes.
+WORDS = {("run_words", m) for m in MODELS} | {("plot_words", m) for m in MODELS} | {("plot_words_cross", None)}
 # Experiment 003 decodes generated tokens with the same lens settings: its jobs follow the lens's.
 GENERATION = {("run_generation", m) for m in MODELS} | {("plot_generation", m) for m in MODELS} | {("plot_generation_cross", None)}
 
@@ -219,12 +222,15 @@ def test_new_model_plans_only_its_chain_plus_cross_and_meta(workdir, tiny_dirs):
         ("run_generation", "tiny-extra"),
         ("plot_generation", "tiny-extra"),
         ("plot_generation_cross", None),
+        ("run_words", "tiny-extra"),
+        ("plot_words", "tiny-extra"),
+        ("plot_words_cross", None),
     } | CROSS_AND_META)
 
 
 def test_removed_model_plans_cross_and_meta_only(workdir):
     edit_config(workdir, lambda c: c["models"].pop("tiny-gemma3"))
-    assert_plan(workdir, {("plot_cross", None), ("plot_generation_cross", None)} | CROSS_AND_META)
+    assert_plan(workdir, {("plot_cross", None), ("plot_generation_cross", None), ("plot_words_cross", None)} | CROSS_AND_META)
 
 
 def test_comments_docstrings_and_formatting_plan_nothing(workdir):
@@ -241,8 +247,9 @@ def test_comments_docstrings_and_formatting_plan_nothing(workdir):
 def test_lens_code_edit_plans_the_jobs_whose_code_imports_it(workdir):
     with open(workdir / "workflow" / "lens" / "readout.py", "a") as fh:
         fh.write("\nEDITED = 1\n")
-    # The lens and generation (the same lens); not the preparation, which does not import it.
-    assert_stale(workdir, "code changed: workflow/lens/readout.py", LENS | PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META | PLOTS | GENERATION)
+    # The lens, generation and 005 (the same lens code); not the preparation, which does not import it.
+    assert_stale(workdir, "code changed: workflow/lens/readout.py",
+                 LENS | PER_MODEL_EVALS | MODEL_PAGES | CROSS_AND_META | PLOTS | GENERATION | WORDS)
 
 
 def test_plotting_code_edit_plans_the_plots_and_what_shows_them(workdir):
@@ -265,6 +272,7 @@ def test_one_models_dtype_plans_that_models_jobs_only(workdir):
         ("run_lens", "tiny-gguf"), ("plot_heatmaps", "tiny-gguf"), ("plot_statistics", "tiny-gguf"), ("explorer", "tiny-gguf"),
         ("evaluate_model", "tiny-gguf"), ("evaluation_page", "tiny-gguf"), ("plot_cross", None),
         ("run_generation", "tiny-gguf"), ("plot_generation", "tiny-gguf"), ("plot_generation_cross", None),
+        ("run_words", "tiny-gguf"), ("plot_words", "tiny-gguf"), ("plot_words_cross", None),
     } | CROSS_AND_META)
 
 

@@ -29,6 +29,7 @@ HOW = {
     "snakemake --cores 1 results/002/evaluation-cross-model.md": RUN,
     "snakemake --cores 1 results/003/evaluation-cross-model.md": RUN,
     "snakemake --cores 1 results/004/evaluation-cross-model.md": RUN,
+    "snakemake --cores 1 results/005/evaluation-cross-model.md": RUN,
     "snakemake --cores 1": RUN,
     "snakemake --cores 8": RUN,
     "snakemake -n": RUN,

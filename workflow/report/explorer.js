@@ -149,7 +149,7 @@
     const s = sweep();
     const columns = WORDS ? "concept" : "position";
     const head = el("tr", {}, [el("th", { class: "corner", title: D.unit_label, text: `${D.unit} \\ ${columns}` }),
-      ...s.positions.map((p, j) => el("th", { title: `${columns} ${p}: ${JSON.stringify(positionToken(j))}`, text: short(positionToken(j), 12) }))]);
+      ...s.positions.map((p, j) => el("th", { title: `${columns} ${p}: ${JSON.stringify(positionToken(j))}`, text: short(positionToken(j), WORDS ? 6 : 12) }))]);
     const rows = [];
     for (let i = s.layers.length - 1; i >= 0; i--) {
       const tds = [el("th", { class: "layer", text: String(s.layers[i]) })];
@@ -157,7 +157,7 @@
         const c = cell(i, j);
         let text, colour, dark;
         if (WORDS) {
-          text = c[WORD.top1] === null ? "\u2013" : short(T[c[WORD.top1]], 10); colour = viridis(c[WORD.target_prob]);
+          text = c[WORD.top1] === null ? "\u2013" : short(T[c[WORD.top1]], 5); colour = viridis(c[WORD.target_prob]);
           dark = c[WORD.target_prob] !== null && c[WORD.target_prob] > 0.55;
         } else if (LENS) {
           text = short(T[c[0]], 10); colour = viridis(c[1]); dark = c[1] !== null && c[1] > 0.55;
@@ -174,7 +174,8 @@
       }
       rows.push(el("tr", {}, tds));
     }
-    const table = el("table", { id: "grid" }, [el("thead", {}, [head]), el("tbody", {}, rows)]);
+    // Experiment 005's tasks hold dozens of concepts: narrower columns, so a task fits the screen.
+    const table = el("table", { id: "grid", class: WORDS ? "compact" : null }, [el("thead", {}, [head]), el("tbody", {}, rows)]);
     table.addEventListener("mouseover", (e) => {
       const td = e.target.closest("td.cell");
       if (!td || state.pinned) return;
