@@ -104,7 +104,7 @@ def test_the_logit_lens_records_are_an_independent_lens_on_each_prompt(smollm2, 
     logit = [r for r in rows if r["lens"] == "logit"]
     assert len(logit) == 9 * (model.n_layers + 1)
     for task in part["tasks"]:
-        for p in task["prompts"][:2]:
+        for p in task["prompts"][:1]:  # plain transformers loads the model for each prompt
             layers, _, ids = reference_layers(folder, p["prompt"])
             assert ids == model.tokenizer(p["prompt"])["input_ids"]
             logprobs = torch.log_softmax(layers[:, -1], -1)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import tiny_config
-from pipeline import finished_run, planned_jobs, said, snakemake
+from pipeline import planned_jobs, private_copy, said, snakemake, write_config
 
 from pipeline import REPO
 
@@ -30,15 +30,20 @@ GENERATION = {("run_generation", m) for m in MODELS} | {("plot_generation", m) f
 
 
 @pytest.fixture(scope="module")
-def built(tiny_dirs, tmp_path_factory):
-    """The tiny models, one of them also as a GGUF file (so prepare_model runs)."""
+def built(default_run, tiny_dirs, tmp_path_factory):
+    """The tiny models, one of them also as a GGUF file (so prepare_model runs): the session's
+    finished run of the two (conftest's ``default_run``) with the GGUF model added and run."""
     from gguf_writer import write_gguf
 
     root = tmp_path_factory.mktemp("provenance")
     config = tiny_config(tiny_dirs)
     gguf = write_gguf(tiny_dirs["llama"], root / "tiny-llama.gguf", "llama")
     config["models"]["tiny-gguf"] = {"source": "gguf", "path": str(gguf), "description": "the tiny Llama as GGUF"}
-    return finished_run(root / "wd", config)
+    workdir = private_copy(default_run, root / "wd")
+    write_config(workdir, config)
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, said(result)[-4000:]
+    return workdir
 
 
 @pytest.fixture(scope="module")
