@@ -147,6 +147,7 @@ def test_a_concepts_records_do_not_depend_on_which_other_concepts_are_kept(smoll
 
 def write_outputs(tmp_path, curves: dict[str, dict[str, np.ndarray]], n_layers: int = 4, kind: str = "translation"):
     """A JSON and records of one task written by hand: ``curves[lens][role]`` [concepts, layers]."""
+    tmp_path.mkdir(exist_ok=True)
     roles = ["target", "english"] + (["source"] if kind == "translation" else [])
     n = next(iter(next(iter(curves.values())).values())).shape[0]
     prompts = [{"concept": f"c{i}", "token_ids": {role: 10 * i + k for k, role in enumerate(roles)}} for i in range(n)]
@@ -188,6 +189,11 @@ def test_the_rule_finds_the_concept_before_its_word_with_english_leading(tmp_pat
     assert reading.curves["target"].mean == pytest.approx(list(values.mean(0)))
     assert task.done and reading.word_layer == 4 and reading.concept_layer == 2
     assert reading.before_word() == [2, 3] and reading.english_dominant() == [2, 3]
+    # Through a lens that never reads the target word, the concept is before it to the output.
+    never = write_outputs(tmp_path / "never", {"logit": {"target": target, "english": english, "source": noise},
+                                               "tuned": {"target": noise, "english": english, "source": noise}})
+    assert never.tasks[0].readings["tuned"].word_layer is None and never.tasks[0].readings["tuned"].before_word() == [2, 3, 4]
+    assert "translation-fr-de through the tuned lens at layers 2-4 of 4 (this lens never reads the target word)" in answer(never)
     text = answer(facts)
     assert ("translation-fr-de through the logit lens at layers 2-3 of 4 (target word from layer 4), English dominating at 2 layers "
             "of them, mostly its English word there (mean probability over those layers target-language 0.02, English 0.45, "
@@ -203,7 +209,7 @@ def test_a_task_the_model_does_not_do_is_not_read_as_a_latent_concept(tmp_path):
     english = np.array([0.0, 0.0, 0.3, 0.5, 0.7]) + noise
     facts = write_outputs(tmp_path, {"logit": {"target": target, "english": english, "source": noise}})
     task = facts.tasks[0]
-    assert not task.done and task.readings["logit"].before_word() == []
+    assert not task.done and task.readings["logit"].before_word() == [2, 3, 4]  # the lens's; the task does not count
     text = answer(facts)
     assert "in 0 of 0 task-and-lens readings" in text and "translation-fr-de (target word at the output 0.02" in text
     assert "null result" in text

@@ -13,7 +13,8 @@ The rule (stated in every evaluation):
   logit lens (the model's own output); a task it does not do says nothing of concepts before
   words (an English answer is not a latent one) and is reported as such;
 - in a task the model does, the concept is read *before its word* in the layers from the
-  first where the concept is readable up to (not including) the first where the target word is;
+  first where the concept is readable up to (not including) the first where the target word
+  is, or to the output where this lens never reads the target word;
 - *English dominates* at a layer where the English word is readable and the lower end of its
   interval is above the upper end of the target word's;
 - lenses *disagree* on a task where the first layers at which they read the target word
@@ -80,12 +81,12 @@ class LensReading:
         return self.curves["concept"].first_readable()
 
     def before_word(self) -> list[int]:
-        """The layers where the concept is read before its target word (the rule): none where
-        this lens never reads the word."""
+        """The layers where the concept is read before its target word (the rule): to the
+        output where this lens never reads the word."""
         start, end = self.concept_layer, self.word_layer
-        if start is None or end is None:
+        if start is None:
             return []
-        return [layer for layer in self.curves["concept"].layers if start <= layer < end]
+        return [layer for layer in self.curves["concept"].layers if start <= layer and (end is None or layer < end)]
 
     def english_dominant(self) -> list[int]:
         english, target = self.curves["english"], self.curves["target"]

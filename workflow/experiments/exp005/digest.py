@@ -42,7 +42,8 @@ def rule_text() -> str:
         f"{LEVEL:.0%} bootstrap interval ({BOOTSTRAP_SAMPLES} resamples of concepts) of its mean probability is at least "
         f"{READABLE:g}; the model does a task where its target word is readable at its own output (the logit lens at the "
         f"last layer), and only the tasks it does are read for concepts; there the concept is read before its word from "
-        f"its first readable layer up to the target word's; English dominates where the English word is readable and its "
+        f"its first readable layer up to the target word's (to the output where the lens never reads the target word); "
+        f"English dominates where the English word is readable and its "
         f"interval lies above the target word's; lenses disagree where their first target-readable layers differ by more "
         f"than {DISAGREE:.0%} of the depth."
     )

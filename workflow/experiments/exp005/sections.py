@@ -87,9 +87,10 @@ def answer(f: ModelFacts) -> str:
     for task, lens in ahead:
         r = task.readings[lens]
         english = _english_there(f, task, lens)
-        parts.append(f"{escaped(task.id)} through the {lens} lens at layers {span(r.before_word())} of {f.n_layers} (target word from layer "
-                     f"{layer_or_never(r.word_layer)}), English dominating at {counted(len(english), 'layer')} of them, "
-                     f"{carrier_text(r)}")
+        word = ("this lens never reads the target word" if r.word_layer is None
+                else f"target word from layer {r.word_layer}")
+        parts.append(f"{escaped(task.id)} through the {lens} lens at layers {span(r.before_word())} of {f.n_layers} ({word}), "
+                     f"English dominating at {counted(len(english), 'layer')} of them, {carrier_text(r)}")
     text += " Where: " + "; ".join(parts) + "."
     dominant = sum(bool(_english_there(f, t, lens)) for t, lens in ahead)
     text += (f" English dominates the layers before the target word in {dominant} of these {len(ahead)} readings"
