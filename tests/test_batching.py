@@ -3,7 +3,7 @@ what every experiment's JSON says of it) are the same alone or in any batch, and
 other probes. The tiny random models do not show the effects this guards against (a mutation
 removing either safeguard passes on them), so this runs the embedded models, prepared from
 their PyPI packages: Gemma-3-270M through the TransformerBridge (whose eager attention rounds
-a lone sequence differently: a forward pass always holds FORWARD_ROWS sequences) and SmolLM2-135M
+a lone sequence differently: a forward pass of one padded length always holds as many sequences) and SmolLM2-135M
 through forward hooks on transformers' SDPA attention (which rounds differently with the
 padded length: every probe is padded to its canonical length). What holds on any processor,
 that no product's shape depends on the other probes, is tests/test_probe_invariance.py's."""
@@ -55,3 +55,24 @@ def test_a_probe_s_records_and_summary_do_not_depend_on_the_other_probes_on_a_re
     short = PROBES[:4]
 
     assert_each_probe_alone(lambda probes: run_lens(real_model, probes, settings, None, 32), short)
+
+
+def test_a_forward_pass_holds_about_forward_tokens_and_a_batch_whole_passes():
+    # Short probes fill passes of 16 sequences, long ones fewer (a lone 20-token probe pays
+    # for 8 filler rows, not 15); a batch of one padded length is a whole number of passes
+    # but for the group's last, so no pass but the last is part filler.
+    from types import SimpleNamespace
+
+    from workflow.lens.run import batches
+    from workflow.model.backends import FILLER, forward_rows, padded_batch
+
+    assert [forward_rows(n) for n in (4, 8, 12, 16, 20, 24, 100, 192, 4000)] == [16, 16, 16, 12, 9, 8, 1, 1, 1]
+    batch = padded_batch([[7] * 17, [8] * 18], 20, "cpu")
+    assert batch["input_ids"].shape == (9, 20)
+    assert (batch["input_ids"][2:] == FILLER).all() and batch["attention_mask"][1].tolist() == [1] * 18 + [0] * 2
+    with pytest.raises(ValueError, match="10 sequences do not fit a forward pass of 9 of length 20"):
+        padded_batch([[7] * 17] * 10, 20, "cpu")
+
+    items = [SimpleNamespace(sequence=[1] * n) for n in [14] * 30 + [6] * 20 + [19] * 2]
+    found = [(length, len(batch)) for length, batch in batches(items, 32)]
+    assert found == [(8, 20), (16, 24), (16, 6), (20, 2)]

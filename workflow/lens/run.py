@@ -12,7 +12,7 @@ check, for a notebook, a benchmark or a test of the lens.
 Probes run in batches of ``batch_size`` that share a padded length (``batches``); the
 numbers of a probe are the same whatever its batch and whichever other probes exist, as
 every computation they pass through has a shape of the probe's own: every probe is padded to
-its canonical length, a forward pass holds FORWARD_ROWS sequences, every matrix product the
+its canonical length, a forward pass holds ``forward_rows`` of it sequences, every matrix product the
 lens computes on several probes' rows has PRODUCT_ROWS rows, and a batch's last positions are
 decoded over vocabulary blocks of a fixed width.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from workflow.config.settings import PatchscopeSettings
-from workflow.model.backends import canonical_length
+from workflow.model.backends import length_batches
 from workflow.lens.readout import rows_padded
 from workflow.lens.session import (
     LensSession,
@@ -81,11 +81,8 @@ def tokenised(model: LoadedModel, probes: list[dict[str, Any]]) -> list[Tokenise
 
 def batches(items: list[Tokenised], batch_size: int) -> list[tuple[int, list[Tokenised]]]:
     """(padded length, probes) batches: probes of one canonical length together, in probe
-    order, at most ``batch_size`` each."""
-    groups: dict[int, list[Tokenised]] = {}
-    for item in items:
-        groups.setdefault(canonical_length(len(item.sequence)), []).append(item)
-    return [(length, group[i : i + batch_size]) for length, group in sorted(groups.items()) for i in range(0, len(group), batch_size)]
+    order (``length_batches``)."""
+    return [(length, [items[i] for i in indices]) for length, indices in length_batches([len(item.sequence) for item in items], batch_size)]
 
 
 @dataclass

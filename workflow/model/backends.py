@@ -46,8 +46,8 @@ class Backend(Protocol):
 
     def capture_batch(self, sequences: list[list[int]], length: int, read: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals [L+1, B, length, d] of token sequences right-padded to ``length``, and the
-        model's logits [B, V] at position ``read[b]`` of each; run FORWARD_ROWS sequences to a
-        forward pass, so that each one's numbers do not depend on the others."""
+        model's logits [B, V] at position ``read[b]`` of each; run ``forward_rows(length)``
+        sequences to a forward pass, so that each one's numbers do not depend on the others."""
 
     def new_cache(self, n_tokens: int) -> Any:
         """An empty cache for generation of up to ``n_tokens`` positions (``step``'s)."""
@@ -62,8 +62,10 @@ class Backend(Protocol):
 
 # A batch's sequences are padded to a multiple of this many tokens: a probe's numbers
 # depend on the padded length (attention sums over it; measured), so every probe is padded
-# to the same length alone or in any batch (``canonical_length``).
-PAD_MULTIPLE = 8
+# to the same length alone or in any batch (``canonical_length``). Four, not eight: probes
+# of a probe set are mostly 6-14 tokens long, and padding 9 tokens to 16 doubled their
+# forward passes' work.
+PAD_MULTIPLE = 4
 
 
 def canonical_length(n_tokens: int) -> int:
@@ -71,29 +73,55 @@ def canonical_length(n_tokens: int) -> int:
     return -(-n_tokens // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-# A forward pass of probes holds exactly this many sequences, whatever the probe set: a
-# matrix product's rows round according to its whole shape (MKL picks its kernel and blocking
-# from it: the model's logits at the last position differ between products of 2-3 rows and
-# of 4 or more on an AMD EPYC, measured; on an Intel Xeon eight probes' records changed when
-# a ninth of their padded length joined them), so a probe's numbers are those of every
-# forward pass of its canonical length, alone or beside any others. Sixteen: on two cores as
-# fast per probe as passes of 32 (passes of 8 took 1.1x as long on 200 probes), and a lone
-# probe pays for fifteen rows of FILLER.
+# A forward pass of probes of one canonical length holds exactly ``forward_rows(length)``
+# sequences, whatever the probe set: a matrix product's rows round according to its whole
+# shape (MKL picks its kernel and blocking from it: the model's logits at the last position
+# differ between products of 2-3 rows and of 4 or more on an AMD EPYC, measured; on an Intel
+# Xeon eight probes' records changed when a ninth of their padded length joined them), so a
+# probe's numbers are those of every forward pass of its canonical length, alone or beside
+# any others. At most FORWARD_ROWS sequences (on two cores passes of 16 were as fast per
+# probe as passes of 32, and passes of 8 took 1.1x as long on 200 probes), and about
+# FORWARD_TOKENS tokens in all: a pass's matrix products have rows enough to run at full
+# speed from there, and a lone long probe pays for fewer rows of FILLER.
 FORWARD_ROWS = 16
+FORWARD_TOKENS = 192
+
+
+def forward_rows(length: int) -> int:
+    """How many sequences a forward pass of padded length ``length`` holds."""
+    return max(1, min(FORWARD_ROWS, FORWARD_TOKENS // length))
+
+
+def length_batches(n_tokens: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """(padded length, indices) batches of sequences of ``n_tokens`` tokens: those of one
+    canonical length together, in order, at most ``batch_size`` each, or one forward pass's
+    worth where that is more; a whole number of forward passes each but the length's last."""
+    groups: dict[int, list[int]] = {}
+    for index, n in enumerate(n_tokens):
+        groups.setdefault(canonical_length(n), []).append(index)
+    found = []
+    for length, members in sorted(groups.items()):
+        rows = forward_rows(length)
+        size = max(rows, batch_size // rows * rows)
+        found += [(length, members[i : i + size]) for i in range(0, len(members), size)]
+    return found
+
+
 # The token id of the rows no probe fills: a fixed sequence, so that nothing in a forward pass
 # depends on which other probes exist (a causal model's rows do not mix).
 FILLER = 0
 
 
 def padded_batch(sequences: list[list[int]], length: int, device) -> dict[str, torch.Tensor]:
-    """Token ids right-padded to ``length``, and their attention mask, in FORWARD_ROWS rows
-    (at most that many sequences; FILLER in the rest). A causal model's real tokens never
+    """Token ids right-padded to ``length``, and their attention mask, in
+    ``forward_rows(length)`` rows (at most that many sequences; FILLER in the rest). A causal model's real tokens never
     attend to the padding after them, so their positions and numbers are their own whatever
     the padding holds."""
-    if len(sequences) > FORWARD_ROWS:
-        raise ValueError(f"{len(sequences)} sequences do not fit a forward pass of {FORWARD_ROWS}")
-    tokens = torch.full((FORWARD_ROWS, length), FILLER, dtype=torch.long)
-    mask = torch.ones((FORWARD_ROWS, length), dtype=torch.long)
+    rows = forward_rows(length)
+    if len(sequences) > rows:
+        raise ValueError(f"{len(sequences)} sequences do not fit a forward pass of {rows} of length {length}")
+    tokens = torch.full((rows, length), FILLER, dtype=torch.long)
+    mask = torch.ones((rows, length), dtype=torch.long)
     for row, ids in enumerate(sequences):
         if len(ids) > length:
             raise ValueError(f"a sequence of {len(ids)} tokens does not fit the padded length {length}")
@@ -105,7 +133,7 @@ def padded_batch(sequences: list[list[int]], length: int, device) -> dict[str, t
 def reading_logits_at(unembed: nn.Module, read: list[int]):
     """A pre-hook for the output embedding that hands it only position ``read[b]`` of row
     b (the last position of FILLER rows): the model's forward then computes (and
-    post-processes, soft-capping say) its logits there alone, [FORWARD_ROWS, 1, V], not at
+    post-processes, soft-capping say) its logits there alone, [rows, 1, V], not at
     every position of the batch."""
     def hook(module, args):
         hidden = args[0]
@@ -118,13 +146,14 @@ def reading_logits_at(unembed: nn.Module, read: list[int]):
 
 def in_forward_passes(forward: Callable[[dict[str, torch.Tensor], list[int]], tuple[torch.Tensor, torch.Tensor]],
                       sequences: list[list[int]], length: int, read: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``capture_batch`` of any number of sequences: FORWARD_ROWS at a time through
-    ``forward(batch, read)`` (residuals [L+1, FORWARD_ROWS, length, d], logits
-    [FORWARD_ROWS, V]), the filled rows' joined."""
+    """``capture_batch`` of any number of sequences: ``forward_rows(length)`` at a time
+    through ``forward(batch, read)`` (residuals [L+1, rows, length, d], logits [rows, V]),
+    the filled rows' joined."""
     residuals, logits = [], []
-    for start in range(0, len(sequences), FORWARD_ROWS):
-        chunk = sequences[start : start + FORWARD_ROWS]
-        r, z = forward(padded_batch(chunk, length, device), read[start : start + FORWARD_ROWS])
+    rows = forward_rows(length)
+    for start in range(0, len(sequences), rows):
+        chunk = sequences[start : start + rows]
+        r, z = forward(padded_batch(chunk, length, device), read[start : start + rows])
         residuals.append(r[:, : len(chunk)])
         logits.append(z[: len(chunk)])
     return torch.cat(residuals, 1), torch.cat(logits)

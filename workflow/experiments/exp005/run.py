@@ -26,7 +26,7 @@ from workflow.experiments.exp005.words import WORDS, kept_words, load_words
 from workflow.lens.job import OpenedTunedLens, Outputs, run_model_job
 from workflow.lens.readout import rows_padded
 from workflow.lens.session import LensSession, check_context, check_finite
-from workflow.model.backends import FORWARD_ROWS, canonical_length
+from workflow.model.backends import FORWARD_ROWS, length_batches
 from workflow.model.load import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -126,30 +126,25 @@ def last_residuals(session: LensSession, items: list[Item], batch_size: int) -> 
     padded length through the model together, each checked finite and the lens at the last
     layer checked against the model's own logits."""
     model = session.model
-    groups: dict[int, list[int]] = {}
-    for index, item in enumerate(items):
-        groups.setdefault(canonical_length(len(item.input_ids)), []).append(index)
     last: torch.Tensor | None = None
     started, done = time.perf_counter(), 0
-    for length, members in sorted(groups.items()):
-        for b0 in range(0, len(members), batch_size):
-            indices = members[b0 : b0 + batch_size]
-            batch = [items[i] for i in indices]
-            reads = [len(item.input_ids) - 1 for item in batch]
-            residuals, model_logits = model.backend.capture_batch([item.input_ids for item in batch], length, reads)
-            if last is None:  # the residuals' own dtype and device: the lenses read them as 001's do
-                last = residuals.new_empty(model.n_layers + 1, len(items), model.d_model)
-            for b, item in enumerate(batch):
-                check_finite(model, {"id": f"{item.task.id}/{item.concept}"}, residuals[:, b, : len(item.input_ids)])
-                last[:, indices[b]] = residuals[:, b, reads[b]]
-            final = torch.stack([residuals[-1, b, read] for b, read in enumerate(reads)])
-            lens_logits = rows_padded(session.heads.reference.logits, final).cpu()
-            bound = session.logit_bound(final)
-            for b, item in enumerate(batch):
-                session.identity(lens_logits[b : b + 1], model_logits[b : b + 1], f"prompt {item.task.id}/{item.concept}",
-                                 None if bound is None else bound[b : b + 1])
-            done += len(batch)
-            log.info("model: prompts %d/%d (padded length %d) in %.1f s", done, len(items), length, time.perf_counter() - started)
+    for length, indices in length_batches([len(item.input_ids) for item in items], batch_size):
+        batch = [items[i] for i in indices]
+        reads = [len(item.input_ids) - 1 for item in batch]
+        residuals, model_logits = model.backend.capture_batch([item.input_ids for item in batch], length, reads)
+        if last is None:  # the residuals' own dtype and device: the lenses read them as 001's do
+            last = residuals.new_empty(model.n_layers + 1, len(items), model.d_model)
+        for b, item in enumerate(batch):
+            check_finite(model, {"id": f"{item.task.id}/{item.concept}"}, residuals[:, b, : len(item.input_ids)])
+            last[:, indices[b]] = residuals[:, b, reads[b]]
+        final = torch.stack([residuals[-1, b, read] for b, read in enumerate(reads)])
+        lens_logits = rows_padded(session.heads.reference.logits, final).cpu()
+        bound = session.logit_bound(final)
+        for b, item in enumerate(batch):
+            session.identity(lens_logits[b : b + 1], model_logits[b : b + 1], f"prompt {item.task.id}/{item.concept}",
+                             None if bound is None else bound[b : b + 1])
+        done += len(batch)
+        log.info("model: prompts %d/%d (padded length %d) in %.1f s", done, len(items), length, time.perf_counter() - started)
     if last is None:
         raise UserError("experiment 005 kept no concept for any task: see the word counts (config key words.tasks)")
     return last
