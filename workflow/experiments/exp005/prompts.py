@@ -15,13 +15,12 @@ The demonstrations of a concept are the ``demonstrations`` concepts after it in 
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from workflow.base.errors import UserError
-from workflow.experiments.exp005.words import LANGUAGES, WORDS
+from workflow.experiments.exp005.words import LANGUAGES, WORDS, read_tsv
 
 KINDS = ("translation", "repetition", "cloze")
 # Each language's name in itself: the prompts' labels.
@@ -59,12 +58,7 @@ class Task:
 def load_cloze(concepts: list[dict[str, str]], path: str | Path = CLOZE) -> list[dict[str, str]]:
     """The cloze sentences of ``concepts`` (data/cloze.tsv, one row per concept in the word
     list's order, keyed by the English word): per concept, language -> sentence with BLANK."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-    except OSError as error:
-        raise UserError(f"{path}: the cloze sentences cannot be read ({error.strerror})") from None
+    rows = read_tsv(path, "the cloze sentences")
     if [row.get("en") for row in rows] != [c["en"] for c in concepts]:
         raise UserError(f"{path}: its en column must list the word list's English words in the word list's order")
     for number, row in enumerate(rows, start=2):

@@ -25,14 +25,19 @@ WORDS = Path(__file__).resolve().parents[3] / "data" / "words.tsv"
 LANGUAGES = ("en", "fr", "de", "es", "it")
 
 
-def load_words(path: str | Path = WORDS) -> list[dict[str, str]]:
-    """The concepts of a word list: one dict per row, language code -> word."""
-    path = Path(path)
+def read_tsv(path: str | Path, what: str) -> list[dict[str, str]]:
+    """The rows of a tab-separated file with a header line, column -> text; a file that cannot
+    be read is refused naming it and ``what`` it holds."""
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
+            return list(csv.DictReader(fh, delimiter="\t"))
     except OSError as error:
-        raise UserError(f"{path}: the word list cannot be read ({error.strerror})") from None
+        raise UserError(f"{path}: {what} cannot be read ({error.strerror})") from None
+
+
+def load_words(path: str | Path = WORDS) -> list[dict[str, str]]:
+    """The concepts of a word list: one dict per row, language code -> word."""
+    rows = read_tsv(path, "the word list")
     if not rows or set(rows[0]) != set(LANGUAGES):
         raise UserError(f"{path}: a word list's header names the languages {', '.join(LANGUAGES)}, tab-separated")
     for number, row in enumerate(rows, start=2):
