@@ -203,3 +203,35 @@ def test_components_decompose_every_architecture(arch, arch_dirs):
         layer = 0 if kind == "mlp" else 1
         patched = logit_diff(corrupted, module, output_of(module, clean), 3)
         assert float(effects[f"L{layer}.{kind}"][3]) == pytest.approx((patched - ld_corrupted) / (ld_clean - ld_corrupted), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_final_norm_is_found_through_the_last_layer_alone(arch, arch_dirs, monkeypatch):
+    """Tracing what feeds the output embedding runs the last decoder layer only (a model read
+    from its file reads one layer's weights, not all), and finds the module a trace of the
+    whole model finds, which a model whose forward fails on one layer falls back to."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import workflow.model.backends as backends
+
+    model = AutoModelForCausalLM.from_pretrained(arch_dirs[arch], dtype=torch.float32).eval()
+    n_layers = getattr(model.config, "num_hidden_layers", None) or model.config.n_layer
+    layers = backends.find_decoder_layers(model, n_layers)
+    before = [id(layer) for layer in layers]
+    ran = []
+    handles = [layer.register_forward_pre_hook(lambda module, args, i=i: ran.append(i)) for i, layer in enumerate(layers)]
+    found = backends.find_final_norm(model, layers, [1, 5, 9, 14])
+    assert ran == [n_layers - 1]
+    assert [id(layer) for layer in layers] == before  # every layer back in place
+
+    def fails(layers):
+        raise IndexError("this model's forward indexes every layer")
+
+    ran.clear()
+    monkeypatch.setattr(backends, "_last_layer_only", fails)
+    whole = backends.find_final_norm(model, layers, [1, 5, 9, 14])
+    for handle in handles:
+        handle.remove()
+    assert ran == list(range(n_layers))
+    assert found is whole and not isinstance(found, torch.nn.Identity)

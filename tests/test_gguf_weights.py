@@ -156,3 +156,40 @@ def test_a_gguf_published_in_parts_is_refused_with_the_merge_command(tmp_path):
     with pytest.raises(UserError, match=r"model 'scout': .*model-00001-of-00002\.gguf.* is part 1 of a GGUF model "
                                         r"published in 2 parts.*llama-gguf-split --merge FIRST-PART\.gguf MERGED\.gguf"):
         check_gguf_supported("scout", path)
+
+
+def test_a_model_built_without_weights_fills_no_parameter_and_keeps_its_buffers(monkeypatch):
+    """The model a file is read into is built without filling its parameters (Llama 4's
+    experts ask torch.zeros for 5.4 GB a layer at Scout's width), its buffers those of the
+    model built as usual, and a buffer torch.zeros made holds zeros."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tiny import architecture_configs, make_tokenizer
+    from workflow.gguf import weights
+
+    original = torch.zeros
+    with weights._unfilled_zeros() as made:
+        small, large = torch.zeros(3), torch.zeros(1024, 1024)
+    assert torch.zeros is original
+    assert len(made) == 1 and made[0] is large and small.eq(0).all() and large.shape == (1024, 1024)
+
+    class WithBuffer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("table", torch.zeros(2048, 1024), persistent=False)
+
+    with weights._unfilled_zeros() as made:
+        module = WithBuffer()
+    module.table.fill_(7.0)  # what uninitialised memory may hold
+    weights._fill_buffers(module, made)
+    assert module.table.eq(0).all()
+
+    config = architecture_configs(make_tokenizer())["llama4"]
+    monkeypatch.setattr(weights, "UNFILLED_ZEROS", 1)  # every torch.zeros of the tiny model unfilled
+    empty = weights._empty_model(config, torch.float32)
+    assert {p.device.type for p in empty.parameters()} == {"meta"}
+    built = dict(AutoModelForCausalLM.from_config(config).named_buffers())
+    assert built.keys() == dict(empty.named_buffers()).keys() and built  # the rotary tables
+    for name, buffer in empty.named_buffers():
+        assert torch.equal(buffer, built[name]), name

@@ -17,8 +17,10 @@ the architectures transformers reads tensor by tensor its own tensor processors,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -327,13 +329,52 @@ def check_plan(key: str, gguf_path: Path, prepared_dir: Path, config) -> None:
     _plan_for(read_header(gguf_path), _empty_model(config, torch.float32), prepared_dir, key)
 
 
+# A tensor of this many elements or more that a module's __init__ asks torch.zeros for is made
+# uninitialised (``_unfilled_zeros``).
+UNFILLED_ZEROS = 1 << 20
+
+
+@contextlib.contextmanager
+def _unfilled_zeros() -> Iterator[list[torch.Tensor]]:
+    """torch.zeros of UNFILLED_ZEROS elements or more returning an uninitialised tensor while
+    inside (the tensors listed). A parameter is made real and then moved to the meta device
+    (accelerate's ``init_empty_weights``): Llama 4's experts ask torch.zeros for 5.4 GB per
+    layer at Scout's width, and filling them took 1.4 s a layer, a minute of a 48-layer model's
+    load, for values never read. A buffer among them is filled after (``_empty_model``)."""
+    original = torch.zeros
+    made: list[torch.Tensor] = []
+
+    def zeros(*size, **kwargs):
+        shape = size[0] if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else size
+        if "out" in kwargs or not all(isinstance(n, int) for n in shape) or math.prod(shape) < UNFILLED_ZEROS:
+            return original(*size, **kwargs)
+        made.append(torch.empty(*size, **kwargs))
+        return made[-1]
+
+    torch.zeros = zeros
+    try:
+        yield made
+    finally:
+        torch.zeros = original
+
+
+def _fill_buffers(model: nn.Module, unfilled: list[torch.Tensor]) -> None:
+    """Zeros in every buffer of ``model`` that holds memory of an ``unfilled`` tensor: a buffer
+    made by torch.zeros holds zeros, as asked."""
+    storages = {t.untyped_storage().data_ptr() for t in unfilled}
+    for buffer in model.buffers():
+        if buffer.device.type != "meta" and buffer.untyped_storage().data_ptr() in storages:
+            buffer.zero_()
+
+
 def _empty_model(config, dtype: torch.dtype, **kwargs) -> nn.Module:
     """The model with its parameters on the meta device and its buffers real."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    with init_empty_weights(include_buffers=False):
+    with init_empty_weights(include_buffers=False), _unfilled_zeros() as unfilled:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    _fill_buffers(model, unfilled)
     model.tie_weights()  # tied inside the context, each got its own copy
     return model
 

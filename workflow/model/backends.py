@@ -412,6 +412,18 @@ def find_decoder_layers(model: nn.Module, n_layers: int) -> nn.ModuleList:
     raise RuntimeError(f"{type(model).__name__}: no ModuleList of {n_layers} decoder layers found")
 
 
+@contextlib.contextmanager
+def _last_layer_only(layers: nn.ModuleList) -> Iterator[None]:
+    """``layers`` holding only its last module while inside (the model's forward runs that
+    one), restored after."""
+    kept = layers._modules
+    layers._modules = {"0": kept[str(len(kept) - 1)]}
+    try:
+        yield
+    finally:
+        layers._modules = kept
+
+
 def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int]) -> nn.Module:
     """The module whose output is exactly what the output embedding receives.
 
@@ -449,9 +461,23 @@ def find_final_norm(model: nn.Module, layers: nn.ModuleList, probe_ids: list[int
 
     handles.append(unembed.register_forward_pre_hook(unembed_input))
     handles.append(layers[-1].register_forward_hook(last_layer_output))
-    try:
-        with torch.no_grad():
+
+    def trace(only_last: bool) -> None:
+        outputs.clear()
+        seen.clear()
+        with _last_layer_only(layers) if only_last else contextlib.nullcontext(), torch.no_grad():
             model(torch.tensor([probe_ids], device=input_device(model)))
+
+    try:
+        # Through the last decoder layer alone: what feeds the output embedding does not
+        # depend on the layers before, and a model read from its file (weights: quantised)
+        # then reads one layer's weights, not every one (minutes at Llama 4 Scout's size).
+        # A model whose forward needs all its layers is traced whole.
+        try:
+            trace(only_last=True)
+        except Exception as error:  # any: the whole model's pass below is the check
+            log.debug("tracing %s through its last layer alone failed (%s): tracing it whole", type(model).__name__, error)
+            trace(only_last=False)
     finally:
         for handle in handles:
             handle.remove()
