@@ -147,6 +147,22 @@ def read_tensor(path: Path, entry) -> np.ndarray:
     return raw.reshape(shape)
 
 
+def dequantisation_rate(path: str | Path, entry, sample_bytes: int = 8 * 2**20) -> float:
+    """File bytes per second dequantised here, measured on up to ``sample_bytes`` of tensor
+    ``entry`` of the GGUF file at ``path``."""
+    from gguf import GGMLQuantizationType
+
+    dtype, shape = numpy_layout(entry)
+    row = int(shape[-1]) * dtype.itemsize
+    rows = max(1, min(int(np.prod(shape[:-1])), sample_bytes // row))
+    with open(path, "rb") as fh:
+        fh.seek(entry.offset)
+        raw = np.frombuffer(fh.read(rows * row), dtype=dtype).reshape(rows, shape[-1])
+    started = time.perf_counter()
+    dequantise(raw, GGMLQuantizationType(entry.ggml_type))
+    return raw.nbytes / max(time.perf_counter() - started, 1e-9)
+
+
 def dequantise(raw: np.ndarray, qtype) -> np.ndarray:
     """float32 values of ``raw``, dequantised in row chunks into one preallocated array.
 

@@ -37,7 +37,7 @@ from workflow.base.errors import UserError
 from workflow.gguf.arch import Experts, own_architecture, Plan, Take, tensor_reader, weight_plan
 from workflow.gguf.file import read_header
 from workflow.gguf.prepared import MANIFEST, PARSED_CONFIG
-from workflow.gguf.stream import dequantise, numpy_layout, tied_duplicates
+from workflow.gguf.stream import dequantisation_rate, dequantise, numpy_layout, tied_duplicates
 from workflow.provenance.record import sha256_file
 
 log = logging.getLogger(__name__)
@@ -177,22 +177,8 @@ class FileWeights(Mapping):
         """File bytes of GGML type ``kind`` dequantised per second here, measured (once) on
         up to ``sample_bytes`` of the first tensor of that type."""
         if kind not in self._rates:
-            self._rates[kind] = self._measured_rate(kind, sample_bytes)
+            self._rates[kind] = dequantisation_rate(self.path, next(t for t in self._entries.values() if t.ggml_type == kind), sample_bytes)
         return self._rates[kind]
-
-    def _measured_rate(self, kind: int, sample_bytes: int) -> float:
-        from gguf import GGMLQuantizationType
-
-        entry = next(t for t in self._entries.values() if t.ggml_type == kind)
-        dtype, shape = numpy_layout(entry)
-        row = int(shape[-1]) * dtype.itemsize
-        rows = max(1, min(int(np.prod(shape[:-1])), sample_bytes // row))
-        with open(self.path, "rb") as fh:
-            fh.seek(entry.offset)
-            raw = np.frombuffer(fh.read(rows * row), dtype=dtype).reshape(rows, shape[-1])
-        started = time.perf_counter()
-        dequantise(raw, GGMLQuantizationType(kind))
-        return raw.nbytes / max(time.perf_counter() - started, 1e-9)
 
     def _file_bytes(self, name: str) -> int:
         dtype, shape = numpy_layout(self._entries[name])

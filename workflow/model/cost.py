@@ -32,7 +32,7 @@ from typing import Any
 from workflow.gguf.file import read_header
 from workflow.gguf.prepare import package_dir
 from workflow.gguf.prepared import MANIFEST
-from workflow.gguf.stream import dequantise, numpy_layout
+from workflow.gguf.stream import dequantisation_rate as measured_rate, numpy_layout
 from workflow.model.resources import directory_parameters, gguf_header
 
 LONG_MINUTES = 10  # a dry run names the jobs expected to take longer
@@ -137,27 +137,14 @@ def cpu_flops() -> float:
 
 
 @functools.cache
-def dequantisation_rate(path: str, sample_bytes: int = 8 * 2**20) -> float:
+def dequantisation_rate(path: str) -> float:
     """File bytes per second dequantised here, of the GGUF's commonest tensor type (by bytes)."""
-    import numpy as np
-    from gguf import GGMLQuantizationType
-
-
     header = read_header(path)
     by_type: dict[int, int] = {}
     for entry in header.table:
         by_type[entry.ggml_type] = by_type.get(entry.ggml_type, 0) + tensor_bytes(entry)
     kind = max(by_type, key=by_type.get)
-    entry = next(t for t in header.table if t.ggml_type == kind)
-    dtype, shape = numpy_layout(entry)
-    row = int(shape[-1]) * dtype.itemsize
-    rows = max(1, min(int(np.prod(shape[:-1])), sample_bytes // row))
-    with open(path, "rb") as fh:
-        fh.seek(entry.offset)
-        raw = np.frombuffer(fh.read(rows * row), dtype=dtype).reshape(rows, shape[-1])
-    started = time.perf_counter()
-    dequantise(raw, GGMLQuantizationType(kind))
-    return raw.nbytes / max(time.perf_counter() - started, 1e-9)
+    return measured_rate(path, next(t for t in header.table if t.ggml_type == kind))
 
 
 def tensor_bytes(entry: Any) -> int:
