@@ -76,3 +76,22 @@ def test_a_forward_pass_holds_about_forward_tokens_and_a_batch_whole_passes():
     items = [SimpleNamespace(sequence=[1] * n) for n in [14] * 30 + [6] * 20 + [19] * 2]
     found = [(length, len(batch)) for length, batch in batches(items, 32)]
     assert found == [(8, 20), (16, 24), (16, 6), (20, 2)]
+
+
+def test_the_lens_reproduces_the_model_s_logits_exactly_whatever_a_pass_holds(real_model):
+    # Prompts of over 48 tokens: passes of 3 sequences and of 2, not 16. The model's own logits
+    # are computed in a product of FORWARD_ROWS rows whatever the pass holds, so they round as
+    # the lens's products do (in products of 1-3 rows they differed by 1e-4 on an AMD EPYC).
+    from workflow.model.backends import canonical_length, forward_rows
+
+    cities = ("Paris is the capital of France, Berlin of Germany, Madrid of Spain, Lisbon of Portugal, Vienna of "
+              "Austria, Warsaw of Poland, Prague of Czechia, Athens of Greece, Dublin of Ireland, Oslo of Norway, ")
+    probes = [
+        {"id": "rome", "prompt": cities + "and the capital of Italy is", "answer": " Rome"},
+        {"id": "bern", "prompt": cities + "Stockholm of Sweden, Helsinki of Finland, Budapest of Hungary, Bucharest of "
+                                          "Romania, Sofia of Bulgaria, Copenhagen of Denmark, and the capital of Switzerland is",
+         "answer": " Bern"},
+    ]
+    read = read_probes(real_model, probes, LensSettings(top_k=3, positions="last"), None, 32)
+    assert sorted(forward_rows(canonical_length(len(p["input_ids"]))) for p in read.probes) == [2, 3]
+    assert read.identity_check["max_abs_logit_diff"] == 0.0

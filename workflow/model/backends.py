@@ -132,14 +132,18 @@ def padded_batch(sequences: list[list[int]], length: int, device) -> dict[str, t
 
 def reading_logits_at(unembed: nn.Module, read: list[int]):
     """A pre-hook for the output embedding that hands it only position ``read[b]`` of row
-    b (the last position of FILLER rows): the model's forward then computes (and
-    post-processes, soft-capping say) its logits there alone, [rows, 1, V], not at
-    every position of the batch."""
+    b (the last position of FILLER rows), in FORWARD_ROWS rows (zeros after a pass's own):
+    the model's forward then computes (and post-processes, soft-capping say) its logits
+    there alone, [FORWARD_ROWS, 1, V], not at every position of the batch, and in a product
+    of one shape whatever the padded length (a pass of fewer sequences rounded the model's
+    logits otherwise than the lens's products: the identity check's exact 0 became 1e-4)."""
     def hook(module, args):
         hidden = args[0]
         index = torch.tensor(read + [hidden.shape[1] - 1] * (hidden.shape[0] - len(read)), device=hidden.device)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return (hidden[rows, index][:, None, :], *args[1:])
+        picked = hidden.new_zeros(max(FORWARD_ROWS, hidden.shape[0]), 1, hidden.shape[2])
+        picked[: hidden.shape[0], 0] = hidden[rows, index]
+        return (picked, *args[1:])
 
     return unembed.register_forward_pre_hook(hook)
 
