@@ -63,8 +63,8 @@ class Backend(Protocol):
 # A batch's sequences are padded to a multiple of this many tokens: a probe's numbers
 # depend on the padded length (attention sums over it; measured), so every probe is padded
 # to the same length alone or in any batch (``canonical_length``). Four, not eight: probes
-# of a probe set are mostly 6-14 tokens long, and padding 9 tokens to 16 doubled their
-# forward passes' work.
+# of a probe set are mostly 6-14 tokens long, and padding 9 tokens to 16 nearly doubled
+# their forward passes' work.
 PAD_MULTIPLE = 4
 
 
@@ -114,9 +114,9 @@ FILLER = 0
 
 def padded_batch(sequences: list[list[int]], length: int, device) -> dict[str, torch.Tensor]:
     """Token ids right-padded to ``length``, and their attention mask, in
-    ``forward_rows(length)`` rows (at most that many sequences; FILLER in the rest). A causal model's real tokens never
-    attend to the padding after them, so their positions and numbers are their own whatever
-    the padding holds."""
+    ``forward_rows(length)`` rows (at most that many sequences; FILLER in the rest). A causal
+    model's real tokens never attend to the padding after them, so their positions and
+    numbers are their own whatever the padding holds."""
     rows = forward_rows(length)
     if len(sequences) > rows:
         raise ValueError(f"{len(sequences)} sequences do not fit a forward pass of {rows} of length {length}")
