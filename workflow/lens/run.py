@@ -12,9 +12,9 @@ check, for a notebook, a benchmark or a test of the lens.
 Probes run in batches of ``batch_size`` that share a padded length (``batches``); the
 numbers of a probe are the same whatever its batch and whichever other probes exist, as
 every computation they pass through has a shape of the probe's own: every probe is padded to
-its canonical length, a forward pass holds ``forward_rows`` of it sequences, every matrix product the
-lens computes on several probes' rows has PRODUCT_ROWS rows, and a batch's last positions are
-decoded over vocabulary blocks of a fixed width.
+its canonical length, a forward pass holds ``forward_rows(length)`` sequences, every matrix
+product the lens computes on several probes' rows has PRODUCT_ROWS rows, and a batch's last
+positions are decoded over vocabulary blocks of a fixed width.
 """
 
 from __future__ import annotations
