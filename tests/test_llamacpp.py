@@ -18,6 +18,7 @@ independent computations.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from workflow.model.backends import Patches  # noqa: E402
 from workflow.base.errors import UserError  # noqa: E402
 from workflow.gguf.file import read_header  # noqa: E402
 from workflow.lens.session import tokenize_probe  # noqa: E402
-from workflow.model.llamacpp import LlamaCppModel, LlamaCppRunError, fast_rounding_bound, matmul_rounding_bound  # noqa: E402
+from workflow.model.llamacpp import FLOAT_TERM, FastRoundingBound, LlamaCppModel, LlamaCppRunError, matmul_rounding_bound  # noqa: E402
 from workflow.model.load import load_model  # noqa: E402
 from workflow.gguf.prepare import locate_gguf, prepare_model  # noqa: E402
 
@@ -435,6 +436,38 @@ def test_generation_on_llamacpp_continues_its_own_cache_and_gives_the_hooks_back
             assert x.topk_ids[0] == y.topk_ids[0] and abs(x.kl_to_final - y.kl_to_final) <= 1e-5
 
 
+def test_steps_decoded_together_share_one_bound_and_trace_as_steps_decoded_alone(tiny):
+    """On a Q8_0 file (llama.cpp rounds, so every step is checked against its bound): steps
+    the lens thread decodes together compute their bounds in one product, once per decoding,
+    and give the traces, identity checks included, of steps decoded one by one."""
+    from workflow.config.settings import LensSettings
+    from workflow.lens.generation import LensGenerator
+
+    model = backend_model("q8_0")
+    prompt = model.tokenizer(CONFIG["probes"][0]["prompt"])["input_ids"]
+    settings = LensSettings(positions="last")
+    one = LensGenerator(model, settings, pending=1).generate(prompt, 6, stop_ids=set())
+    many = LensGenerator(model, settings, pending=8)
+    decodings, bounds = [], []
+    decode, bound = many.decode, model.backend.logit_bound
+
+    def slow_first(items):  # the first decoding held up, so that the next steps queue behind it
+        decodings.append(len(items))
+        if len(decodings) == 1:
+            time.sleep(1.0)
+        return decode(items)
+
+    many.decode = slow_first
+    model.backend.logit_bound = lambda normed: bounds.append(normed.shape[0]) or bound(normed)
+    reply = many.generate(prompt, 6, stop_ids=set())
+    assert one.token_ids == reply.token_ids
+    assert [t.identity for t in one.tokens] == [t.identity for t in reply.tokens]
+    assert 0 < max(t.identity["logit_diff_over_bound"] for t in reply.tokens) <= 1
+    assert many.records(one, "a") == many.records(reply, "a")
+    assert sum(decodings) == 6 and max(decodings) > 1
+    assert len(bounds) == len(decodings) and set(bounds) == {8}  # one product of 8 rows a decoding
+
+
 def test_the_llamacpp_backend_is_refused_while_planning_where_it_cannot_run(tmp_path):
     from workflow.config.schema import check_config
 
@@ -507,15 +540,25 @@ def test_experiment_002s_patching_through_llamacpps_graph_gives_the_pytorch_patc
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q6_K", "F16", "F32"])
 def test_the_float32_bound_the_backend_checks_with_is_never_below_the_derived_one(kind):
-    """``fast_rounding_bound`` (float32, raised by what float32 may round it by) against
-    ``matmul_rounding_bound`` (float64): never below it, and within 2 d 2^-24 above it."""
+    """``FastRoundingBound`` (float32, raised by what float32 may round it by) against
+    ``matmul_rounding_bound`` (float64): never below it; within 2 d 2^-24 above it for
+    float weights, and for block-quantising ones within what taking each block's float32
+    term through its largest activation adds (127 FLOAT_TERM / factor) and float32's
+    rounding of d/B + 3 terms."""
     generator = np.random.default_rng(0)
     weight = (generator.standard_normal((40000, 512)) * generator.uniform(0.001, 3, (40000, 1))).astype(np.float32)
     x = generator.standard_normal((3, 512)) * generator.uniform(0.01, 50, (3, 512))
     exact = matmul_rounding_bound(weight, kind, x)
-    fast = fast_rounding_bound(torch.from_numpy(weight), kind, x).numpy()
-    assert (fast >= exact).all()
-    assert float((fast / exact - 1).max()) <= 2 * 512 * 2.0**-24 * 1.01
+    fast = FastRoundingBound(torch.from_numpy(weight), kind)
+    got = fast(x).numpy()
+    assert (got >= exact).all()
+    if fast.block is None:
+        assert float((got / exact - 1).max()) <= 2 * 512 * 2.0**-24 * 1.01
+    else:
+        factor = 0.5 + (127 * 2.0**-11 if fast.block == 32 else 0.0)
+        allowed = (1 + 127 * FLOAT_TERM / factor) * (1 + 2 * (512 // fast.block + 3) * 2.0**-24) - 1
+        assert 127 * FLOAT_TERM / factor / 4 < float((got / exact - 1).max()) <= allowed
+        assert fast.sums.shape == (40000, 512 // fast.block)  # 1/B of the weight, summed once
 
 
 def test_weights_are_repacked_only_where_the_file_fits_half_the_memory(tiny, monkeypatch):

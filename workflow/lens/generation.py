@@ -219,9 +219,12 @@ class LensGenerator(LensSession):
             per_lens[lens.name] = [sorted(r, key=lambda s: s.layer) for r in rows]
         # PENDING rows to a product: a fixed shape, of the size of a full decode here.
         lens_logits = rows_padded(self.heads.reference.logits, residuals[-1], PENDING)
+        # The backend's bound (llama.cpp's rounding) of every step at once, in PENDING rows
+        # too: one pass over the unembedding for the steps decoded together, not one a step.
+        bounds = rows_padded(self.logit_bound, residuals[-1], PENDING) if self.engine_rounds else None
         traces = []
         for k, (index, chosen, input_id, _, model_logits) in enumerate(items):
-            bound = self.logit_bound(residuals[-1][k : k + 1])
+            bound = None if bounds is None else bounds[k : k + 1]
             deviation = self.identity(lens_logits[k : k + 1], model_logits[None], f"generated token {index}", bound)
             model_prob = float(torch.softmax(model_logits.double(), -1)[chosen])
             traces.append(TokenTrace(index, chosen, input_id, model_prob, {n: per_lens[n][k] for n in per_lens}, deviation))

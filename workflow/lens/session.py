@@ -263,13 +263,18 @@ class LensSession:
     def lens_names(self) -> list[str]:
         return [lens.name for lens in self.lenses]
 
+    @property
+    def engine_rounds(self) -> bool:
+        """Whether the backend's engine rounds the model's logits beyond float32 (llama.cpp's
+        activations), so that the identity check allows its bound (``logit_bound``)."""
+        return getattr(self.model.backend, "logit_bound", None) is not None
+
     def logit_bound(self, rows: torch.Tensor) -> torch.Tensor | None:
         """How far the model's own logits may be from the exact product of its head on the
         last layer's residuals ``rows`` [n, d]: the backend's bound where its engine rounds
         (llama.cpp's activations, [n, V]), None where float32 rounding is all (the
         tolerance then holds)."""
-        bound = getattr(self.model.backend, "logit_bound", None)
-        return None if bound is None else bound(self.heads.reference.normed(rows))
+        return self.model.backend.logit_bound(self.heads.reference.normed(rows)) if self.engine_rounds else None
 
     def statistics(
         self, residuals: torch.Tensor, answers: int | torch.Tensor, lens: Lens, separate_positions: bool = False
