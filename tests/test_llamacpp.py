@@ -436,6 +436,29 @@ def test_generation_on_llamacpp_continues_its_own_cache_and_gives_the_hooks_back
             assert x.topk_ids[0] == y.topk_ids[0] and abs(x.kl_to_final - y.kl_to_final) <= 1e-5
 
 
+def test_a_probes_identity_check_on_llamacpp_is_the_same_whatever_it_was_read_with(tiny):
+    """The lens's logits and llama.cpp's rounding bound are computed in products of one shape
+    (``LensSession.check_identity``): a probe's identity figures, read alone or beside the
+    other default probes, are equal to the bit."""
+    from workflow.config.settings import LensSettings
+    from workflow.lens.run import lens_batches
+    from workflow.lens.session import LensSession
+
+    model = backend_model("q8_0")
+    probes = CONFIG["probes"]
+
+    def deviations(chosen):
+        session = LensSession(model, LensSettings())
+        return {r.item.probe["id"]: r.deviation for batch in lens_batches(session, chosen) for r in batch.readings}
+
+    together = deviations(probes)
+    assert len(together) == len(probes)
+    for probe in (probes[0], probes[-1]):
+        alone = deviations([probe])[probe["id"]]
+        assert alone == together[probe["id"]]
+        assert 0 < alone["logit_diff_over_bound"] <= 1
+
+
 def test_steps_decoded_together_share_one_bound_and_trace_as_steps_decoded_alone(tiny):
     """On a Q8_0 file (llama.cpp rounds, so every step is checked against its bound): steps
     the lens thread decodes together compute their bounds in one product, once per decoding,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from workflow.config.settings import LensSettings
-from workflow.lens.readout import DECODE_POSITIONS, RowStats, rows_padded
+from workflow.lens.readout import DECODE_POSITIONS, RowStats
 from workflow.lens.records import in_record_order, lens_row
 from workflow.lens.session import LensSession, answer_layers
 from workflow.model.backends import input_device
@@ -217,15 +217,12 @@ class LensGenerator(LensSession):
             for stats in self.statistics(residuals, answers, lens, separate_positions=True):
                 rows[stats.position].append(stats)
             per_lens[lens.name] = [sorted(r, key=lambda s: s.layer) for r in rows]
-        # PENDING rows to a product: a fixed shape, of the size of a full decode here.
-        lens_logits = rows_padded(self.heads.reference.logits, residuals[-1], PENDING)
-        # The backend's bound (llama.cpp's rounding) of every step at once, in PENDING rows
-        # too: one pass over the unembedding for the steps decoded together, not one a step.
-        bounds = rows_padded(self.logit_bound, residuals[-1], PENDING) if self.engine_rounds else None
+        # PENDING rows to a product: a fixed shape, of the size of a full decode here (the
+        # backend's bound too: one product for the steps decoded together, not one a step).
+        deviations = self.check_identity(residuals[-1], torch.stack([logits for *_, logits in items]),
+                                         [f"generated token {index}" for index, *_ in items], PENDING)
         traces = []
-        for k, (index, chosen, input_id, _, model_logits) in enumerate(items):
-            bound = None if bounds is None else bounds[k : k + 1]
-            deviation = self.identity(lens_logits[k : k + 1], model_logits[None], f"generated token {index}", bound)
+        for k, ((index, chosen, input_id, _, model_logits), deviation) in enumerate(zip(items, deviations)):
             model_prob = float(torch.softmax(model_logits.double(), -1)[chosen])
             traces.append(TokenTrace(index, chosen, input_id, model_prob, {n: per_lens[n][k] for n in per_lens}, deviation))
         return traces

@@ -29,7 +29,6 @@ import torch
 
 from workflow.config.settings import PatchscopeSettings
 from workflow.model.backends import length_batches
-from workflow.lens.readout import rows_padded
 from workflow.lens.session import (
     LensSession,
     LensSettings,
@@ -159,13 +158,10 @@ def lens_batch(session: LensSession, batch: list[Tokenised], length: int) -> Len
     for b, item in enumerate(batch):
         check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
     found = LensBatch(length, batch, residuals, model_logits, [])
-    lens_logits = rows_padded(session.heads.reference.logits, found.last_position()[-1]).cpu()
-    bound = session.logit_bound(found.last_position()[-1])
+    deviations = session.check_identity(found.last_position()[-1], model_logits, [f"probe {item.probe['id']!r}" for item in batch])
     per_lens = lens_statistics_of_batch(session, found)
     for b, item in enumerate(batch):
-        deviation = session.identity(lens_logits[b : b + 1], model_logits[b : b + 1], f"probe {item.probe['id']!r}",
-                                     None if bound is None else bound[b : b + 1])
-        found.readings.append(probe_reading(session, item, per_lens, b, deviation))
+        found.readings.append(probe_reading(session, item, per_lens, b, deviations[b]))
     return found
 
 

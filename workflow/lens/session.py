@@ -19,7 +19,7 @@ import torch
 from workflow.base.errors import UserError
 from workflow.config.settings import LensSettings, PatchscopeSettings
 from workflow.lens.patchscope import patchscope_translator
-from workflow.lens.readout import RowStats, lens_statistics, uses_kernel
+from workflow.lens.readout import PRODUCT_ROWS, RowStats, lens_statistics, rows_padded, uses_kernel
 from workflow.lens.tuned import load
 from workflow.model.head import LensHead
 from workflow.model.load import LoadedModel, dtype_name
@@ -275,6 +275,17 @@ class LensSession:
         (llama.cpp's activations, [n, V]), None where float32 rounding is all (the
         tolerance then holds)."""
         return self.model.backend.logit_bound(self.heads.reference.normed(rows)) if self.engine_rounds else None
+
+    def check_identity(self, final: torch.Tensor, model_logits: torch.Tensor, names: list[str],
+                       block: int = PRODUCT_ROWS) -> list[dict[str, float]]:
+        """The identity check of each row of ``final`` [n, d] (the last layer's residuals)
+        against the model's logits there [n, V], named ``names[i]`` in its message: the
+        lens's logits and the backend's bound computed ``block`` rows to a product, so that
+        a row's figures are the same whatever else it was checked with."""
+        lens_logits = rows_padded(self.heads.reference.logits, final, block).cpu()
+        bounds = rows_padded(self.logit_bound, final, block) if self.engine_rounds else None
+        return [self.identity(lens_logits[b : b + 1], model_logits[b : b + 1], name, None if bounds is None else bounds[b : b + 1])
+                for b, name in enumerate(names)]
 
     def statistics(
         self, residuals: torch.Tensor, answers: int | torch.Tensor, lens: Lens, separate_positions: bool = False

@@ -138,11 +138,7 @@ def last_residuals(session: LensSession, items: list[Item], batch_size: int) -> 
             check_finite(model, {"id": f"{item.task.id}/{item.concept}"}, residuals[:, b, : len(item.input_ids)])
             last[:, indices[b]] = residuals[:, b, reads[b]]
         final = torch.stack([residuals[-1, b, read] for b, read in enumerate(reads)])
-        lens_logits = rows_padded(session.heads.reference.logits, final).cpu()
-        bound = session.logit_bound(final)
-        for b, item in enumerate(batch):
-            session.identity(lens_logits[b : b + 1], model_logits[b : b + 1], f"prompt {item.task.id}/{item.concept}",
-                             None if bound is None else bound[b : b + 1])
+        session.check_identity(final, model_logits, [f"prompt {item.task.id}/{item.concept}" for item in batch])
         done += len(batch)
         log.info("model: prompts %d/%d (padded length %d) in %.1f s", done, len(items), length, time.perf_counter() - started)
     if last is None:
