@@ -592,8 +592,9 @@ class LlamaCppBackend:
 
     llama.cpp rounds the activations entering a quantised product (``matmul_rounding_bound``),
     so the model's own logits differ from the lens's at the last layer by more than float32
-    rounding: the identity check allows, logit by logit, exactly that bound (``logit_bound``)
-    and nothing more. A probe of a batch runs alone (its own tokens, no padding): its numbers
+    rounding: the identity check allows, logit by logit, that bound (``logit_bound``: computed
+    in float32, never below it, for a block-quantised head at most 0.26% above) and nothing
+    more. A probe of a batch runs alone (its own tokens, no padding): its numbers
     are its own whatever the batch.
     """
 
@@ -627,7 +628,9 @@ class LlamaCppBackend:
         """How far llama.cpp's logits may be from the exact product of the unembedding with
         ``normed`` [n, d] (the final norm's output), carried through the architecture's steps
         after the unembedding (Cohere's scale, Granite's divisor): [n, V]."""
-        if self._bound is None or self._bound.weight is not self.unembed.weight:  # the sums once per head
+        # The sums once per head: a head replaced is summed again (nothing here changes a
+        # head's weights in place).
+        if self._bound is None or self._bound.weight is not self.unembed.weight:
             self._bound = FastRoundingBound(self.unembed.weight, self.output_type)
         return self._bound(normed.detach().to("cpu", torch.float64).numpy()) * self.stretch
 
@@ -706,7 +709,7 @@ class FastRoundingBound:
     a pass over the absolute weights, a block of the vocabulary at a time (never all held
     at once), within 2 d 2^-24 above it."""
 
-    PIECE = 4096  # vocabulary rows at a time: Scout's 5120 columns in float64 are 168 MB
+    PIECE = 4096  # vocabulary rows at a time: Scout's 5120 columns in float64 are 168 MB, held once
 
     def __init__(self, weight: torch.Tensor, weight_type: str):
         self.weight, self.weight_type = weight, weight_type
@@ -717,7 +720,7 @@ class FastRoundingBound:
         vocab, width = self.weight.shape
         sums = torch.empty(vocab, width // self.block, dtype=torch.float32)
         for start in range(0, vocab, self.PIECE):
-            rows = self.weight[start : start + self.PIECE].detach().to("cpu", torch.float64).abs()
+            rows = self.weight[start : start + self.PIECE].detach().to("cpu", torch.float64, copy=True).abs_()
             sums[start : start + self.PIECE] = rows.view(rows.shape[0], -1, self.block).sum(-1)
         return sums
 
