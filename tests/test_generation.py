@@ -81,6 +81,36 @@ def test_trace_does_not_depend_on_how_steps_were_batched(loaded):
     assert sum(items) == 9
 
 
+def test_the_lens_waits_for_a_full_decoding_unless_the_model_is_the_slower(loaded):
+    """A decoding costs the same for one step as for ``pending``: the lens thread waits for
+    ``pending`` steps (or the reply's end) before its first decoding, and after it, for at
+    most as long as the last decoding took, so a slow model's traces are not held back."""
+    import time
+
+    model = loaded["llama"]
+    prompt = model.tokenizer(PROBES[1]["prompt"])["input_ids"]
+    generator = LensGenerator(model, LensSettings(top_k=3), pending=4)
+    decodings = []
+    decode = generator.decode
+    generator.decode = lambda batch: decodings.append(len(batch)) or decode(batch)
+    fast = generator.generate(prompt, 3, stop_ids=set())
+    assert decodings == [3]  # the reply ended before four steps came: one decoding
+    decodings.clear()
+    step = model.backend.step
+
+    def slow_step(tokens, cache):  # a model far slower than the lens's decoding of a tiny vocabulary
+        time.sleep(0.4)
+        return step(tokens, cache)
+
+    model.backend.step = slow_step
+    try:
+        reply = generator.generate(prompt, 7, stop_ids=set())
+    finally:
+        model.backend.step = step
+    assert decodings[0] == 4 and sum(decodings) == 7 and decodings[1:] == [1, 1, 1]
+    assert reply.token_ids[:3] == fast.token_ids
+
+
 def test_sampling_is_seeded_and_stops_at_a_stop_token(loaded):
     model = loaded["gemma3"]
     generator = LensGenerator(model, LensSettings(top_k=3))

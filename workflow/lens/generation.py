@@ -5,11 +5,11 @@ after the prompt) and reads, at each step, the residual stream of the new positi
 through the run's backend (``Backend.step``: the bridge's hook points or forward hooks on
 the decoder layers; the same residuals as experiment 001's: layer 0 entering the first
 block, layer k after block k). The lens statistics of a step are
-computed in a second thread while the model computes the next steps; the thread takes
-every step waiting for it at once (up to ``pending``), so the unembedding is read once
-for several tokens. The statistics of a token do not depend on which others shared its
-decoding (``lens_statistics(..., separate_positions=True)``: every product of a fixed shape):
-the trace of a reply is the same however fast the lens kept up.
+computed in a second thread while the model computes the next steps; the thread decodes
+``pending`` steps at once (fewer at the end of the reply, or where the model is slower than
+the lens), so the unembedding is read once for several tokens. The statistics of a token do
+not depend on which others shared its decoding (``lens_statistics(..., separate_positions=True)``:
+every product of a fixed shape): the trace of a reply is the same however fast the lens kept up.
 
 A token's trace is 001's records for the position that predicted it, with the generated
 token in place of a probe's answer: the records of a greedy reply equal experiment 001's
@@ -184,24 +184,31 @@ class LensGenerator(LensSession):
     # ------------------------------------------------------------------ the lens's side
 
     def _lens_worker(self, work: queue.Queue, done: queue.Queue) -> None:
+        # A decoding costs the same for one step as for ``pending`` (a fixed shape), so the
+        # thread waits for ``pending`` steps before it decodes: until the reply ends, or, once
+        # a decoding has been timed, for as long as the last one took after its first step
+        # came (where the model is the slower, the lens then waits about half the time
+        # instead of decoding one step for the price of ``pending`` without pause).
         try:
-            finished = False
+            finished, took = False, None
             while not finished:
                 item = work.get()
                 if item is None:
                     break
-                items = [item]
+                items, first = [item], time.perf_counter()
                 while len(items) < self.pending:
                     try:
-                        item = work.get_nowait()
+                        item = work.get(timeout=None if took is None else max(0.0, first + took - time.perf_counter()))
                     except queue.Empty:
                         break
                     if item is None:
                         finished = True
                         break
                     items.append(item)
+                started = time.perf_counter()
                 with torch.no_grad():
                     done.put(self.decode(items))
+                took = time.perf_counter() - started
             done.put(None)
         except BaseException as error:  # handed to the generating thread, which raises it
             done.put(error)
