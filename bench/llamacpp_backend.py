@@ -1,7 +1,8 @@
 """The lens on llama.cpp (``backend: llamacpp``) against llama.cpp alone and the PyTorch ways.
 
     .venv/bin/python bench/llamacpp_backend.py [--tokens 16] [--models smollm2-135m-instruct gemma-3-270m llama4-shaped]
-        [--layers 16] [--hidden 512]
+        [--layers 16] [--hidden 512] [--ways ...]
+    .venv/bin/python bench/llamacpp_backend.py --models scout-width --scout-layers 4 --ways "llama.cpp alone" "llama.cpp with the lens"
 
 For each model, CPU, each way in a fresh child process (its peak RSS is the process's):
 
@@ -16,9 +17,18 @@ For each model, CPU, each way in a fresh child process (its peak RSS is the proc
 - float32 in memory: the file dequantised once (``weights: dequantised``), forward hooks.
 
 "s / probe": the nine probes read (after one warm-up probe), over nine. "tokens / s":
---tokens greedy tokens after the first probe's prompt, the lens on every one. The models:
-the embedded ones as they ship (SmolLM2 Q4_1, Gemma 3 Q4_K_M) and bench/gguf_layers.py's
-Llama-4-shaped random model (Scout's layout scaled down to --layers x --hidden, Q8_0).
+--tokens greedy tokens after the first probe's prompt, the lens on every one. Then, in the
+same process, ``PENDING`` steps timed one by one ("step with capture": llama.cpp's step with
+every layer copied out) and decoded by the lens alone, the model idle ("the lens alone", per
+token, best of two); "ceiling": the two one after the other, the rate generation with the
+lens reaches where they share the cores and neither waits for the other. The models:
+the embedded ones as they ship (SmolLM2 Q4_1, Gemma 3 Q4_K_M), bench/gguf_layers.py's
+Llama-4-shaped random model (Scout's layout scaled down to --layers x --hidden, Q8_0), and,
+asked for by name, ``scout-width``: bench/scout_width.py's file of Scout's full width and
+vocabulary (Q4_K, a Q6_K head) with --scout-layers layers, small enough to run from memory
+(4 layers: 6.4 GB; "weights: quantised" and "float32 in memory" do not fit or take hours
+there: ``--ways`` leaves them out), not repacked (``llamacpp.repack: false``), as Scout's own
+file, over half the memory, is not.
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,6 +58,15 @@ def entry_of(model: str, args) -> dict:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
         return {"source": "gguf", "path": str(build(work, args.layers, args.hidden))}
+    if model == "scout-width":
+        from scout_width import write_gguf
+
+        path = Path(args.work) / f"scout-width-{args.scout_layers}.gguf"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_gguf(path, args.scout_layers)
+        # Not repacked, as Scout's own file is not (over half the memory: LlamaCppModel's repack).
+        return {"source": "gguf", "path": str(path), "llamacpp": {"repack": False}}
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][model]
 
 
@@ -71,7 +89,7 @@ def child(model: str, way: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-llamacpp-") as scratch:
         scratch = Path(scratch)
         if way == "llama.cpp alone":
-            engine = LlamaCppModel(locate_gguf(model, entry, scratch), key=model)
+            engine = LlamaCppModel(locate_gguf(model, entry, scratch), key=model, **entry.get("llamacpp", {}))
             ids = [engine.tokenize(p["prompt"]) for p in probes]
             engine.run(ids[0], layers=[])
             started = time.perf_counter()
@@ -87,6 +105,7 @@ def child(model: str, way: str, args) -> dict:
                 logits = engine.run([token], layers=[], start=length).logits[-1]
                 length += 1
             per_second = args.tokens / (time.perf_counter() - started)
+            lens_alone = None
         else:
             # llama.cpp runs the file; the lens's head alone is read from it (weights: quantised).
             weights = "dequantised" if way == "float32 in memory" else "quantised"
@@ -104,8 +123,41 @@ def child(model: str, way: str, args) -> dict:
             started = time.perf_counter()
             reply = generator.generate(prompt, max_new_tokens=args.tokens, stop_ids=set())
             per_second = len(reply.tokens) / (time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    return {"per_probe": per_probe, "per_second": per_second, "peak_gb": peak / 1e9, "threads": torch.get_num_threads()}
+            lens_alone = lens_seconds_per_token(loaded, generator, prompt) if chosen == "llamacpp" else None
+    from gguf_layers import rss
+
+    peak = rss("VmHWM")  # not getrusage: a child inherits its parent's peak (which may have built a file)
+    return {"per_probe": per_probe, "per_second": per_second, "peak_gb": peak / 1e9, "threads": torch.get_num_threads(),
+            **({"lens_alone": lens_alone} if lens_alone is not None else {})}
+
+
+def lens_seconds_per_token(loaded, generator, prompt: list[int]) -> tuple[float, float]:
+    """Seconds per generated token of the model's step (with every layer captured) and of the
+    lens alone, the model idle: ``PENDING`` greedy steps after ``prompt`` captured and timed
+    (the prompt's own step left out), then decoded together by the lens, best of two."""
+    import torch
+
+    from workflow.lens.generation import PENDING
+
+    cache = loaded.backend.new_cache(len(prompt) + PENDING + 1)
+    tokens, previous, items, stepping = torch.tensor([prompt]), prompt[-1], [], 0.0
+    with torch.no_grad():
+        _, logits = loaded.backend.step(tokens, cache)  # the prompt
+        previous = int(logits.argmax())
+        tokens = torch.tensor([[previous]])
+        for index in range(PENDING):
+            started = time.perf_counter()
+            residuals, logits = loaded.backend.step(tokens, cache)
+            stepping += time.perf_counter() - started
+            chosen = int(logits.argmax())
+            items.append((index, chosen, previous, residuals, logits))
+            tokens, previous = torch.tensor([[chosen]]), chosen
+        best = float("inf")
+        for _ in range(2):
+            started = time.perf_counter()
+            generator.decode(items)
+            best = min(best, time.perf_counter() - started)
+    return stepping / PENDING, best / PENDING
 
 
 def main() -> None:
@@ -114,6 +166,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "gemma-3-270m", "llama4-shaped"])
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--scout-layers", type=int, default=4, help="layers of the scout-width model")
+    parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     parser.add_argument("--work", default=str(REPO / "resources" / "bench-gguf-layers"))
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "WAY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,23 +175,31 @@ def main() -> None:
         print(json.dumps(child(*args.child, args)))
         return
     print(f"{platform.processor() or platform.machine()}; nine default probes, {args.tokens} generated tokens\n")
-    print("| model | way | s / probe | against llama.cpp alone | tokens / s | against llama.cpp alone | peak RSS (GB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | way | s / probe | against llama.cpp alone | tokens / s | against llama.cpp alone | peak RSS (GB) "
+          "| step with capture, s | the lens alone, s / token | ceiling, tokens / s | of the ceiling |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for model in args.models:
         entry_of(model, args)  # a file to build is built here, not in a measured process
         alone = None
-        for way in WAYS:
+        for way in [w for w in WAYS if w in args.ways]:
             command = [sys.executable, __file__, "--child", model, way, "--tokens", str(args.tokens),
-                       "--layers", str(args.layers), "--hidden", str(args.hidden), "--work", args.work]
+                       "--layers", str(args.layers), "--hidden", str(args.hidden), "--work", args.work,
+                       "--scout-layers", str(args.scout_layers)]
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"| {model} | {way} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode} | | | | |")
+                print(f"| {model} | {way} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode} | | | | | | | | |")
                 continue
             result = json.loads(out.stdout.strip().splitlines()[-1])
             alone = alone or result
+            ceiling = "| — | — | — | — |"
+            if "lens_alone" in result:
+                # The model's step and the lens's work share the cores: at best one after the other.
+                step, lens = result["lens_alone"]
+                best = 1 / (step + lens)
+                ceiling = f"| {step:.4f} | {lens:.4f} | {best:.1f} | {result['per_second'] / best:.2f} |"
             print(f"| {model} | {way} | {result['per_probe']:.3f} | {result['per_probe'] / alone['per_probe']:.2f}x | "
-                  f"{result['per_second']:.1f} | {result['per_second'] / alone['per_second']:.2f}x | {result['peak_gb']:.2f} |",
-                  flush=True)
+                  f"{result['per_second']:.1f} | {result['per_second'] / alone['per_second']:.2f}x | {result['peak_gb']:.2f} "
+                  f"{ceiling}", flush=True)
 
 
 if __name__ == "__main__":
