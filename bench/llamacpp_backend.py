@@ -105,7 +105,7 @@ def child(model: str, way: str, args) -> dict:
                 logits = engine.run([token], layers=[], start=length).logits[-1]
                 length += 1
             per_second = args.tokens / (time.perf_counter() - started)
-            lens_alone = None
+            timed = {}
         else:
             # llama.cpp runs the file; the lens's head alone is read from it (weights: quantised).
             weights = "dequantised" if way == "float32 in memory" else "quantised"
@@ -123,24 +123,24 @@ def child(model: str, way: str, args) -> dict:
             started = time.perf_counter()
             reply = generator.generate(prompt, max_new_tokens=args.tokens, stop_ids=set())
             per_second = len(reply.tokens) / (time.perf_counter() - started)
-            lens_alone = lens_seconds_per_token(loaded, generator, prompt) if chosen == "llamacpp" else None
+            timed = seconds_per_token(loaded, generator, prompt) if chosen == "llamacpp" else {}
     from gguf_layers import rss
 
     peak = rss("VmHWM")  # not getrusage: a child inherits its parent's peak (which may have built a file)
     return {"per_probe": per_probe, "per_second": per_second, "peak_gb": peak / 1e9, "threads": torch.get_num_threads(),
-            **({"lens_alone": lens_alone} if lens_alone is not None else {})}
+            **timed}
 
 
-def lens_seconds_per_token(loaded, generator, prompt: list[int]) -> tuple[float, float]:
-    """Seconds per generated token of the model's step (with every layer captured) and of the
-    lens alone, the model idle: ``PENDING`` greedy steps after ``prompt`` captured and timed
+def seconds_per_token(loaded, generator, prompt: list[int]) -> dict[str, float]:
+    """Seconds per generated token of the model's step (``step_s``, every layer captured) and
+    of the lens alone (``lens_s``), the model idle: ``PENDING`` greedy steps after ``prompt`` captured and timed
     (the prompt's own step left out), then decoded together by the lens, best of two."""
     import torch
 
     from workflow.lens.generation import PENDING
 
     cache = loaded.backend.new_cache(len(prompt) + PENDING + 1)
-    tokens, previous, items, stepping = torch.tensor([prompt]), prompt[-1], [], 0.0
+    tokens, items, stepping = torch.tensor([prompt]), [], 0.0
     with torch.no_grad():
         _, logits = loaded.backend.step(tokens, cache)  # the prompt
         previous = int(logits.argmax())
@@ -157,7 +157,15 @@ def lens_seconds_per_token(loaded, generator, prompt: list[int]) -> tuple[float,
             started = time.perf_counter()
             generator.decode(items)
             best = min(best, time.perf_counter() - started)
-    return stepping / PENDING, best / PENDING
+    return {"step_s": stepping / PENDING, "lens_s": best / PENDING}
+
+
+def why_failed(out: subprocess.CompletedProcess) -> str:
+    """A failed child's reason: its last line naming an error or a failed assertion (ggml's
+    abort ends in a backtrace), else its last line, else its exit status."""
+    lines = out.stderr.strip().splitlines()
+    named = [line for line in lines if "error" in line.lower() or "assert" in line.lower()]
+    return (named or lines or [f"exit {out.returncode}"])[-1].strip()
 
 
 def main() -> None:
@@ -187,14 +195,14 @@ def main() -> None:
                        "--scout-layers", str(args.scout_layers)]
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"| {model} | {way} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode} | | | | | | | | |")
+                print(f"| {model} | {way} | failed: {why_failed(out)} | | | | | | | | |")
                 continue
             result = json.loads(out.stdout.strip().splitlines()[-1])
             alone = alone or result
             ceiling = "| — | — | — | — |"
-            if "lens_alone" in result:
+            if "lens_s" in result:
                 # The model's step and the lens's work share the cores: at best one after the other.
-                step, lens = result["lens_alone"]
+                step, lens = result["step_s"], result["lens_s"]
                 best = 1 / (step + lens)
                 ceiling = f"| {step:.4f} | {lens:.4f} | {best:.1f} | {result['per_second'] / best:.2f} |"
             print(f"| {model} | {way} | {result['per_probe']:.3f} | {result['per_probe'] / alone['per_probe']:.2f}x | "
