@@ -81,6 +81,11 @@ def cluster(tmp_path_factory):
     running.stop()
 
 
+# Experiment 001 to its last evaluation and pages: model jobs and light rules of every kind
+# (the other experiments' are the same rules' kin).
+TARGETS = ("results/001/evaluation-meta.md", "results/001/html/evaluation-meta.html", "results/001/html/explorer-tiny-llama.html")
+
+
 def test_pipeline_runs_its_lens_jobs_as_slurm_jobs(cluster, tiny_dirs, tmp_path):
     workdir = scratch_copy(tmp_path / "wd", tiny_config(tiny_dirs))
     result = snakemake(
@@ -92,6 +97,7 @@ def test_pipeline_runs_its_lens_jobs_as_slurm_jobs(cluster, tiny_dirs, tmp_path)
         "--slurm-status-command", "squeue",
         "--slurm-init-seconds-before-status-checks", "1",
         "--latency-wait", "10",
+        *TARGETS,
         env=cluster.env,
         timeout=900,
     )
@@ -115,4 +121,4 @@ def test_pipeline_runs_its_lens_jobs_as_slurm_jobs(cluster, tiny_dirs, tmp_path)
     assert "localrule run_lens:" not in output
     assert "SLURM job" not in (workdir / "logs" / "001" / "evaluate_cross.log").read_text()
     assert (workdir / "results" / "001" / "evaluation-meta.md").is_file()
-    assert snakemake(workdir, "-n").stdout.count("Nothing to be done") == 1
+    assert snakemake(workdir, "-n", *TARGETS).stdout.count("Nothing to be done") == 1
