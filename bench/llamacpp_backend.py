@@ -16,7 +16,9 @@ For each model, CPU, each way in a fresh child process (its peak RSS is the proc
   the GGUF file and dequantised just before use, the same lens;
 - float32 in memory: the file dequantised once (``weights: dequantised``), forward hooks.
 
-"s / probe": the nine probes read (after one warm-up probe), over nine. "tokens / s":
+"s / probe": the nine probes read (after one warm-up probe), over nine; "last position
+only": the same with ``positions: last`` (the lens on each probe's last position, where the
+answer is predicted; the forward pass is the same). "tokens / s":
 --tokens greedy tokens after the first probe's prompt, the lens on every one. Then, in the
 same process, ``PENDING`` steps timed one by one ("step with capture": llama.cpp's step with
 every layer copied out) and decoded by the lens alone, the model idle ("the lens alone", per
@@ -29,12 +31,18 @@ vocabulary (Q4_K, a Q6_K head) with --scout-layers layers, small enough to run f
 (4 layers: 6.4 GB; "weights: quantised" and "float32 in memory" do not fit or take hours
 there: ``--ways`` leaves them out), not repacked (``llamacpp.repack: false``), as Scout's own
 file, over half the memory, is not.
+
+A second table counts, from each file's tensor shapes, the multiply-adds per token of the
+model and of the lens (every layer's residual through the head): where both share one unit
+at one speed, generation with the lens reaches at most 1 / (1 + lens / model) of plain
+generation. With scout-width, Scout's own 48 layers are counted too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -45,6 +53,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from workflow.gguf.prepare import locate_gguf  # noqa: E402 (after the repository is on the path)
 
 WAYS = ("llama.cpp alone", "llama.cpp with the lens", "weights: quantised", "float32 in memory")
 
@@ -77,9 +87,8 @@ def child(model: str, way: str, args) -> dict:
 
     import workflow  # noqa: F401 (MKL's reproducible mode)
     from workflow.config.settings import LensSettings
-    from workflow.gguf.prepare import locate_gguf, prepare_model
+    from workflow.gguf.prepare import prepare_model
     from workflow.lens.generation import LensGenerator
-    from workflow.lens.run import read_probes
     from workflow.model.llamacpp import LlamaCppModel
     from workflow.model.load import load_model
 
@@ -105,7 +114,7 @@ def child(model: str, way: str, args) -> dict:
                 logits = engine.run([token], layers=[], start=length).logits[-1]
                 length += 1
             per_second = args.tokens / (time.perf_counter() - started)
-            timed = {}
+            timed, per_probe_last = {}, per_probe
         else:
             # llama.cpp runs the file; the lens's head alone is read from it (weights: quantised).
             weights = "dequantised" if way == "float32 in memory" else "quantised"
@@ -113,11 +122,7 @@ def child(model: str, way: str, args) -> dict:
             prepare_model(model, {**entry, "weights": weights}, prepared)
             chosen = {"llama.cpp with the lens": "llamacpp", "weights: quantised": "hooks", "float32 in memory": "hooks"}[way]
             loaded = load_model(model, {**entry, "weights": weights, "backend": chosen}, prepared, device="cpu", dtype="float32")
-            settings = LensSettings()
-            read_probes(loaded, probes[:1], settings)
-            started = time.perf_counter()
-            read_probes(loaded, probes, settings)
-            per_probe = (time.perf_counter() - started) / len(probes)
+            per_probe, per_probe_last = (probe_seconds(loaded, probes, LensSettings(positions=where)) for where in ("all", "last"))
             prompt = loaded.tokenizer(probes[0]["prompt"])["input_ids"]
             generator = LensGenerator(loaded, LensSettings(positions="last"))
             started = time.perf_counter()
@@ -127,8 +132,18 @@ def child(model: str, way: str, args) -> dict:
     from gguf_layers import rss
 
     peak = rss("VmHWM")  # not getrusage: a child inherits its parent's peak (which may have built a file)
-    return {"per_probe": per_probe, "per_second": per_second, "peak_gb": peak / 1e9, "threads": torch.get_num_threads(),
-            **timed}
+    return {"per_probe": per_probe, "per_probe_last": per_probe_last, "per_second": per_second, "peak_gb": peak / 1e9,
+            "threads": torch.get_num_threads(), **timed}
+
+
+def probe_seconds(loaded, probes: list[dict], settings) -> float:
+    """Seconds per probe of ``read_probes`` on ``probes`` with ``settings``, after one warm-up probe."""
+    from workflow.lens.run import read_probes
+
+    read_probes(loaded, probes[:1], settings)
+    started = time.perf_counter()
+    read_probes(loaded, probes, settings)
+    return (time.perf_counter() - started) / len(probes)
 
 
 def seconds_per_token(loaded, generator, prompt: list[int]) -> dict[str, float]:
@@ -160,6 +175,30 @@ def seconds_per_token(loaded, generator, prompt: list[int]) -> dict[str, float]:
     return {"step_s": stepping / PENDING, "lens_s": best / PENDING}
 
 
+def multiply_adds(shapes: dict[str, tuple[int, ...]], layers: int, experts_used: float = 1.0) -> tuple[int, int]:
+    """Multiply-adds per token, counted from tensor shapes (``shapes``: name to shape): the
+    model's (every weight matrix but the embedding, a lookup; routed experts at the share
+    ``experts_used`` a token uses; the head, tied or not, once) and the lens's (the
+    embedding's and each of ``layers`` layers' residuals through the head). Attention's own
+    products, which grow with the context, are left out: short prompts."""
+    embedding = math.prod(shapes["token_embd.weight"])
+    model = sum(math.prod(shape) * (experts_used if "_exps." in name else 1) for name, shape in shapes.items()
+                if len(shape) >= 2 and name != "token_embd.weight")
+    if "output.weight" not in shapes:  # a tied head: the embedding again, as a product
+        model += embedding
+    return int(model), (layers + 1) * embedding
+
+
+def file_multiply_adds(path) -> tuple[int, int]:
+    """``multiply_adds`` of a GGUF file."""
+    from workflow.gguf.file import read_header
+
+    header = read_header(path)
+    meta = header.metadata
+    return multiply_adds({t.name: t.dims for t in header.table}, meta["block_count"],
+                         meta.get("expert_used_count", 1) / meta.get("expert_count", 1))
+
+
 def why_failed(out: subprocess.CompletedProcess) -> str:
     """A failed child's reason: its last line naming an error or a failed assertion (ggml's
     abort ends in a backtrace), else its last line, else its exit status."""
@@ -183,11 +222,13 @@ def main() -> None:
         print(json.dumps(child(*args.child, args)))
         return
     print(f"{platform.processor() or platform.machine()}; nine default probes, {args.tokens} generated tokens\n")
-    print("| model | way | s / probe | against llama.cpp alone | tokens / s | against llama.cpp alone | peak RSS (GB) "
+    print("| model | way | s / probe | against llama.cpp alone | last position only, against llama.cpp alone | tokens / s | against llama.cpp alone | peak RSS (GB) "
           "| step with capture, s | the lens alone, s / token | ceiling, tokens / s | of the ceiling |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    counted = {}
     for model in args.models:
-        entry_of(model, args)  # a file to build is built here, not in a measured process
+        entry = entry_of(model, args)  # a file to build is built here, not in a measured process
+        counted[model] = file_multiply_adds(locate_gguf(model, entry, Path(args.work)))
         alone = None
         for way in [w for w in WAYS if w in args.ways]:
             command = [sys.executable, __file__, "--child", model, way, "--tokens", str(args.tokens),
@@ -195,7 +236,7 @@ def main() -> None:
                        "--scout-layers", str(args.scout_layers)]
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"| {model} | {way} | failed: {why_failed(out)} | | | | | | | | |")
+                print(f"| {model} | {way} | failed: {why_failed(out)} | | | | | | | | | |")
                 continue
             result = json.loads(out.stdout.strip().splitlines()[-1])
             alone = alone or result
@@ -206,8 +247,20 @@ def main() -> None:
                 best = 1 / (step + lens)
                 ceiling = f"| {step:.4f} | {lens:.4f} | {best:.1f} | {result['per_second'] / best:.2f} |"
             print(f"| {model} | {way} | {result['per_probe']:.3f} | {result['per_probe'] / alone['per_probe']:.2f}x | "
+                  f"{result['per_probe_last'] / alone['per_probe']:.2f}x | "
                   f"{result['per_second']:.1f} | {result['per_second'] / alone['per_second']:.2f}x | {result['peak_gb']:.2f} "
                   f"{ceiling}", flush=True)
+    # Where the lens and the model share one unit at one speed, the lens's share of the work
+    # caps generation with the lens at 1 / (1 + lens / model) of plain generation.
+    print("\n| model | model, multiply-adds / token | the lens's | lens / model | at one speed, of plain generation |")
+    print("| --- | --- | --- | --- | --- |")
+    if "scout-width" in args.models:  # Scout itself, counted from bench/scout_width.py's shapes at 48 layers
+        from scout_width import SCOUT, tensor_table
+
+        counted["Scout, 48 layers (counted)"] = multiply_adds({name: shape for name, _, shape, _ in tensor_table(48)}, 48,
+                                                             1 / SCOUT["experts"])
+    for model, (weights, lens) in counted.items():
+        print(f"| {model} | {weights / 1e9:.3f} G | {lens / 1e9:.3f} G | {lens / weights:.1f} | {1 / (1 + lens / weights):.2f} |")
 
 
 if __name__ == "__main__":
