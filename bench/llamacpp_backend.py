@@ -102,18 +102,18 @@ def child(model: str, way: str, args) -> dict:
         if way == "llama.cpp alone":
             engine = LlamaCppModel(locate_gguf(model, entry, scratch), key=model, **entry.get("llamacpp", {}))
             ids = [engine.tokenize(p["prompt"]) for p in probes]
-            engine.run(ids[0], layers=[], last_only=True)
+            engine.run(ids[0], layers=[], read_from=-1)
             started = time.perf_counter()
             for prompt in ids:
-                engine.run(prompt, layers=[], last_only=True)
+                engine.run(prompt, layers=[], read_from=-1)
             per_probe = (time.perf_counter() - started) / len(ids)
             engine.reserve(len(ids[0]) + args.tokens)
             started = time.perf_counter()
-            logits = engine.run(ids[0], layers=[], last_only=True).logits[-1]
+            logits = engine.run(ids[0], layers=[], read_from=-1).logits[-1]
             length = len(ids[0])
             for _ in range(args.tokens):
                 token = int(logits.argmax())
-                logits = engine.run([token], layers=[], start=length, last_only=True).logits[-1]
+                logits = engine.run([token], layers=[], start=length, read_from=-1).logits[-1]
                 length += 1
             per_second = args.tokens / (time.perf_counter() - started)
             timed, per_probe_last = {}, per_probe

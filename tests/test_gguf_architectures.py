@@ -317,6 +317,10 @@ def test_the_llamacpp_backend_gives_the_pytorch_models_records_on_the_same_file(
     theirs, _ = hooks.backend.capture(ids, "all")
     assert relative_deviation(ours, theirs) <= tolerance["residual"], relative_deviation(ours, theirs)
     assert relative_deviation(ours[:, 1:], theirs[:, :-1]) > 10 * tolerance["residual"]
+    # The last position alone (generation, positions: last): llama.cpp's last block on that
+    # row alone, in every family's graph.
+    last, _ = engine.backend.capture(ids, "last")
+    assert relative_deviation(last, theirs[:, -1:]) <= tolerance["residual"], relative_deviation(last, theirs[:, -1:])
     assert_same_records(got.rows, want.rows, tolerance["prob"], tolerance["nats"])
     assert got.identity_check["logit_diff_over_bound"] <= 1.0
 

@@ -155,24 +155,28 @@ def test_capturing_some_layers_gives_what_capturing_all_gives(embedded):
     np.testing.assert_array_equal(model.run(ids, layers=[]).logits, every.logits)
 
 
-def test_the_last_position_alone_is_what_every_position_gives_there(embedded):
-    """Asked for the last position's logits alone, llama.cpp computes its last block on
-    that row alone: every layer before it the same numbers, the last block's product in
-    another shape, so its output within float32 rounding of a reordered sum (seen: 7e-8 of
-    the layer's largest value), and the logits from it."""
+@pytest.mark.parametrize("read_from", [-1, 3])
+def test_the_positions_read_alone_are_what_every_position_gives_there(read_from, embedded):
+    """Asked for the logits of the last position (-1), or of positions 3.., alone, llama.cpp
+    computes its last block on those rows alone: every layer before it the same numbers, the
+    last block's products in another shape, so its output within float32 rounding of a
+    reordered sum (seen: 7e-8 of the layer's largest value), and the logits from it."""
     _, model = embedded("gemma-3-270m")
     ids = model.tokenize(CONFIG["probes"][0]["prompt"])
     every = model.run(ids)
-    last = model.run(ids, last_only=True)
-    assert last.residuals.shape == (model.n_layers + 1, 1, model.d_model)
-    assert last.logits.shape == (1, model.vocab_size)
-    np.testing.assert_array_equal(last.residuals[:-1, 0], every.residuals[:-1, -1])
-    scale = np.abs(every.residuals[-1, -1]).max()
-    np.testing.assert_allclose(last.residuals[-1, 0], every.residuals[-1, -1], rtol=0, atol=1e-6 * scale)
-    np.testing.assert_allclose(last.logits[0], every.logits[-1], rtol=0, atol=1e-5 * np.abs(every.logits[-1]).max())
-    # A patch of the last block's output at an earlier position changes nothing read: its row
-    # is one llama.cpp dropped.
-    patched = model.run(ids, layers=[model.n_layers], patches=[(model.n_layers, 1, np.zeros(model.d_model))], last_only=True)
+    kept = slice(read_from % len(ids), None)
+    n = len(ids) - kept.start
+    last = model.run(ids, read_from=read_from)
+    assert last.residuals.shape == (model.n_layers + 1, n, model.d_model)
+    assert last.logits.shape == (n, model.vocab_size)
+    np.testing.assert_array_equal(last.residuals[:-1], every.residuals[:-1, kept])
+    scale = np.abs(every.residuals[-1, kept]).max()
+    np.testing.assert_allclose(last.residuals[-1], every.residuals[-1, kept], rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(last.logits, every.logits[kept], rtol=0, atol=1e-5 * np.abs(every.logits[kept]).max())
+    # A patch of the last block's output at a position before those read changes nothing
+    # read: its row is one llama.cpp dropped.
+    patched = model.run(ids, layers=[model.n_layers], patches=[(model.n_layers, 1, np.zeros(model.d_model))],
+                        read_from=read_from)
     np.testing.assert_array_equal(patched.logits, last.logits)
 
 
@@ -377,7 +381,7 @@ def test_a_patch_at_one_position_agrees_with_the_pytorch_patching(tiny):
         plain = exact.run(clean, layers=[]).logits[-1]
         assert np.abs(patched.logits[-1] - plain).max() > 1e-2  # the patch changes the answer's logits
         np.testing.assert_allclose(patched.logits[-1], want, atol=1e-4 * np.abs(want).max())
-        alone = exact.run(clean, layers=[], patches=[(layer, position, value)], last_only=True)  # as 002 runs it
+        alone = exact.run(clean, layers=[], patches=[(layer, position, value)], read_from=-1)  # as 002 runs it
         np.testing.assert_allclose(alone.logits[0], want, atol=1e-4 * np.abs(want).max())
 
 
@@ -395,13 +399,13 @@ def backend_model(kind: str, settings: dict | None = None, key: str = "tiny"):
     return load_model(key, entry, prepared, device="cpu", dtype="float32")
 
 
-def probe_rows(model, probes=None):
+def probe_rows(model, probes=None, settings=None):
     import pandas as pd
 
     from workflow.config.settings import LensSettings
     from workflow.lens.run import read_probes
 
-    readings = read_probes(model, probes or CONFIG["probes"], LensSettings())
+    readings = read_probes(model, probes or CONFIG["probes"], settings or LensSettings())
     return pd.DataFrame(readings.rows), readings
 
 
@@ -418,6 +422,29 @@ def test_experiment_001s_records_on_llamacpp_are_the_hooks_backends_on_a_float32
     tolerance = engine_tolerances("llama", "f32")
     assert_same_records(readings.rows, want.rows, tolerance["prob"], tolerance["nats"])
     assert readings.identity_check["logit_diff_over_bound"] <= 1.0
+
+
+def test_experiment_001_at_the_last_position_on_llamacpp_is_the_hooks_backends(tiny):
+    """``positions: last``: llama.cpp runs its last block and head on the prompt's last
+    position and the answer's alone (``capture_batch(from_read=True)``); the records, and
+    001's scores of the whole answer teacher-forced over those positions, are the hooks
+    backend's within float32 rounding, as at every position."""
+    from workflow.config.settings import LensSettings
+    from workflow.experiments.exp001.run import run_lens
+
+    hooks, _, _ = tiny
+    model = backend_model("f32", FLOAT32)
+    settings = LensSettings(positions="last")
+    probes = CONFIG["probes"] + [{"id": "long-answer", "prompt": "The Eiffel Tower stands in", "answer": " the city of Paris, France"}]
+    assert any(len(hooks.tokenizer(p["answer"], add_special_tokens=False)["input_ids"]) > 1 for p in probes)  # answers of several tokens
+    tolerance = engine_tolerances("llama", "f32")
+    want_summary, want = run_lens(hooks, probes, settings)
+    got_summary, got = run_lens(model, probes, settings)
+    assert {row["position"] for row in got} == {row["position"] for row in want} and len(got) < 20 * len(probes)
+    assert_same_records(got, want, tolerance["prob"], tolerance["nats"])
+    for ours, theirs in zip(got_summary["probes"], want_summary["probes"]):
+        assert abs(ours["answer_logprob"] - theirs["answer_logprob"]) <= tolerance["nats"], ours["id"]
+        assert ours["answer_greedy"] == theirs["answer_greedy"]
 
 
 def test_a_quantised_file_on_llamacpp_is_checked_against_the_bound_of_its_rounding(tiny):

@@ -154,7 +154,8 @@ def lens_batch(session: LensSession, batch: list[Tokenised], length: int) -> Len
     """One batch of probes through the model and the lenses, the residuals checked finite
     and the lens at the last layer checked against the model's logits."""
     model = session.model
-    residuals, model_logits = model.backend.capture_batch([item.sequence for item in batch], length, [item.read for item in batch])
+    residuals, model_logits = model.backend.capture_batch([item.sequence for item in batch], length, [item.read for item in batch],
+                                                          from_read=session.settings.positions == "last")
     for b, item in enumerate(batch):
         check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
     found = LensBatch(length, batch, residuals, model_logits, [])

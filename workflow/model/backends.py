@@ -44,10 +44,14 @@ class Backend(Protocol):
     def capture(self, input_ids: list[int], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals [L+1, T', d] at the kept positions, and the model's logits [1, V] at the last one."""
 
-    def capture_batch(self, sequences: list[list[int]], length: int, read: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def capture_batch(self, sequences: list[list[int]], length: int, read: list[int],
+                      from_read: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals [L+1, B, length, d] of token sequences right-padded to ``length``, and the
         model's logits [B, V] at position ``read[b]`` of each; run ``forward_rows(length)``
-        sequences to a forward pass, so that each one's numbers do not depend on the others."""
+        sequences to a forward pass, so that each one's numbers do not depend on the others.
+        ``from_read``: only positions from ``read[b]`` on are used, and a backend that gains
+        by it may leave the others zero (llama.cpp then runs its last block and head on those
+        rows alone)."""
 
     def new_cache(self, n_tokens: int) -> Any:
         """An empty cache for generation of up to ``n_tokens`` positions (``step``'s)."""
@@ -287,7 +291,7 @@ class BridgeBackend:
         logits = last_logits(lambda t, **kw: self.bridge.run_with_hooks(t, fwd_hooks=hooks, past_key_values=cache, **kw), tokens)
         return stacked(captured), logits[0].float()
 
-    def capture_batch(self, sequences, length, read):
+    def capture_batch(self, sequences, length, read, from_read=False):  # every position computed either way
         return in_forward_passes(self._forward_pass, sequences, length, read, input_device(self.hf_model))
 
     def _forward_pass(self, batch, read):
@@ -565,7 +569,7 @@ class HooksBackend:
             )
         return stacked(captured), logits[0].float()
 
-    def capture_batch(self, sequences, length, read):
+    def capture_batch(self, sequences, length, read, from_read=False):  # every position computed either way
         return in_forward_passes(self._forward_pass, sequences, length, read, input_device(self.hf_model))
 
     def _forward_pass(self, batch, read):

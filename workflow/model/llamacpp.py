@@ -19,8 +19,8 @@ after the decode naming what went wrong (``LlamaCppRunError``); the ctypes callb
 stay referenced while the context lives; on Metal/CUDA a tensor's ``data`` is device
 memory, so tensors are read and written only through ``ggml_backend_tensor_get/_set``; in
 its last block llama.cpp keeps only the rows whose logits were asked for, so every
-position's logits are asked for, or (``last_only``) the last position's alone, where only
-that position is read; a sequence is decoded as one micro-batch, so every tensor is seen
+position's logits are asked for, or (``read_from``) those of the positions read alone, the
+last and the answer's; a sequence is decoded as one micro-batch, so every tensor is seen
 once, whole.
 """
 
@@ -137,7 +137,7 @@ def _route_logs(llama_cpp) -> None:
 class Run:
     """One decode's results: ``residuals[i]`` the residual stream at ``layers[i]``, every
     position [T, d] float32; ``logits`` llama.cpp's own at every position [T, V] float32
-    (a run of the last position only: [1, d] and [1, V])."""
+    (a run read from position p on: positions p.. alone)."""
 
     layers: list[int]
     residuals: np.ndarray  # [len(layers), T, d]
@@ -150,16 +150,16 @@ class Run:
 class _Pass:
     """What one decode reads and writes, by graph name, and what the callback saw."""
 
-    # more than 6 parameters: the decode's size, what it reads and writes, and which positions
+    # more than 6 parameters: the decode's size, what it reads and writes, and from which position
     def __init__(self, n_tokens: int, d_model: int, capture: dict[str, int], patches: dict[str, list[tuple[int, np.ndarray]]],
-                 last_only: bool = False):
+                 read_from: int = 0):
         self.n_tokens = n_tokens
         self.d_model = d_model
         self.capture = capture  # graph name -> row in the output
         self.patches = patches
-        self.last_only = last_only
+        self.read_from = read_from  # the first position read (residuals and logits)
         self.wanted = set(capture) | set(patches)
-        self.out = np.empty((len(capture), 1 if last_only else n_tokens, d_model), dtype=np.float32)
+        self.out = np.empty((len(capture), n_tokens - read_from, d_model), dtype=np.float32)
         self.seen: dict[str, int] = {}
         self.error: str | None = None
 
@@ -351,9 +351,9 @@ class LlamaCppModel:
             return
         shape = tuple(tensor.ne)
         d, t = self.d_model, work.n_tokens
-        # Asked for the last position's logits alone, llama.cpp keeps that row alone from
-        # where its last block selects the rows (graph input inp_out_ids): a tensor of one row.
-        rows = 1 if work.last_only and shape[1] == 1 else t
+        # Asked for the logits of positions read_from.. alone, llama.cpp keeps those rows alone
+        # from where its last block selects them (graph input inp_out_ids).
+        rows = t - work.read_from if work.read_from and shape[1] == t - work.read_from else t
         if tensor.type != GGML_TYPE_F32 or shape != (d, rows, 1, 1) or tensor.nb[0] != 4 or tensor.nb[1] != 4 * d:
             work.error = (f"graph tensor {name} is of ggml type {tensor.type}, shape {list(shape)}, strides "
                           f"{list(tensor.nb)}; expected contiguous float32 [{d}, {t}] (width x positions)")
@@ -372,8 +372,8 @@ class LlamaCppModel:
             self._lib.ggml_backend_tensor_set(pointer, vector.ctypes.data, (position - first) * row_bytes, row_bytes)
         row = work.capture.get(name)
         if row is not None:
-            read = 1 if work.last_only else t
-            self._lib.ggml_backend_tensor_get(pointer, work.out[row].ctypes.data, (rows - read) * row_bytes, read * row_bytes)
+            self._lib.ggml_backend_tensor_get(pointer, work.out[row].ctypes.data, (work.read_from - first) * row_bytes,
+                                              (t - work.read_from) * row_bytes)
 
     # ------------------------------------------------------------------ layer names
     def _find_layer_names(self) -> list[str]:
@@ -419,11 +419,12 @@ class LlamaCppModel:
     # ------------------------------------------------------------------ running
     # more than 6 parameters: what to read and write, and where in the cache the tokens go
     def run(self, tokens: Sequence[int], layers: Iterable[int] | None = None,
-            patches: Iterable[tuple[int, int, object]] = (), start: int = 0, last_only: bool = False) -> Run:
+            patches: Iterable[tuple[int, int, object]] = (), start: int = 0, read_from: int = 0) -> Run:
         """Decode ``tokens`` from an empty cache: the residual stream at ``layers`` (default
         all, 0..L) at every position, and llama.cpp's logits at every position; with
-        ``last_only``, at the last position alone, and llama.cpp computes its last block's
-        other rows and their logits not at all, as it does when it generates.
+        ``read_from`` (negative: from the end), at the positions from there on alone, and
+        llama.cpp computes its last block's other rows and their logits not at all (-1, the
+        last position alone: as it does when it generates).
 
         ``patches``: (layer, position, vector [d]) written into the residual stream at that
         layer before anything downstream reads it (several at one layer and position: the
@@ -444,7 +445,9 @@ class LlamaCppModel:
             value = np.ascontiguousarray(_as_numpy(vector), dtype=np.float32)
             writes.setdefault(self.layer_names[int(layer)], []).append((int(position), value))
         capture = {self.layer_names[k]: i for i, k in enumerate(layers)}
-        work = _Pass(len(tokens), self.d_model, capture, writes, last_only)
+        if not -len(tokens) <= read_from < len(tokens):
+            raise ValueError(f"read_from {read_from} is not a position of the {len(tokens)} tokens")
+        work = _Pass(len(tokens), self.d_model, capture, writes, read_from % len(tokens))
         logits = self._decode(tokens, work, start=start)
         missing = [name for name in work.wanted if name not in work.seen]
         if work.error is None and missing:
@@ -482,7 +485,7 @@ class LlamaCppModel:
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
                 # The last block keeps only the rows whose logits are asked for.
-                batch.logits[i] = 1 if not work.last_only or i == n - 1 else 0
+                batch.logits[i] = 1 if i >= work.read_from else 0
             batch.n_tokens = n
             self._pass = work
             try:
@@ -496,7 +499,7 @@ class LlamaCppModel:
         if not logits:
             return None
         pointer = llama.llama_get_logits(ctx)
-        return np.ctypeslib.as_array(pointer, shape=(1 if work.last_only else n, self.vocab_size)).copy()
+        return np.ctypeslib.as_array(pointer, shape=(n - work.read_from, self.vocab_size)).copy()
 
 
 def _block(name: str) -> int | None:
@@ -594,7 +597,7 @@ class EngineBlocks:
             writes = [(start, position, hidden[row, position]) for position in range(hidden.shape[1])]
             # Writes at the starting layer go after the starting residual (the last wins).
             writes += [(layer, position, value) for layer, position, value in patches.of_row(row)]
-            run = self.engine.run(input_ids, layers=layers, patches=writes, last_only=not keep)
+            run = self.engine.run(input_ids, layers=layers, patches=writes, read_from=0 if keep else -1)
             out.append(torch.from_numpy(run.residuals if keep else run.residuals[-1, -1]))
         return torch.stack(out, 1) if keep else torch.stack(out)
 
@@ -650,17 +653,18 @@ class LlamaCppBackend:
         return self._bound(normed.detach().to("cpu", torch.float64).numpy()) * self.stretch
 
     def capture(self, input_ids, positions):
-        run = self.engine.run(list(input_ids), last_only=positions == "last")
+        run = self.engine.run(list(input_ids), read_from=-1 if positions == "last" else 0)
         keep = slice(-1, None) if positions == "last" else slice(None)
         return torch.from_numpy(run.residuals[:, keep]), torch.from_numpy(run.logits[-1:])
 
-    def capture_batch(self, sequences, length, read):
+    def capture_batch(self, sequences, length, read, from_read=False):
         residuals = torch.zeros(self.n_layers + 1, len(sequences), length, self.d_model)
         logits = torch.empty(len(sequences), self.vocab_size)
         for b, ids in enumerate(sequences):
-            run = self.engine.run(list(ids))
-            residuals[:, b, : len(ids)] = torch.from_numpy(run.residuals)
-            logits[b] = torch.from_numpy(run.logits[read[b]])
+            first = read[b] if from_read else 0
+            run = self.engine.run(list(ids), read_from=first)
+            residuals[:, b, first : len(ids)] = torch.from_numpy(run.residuals)
+            logits[b] = torch.from_numpy(run.logits[read[b] - first])
         return residuals, logits
 
     def new_cache(self, n_tokens: int) -> EngineCache:
@@ -669,7 +673,7 @@ class LlamaCppBackend:
 
     def step(self, tokens, cache: EngineCache):
         ids = [int(t) for t in tokens[0].tolist()]
-        run = self.engine.run(ids, start=cache.length, last_only=True)
+        run = self.engine.run(ids, start=cache.length, read_from=-1)
         cache.length += len(ids)
         return torch.from_numpy(run.residuals[:, -1].copy()), torch.from_numpy(run.logits[-1].copy())
 

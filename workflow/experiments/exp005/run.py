@@ -131,7 +131,7 @@ def last_residuals(session: LensSession, items: list[Item], batch_size: int) -> 
     for length, indices in length_batches([len(item.input_ids) for item in items], batch_size):
         batch = [items[i] for i in indices]
         reads = [len(item.input_ids) - 1 for item in batch]
-        residuals, model_logits = model.backend.capture_batch([item.input_ids for item in batch], length, reads)
+        residuals, model_logits = model.backend.capture_batch([item.input_ids for item in batch], length, reads, from_read=True)
         if last is None:  # the residuals' own dtype and device: the lenses read them as 001's do
             last = residuals.new_empty(model.n_layers + 1, len(items), model.d_model)
         for b, item in enumerate(batch):
