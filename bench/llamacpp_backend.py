@@ -37,7 +37,9 @@ file, over half the memory, is not.
 A second table counts, from each file's tensor shapes, the multiply-adds per token of the
 model and of the lens (every layer's residual through the head): where both share one unit
 at one speed, generation with the lens reaches at most 1 / (1 + lens / model) of plain
-generation. With scout-width, Scout's own 48 layers are counted too.
+generation; a probe of T tokens takes, at one speed, at least 1 + lens / model of llama.cpp's
+forward pass at every position and 1 + lens / (T x model) at its last position alone. With
+scout-width, Scout's own 48 layers are counted too.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def child(model: str, way: str, args) -> dict:
                 logits = engine.run([token], layers=[], start=length, read_from=-1).logits[-1]
                 length += 1
             per_second = args.tokens / (time.perf_counter() - started)
-            timed, per_probe_last = {}, per_probe
+            timed, per_probe_last = {"tokens": sum(map(len, ids)) / len(ids)}, per_probe
         else:
             # llama.cpp runs the file; the lens's head alone is read from it (weights: quantised).
             weights = "dequantised" if way == "float32 in memory" else "quantised"
@@ -227,7 +229,7 @@ def main() -> None:
     print("| model | way | s / probe | against llama.cpp alone | last position only, against llama.cpp alone | tokens / s | against llama.cpp alone | peak RSS (GB) "
           "| step with capture, s | the lens alone, s / token | ceiling, tokens / s | of the ceiling |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    counted = {}
+    counted, tokens = {}, {}  # multiply-adds per token; the probes' mean tokens (llama.cpp's tokenizer)
     for model in args.models:
         entry = entry_of(model, args)  # a file to build is built here, not in a measured process
         counted[model] = file_multiply_adds(locate_gguf(model, entry, Path(args.work)))
@@ -242,6 +244,8 @@ def main() -> None:
                 continue
             result = json.loads(out.stdout.strip().splitlines()[-1])
             alone = alone or result
+            if "tokens" in result:
+                tokens[model] = result["tokens"]
             ceiling = "| — | — | — | — |"
             if "lens_s" in result:
                 # The model's step and the lens's work share the cores: at best one after the other.
@@ -254,15 +258,21 @@ def main() -> None:
                   f"{ceiling}", flush=True)
     # Where the lens and the model share one unit at one speed, the lens's share of the work
     # caps generation with the lens at 1 / (1 + lens / model) of plain generation.
-    print("\n| model | model, multiply-adds / token | the lens's | lens / model | at one speed, of plain generation |")
-    print("| --- | --- | --- | --- | --- |")
+    # A probe of T tokens: the model's work is T tokens', the lens's at every position T
+    # tokens' too, at the last position one token's (the answer's positions left out).
+    print("\n| model | model, multiply-adds / token | the lens's | lens / model | at one speed, of plain generation "
+          "| probe tokens | at one speed, a probe at every position, at least | at its last position, at least |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     if "scout-width" in args.models:  # Scout itself, counted from bench/scout_width.py's shapes at 48 layers
         from scout_width import SCOUT, tensor_table
 
         counted["Scout, 48 layers (counted)"] = multiply_adds({name: shape for name, _, shape, _ in tensor_table(48)}, 48,
                                                              1 / SCOUT["experts"])
+        tokens["Scout, 48 layers (counted)"] = tokens.get("scout-width")  # the same tokenizer (SmolLM2's)
     for model, (weights, lens) in counted.items():
-        print(f"| {model} | {weights / 1e9:.3f} G | {lens / 1e9:.3f} G | {lens / weights:.1f} | {1 / (1 + lens / weights):.2f} |")
+        t = tokens.get(model)
+        last = f"| {t:.1f} | {1 + lens / weights:.2f}x | {1 + lens / (t * weights):.2f}x |" if t else "| — | — | — |"
+        print(f"| {model} | {weights / 1e9:.3f} G | {lens / 1e9:.3f} G | {lens / weights:.1f} | {1 / (1 + lens / weights):.2f} {last}")
 
 
 if __name__ == "__main__":
