@@ -399,13 +399,13 @@ def backend_model(kind: str, settings: dict | None = None, key: str = "tiny"):
     return load_model(key, entry, prepared, device="cpu", dtype="float32")
 
 
-def probe_rows(model, probes=None, settings=None):
+def probe_rows(model, probes=None):
     import pandas as pd
 
     from workflow.config.settings import LensSettings
     from workflow.lens.run import read_probes
 
-    readings = read_probes(model, probes or CONFIG["probes"], settings or LensSettings())
+    readings = read_probes(model, probes or CONFIG["probes"], LensSettings())
     return pd.DataFrame(readings.rows), readings
 
 

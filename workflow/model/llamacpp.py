@@ -356,7 +356,7 @@ class LlamaCppModel:
         rows = t - work.read_from if work.read_from and shape[1] == t - work.read_from else t
         if tensor.type != GGML_TYPE_F32 or shape != (d, rows, 1, 1) or tensor.nb[0] != 4 or tensor.nb[1] != 4 * d:
             work.error = (f"graph tensor {name} is of ggml type {tensor.type}, shape {list(shape)}, strides "
-                          f"{list(tensor.nb)}; expected contiguous float32 [{d}, {t}] (width x positions)")
+                          f"{list(tensor.nb)}; expected contiguous float32 [{d}, {rows}] (width x positions)")
             return
         row_bytes = 4 * d
         first = t - rows  # the position of the tensor's first row
