@@ -64,6 +64,42 @@ def test_records_match_independent_computation_at_every_layer(arch, loaded, tiny
     assert read.probes[0]["identity_check"]["max_abs_prob_diff"] <= 1e-4
 
 
+@pytest.mark.parametrize("positions", ["all", "last"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_identity_check_reads_the_lenss_own_last_layer_logits(arch, positions, loaded, tiny_dirs, probes, monkeypatch):
+    """The identity check compares the model's logits with the reference head's logits as the
+    lens's own pass over the vocabulary computed them (``FinalLogits``), not a second product
+    of the head: those logits equal plain transformers' at each probe's last position, every
+    probe's are kept (none left NaN), and nothing computes the head's product for the check."""
+    from workflow.lens import session as session_module
+    from workflow.lens.run import lens_batches
+    from workflow.lens.session import LensSession
+
+    model = loaded[arch]
+    kept = {}
+    check = LensSession.check_identity
+
+    def recording(self, final, model_logits, names, block=32, lens_logits=None):
+        assert lens_logits is not None, "the identity check was not handed the lens's own logits"
+        kept.update(zip(names, lens_logits.clone()))
+        return check(self, final, model_logits, names, block, lens_logits)
+
+    def no_product(*args, **kwargs):
+        raise AssertionError("the identity check computed the head's product again")
+
+    monkeypatch.setattr(LensSession, "check_identity", recording)
+    monkeypatch.setattr(session_module, "rows_padded", no_product)
+    chosen = probes[:3]
+    session = LensSession(model, LensSettings(top_k=3, positions=positions))
+    assert sum(len(batch.readings) for batch in lens_batches(session, chosen, batch_size=2)) == len(chosen)
+    assert len(kept) == len(chosen)
+    for probe in chosen:
+        _, hf_logits, _ = reference_layers(tiny_dirs[arch], probe["prompt"])
+        got = kept[f"probe {probe['id']!r}"]
+        assert bool(torch.isfinite(got).all())
+        assert (got - hf_logits[-1]).abs().max().item() <= 1e-4
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_lens_uses_the_norm_module_itself(arch, loaded):
     """Perturbing the model's final norm weight must change what the lens reads."""

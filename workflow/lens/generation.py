@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from workflow.config.settings import LensSettings
-from workflow.lens.readout import DECODE_POSITIONS, RowStats
+from workflow.lens.readout import DECODE_POSITIONS, FinalLogits, RowStats
 from workflow.lens.records import in_record_order, lens_row
 from workflow.lens.session import LensSession, answer_layers
 from workflow.model.backends import input_device
@@ -219,15 +219,17 @@ class LensGenerator(LensSession):
         residuals = torch.stack([r for _, _, _, r, _ in items], 1)  # [L+1, k, d]
         answers = torch.tensor([chosen for _, chosen, _, _, _ in items])
         per_lens: dict[str, list[list[RowStats]]] = {}
+        final = FinalLogits(list(range(len(items))))
         for lens in self.lenses:
             rows: list[list[RowStats]] = [[] for _ in items]
-            for stats in self.statistics(residuals, answers, lens, separate_positions=True):
+            for stats in self.statistics(residuals, answers, lens, separate_positions=True, final=final if lens is self.lenses[0] else None):
                 rows[stats.position].append(stats)
             per_lens[lens.name] = [sorted(r, key=lambda s: s.layer) for r in rows]
-        # PENDING rows to a product: a fixed shape, of the size of a full decode here (the
-        # backend's bound too: one product for the steps decoded together, not one a step).
+        # The lens's own last-layer logits against the model's; the backend's bound PENDING
+        # rows to a product: a fixed shape, of the size of a full decode here (one product for
+        # the steps decoded together, not one a step).
         deviations = self.check_identity(residuals[-1], torch.stack([logits for *_, logits in items]),
-                                         [f"generated token {index}" for index, *_ in items], PENDING)
+                                         [f"generated token {index}" for index, *_ in items], PENDING, final.logits)
         traces = []
         for k, ((index, chosen, input_id, _, model_logits), deviation) in enumerate(zip(items, deviations)):
             model_prob = float(torch.softmax(model_logits.double(), -1)[chosen])

@@ -100,6 +100,7 @@ def lens_statistics(
     working_memory_mb: int,
     tuned: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     separate_positions: bool = False,
+    final: FinalLogits | None = None,
 ) -> Iterator[RowStats]:
     """Yield statistics for every (layer, position) of ``residuals`` [L+1, T, d].
 
@@ -112,7 +113,9 @@ def lens_statistics(
 
     ``reference`` decodes the last layer as the model does (always with its norm),
     giving the reference distribution for KL. ``tuned(h, layer)`` is the lens's
-    change of basis (identity for the logit lens).
+    change of basis (identity for the logit lens). ``final``: where to leave the reference
+    head's logits at the last layer for some positions (``FinalLogits``), as the pass over
+    the vocabulary computes them.
 
     Where the unembedding is a plain linear map shared by both heads (every supported
     architecture), the vocabulary is streamed in blocks and every statistic is
@@ -122,9 +125,43 @@ def lens_statistics(
     """
     weights, shared = head.linear(), reference.linear()
     if weights is not None and shared is not None and weights[0] is shared[0] and head.compute_dtype == reference.compute_dtype:
-        yield from stream_statistics(residuals, head, reference, answer_id, top_k, working_memory_mb, tuned, separate_positions)
+        yield from stream_statistics(residuals, head, reference, answer_id, top_k, working_memory_mb, tuned, separate_positions, final)
     else:
-        yield from block_statistics(residuals, head, reference, answer_id, top_k, vocab_size, working_memory_mb, tuned)
+        yield from block_statistics(residuals, head, reference, answer_id, top_k, vocab_size, working_memory_mb, tuned, final)
+
+
+class FinalLogits:
+    """The reference head's logits at the last layer at chosen ``positions`` of a
+    ``lens_statistics`` call (``logits`` [n, V], in ``positions``' order), kept as the lens's
+    own pass over the vocabulary computes them: the identity check compares these with the
+    model's own logits, so the lens is checked on the very numbers its last layer's records
+    come from, and the head's product is not computed a second time for the check (at
+    Scout's 202k vocabulary that product was as long as the lens's)."""
+
+    def __init__(self, positions: list[int]):
+        self.positions = positions
+        self.logits: torch.Tensor | None = None
+
+    def start(self, vocab: int, device: torch.device) -> None:
+        """Room for the logits (NaN until kept: a position never kept fails the check)."""
+        if self.logits is None:
+            self.logits = torch.full((len(self.positions), vocab), float("nan"), device=device)
+
+    def wanted(self, block: list[int]) -> tuple[list[int], list[int]]:
+        """(rows of ``logits``, indices into ``block``) of the wanted positions in a block of positions."""
+        index = {p: j for j, p in enumerate(block)}
+        pairs = [(k, index[p]) for k, p in enumerate(self.positions) if p in index]
+        return [k for k, _ in pairs], [j for _, j in pairs]
+
+    def keep(self, wanted: tuple[list[int], list[int]], logits: torch.Tensor, v0: int = 0, rows_of: torch.Tensor | None = None) -> None:
+        """The wanted positions' rows of ``logits`` (the reference logits of a block of
+        positions over the vocabulary's columns from ``v0``; ``rows_of``: each position's
+        row there, where the rows are not the positions themselves) kept."""
+        kept, block = wanted
+        if kept:
+            assert self.logits is not None, "FinalLogits.start comes first"
+            picked = torch.tensor(block, device=logits.device)
+            self.logits[kept, v0 : v0 + logits.shape[1]] = logits[picked if rows_of is None else rows_of[picked]].to(self.logits.device)
 
 
 # A product of the lens's heads or translators on rows that several probes share runs on
@@ -169,6 +206,7 @@ def block_statistics(
     vocab_size: int,
     working_memory_mb: int,
     tuned: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    final: FinalLogits | None = None,
 ) -> Iterator[RowStats]:
     """Rows decoded over the full vocabulary, in blocks of rows sized from the budget."""
     n_layers_plus_one, n_pos, d_model = residuals.shape
@@ -177,7 +215,11 @@ def block_statistics(
     layer_block = max(1, min(n_layers_plus_one, rows // pos_block))
     for p0 in range(0, n_pos, pos_block):
         positions = list(range(p0, min(n_pos, p0 + pos_block)))
-        final_lp = torch.log_softmax(rows_padded(reference.logits, residuals[-1, positions]), dim=-1)
+        final_logits = rows_padded(reference.logits, residuals[-1, positions])
+        if final is not None:
+            final.start(final_logits.shape[-1], final_logits.device)
+            final.keep(final.wanted(positions), final_logits)
+        final_lp = torch.log_softmax(final_logits, dim=-1)
         for l0 in range(0, n_layers_plus_one, layer_block):
             layers = list(range(l0, min(n_layers_plus_one, l0 + layer_block)))
             hidden = _transformed(residuals[:, positions], layers, tuned)  # [nl, np, d]
@@ -272,6 +314,7 @@ def stream_statistics(
     working_memory_mb: int,
     tuned: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     separate_positions: bool = False,
+    final: FinalLogits | None = None,
 ) -> Iterator[RowStats]:
     """One pass over vocabulary blocks per block of positions; see ``lens_statistics``.
 
@@ -302,16 +345,21 @@ def stream_statistics(
         residuals = torch.cat([residuals, residuals.new_zeros(n_layers_plus_one, missing, residuals.shape[2])], 1)
         answers = torch.cat([answers, answers.new_zeros(missing)])
         n_pos += missing
+    if final is not None:
+        final.start(vocab, device)
     for p0 in range(0, n_pos, pos_block):
         rows = StreamRows.of(residuals, list(range(p0, min(n_pos, p0 + pos_block))), head, reference, answers, tuned)
         sums = sums_for(head, rows, vocab_block)
         top = TopK(rows.n_rows, top_k, device)
+        kept = final.wanted(rows.positions) if final is not None else None
         buffers = [torch.empty(rows.n_all * vocab_block, device=device) for _ in range(sums.BUFFERS)]
         for v0 in range(0, vocab, vocab_block):
             v1 = min(vocab, v0 + vocab_block)
             z, e, scratch = (buffers[min(i, len(buffers) - 1)][: rows.n_all * (v1 - v0)].view(rows.n_all, v1 - v0) for i in range(3))
             block = weight[v0:v1]
             block_logits(head, rows.inputs, block, bias[v0:v1] if bias is not None else None, z)
+            if kept is not None:
+                final.keep(kept, z, v0, rows.final_index)  # type: ignore[union-attr]
             if v0 == 0:  # the first block sets each row's shift
                 sums.start(z)
             raw_max = sums.count(z, scratch)

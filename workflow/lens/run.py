@@ -40,6 +40,7 @@ from workflow.lens.session import (
     tokenize_probe,
 )
 from workflow.model.load import LoadedModel
+from workflow.lens.readout import FinalLogits
 from workflow.lens.records import in_record_order, lens_row
 
 log = logging.getLogger(__name__)
@@ -159,30 +160,38 @@ def lens_batch(session: LensSession, batch: list[Tokenised], length: int) -> Len
     for b, item in enumerate(batch):
         check_finite(model, item.probe, residuals[:, b, : len(item.sequence)])
     found = LensBatch(length, batch, residuals, model_logits, [])
-    deviations = session.check_identity(found.last_position()[-1], model_logits, [f"probe {item.probe['id']!r}" for item in batch])
-    per_lens = lens_statistics_of_batch(session, found)
+    per_lens, lens_logits = lens_statistics_of_batch(session, found)
+    deviations = session.check_identity(found.last_position()[-1], model_logits, [f"probe {item.probe['id']!r}" for item in batch],
+                                        lens_logits=lens_logits)
     for b, item in enumerate(batch):
         found.readings.append(probe_reading(session, item, per_lens, b, deviations[b]))
     return found
 
 
-def lens_statistics_of_batch(session: LensSession, batch: LensBatch) -> dict[str, dict[int, list]]:
+def lens_statistics_of_batch(session: LensSession, batch: LensBatch) -> tuple[dict[str, dict[int, list]], torch.Tensor]:
     """Per lens, per probe of the batch: (position, statistics) of every layer, at every
-    prompt position or (positions: last) at its last one."""
+    prompt position or (positions: last) at its last one; and the reference head's logits
+    at each probe's last prompt position [B, V], as the first lens's pass computed them
+    (for the identity check)."""
     per_lens: dict[str, dict[int, list]] = {name: {} for name in session.lens_names}
     items = batch.items
     if session.settings.positions == "last":
         last = batch.last_position()
         answers = torch.tensor([item.answer_ids[0] for item in items])
+        final = FinalLogits(list(range(len(items))))
         for lens in session.lenses:
-            for stats in session.statistics(last, answers, lens, separate_positions=True):
+            for stats in session.statistics(last, answers, lens, separate_positions=True, final=final if lens is session.lenses[0] else None):
                 per_lens[lens.name].setdefault(stats.position, []).append((items[stats.position].read, stats))
-    else:
-        for b, item in enumerate(items):
-            own = batch.residuals[:, b, : len(item.input_ids)]
-            for lens in session.lenses:
-                per_lens[lens.name][b] = [(stats.position, stats) for stats in session.statistics(own, item.answer_ids[0], lens)]
-    return per_lens
+        return per_lens, final.logits
+    finals = []
+    for b, item in enumerate(items):
+        own = batch.residuals[:, b, : len(item.input_ids)]
+        final = FinalLogits([item.read])
+        for lens in session.lenses:
+            per_lens[lens.name][b] = [(stats.position, stats) for stats in
+                                      session.statistics(own, item.answer_ids[0], lens, final=final if lens is session.lenses[0] else None)]
+        finals.append(final.logits)
+    return per_lens, torch.cat(finals)
 
 
 def probe_reading(session: LensSession, item: Tokenised, per_lens, b: int, deviation: dict[str, float]) -> ProbeReading:

@@ -19,7 +19,7 @@ import torch
 from workflow.base.errors import UserError
 from workflow.config.settings import LensSettings, PatchscopeSettings
 from workflow.lens.patchscope import patchscope_translator
-from workflow.lens.readout import PRODUCT_ROWS, RowStats, lens_statistics, rows_padded, uses_kernel
+from workflow.lens.readout import PRODUCT_ROWS, FinalLogits, RowStats, lens_statistics, rows_padded, uses_kernel
 from workflow.lens.tuned import load
 from workflow.model.head import LensHead
 from workflow.model.load import LoadedModel, dtype_name
@@ -277,25 +277,33 @@ class LensSession:
         return self.model.backend.logit_bound(self.heads.reference.normed(rows)) if self.engine_rounds else None
 
     def check_identity(self, final: torch.Tensor, model_logits: torch.Tensor, names: list[str],
-                       block: int = PRODUCT_ROWS) -> list[dict[str, float]]:
+                       block: int = PRODUCT_ROWS, lens_logits: torch.Tensor | None = None) -> list[dict[str, float]]:
         """The identity check of each row of ``final`` [n, d] (the last layer's residuals)
-        against the model's logits there [n, V], named ``names[i]`` in its message: the
-        lens's logits and the backend's bound computed ``block`` rows to a product, so that
-        a row's figures are the same whatever else it was checked with."""
-        lens_logits = rows_padded(self.heads.reference.logits, final, block).cpu()
+        against the model's logits there [n, V], named ``names[i]`` in its message.
+        ``lens_logits`` [n, V]: the reference head's logits of ``final`` as the lens's pass
+        over the vocabulary computed them (``FinalLogits``); without them they are computed
+        here. Both, and the backend's bound, are computed in products of a fixed shape
+        (``block`` rows here), so that a row's figures are the same whatever else it was
+        checked with."""
+        if lens_logits is None:
+            lens_logits = rows_padded(self.heads.reference.logits, final, block)
+        lens_logits = lens_logits.cpu()
         bounds = rows_padded(self.logit_bound, final, block) if self.engine_rounds else None
         return [self.identity(lens_logits[b : b + 1], model_logits[b : b + 1], name, None if bounds is None else bounds[b : b + 1])
                 for b, name in enumerate(names)]
 
     def statistics(
-        self, residuals: torch.Tensor, answers: int | torch.Tensor, lens: Lens, separate_positions: bool = False
+        self, residuals: torch.Tensor, answers: int | torch.Tensor, lens: Lens, separate_positions: bool = False,
+        final: FinalLogits | None = None,
     ) -> Iterator[RowStats]:
         """``workflow.lens.readout.lens_statistics`` of ``residuals`` [L+1, T, d] through ``lens``
-        (one of ``lenses``), with this run's model-faithful head and settings."""
+        (one of ``lenses``), with this run's model-faithful head and settings; ``final``:
+        where to keep the reference head's last-layer logits of some positions."""
         return lens_statistics(
             residuals, lens.head, self.heads.reference, answers, self.settings.top_k, self.model.vocab_size,
-            self.settings.working_memory_mb, lens.tuned, separate_positions,
+            self.settings.working_memory_mb, lens.tuned, separate_positions, final,
         )
+
 
 
 def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int | None]:
