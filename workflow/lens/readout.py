@@ -147,21 +147,25 @@ class FinalLogits:
         if self.logits is None:
             self.logits = torch.full((len(self.positions), vocab), float("nan"), device=device)
 
-    def wanted(self, block: list[int]) -> tuple[list[int], list[int]]:
-        """(rows of ``logits``, indices into ``block``) of the wanted positions in a block of positions."""
+    def wanted(self, block: list[int], rows_of: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor | None]:
+        """Which rows of ``logits`` a block of positions fills, and from which of its logits'
+        rows (``rows_of``: each position's row there, where the rows are not the positions
+        themselves); once per block of positions, for every block of the vocabulary."""
         index = {p: j for j, p in enumerate(block)}
         pairs = [(k, index[p]) for k, p in enumerate(self.positions) if p in index]
-        return [k for k, _ in pairs], [j for _, j in pairs]
+        if not pairs:
+            return [], None
+        source = torch.tensor([j for _, j in pairs], device=None if rows_of is None else rows_of.device)
+        return [k for k, _ in pairs], source if rows_of is None else rows_of[source]
 
-    def keep(self, wanted: tuple[list[int], list[int]], logits: torch.Tensor, v0: int = 0, rows_of: torch.Tensor | None = None) -> None:
-        """The wanted positions' rows of ``logits`` (the reference logits of a block of
-        positions over the vocabulary's columns from ``v0``; ``rows_of``: each position's
-        row there, where the rows are not the positions themselves) kept."""
-        kept, block = wanted
+    def keep(self, wanted: tuple[list[int], torch.Tensor | None], logits: torch.Tensor, v0: int = 0) -> None:
+        """The wanted rows of ``logits`` (a block of positions' reference logits over the
+        vocabulary's columns from ``v0``) kept."""
+        kept, source = wanted
         if kept:
-            assert self.logits is not None, "FinalLogits.start comes first"
-            picked = torch.tensor(block, device=logits.device)
-            self.logits[kept, v0 : v0 + logits.shape[1]] = logits[picked if rows_of is None else rows_of[picked]].to(self.logits.device)
+            if self.logits is None or source is None:
+                raise RuntimeError("FinalLogits.keep before FinalLogits.start")
+            self.logits[kept, v0 : v0 + logits.shape[1]] = logits[source.to(logits.device)].to(self.logits.device)
 
 
 # A product of the lens's heads or translators on rows that several probes share runs on
@@ -351,7 +355,7 @@ def stream_statistics(
         rows = StreamRows.of(residuals, list(range(p0, min(n_pos, p0 + pos_block))), head, reference, answers, tuned)
         sums = sums_for(head, rows, vocab_block)
         top = TopK(rows.n_rows, top_k, device)
-        kept = final.wanted(rows.positions) if final is not None else None
+        kept = final.wanted(rows.positions, rows.final_index) if final is not None else None
         buffers = [torch.empty(rows.n_all * vocab_block, device=device) for _ in range(sums.BUFFERS)]
         for v0 in range(0, vocab, vocab_block):
             v1 = min(vocab, v0 + vocab_block)
@@ -359,7 +363,7 @@ def stream_statistics(
             block = weight[v0:v1]
             block_logits(head, rows.inputs, block, bias[v0:v1] if bias is not None else None, z)
             if kept is not None:
-                final.keep(kept, z, v0, rows.final_index)  # type: ignore[union-attr]
+                final.keep(kept, z, v0)  # type: ignore[union-attr]
             if v0 == 0:  # the first block sets each row's shift
                 sums.start(z)
             raw_max = sums.count(z, scratch)
