@@ -222,7 +222,7 @@ class LensGenerator(LensSession):
         final = FinalLogits(list(range(len(items))))
         for lens in self.lenses:
             rows: list[list[RowStats]] = [[] for _ in items]
-            for stats in self.statistics(residuals, answers, lens, separate_positions=True, final=final if lens is self.lenses[0] else None):
+            for stats in self.statistics(residuals, answers, lens, separate_positions=True, final=final):
                 rows[stats.position].append(stats)
             per_lens[lens.name] = [sorted(r, key=lambda s: s.layer) for r in rows]
         # The lens's own last-layer logits against the model's; the backend's bound PENDING

@@ -39,9 +39,9 @@ from workflow.lens.session import (
     recorded_deviation,
     tokenize_probe,
 )
-from workflow.model.load import LoadedModel
 from workflow.lens.readout import FinalLogits
 from workflow.lens.records import in_record_order, lens_row
+from workflow.model.load import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def lens_statistics_of_batch(session: LensSession, batch: LensBatch) -> tuple[di
         answers = torch.tensor([item.answer_ids[0] for item in items])
         final = FinalLogits(list(range(len(items))))
         for lens in session.lenses:
-            for stats in session.statistics(last, answers, lens, separate_positions=True, final=final if lens is session.lenses[0] else None):
+            for stats in session.statistics(last, answers, lens, separate_positions=True, final=final):
                 per_lens[lens.name].setdefault(stats.position, []).append((items[stats.position].read, stats))
         return per_lens, final.logits
     finals = []
@@ -188,8 +188,7 @@ def lens_statistics_of_batch(session: LensSession, batch: LensBatch) -> tuple[di
         own = batch.residuals[:, b, : len(item.input_ids)]
         final = FinalLogits([item.read])
         for lens in session.lenses:
-            per_lens[lens.name][b] = [(stats.position, stats) for stats in
-                                      session.statistics(own, item.answer_ids[0], lens, final=final if lens is session.lenses[0] else None)]
+            per_lens[lens.name][b] = [(stats.position, stats) for stats in session.statistics(own, item.answer_ids[0], lens, final=final)]
         finals.append(final.logits)
     return per_lens, torch.cat(finals)
 

@@ -298,12 +298,12 @@ class LensSession:
     ) -> Iterator[RowStats]:
         """``workflow.lens.readout.lens_statistics`` of ``residuals`` [L+1, T, d] through ``lens``
         (one of ``lenses``), with this run's model-faithful head and settings; ``final``:
-        where to keep the reference head's last-layer logits of some positions."""
+        where to keep the reference head's last-layer logits of some positions, as the first
+        lens's pass computes them (the other lenses' passes leave it alone)."""
         return lens_statistics(
             residuals, lens.head, self.heads.reference, answers, self.settings.top_k, self.model.vocab_size,
-            self.settings.working_memory_mb, lens.tuned, separate_positions, final,
+            self.settings.working_memory_mb, lens.tuned, separate_positions, final if lens is self.lenses[0] else None,
         )
-
 
 
 def answer_layers(top1_ids: list[int], answer_id: int) -> tuple[int | None, int | None]:
