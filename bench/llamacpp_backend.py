@@ -6,10 +6,10 @@
 
 For each model, CPU, each way in a fresh child process (its peak RSS is the process's):
 
-- llama.cpp alone: ``LlamaCppModel.run`` with no layer captured (the callback asked about
-  every graph node and wanting none), each probe's prompt decoded with the last position's
-  logits alone asked for, as llama.cpp's own programs ask; generation greedy, one token per
-  decode, continuing llama.cpp's cache;
+- llama.cpp alone: ``LlamaCppModel(observe=False)``, llama.cpp with no evaluation callback,
+  each probe's prompt decoded with the last position's logits alone asked for, as
+  llama.cpp's own programs run and ask; generation greedy, one token per decode, continuing
+  llama.cpp's cache;
 - llama.cpp with the lens: the pipeline's ``backend: llamacpp`` with ``weights: quantised``
   (only the lens's head is dequantised; ``read_probes`` on the nine default probes, every
   position; ``LensGenerator``, the lens on every generated token);
@@ -102,7 +102,7 @@ def child(model: str, way: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-llamacpp-") as scratch:
         scratch = Path(scratch)
         if way == "llama.cpp alone":
-            engine = LlamaCppModel(locate_gguf(model, entry, scratch), key=model, **entry.get("llamacpp", {}))
+            engine = LlamaCppModel(locate_gguf(model, entry, scratch), key=model, observe=False, **entry.get("llamacpp", {}))
             ids = [engine.tokenize(p["prompt"]) for p in probes]
             engine.run(ids[0], layers=[], read_from=-1)
             started = time.perf_counter()

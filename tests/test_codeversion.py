@@ -76,7 +76,9 @@ def test_the_explorers_script_and_style_are_in_its_code_version():
 
 def test_each_c_kernel_is_in_the_code_version_of_the_rules_that_run_it():
     """lens_block.c in every rule that runs the lens code, not in prepare_model; dequant.c in
-    prepare_model and in every rule that loads a model; neither in plots, evaluations or pages."""
+    prepare_model and in every rule that loads a model; graph_filter.c (llama.cpp's evaluation
+    callback) exactly where the llama.cpp backend's code is; none in plots, evaluations or
+    pages."""
     runs_the_lens = {"run_lens", "run_generation", "run_patching", "run_components", "run_words", "train_tuned_lens", "lens_quality"}
     for script in sorted((codeversion.REPO / "scripts").glob("*.py")):
         files = {str(p.relative_to(codeversion.REPO)) for p in codeversion.code_files(script)}
@@ -84,6 +86,8 @@ def test_each_c_kernel_is_in_the_code_version_of_the_rules_that_run_it():
         # lens_quality reads a trained lens's figures and loads no model.
         loads_a_model = runs_the_lens - {"lens_quality"} | {"prepare_model"}
         assert ("workflow/native/dequant.c" in files) == (script.stem in loads_a_model), script.name
+        assert ("workflow/native/graph_filter.c" in files) == ("workflow/model/llamacpp.py" in files), script.name
+        assert ("workflow/native/graph_filter.c" in files) == (script.stem in runs_the_lens - {"lens_quality"}), script.name
 
 
 def test_an_explorer_job_holds_its_experiments_page_code():

@@ -14,6 +14,9 @@ independent computations.
   PyTorch patching (``BlockRunner``).
 - Failures are never silent: an error inside the evaluation callback fails the run after the
   decode, naming it; an architecture whose graph names no ``l_out-N`` is refused.
+- llama.cpp's asking about every graph node is answered in C (workflow/native/graph_filter.c):
+  Python is entered only for the tensors read or written, handing over never stops the graph,
+  and the numbers are those of the callback in Python, to the bit.
 """
 
 from __future__ import annotations
@@ -231,6 +234,96 @@ def test_a_run_started_from_inside_a_run_fails_the_outer_run(embedded, monkeypat
     monkeypatch.setattr(LlamaCppModel, "_handle", nested)
     with pytest.raises(LlamaCppRunError, match=r"RuntimeError: model 'gemma-3-270m': a llama\.cpp run is already under way"):
         model.run(ids, layers=[1])
+
+
+# ---------------------------------------------------------------------------- the asking, in C
+
+
+def test_the_c_filter_answers_llamacpps_asking_and_always_lets_the_graph_go_on():
+    """graph_filter.c by itself, on a tensor of ggml's layout: asked about a node, it says yes
+    to the names wanted alone; with ``every`` it passes the asking on to Python; handing a
+    tensor over it returns true even where Python's callback returned false (a false would
+    skip the rest of the graph split)."""
+    import ctypes
+
+    from workflow.model.llamacpp import GGMLTensor
+    from workflow.native import graph_filter
+    from workflow.native.build import UNAVAILABLE
+
+    try:
+        library = graph_filter.load(graph_filter.build())
+    except UNAVAILABLE as error:
+        pytest.skip(f"the C filter cannot be built here ({error})")
+    seen = []
+
+    def python_side(pointer, ask, user_data):
+        seen.append((GGMLTensor.from_address(pointer).name.decode(), bool(ask)))
+        return False
+
+    callback_type = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p)
+    handle = callback_type(python_side)
+    chosen = graph_filter.GraphFilter(library, handle, callback_type, GGMLTensor.name.offset)
+    tensors = {name: GGMLTensor() for name in ("l_out-3", "l_out-30", "attn_norm-3", "embd")}
+    for name, tensor in tensors.items():
+        tensor.name = name.encode()
+
+    def evaluate(name, ask):
+        return chosen.callback(ctypes.addressof(tensors[name]), ask, chosen.user_data)
+
+    chosen.want({"l_out-3", "embd"})
+    assert [evaluate(name, True) for name in tensors] == [True, False, False, True]
+    assert seen == []  # asking never entered Python
+    assert evaluate("l_out-3", False) is True and seen == [("l_out-3", False)]
+    chosen.want({"l_out-3"}, every=True)
+    assert evaluate("attn_norm-3", True) is False and seen[-1] == ("attn_norm-3", True)
+    chosen.want(["x" * graph_filter.NAME])  # a name the state cannot hold: Python is asked
+    assert evaluate("embd", True) is False and seen[-1] == ("embd", True)
+    chosen.want(())
+    assert not any(evaluate(name, True) for name in tensors)
+
+
+def test_python_is_entered_for_the_tensors_wanted_alone_and_the_numbers_are_the_same(embedded, monkeypatch):
+    """With the C filter, llama.cpp's asking about each of Gemma's graph nodes never enters
+    Python: its callback runs once per tensor read or written. The residuals, patches and
+    logits are those of the callback in Python alone, to the bit; and llama.cpp with no
+    callback at all (``observe=False``, the benchmark's baseline) gives the same logits."""
+    path, model = embedded("gemma-3-270m")
+    if model._filter is None:
+        pytest.skip("the C filter cannot be built here: the callback in Python runs alone")
+    ids = model.tokenize(CONFIG["probes"][0]["prompt"])
+    patches = [(5, 2, np.full(model.d_model, 0.5, dtype=np.float32))]
+    entered = []
+    evaluate = LlamaCppModel._evaluate
+
+    def counted(self, pointer, ask, user_data):
+        entered.append(bool(ask))
+        return evaluate(self, pointer, ask, user_data)
+
+    monkeypatch.setattr(LlamaCppModel, "_evaluate", counted)
+    filtered = LlamaCppModel(path, key="filtered")
+    entered.clear()
+    run = filtered.run(ids, layers=[1, 5, 9], patches=patches)
+    assert entered == [False] * 3  # layers 1 and 9 read, layer 5 written then read
+    entered.clear()
+    plain = filtered.run(ids, layers=[])
+    assert entered == []
+    filtered.close()
+    monkeypatch.setenv("LAYERWISE_LENS_KERNEL", "torch")
+    python_alone = LlamaCppModel(path, key="python")
+    assert python_alone._filter is None
+    entered.clear()
+    reference = python_alone.run(ids, layers=[1, 5, 9], patches=patches)
+    assert entered.count(True) > 20 * model.n_layers  # every node asked about, in Python
+    python_alone.close()
+    np.testing.assert_array_equal(run.residuals, reference.residuals)
+    np.testing.assert_array_equal(run.logits, reference.logits)
+    unobserved = LlamaCppModel(path, key="plain", observe=False)
+    try:
+        np.testing.assert_array_equal(unobserved.run(ids, layers=[]).logits, plain.logits)
+        with pytest.raises(ValueError, match="observe=False: its runs read and write no layer"):
+            unobserved.run(ids, layers=[1])
+    finally:
+        unobserved.close()
 
 
 def test_an_unknown_cache_type_is_refused_before_loading(tmp_path):

@@ -7,7 +7,9 @@ architecture's graph builder made of the token embeddings (``embd``, Gemma's
 ``inp_scaled``, ...), found here by data flow, not by a table (``LlamaCppModel.layer_names``).
 The scheduler's evaluation callback (``cb_eval``) is asked, node by node, whether a
 tensor is wanted; a wanted one is computed, then handed over with ``ask=false``: copied out
-(capture) or overwritten before anything downstream reads it (patching).
+(capture) or overwritten before anything downstream reads it (patching). The asking, about
+every node, is answered in C where the project's kernels build (workflow/native/graph_filter.c),
+so Python is entered only for the tensors wanted.
 
 Layers are numbered as in workflow/model/backends.py: 0 the residual entering the first block,
 k the residual after block k (``l_out-(k-1)``).
@@ -43,6 +45,7 @@ from workflow.base.errors import UserError
 from workflow.gguf.file import read_header
 from workflow.model.components import NotDecomposable
 from workflow.model.logit_steps import largest_stretch, logit_steps
+from workflow.native.graph_filter import GraphFilter
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +193,16 @@ class LlamaCppModel:
     file larger than the memory cannot load (measured: bench/scout_width.py). None (the
     default) repacks where the file takes at most half the machine's memory
     (``repack_fits``).
+
+    ``observe=False``: llama.cpp as its own programs run it, with no evaluation callback, so
+    that nothing is read or written between its nodes (runs capture no layer and patch
+    none; the baseline of bench/llamacpp_backend.py).
     """
 
     # more than 6 parameters: llama.cpp's context settings, each by name with llama.cpp's default
     def __init__(self, path: str | os.PathLike[str], *, n_gpu_layers: int = 0, n_threads: int | None = None,
                  n_ctx: int = 0, cache_type: str = "f16", flash_attention: bool | None = None,
-                 repack: bool | None = None, key: str | None = None):
+                 repack: bool | None = None, key: str | None = None, observe: bool = True):
         self.path = Path(path)
         self.key = key or self.path.name
         if not self.path.is_file():
@@ -232,10 +239,16 @@ class LlamaCppModel:
         self._min_ctx = n_ctx
         self._pass: _Pass | None = None
         self._nodes: list[tuple[str, int, tuple[int, ...], list[tuple[str, int, tuple[int, ...]]]]] | None = None
-        # Kept referenced for as long as the context may call it.
+        # Kept referenced for as long as the context may call it. llama.cpp asks about every
+        # graph node; the C filter answers that where it builds, entering Python only for
+        # the tensors wanted.
         self._callback = llama.ggml_backend_sched_eval_callback(self._evaluate)
+        self._filter = GraphFilter.of(self._callback, llama.ggml_backend_sched_eval_callback, GGMLTensor.name.offset)
+        self.observe = observe
+        self.layer_names: list[str] = []
         try:
-            self.layer_names = self._find_layer_names()
+            if observe:
+                self.layer_names = self._find_layer_names()
         except BaseException:
             self.close()
             raise
@@ -291,8 +304,12 @@ class LlamaCppModel:
         params.n_ctx = params.n_batch = params.n_ubatch = size
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = self.n_threads
-        params.cb_eval = self._callback
-        params.cb_eval_user_data = None
+        if not self.observe:
+            pass  # llama.cpp's own defaults: no callback
+        elif self._filter is None:
+            params.cb_eval, params.cb_eval_user_data = self._callback, None
+        else:
+            params.cb_eval, params.cb_eval_user_data = self._filter.callback, self._filter.user_data
         params.no_perf = True
         params.type_k = params.type_v = CACHE_TYPES[self.cache_type]
         params.flash_attn_type = {None: -1, False: 0, True: 1}[self.flash_attention]
@@ -437,6 +454,8 @@ class LlamaCppModel:
             raise ValueError("no tokens to run")
         layers = list(range(self.n_layers + 1)) if layers is None else [int(k) for k in layers]
         patches = list(patches)
+        if not self.observe and (layers or patches):
+            raise ValueError(f"model {self.key!r} was opened with observe=False: its runs read and write no layer")
         for layer in layers + [int(p[0]) for p in patches]:
             if not 0 <= layer <= self.n_layers:
                 raise ValueError(f"layer {layer} is not one of 0..{self.n_layers}")
@@ -488,10 +507,14 @@ class LlamaCppModel:
                 batch.logits[i] = 1 if i >= work.read_from else 0
             batch.n_tokens = n
             self._pass = work
+            if self._filter is not None:
+                self._filter.want(work.wanted, every=self._nodes is not None)
             try:
                 status = llama.llama_decode(ctx, batch)
             finally:
                 self._pass = None
+                if self._filter is not None:
+                    self._filter.want(())
         finally:
             llama.llama_batch_free(batch)
         if status != 0:
