@@ -55,7 +55,8 @@ def child(model: str, way: str, work: str, scout_layers: int) -> dict:
                 return evaluate(self, pointer, ask, user_data)
 
             LlamaCppModel._evaluate = counting  # before the model makes its callback of it
-        engine = LlamaCppModel(locate_gguf(model, entry, Path(scratch)), key=model, observe=way != "no callback")
+        engine = LlamaCppModel(locate_gguf(model, entry, Path(scratch)), key=model, observe=way != "no callback",
+                               **entry.get("llamacpp", {}))
         prompts = [engine.tokenize(p["prompt"]) for p in config["probes"]]
         reads = {"nothing read": []} if way == "no callback" else {"nothing read": [], "every layer read": None}
         engine.reserve(len(prompts[0]) + STEPS + 1)
