@@ -243,8 +243,8 @@ class LlamaCppModel:
         # graph node; the C filter answers that where it builds, entering Python only for
         # the tensors wanted.
         self._callback = llama.ggml_backend_sched_eval_callback(self._evaluate)
-        self._filter = GraphFilter.of(self._callback, llama.ggml_backend_sched_eval_callback, GGMLTensor.name.offset)
         self.observe = observe
+        self._filter = GraphFilter.of(self._callback, llama.ggml_backend_sched_eval_callback, GGMLTensor.name.offset) if observe else None
         self.layer_names: list[str] = []
         try:
             if observe:

@@ -2,8 +2,8 @@
 
    llama.cpp's scheduler asks its evaluation callback (ggml_backend_sched_eval_callback) about
    every node of the compute graph, in order, whether it is wanted (ask true); a wanted node is
-   computed and then handed over (ask false). A model of 30 blocks has about 800 nodes, so a
-   callback in Python is entered about 800 times a decode to say "no" to all but the few
+   computed and then handed over (ask false). A model of 30 blocks has about 900 nodes, so a
+   callback in Python is entered about 900 times a decode to say "no" to all but the few
    residual-stream tensors the lens reads. This one answers the asking in C, comparing the
    node's name with the names wanted, and enters the Python callback (`handle`) only to hand
    a wanted node over.

@@ -1,7 +1,7 @@
 """llama.cpp's evaluation callback with its asking phase in C (``graph_filter.c`` beside this
 file), built on first use (``workflow.native.build``).
 
-llama.cpp asks the callback about every node of the compute graph (about 800 a decode for
+llama.cpp asks the callback about every node of the compute graph (about 900 a decode for
 a model of 30 blocks) and hands over only those it said it wanted. In Python each asking is
 a call from C into the interpreter; here C answers them from the names wanted in this
 decode, and the Python callback is entered only to hand a wanted tensor over. Which tensors
