@@ -92,3 +92,27 @@ def test_llamacpp_on_a_gpu_is_estimated_by_the_lenss_products_alone(monkeypatch,
     assert on_gpu.minutes * 60 == pytest.approx(lens)
     assert on_cpu.minutes * 60 == pytest.approx(lens + 2 * SHAPE.active * 20 / 1e11)
     assert "its passes on the GPU not counted" in on_gpu.said
+
+
+def test_the_cpus_rate_is_measured_once_per_machine_and_kept_in_the_cache(monkeypatch, tmp_path):
+    """Every dry run and job estimates; the matrix products that measure the rate (about 0.2 s)
+    run once per machine, and the figure kept is read back after, in another process too."""
+    import json
+
+    from workflow.model import cost
+
+    monkeypatch.setenv("LAYERWISE_LENS_CACHE", str(tmp_path / "cache"))
+    cost.cpu_flops.cache_clear()
+    measured = cost.cpu_flops()
+    assert 1e8 < measured < 1e14
+    [entry] = (tmp_path / "cache" / "cpu-flops").glob("*.json")
+    kept = json.loads(entry.read_text())
+    assert kept["flops"] == measured and kept["machine"][0] and kept["machine"][2] >= 1
+    entry.write_text(json.dumps({**kept, "flops": 1.25e11}))  # what another process measured here
+    cost.cpu_flops.cache_clear()
+    assert cost.cpu_flops() == 1.25e11
+    # A cache that cannot be written (a file where its folder would be) still gives a measurement.
+    monkeypatch.setenv("LAYERWISE_LENS_CACHE", str(entry))
+    cost.cpu_flops.cache_clear()
+    assert 1e8 < cost.cpu_flops() < 1e14
+    cost.cpu_flops.cache_clear()

@@ -97,6 +97,44 @@ def test_metadata_conversion_parses_the_gguf_file_once(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "config.json").is_file()
 
 
+def test_a_large_files_metadata_is_converted_in_a_child_and_a_small_ones_here_to_the_same_files(tmp_path, monkeypatch):
+    """A large vocabulary's Python objects are not all handed back to the system when freed,
+    so a file of IN_PROCESS_BYTES or more converts its tokenizer and config in a child
+    process; a smaller one here, where a child's imports would be most of the work. Both
+    write the same files; a failure either way names the model and the file."""
+    import subprocess
+
+    from workflow.base.errors import UserError
+    from workflow.gguf import prepare
+
+    original = make_model_dir(tmp_path / "hf", "llama")
+    gguf_path = write_gguf(original, tmp_path / "tiny.gguf", "llama")
+    children = []
+    real_run = subprocess.run
+
+    def run(command, **kwargs):
+        children.append(command)
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(prepare.subprocess, "run", run)
+    made = {}
+    for way, limit in (("here", prepare.IN_PROCESS_BYTES), ("child", 0)):
+        monkeypatch.setattr(prepare, "IN_PROCESS_BYTES", limit)
+        prepare_model("tiny", {"source": "gguf", "path": str(gguf_path)}, tmp_path / way)
+        made[way] = {p.name: p.read_bytes() for p in sorted((tmp_path / way).iterdir()) if p.name != "manifest.json"}
+        assert len(children) == (way == "child"), children
+    assert made["here"] == made["child"] and "tokenizer.json" in made["here"] and "config.json" in made["here"]
+
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(gguf_path.read_bytes())
+    monkeypatch.setattr(prepare, "convert_metadata", lambda *a: (_ for _ in ()).throw(ValueError("no tokenizer model")))
+    monkeypatch.setattr(prepare, "IN_PROCESS_BYTES", prepare.IN_PROCESS_BYTES + 2**30)
+    with pytest.raises(UserError, match="model 'tiny': converting the tokenizer and config of damaged.gguf failed: "
+                                        "ValueError: no tokenizer model"):
+        prepare_model("tiny", {"source": "gguf", "path": str(damaged)}, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
 def state_dict_of(directory):
     from safetensors.torch import load_file
 
@@ -167,7 +205,7 @@ def test_streamed_preparation_holds_about_one_tensor(tmp_path, monkeypatch):
 
     from workflow.gguf.file import read_header
     from workflow.gguf.stream import stream_weights
-    from workflow.gguf.prepare import _metadata_in_child
+    from workflow.gguf.prepare import _converted_metadata
 
     tokenizer = make_tokenizer()
     config = LlamaConfig(
@@ -179,7 +217,7 @@ def test_streamed_preparation_holds_about_one_tensor(tmp_path, monkeypatch):
     gguf_path = write_gguf(original, tmp_path / "tiny.gguf", "llama", quantise=True)
     out = tmp_path / "out"
     out.mkdir()
-    parsed = _metadata_in_child("tiny", gguf_path, out, tmp_path)
+    parsed = _converted_metadata("tiny", gguf_path, out, tmp_path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=torch.float32)
     header = read_header(gguf_path)
@@ -291,3 +329,32 @@ def test_a_gguf_header_whose_counts_the_file_cannot_hold_is_refused_when_plannin
     config["models"] = {"broken": {"source": "gguf", "path": str(path)}}
     result = snakemake(scratch_copy(tmp_path / "wd", config), "-n")
     planning_error(result, "model 'broken'", f"'{path}'", "config key models.broken.path", expected)
+
+
+def test_the_architectures_transformers_reads_are_listed_once_per_machine(tmp_path, monkeypatch):
+    """Listing them imports transformers' GGUF tables (seconds, in a child process), too long
+    for every dry run and for every new checkout: the list is kept in the per-user cache under
+    transformers' version and read back after, by any checkout."""
+    import json
+    import subprocess
+    from importlib import metadata
+
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    from workflow.gguf import prepare
+
+    monkeypatch.setenv("LAYERWISE_LENS_CACHE", str(tmp_path / "cache"))
+    children = []
+    real_run = subprocess.run
+
+    def run(command, **kwargs):
+        children.append(command)
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(prepare.subprocess, "run", run)
+    listed = prepare.readable_gguf_architectures()
+    assert listed == sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}) and "llama" in listed
+    kept = tmp_path / "cache" / "gguf-architectures" / f"transformers-{metadata.version('transformers')}.json"
+    assert json.loads(kept.read_text()) == listed and len(children) == 1
+    kept.write_text(json.dumps(["llama", "kept"]))  # what was listed before, read back: no child
+    assert prepare.readable_gguf_architectures() == ["llama", "kept"] and len(children) == 1

@@ -72,14 +72,6 @@ def workdir(request, built, committed, tmp_path):
         shutil.copytree(built, copy, symlinks=True)
     else:
         subprocess.run(["git", "clone", "-q", str(committed), str(copy)], check=True)
-        # The GGUF architectures transformers reads, listed once per transformers version in
-        # .snakemake/ (workflow/gguf/prepare.py): a fresh clone lists them again in its first
-        # dry run, 4 s importing transformers' GGUF tables for the same list each time (the
-        # built run's first run lists them: its copy of default_run had none); each of these
-        # clones is handed the built run's.
-        for listed in (built / ".snakemake").glob("gguf-architectures-transformers-*.json"):
-            (copy / ".snakemake").mkdir(exist_ok=True)
-            shutil.copy(listed, copy / ".snakemake" / listed.name)
     return copy
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workflow.base.atomic import atomic_directory, dumps_json, write_text
+from workflow.base.cache import cache_dir
 from workflow.base.errors import UserError
 from workflow.gguf.arch import (
     ARCHITECTURES,
@@ -36,7 +37,7 @@ from workflow.gguf.arch import (
 from workflow.gguf.file import check, GGUFError, read_header
 from workflow.gguf.prepared import MANIFEST, PARSED_CONFIG
 from workflow.gguf.stream import stream_planned, stream_weights
-from workflow.provenance.record import cache_file, recipe_of, sha256_file
+from workflow.provenance.record import recipe_of, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,12 @@ def gguf_architecture(path: Path, key: str = "?", configfile: str | None = "conf
 def readable_gguf_architectures() -> list[str]:
     """The GGUF architectures the installed transformers reads. Importing its GGUF mapping
     takes seconds, too long for every dry run: the list is kept per transformers version in
-    .snakemake/ (a cache; a child process makes it again when it is absent)."""
+    the per-user cache (``workflow.base.cache``; a child process makes it when it is absent,
+    once per machine, not once per checkout)."""
     from importlib import metadata
 
     version = metadata.version("transformers")
-    cache = cache_file(f"gguf-architectures-transformers-{version}.json")
+    cache = cache_dir() / "gguf-architectures" / f"transformers-{version}.json"
     try:
         found = json.loads(cache.read_text(encoding="utf-8"))
         if isinstance(found, list) and all(isinstance(a, str) for a in found):
@@ -316,7 +318,7 @@ def streamable(arch: str) -> bool:
 def convert_metadata(gguf_path: Path, out: Path, parsed_config: Path) -> None:
     """The tokenizer and config from a GGUF file's metadata: ``out``'s tokenizer files and
     config.json, and transformers' parsed GGUF config (what its tensor processors read)
-    as JSON in ``parsed_config``. Run in a child process by ``_weights_streamed``."""
+    as JSON in ``parsed_config``. Run by ``_converted_metadata``, in a child process for a large file."""
     from transformers import AutoConfig, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -332,14 +334,26 @@ def convert_metadata(gguf_path: Path, out: Path, parsed_config: Path) -> None:
     Path(parsed_config).write_text(json.dumps(parsed), encoding="utf-8")
 
 
-def _metadata_in_child(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, Any]:
+# A GGUF file under this size converts its tokenizer and config in the preparing process:
+# at most a few hundred MB of vocabulary objects (SmolLM2's 49k tokens: 150 MB kept, 300 MB
+# at the peak), beside weights of tens of MB, where a child would spend seconds importing
+# transformers (most of a small model's preparation). Larger files use the child.
+IN_PROCESS_BYTES = 64 * 2**20
+
+
+def _converted_metadata(key: str, gguf_path: Path, out: Path, work: Path) -> dict[str, Any]:
     """``convert_metadata`` in a child process, so that the Python objects of a large
     vocabulary (800 MB for 262k tokens, and not all of it handed back to the system when
-    freed) are gone before the weights are dequantised."""
-    import subprocess
-    import sys
-
+    freed) are gone before the weights are dequantised; in this process for a file under
+    ``IN_PROCESS_BYTES``."""
     parsed_config = work / "gguf-config.json"
+    failed = f"model {key!r}: converting the tokenizer and config of {gguf_path.name} failed"
+    if gguf_path.stat().st_size < IN_PROCESS_BYTES:
+        try:
+            convert_metadata(gguf_path, out, parsed_config)
+        except Exception as error:  # as the child's failure: named, whatever transformers raised
+            raise UserError(f"{failed}: {type(error).__name__}: {error}") from error
+        return json.loads(parsed_config.read_text(encoding="utf-8"))
     repo = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
@@ -348,7 +362,7 @@ def _metadata_in_child(key: str, gguf_path: Path, out: Path, work: Path) -> dict
     )
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise UserError(f"model {key!r}: converting the tokenizer and config of {gguf_path.name} failed:\n{tail}")
+        raise UserError(f"{failed}:\n{tail}")
     return json.loads(parsed_config.read_text(encoding="utf-8"))
 
 
@@ -359,7 +373,7 @@ def _weights_streamed(key: str, gguf_path: Path, out: Path, work: Path, quantise
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    parsed = _metadata_in_child(key, gguf_path, out, work)
+    parsed = _converted_metadata(key, gguf_path, out, work)
     log.info("tokenizer and config converted")
     config = AutoConfig.from_pretrained(str(out))
     with torch.device("meta"):
@@ -394,7 +408,7 @@ def _weights_own(key: str, gguf_path: Path, out: Path, work: Path, quantised: bo
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     config.architectures = [type(model).__name__]
     plan = weight_plan(header, model, key)  # a file that does not fit is refused before any work
-    _metadata_in_child(key, gguf_path, out, work)
+    _converted_metadata(key, gguf_path, out, work)
     if not quantised:
         stats = stream_planned(plan, tensor_reader(gguf_path, header), config, model.state_dict(), out, gguf_path.name)
         log.info(
@@ -504,5 +518,5 @@ def _kept_gguf(gguf_path: Path, work: Path, tmp: Path, out_dir: Path) -> dict[st
     return {"gguf_path": str(kept), "gguf_bytes": size}
 
 
-if __name__ == "__main__":  # the child process of _metadata_in_child
+if __name__ == "__main__":  # the child process of _converted_metadata
     convert_metadata(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

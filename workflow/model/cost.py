@@ -10,7 +10,7 @@ estimate changes no result). Estimates of the order of the cost, not predictions
 - arithmetic: 2 FLOP per active parameter per token (of a mixture of experts, the experts a
   token is routed to), plus the lens's full-vocabulary products at every layer, at the
   float32 matrix-product rate NumPy's BLAS reaches on this machine's CPU (measured once
-  per process, about 0.1 s); llama.cpp's quantised kernels are taken to reach that rate too;
+  per machine, about 0.2 s, and kept in the per-user cache); llama.cpp's quantised kernels are taken to reach that rate too;
 - ``weights: quantised``: every forward pass dequantises every weight from the file, every
   decode step the weights one token uses, at the rate measured on the file's commonest
   tensor type here.
@@ -22,13 +22,18 @@ estimated by the lens's products alone (on the CPU, where the lens computes them
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workflow.base.atomic import write_text
+from workflow.base.cache import cache_dir
 from workflow.gguf.file import read_header
 from workflow.gguf.prepare import package_dir
 from workflow.gguf.prepared import MANIFEST
@@ -124,16 +129,42 @@ def job_work(rule: str, config: dict[str, Any], probes: list[dict], pairs: list[
 @functools.cache
 def cpu_flops() -> float:
     """float32 FLOP per second of a large matrix product on this machine's CPU (NumPy's BLAS:
-    a dry run imports no torch)."""
+    a dry run imports no torch), measured once per machine (about 0.2 s) and kept in the
+    per-user cache under the processor, its cores and NumPy's build: every dry run and job
+    would otherwise measure it again."""
     import numpy as np
 
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    machine = json.dumps([platform.machine(), _processor(), os.cpu_count(), np.__version__, blas.get("name"), blas.get("version")])
+    entry = cache_dir() / "cpu-flops" / f"{hashlib.sha256(machine.encode()).hexdigest()}.json"
+    try:
+        return float(json.loads(entry.read_text(encoding="utf-8"))["flops"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((512, 2048), dtype=np.float32), rng.standard_normal((2048, 2048), dtype=np.float32)
     a @ b  # the first call sets up the kernel
     started, repeats = time.perf_counter(), 4
     for _ in range(repeats):
         a @ b
-    return repeats * 2 * 512 * 2048 * 2048 / max(time.perf_counter() - started, 1e-9)
+    flops = repeats * 2 * 512 * 2048 * 2048 / max(time.perf_counter() - started, 1e-9)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        write_text(entry, json.dumps({"flops": flops, "machine": json.loads(machine)}))
+    except OSError:
+        pass  # a cache that cannot be written is no error: measured again next time
+    return flops
+
+
+def _processor() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; elsewhere what platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 @functools.cache
