@@ -1,8 +1,9 @@
 """The per-user cache of things this code derives and may keep between runs (the fused
-lens kernel's builds, the code versions' parsed modules): ``$LAYERWISE_LENS_CACHE``, else
-``$XDG_CACHE_HOME/layerwise-lens``, else ``~/.cache/layerwise-lens``. Everything in it is
-named by what it was made from, so it is never stale and can be deleted at any time.
-Torch-free: planning reads it."""
+lens kernel's builds, the code versions' parsed modules, the CPU's matrix-product rate the
+cost estimates use, the GGUF architectures transformers reads): ``$LAYERWISE_LENS_CACHE``,
+else ``$XDG_CACHE_HOME/layerwise-lens``, else ``~/.cache/layerwise-lens``. Everything in it
+is named by what it was made from (a measurement: by the processor and the build that made
+it), so it is never stale and can be deleted at any time. Torch-free: planning reads it."""
 
 from __future__ import annotations
 
