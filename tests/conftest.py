@@ -21,9 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The slowest test files first (measured, docs/performance.md "Performance"): `make test`'s two workers
 # take whole files in this order (--no-loadscope-reorder), so a long file starts first
-# instead of being left for the end while the other worker idles.
-SLOWEST_FIRST = ("test_e2e.py", "test_provenance.py", "test_replan.py", "test_committed.py", "test_readme_commands.py", "test_batching.py",
-                 "test_placement.py", "test_failures.py", "test_llm_providers.py", "test_reproducible.py",
+# instead of being left for the end while the other worker idles. The first two build the
+# session's two shared runs (default_run and tuned_run), one each, so that neither worker
+# starts by waiting for the other's.
+SLOWEST_FIRST = ("test_e2e.py", "test_provenance.py", "test_failures.py", "test_replan.py", "test_committed.py", "test_readme_commands.py",
+                 "test_batching.py", "test_placement.py", "test_llm_providers.py", "test_reproducible.py",
                  "test_chat.py", "test_gguf_architectures.py", "test_gguf_weights.py", "test_pipeline.py", "test_llamacpp.py")
 
 
@@ -95,12 +97,19 @@ TUNED = {"lenses": ["logit", "tuned"], "tuned_lens": {"steps": 4, "batch_positio
                                                        "heldout_positions": 64}}
 
 
+# The README's commands that build one experiment from nothing, run as written, in turn, to
+# make the session's default_run (tests/test_readme_commands.py reads what they printed):
+# experiments 001, 003 and 005 share no job, so each starts from nothing.
+DEFAULT_RUN_COMMANDS = [f"snakemake --cores 1 results/{e}/evaluation-cross-model.md" for e in ("001", "003", "005")]
+
+
 @pytest.fixture(scope="session")
 def default_run(tiny_dirs, tmp_path_factory):
-    """The tiny models run to the default target (every experiment) once per session; shared."""
-    from pipeline import shared_run
+    """The tiny models run to the default target (every experiment) once per session, by
+    DEFAULT_RUN_COMMANDS and then the default target; shared."""
+    from pipeline import built_once, commands_run
 
-    return shared_run(tmp_path_factory, tiny_config(tiny_dirs))
+    return built_once(tmp_path_factory, "default-run", lambda target: commands_run(target, tiny_config(tiny_dirs), DEFAULT_RUN_COMMANDS))
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +118,46 @@ def tuned_run(tiny_dirs, tmp_path_factory):
     from pipeline import shared_run
 
     return shared_run(tmp_path_factory, tiny_config(tiny_dirs, **TUNED))
+
+
+# Two pairs of prompts the tiny tokenizer gives the same number of tokens (experiments 002 and 004).
+PAIRS = [
+    {"id": "germany-france", "clean": "The capital of Germany is", "clean_answer": " Berlin",
+     "corrupted": "The capital of France is", "corrupted_answer": " Paris", "probe": "capital"},
+    {"id": "berlin-paris", "clean": "Berlin is the capital of", "clean_answer": " Germany",
+     "corrupted": "Paris is the capital of", "corrupted_answer": " France", "probe": "capital-reverse"},
+]
+
+
+def readme_run(tmp_path_factory, config: dict, experiment: str):
+    """The README's `snakemake --cores 1 results/NNN/evaluation-cross-model.md`, run from
+    nothing in a scratch copy with ``config``; once per session, shared by the experiment's
+    own tests and the README's (tests/test_readme_commands.py)."""
+    from pipeline import shared_run
+
+    return shared_run(tmp_path_factory, config, f"results/{experiment}/evaluation-cross-model.md", cores=1)
+
+
+def patched_config(tiny_dirs) -> dict:
+    return tiny_config(tiny_dirs, lenses=["logit"], patching={"batch_size": 16, "trace": {"samples": 2}, "pairs": PAIRS})
+
+
+def component_config(tiny_dirs) -> dict:
+    return tiny_config(tiny_dirs, lenses=["logit"], patching={"pairs": PAIRS, "trace": {"samples": 0}},
+                       components={"batch_size": 8, "top_k": 5})
+
+
+@pytest.fixture(scope="session")
+def patched_run(tiny_dirs, tmp_path_factory):
+    """Experiment 002 from nothing on the tiny models, two pairs traced with two noise
+    samples (tests/test_patching.py); shared."""
+    return readme_run(tmp_path_factory, patched_config(tiny_dirs), "002")
+
+
+@pytest.fixture(scope="session")
+def component_run(tiny_dirs, tmp_path_factory):
+    """Experiment 004 from nothing on the tiny models, the same two pairs (tests/test_exp004.py); shared."""
+    return readme_run(tmp_path_factory, component_config(tiny_dirs), "004")
 
 
 @pytest.fixture(params=["native", "torch"])

@@ -130,13 +130,36 @@ def finished_run(dest: Path, config: dict | None = None, *targets: str, cores: i
     return workdir
 
 
-def shared_run(tmp_path_factory, config: dict, *targets: str) -> Path:
-    """A finished run of ``config`` (to ``targets``), built once per test session and shared
-    by every module (and test worker) asking for the same config and targets: the pipelines
-    of the suite are its slowest part. Read it in place; ``private_copy`` it before
-    anything that changes it (a run, an edit, a report)."""
-    key = hashlib.sha256(json.dumps([config, targets], sort_keys=True).encode()).hexdigest()[:16]
-    return built_once(tmp_path_factory, f"run-{key}", lambda target: finished_run(target, config, *targets))
+def shared_run(tmp_path_factory, config: dict, *targets: str, cores: int = 2) -> Path:
+    """A finished run of ``config`` (to ``targets``, on ``cores``), built once per test session
+    and shared by every module (and test worker) asking for the same: the pipelines of the
+    suite are its slowest part. Read it in place; ``private_copy`` it before anything that
+    changes it (a run, an edit, a report)."""
+    key = hashlib.sha256(json.dumps([config, targets, cores], sort_keys=True).encode()).hexdigest()[:16]
+    return built_once(tmp_path_factory, f"run-{key}", lambda target: finished_run(target, config, *targets, cores=cores))
+
+
+def said_by_commands(run: Path) -> Path:
+    """Where ``commands_run`` keeps what each of its commands printed: beside the run."""
+    return run.with_name(run.name + ".said.json")
+
+
+def commands_run(dest: Path, config: dict, commands: list[str]) -> Path:
+    """A scratch copy in which the Snakemake command lines ``commands`` run in turn, as
+    written, then the default target on two cores; what each command printed, and its exit
+    status, kept in ``said_by_commands(dest)``. Fails if any of them fails."""
+    workdir = scratch_copy(dest, config)
+    kept = {}
+    for command in commands:
+        words = command.split()
+        assert words[0] == "snakemake", command
+        result = snakemake(workdir, *words[1:])
+        kept[command] = {"returncode": result.returncode, "said": said(result)}
+        assert result.returncode == 0, (command, said(result)[-4000:])
+    said_by_commands(dest).write_text(json.dumps(kept), encoding="utf-8")
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, said(result)[-4000:]
+    return workdir
 
 
 def private_copy(workdir: Path, dest: Path) -> Path:

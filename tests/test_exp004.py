@@ -12,25 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import PAIRS
 from workflow.experiments.exp004.records import read_component_records
 
-PAIRS = [
-    {"id": "germany-france", "clean": "The capital of Germany is", "clean_answer": " Berlin",
-     "corrupted": "The capital of France is", "corrupted_answer": " Paris", "probe": "capital"},
-    {"id": "berlin-paris", "clean": "Berlin is the capital of", "clean_answer": " Germany",
-     "corrupted": "Paris is the capital of", "corrupted_answer": " France", "probe": "capital-reverse"},
-]
 MODELS = ("tiny-llama", "tiny-gemma3")
-
-
-@pytest.fixture(scope="module")
-def component_run(tiny_dirs, tmp_path_factory):
-    from conftest import tiny_config
-    from pipeline import finished_run
-
-    config = tiny_config(tiny_dirs, lenses=["logit"], patching={"pairs": PAIRS, "trace": {"samples": 0}},
-                         components={"batch_size": 8, "top_k": 5})
-    return finished_run(tmp_path_factory.mktemp("components"), config, "results/004/evaluation-cross-model.md")
 
 
 def _outputs(run, model):

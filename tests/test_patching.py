@@ -248,16 +248,6 @@ def test_outputs_follow_the_data_contract(tiny_dirs, tmp_path):
 # ---------------------------------------------------------------- the pipeline
 
 
-@pytest.fixture(scope="module")
-def patched_run(tiny_dirs, tmp_path_factory):
-    from conftest import tiny_config
-    from pipeline import finished_run
-
-    config = tiny_config(tiny_dirs, lenses=["logit"], patching={"batch_size": 16, "trace": {"samples": 2}, "pairs": [
-        {**PAIR, "probe": "capital"}, {**REVERSE, "probe": "capital-reverse"}]})
-    return finished_run(tmp_path_factory.mktemp("patching"), config, "results/002/evaluation-cross-model.md")
-
-
 def test_the_chain_builds_from_nothing_with_lens_figures_beside(patched_run):
     from pipeline import files_under
 

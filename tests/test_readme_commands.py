@@ -5,17 +5,19 @@ the commands are read from the README itself: one that is added there without be
 listed in HOW below fails ``test_every_readme_command_is_exercised``.
 """
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
-from conftest import REPO, tiny_config
-from pipeline import said, scratch_copy
+from conftest import DEFAULT_RUN_COMMANDS, REPO, tiny_config
+from pipeline import planned_jobs, said, said_by_commands, scratch_copy
 
 RUN = "run as written"
 DRY = "dry run (-n) added: a real run needs what CI has not"
@@ -56,9 +58,10 @@ HOW = {
     "snakemake --sdm conda --cores 1": CONDA,
 }
 KEYS = {"OPENAI_API_KEY": "placeholder", "ANTHROPIC_API_KEY": "placeholder"}
-PATCHING = {"patching": {"trace": {"samples": 1}, "pairs": [{
-    "id": "capital", "clean": "The capital of Germany is", "clean_answer": " Berlin",
-    "corrupted": "The capital of France is", "corrupted_answer": " Paris", "probe": "capital"}]}}
+# Experiments 002 and 004 from nothing, with pairs of prompts the tiny tokenizer gives equal
+# lengths: the same runs as their own tests' (conftest's patched_run and component_run, the
+# command as written, built once for both).
+SHARED = {"results/002/evaluation-cross-model.md": "patched_run", "results/004/evaluation-cross-model.md": "component_run"}
 
 
 def documents() -> list:
@@ -104,20 +107,28 @@ def run_as_written(workdir, command: str, dry: bool) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("command", list(HOW))
-def test_readme_command(command, built, tiny_dirs, tmp_path):
+def test_readme_command(command, built, tiny_dirs, tmp_path, request):
     if "profiles/slurm" in command and importlib_missing("snakemake_executor_plugin_slurm"):
         pytest.skip('snakemake-executor-plugin-slurm is not installed (pip install -e ".[cluster]")')
-    if command.startswith("snakemake --cores 1 results/"):
-        # Built from nothing; experiments 002 and 004 with a pair of prompts the tiny tokenizer gives equal lengths.
-        pairs = "results/002" in command or "results/004" in command
-        workdir = scratch_copy(tmp_path / "fresh", tiny_config(tiny_dirs, **(PATCHING if pairs else {})))
+    if HOW[command] == CONDA and shutil.which("conda") is None:
+        pytest.skip("conda is not installed here; tests/test_envs.py checks what the rules declare")
+    if command.split()[-1] in SHARED:
+        # Run as written from nothing by the shared build, which fails if the command does.
+        workdir = request.getfixturevalue(SHARED[command.split()[-1]])
+    elif command in DEFAULT_RUN_COMMANDS:
+        # Run as written, in turn, to make the session's default run: what it printed was kept.
+        workdir = built
+        kept = json.loads(said_by_commands(built).read_text())[command]
+        assert kept["returncode"] == 0, kept["said"][-3000:]
+        # From nothing: it ran every job that a fresh copy plans for its target.
+        plan = run_as_written(scratch_copy(tmp_path / "fresh", tiny_config(tiny_dirs)), command, dry=True)
+        assert plan.returncode == 0, said(plan)[-3000:]
+        assert planned_jobs(kept["said"]) == planned_jobs(said(plan)) != Counter(), (planned_jobs(kept["said"]), said(plan)[-3000:])
     else:
         workdir = tmp_path / "wd"
         shutil.copytree(built, workdir, symlinks=True)
-    if HOW[command] == CONDA and shutil.which("conda") is None:
-        pytest.skip("conda is not installed here; tests/test_envs.py checks what the rules declare")
-    result = run_as_written(workdir, command, HOW[command] in (DRY, CONDA, TINY_TOKENIZER))
-    assert result.returncode == 0, said(result)[-3000:]
+        result = run_as_written(workdir, command, HOW[command] in (DRY, CONDA, TINY_TOKENIZER))
+        assert result.returncode == 0, said(result)[-3000:]
     if command == "snakemake --lint":
         assert "Congratulations, your workflow is in a good condition!" in said(result)
     if command == "snakemake --report report.html":
@@ -130,8 +141,6 @@ def test_readme_command(command, built, tiny_dirs, tmp_path):
     if command == "snakemake -n":
         assert "Nothing to be done" in said(result)
     if "placement=" in command:  # a budget re-runs the lens, whose JSON records where the weights were
-        import json
-
         document = json.loads((workdir / "results" / "001" / "output-tiny-llama.json").read_text())
         assert document["placement"]["max_memory_bytes"] == {"cpu": 200_000_000}
 
