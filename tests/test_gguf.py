@@ -97,26 +97,31 @@ def test_metadata_conversion_parses_the_gguf_file_once(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "config.json").is_file()
 
 
+def children_of(module, monkeypatch) -> list:
+    """The command lines of the child processes ``module`` starts from now on (it still starts them)."""
+    started = []
+    real_run = module.subprocess.run
+
+    def run(command, **kwargs):
+        started.append(command)
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(module.subprocess, "run", run)
+    return started
+
+
 def test_a_large_files_metadata_is_converted_in_a_child_and_a_small_ones_here_to_the_same_files(tmp_path, monkeypatch):
     """A large vocabulary's Python objects are not all handed back to the system when freed,
     so a file of IN_PROCESS_BYTES or more converts its tokenizer and config in a child
     process; a smaller one here, where a child's imports would be most of the work. Both
     write the same files; a failure either way names the model and the file."""
-    import subprocess
 
     from workflow.base.errors import UserError
     from workflow.gguf import prepare
 
     original = make_model_dir(tmp_path / "hf", "llama")
     gguf_path = write_gguf(original, tmp_path / "tiny.gguf", "llama")
-    children = []
-    real_run = subprocess.run
-
-    def run(command, **kwargs):
-        children.append(command)
-        return real_run(command, **kwargs)
-
-    monkeypatch.setattr(prepare.subprocess, "run", run)
+    children = children_of(prepare, monkeypatch)
     made = {}
     for way, limit in (("here", prepare.IN_PROCESS_BYTES), ("child", 0)):
         monkeypatch.setattr(prepare, "IN_PROCESS_BYTES", limit)
@@ -133,6 +138,16 @@ def test_a_large_files_metadata_is_converted_in_a_child_and_a_small_ones_here_to
                                         "ValueError: no tokenizer model"):
         prepare_model("tiny", {"source": "gguf", "path": str(damaged)}, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+    # The child's failure: the last lines it wrote to stderr, after the same words.
+    failing = tmp_path / "failing-python"
+    failing.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'ValueError: no tokenizer model' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setattr(prepare, "IN_PROCESS_BYTES", 0)
+    monkeypatch.setattr(prepare.sys, "executable", str(failing))
+    with pytest.raises(UserError, match="model 'tiny': converting the tokenizer and config of damaged.gguf failed:\n"
+                                        "Traceback .*\nValueError: no tokenizer model$"):
+        prepare_model("tiny", {"source": "gguf", "path": str(damaged)}, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() and len(children) == 2
 
 
 def state_dict_of(directory):
@@ -336,7 +351,6 @@ def test_the_architectures_transformers_reads_are_listed_once_per_machine(tmp_pa
     for every dry run and for every new checkout: the list is kept in the per-user cache under
     transformers' version and read back after, by any checkout."""
     import json
-    import subprocess
     from importlib import metadata
 
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
@@ -344,14 +358,7 @@ def test_the_architectures_transformers_reads_are_listed_once_per_machine(tmp_pa
     from workflow.gguf import prepare
 
     monkeypatch.setenv("LAYERWISE_LENS_CACHE", str(tmp_path / "cache"))
-    children = []
-    real_run = subprocess.run
-
-    def run(command, **kwargs):
-        children.append(command)
-        return real_run(command, **kwargs)
-
-    monkeypatch.setattr(prepare.subprocess, "run", run)
+    children = children_of(prepare, monkeypatch)
     listed = prepare.readable_gguf_architectures()
     assert listed == sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}) and "llama" in listed
     kept = tmp_path / "cache" / "gguf-architectures" / f"transformers-{metadata.version('transformers')}.json"
