@@ -134,7 +134,10 @@ def cpu_flops() -> float:
     would otherwise measure it again."""
     import numpy as np
 
-    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    try:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    except (TypeError, AttributeError):  # a NumPy before 1.26: show_config takes no mode
+        blas = {}
     machine = json.dumps([platform.machine(), _processor(), os.cpu_count(), np.__version__, blas.get("name"), blas.get("version")])
     entry = cache_dir() / "cpu-flops" / f"{hashlib.sha256(machine.encode()).hexdigest()}.json"
     try:
