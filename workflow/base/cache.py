@@ -7,8 +7,12 @@ it), so it is never stale and can be deleted at any time. Torch-free: planning r
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
+
+from workflow.base.atomic import write_text
 
 
 def cache_dir() -> Path:
@@ -16,3 +20,13 @@ def cache_dir() -> Path:
         return Path(os.environ["LAYERWISE_LENS_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "layerwise-lens"
+
+
+def keep(entry: Path, value: Any) -> None:
+    """Write a cache entry (``value`` as JSON) whole or not at all; a cache that cannot be
+    written is no error: what it would have kept is made again next time."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        write_text(entry, json.dumps(value))
+    except OSError:
+        pass

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from workflow.base.atomic import atomic_directory, dumps_json, write_text
-from workflow.base.cache import cache_dir
+from workflow.base.cache import cache_dir, keep
 from workflow.base.errors import UserError
 from workflow.gguf.arch import (
     ARCHITECTURES,
@@ -132,11 +132,7 @@ def readable_gguf_architectures() -> list[str]:
     if done.returncode != 0:
         raise UserError(f"cannot list the GGUF architectures transformers {version} reads: {done.stderr.strip()[-500:]}")
     found = json.loads(done.stdout)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text(cache, json.dumps(found))
-    except OSError:
-        pass
+    keep(cache, found)
     return found
 
 

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflow.base.atomic import write_text
-from workflow.base.cache import cache_dir
+from workflow.base.cache import cache_dir, keep
 from workflow.gguf.file import read_header
 from workflow.gguf.prepare import package_dir
 from workflow.gguf.prepared import MANIFEST
@@ -151,11 +150,7 @@ def cpu_flops() -> float:
     for _ in range(repeats):
         a @ b
     flops = repeats * 2 * 512 * 2048 * 2048 / max(time.perf_counter() - started, 1e-9)
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        write_text(entry, json.dumps({"flops": flops, "machine": json.loads(machine)}))
-    except OSError:
-        pass  # a cache that cannot be written is no error: measured again next time
+    keep(entry, {"flops": flops, "machine": json.loads(machine)})
     return flops
 
 

@@ -25,8 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from workflow.base.atomic import write_text
-from workflow.base.cache import cache_dir
+from workflow.base.cache import cache_dir, keep
 
 REPO = Path(__file__).resolve().parents[2]
 # Files of these kinds that a module names are code it runs (compiled, or inlined into a
@@ -101,7 +100,7 @@ def _parsed(path: Path, stamp: tuple[int, int]) -> tuple[str, frozenset[str], fr
         data_names = sorted({node.value for node in ast.walk(_without_docstrings(ast.parse(data.decode("utf-8"))))
                              if isinstance(node, ast.Constant) and isinstance(node.value, str)
                              and node.value.endswith(CODE_DATA_SUFFIXES) and "\n" not in node.value})
-        _keep(entry, {"code": text, "imports": modules, "data": data_names})
+        keep(entry, {"code": text, "imports": modules, "data": data_names})
     return text, frozenset(m for m in modules if _module_file(m) is not None), frozenset(data_names)
 
 
@@ -112,16 +111,6 @@ def _code_data(module: Path, names: frozenset[str]) -> list[Path]:
         return []
     return sorted(p for p in module.parent.rglob("*") if p.is_file() and p.suffix in CODE_DATA_SUFFIXES
                   and any(p.as_posix().endswith("/" + name.lstrip("/")) for name in names))
-
-
-def _keep(entry: Path, value: dict) -> None:
-    """Write a cache entry whole or not at all; a cache that cannot be written is no error."""
-
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        write_text(entry, json.dumps(value))
-    except OSError:
-        pass
 
 
 def code_files(script: str | os.PathLike[str], *also: str | os.PathLike[str]) -> list[Path]:
